@@ -1,0 +1,222 @@
+"""Ingest stage: ``raw_images`` (+ ``quarantine`` and ``exact_duplicates``) per shard."""
+
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
+from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.resources import DeltaStorage, ShardSource
+from curation_assets.lib.ingest import DecodeLimits, ingest_shard
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES, REASON_CODES
+
+GROUP = "ingest"
+
+
+class IngestConfig(dg.Config):
+    """Decoding limits and parallelism of ingest."""
+
+    max_pixels: int = Field(
+        default=64_000_000,
+        description="Declared width*height above which an image is quarantined as a "
+        "decompression bomb (checked before decoding).",
+    )
+    min_side: int = Field(
+        default=1, description="Images whose shorter side is below this are quarantined."
+    )
+    max_file_bytes: int = Field(
+        default=64 << 20, description="Files larger than this are quarantined unread."
+    )
+    decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
+
+
+def _existing_lookup(store: DeltaStore, shard: str):
+    """image_ids already kept by *other* shards (this shard's old rows are being replaced)."""
+
+    def lookup(image_ids: list[str]) -> pl.DataFrame:
+        return (
+            store.scan(RAW_IMAGES)
+            .filter((pl.col("shard") != shard) & pl.col("image_id").is_in(image_ids))
+            .select("image_id", "shard", "source_uri")
+            .collect()
+        )
+
+    return lookup
+
+
+def _accounting(store: DeltaStore, shard: str, enumerated: int) -> dg.AssetCheckResult:
+    counts = {
+        spec.name: store.scan(spec)
+        .filter(pl.col("shard") == shard)
+        .select(pl.len())
+        .collect()
+        .item()
+        for spec in (RAW_IMAGES, DUPLICATE_FILES)
+    }
+    counts[QUARANTINE.name] = (
+        store.scan(QUARANTINE)
+        .filter((pl.col("shard") == shard) & (pl.col("stage") == "ingest"))
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    accounted = sum(counts.values())
+    return dg.AssetCheckResult(
+        check_name="every_input_accounted_for",
+        asset_key="raw_images",
+        passed=accounted == enumerated,
+        metadata={"enumerated": enumerated, "accounted": accounted, **counts},
+        description=None
+        if accounted == enumerated
+        else f"{enumerated - accounted} inputs of shard {shard} are in no table",
+    )
+
+
+def _unique_ids(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
+    ids = store.scan(RAW_IMAGES).select("image_id", "shard")
+    mine = ids.filter(pl.col("shard") == shard)
+    dup_in_shard = mine.select(pl.len() - pl.col("image_id").n_unique()).collect().item()
+    clash = (
+        mine.join(ids.filter(pl.col("shard") != shard), on="image_id", how="inner")
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    return dg.AssetCheckResult(
+        check_name="image_ids_unique",
+        asset_key="raw_images",
+        passed=dup_in_shard == 0 and clash == 0,
+        metadata={"repeated_within_shard": dup_in_shard, "also_in_other_shards": clash},
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "raw_images",
+            description=(
+                "Every distinct, decodable image of a shard: content hash (image_id), where it "
+                "came from, caption, size and format. Unusable inputs go to `quarantine`, "
+                "byte-identical copies to `exact_duplicates`."
+            ),
+            kinds={"deltalake", "polars"},
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(RAW_IMAGES)},
+        ),
+        dg.AssetSpec(
+            "quarantine",
+            description=(
+                "Inputs that could not be used, one row each with a reason code: "
+                + ", ".join(REASON_CODES)
+                + ". Rows of stage 'embed' are written by image_embeddings."
+            ),
+            kinds={"deltalake", "polars"},
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(QUARANTINE)},
+        ),
+        dg.AssetSpec(
+            "exact_duplicates",
+            description=(
+                "Input files whose bytes equal an image already kept (in this shard or an "
+                "earlier one): traces every such file to its image_id and the kept copy."
+            ),
+            kinds={"deltalake", "polars"},
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(DUPLICATE_FILES)},
+        ),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_input_accounted_for",
+            asset="raw_images",
+            blocking=True,
+            description="enumerated = ingested + quarantined + exact duplicates, on the tables.",
+        ),
+        dg.AssetCheckSpec(
+            "image_ids_unique",
+            asset="raw_images",
+            blocking=True,
+            description="No image_id twice in the shard, nor in any other shard.",
+        ),
+    ],
+    pool="ingest",
+)
+def ingest(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    delta: DeltaStorage,
+    shard_source: ShardSource,
+):
+    """Enumerate a shard, hash and safely decode every input, and write the three tables."""
+    key = context.partition_key
+    store = delta.store()
+    shard = shard_source.shard(key)
+    limits = DecodeLimits(config.max_pixels, config.min_side, config.max_file_bytes)
+    t0 = time.perf_counter()
+    result = ingest_shard(
+        shard,
+        existing=_existing_lookup(store, key),
+        limits=limits,
+        workers=config.decode_workers,
+        now=datetime.now(UTC),
+    )
+    seconds = time.perf_counter() - t0
+    store.replace_shard(RAW_IMAGES, key, result.raw)
+    store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})
+    store.replace_shard(DUPLICATE_FILES, key, result.duplicates)
+    context.log.info(
+        f"shard {key} ({shard.kind}): {result.n_enumerated} inputs -> {result.raw.height} "
+        f"images, {result.quarantine.height} quarantined {result.reasons}, "
+        f"{result.duplicates.height} exact duplicates, in {seconds:.1f}s"
+    )
+    formats = dict(result.raw.group_by("format").len().sort("format").iter_rows())
+    yield dg.MaterializeResult(
+        asset_key="raw_images",
+        metadata=table_metadata(
+            RAW_IMAGES,
+            delta.uri(RAW_IMAGES),
+            result.raw.height,
+            shard_kind=shard.kind,
+            source=str(shard.path),
+            enumerated=result.n_enumerated,
+            quarantined=result.quarantine.height,
+            exact_duplicates=result.duplicates.height,
+            formats=dg.MetadataValue.json(formats),
+            seconds=round(seconds, 3),
+            inputs_per_s=round(result.n_enumerated / seconds, 1) if seconds else 0.0,
+            preview=markdown_preview(
+                result.raw.select("image_id", "source_uri", "width", "height", "format", "caption")
+            ),
+        ),
+        check_results=[_accounting(store, key, result.n_enumerated), _unique_ids(store, key)],
+    )
+    yield dg.MaterializeResult(
+        asset_key="quarantine",
+        metadata=table_metadata(
+            QUARANTINE,
+            delta.uri(QUARANTINE),
+            result.quarantine.height,
+            reasons=dg.MetadataValue.json(result.reasons),
+            preview=markdown_preview(result.quarantine.select("source_uri", "reason", "detail")),
+        ),
+    )
+    yield dg.MaterializeResult(
+        asset_key="exact_duplicates",
+        metadata=table_metadata(
+            DUPLICATE_FILES,
+            delta.uri(DUPLICATE_FILES),
+            result.duplicates.height,
+            within_shard=result.n_duplicates_within,
+            against_other_shards=result.duplicates.height - result.n_duplicates_within,
+        ),
+    )
+
+
+defs = dg.Definitions(assets=[ingest])

@@ -1,0 +1,47 @@
+"""Conventional Dagster metadata built from lib table specs."""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from curation_assets.lib.tables import TableSpec
+
+
+def table_schema(spec: TableSpec) -> dg.TableSchema:
+    """The ``dagster/column_schema`` of a table, from the same spec that writes it."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=c.name, type=str(c.dtype), description=c.description)
+            for c in spec.columns
+        ]
+    )
+
+
+def table_metadata(spec: TableSpec, uri: str, rows: int, **extra: Any) -> dict[str, Any]:
+    """``dagster/row_count``, ``dagster/column_schema`` and ``dagster/uri`` plus ``extra``."""
+    return {
+        "dagster/row_count": rows,
+        "dagster/column_schema": table_schema(spec),
+        "dagster/uri": uri,
+        **extra,
+    }
+
+
+def markdown_preview(df: pl.DataFrame, limit: int = 10) -> dg.MetadataValue:
+    """A small markdown table of the first rows, for the asset's metadata panel."""
+    head = df.head(limit)
+    if head.is_empty():
+        return dg.MetadataValue.md("_no rows_")
+    cols = head.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.iter_rows():
+        cells = [_cell(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 60 else text[:28] + "…" + text[-28:]

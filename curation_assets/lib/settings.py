@@ -1,0 +1,43 @@
+"""Where things live: the curation home and the paths derived from it.
+
+``CURATION_HOME`` (default ``./.curation``) holds the Delta root (``delta/``), the Dagster
+instance (``dagster/``) and, for the demo, the source root (``sources/``). Each can be moved
+on its own with ``CURATION_DELTA_ROOT`` (a folder or an object-store URI),
+``CURATION_SOURCE_ROOT`` and ``DAGSTER_HOME``.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Resolved locations.
+
+    Attributes:
+        home: The curation home folder.
+        delta_root: Root URI of all Delta tables.
+        source_root: Folder whose entries are shards.
+        dagster_home: The Dagster instance folder (``DAGSTER_HOME``).
+    """
+
+    home: Path
+    delta_root: str
+    source_root: Path
+    dagster_home: Path
+
+
+def resolve_paths(home: str | Path | None = None) -> Paths:
+    """Resolve locations from ``home`` or the environment (see module docstring)."""
+    env = os.environ
+    base = Path(home or env.get("CURATION_HOME") or ".curation").expanduser().resolve()
+    delta = env.get("CURATION_DELTA_ROOT") if home is None else None
+    source = env.get("CURATION_SOURCE_ROOT") if home is None else None
+    dagster_home = env.get("DAGSTER_HOME") if home is None else None
+    return Paths(
+        home=base,
+        delta_root=delta or str(base / "delta"),
+        source_root=Path(source).expanduser().resolve() if source else base / "sources",
+        dagster_home=Path(dagster_home).resolve() if dagster_home else base / "dagster",
+    )

@@ -1,0 +1,132 @@
+"""Table definitions: one polars schema and one description per column, defined once.
+
+Every Delta table the pipeline writes is declared here as a :class:`TableSpec`. The Dagster
+glue turns the same spec into a ``dg.TableSchema`` for ``dagster/column_schema`` metadata, so
+the schema a user sees in the UI is the schema that is written.
+"""
+
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table.
+
+    Attributes:
+        name: Column name.
+        dtype: Polars dtype written to Delta.
+        description: What the column means, shown in the Dagster UI.
+    """
+
+    name: str
+    dtype: pl.DataType | type[pl.DataType]
+    description: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A Delta table: its name (equal to the asset name), columns and partitioning.
+
+    Attributes:
+        name: Table name, also the folder under the Delta root.
+        columns: Ordered columns.
+        description: One-line description of a row.
+        partition_by: Delta partition columns (``("shard",)`` for per-shard tables).
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    description: str
+    partition_by: tuple[str, ...] = ("shard",)
+
+    @property
+    def schema(self) -> pl.Schema:
+        """The polars schema of the table."""
+        return pl.Schema({c.name: c.dtype for c in self.columns})
+
+    @property
+    def column_names(self) -> list[str]:
+        """Column names in order."""
+        return [c.name for c in self.columns]
+
+    def empty(self) -> pl.DataFrame:
+        """An empty frame with this table's schema."""
+        return pl.DataFrame(schema=self.schema)
+
+    def conform(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Select and cast ``df`` to this table's columns, in order.
+
+        Raises:
+            ValueError: If a column of the spec is missing from ``df``.
+        """
+        missing = [c for c in self.column_names if c not in df.columns]
+        if missing:
+            msg = (
+                f"table {self.name!r}: frame lacks columns {missing}; it has {df.columns}. "
+                "This is a bug in the stage that built the frame."
+            )
+            raise ValueError(msg)
+        return df.select([pl.col(c.name).cast(c.dtype) for c in self.columns])
+
+
+_TS = pl.Datetime("us", "UTC")
+
+RAW_IMAGES = TableSpec(
+    name="raw_images",
+    description="One row per distinct decodable image of a shard (exact duplicates collapsed).",
+    columns=(
+        Column("image_id", pl.String, "sha256 of the file's bytes (hex); stable id end to end."),
+        Column("shard", pl.String, "Shard (dynamic partition key) the image was ingested from."),
+        Column("source_uri", pl.String, "Where the bytes were read: path, or tar path#member."),
+        Column("caption", pl.String, "Caption from a sidecar .txt / .json or a manifest column."),
+        Column("width", pl.Int32, "Width in pixels after EXIF orientation."),
+        Column("height", pl.Int32, "Height in pixels after EXIF orientation."),
+        Column("format", pl.String, "Decoded container format (JPEG, PNG, WEBP, GIF, ...)."),
+        Column("n_bytes", pl.Int64, "File size in bytes."),
+        Column("n_frames", pl.Int32, "Frames in the file; animated images keep frame 0."),
+        Column("ingested_at", _TS, "When this shard was ingested (UTC)."),
+    ),
+)
+
+QUARANTINE = TableSpec(
+    name="quarantine",
+    description="Inputs that could not be used, with the stage and the reason.",
+    columns=(
+        Column("shard", pl.String, "Shard the input belongs to."),
+        Column("source_uri", pl.String, "Location of the input (path, or tar path#member)."),
+        Column("stage", pl.String, "Stage that quarantined it (ingest, embed)."),
+        Column("reason", pl.String, "Machine-readable reason code, e.g. truncated, zero_byte."),
+        Column("detail", pl.String, "Human-readable detail (the decoder's message)."),
+        Column("image_id", pl.String, "sha256 of the bytes when they could be read, else null."),
+        Column("quarantined_at", _TS, "When the row was written (UTC)."),
+    ),
+)
+
+DUPLICATE_FILES = TableSpec(
+    name="exact_duplicates",
+    description="Input files whose bytes equal an image already kept; traced to its image_id.",
+    columns=(
+        Column("shard", pl.String, "Shard of the collapsed file."),
+        Column("source_uri", pl.String, "Location of the collapsed file."),
+        Column("image_id", pl.String, "sha256 shared with the kept image."),
+        Column("kept_shard", pl.String, "Shard whose raw_images row holds the image."),
+        Column("kept_source_uri", pl.String, "Location of the kept copy."),
+    ),
+)
+
+REASON_CODES: dict[str, str] = {
+    "zero_byte": "The file is empty.",
+    "missing_file": "The file a manifest or sidecar refers to does not exist.",
+    "orphan_sidecar": "A caption/metadata sidecar without an image of the same key.",
+    "read_error": "The bytes could not be read (permissions, I/O error).",
+    "not_an_image": "No image decoder recognises the bytes.",
+    "truncated": "The image data ends early or is corrupt.",
+    "decompression_bomb": "Declared pixel count above the configured cap.",
+    "too_small": "Shorter side below the configured minimum.",
+    "too_large_file": "File larger than the configured byte cap.",
+    "unsupported_uri": "A manifest path with a scheme the reader does not support.",
+    "tar_truncated": "The tar archive ends inside a member; the rest of the tar is unreadable.",
+    "embed_failed": "The image decoded at ingest but could not be embedded.",
+}
