@@ -1,0 +1,1 @@
+"""curation_assets: image-dataset curation as Dagster assets over Delta tables."""

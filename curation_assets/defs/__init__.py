@@ -1,0 +1,1 @@
+"""Dagster glue: one module per stage plus resources, partitions and sensors."""

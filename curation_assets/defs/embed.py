@@ -11,7 +11,13 @@ from pydantic import Field
 from curation_assets.defs.metadata import table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, EmbedStats, embed_items
+from curation_assets.lib.embed import (
+    IMAGE_EMBEDDINGS,
+    EmbedStats,
+    embed_items,
+    embedding_matrix,
+    embeddings_frame,
+)
 from curation_assets.lib.ingest import DecodeLimits
 from curation_assets.lib.shards import iter_items
 from curation_assets.lib.storage import DeltaStore
@@ -41,7 +47,7 @@ def _check_vectors(
     bad_dim = int((lengths != dim).sum()) + int((df["dim"] != dim).sum())
     other_models = int((df["model_id"] != model_id).sum())
     if df.height and bad_dim == 0:
-        x = np.asarray(df["embedding"].explode().to_numpy(), dtype=np.float32).reshape(-1, dim)
+        x = embedding_matrix(df["embedding"])
         finite = bool(np.isfinite(x).all())
         norms = np.linalg.norm(x, axis=1)
         worst = float(np.abs(norms - 1.0).max())
@@ -65,7 +71,9 @@ def _check_vectors(
 def _check_complete(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
     raw = store.read(RAW_IMAGES, shards=[shard], columns=["image_id"])
     emb = store.read(IMAGE_EMBEDDINGS, shards=[shard], columns=["image_id"])
-    failed = store.scan(QUARANTINE).filter((pl.col("shard") == shard) & (pl.col("stage") == "embed"))
+    failed = store.scan(QUARANTINE).filter(
+        (pl.col("shard") == shard) & (pl.col("stage") == "embed")
+    )
     n_failed = failed.select(pl.len()).collect().item()
     missing = raw.join(emb, on="image_id", how="anti").height - n_failed
     extra = emb.join(raw, on="image_id", how="anti").height
@@ -143,15 +151,7 @@ def image_embeddings(
         )
         for ids, vectors in batches:
             done.update(ids)
-            yield pl.DataFrame(
-                {
-                    "image_id": ids,
-                    "shard": key,
-                    "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, model.dim)),
-                    "model_id": model.model_id,
-                    "dim": model.dim,
-                }
-            ).with_columns(pl.col("embedding").cast(pl.List(pl.Float32)))
+            yield embeddings_frame(key, ids, vectors, model)
 
     rows = store.replace_shard(IMAGE_EMBEDDINGS, key, frames())
     now = datetime.now(UTC)
@@ -164,8 +164,15 @@ def image_embeddings(
     ]
     failures = pl.DataFrame(
         [
-            {"shard": key, "source_uri": uri, "stage": "embed", "reason": reason,
-             "detail": detail, "image_id": image_id, "quarantined_at": now}
+            {
+                "shard": key,
+                "source_uri": uri,
+                "stage": "embed",
+                "reason": reason,
+                "detail": detail,
+                "image_id": image_id,
+                "quarantined_at": now,
+            }
             for uri, image_id, reason, detail in failed
         ],
         schema=QUARANTINE.schema,

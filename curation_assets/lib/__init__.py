@@ -1,0 +1,1 @@
+"""Pure algorithms and I/O (numpy, polars, torch, faiss); never imports dagster."""

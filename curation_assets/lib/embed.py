@@ -15,7 +15,6 @@ Every vector returned is float32 and L2-normalized.
 import hashlib
 import importlib.metadata
 import logging
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -191,7 +190,9 @@ class TimmEmbedder(Embedder):
             raise EmbedderConfigError(msg) from exc
         if spec.pretrained is None:
             weights = "random-init"
-            logger.warning("timm %s with RANDOM weights: embeddings are meaningless", spec.model_name)
+            logger.warning(
+                "timm %s with RANDOM weights: embeddings are meaningless", spec.model_name
+            )
         else:
             state, weights = self._load_state(spec.pretrained)
             self._load_by_order(model, state, spec)
@@ -284,7 +285,9 @@ class OpenClipEmbedder(Embedder):
         pretrained = spec.pretrained
         if pretrained is None:
             weights = "random-init"
-            logger.warning("open_clip %s with RANDOM weights: embeddings are meaningless", model_name)
+            logger.warning(
+                "open_clip %s with RANDOM weights: embeddings are meaningless", model_name
+            )
         elif Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser())
             weights = _file_tag(Path(pretrained))
@@ -478,6 +481,32 @@ def embed_items(
     stats.seconds = time.perf_counter() - t0
 
 
-def default_workers() -> int:
-    """Decode threads: one per core, at least one."""
-    return max(1, (os.cpu_count() or 2))
+def embeddings_frame(
+    shard: str, image_ids: list[str], vectors: np.ndarray, embedder: Embedder
+) -> pl.DataFrame:
+    """Rows of ``image_embeddings`` for one batch.
+
+    Args:
+        shard: Partition key.
+        image_ids: n ids.
+        vectors: (n, dim) float32, L2-normalized.
+        embedder: The model that produced them (its id and dim are recorded).
+    """
+    emb = pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1]))
+    return pl.DataFrame(
+        {
+            "image_id": image_ids,
+            "shard": shard,
+            "embedding": emb.cast(pl.List(pl.Float32)),
+            "model_id": embedder.model_id,
+            "dim": embedder.dim,
+        }
+    )
+
+
+def embedding_matrix(embeddings: pl.Series) -> np.ndarray:
+    """A ``List(Float32)`` column of equal-length vectors as an (n, dim) float32 array."""
+    if embeddings.is_empty():
+        return np.zeros((0, 0), dtype=np.float32)
+    dim = int(embeddings.list.len().max())  # type: ignore[arg-type]
+    return np.ascontiguousarray(embeddings.list.to_array(dim).to_numpy(), dtype=np.float32)

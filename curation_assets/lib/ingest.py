@@ -212,7 +212,9 @@ def ingest_items(
     dup_rows: list[dict[str, object]] = []
     kept_here: dict[str, str] = {}
     n = 0
-    probes = ordered_map(lambda it: _probe(it, limits), items, workers=workers, prefetch=4 * workers)
+    probes = ordered_map(
+        lambda it: _probe(it, limits), items, workers=workers, prefetch=4 * workers
+    )
     for p in probes:
         n += 1
         error = p.item.error or (p.decoded.error if p.decoded else None)
@@ -283,7 +285,9 @@ def ingest_items(
         duplicates = pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema)
     quarantine = pl.DataFrame(q_rows, schema=QUARANTINE.schema)
     reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
-    return IngestResult(raw, quarantine, duplicates, n, {str(k): int(v) for k, v in reasons.items()})
+    return IngestResult(
+        raw, quarantine, duplicates, n, {str(k): int(v) for k, v in reasons.items()}
+    )
 
 
 def ingest_shard(
@@ -300,4 +304,6 @@ def ingest_shard(
         ShardError: If the shard as a whole cannot be read (bad manifest).
     """
     items = iter_items(shard, max_file_bytes=limits.max_file_bytes)
-    return ingest_items(shard.key, items, existing=existing, limits=limits, workers=workers, now=now)
+    return ingest_items(
+        shard.key, items, existing=existing, limits=limits, workers=workers, now=now
+    )

@@ -3,9 +3,11 @@
 ``CURATION_HOME`` (default ``./.curation``) holds the Delta root (``delta/``), the Dagster
 instance (``dagster/``) and, for the demo, the source root (``sources/``). Each can be moved
 on its own with ``CURATION_DELTA_ROOT`` (a folder or an object-store URI),
-``CURATION_SOURCE_ROOT`` and ``DAGSTER_HOME``.
+``CURATION_SOURCE_ROOT`` and ``DAGSTER_HOME``. ``curation run --source DIR`` records its choice
+in ``$CURATION_HOME/settings.json`` so that ``curation dev`` on the same home watches it too.
 """
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +34,9 @@ def resolve_paths(home: str | Path | None = None) -> Paths:
     """Resolve locations from ``home`` or the environment (see module docstring)."""
     env = os.environ
     base = Path(home or env.get("CURATION_HOME") or ".curation").expanduser().resolve()
-    delta = env.get("CURATION_DELTA_ROOT") if home is None else None
-    source = env.get("CURATION_SOURCE_ROOT") if home is None else None
+    saved = read_settings(base)
+    delta = (env.get("CURATION_DELTA_ROOT") if home is None else None) or saved.get("delta_root")
+    source = (env.get("CURATION_SOURCE_ROOT") if home is None else None) or saved.get("source_root")
     dagster_home = env.get("DAGSTER_HOME") if home is None else None
     return Paths(
         home=base,
@@ -41,3 +44,21 @@ def resolve_paths(home: str | Path | None = None) -> Paths:
         source_root=Path(source).expanduser().resolve() if source else base / "sources",
         dagster_home=Path(dagster_home).resolve() if dagster_home else base / "dagster",
     )
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def read_settings(home: Path) -> dict[str, str]:
+    """Settings saved in ``home`` by the CLI (empty when none)."""
+    path = home / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def save_settings(home: Path, **values: str) -> None:
+    """Merge ``values`` into ``home/settings.json``."""
+    home.mkdir(parents=True, exist_ok=True)
+    merged = {**read_settings(home), **values}
+    (home / SETTINGS_FILE).write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")

@@ -284,6 +284,14 @@ def _iter_tar(shard: ShardInfo, max_bytes: int) -> Iterator[Item]:
                 fh = tar.extractfile(member)
                 data = fh.read() if fh is not None else None
                 members.append((suffix, uri, data, None))
+            end = tar.offset
+        if not shard.path.name.lower().endswith((".gz", ".tgz")):
+            # Streaming tarfile takes a header cut short for the end of the archive; a complete
+            # tar has two zero blocks after its last member.
+            size = shard.path.stat().st_size
+            if size < end + 1024:
+                msg = f"file is {size} bytes but its last member ends at {end} + 1024 end blocks"
+                raise tarfile.ReadError(msg)
     except (tarfile.ReadError, EOFError, OSError) as exc:
         if members:
             yield from _group_items(f"{shard.path}#{current_key}", members)

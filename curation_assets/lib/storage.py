@@ -71,7 +71,9 @@ class DeltaStore:
     def version(self, table: str) -> int | None:
         """Current Delta version of ``table`` (None when it does not exist)."""
         try:
-            return DeltaTable(self.uri(table), storage_options=self.storage_options or None).version()
+            return DeltaTable(
+                self.uri(table), storage_options=self.storage_options or None
+            ).version()
         except TableNotFoundError:
             return None
 
@@ -108,30 +110,41 @@ class DeltaStore:
         schema = spec.empty().to_arrow().schema
         written = 0
 
+        failure: list[BaseException] = []
+
         def batches() -> Iterator[pa.RecordBatch]:
             nonlocal written
-            for frame in frames:
-                frame = spec.conform(frame)
-                for col, value in conditions.items():
-                    bad = frame.filter(pl.col(col) != value).height
-                    if bad:
-                        msg = (
-                            f"{bad} rows for table {spec.name!r} have {col} != {value!r}; "
-                            "a shard write may only contain that shard's rows"
-                        )
-                        raise ValueError(msg)
-                written += frame.height
-                yield from frame.to_arrow().cast(schema).to_batches()
+            try:
+                for frame in frames:
+                    frame = spec.conform(frame)
+                    for col, value in conditions.items():
+                        bad = frame.filter(pl.col(col) != value).height
+                        if bad:
+                            msg = (
+                                f"{bad} rows for table {spec.name!r} have {col} != {value!r}; "
+                                "a shard write may only contain that shard's rows"
+                            )
+                            raise ValueError(msg)
+                    written += frame.height
+                    yield from frame.to_arrow().cast(schema).to_batches()
+            except BaseException as exc:  # re-raised below, unwrapped from deltalake's error
+                failure.append(exc)
+                raise
 
         reader = pa.RecordBatchReader.from_batches(schema, batches())
-        write_deltalake(
-            self.uri(spec.name),
-            reader,
-            mode="overwrite",
-            partition_by=list(spec.partition_by),
-            predicate=predicate,
-            storage_options=self.storage_options or None,
-        )
+        try:
+            write_deltalake(
+                self.uri(spec.name),
+                reader,
+                mode="overwrite",
+                partition_by=list(spec.partition_by),
+                predicate=predicate,
+                storage_options=self.storage_options or None,
+            )
+        except Exception as exc:
+            if failure:  # the producer failed: nothing was committed; raise its own error
+                raise failure[0] from exc
+            raise
         logger.info("delta %s: replaced %s with %d rows", spec.name, predicate, written)
         return written
 

@@ -1,0 +1,287 @@
+"""``curation`` command line: run the pipeline headless, open the UI, build the demo, benchmark."""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curation_assets.lib.settings import Paths, resolve_paths, save_settings
+
+logger = logging.getLogger("curation")
+
+
+def _prepare_home(home: str | None, source: str | None = None) -> Paths:
+    """Create the home, point DAGSTER_HOME/CURATION_* at it and install dagster.yaml."""
+    paths = resolve_paths(home)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        save_settings(paths.home, source_root=str(Path(source).expanduser().resolve()))
+        paths = resolve_paths(paths.home)
+    paths.dagster_home.mkdir(parents=True, exist_ok=True)
+    target = paths.dagster_home / "dagster.yaml"
+    if not target.exists():
+        template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
+        target.write_text(template)
+    os.environ["CURATION_HOME"] = str(paths.home)
+    os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
+    return paths
+
+
+def _table_counts(delta_root: str) -> dict[str, int]:
+    from curation_assets.lib.embed import IMAGE_EMBEDDINGS
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+
+    store = DeltaStore(delta_root)
+    specs = (RAW_IMAGES, QUARANTINE, DUPLICATE_FILES, IMAGE_EMBEDDINGS)
+    return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
+
+
+def _step_seconds(result: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_SUCCESS" and event.step_key:
+            out[event.step_key] = event.event_specific_data.duration_ms / 1000.0
+    return out
+
+
+def _step_errors(result: Any) -> list[str]:
+    errors = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            err = event.event_specific_data.error
+            errors.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
+    return errors
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Materialize every asset for every shard and print a summary."""
+    paths = _prepare_home(args.home, args.source)
+    if args.source is None:
+        from curation_assets.lib.demo import build_demo_corpus
+
+        t0 = time.perf_counter()
+        build_demo_corpus(paths.source_root)
+        print(f"demo corpus ready in {paths.source_root} ({time.perf_counter() - t0:.1f}s)")
+    import dagster as dg
+
+    from curation_assets.definitions import build_defs
+    from curation_assets.defs.partitions import SHARDS_PARTITION
+    from curation_assets.lib.shards import discover_shards
+
+    if not paths.source_root.is_dir():
+        print(f"error: source folder {paths.source_root} does not exist", file=sys.stderr)
+        return 2
+    shards = discover_shards(paths.source_root, min_age_s=0.0)
+    skipped = [s for s in shards if not s.ready]
+    for s in skipped:
+        print(f"skipping {s.key}: {s.why_not_ready}")
+    keys = [s.key for s in shards if s.ready]
+    if args.shards:
+        wanted = set(args.shards.split(","))
+        unknown = wanted - set(keys)
+        if unknown:
+            print(f"error: no ready shard named {sorted(unknown)}; found {keys}", file=sys.stderr)
+            return 2
+        keys = [k for k in keys if k in wanted]
+    if not keys:
+        print(f"error: no shard under {paths.source_root}", file=sys.stderr)
+        return 2
+    defs = build_defs(str(paths.home))
+    job = defs.resolve_job_def("per_shard_job")
+    stage_seconds: dict[str, float] = {}
+    failures: dict[str, list[str]] = {}
+    with dg.DagsterInstance.get() as instance:
+        known = set(instance.get_dynamic_partitions(SHARDS_PARTITION))
+        new = [k for k in keys if k not in known]
+        if new:
+            instance.add_dynamic_partitions(SHARDS_PARTITION, new)
+        print(f"{len(keys)} shards ({len(new)} newly registered): {', '.join(keys)}")
+        for key in keys:
+            t0 = time.perf_counter()
+            result = job.execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False
+            )
+            for step, sec in _step_seconds(result).items():
+                stage_seconds[step] = stage_seconds.get(step, 0.0) + sec
+            status = "ok" if result.success else "FAILED"
+            print(f"  {key}: {status} in {time.perf_counter() - t0:.1f}s")
+            if not result.success:
+                failures[key] = _step_errors(result)
+    _print_summary(paths, stage_seconds, demo=args.source is None)
+    if failures:
+        for key, errors in failures.items():
+            for err in errors or ["run failed"]:
+                print(f"error: shard {key}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool) -> None:
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import QUARANTINE
+
+    print("\nrows per table:")
+    for name, n in _table_counts(paths.delta_root).items():
+        print(f"  {name:<18} {n:>8}")
+    reasons = (
+        DeltaStore(paths.delta_root)
+        .scan(QUARANTINE)
+        .group_by("stage", "reason")
+        .len()
+        .sort("stage", "reason")
+        .collect()
+    )
+    print("quarantined by reason:")
+    for stage, reason, n in reasons.iter_rows():
+        print(f"  {stage}/{reason:<20} {n:>6}")
+    print("time per stage (all shards):")
+    for step, sec in stage_seconds.items():
+        print(f"  {step:<18} {sec:>7.1f}s")
+    if demo:
+        from curation_assets.lib.demo import load_ground_truth
+        from curation_assets.lib.evaluate import evaluate_ingest
+
+        gt = load_ground_truth(paths.source_root / "ground_truth.json")
+        report = evaluate_ingest(gt, DeltaStore(paths.delta_root))
+        print("demo ground truth (ingest):")
+        for k, v in report.items():
+            print(f"  {k:<34} {v}")
+    print(f"\nDelta tables: {paths.delta_root}\nDagster home: {paths.dagster_home}")
+    print(f"Open the UI on the same home: curation dev --home {paths.home}")
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Run ``dagster dev`` (webserver + daemon) on the curation home."""
+    paths = _prepare_home(args.home)
+    paths.source_root.mkdir(parents=True, exist_ok=True)
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    cmd = ["dagster", "dev", "-h", args.host, "-p", str(args.port)]
+    if workspace.is_file():
+        cmd += ["-w", str(workspace)]
+    else:
+        cmd += ["-m", "curation_assets.definitions"]
+    print(f"DAGSTER_HOME={paths.dagster_home}\n$ {' '.join(cmd)}")
+    dagster = shutil.which("dagster") or cmd[0]
+    return subprocess.call([dagster, *cmd[1:]])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the demo corpus only."""
+    from curation_assets.lib.demo import build_demo_corpus
+
+    dest = Path(args.dest) if args.dest else resolve_paths(args.home).source_root
+    corpus = build_demo_corpus(dest, seed=args.seed)
+    print(json.dumps({"root": str(corpus.root), "shards": corpus.shards}, indent=2))
+    return 0
+
+
+def cmd_bench_embed(args: argparse.Namespace) -> int:
+    """Benchmark the embedding stage and print JSON."""
+    from curation_assets.lib.bench import bench_embed
+    from curation_assets.lib.embed import (
+        DEFAULT_OPEN_CLIP_MODEL,
+        DEFAULT_OPEN_CLIP_PRETRAINED,
+        DEFAULT_TIMM_MODEL,
+        EFFICIENTNET_LITE0_PACKAGE,
+        EmbedderSpec,
+    )
+
+    timm = args.backend == "timm"
+    model = args.model or (DEFAULT_TIMM_MODEL if timm else DEFAULT_OPEN_CLIP_MODEL)
+    pretrained = args.pretrained or (
+        EFFICIENTNET_LITE0_PACKAGE if timm else DEFAULT_OPEN_CLIP_PRETRAINED
+    )
+    spec = EmbedderSpec(
+        backend=args.backend,
+        model_name=model,
+        pretrained=None if pretrained == "random" else pretrained,
+        model_config=args.model_config,
+        device=args.device,
+    )
+    report = bench_embed(
+        Path(args.images),
+        spec,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        repeats=args.repeats,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``curation``."""
+    p = argparse.ArgumentParser(prog="curation", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="materialize every asset for every shard (headless)")
+    run.add_argument("--home", help="curation home (default $CURATION_HOME or ./.curation)")
+    run.add_argument(
+        "--source",
+        help="folder whose folders/.tar/.csv/.parquet entries are shards (default: demo corpus)",
+    )
+    run.add_argument("--shards", help="comma-separated shard keys to run (default: all)")
+    run.set_defaults(func=cmd_run)
+
+    dev = sub.add_parser("dev", help="open the Dagster UI + daemon on the curation home")
+    dev.add_argument("--home")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
+
+    demo = sub.add_parser("demo", help="build the demo corpus (shards + ground_truth.json)")
+    demo.add_argument("--home")
+    demo.add_argument("--dest", help="folder to write (default: <home>/sources)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    be = bench_sub.add_parser("embed", help="end-to-end vs bare-forward embedding throughput")
+    be.add_argument("--images", required=True, help="folder, tar or manifest of images")
+    be.add_argument("--backend", choices=["timm", "open_clip"], default="timm")
+    be.add_argument("--model", help="model name (default per backend)")
+    be.add_argument("--pretrained", help="pretrained tag/path ('random' = random weights)")
+    be.add_argument("--model-config", help="open_clip model config JSON")
+    be.add_argument("--device", default="auto")
+    be.add_argument("--limit", type=int, help="use only the first N inputs")
+    be.add_argument("--batch-size", type=int, default=64)
+    be.add_argument("--workers", type=int, default=2, help="decode threads")
+    be.add_argument("--repeats", type=int, default=3)
+    be.set_defaults(func=cmd_bench_embed)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``curation`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

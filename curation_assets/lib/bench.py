@@ -1,0 +1,148 @@
+"""Benchmarks (printed as JSON by ``curation bench ...``); never timed tests."""
+
+import logging
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import psutil
+import torch
+
+from curation_assets.lib.embed import (
+    IMAGE_EMBEDDINGS,
+    EmbedderSpec,
+    EmbedStats,
+    embed_items,
+    embeddings_frame,
+    load_embedder,
+)
+from curation_assets.lib.ingest import decode_image
+from curation_assets.lib.shards import Item, ShardInfo, inspect_shard, iter_items
+from curation_assets.lib.storage import DeltaStore
+
+logger = logging.getLogger(__name__)
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _items(shard: ShardInfo, limit: int | None) -> Iterator[Item]:
+    for i, item in enumerate(iter_items(shard)):
+        if limit is not None and i >= limit:
+            return
+        yield item
+
+
+def bench_embed(
+    images: Path,
+    spec: EmbedderSpec,
+    *,
+    limit: int | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    forward_images: int = 512,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """End-to-end vs bare-forward embedding throughput on a folder/tar/manifest of images.
+
+    End to end = read + sha256 + decode + preprocess + forward + Delta write of every image
+    (the same code path as the ``image_embeddings`` asset). Bare forward = the model's forward
+    pass alone on already-preprocessed tensors of the first ``forward_images`` images, in the
+    same process. Both are repeated ``repeats`` times; medians are reported.
+
+    Memory: RSS is sampled during the end-to-end pass (before any bare-forward tensors
+    exist); ``rss_growth_mb`` is RSS at the end minus RSS after the first 10 % of images, which
+    stays near zero when memory is flat in the number of images.
+    """
+    shard = inspect_shard(images, min_age_s=0.0)
+    if shard is None:
+        msg = f"{images} is not a folder, tar or CSV/parquet manifest of images"
+        raise ValueError(msg)
+    t_load = time.perf_counter()
+    embedder = load_embedder(spec)
+    load_s = time.perf_counter() - t_load
+    n_items = sum(1 for _ in _items(shard, limit))
+    # Warm-up: one batch, so lazy initialisation is not timed.
+    warm = [decode_image(it.data).image for it in _items(shard, batch_size) if it.data]
+    embedder.encode_images(torch.stack([embedder.preprocess(im) for im in warm if im]))
+
+    e2e_runs: list[float] = []
+    rss_samples: list[float] = []
+    embedded = 0
+    with tempfile.TemporaryDirectory(prefix="curation-bench-") as tmp:
+        store = DeltaStore(tmp)
+        for _ in range(repeats):
+            stats = EmbedStats()
+            rss_at_10 = None
+
+            def frames(stats: EmbedStats = stats) -> Iterator[pl.DataFrame]:
+                nonlocal rss_at_10
+                for ids, vectors in embed_items(
+                    embedder,
+                    _items(shard, limit),
+                    wanted=None,
+                    batch_size=batch_size,
+                    workers=workers,
+                    stats=stats,
+                ):
+                    if rss_at_10 is None and stats.embedded >= 0.1 * n_items:
+                        rss_at_10 = _rss_mb()
+                    yield embeddings_frame("bench", ids, vectors, embedder)
+
+            t0 = time.perf_counter()
+            embedded = store.replace_shard(IMAGE_EMBEDDINGS, "bench", frames())
+            e2e_runs.append(time.perf_counter() - t0)
+            rss_samples.append(_rss_mb() - (rss_at_10 or _rss_mb()))
+        peak_e2e = _peak_rss_mb()
+
+    tensors = []
+    for it in _items(shard, None):
+        if len(tensors) >= forward_images:
+            break
+        if it.data is None:
+            continue
+        decoded = decode_image(it.data)
+        if decoded.image is not None:
+            tensors.append(embedder.preprocess(decoded.image))
+    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    fwd_runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            embedder.encode_images(b)
+        fwd_runs.append(time.perf_counter() - t0)
+
+    e2e_ips = embedded / float(np.median(e2e_runs))
+    fwd_ips = len(tensors) / float(np.median(fwd_runs))
+    return {
+        "benchmark": "embed",
+        "images_dir": str(images),
+        "model_id": embedder.model_id,
+        "device": str(embedder.device),
+        "dim": embedder.dim,
+        "batch_size": batch_size,
+        "decode_workers": workers,
+        "torch_threads": torch.get_num_threads(),
+        "items_enumerated": n_items,
+        "images_embedded": embedded,
+        "repeats": repeats,
+        "model_load_s": round(load_s, 2),
+        "end_to_end_s_runs": [round(x, 2) for x in e2e_runs],
+        "end_to_end_images_per_s": round(e2e_ips, 1),
+        "bare_forward_images": len(tensors),
+        "bare_forward_s_runs": [round(x, 2) for x in fwd_runs],
+        "bare_forward_images_per_s": round(fwd_ips, 1),
+        "end_to_end_over_bare_forward": round(e2e_ips / fwd_ips, 3),
+        "peak_rss_mb_end_to_end": round(peak_e2e, 1),
+        "rss_growth_mb_after_10pct": round(float(np.median(rss_samples)), 1),
+    }

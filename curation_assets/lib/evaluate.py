@@ -1,0 +1,86 @@
+"""Measure pipeline outputs against the demo corpus's planted ground truth."""
+
+from typing import Any
+
+import polars as pl
+
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+
+# Ground-truth corruption kind -> the quarantine reason ingest should give it.
+EXPECTED_REASON = {
+    "truncated": "truncated",
+    "zero_byte": "zero_byte",
+    "not_an_image": "not_an_image",
+    "missing_file": "missing_file",
+    "orphan_sidecar": "orphan_sidecar",
+    "decompression_bomb": "decompression_bomb",
+}
+
+
+def evaluate_ingest(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
+    """Compare ingest tables with the ground truth.
+
+    Args:
+        gt: One row per planted input with ``source_uri``, ``kind`` (original,
+            near_duplicate, exact_duplicate, corrupt), ``corrupt`` and ``duplicate_of``.
+        store: Where ``raw_images``, ``quarantine`` and ``exact_duplicates`` were written.
+
+    Returns:
+        Counts: inputs traced to exactly one table, corrupt inputs quarantined (and with the
+        expected reason), clean inputs wrongly quarantined, exact-duplicate groups collapsed
+        to exactly one kept row.
+    """
+    raw = store.read(RAW_IMAGES, columns=["source_uri", "image_id"]).with_columns(
+        table=pl.lit("raw_images")
+    )
+    quarantine = store.read(QUARANTINE, columns=["source_uri", "image_id", "reason"])
+    dups = store.read(DUPLICATE_FILES, columns=["source_uri", "image_id"]).with_columns(
+        table=pl.lit("exact_duplicates")
+    )
+    located = pl.concat(
+        [
+            raw,
+            quarantine.select("source_uri", "image_id", table=pl.lit("quarantine")),
+            dups,
+        ]
+    )
+    per_uri = located.group_by("source_uri").agg(pl.len().alias("n"), pl.first("table"))
+    traced = gt.join(per_uri, on="source_uri", how="left")
+    corrupt = gt.filter(pl.col("kind") == "corrupt").join(
+        quarantine.unique("source_uri"), on="source_uri", how="left"
+    )
+    expected = corrupt["corrupt"].replace_strict(EXPECTED_REASON, default=None)
+    clean = traced.filter(pl.col("kind") != "corrupt")
+    # An exact-duplicate group = an original and its byte-identical copies.
+    copies = gt.filter(pl.col("kind") == "exact_duplicate")
+    groups = pl.concat(
+        [
+            copies.select(pl.col("duplicate_of").alias("group"), "source_uri"),
+            copies.select(
+                pl.col("duplicate_of").alias("group"), pl.col("duplicate_of").alias("source_uri")
+            ),
+        ]
+    ).unique()
+    group_tables = (
+        groups.join(per_uri, on="source_uri", how="left")
+        .group_by("group")
+        .agg(
+            (pl.col("table") == "raw_images").sum().alias("kept"),
+            (pl.col("table") == "exact_duplicates").sum().alias("collapsed"),
+            pl.len().alias("members"),
+        )
+    )
+    resolved = group_tables.filter(
+        (pl.col("kept") == 1) & (pl.col("collapsed") == pl.col("members") - 1)
+    ).height
+    return {
+        "inputs_planted": gt.height,
+        "inputs_traced_to_one_table": traced.filter(pl.col("n") == 1).height,
+        "corrupt_planted": corrupt.height,
+        "corrupt_quarantined": int(corrupt["reason"].is_not_null().sum()),
+        "corrupt_with_expected_reason": int((corrupt["reason"] == expected).sum()),
+        "clean_inputs_wrongly_quarantined": clean.filter(pl.col("table") == "quarantine").height,
+        "exact_duplicate_groups_planted": group_tables.height,
+        "exact_duplicate_groups_collapsed": resolved,
+    }

@@ -1,0 +1,140 @@
+import io
+import struct
+import zlib
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from curation_assets.lib.ingest import DecodeLimits, decode_image, ingest_items, sha256_hex
+from curation_assets.lib.shards import Item
+from curation_assets_tests.conftest import image_bytes
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but holds one tiny zlib stream."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_hostile_bytes_are_quarantined_with_reasons():
+    jpeg = image_bytes(1)
+    cases = {
+        "zero_byte": b"",
+        "not_an_image": b"this is a text file, not a JPEG",
+        "truncated": jpeg[: len(jpeg) // 2],
+        "decompression_bomb": _png_header_only(40_000, 40_000),
+    }
+    for reason, data in cases.items():
+        decoded = decode_image(data, DecodeLimits(max_pixels=50_000_000))
+        assert decoded.image is None
+        assert decoded.error is not None and decoded.error[0] == reason, (reason, decoded.error)
+
+
+def test_pixel_cap_is_configurable_and_checked_before_decoding():
+    data = image_bytes(2, size=(200, 100))
+    assert decode_image(data, DecodeLimits(max_pixels=19_999)).error[0] == "decompression_bomb"
+    assert decode_image(data, DecodeLimits(max_pixels=20_000)).error is None
+    assert decode_image(data, DecodeLimits(min_side=101)).error[0] == "too_small"
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (120, 60), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    decoded = decode_image(_save(img, "JPEG", exif=exif))
+    assert (decoded.width, decoded.height) == (60, 120)
+    assert decoded.image.size == (60, 120)
+
+
+def test_animated_images_keep_their_first_frame():
+    frames = [Image.new("RGB", (32, 32), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    data = _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    decoded = decode_image(data)
+    assert decoded.n_frames == 3 and decoded.format == "GIF"
+    r, g, b = decoded.image.getpixel((5, 5))
+    assert r > 200 and g < 50 and b < 50
+
+
+def test_every_mode_becomes_rgb_with_alpha_on_white():
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    assert decode_image(_save(rgba, "PNG")).image.getpixel((0, 0)) == (255, 255, 255)
+    p = Image.new("P", (16, 16), 0)
+    p.putpalette([10, 20, 30] * 256)
+    assert decode_image(_save(p, "PNG")).image.getpixel((0, 0)) == (10, 20, 30)
+    gray16 = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    assert decode_image(_save(gray16, "PNG")).image.getpixel((0, 0)) == (255, 255, 255)
+    cmyk = Image.new("CMYK", (16, 16), (0, 0, 0, 0))
+    decoded = decode_image(_save(cmyk, "JPEG"))
+    assert decoded.image.mode == "RGB"
+    for mode in ("L", "1", "LA"):
+        assert decode_image(_save(Image.new(mode, (8, 8)), "PNG")).image.mode == "RGB"
+
+
+def _no_existing(ids: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(schema={"image_id": pl.String, "shard": pl.String, "source_uri": pl.String})
+
+
+def test_every_input_lands_in_exactly_one_table():
+    a, b = image_bytes(1), image_bytes(2)
+    items = [
+        Item("s/a.jpg", a, caption="cap a"),
+        Item("s/b.jpg", b),
+        Item("s/a-copy.jpg", a),
+        Item("s/empty.jpg", b""),
+        Item("s/gone.jpg", error=("missing_file", "not there")),
+        Item("s/bad.jpg", a[:100]),
+    ]
+    res = ingest_items("s", items, existing=_no_existing, now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert res.n_enumerated == 6
+    assert res.raw.height + res.quarantine.height + res.duplicates.height == 6
+    assert res.raw["source_uri"].to_list() == ["s/a.jpg", "s/b.jpg"]
+    assert res.raw["caption"].to_list() == ["cap a", None]
+    assert res.duplicates.to_dicts() == [
+        {
+            "shard": "s",
+            "source_uri": "s/a-copy.jpg",
+            "image_id": sha256_hex(a),
+            "kept_shard": "s",
+            "kept_source_uri": "s/a.jpg",
+        }
+    ]
+    assert res.reasons == {"missing_file": 1, "truncated": 1, "zero_byte": 1}
+    assert res.quarantine.filter(pl.col("reason") == "zero_byte")["image_id"].to_list() == [
+        sha256_hex(b"")
+    ]
+
+
+def test_images_kept_by_an_earlier_shard_collapse_there_with_their_copies():
+    a, b = image_bytes(1), image_bytes(2)
+
+    def existing(ids: list[str]) -> pl.DataFrame:
+        rows = [{"image_id": sha256_hex(a), "shard": "old", "source_uri": "old/a.jpg"}]
+        return pl.DataFrame(rows).filter(pl.col("image_id").is_in(ids))
+
+    items = [Item("new/a.jpg", a), Item("new/b.jpg", b), Item("new/a2.jpg", a)]
+    res = ingest_items("new", items, existing=existing)
+    assert res.raw["source_uri"].to_list() == ["new/b.jpg"]
+    assert sorted(res.duplicates.select("source_uri", "kept_shard", "kept_source_uri").rows()) == [
+        ("new/a.jpg", "old", "old/a.jpg"),
+        ("new/a2.jpg", "old", "old/a.jpg"),
+    ]
+    assert res.n_duplicates_within == 0

@@ -1,0 +1,91 @@
+import polars as pl
+import pytest
+
+from curation_assets.lib.storage import DeltaStore, sql_literal
+from curation_assets.lib.tables import QUARANTINE, Column, TableSpec
+
+SPEC = TableSpec(
+    name="t",
+    description="test table",
+    columns=(
+        Column("id", pl.Int64, "id"),
+        Column("shard", pl.String, "shard"),
+        Column("v", pl.Float32, "value"),
+    ),
+)
+
+
+def frame(shard: str, ids: list[int], v: float = 0.0) -> pl.DataFrame:
+    return pl.DataFrame({"id": ids, "shard": shard, "v": v})
+
+
+def test_replacing_a_shard_touches_only_that_shard(tmp_path):
+    """Re-materializing shard a replaces exactly a's rows; b keeps its rows and version data."""
+    store = DeltaStore(str(tmp_path))
+    store.replace_shard(SPEC, "a", frame("a", [1, 2, 3]))
+    store.replace_shard(SPEC, "b", frame("b", [10, 11]))
+    b_before = store.read(SPEC, shards=["b"]).sort("id")
+    store.replace_shard(SPEC, "a", frame("a", [1, 2], v=1.0))
+    store.replace_shard(SPEC, "a", frame("a", [1, 2], v=2.0))
+    df = store.read(SPEC).sort("shard", "id")
+    assert df.filter(pl.col("shard") == "a").to_dicts() == [
+        {"id": 1, "shard": "a", "v": 2.0},
+        {"id": 2, "shard": "a", "v": 2.0},
+    ]
+    assert store.read(SPEC, shards=["b"]).sort("id").equals(b_before)
+    assert df.height == 4  # no duplicated rows
+    assert store.version(SPEC.name) == 3
+
+
+def test_empty_replacement_deletes_the_shard_only(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    store.replace_shard(SPEC, "a", frame("a", [1]))
+    store.replace_shard(SPEC, "b", frame("b", [2]))
+    store.replace_shard(SPEC, "a", SPEC.empty())
+    assert store.read(SPEC)["shard"].to_list() == ["b"]
+
+
+def test_streamed_frames_land_in_one_transaction(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    n = store.replace_shard(SPEC, "a", (frame("a", [i]) for i in range(5)))
+    assert n == 5
+    assert store.read(SPEC).height == 5
+    assert store.version(SPEC.name) == 0
+
+
+def test_rows_of_another_shard_are_refused_and_nothing_is_written(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    store.replace_shard(SPEC, "a", frame("a", [1]))
+    with pytest.raises(ValueError, match="only contain that shard's rows"):
+        store.replace_shard(SPEC, "a", frame("b", [2]))
+    assert store.read(SPEC).to_dicts() == [{"id": 1, "shard": "a", "v": 0.0}]
+
+
+def test_where_narrows_the_replacement_within_a_shard(tmp_path):
+    """Two stages share the quarantine table without erasing each other's rows."""
+    store = DeltaStore(str(tmp_path))
+    row = {c: None for c in QUARANTINE.column_names} | {"shard": "a", "source_uri": "x"}
+    ingest = pl.DataFrame([row | {"stage": "ingest"}], schema=QUARANTINE.schema)
+    embed = pl.DataFrame([row | {"stage": "embed"}], schema=QUARANTINE.schema)
+    store.replace_shard(QUARANTINE, "a", ingest, where={"stage": "ingest"})
+    store.replace_shard(QUARANTINE, "a", embed, where={"stage": "embed"})
+    store.replace_shard(QUARANTINE, "a", ingest, where={"stage": "ingest"})
+    assert sorted(store.read(QUARANTINE)["stage"]) == ["embed", "ingest"]
+
+
+def test_missing_table_reads_as_empty_with_schema(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    assert not store.exists("t")
+    assert store.read(SPEC).schema == SPEC.schema
+
+
+def test_unsafe_partition_values_are_rejected():
+    assert sql_literal("shard-001.tar") == "'shard-001.tar'"
+    with pytest.raises(ValueError, match="not a safe partition value"):
+        sql_literal("a' OR '1'='1")
+
+
+def test_object_store_uris_are_joined_not_resolved():
+    store = DeltaStore("s3://bucket/prefix/", {"AWS_REGION": "us-east-1"})
+    assert store.uri("raw_images") == "s3://bucket/prefix/raw_images"
+    assert not store.is_local
