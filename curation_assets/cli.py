@@ -54,11 +54,14 @@ def _step_seconds(result: Any) -> dict[str, float]:
     return out
 
 
-def _step_errors(result: Any) -> list[str]:
+def step_errors(result: Any) -> list[str]:
+    """``step: message`` of each failed step, with the user code's own error, not the wrapper."""
     errors = []
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             err = event.event_specific_data.error
+            while err is not None and err.cause is not None:
+                err = err.cause
             errors.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
     return errors
 
@@ -116,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             status = "ok" if result.success else "FAILED"
             print(f"  {key}: {status} in {time.perf_counter() - t0:.1f}s")
             if not result.success:
-                failures[key] = _step_errors(result)
+                failures[key] = step_errors(result)
     _print_summary(paths, stage_seconds, demo=args.source is None)
     if failures:
         for key, errors in failures.items():

@@ -10,7 +10,6 @@ MAX_NEW_SHARDS_PER_TICK = 25
 per_shard_job = dg.define_asset_job(
     name="per_shard_job",
     selection=dg.AssetSelection.groups("ingest", "embed"),
-    partitions_def=shards_partitions,
     description="Ingest and embed one shard (requested by shard_sensor for each new shard).",
 )
 

@@ -1,0 +1,113 @@
+import io
+import tarfile
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from curation_assets.cli import step_errors
+from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+from curation_assets_tests.conftest import image_bytes, write_images
+from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_ingest_and_embed_two_shards_and_rematerialize_one(tmp_path, instance):
+    """Re-materializing shard a replaces exactly its rows; shard b is untouched."""
+    src = tmp_path / "src"
+    a_paths = write_images(src / "a", 6)
+    (src / "a" / "broken.jpg").write_bytes(b"")
+    (src / "a" / "copy.jpg").write_bytes(a_paths[0].read_bytes())
+    _tar(
+        src / "b.tar",
+        [
+            ("k1.jpg", image_bytes(100)),
+            ("k1.txt", b"caption one"),
+            ("k2.jpg", a_paths[1].read_bytes()),  # exact duplicate of an image of shard a
+            ("k3.jpg", image_bytes(101)[:200]),  # truncated member
+        ],
+    )
+    res = resources(tmp_path, src)
+    store = DeltaStore(str(tmp_path / "delta"))
+    for shard in ("a", "b.tar"):
+        result = materialize_shard(instance, res, shard)
+        assert result.success
+        assert all(check_results(result).values()), check_results(result)
+
+    raw = store.read(RAW_IMAGES)
+    assert raw.group_by("shard").len().sort("shard").rows() == [("a", 6), ("b.tar", 1)]
+    assert store.read(QUARANTINE).select("shard", "reason").sort("shard").rows() == [
+        ("a", "zero_byte"),
+        ("b.tar", "truncated"),
+    ]
+    dups = store.read(DUPLICATE_FILES).select("shard", "kept_shard").sort("shard").rows()
+    assert dups == [("a", "a"), ("b.tar", "a")]
+    assert raw.filter(pl.col("shard") == "b.tar")["caption"].to_list() == ["caption one"]
+    emb_b = store.read(IMAGE_EMBEDDINGS, shards=["b.tar"])
+
+    # Change shard a on disk and re-materialize it twice: b is untouched, nothing doubles.
+    (src / "a" / "img0005.jpg").unlink()
+    for _ in range(2):
+        assert materialize_shard(instance, res, "a").success
+    raw = store.read(RAW_IMAGES)
+    assert raw.group_by("shard").len().sort("shard").rows() == [("a", 5), ("b.tar", 1)]
+    assert raw["image_id"].n_unique() == raw.height
+    emb = store.read(IMAGE_EMBEDDINGS)
+    assert emb.group_by("shard").len().sort("shard").rows() == [("a", 5), ("b.tar", 1)]
+    assert store.read(IMAGE_EMBEDDINGS, shards=["b.tar"]).equals(emb_b)
+    x = embedding_matrix(emb["embedding"])
+    assert x.shape == (6, 32)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert set(emb["image_id"]) == set(raw["image_id"])
+
+
+def test_materialization_metadata_is_conventional(tmp_path, instance):
+    src = tmp_path / "src"
+    write_images(src / "s", 3)
+    result = materialize_shard(instance, resources(tmp_path, src), "s")
+    mats = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in result.asset_materializations_for_node("ingest")
+    }
+    meta = mats["raw_images"]
+    assert meta["dagster/row_count"].value == 3
+    assert meta["dagster/uri"].value.endswith("/delta/raw_images")
+    assert [c.name for c in meta["dagster/column_schema"].schema.columns][:3] == [
+        "image_id",
+        "shard",
+        "source_uri",
+    ]
+    assert meta["enumerated"].value == 3
+    emb_meta = result.asset_materializations_for_node("image_embeddings")[0].metadata
+    assert emb_meta["model_id"].value == "open_clip:tiny-clip-test@random-init"
+    assert emb_meta["dim"].value == 32
+
+
+def test_a_bad_manifest_fails_its_shard_with_a_clear_error_and_writes_nothing(tmp_path, instance):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.csv").write_text("filename\nx.jpg\n")
+    result = materialize_shard(instance, resources(tmp_path, src), "m.csv", embed=False)
+    assert not result.success
+    (error,) = step_errors(result)
+    assert (
+        error.startswith("ingest: curation_assets.lib.shards.ShardError")
+        and "add a 'path' column" in error
+    )
+    assert not DeltaStore(str(tmp_path / "delta")).exists("raw_images")

@@ -1,0 +1,44 @@
+import dagster as dg
+
+from curation_assets.definitions import defs
+
+PER_SHARD = {"raw_images", "quarantine", "exact_duplicates", "image_embeddings"}
+
+
+def test_asset_keys_partitions_and_dependencies():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == PER_SHARD
+    for key in PER_SHARD:
+        node = graph.get(dg.AssetKey(key))
+        assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
+        assert node.partitions_def.name == "shards"
+        assert node.description and node.group_name in {"ingest", "embed"}
+    assert graph.get(dg.AssetKey("image_embeddings")).parent_keys == {dg.AssetKey("raw_images")}
+
+
+def test_checks_are_declared_and_blocking():
+    checks = {
+        (k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys
+    }
+    assert checks == {
+        ("raw_images", "every_input_accounted_for"),
+        ("raw_images", "image_ids_unique"),
+        ("image_embeddings", "dims_and_norms"),
+        ("image_embeddings", "every_image_embedded"),
+    }
+
+
+def test_sensor_job_and_resources():
+    sensor = defs.resolve_sensor_def("shard_sensor")
+    assert sensor.job_name == "per_shard_job"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    job = defs.resolve_job_def("per_shard_job")
+    assert job.partitions_def is not None and job.partitions_def.name == "shards"
+    assert {"delta", "shard_source", "embedder"} <= set(defs.resources or {})
+
+
+def test_embedding_runs_in_the_gpu_pool():
+    node = defs.resolve_assets_def("image_embeddings")
+    assert node.op.pool == "gpu"
+    assert defs.resolve_assets_def("raw_images").op.pool == "ingest"
