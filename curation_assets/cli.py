@@ -100,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: no shard under {paths.source_root}", file=sys.stderr)
         return 2
     defs = build_defs(str(paths.home))
+    log_level = "INFO" if args.verbose else "WARNING"
     job = defs.resolve_job_def("per_shard_job")
     stage_seconds: dict[str, float] = {}
     failures: dict[str, list[str]] = {}
@@ -112,7 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for key in keys:
             t0 = time.perf_counter()
             result = job.execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False
+                partition_key=key,
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             )
             for step, sec in _step_seconds(result).items():
                 stage_seconds[step] = stage_seconds.get(step, 0.0) + sec
@@ -260,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--model-config", help="open_clip model config JSON")
     be.add_argument("--device", default="auto")
     be.add_argument("--limit", type=int, help="use only the first N inputs")
-    be.add_argument("--batch-size", type=int, default=64)
+    be.add_argument("--batch-size", type=int, default=0, help="0 = auto (16 CPU, 128 CUDA)")
     be.add_argument("--workers", type=int, default=2, help="decode threads")
     be.add_argument("--repeats", type=int, default=3)
     be.set_defaults(func=cmd_bench_embed)

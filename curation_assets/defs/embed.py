@@ -11,9 +11,11 @@ from pydantic import Field
 from curation_assets.defs.metadata import table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
+from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
 from curation_assets.lib.embed import (
     IMAGE_EMBEDDINGS,
     EmbedStats,
+    default_batch_size,
     embed_items,
     embedding_matrix,
     embeddings_frame,
@@ -29,7 +31,9 @@ GROUP = "embed"
 class EmbedConfig(dg.Config):
     """Batching and parallelism of the embedding pass."""
 
-    batch_size: int = Field(default=64, description="Images per forward pass.")
+    batch_size: int = Field(
+        default=0, description="Images per forward pass; 0 = auto (16 on CPU, 128 on CUDA)."
+    )
     decode_workers: int = Field(
         default=2, description="Threads decoding/preprocessing ahead of the model."
     )
@@ -102,6 +106,7 @@ def _check_complete(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
     kinds={"deltalake", "polars", "pytorch"},
     group_name=GROUP,
     pool="gpu",
+    retry_policy=transient_retry,
     metadata={"dagster/column_schema": table_schema(IMAGE_EMBEDDINGS)},
     check_specs=[
         dg.AssetCheckSpec(
@@ -128,10 +133,13 @@ def image_embeddings(
     """Decode each ingested image again (overlapped with the forward pass) and embed it."""
     key = context.partition_key
     store = delta.store()
-    model = embedder.load()
+    with fail_fast_on_permanent_errors():
+        model = embedder.load()
+        shard = shard_source.shard(key)
     wanted = set(store.read(RAW_IMAGES, shards=[key], columns=["image_id"])["image_id"])
     stats = EmbedStats()
     total = len(wanted)
+    batch_size = config.batch_size or default_batch_size(model.device)
     done: set[str] = set()
 
     def progress(s: EmbedStats) -> None:
@@ -140,9 +148,9 @@ def image_embeddings(
     def frames() -> Iterator[pl.DataFrame]:
         batches = embed_items(
             model,
-            iter_items(shard_source.shard(key)),
+            iter_items(shard),
             wanted=wanted,
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             workers=config.decode_workers,
             limits=DecodeLimits(max_pixels=2**62),  # ingest already enforced the limits
             stats=stats,
@@ -191,7 +199,7 @@ def image_embeddings(
             model_id=model.model_id,
             dim=model.dim,
             device=str(model.device),
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             quarantined=failures.height,
             seconds=round(stats.seconds, 3),
             images_per_s=round(stats.images_per_s, 1),

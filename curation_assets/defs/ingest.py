@@ -10,6 +10,7 @@ from pydantic import Field
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ShardSource
+from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
 from curation_assets.lib.ingest import DecodeLimits, ingest_shard
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES, REASON_CODES
@@ -147,6 +148,7 @@ def _unique_ids(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
         ),
     ],
     pool="ingest",
+    retry_policy=transient_retry,
 )
 def ingest(
     context: dg.AssetExecutionContext,
@@ -157,16 +159,17 @@ def ingest(
     """Enumerate a shard, hash and safely decode every input, and write the three tables."""
     key = context.partition_key
     store = delta.store()
-    shard = shard_source.shard(key)
     limits = DecodeLimits(config.max_pixels, config.min_side, config.max_file_bytes)
     t0 = time.perf_counter()
-    result = ingest_shard(
-        shard,
-        existing=_existing_lookup(store, key),
-        limits=limits,
-        workers=config.decode_workers,
-        now=datetime.now(UTC),
-    )
+    with fail_fast_on_permanent_errors():
+        shard = shard_source.shard(key)
+        result = ingest_shard(
+            shard,
+            existing=_existing_lookup(store, key),
+            limits=limits,
+            workers=config.decode_workers,
+            now=datetime.now(UTC),
+        )
     seconds = time.perf_counter() - t0
     store.replace_shard(RAW_IMAGES, key, result.raw)
     store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})

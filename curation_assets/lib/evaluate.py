@@ -45,8 +45,12 @@ def evaluate_ingest(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
             dups,
         ]
     )
+    # A manifest may list one file twice: compare occurrence counts per source_uri.
     per_uri = located.group_by("source_uri").agg(pl.len().alias("n"), pl.first("table"))
-    traced = gt.join(per_uri, on="source_uri", how="left")
+    gt_per_uri = gt.group_by("source_uri").agg(pl.len().alias("n_gt"))
+    traced = gt.join(per_uri, on="source_uri", how="left").join(
+        gt_per_uri, on="source_uri", how="left"
+    )
     corrupt = gt.filter(pl.col("kind") == "corrupt").join(
         quarantine.unique("source_uri"), on="source_uri", how="left"
     )
@@ -76,7 +80,7 @@ def evaluate_ingest(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
     ).height
     return {
         "inputs_planted": gt.height,
-        "inputs_traced_to_one_table": traced.filter(pl.col("n") == 1).height,
+        "inputs_traced_to_one_table": traced.filter(pl.col("n") == pl.col("n_gt")).height,
         "corrupt_planted": corrupt.height,
         "corrupt_quarantined": int(corrupt["reason"].is_not_null().sum()),
         "corrupt_with_expected_reason": int((corrupt["reason"] == expected).sum()),
