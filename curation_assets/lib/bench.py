@@ -61,9 +61,10 @@ def bench_embed(
     pass alone on already-preprocessed tensors of the first ``forward_images`` images, in the
     same process. Both are repeated ``repeats`` times; medians are reported.
 
-    Memory: RSS is sampled during the end-to-end pass (before any bare-forward tensors
-    exist); ``rss_growth_mb`` is RSS at the end minus RSS after the first 10 % of images, which
-    stays near zero when memory is flat in the number of images.
+    Memory: measured on a first, untimed end-to-end pass, before any bare-forward tensors
+    exist: peak RSS, and RSS at the end minus RSS after the first 10 % of images, which stays
+    near zero when memory is flat in the number of images. Timed passes then alternate
+    end-to-end and bare forward so that drift of a noisy machine affects both alike.
     """
     shard = inspect_shard(images, min_age_s=0.0)
     if shard is None:
@@ -78,16 +79,15 @@ def bench_embed(
     warm = [decode_image(it.data).image for it in _items(shard, batch_size) if it.data]
     embedder.encode_images(torch.stack([embedder.preprocess(im) for im in warm if im]))
 
-    e2e_runs: list[float] = []
-    rss_samples: list[float] = []
-    embedded = 0
     with tempfile.TemporaryDirectory(prefix="curation-bench-") as tmp:
         store = DeltaStore(tmp)
-        for _ in range(repeats):
-            stats = EmbedStats()
-            rss_at_10 = None
 
-            def frames(stats: EmbedStats = stats) -> Iterator[pl.DataFrame]:
+        def end_to_end() -> tuple[int, float, float]:
+            """One pass; returns (rows, seconds, RSS growth after the first 10 % in MiB)."""
+            stats = EmbedStats()
+            rss_at_10: float | None = None
+
+            def frames() -> Iterator[pl.DataFrame]:
                 nonlocal rss_at_10
                 for ids, vectors in embed_items(
                     embedder,
@@ -102,27 +102,34 @@ def bench_embed(
                     yield embeddings_frame("bench", ids, vectors, embedder)
 
             t0 = time.perf_counter()
-            embedded = store.replace_shard(IMAGE_EMBEDDINGS, "bench", frames())
-            e2e_runs.append(time.perf_counter() - t0)
-            rss_samples.append(_rss_mb() - (rss_at_10 or _rss_mb()))
+            rows = store.replace_shard(IMAGE_EMBEDDINGS, "bench", frames())
+            return rows, time.perf_counter() - t0, _rss_mb() - (rss_at_10 or _rss_mb())
+
+        # Memory first, before any bare-forward tensors exist.
+        embedded, _, rss_growth = end_to_end()
         peak_e2e = _peak_rss_mb()
 
-    tensors = []
-    for it in _items(shard, None):
-        if len(tensors) >= forward_images:
-            break
-        if it.data is None:
-            continue
-        decoded = decode_image(it.data)
-        if decoded.image is not None:
-            tensors.append(embedder.preprocess(decoded.image))
-    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
-    fwd_runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            embedder.encode_images(b)
-        fwd_runs.append(time.perf_counter() - t0)
+        tensors = []
+        for it in _items(shard, None):
+            if len(tensors) >= forward_images:
+                break
+            decoded = decode_image(it.data) if it.data is not None else None
+            if decoded is not None and decoded.image is not None:
+                tensors.append(embedder.preprocess(decoded.image))
+        batches = [
+            torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)
+        ]
+
+        # Interleaved, so drift of this noisy machine hits both sides alike.
+        e2e_runs: list[float] = []
+        fwd_runs: list[float] = []
+        for _ in range(repeats):
+            _, seconds, _ = end_to_end()
+            e2e_runs.append(seconds)
+            t0 = time.perf_counter()
+            for b in batches:
+                embedder.encode_images(b)
+            fwd_runs.append(time.perf_counter() - t0)
 
     e2e_ips = embedded / float(np.median(e2e_runs))
     fwd_ips = len(tensors) / float(np.median(fwd_runs))
@@ -146,5 +153,5 @@ def bench_embed(
         "bare_forward_images_per_s": round(fwd_ips, 1),
         "end_to_end_over_bare_forward": round(e2e_ips / fwd_ips, 3),
         "peak_rss_mb_end_to_end": round(peak_e2e, 1),
-        "rss_growth_mb_after_10pct": round(float(np.median(rss_samples)), 1),
+        "rss_growth_mb_after_10pct": round(rss_growth, 1),
     }
