@@ -119,3 +119,15 @@ def test_pipeline_embeds_each_wanted_image_once_and_reports_failures(clip_embedd
     assert [f[0] for f in stats.failed] == ["s/bad.jpg"]
     frame = embeddings_frame("s", out[0][0], out[0][1], clip_embedder)
     np.testing.assert_array_equal(embedding_matrix(frame["embedding"]), out[0][1])
+
+
+@pytest.mark.parametrize("which", ["timm", "open_clip"])
+def test_split_transform_equals_the_models_own_transform(which, timm_embedder, clip_embedder):
+    """uint8 from the decode threads + batched Normalize == the model's torchvision transform."""
+    e = timm_embedder if which == "timm" else clip_embedder
+    images = [_photo("coffee.png"), _photo("chelsea.png").resize((90, 200))]
+    u8 = torch.stack([e.preprocess(im) for im in images])
+    assert u8.dtype == torch.uint8
+    reference = torch.stack([e.pixels.transform(im) for im in images])
+    assert reference.dtype == torch.float32
+    torch.testing.assert_close(e.pixels.to_model_input(u8), reference, atol=1e-6, rtol=0)
