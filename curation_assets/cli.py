@@ -177,8 +177,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         cmd += ["-w", str(workspace)]
     else:
         cmd += ["-m", "curation_assets.definitions"]
+    beside = Path(sys.executable).with_name("dagster")  # the same environment as this CLI
+    dagster = str(beside) if beside.is_file() else shutil.which("dagster")
+    if dagster is None:
+        print("error: the `dagster` command is not installed in this environment", file=sys.stderr)
+        return 2
     print(f"DAGSTER_HOME={paths.dagster_home}\n$ {' '.join(cmd)}")
-    dagster = shutil.which("dagster") or cmd[0]
     return subprocess.call([dagster, *cmd[1:]])
 
 
