@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from curation_assets.lib.ingest import DecodeLimits, decode_image, sha256_hex
+from curation_assets.lib.memory import limit_malloc_arenas
 from curation_assets.lib.parallel import ordered_map
 from curation_assets.lib.shards import Item
 from curation_assets.lib.tables import Column, TableSpec
@@ -490,6 +491,7 @@ def embed_items(
         ``(image_ids, vectors)`` with vectors (n, dim) float32 L2-normalized.
     """
     stats = stats if stats is not None else EmbedStats()
+    limit_malloc_arenas()  # before the decode threads start
     seen: set[str] = set()
     ids: list[str] = []
     tensors: list[torch.Tensor] = []
