@@ -10,11 +10,15 @@ import sys
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+from dagster import AssetKey
 
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
+
+if TYPE_CHECKING:
+    from curation_assets.lib.labels import LabelImport
 
 logger = logging.getLogger("curation")
 
@@ -37,12 +41,31 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
+    from curation_assets.lib.active import LABEL_QUEUE
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
+    from curation_assets.lib.filtering import (
+        CLASSIFIER_SCORES,
+        FILTER_REJECTIONS,
+        FILTERED_IMAGES,
+        SAFETY_CLASSIFIERS,
+    )
+    from curation_assets.lib.labels import LABELS
     from curation_assets.lib.storage import DeltaStore
     from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
 
     store = DeltaStore(delta_root)
-    specs = (RAW_IMAGES, QUARANTINE, DUPLICATE_FILES, IMAGE_EMBEDDINGS)
+    specs = (
+        RAW_IMAGES,
+        QUARANTINE,
+        DUPLICATE_FILES,
+        IMAGE_EMBEDDINGS,
+        LABELS,
+        SAFETY_CLASSIFIERS,
+        LABEL_QUEUE,
+        CLASSIFIER_SCORES,
+        FILTERED_IMAGES,
+        FILTER_REJECTIONS,
+    )
     return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
 
 
@@ -66,6 +89,124 @@ def step_errors(result: Any) -> list[str]:
     return errors
 
 
+EMBED = [
+    AssetKey("raw_images"),
+    AssetKey("quarantine"),
+    AssetKey("exact_duplicates"),
+    AssetKey("image_embeddings"),
+]
+FILTER = [AssetKey("classifier_scores"), AssetKey("filtered_images"), AssetKey("filter_rejections")]
+
+
+def import_label_file(
+    paths: Paths, file: Path, *, instance: Any, allow_relabel: bool = False
+) -> "LabelImport":
+    """Validate and append a label file (all or nothing); report it to Dagster as `labels`.
+
+    Raises:
+        LabelImportError: With a readable report when any row is wrong (nothing imported).
+    """
+    import dagster as dg
+
+    from curation_assets.defs.resources import default_resources
+    from curation_assets.lib.labels import LABELS, import_labels, read_label_file
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DUPLICATE_FILES, RAW_IMAGES
+
+    store = DeltaStore(paths.delta_root)
+    known = pl.concat(
+        [
+            store.read(RAW_IMAGES, columns=["image_id", "source_uri"]),
+            store.read(DUPLICATE_FILES, columns=["image_id", "source_uri"]),
+        ]
+    )
+    categories = default_resources(str(paths.home))["categories"].load()  # type: ignore[attr-defined]
+    result = import_labels(
+        read_label_file(file),
+        known_images=known,
+        categories=[c.name for c in categories],
+        existing=store.read(LABELS),
+        allow_relabel=allow_relabel,
+    )
+    store.append(LABELS, result.rows)
+    total = store.scan(LABELS).select(pl.len()).collect().item()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key="labels",
+            description=f"imported {result.rows.height} labels from {file}",
+            metadata={
+                "dagster/row_count": total,
+                "dagster/uri": store.uri(LABELS.name),
+                "imported": result.rows.height,
+                "source_file": str(file),
+                "already_labelled": result.n_already_labelled,
+            },
+        )
+    )
+    return result
+
+
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    """`curation labels import FILE`."""
+    import dagster as dg
+
+    from curation_assets.lib.labels import LabelImportError
+
+    paths = _prepare_home(args.home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            result = import_label_file(
+                paths, Path(args.file), instance=instance, allow_relabel=args.allow_relabel
+            )
+    except LabelImportError as exc:
+        print(f"error: nothing imported.\n{exc}", file=sys.stderr)
+        return 1
+    print(
+        f"imported {result.rows.height} labels from {args.file} "
+        f"({result.n_already_labelled} already known, {result.n_blank} blank rows skipped); "
+        "re-materialize safety_classifiers to retrain"
+    )
+    return 0
+
+
+def cmd_labels_export(args: argparse.Namespace) -> int:
+    """`curation labels export-queue`: CSV, Label Studio tasks and an HTML contact sheet."""
+    from curation_assets.lib.active import LABEL_QUEUE
+    from curation_assets.lib.labels import (
+        export_queue_csv,
+        export_queue_html,
+        export_queue_label_studio,
+    )
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import RAW_IMAGES
+
+    paths = _prepare_home(args.home)
+    store = DeltaStore(paths.delta_root)
+    queue = store.read(LABEL_QUEUE)
+    if queue.is_empty():
+        msg = (
+            "error: the label queue is empty (no classifier trained yet, or nothing left to "
+            "label); import labels, then materialize safety_classifiers and label_queue"
+        )
+        print(msg, file=sys.stderr)
+        return 1
+    uris = store.read(RAW_IMAGES, columns=["image_id", "source_uri"]).unique("image_id")
+    queue = queue.join(uris, on="image_id", how="left").sort("category", "rank")
+    out = Path(args.out) if args.out else paths.home / "label_queue"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        export_queue_csv(queue, out / "label_queue.csv"),
+        export_queue_label_studio(queue, out / "label_studio_tasks.json"),
+        export_queue_html(queue, out / "contact_sheet.html", max_items=args.max_items).path,
+    ]
+    print(f"{queue.height} queued images written to:")
+    for path in written:
+        print(f"  {path}")
+    print("Fill the label column (1 = belongs to the category, 0 = not) and run:")
+    print(f"  curation labels import {out / 'label_queue.csv'} --home {paths.home}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialize every asset for every shard and print a summary."""
     paths = _prepare_home(args.home, args.source)
@@ -73,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from curation_assets.lib.demo import build_demo_corpus
 
         t0 = time.perf_counter()
-        build_demo_corpus(paths.source_root)
+        corpus = build_demo_corpus(paths.source_root)
         print(f"demo corpus ready in {paths.source_root} ({time.perf_counter() - t0:.1f}s)")
     import dagster as dg
 
@@ -104,31 +245,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = defs.resolve_job_def("per_shard_job")
     stage_seconds: dict[str, float] = {}
     failures: dict[str, list[str]] = {}
+
+    def execute(target: Any, label: str, **kw: Any) -> bool:
+        t0 = time.perf_counter()
+        result = target.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            **kw,
+        )
+        for step, sec in _step_seconds(result).items():
+            stage_seconds[step] = stage_seconds.get(step, 0.0) + sec
+        print(
+            f"  {label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - t0:.1f}s"
+        )
+        if not result.success:
+            failures.setdefault(label, []).extend(step_errors(result))
+        return bool(result.success)
+
     with dg.DagsterInstance.get() as instance:
         known = set(instance.get_dynamic_partitions(SHARDS_PARTITION))
         new = [k for k in keys if k not in known]
         if new:
             instance.add_dynamic_partitions(SHARDS_PARTITION, new)
         print(f"{len(keys)} shards ({len(new)} newly registered): {', '.join(keys)}")
-        for key in keys:
-            t0 = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=key,
-                instance=instance,
-                raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            )
-            for step, sec in _step_seconds(result).items():
-                stage_seconds[step] = stage_seconds.get(step, 0.0) + sec
-            status = "ok" if result.success else "FAILED"
-            print(f"  {key}: {status} in {time.perf_counter() - t0:.1f}s")
-            if not result.success:
-                failures[key] = step_errors(result)
+        print("ingest + embed:")
+        embedded = [
+            k for k in keys if execute(job, f"shard {k}", partition_key=k, asset_selection=EMBED)
+        ]
+        if args.source is None:
+            from curation_assets.lib.demo import write_seed_labels
+
+            seed = write_seed_labels(corpus)
+            done = import_label_file(paths, seed, instance=instance)
+            print(f"demo seed labels: {done.rows.height} new ({done.n_already_labelled} known)")
+        print("classifiers:")
+        trained = execute(defs.resolve_job_def("classifiers_job"), "safety_classifiers")
+        if trained:
+            print("score + filter:")
+            for k in embedded:
+                execute(job, f"shard {k}", partition_key=k, asset_selection=FILTER)
     _print_summary(paths, stage_seconds, demo=args.source is None)
     if failures:
-        for key, errors in failures.items():
+        for what, errors in failures.items():
             for err in errors or ["run failed"]:
-                print(f"error: shard {key}: {err}", file=sys.stderr)
+                print(f"error: {what}: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -151,6 +312,21 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     print("quarantined by reason:")
     for stage, reason, n in reasons.iter_rows():
         print(f"  {stage}/{reason:<20} {n:>6}")
+    from curation_assets.lib.filtering import SAFETY_CLASSIFIERS
+
+    classifiers = (
+        DeltaStore(paths.delta_root)
+        .read(SAFETY_CLASSIFIERS)
+        .select("category", "status", "threshold", "oof_recall", "oof_precision", "n_pos", "n_neg")
+    )
+    print("classifiers (out-of-fold recall / precision at the threshold):")
+    for row in classifiers.iter_rows(named=True):
+        metrics = " ".join(
+            f"{k}={row[k]:.3f}" if row[k] is not None else f"{k}=-"
+            for k in ("threshold", "oof_recall", "oof_precision")
+        )
+        print(f"  {row['category']:<20} {row['status']:<9} {metrics} ", end="")
+        print(f"labels={row['n_pos']}+/{row['n_neg']}-")
     print("time per stage (all shards):")
     for step, sec in stage_seconds.items():
         print(f"  {step:<18} {sec:>7.1f}s")
@@ -161,6 +337,19 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
         gt = load_ground_truth(paths.source_root / "ground_truth.json")
         report = evaluate_ingest(gt, DeltaStore(paths.delta_root))
         print("demo ground truth (ingest):")
+        for k, v in report.items():
+            print(f"  {k:<34} {v}")
+        from curation_assets.lib.demo import DEMO_CATEGORY
+        from curation_assets.lib.evaluate import evaluate_filter
+
+        report = evaluate_filter(
+            gt,
+            DeltaStore(paths.delta_root),
+            category=DEMO_CATEGORY,
+            positive=("attr_source", "photo"),
+            attribute=("attr_palette", "warm"),
+        )
+        print(f"demo ground truth (filter, category {DEMO_CATEGORY} = photographs):")
         for k, v in report.items():
             print(f"  {k:<34} {v}")
     print(f"\nDelta tables: {paths.delta_root}\nDagster home: {paths.dagster_home}")
@@ -257,6 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dest", help="folder to write (default: <home>/sources)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    labels = sub.add_parser("labels", help="import labels; export the active-learning queue")
+    labels_sub = labels.add_subparsers(dest="labels", required=True)
+    li = labels_sub.add_parser("import", help="append a CSV or Label Studio JSON export")
+    li.add_argument("file")
+    li.add_argument("--home")
+    li.add_argument(
+        "--allow-relabel", action="store_true", help="let a file change existing labels"
+    )
+    li.set_defaults(func=cmd_labels_import)
+    le = labels_sub.add_parser("export-queue", help="write label_queue as CSV, JSON and HTML")
+    le.add_argument("--home")
+    le.add_argument("--out", help="folder (default <home>/label_queue)")
+    le.add_argument("--max-items", type=int, default=200, help="cards in the HTML sheet")
+    le.set_defaults(func=cmd_labels_export)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -75,15 +75,21 @@ def test_dagster_dev_shows_assets_checks_and_sensor(tmp_path):
             time.sleep(2)
         assert data and data["assetNodes"], "webserver did not serve the definitions in time"
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-        assert set(nodes) == {"raw_images", "quarantine", "exact_duplicates", "image_embeddings"}
-        assert all(n["isPartitioned"] for n in nodes.values())
+        from curation_assets.definitions import defs
+
+        graph = defs.resolve_asset_graph()
+        assert set(nodes) == {k.to_user_string() for k in graph.get_all_asset_keys()}
+        assert (
+            nodes["raw_images"]["isPartitioned"]
+            and not nodes["safety_classifiers"]["isPartitioned"]
+        )
         checks = {
             (key, c["name"])
             for key, n in nodes.items()
             for c in (n["assetChecksOrError"] or {}).get("checks", [])
         }
         assert ("raw_images", "every_input_accounted_for") in checks
-        assert ("image_embeddings", "dims_and_norms") in checks
+        assert checks == {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
         sensors = {
             s["name"]: s["sensorState"]["status"]
             for repo in data["repositoriesOrError"]["nodes"]

@@ -2,19 +2,35 @@ import dagster as dg
 
 from curation_assets.definitions import defs
 
-PER_SHARD = {"raw_images", "quarantine", "exact_duplicates", "image_embeddings"}
+PER_SHARD = {
+    "raw_images",
+    "quarantine",
+    "exact_duplicates",
+    "image_embeddings",
+    "classifier_scores",
+    "filtered_images",
+    "filter_rejections",
+}
+GLOBAL = {"labels", "safety_classifiers", "label_queue"}
 
 
 def test_asset_keys_partitions_and_dependencies():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == PER_SHARD
+    assert keys == PER_SHARD | GLOBAL
     for key in PER_SHARD:
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
         assert node.partitions_def.name == "shards"
-        assert node.description and node.group_name in {"ingest", "embed"}
-    assert graph.get(dg.AssetKey("image_embeddings")).parent_keys == {dg.AssetKey("raw_images")}
+        assert node.description and node.group_name in {"ingest", "embed", "classify"}
+    for key in GLOBAL:
+        node = graph.get(dg.AssetKey(key))
+        assert node.partitions_def is None and node.description
+    parents = {k: {p.to_user_string() for p in graph.get(dg.AssetKey(k)).parent_keys} for k in keys}
+    assert parents["image_embeddings"] == {"raw_images"}
+    assert parents["safety_classifiers"] == {"labels", "image_embeddings"}
+    assert parents["classifier_scores"] == {"image_embeddings", "safety_classifiers"}
+    assert parents["filtered_images"] == {"classifier_scores", "raw_images"}
 
 
 def test_checks_are_declared_and_blocking():
@@ -26,6 +42,11 @@ def test_checks_are_declared_and_blocking():
         ("raw_images", "image_ids_unique"),
         ("image_embeddings", "dims_and_norms"),
         ("image_embeddings", "every_image_embedded"),
+        ("safety_classifiers", "every_category_has_a_classifier"),
+        ("safety_classifiers", "recall_target_met"),
+        ("classifier_scores", "classifiers_available"),
+        ("classifier_scores", "one_finite_score_per_image_and_classifier"),
+        ("filtered_images", "every_image_kept_or_rejected"),
     }
 
 
@@ -35,7 +56,14 @@ def test_sensor_job_and_resources():
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     job = defs.resolve_job_def("per_shard_job")
     assert job.partitions_def is not None and job.partitions_def.name == "shards"
-    assert {"delta", "shard_source", "embedder"} <= set(defs.resources or {})
+    assert {"delta", "shard_source", "embedder", "categories"} <= set(defs.resources or {})
+    selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert selected == PER_SHARD
+    classifiers = defs.resolve_job_def("classifiers_job")
+    assert {k.to_user_string() for k in classifiers.asset_layer.selected_asset_keys} == {
+        "safety_classifiers",
+        "label_queue",
+    }
 
 
 def test_embedding_runs_in_the_gpu_pool():

@@ -1,11 +1,14 @@
 """Resources: Delta storage, the shard source, and the image embedder."""
 
+import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
+from curation_assets.lib.classify import CategorySpec, load_category_spec
 from curation_assets.lib.embed import (
     DEFAULT_OPEN_CLIP_MODEL,
     DEFAULT_OPEN_CLIP_PRETRAINED,
@@ -114,6 +117,26 @@ class ImageEmbedder(dg.ConfigurableResource):
         return load_embedder(self.spec())
 
 
+class Categories(dg.ConfigurableResource):
+    """The category spec (YAML) the safety classifiers are trained for."""
+
+    path: str = Field(
+        default="",
+        description="Category spec YAML; empty = the packaged demo spec "
+        "(curation_assets/configs/categories.yaml).",
+    )
+
+    def resolved_path(self) -> Path:
+        """The YAML file in use."""
+        if self.path:
+            return Path(self.path).expanduser()
+        return Path(str(files("curation_assets").joinpath("configs/categories.yaml")))
+
+    def load(self) -> list[CategorySpec]:
+        """Parse and validate the spec."""
+        return load_category_spec(self.resolved_path())
+
+
 def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources for the local default: Delta and sources under the curation home."""
     paths = resolve_paths(home)
@@ -121,4 +144,5 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
         "delta": DeltaStorage(root_uri=paths.delta_root),
         "shard_source": ShardSource(root=str(paths.source_root)),
         "embedder": ImageEmbedder(),
+        "categories": Categories(path=os.environ.get("CURATION_CATEGORIES", "")),
     }

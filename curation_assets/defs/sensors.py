@@ -9,8 +9,12 @@ MAX_NEW_SHARDS_PER_TICK = 25
 
 per_shard_job = dg.define_asset_job(
     name="per_shard_job",
-    selection=dg.AssetSelection.groups("ingest", "embed"),
-    description="Ingest and embed one shard (requested by shard_sensor for each new shard).",
+    selection=dg.AssetSelection.groups("ingest", "embed")
+    | dg.AssetSelection.assets("classifier_scores", "filtered_images", "filter_rejections"),
+    description=(
+        "Ingest, embed, score and filter one shard (requested by shard_sensor for each new "
+        "shard). Before any classifier is trained, scoring keeps every image (WARN check)."
+    ),
 )
 
 

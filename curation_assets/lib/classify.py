@@ -1063,6 +1063,26 @@ def _from_dict(d: Mapping[str, Any], path: Path) -> Classifier:
     raise ValueError(msg)
 
 
+def classifier_to_json(classifier: Classifier) -> str:
+    """One classifier as a JSON string (the format of :func:`save_probes` entries)."""
+    if isinstance(classifier, Probe):
+        return json.dumps(_probe_to_dict(classifier), allow_nan=False)
+    return json.dumps(_zero_shot_to_dict(classifier), allow_nan=False)
+
+
+def classifier_from_json(text: str, *, source: str = "<json>") -> Classifier:
+    """Inverse of :func:`classifier_to_json`.
+
+    Raises:
+        ValueError: If the text is not a classifier written by this version.
+    """
+    try:
+        return _from_dict(json.loads(text), Path(source))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        msg = f"{source}: not a valid classifier entry ({exc}); retrain the classifiers"
+        raise ValueError(msg) from exc
+
+
 def save_probes(path: str | Path, probes: Sequence[Classifier]) -> Path:
     """Write classifiers to one JSON file (float32 arrays as base64 little-endian; no pickle).
 

@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when the generated content changes; an existing corpus with another version is rebuilt."""
 
 SHARD_FOLDER = "shard-000"
@@ -337,8 +337,18 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
+PROCEDURAL_COOL_BIAS = 0.7
+"""Share of procedural palettes drawn from cool hues only (the rest from any hue).
+
+The photographs lean warm (skin, coffee, a tabby cat) and procedural images then lean cool,
+so the demo's stand-in unwanted category (photographs) correlates with the ``palette``
+attribute: filtering it moves the warm share by more than ten points, a bias for the
+re-weighting stage to undo."""
+
+
 def _random_palette(rng: np.random.Generator, n: int = 5) -> list[tuple[int, int, int]]:
-    h0 = float(rng.random())
+    cool = float(rng.random()) < PROCEDURAL_COOL_BIAS
+    h0 = float(rng.uniform(0.45, 0.72)) if cool else float(rng.random())
     schemes = (
         (0.0, 0.06, -0.06, 0.12),  # analogous
         (0.0, 0.5, 0.04, 0.46),  # complementary
@@ -1177,3 +1187,34 @@ def _write_ground_truth(root: Path, seed: int, n_base: int, specs: list[_Spec]) 
     tmp = root / f"{GROUND_TRUTH_FILE}.tmp"
     tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, root / GROUND_TRUTH_FILE)
+
+
+DEMO_CATEGORY = "demo_photograph"
+"""The demo's stand-in unwanted category (see configs/categories.yaml): real photographs."""
+
+
+def write_seed_labels(
+    corpus: DemoCorpus, *, n_pos: int = 80, n_neg: int = 200, seed: int = 0
+) -> Path:
+    """Write a CSV of seed labels for :data:`DEMO_CATEGORY`, drawn from the ground truth.
+
+    Labels are taken only from original images (not their copies), ``n_pos`` photographs and
+    ``n_neg`` procedural images chosen at random with ``seed``. The file lives under
+    ``<root>/_labels/`` (ignored by shard discovery) and has the columns ``source_uri,
+    category, label`` that ``curation labels import`` reads.
+
+    Returns:
+        The CSV path.
+    """
+    gt = corpus.load_items().filter(pl.col("kind") == "original")
+    rng = np.random.default_rng(seed)
+    picks = []
+    for source, n, label in (("photo", n_pos, 1), ("procedural", n_neg, 0)):
+        pool = gt.filter(pl.col("attr_source") == source)["source_uri"].unique().sort()
+        chosen = rng.choice(pool.len(), size=min(n, pool.len()), replace=False)
+        picks.append(pl.DataFrame({"source_uri": pool.gather(np.sort(chosen)), "label": label}))
+    out = corpus.root / "_labels" / "seed_labels.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels = pl.concat(picks).select("source_uri", category=pl.lit(DEMO_CATEGORY), label="label")
+    labels.write_csv(out)
+    return out

@@ -4,6 +4,7 @@ from typing import Any
 
 import polars as pl
 
+from curation_assets.lib.filtering import FILTER_REJECTIONS, FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
 
@@ -88,3 +89,57 @@ def evaluate_ingest(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
         "exact_duplicate_groups_planted": group_tables.height,
         "exact_duplicate_groups_collapsed": resolved,
     }
+
+
+def evaluate_filter(
+    gt: pl.DataFrame,
+    store: DeltaStore,
+    *,
+    category: str,
+    positive: tuple[str, str],
+    attribute: tuple[str, str],
+) -> dict[str, Any]:
+    """Measure the filter against ground truth, per ingested image.
+
+    Args:
+        gt: Ground truth (``source_uri``, ``kind``, ``attr_*`` columns).
+        store: Where ``raw_images``, ``filter_rejections`` and ``filtered_images`` live.
+        category: The category whose rejections are evaluated.
+        positive: ``(column, value)`` of the ground truth that defines a true positive,
+            e.g. ``("attr_source", "photo")``.
+        attribute: ``(column, value)`` whose share is compared before and after filtering,
+            e.g. ``("attr_palette", "warm")``.
+
+    Returns:
+        Recall and precision of the category's rejections, and the attribute's share in the
+        unfiltered and the filtered set (in percent).
+    """
+    truth = gt.filter(pl.col("kind") != "corrupt").unique("source_uri")
+    raw = store.read(RAW_IMAGES, columns=["image_id", "source_uri"]).join(
+        truth, on="source_uri", how="inner"
+    )
+    rejected = set(
+        store.read(FILTER_REJECTIONS).filter(pl.col("category") == category)["image_id"].to_list()
+    )
+    kept = set(store.read(FILTERED_IMAGES, columns=["image_id"])["image_id"].to_list())
+    col, value = positive
+    is_pos = raw[col] == value
+    is_rej = raw["image_id"].is_in(list(rejected))
+    tp = int((is_pos & is_rej).sum())
+    acol, avalue = attribute
+    has_attr = raw[acol] == avalue
+    in_kept = raw["image_id"].is_in(list(kept))
+    return {
+        "images_with_ground_truth": raw.height,
+        "true_positives_planted": int(is_pos.sum()),
+        "removed": int(is_rej.sum()),
+        "recall": round(tp / max(1, int(is_pos.sum())), 4),
+        "precision": round(tp / max(1, int(is_rej.sum())), 4),
+        f"{acol}={avalue}_share_unfiltered_pct": _pct(has_attr),
+        f"{acol}={avalue}_share_filtered_pct": _pct(has_attr.filter(in_kept)),
+    }
+
+
+def _pct(mask: pl.Series) -> float:
+    """Share of True values in percent (0 for an empty series)."""
+    return round(100.0 * int(mask.sum()) / mask.len(), 2) if mask.len() else 0.0

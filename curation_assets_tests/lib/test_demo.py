@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from curation_assets.lib.demo import (
     CORRUPT_KINDS,
     EDITS,
+    GENERATOR_VERSION,
     ITEM_SCHEMA,
     SHARDS,
     SPECIAL_TAGS,
@@ -82,7 +83,9 @@ def test_shards_exist_with_their_kinds(corpus: DemoCorpus) -> None:
         "shard-002.csv": "manifest",
         "shard-003.parquet": "manifest",
     }
-    assert doc["generator_version"] == 1 and doc["seed"] == 0 and doc["n_base"] == 360
+    assert (
+        doc["generator_version"] == GENERATOR_VERSION and doc["seed"] == 0 and doc["n_base"] == 360
+    )
 
 
 def test_frame_schema_and_bases(items: pl.DataFrame) -> None:
