@@ -16,6 +16,7 @@ from curation_assets.lib.classify import (
     Probe,
     classifier_from_json,
     classifier_to_json,
+    clip_score_floor,
     fit_category,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
@@ -24,6 +25,7 @@ from curation_assets.lib.filtering import (
     FILTER_REJECTIONS,
     FILTERED_IMAGES,
     SAFETY_CLASSIFIERS,
+    caption_similarity,
     pretrained_scores,
     score_embeddings,
     split_by_scores,
@@ -417,13 +419,36 @@ def classifier_scores(
     ],
     retry_policy=transient_retry,
 )
-def filter_shard(context: dg.AssetExecutionContext, delta: DeltaStorage):
+def filter_shard(
+    context: dg.AssetExecutionContext,
+    delta: DeltaStorage,
+    categories: Categories,
+    embedder: ImageEmbedder,
+):
     """Split the shard into filtered_images and filter_rejections."""
     key = context.partition_key
     store = delta.store()
     raw = store.read(RAW_IMAGES, shards=[key])
     scores = store.read(CLASSIFIER_SCORES, shards=[key])
-    kept, rejections = split_by_scores(raw, scores)
+    with fail_fast_on_permanent_errors():
+        floor = clip_score_floor(categories.load())
+    clip_scores, floor_note = None, "no min_clip_score in the category spec"
+    if floor is not None and raw["caption"].drop_nulls().len():
+        model = embedder.load()
+        if model.has_text_tower:
+            emb = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding"])
+            emb = emb.join(raw.select("image_id", "caption"), on="image_id")
+            clip_scores = caption_similarity(
+                emb["image_id"].to_list(),
+                embedding_matrix(emb["embedding"]),
+                emb["caption"].to_list(),
+                model.encode_text,
+            )
+            floor_note = f"applied: image-caption cosine >= {floor}"
+        else:
+            floor_note = f"not applied: {model.model_id} has no text tower"
+            context.log.warning(f"min_clip_score {floor} {floor_note}")
+    kept, rejections = split_by_scores(raw, scores, clip_scores=clip_scores, clip_floor=floor)
     store.replace_shard(FILTERED_IMAGES, key, kept)
     store.replace_shard(FILTER_REJECTIONS, key, rejections)
     rejected = rejections["image_id"].n_unique()
@@ -438,6 +463,7 @@ def filter_shard(context: dg.AssetExecutionContext, delta: DeltaStorage):
             kept.height,
             removed=rejected,
             removed_share=round(rejected / raw.height, 4) if raw.height else 0.0,
+            clip_score_floor=floor_note,
         ),
         check_results=[
             dg.AssetCheckResult(

@@ -218,3 +218,35 @@ def pretrained_scores(
             schema_overrides={"threshold": pl.Float64},
         )
     )
+
+
+def caption_similarity(
+    image_ids: Sequence[str],
+    x: np.ndarray,
+    captions: Sequence[str | None],
+    encode_text,
+    *,
+    batch_size: int = 256,
+) -> pl.DataFrame:
+    """Image–caption cosine (CLIP score) for the captioned images.
+
+    Args:
+        image_ids: n ids.
+        x: (n, d) float32, L2-normalized image embeddings (same model as ``encode_text``).
+        captions: n captions (None / empty = no caption, not scored).
+        encode_text: texts -> (m, d) float32 L2-normalized (the model's text tower).
+        batch_size: Captions per text-tower batch.
+
+    Returns:
+        ``image_id, clip_score`` (Float32) for images with a caption.
+    """
+    rows = [i for i, c in enumerate(captions) if c]
+    sims = np.zeros(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start : start + batch_size]
+        t = np.asarray(encode_text([str(captions[i]) for i in idx]), dtype=np.float32)
+        sims[start : start + len(idx)] = np.einsum("nd,nd->n", x[idx], t)
+    return pl.DataFrame(
+        {"image_id": [image_ids[i] for i in rows], "clip_score": sims},
+        schema={"image_id": pl.String, "clip_score": pl.Float32},
+    )

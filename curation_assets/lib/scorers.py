@@ -93,7 +93,7 @@ class OpenNsfwScorer(PretrainedScorer):
             model file is missing.
     """
 
-    name = "open_nsfw"
+    name = "nsfw"
 
     def __init__(
         self,

