@@ -420,6 +420,26 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_dedup(args: argparse.Namespace) -> int:
+    """Benchmark cluster-based near-duplicate search against exhaustive search; print JSON."""
+    from curation_assets.lib.bench_dedup import bench_dedup, bench_dedup_clothing
+
+    if args.clothing:
+        report = bench_dedup_clothing(Path(args.clothing), seed=args.seed)
+    else:
+        report = bench_dedup(
+            args.n,
+            args.dim,
+            seed=args.seed,
+            k=args.k,
+            tau=args.tau,
+            exhaustive_queries=args.exhaustive_queries,
+            top=args.top,
+        )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``curation``."""
     p = argparse.ArgumentParser(prog="curation", description=__doc__)
@@ -476,6 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--workers", type=int, default=2, help="decode threads")
     be.add_argument("--repeats", type=int, default=3)
     be.set_defaults(func=cmd_bench_embed)
+    bd = bench_sub.add_parser("dedup", help="near-duplicate pair recall and time vs exhaustive")
+    bd.add_argument("--n", type=int, default=100_000, help="synthetic embeddings")
+    bd.add_argument("--dim", type=int, default=512)
+    bd.add_argument("--seed", type=int, default=0)
+    bd.add_argument("--k", type=int, help="centroids per clustering (default: sqrt rule)")
+    bd.add_argument("--tau", type=float, help="cosine threshold (default: the bench's)")
+    bd.add_argument("--top", type=int, default=1, help="nearest centroids per point")
+    bd.add_argument(
+        "--exhaustive-queries",
+        type=int,
+        help="time exhaustive search on this many queries and extrapolate (default: by size)",
+    )
+    bd.add_argument("--clothing", help="instead: real photos with planted edits (folder)")
+    bd.set_defaults(func=cmd_bench_dedup)
     return p
 
 
