@@ -446,24 +446,72 @@ class EmbedStats:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """One enumerated item after hashing, decoding and the caller's transform.
+
+    Attributes:
+        source_uri: Where the bytes came from.
+        image_id: sha256 of the bytes (None when they could not be read).
+        value: ``transform(decoded RGB image)``; None on failure.
+        error: ``(reason, detail)`` when the image could not be read or decoded.
+        wanted: False for items outside ``wanted``.
+    """
+
     source_uri: str
     image_id: str | None
-    pixels: torch.Tensor | None = None
+    value: Any = None
     error: tuple[str, str] | None = None
     wanted: bool = True
 
 
-def _prepare(item: Item, embedder: Embedder, wanted: set[str] | None, limits: DecodeLimits):
+def _prepare(
+    item: Item,
+    transform: Callable[[Image.Image], Any],
+    wanted: set[str] | None,
+    limits: DecodeLimits,
+) -> Prepared:
     if item.data is None:
-        return _Prepared(item.source_uri, None, error=item.error, wanted=wanted is None)
+        return Prepared(item.source_uri, None, error=item.error, wanted=wanted is None)
     image_id = sha256_hex(item.data)
     if wanted is not None and image_id not in wanted:
-        return _Prepared(item.source_uri, image_id, wanted=False)
+        return Prepared(item.source_uri, image_id, wanted=False)
     decoded = decode_image(item.data, limits)
     if decoded.image is None:
-        return _Prepared(item.source_uri, image_id, error=decoded.error)
-    return _Prepared(item.source_uri, image_id, pixels=embedder.preprocess(decoded.image))
+        return Prepared(item.source_uri, image_id, error=decoded.error)
+    return Prepared(item.source_uri, image_id, value=transform(decoded.image))
+
+
+def iter_prepared(
+    items: Iterable[Item],
+    transform: Callable[[Image.Image], Any],
+    *,
+    wanted: set[str] | None,
+    workers: int,
+    prefetch: int,
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
+    on_skip: Callable[[], None] | None = None,
+) -> Iterator[Prepared]:
+    """Hash, decode and transform items on ``workers`` threads, in order, each sha256 once.
+
+    Items outside ``wanted`` (when given) are not decoded; they and repeats of an image already
+    yielded successfully are skipped (``on_skip`` is called for each). Failures are yielded
+    with ``value=None`` and ``error`` set. Memory: ``prefetch`` items in flight.
+    """
+    seen: set[str] = set()
+    prepared = ordered_map(
+        lambda it: _prepare(it, transform, wanted, limits),
+        items,
+        workers=workers,
+        prefetch=prefetch,
+    )
+    for p in prepared:
+        if not p.wanted or (p.image_id is not None and p.image_id in seen):
+            if on_skip is not None:
+                on_skip()
+            continue
+        if p.value is not None and p.image_id is not None:
+            seen.add(p.image_id)
+        yield p
 
 
 def embed_items(
@@ -492,7 +540,6 @@ def embed_items(
     """
     stats = stats if stats is not None else EmbedStats()
     limit_malloc_arenas()  # before the decode threads start
-    seen: set[str] = set()
     ids: list[str] = []
     tensors: list[torch.Tensor] = []
     t0 = last = time.perf_counter()
@@ -507,24 +554,26 @@ def embed_items(
         ids, tensors = [], []
         return out
 
-    prepared = ordered_map(
-        lambda it: _prepare(it, embedder, wanted, limits),
+    def skipped() -> None:
+        stats.skipped += 1
+
+    prepared = iter_prepared(
         items,
+        embedder.preprocess,
+        wanted=wanted,
         workers=workers,
         prefetch=max(batch_size, 4 * workers),
+        limits=limits,
+        on_skip=skipped,
     )
     for p in prepared:
-        if not p.wanted or (p.image_id is not None and p.image_id in seen):
-            stats.skipped += 1
-            continue
-        if p.pixels is None:
+        if p.value is None:
             reason, detail = p.error or ("embed_failed", "no pixels")
             stats.failed.append((p.source_uri, p.image_id, "embed_failed", f"{reason}: {detail}"))
             continue
         assert p.image_id is not None
-        seen.add(p.image_id)
         ids.append(p.image_id)
-        tensors.append(p.pixels)
+        tensors.append(p.value)
         if len(ids) >= batch_size:
             yield flush()
             now = time.perf_counter()

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from curation_assets.lib.classify import Classifier
-from curation_assets.lib.ingest import decode_image, sha256_hex
-from curation_assets.lib.parallel import ordered_map
+from curation_assets.lib.embed import iter_prepared
 from curation_assets.lib.scorers import PretrainedScorer
 from curation_assets.lib.shards import Item
 from curation_assets.lib.tables import Column, TableSpec
@@ -176,24 +176,16 @@ def pretrained_scores(
         :data:`CLASSIFIER_SCORES` rows with ``category = scorer.name``.
     """
 
-    def decode(item: Item):
-        if item.data is None:
-            return None, None
-        image_id = sha256_hex(item.data)
-        if image_id not in wanted:
-            return None, None
-        return image_id, decode_image(item.data).image
-
-    def batches() -> Iterator[tuple[list[str], list]]:
+    def batches() -> Iterator[tuple[list[str], list[Image.Image]]]:
         ids: list[str] = []
-        images: list = []
-        seen: set[str] = set()
-        for image_id, image in ordered_map(decode, items, workers=workers, prefetch=batch_size):
-            if image_id is None or image is None or image_id in seen:
-                continue
-            seen.add(image_id)
-            ids.append(image_id)
-            images.append(image)
+        images: list[Image.Image] = []
+        for p in iter_prepared(
+            items, lambda im: im, wanted=wanted, workers=workers, prefetch=batch_size
+        ):
+            if p.value is None or p.image_id is None:
+                continue  # undecodable images were already quarantined at ingest
+            ids.append(p.image_id)
+            images.append(p.value)
             if len(ids) == batch_size:
                 yield ids, images
                 ids, images = [], []

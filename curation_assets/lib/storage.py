@@ -150,31 +150,31 @@ class DeltaStore:
 
     def replace_table(self, spec: TableSpec, df: pl.DataFrame) -> int:
         """Overwrite a whole (unpartitioned) table in one transaction; returns rows written."""
-        frame = spec.conform(df)
+        table = spec.to_arrow(df)
         write_deltalake(
             self.uri(spec.name),
-            frame.to_arrow().cast(spec.empty().to_arrow().schema),
+            table,
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
             schema_mode="overwrite",
             storage_options=self.storage_options or None,
         )
-        logger.info("delta %s: overwritten with %d rows", spec.name, frame.height)
-        return frame.height
+        logger.info("delta %s: overwritten with %d rows", spec.name, table.num_rows)
+        return table.num_rows
 
     def append(self, spec: TableSpec, df: pl.DataFrame) -> int:
         """Append rows to a table in one transaction; returns rows written."""
-        frame = spec.conform(df)
-        if frame.height:
+        table = spec.to_arrow(df)
+        if table.num_rows:
             write_deltalake(
                 self.uri(spec.name),
-                frame.to_arrow().cast(spec.empty().to_arrow().schema),
+                table,
                 mode="append",
                 partition_by=list(spec.partition_by) or None,
                 storage_options=self.storage_options or None,
             )
-        logger.info("delta %s: appended %d rows", spec.name, frame.height)
-        return frame.height
+        logger.info("delta %s: appended %d rows", spec.name, table.num_rows)
+        return table.num_rows
 
     def scan(self, spec: TableSpec) -> pl.LazyFrame:
         """Lazy scan of a table; an empty frame of the right schema when it does not exist."""

@@ -8,6 +8,7 @@ the schema a user sees in the UI is the schema that is written.
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class TableSpec:
     def column_names(self) -> list[str]:
         """Column names in order."""
         return [c.name for c in self.columns]
+
+    def to_arrow(self, df: pl.DataFrame) -> "pa.Table":
+        """``df`` conformed to this table and as Arrow with exactly the table's Arrow schema."""
+        return self.conform(df).to_arrow().cast(self.empty().to_arrow().schema)
 
     def empty(self) -> pl.DataFrame:
         """An empty frame with this table's schema."""
