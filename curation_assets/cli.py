@@ -42,6 +42,7 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
 
 def _table_counts(delta_root: str) -> dict[str, int]:
     from curation_assets.lib.active import LABEL_QUEUE
+    from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
     from curation_assets.lib.filtering import (
         CLASSIFIER_SCORES,
@@ -65,6 +66,8 @@ def _table_counts(delta_root: str) -> dict[str, int]:
         CLASSIFIER_SCORES,
         FILTERED_IMAGES,
         FILTER_REJECTIONS,
+        DEDUPLICATED_IMAGES,
+        DUPLICATE_PAIRS,
     )
     return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
 
@@ -281,10 +284,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"demo seed labels: {done.rows.height} new ({done.n_already_labelled} known)")
         print("classifiers:")
         trained = execute(defs.resolve_job_def("classifiers_job"), "safety_classifiers")
+        filtered = []
         if trained:
             print("score + filter:")
-            for k in embedded:
-                execute(job, f"shard {k}", partition_key=k, asset_selection=FILTER)
+            filtered = [
+                k
+                for k in embedded
+                if execute(job, f"shard {k}", partition_key=k, asset_selection=FILTER)
+            ]
+        if filtered:
+            _cluster_and_dedup(defs, paths, filtered, execute, retrain=args.retrain_centroids)
     _print_summary(paths, stage_seconds, demo=args.source is None)
     if failures:
         for what, errors in failures.items():
@@ -292,6 +301,29 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"error: {what}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cluster_and_dedup(
+    defs: Any, paths: Paths, shards: list[str], execute: Any, *, retrain: bool
+) -> None:
+    """Train centroids (when missing or asked), assign each shard, deduplicate."""
+    from curation_assets.lib.dedup_run import load_centroids
+    from curation_assets.lib.storage import DeltaStore
+
+    store = DeltaStore(paths.delta_root)
+    missing = any(load_centroids(store, c) is None for c in range(5))
+    if missing or retrain:
+        print("cluster centroids:")
+        if not execute(defs.resolve_job_def("retrain_centroids_job"), "five k-means clusterings"):
+            return
+    else:
+        print("cluster centroids: reused (pass --retrain-centroids to retrain)")
+    assign = defs.resolve_job_def("assign_shard_job")
+    print("cluster assignments:")
+    assigned = [k for k in shards if execute(assign, f"shard {k}", partition_key=k)]
+    if assigned:
+        print("dedup:")
+        execute(defs.resolve_job_def("dedup_job"), "deduplicated_images")
 
 
 def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool) -> None:
@@ -352,8 +384,30 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
         print(f"demo ground truth (filter, category {DEMO_CATEGORY} = photographs):")
         for k, v in report.items():
             print(f"  {k:<34} {v}")
+        _print_dedup(paths, gt)
     print(f"\nDelta tables: {paths.delta_root}\nDagster home: {paths.dagster_home}")
     print(f"Open the UI on the same home: curation dev --home {paths.home}")
+
+
+def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
+    from curation_assets.lib.dedup_run import DEDUP_RUNS
+    from curation_assets.lib.evaluate import evaluate_dedup
+    from curation_assets.lib.storage import DeltaStore
+
+    store = DeltaStore(paths.delta_root)
+    runs = store.read(DEDUP_RUNS)
+    if runs.is_empty():
+        print("demo ground truth (dedup): no dedup run")
+        return
+    last = runs.sort("run_at").row(-1, named=True)
+    print(
+        f"dedup: {last['mode']} ({last['reason']}), tau={last['tau']:.3f}, "
+        f"{last['images']} images, {last['pairs']} pairs, {last['removed']} removed, "
+        f"pair recall of 1..5 clusterings vs exhaustive {last['recall']}"
+    )
+    print("demo ground truth (near-duplicates, planted edits of one base image):")
+    for k, v in evaluate_dedup(gt, store).items():
+        print(f"  {k:<34} {v}")
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -453,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder whose folders/.tar/.csv/.parquet entries are shards (default: demo corpus)",
     )
     run.add_argument("--shards", help="comma-separated shard keys to run (default: all)")
+    run.add_argument(
+        "--retrain-centroids",
+        action="store_true",
+        help="retrain the five k-means clusterings (default: reuse them once trained)",
+    )
     run.set_defaults(func=cmd_run)
 
     dev = sub.add_parser("dev", help="open the Dagster UI + daemon on the curation home")

@@ -143,3 +143,58 @@ def evaluate_filter(
 def _pct(mask: pl.Series) -> float:
     """Share of True values in percent (0 for an empty series)."""
     return round(100.0 * int(mask.sum()) / mask.len(), 2) if mask.len() else 0.0
+
+
+def evaluate_dedup(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
+    """Near-duplicate removal against the planted groups (same ``base_id``).
+
+    Only images that reached deduplication (in ``deduplicated_images``) count. A planted group
+    is an original and its edited copies; exact byte duplicates were collapsed at ingest.
+
+    Returns:
+        Pair precision/recall (a pair = two images placed in one component), removal precision
+        (removed images whose kept image is of the same base) and removal recall (correct
+        removals over the removals the ground truth calls for: group size − 1 per group).
+    """
+    from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+
+    truth = (
+        gt.filter(pl.col("kind").is_in(["original", "near_duplicate"]))
+        .select("source_uri", "base_id")
+        .unique("source_uri")
+    )
+    raw = store.read(RAW_IMAGES, columns=["image_id", "source_uri"])
+    images = store.read(
+        DEDUPLICATED_IMAGES, columns=["image_id", "kept", "duplicate_of", "component_id"]
+    )
+    base = raw.join(truth, on="source_uri", how="inner").select("image_id", "base_id")
+    df = images.join(base, on="image_id", how="left")
+
+    def pairs(counts: pl.Series) -> int:
+        c = counts.cast(pl.Int64)
+        return int((c * (c - 1) // 2).sum())
+
+    true_pairs = pairs(df.drop_nulls("base_id").group_by("base_id").len()["len"])
+    pred_pairs = pairs(df.group_by("component_id").len()["len"])
+    tp_pairs = pairs(df.drop_nulls("base_id").group_by("base_id", "component_id").len()["len"])
+    removed = df.filter(~pl.col("kept")).join(
+        base.rename({"image_id": "duplicate_of", "base_id": "kept_base"}),
+        on="duplicate_of",
+        how="left",
+    )
+    correct = int((removed["base_id"] == removed["kept_base"]).fill_null(False).sum())
+    should = int(
+        df.drop_nulls("base_id").group_by("base_id").len().select((pl.col("len") - 1).sum()).item()
+        or 0
+    )
+    return {
+        "images_deduplicated": df.height,
+        "planted_groups": int(
+            df.drop_nulls("base_id").group_by("base_id").len().filter(pl.col("len") > 1).height
+        ),
+        "pair_recall": round(tp_pairs / true_pairs, 4) if true_pairs else None,
+        "pair_precision": round(tp_pairs / pred_pairs, 4) if pred_pairs else None,
+        "removed": removed.height,
+        "removal_precision": round(correct / removed.height, 4) if removed.height else None,
+        "removal_recall": round(correct / should, 4) if should else None,
+    }
