@@ -228,7 +228,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
                 frame.height,
                 centroids_version=cent.version,
                 clusters_used=sizes.len(),
-                mean_cosine=float(frame["cosine"].mean() or 0.0) if frame.height else 0.0,
+                mean_cosine=float(frame["cosine"].to_numpy().mean()) if frame.height else 0.0,
             ),
         )
     yield dg.AssetCheckResult(
