@@ -52,6 +52,11 @@ def test_run_on_the_demo_corpus_accounts_for_every_planted_input(tmp_path):
     after = float(re.search(r"warm_share_filtered_pct\s+([\d.]+)", proc.stdout).group(1))
     assert before - after >= 10, (before, after)
     assert "time per stage" in proc.stdout and "image_embeddings" in proc.stdout
+    # Near-duplicates: planted edits of one base image end up in one group.
+    assert re.search(r"^dedup: full \(first run\)", proc.stdout, re.M)
+    dedup = dict(re.findall(r"^\s+(pair_recall|removal_precision)\s+([\d.]+)$", proc.stdout, re.M))
+    assert float(dedup["pair_recall"]) >= 0.85 and float(dedup["removal_precision"]) >= 0.85
+    assert int(report["deduplicated_images"]) == int(report["filtered_images"])
     raw = pl.read_delta(str(home / "delta" / "raw_images"))
     assert raw.height == int(report["raw_images"])
     assert sorted(raw["shard"].unique()) == [

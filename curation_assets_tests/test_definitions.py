@@ -11,18 +11,27 @@ PER_SHARD = {
     "filtered_images",
     "filter_rejections",
 }
-GLOBAL = {"labels", "safety_classifiers", "label_queue"}
+ASSIGNMENTS = {f"cluster_assignments_{c}" for c in range(5)}
+CENTROIDS = {f"cluster_centroids_{c}" for c in range(5)}
+GLOBAL = {
+    "labels",
+    "safety_classifiers",
+    "label_queue",
+    *CENTROIDS,
+    "deduplicated_images",
+    "duplicate_pairs",
+}
 
 
 def test_asset_keys_partitions_and_dependencies():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == PER_SHARD | GLOBAL
-    for key in PER_SHARD:
+    assert keys == PER_SHARD | ASSIGNMENTS | GLOBAL
+    for key in PER_SHARD | ASSIGNMENTS:
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
         assert node.partitions_def.name == "shards"
-        assert node.description and node.group_name in {"ingest", "embed", "classify"}
+        assert node.description and node.group_name in {"ingest", "embed", "classify", "dedup"}
     for key in GLOBAL:
         node = graph.get(dg.AssetKey(key))
         assert node.partitions_def is None and node.description
@@ -31,6 +40,27 @@ def test_asset_keys_partitions_and_dependencies():
     assert parents["safety_classifiers"] == {"labels", "image_embeddings"}
     assert parents["classifier_scores"] == {"image_embeddings", "safety_classifiers"}
     assert parents["filtered_images"] == {"classifier_scores", "raw_images"}
+    for c in range(5):
+        assert f"cluster_centroids_{c}" in parents[f"cluster_assignments_{c}"]
+    assert ASSIGNMENTS <= parents["deduplicated_images"]
+
+
+def test_automation_conditions():
+    graph = defs.resolve_asset_graph()
+
+    def label(key: str) -> str | None:
+        cond = graph.get(dg.AssetKey(key)).automation_condition
+        return cond.get_label() if cond else None
+
+    # new shards come from shard_sensor's per_shard_job, not from automation
+    assert label("raw_images") is None and label("image_embeddings") is None
+    assert label("classifier_scores") == "updated on safety_classifiers"
+    assert label("safety_classifiers") == "eager on labels"
+    assert label("cluster_centroids_0") == "weekly retrain or missing"
+    assert label("cluster_assignments_3").startswith("eager on filtered_images")
+    assert label("deduplicated_images").startswith("eager on cluster_assignments_0")
+    sensor = defs.resolve_sensor_def("curation_automation")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_checks_are_declared_and_blocking():
@@ -47,6 +77,11 @@ def test_checks_are_declared_and_blocking():
         ("classifier_scores", "classifiers_available"),
         ("classifier_scores", "one_finite_score_per_image_and_classifier"),
         ("filtered_images", "every_image_kept_or_rejected"),
+        ("cluster_assignments_0", "every_filtered_image_assigned"),
+        ("deduplicated_images", "pair_recall_target"),
+        ("deduplicated_images", "one_kept_per_group"),
+        ("deduplicated_images", "every_filtered_image_deduplicated"),
+        ("duplicate_pairs", "no_pair_below_tau"),
     }
 
 

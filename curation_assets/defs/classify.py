@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from curation_assets.defs.automation import eager_on, updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder, ShardSource
@@ -93,6 +94,7 @@ def _single_model(df: pl.DataFrame) -> tuple[str, int]:
     ),
     deps=["labels", "image_embeddings"],
     kinds={"deltalake", "scikitlearn"},
+    automation_condition=eager_on("labels"),
     group_name=GROUP,
     metadata={"dagster/column_schema": table_schema(SAFETY_CLASSIFIERS)},
     check_specs=[
@@ -245,6 +247,7 @@ def load_classifiers(store: DeltaStore) -> list:
     ),
     deps=["safety_classifiers", "image_embeddings", "labels"],
     kinds={"deltalake", "faiss"},
+    automation_condition=eager_on("safety_classifiers"),
     group_name=GROUP,
     metadata={"dagster/column_schema": table_schema(LABEL_QUEUE)},
 )
@@ -298,6 +301,7 @@ class ScoreConfig(dg.Config):
     partitions_def=shards_partitions,
     deps=["image_embeddings", "safety_classifiers"],
     kinds={"deltalake", "polars"},
+    automation_condition=updated_on("safety_classifiers"),
     group_name=GROUP,
     retry_policy=transient_retry,
     metadata={"dagster/column_schema": table_schema(CLASSIFIER_SCORES)},
@@ -395,6 +399,7 @@ def classifier_scores(
             ),
             deps=["classifier_scores", "raw_images"],
             kinds={"deltalake", "polars"},
+            automation_condition=updated_on("classifier_scores"),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(FILTERED_IMAGES)},
@@ -404,6 +409,7 @@ def classifier_scores(
             description="Why each removed image was removed: category, score and threshold.",
             deps=["classifier_scores", "raw_images"],
             kinds={"deltalake", "polars"},
+            automation_condition=updated_on("classifier_scores"),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(FILTER_REJECTIONS)},

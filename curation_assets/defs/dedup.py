@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from curation_assets.defs.automation import CENTROIDS, eager_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage
@@ -89,6 +90,7 @@ class CentroidConfig(dg.Config):
             deps=["filtered_images", "image_embeddings"],
             kinds={"deltalake", "faiss"},
             group_name=GROUP,
+            automation_condition=CENTROIDS,
             metadata={"dagster/column_schema": table_schema(centroids_spec(c))},
         )
         for c, key in enumerate(CENTROID_KEYS)
@@ -172,6 +174,7 @@ def cluster_centroids(
             ),
             deps=["filtered_images", "image_embeddings", CENTROID_KEYS[c]],
             kinds={"deltalake", "faiss"},
+            automation_condition=eager_on("filtered_images", CENTROID_KEYS[c]),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(assignments_spec(c))},
@@ -281,6 +284,7 @@ class DedupConfig(dg.Config):
             ),
             deps=[*ASSIGNMENT_KEYS, "filtered_images", "image_embeddings", "raw_images"],
             kinds={"deltalake", "faiss", "scipy"},
+            automation_condition=eager_on(*ASSIGNMENT_KEYS),
             group_name=GROUP,
             metadata={"dagster/column_schema": table_schema(DEDUPLICATED_IMAGES)},
         ),
@@ -290,6 +294,7 @@ class DedupConfig(dg.Config):
             "clusterings that found it.",
             deps=[*ASSIGNMENT_KEYS, "image_embeddings"],
             kinds={"deltalake"},
+            automation_condition=eager_on(*ASSIGNMENT_KEYS),
             group_name=GROUP,
             metadata={"dagster/column_schema": table_schema(DUPLICATE_PAIRS)},
         ),
