@@ -439,6 +439,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_incremental(args: argparse.Namespace) -> int:
+    """Benchmark a full run against the update for one new ~1 % shard; print JSON."""
+    from curation_assets.bench_pipeline import bench_incremental
+
+    report = bench_incremental(
+        Path(args.images),
+        base_shards=args.base_shards,
+        new_share=args.new_share,
+        limit=args.limit,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_bench_embed(args: argparse.Namespace) -> int:
     """Benchmark the embedding stage and print JSON."""
     from curation_assets.lib.bench import bench_embed
@@ -555,6 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--workers", type=int, default=2, help="decode threads")
     be.add_argument("--repeats", type=int, default=3)
     be.set_defaults(func=cmd_bench_embed)
+    bi = bench_sub.add_parser(
+        "incremental", help="full run vs the update for one new ~1 %% shard (in-process)"
+    )
+    bi.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    bi.add_argument("--base-shards", type=int, default=9, help="shards of the base corpus")
+    bi.add_argument("--new-share", type=float, default=0.01, help="share in the new shard")
+    bi.add_argument("--limit", type=int, help="use at most this many images")
+    bi.set_defaults(func=cmd_bench_incremental)
+
     bd = bench_sub.add_parser("dedup", help="near-duplicate pair recall and time vs exhaustive")
     bd.add_argument("--n", type=int, default=100_000, help="synthetic embeddings")
     bd.add_argument("--dim", type=int, default=512)
