@@ -44,6 +44,7 @@ def _table_counts(delta_root: str) -> dict[str, int]:
     from curation_assets.lib.active import LABEL_QUEUE
     from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
+    from curation_assets.lib.export import CURATED_DATASET
     from curation_assets.lib.filtering import (
         CLASSIFIER_SCORES,
         FILTER_REJECTIONS,
@@ -53,6 +54,7 @@ def _table_counts(delta_root: str) -> dict[str, int]:
     from curation_assets.lib.labels import LABELS
     from curation_assets.lib.storage import DeltaStore
     from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+    from curation_assets.lib.weights import SAMPLE_WEIGHTS
 
     store = DeltaStore(delta_root)
     specs = (
@@ -68,6 +70,8 @@ def _table_counts(delta_root: str) -> dict[str, int]:
         FILTER_REJECTIONS,
         DEDUPLICATED_IMAGES,
         DUPLICATE_PAIRS,
+        SAMPLE_WEIGHTS,
+        CURATED_DATASET,
     )
     return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
 
@@ -249,12 +253,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     stage_seconds: dict[str, float] = {}
     failures: dict[str, list[str]] = {}
 
-    def execute(target: Any, label: str, **kw: Any) -> bool:
+    def execute(target: Any, label: str, run_config: dict | None = None, **kw: Any) -> bool:
         t0 = time.perf_counter()
         result = target.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            run_config={
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+                **(run_config or {}),
+            },
             **kw,
         )
         for step, sec in _step_seconds(result).items():
@@ -293,7 +300,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if execute(job, f"shard {k}", partition_key=k, asset_selection=FILTER)
             ]
         if filtered:
-            _cluster_and_dedup(defs, paths, filtered, execute, retrain=args.retrain_centroids)
+            _cluster_and_dedup(
+                defs,
+                paths,
+                filtered,
+                execute,
+                retrain=args.retrain_centroids,
+                demo=args.source is None,
+            )
     _print_summary(paths, stage_seconds, demo=args.source is None)
     if failures:
         for what, errors in failures.items():
@@ -304,7 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cluster_and_dedup(
-    defs: Any, paths: Paths, shards: list[str], execute: Any, *, retrain: bool
+    defs: Any, paths: Paths, shards: list[str], execute: Any, *, retrain: bool, demo: bool
 ) -> None:
     """Train centroids (when missing or asked), assign each shard, deduplicate."""
     from curation_assets.lib.dedup_run import load_centroids
@@ -323,7 +337,16 @@ def _cluster_and_dedup(
     assigned = [k for k in shards if execute(assign, f"shard {k}", partition_key=k)]
     if assigned:
         print("dedup:")
-        execute(defs.resolve_job_def("dedup_job"), "deduplicated_images")
+        if execute(defs.resolve_job_def("dedup_job"), "deduplicated_images"):
+            print("weights + export:")
+            config = {}
+            if demo:  # the demo's captions name the palette; audit it as a keyword
+                config = {"weights_and_audit": {"config": {"keywords": ["warm", "cool"]}}}
+            execute(
+                defs.resolve_job_def("weights_job"),
+                "sample_weights, bias_audit, curated_dataset",
+                run_config={"ops": config},
+            )
 
 
 def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool) -> None:
@@ -408,6 +431,13 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():
         print(f"  {k:<34} {v}")
+    from curation_assets.lib.evaluate import evaluate_weights
+    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+
+    if store.exists(SAMPLE_WEIGHTS.name):
+        print("demo ground truth (sample weights; palette share, filter-correlated attribute):")
+        for k, v in evaluate_weights(gt, store, attribute=("attr_palette", "warm")).items():
+            print(f"  {k:<38} {v}")
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -6,10 +6,10 @@ adding it to :data:`STAGES`.
 
 import dagster as dg
 
-from curation_assets.defs import automation, classify, dedup, embed, ingest, sensors
+from curation_assets.defs import automation, classify, dedup, embed, ingest, sensors, weights
 from curation_assets.defs.resources import default_resources
 
-STAGES = (ingest, embed, classify, dedup, sensors, automation)
+STAGES = (ingest, embed, classify, dedup, weights, sensors, automation)
 
 
 def build_defs(home: str | None = None) -> dg.Definitions:

@@ -20,6 +20,9 @@ GLOBAL = {
     *CENTROIDS,
     "deduplicated_images",
     "duplicate_pairs",
+    "sample_weights",
+    "bias_audit",
+    "curated_dataset",
 }
 
 
@@ -59,6 +62,7 @@ def test_automation_conditions():
     assert label("cluster_centroids_0") == "weekly retrain or missing"
     assert label("cluster_assignments_3").startswith("eager on filtered_images")
     assert label("deduplicated_images").startswith("eager on cluster_assignments_0")
+    assert label("curated_dataset") == "eager on sample_weights"
     sensor = defs.resolve_sensor_def("curation_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
@@ -82,6 +86,13 @@ def test_checks_are_declared_and_blocking():
         ("deduplicated_images", "one_kept_per_group"),
         ("deduplicated_images", "every_filtered_image_deduplicated"),
         ("duplicate_pairs", "no_pair_below_tau"),
+        ("sample_weights", "weights_finite_positive"),
+        ("sample_weights", "weights_mean_one"),
+        ("sample_weights", "weights_within_bounds"),
+        ("sample_weights", "weights_ess_ratio"),
+        ("bias_audit", "weighted_shares_near_unfiltered"),
+        ("curated_dataset", "one_row_per_kept_image"),
+        ("curated_dataset", "every_image_exported"),
     }
 
 

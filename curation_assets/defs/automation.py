@@ -40,9 +40,9 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
     """
     return (
         AC.in_latest_time_window()
-        & (
+        & (  # pyright cannot infer the key type of this union; it is AssetKey
             AC.newly_missing() | AC.any_deps_updated().allow(dg.AssetSelection.assets(*keys))
-        ).since_last_handled()
+        ).since_last_handled()  # type: ignore[attr-defined]
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()

@@ -198,3 +198,46 @@ def evaluate_dedup(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
         "removal_precision": round(correct / removed.height, 4) if removed.height else None,
         "removal_recall": round(correct / should, 4) if should else None,
     }
+
+
+def evaluate_weights(
+    gt: pl.DataFrame, store: DeltaStore, *, attribute: tuple[str, str]
+) -> dict[str, Any]:
+    """Share of a ground-truth attribute: unfiltered → filtered → kept → kept under weights.
+
+    Args:
+        gt: Ground truth (``source_uri``, ``kind``, ``attr_*`` columns).
+        store: Where raw_images, filtered_images and sample_weights live.
+        attribute: ``(column, value)``, e.g. ``("attr_palette", "warm")``.
+
+    Returns:
+        Shares in percent: every ingested image with ground truth, the filtered set, the kept
+        set (filtered and deduplicated, what is weighted) and the kept set under the weights;
+        and the weighted share's distance to the unfiltered one in points.
+    """
+    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+
+    col, value = attribute
+    truth = gt.filter(pl.col("kind") != "corrupt").unique("source_uri")
+    raw = store.read(RAW_IMAGES, columns=["image_id", "source_uri"]).join(
+        truth.select("source_uri", col), on="source_uri", how="inner"
+    )
+    raw = raw.with_columns(has=(pl.col(col) == value).fill_null(False))
+    filtered = set(store.read(FILTERED_IMAGES, columns=["image_id"])["image_id"].to_list())
+    w = store.read(SAMPLE_WEIGHTS, columns=["image_id", "weight"])
+    kept = raw.join(w, on="image_id", how="inner")
+    weighted = (
+        round(100.0 * float((kept["weight"] * kept["has"]).sum()) / float(kept["weight"].sum()), 2)
+        if kept.height
+        else 0.0
+    )
+    unfiltered = _pct(raw["has"])
+    return {
+        f"{col}={value}_share_unfiltered_pct": unfiltered,
+        f"{col}={value}_share_filtered_pct": _pct(
+            raw.filter(pl.col("image_id").is_in(filtered))["has"]
+        ),
+        f"{col}={value}_share_kept_pct": _pct(kept["has"]),
+        f"{col}={value}_share_weighted_pct": weighted,
+        "weighted_minus_unfiltered_pts": round(weighted - unfiltered, 2),
+    }

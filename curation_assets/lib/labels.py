@@ -760,6 +760,10 @@ class SourceReader:
             raise FileNotFoundError(msg)
         return fh.read()
 
+    def __call__(self, source_uri: str) -> bytes:
+        """Same as :meth:`read` (the reader is a ``source_uri -> bytes`` callable)."""
+        return self.read(source_uri)
+
     def _tar(self, path: str) -> tarfile.TarFile:
         if path in self._tars:
             self._tars.move_to_end(path)

@@ -200,3 +200,52 @@ def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
     for a, b, s in pairs.select("image_id_a", "image_id_b", "similarity").head(20).iter_rows():
         assert float(vec[a] @ vec[b]) == pytest.approx(s, abs=1e-5)
     _dedup(instance, res)  # back to the calibrated tau for other tests
+
+
+def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
+    import tarfile
+
+    from curation_assets.defs.weights import curated_dataset, weights_and_audit
+    from curation_assets.lib.export import CURATED_DATASET
+    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+
+    instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
+    export = {
+        "export_dir": str(tmp_path),
+        "soft_cap_samples": 200,
+        "webdataset": True,
+        "shard_size": 25,
+    }
+    result = _run(
+        [weights_and_audit, curated_dataset],
+        instance,
+        res,
+        config={"curated_dataset": {"config": export}},
+    )
+    checks = check_results(result)
+    for name in ("weights_finite_positive", "weights_mean_one", "weights_within_bounds"):
+        assert checks[name] is True
+    assert checks["one_row_per_kept_image"] is True and checks["every_image_exported"] is True
+    kept = store.read(DEDUPLICATED_IMAGES).filter("kept")
+    weights = store.read(SAMPLE_WEIGHTS)
+    assert set(weights["image_id"]) == set(kept["image_id"])
+    # No classifier filtered anything and removed near duplicates are left out of the
+    # reference (correct_for=filter): nothing to undo, every weight is exactly 1.
+    meta = result.asset_materializations_for_node("weights_and_audit")
+    sw = next(m for m in meta if m.asset_key.to_user_string() == "sample_weights").metadata
+    assert sw["probe_status"].value == "uniform" and sw["ess_ratio"].value == pytest.approx(1.0)
+    np.testing.assert_allclose(weights["weight"].to_numpy(), 1.0)
+    audit = next(m for m in meta if m.asset_key.to_user_string() == "bias_audit").metadata
+    assert "| attribute |" in audit["shares"].value
+
+    manifest = pl.read_parquet(tmp_path / "curated_dataset.parquet")
+    assert manifest.equals(store.read(CURATED_DATASET).sort("image_id"))
+    assert set(manifest.columns) >= {"image_id", "source_uri", "caption", "weight"}
+    sample = pl.read_parquet(tmp_path / "soft_cap_sample.parquet")
+    assert int(sample["count"].sum()) == 200
+    members = []
+    for tar_path in sorted((tmp_path / "webdataset").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members += tar.getnames()
+    assert len(members) == 3 * manifest.height
+    assert {m.split(".")[0] for m in members} == set(manifest["image_id"])
