@@ -41,7 +41,7 @@ def bench_incremental(
     new_share: float = 0.01,
     limit: int | None = None,
     work_dir: Path | None = None,
-    global_jobs: tuple[str, ...] = ("dedup_job",),
+    global_jobs: tuple[str, ...] = ("dedup_job", "weights_job"),
 ) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-ready report (see the module docstring).
 
