@@ -141,6 +141,33 @@ def graph_screenshot(page, shot: Shot, name: str, *, expand: bool = False) -> No
     shot(name)
 
 
+def pick_partition(page, launch, key: str, attempts: int = 5) -> None:
+    """Select ``key`` in the launch dialog's partition picker.
+
+    The dialog re-renders (closing the picker) when its partition status finishes loading,
+    which can race with the first click on a busy machine: retry until the dialog counts it.
+    """
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import expect
+
+    picker = page.get_by_placeholder("Filter partitions")
+    for attempt in range(attempts):
+        try:
+            if not picker.is_visible():
+                launch.get_by_text("Select a partition or create one").click(timeout=10_000)
+            expect(picker).to_be_visible(timeout=10_000)
+            page.get_by_text(key, exact=True).filter(visible=True).first.click(timeout=10_000)
+            launch.get_by_text("Launch runs to materialize").click()  # closes the picker
+            expect(picker).to_be_hidden(timeout=10_000)
+            expect(launch).to_contain_text("1 partition", timeout=10_000)
+            page.wait_for_timeout(500)  # the picker fades out
+            return
+        except (AssertionError, PlaywrightError):
+            if attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(1000)
+
+
 def launch_shard_run(page, shot: Shot) -> str:
     """Materialize ``per_shard_job`` for the shard from the job page; return the run id."""
     from playwright.sync_api import expect
@@ -156,12 +183,9 @@ def launch_shard_run(page, shot: Shot) -> str:
     if confirm.is_visible():
         confirm.click()
     expect(launch).to_be_visible()
-    launch.get_by_text("Select a partition or create one").click()
-    page.get_by_text(SHARD, exact=True).filter(visible=True).first.click()
-    launch.get_by_text("Launch runs to materialize").click()  # closes the partition picker
+    pick_partition(page, launch, SHARD)
     button = launch.get_by_role("button", name="Launch 1 run")
     expect(button).to_be_enabled()
-    expect(launch).to_contain_text("1 partition")
     shot("03_launch_dialog")
     button.click()
     # The toast "Launched run <id>" links to the run.
@@ -193,7 +217,7 @@ def check_asset_page(page, asset: str, check: str, rows: int, shot: Shot, prefix
     wait_for_text(page, rf"Row count\s+{rows}\s")
     metadata = wait_for_text(page, r"\nMetadata\n.*?Key\s+Timestamp\s+Value\s+(.*?)\nLineage\n")
     shot(f"{prefix}_{asset}")
-    page.get_by_text("Metadata", exact=True).first.scroll_into_view_if_needed()
+    page.get_by_text("Metadata", exact=True).first.evaluate("e => e.scrollIntoView()")
     shot(f"{prefix}_{asset}_metadata")
     page.get_by_role("tab", name="Checks", exact=True).click()
     name = re.escape(check).replace("_", "_\u200b?")  # the UI may break names with U+200B
