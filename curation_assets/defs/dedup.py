@@ -9,7 +9,12 @@ import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import CENTROIDS, eager_on
-from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
+from curation_assets.defs.metadata import (
+    markdown_bars,
+    markdown_preview,
+    table_metadata,
+    table_schema,
+)
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
@@ -45,15 +50,6 @@ GROUP = "dedup"
 CLUSTERINGS = range(N_CLUSTERINGS)
 CENTROID_KEYS = [f"cluster_centroids_{c}" for c in CLUSTERINGS]
 ASSIGNMENT_KEYS = [f"cluster_assignments_{c}" for c in CLUSTERINGS]
-
-
-def _bars(values: list[float], labels: list[str], width: int = 30) -> str:
-    """A markdown table of horizontal unicode bars (Dagster renders markdown, not plots)."""
-    top = max([*values, 1e-12])
-    lines = ["| | value | |", "|---|---:|---|"]
-    for label, v in zip(labels, values, strict=True):
-        lines.append(f"| {label} | {v:g} | `{'█' * max(0, round(width * v / top))}` |")
-    return "\n".join(lines)
 
 
 class CentroidConfig(dg.Config):
@@ -158,7 +154,7 @@ def cluster_centroids(
                 train_seconds=round(model.train_seconds, 3),
                 cluster_size_histogram=dg.MetadataValue.md(
                     "Clusters by size (training sample):\n\n"
-                    + _bars([float(v) for v in counts], labels)
+                    + markdown_bars(labels, [float(v) for v in counts])
                 ),
             ),
         )
@@ -198,6 +194,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
     emb = filtered_embeddings(store, [key])
     x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
     ids = emb["image_id"].to_list()
+    model_id = single_model(emb) if emb.height else None
     n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
     written = []
     for c in CLUSTERINGS:
@@ -208,9 +205,9 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
                 "cluster_centroids first (it trains on the filtered images of every shard)"
             )
             raise dg.Failure(msg, allow_retries=False)
-        if emb.height and single_model(emb) != cent.model_id:
+        if model_id is not None and model_id != cent.model_id:
             msg = (
-                f"shard {key} is embedded with {single_model(emb)} but {CENTROID_KEYS[c]} "
+                f"shard {key} is embedded with {model_id} but {CENTROID_KEYS[c]} "
                 f"was trained on {cent.model_id}; retrain the centroids"
             )
             raise dg.Failure(msg, allow_retries=False)
@@ -361,8 +358,8 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
         recall_meta["recall_curve"] = dg.MetadataValue.md(
             f"Pair recall against exhaustive search ({recall['true_pairs']} true pairs touching "
             f"{recall['sample_size']} sampled images):\n\n"
-            + _bars(
-                [round(r, 4) for r in curve], [f"{i + 1} clustering(s)" for i in range(len(curve))]
+            + markdown_bars(
+                [f"{i + 1} clustering(s)" for i in range(len(curve))], [round(r, 4) for r in curve]
             )
         )
     with SourceReader() as reader:

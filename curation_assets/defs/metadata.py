@@ -41,6 +41,29 @@ def markdown_preview(df: pl.DataFrame, limit: int = 10) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def markdown_bars(
+    labels: list[str],
+    values: list[float] | list[int],
+    *,
+    header: tuple[str, str] = ("", "value"),
+    width: int = 30,
+) -> str:
+    """A markdown table of horizontal unicode bars (Dagster renders markdown, not plots).
+
+    Args:
+        labels: One label per bar.
+        values: Non-negative values; the largest gets ``width`` cells.
+        header: Titles of the label and value columns.
+        width: Cells of the longest bar.
+    """
+    top = max([*values, 1e-12])
+    lines = [f"| {header[0]} | {header[1]} | |", "|---|---:|---|"]
+    for label, v in zip(labels, values, strict=True):
+        shown = f"{v:g}" if isinstance(v, float) else str(v)
+        lines.append(f"| {label} | {shown} | `{'█' * max(0, round(width * v / top))}` |")
+    return "\n".join(lines)
+
+
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     text = text.replace("|", "\\|").replace("\n", " ")

@@ -9,7 +9,12 @@ import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import eager_on
-from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
+from curation_assets.defs.metadata import (
+    markdown_bars,
+    markdown_preview,
+    table_metadata,
+    table_schema,
+)
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
 from curation_assets.lib.audit import (
@@ -65,14 +70,6 @@ BIAS_AUDIT = TableSpec(
         Column("n_filtered", pl.Int64, "Kept images with the value."),
     ),
 )
-
-
-def _bars(values: list[int], labels: list[str], width: int = 30) -> str:
-    top = max([*values, 1])
-    lines = ["| weight | images | |", "|---|---:|---|"]
-    for label, v in zip(labels, values, strict=True):
-        lines.append(f"| {label} | {v} | `{'█' * round(width * v / top)}` |")
-    return "\n".join(lines)
 
 
 def load_weight_inputs(
@@ -304,7 +301,8 @@ def weights_and_audit(
             weight_max=float(stats["max"]),
             weight_p50=float(stats["p50"]),
             weight_distribution=dg.MetadataValue.md(
-                "Kept images by weight (log-spaced bins):\n\n" + _bars(hist["counts"], labels)
+                "Kept images by weight (log-spaced bins):\n\n"
+                + markdown_bars(labels, hist["counts"], header=("weight", "images"))
             ),
             correct_for=config.correct_for,
         ),

@@ -540,7 +540,7 @@ def _incremental(
     old_frame = old_rows.drop("_pos", "row")
     ids = old_frame["image_id"].to_numpy()
     row_of = {s: r for r, s in enumerate(ids.tolist())}
-    prev = old.sort("row")
+    prev = old  # plan_dedup reads it sorted by row
     kept = prev["kept"].to_numpy()
     dup_of = np.array(
         [-1 if d is None else row_of[d] for d in prev["duplicate_of"].to_list()], np.int64
