@@ -18,7 +18,15 @@ from typing import Any
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
-def _split(images: list[Path], root: Path, base_shards: int, new_share: float) -> list[str]:
+def split_into_shards(
+    images: list[Path], root: Path, base_shards: int, new_share: float
+) -> list[str]:
+    """Copy ``images`` into folder shards under ``root``: base shards plus ``new-000``.
+
+    The last ``new_share`` of the images (at least one) go to ``new-000``; the others are dealt
+    round-robin into ``base-000``.. (copies keep their modification times, so a shard is ready
+    for the sensor at once). Returns the base shard names.
+    """
     n_new = max(1, round(len(images) * new_share))
     base, new = images[: len(images) - n_new], images[len(images) - n_new :]
     names = []
@@ -70,7 +78,7 @@ def bench_incremental(
     try:
         home = tmp / "home"
         sources = home / "sources"
-        base = _split(images, sources, base_shards, new_share)
+        base = split_into_shards(images, sources, base_shards, new_share)
         from curation_assets.cli import _prepare_home, step_errors
 
         paths = _prepare_home(str(home))

@@ -483,6 +483,30 @@ def cmd_bench_incremental(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_daemon(args: argparse.Namespace) -> int:
+    """Time a new ~1 % shard through ``dagster dev``'s sensors and automation; print JSON."""
+    import signal
+
+    from curation_assets.bench_daemon import bench_daemon
+
+    # SIGTERM (kill, timeout) unwinds like Ctrl-C so that the dagster dev group is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    report = bench_daemon(
+        Path(args.images),
+        base_shards=args.base_shards,
+        new_share=args.new_share,
+        limit=args.limit,
+        timeout_s=args.timeout,
+        interval_s=args.interval,
+        keep=args.keep,
+    )
+    if not args.runs:
+        for phase in ("base", "new_shard"):
+            report[phase].pop("run_list")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_bench_embed(args: argparse.Namespace) -> int:
     """Benchmark the embedding stage and print JSON."""
     from curation_assets.lib.bench import bench_embed
@@ -607,6 +631,19 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--new-share", type=float, default=0.01, help="share in the new shard")
     bi.add_argument("--limit", type=int, help="use at most this many images")
     bi.set_defaults(func=cmd_bench_incremental)
+    bdm = bench_sub.add_parser(
+        "daemon",
+        help="a new ~1 %% shard through dagster dev's sensors and automation (latency, work)",
+    )
+    bdm.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    bdm.add_argument("--base-shards", type=int, default=9, help="shards of the base corpus")
+    bdm.add_argument("--new-share", type=float, default=0.01, help="share in the new shard")
+    bdm.add_argument("--limit", type=int, help="use at most this many images")
+    bdm.add_argument("--timeout", type=float, default=3600, help="seconds per phase")
+    bdm.add_argument("--interval", type=int, help="sensor interval in s (default 30)")
+    bdm.add_argument("--keep", action="store_true", help="keep the home (tables, runs, log)")
+    bdm.add_argument("--runs", action="store_true", help="list every run in the JSON")
+    bdm.set_defaults(func=cmd_bench_daemon)
 
     bd = bench_sub.add_parser("dedup", help="near-duplicate pair recall and time vs exhaustive")
     bd.add_argument("--n", type=int, default=100_000, help="synthetic embeddings")

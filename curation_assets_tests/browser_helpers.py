@@ -6,23 +6,16 @@ Playwright drives it through ``executable_path`` and ``playwright install`` is n
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+from curation_assets.devserver import dagster_dev, graphql, install_instance_config
+
+__all__ = ["dagster_dev"]  # the browser test imports it from here with the other helpers
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -55,32 +48,6 @@ def artifacts_dir(tmp_path: Path) -> Path:
     return out
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    """POST a GraphQL query to the webserver; returns ``data``."""
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())["data"]
-
-
-READY_QUERY = """
-{
-  assetNodes { assetKey { path } }
-  repositoriesOrError { ... on RepositoryConnection { nodes {
-    sensors { name sensorState { status } } } } }
-}
-"""
-
 RUNS_QUERY = """
 { runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }
 """
@@ -89,27 +56,6 @@ RUNS_QUERY = """
 def runs(port: int) -> list[dict]:
     """Every run of the instance, newest first (GraphQL, used to cross-check the UI)."""
     return graphql(port, RUNS_QUERY)["runsOrError"]["results"]
-
-
-@dataclass
-class DagsterDev:
-    """A running ``dagster dev`` (webserver + daemon), leader of its own process group."""
-
-    proc: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        """Base URL of the webserver."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of the combined stdout/stderr of ``dagster dev``."""
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
 
 
 def write_shard(folder: Path, n: int) -> list[Path]:
@@ -123,11 +69,7 @@ def write_shard(folder: Path, n: int) -> list[Path]:
 
 def prepare_home(home: Path) -> Path:
     """Create a curation home with the project's dagster.yaml; returns DAGSTER_HOME."""
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    (home / "sources").mkdir()
-    return dagster_home
+    return install_instance_config(home)
 
 
 def register_partitions(dagster_home: Path, partitions_def: str, keys: list[str]) -> None:
@@ -140,89 +82,6 @@ def register_partitions(dagster_home: Path, partitions_def: str, keys: list[str]
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         instance.add_dynamic_partitions(partitions_def, keys)
-
-
-@contextmanager
-def dagster_dev(home: Path, log: Path, *, ready_timeout_s: float = 240) -> Iterator[DagsterDev]:
-    """Start ``dagster dev -w workspace.yaml`` on a free loopback port; stop its whole group.
-
-    Yields once the webserver serves the asset graph and the sensor state. On exit every process
-    of the group (webserver, daemon, code servers, run workers) is stopped: SIGTERM to the
-    group (dagster dev shuts down in a few seconds), SIGKILL if it is still there after 30 s.
-    """
-    port = free_port()
-    env = {
-        **os.environ,
-        "CURATION_HOME": str(home),
-        "DAGSTER_HOME": str(home / "dagster"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("CURATION_SOURCE_ROOT", None)
-    env.pop("CURATION_DELTA_ROOT", None)
-    dagster = Path(sys.executable).with_name("dagster")
-    cmd = [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    dev = DagsterDev(proc=proc, port=port, log=log)
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            try:
-                data = graphql(port, READY_QUERY)
-                if data["assetNodes"] and data["repositoriesOrError"]["nodes"]:
-                    break
-            except (OSError, KeyError, TypeError, ValueError):
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"dagster dev exited early ({proc.returncode}):\n{dev.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"dagster dev not serving after {ready_timeout_s}s")
-            time.sleep(1)
-        yield dev
-    finally:
-        stop_process_group(proc)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_process_group(proc: subprocess.Popen, *, grace_s: float = 30) -> None:
-    """Stop every process of the group led by ``proc`` (SIGTERM, then SIGKILL); reap it."""
-    pgid = proc.pid
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
-        if not _group_alive(pgid):
-            break
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader so that the group can disappear
-            if not _group_alive(pgid):
-                break
-            time.sleep(0.25)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def processes_mentioning(marker: str) -> list[psutil.Process]:

@@ -28,9 +28,31 @@ Before re-enabling a sensor after a long pause, its target preview in the UI (Au
 curation_automation) shows what would be requested.
 """
 
+import os
+
 import dagster as dg
 
 AC = dg.AutomationCondition
+
+
+def sensor_interval_s() -> int:
+    """Seconds between ticks of ``shard_sensor`` and ``curation_automation``.
+
+    ``$CURATION_SENSOR_INTERVAL_S`` (default 30). A tick of the automation sensor evaluates
+    every condition in about 0.2 s here, so 10 s is affordable; most of a new shard's latency
+    to the export is these waits (``curation bench daemon`` reports it).
+    """
+    raw = os.environ.get("CURATION_SENSOR_INTERVAL_S", "30")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"CURATION_SENSOR_INTERVAL_S={raw!r}: expected a whole number >= 1")
+    return value
+
+
+SENSOR_INTERVAL_S = sensor_interval_s()
 
 
 def eager_on(*keys: str) -> dg.AutomationCondition:
@@ -46,27 +68,66 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
+        & AC.all_deps_blocking_checks_passed()
     ).with_label(f"eager on {', '.join(keys)}")
 
 
-def updated_on(*keys: str) -> dg.AutomationCondition:
-    """Run when one of ``keys`` updated since this asset (partition) was last handled.
+PER_SHARD_TAG = "curation/per_shard_job"
+"""Tag on every run of ``per_shard_job`` (job tag): its updates are complete by construction."""
 
-    Unlike :func:`eager_on` a newly added partition alone does not trigger it: new shards are
-    processed by ``per_shard_job`` (requested by ``shard_sensor``), and a second request from
-    the automation sensor would duplicate that run.
+
+def updated_on(*keys: str) -> dg.AutomationCondition:
+    """Run when one of ``keys`` was updated by anything but ``per_shard_job``.
+
+    For the per-shard follow-ups of the classifiers (``filtered_images``, ``filter_rejections``
+    after ``classifier_scores``): ``per_shard_job`` materializes them together with their
+    inputs, so its updates must not trigger them again. Relying on "this asset was updated
+    after its input" alone is racy: the daemon observed an input's materialization a moment
+    before the same run's next step landed, and requested a duplicate run (seen live with
+    ``curation bench daemon``). Updates from automation runs (a retrained classifier re-scores
+    every shard) and from manual runs still trigger it, and a newly added partition alone
+    does not (new shards are ``per_shard_job``'s).
     """
+    not_per_shard = (
+        AC.newly_updated()
+        & ~AC.executed_with_root_target()  # the run that updated it also ran this asset
+        & ~AC.all_new_updates_have_run_tags(tag_keys={PER_SHARD_TAG})
+    )
     return (
-        AC.any_deps_updated().allow(dg.AssetSelection.assets(*keys)).since_last_handled()
+        AC.any_deps_match(not_per_shard | AC.will_be_requested())
+        .allow(dg.AssetSelection.assets(*keys))
+        .since_last_handled()
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
+        & AC.all_deps_blocking_checks_passed()
     ).with_label(f"updated on {', '.join(keys)}")
+
+
+def missing_and_ready() -> dg.AutomationCondition:
+    """Missing, every dependency present and settled, and no failed attempt since.
+
+    ``AutomationCondition.on_missing()`` only fires for assets that *become* missing after the
+    condition was first evaluated, so an asset that was missing when the automation sensor
+    first ran (a new install: the centroids before any shard is filtered) would never be
+    built. This condition is not edge-triggered: it requests the asset on the first tick at
+    which its inputs are complete: at least one input materialized (no shard registered yet
+    is not "complete") and none missing. A failed run is not retried every tick (the run's own
+    retries apply; then a person looks at it and materializes it from the UI).
+    """
+    return (
+        AC.missing()
+        & AC.any_deps_match(~AC.missing())
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+        & ~AC.execution_failed()
+    ).with_label("missing and inputs ready")
 
 
 #: Weekly retrain of the k-means centroids (only when data changed), or first training.
 CENTROID_RETRAIN_CRON = "0 3 * * 0"
-CENTROIDS = (AC.on_cron(CENTROID_RETRAIN_CRON) | AC.on_missing()).with_label(
+CENTROIDS = (AC.on_cron(CENTROID_RETRAIN_CRON) | missing_and_ready()).with_label(
     "weekly retrain or missing"
 )
 
@@ -74,13 +135,13 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "curation_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     emit_backfills=True,
     description=(
-        "Evaluates every asset's automation condition each 30 s: eager re-scoring and "
-        "re-assignment of shards whose inputs changed, incremental dedup, weights and export "
-        "after new shards, weekly centroid retraining. Several due partitions of one asset "
-        "become one backfill, not a run storm."
+        f"Evaluates every asset's automation condition each {SENSOR_INTERVAL_S} s: eager "
+        "re-scoring and re-assignment of shards whose inputs changed, incremental dedup, "
+        "weights and export after new shards, weekly centroid retraining. Several due "
+        "partitions of one asset become one backfill, not a run storm."
     ),
 )
 

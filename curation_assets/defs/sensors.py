@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from curation_assets.defs.automation import PER_SHARD_TAG, SENSOR_INTERVAL_S
 from curation_assets.defs.partitions import SHARDS_PARTITION, shards_partitions
 from curation_assets.defs.resources import ShardSource
 
@@ -15,12 +16,13 @@ per_shard_job = dg.define_asset_job(
         "Ingest, embed, score and filter one shard (requested by shard_sensor for each new "
         "shard). Before any classifier is trained, scoring keeps every image (WARN check)."
     ),
+    tags={PER_SHARD_TAG: "true"},
 )
 
 
 @dg.sensor(
     job=per_shard_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Watches the source root. A folder, tar or manifest becomes a shard once complete "

@@ -1,0 +1,248 @@
+"""``curation bench daemon``: a new shard's trip through the real daemon, timed.
+
+``curation bench incremental`` runs the jobs in-process, one after the other. This benchmark
+lets Dagster drive everything, as in production: it starts ``dagster dev`` (webserver + daemon)
+on loopback for a fresh curation home whose source root holds the base shards, and waits until
+``shard_sensor`` has run ``per_shard_job`` for each and ``curation_automation`` has trained the
+centroids, assigned every shard and materialized the dedup, weights and export. Then it moves
+one new shard (≈ 1 % of the images) into the source root and waits for the export to include
+it. For both phases it reports
+
+* the *latency*: from the server's start (base) or the shard's arrival (new shard) until the
+  ``curated_dataset`` materialization that includes it;
+* the *work*: every run launched in the phase, with its job, partition, assets, trigger,
+  when it was created (seconds into the phase), how long it waited to start (queue + process
+  start) and its duration, and the sum of the durations;
+* for the new shard, whether any run touched a partition other than the new shard (it must
+  not: old shards are never recomputed) and the dedup mode (``incremental``).
+
+Latency includes the sensors' polling intervals (30 s each) and a process start per run; the
+work sum is the compute the daemon spent. Both ratios are reported.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curation_assets.devserver import ACTIVE, DagsterDev, dagster_dev, install_instance_config
+
+EXPORT_ASSET = "curated_dataset"
+
+
+@dataclass
+class Phase:
+    """What happened between ``started`` and the export that followed."""
+
+    name: str
+    started: float
+    exported: float = 0.0
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def latency_s(self) -> float:
+        """Seconds from the phase's start to the export's materialization."""
+        return self.exported - self.started
+
+    @property
+    def work_s(self) -> float:
+        """Sum of the durations of the phase's runs."""
+        return sum(r["seconds"] for r in self.runs)
+
+    def partitions(self) -> set[str]:
+        """The partitions the phase's runs materialized (unpartitioned runs excluded)."""
+        return {r["partition"] for r in self.runs if r["partition"]}
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "latency_seconds": round(self.latency_s, 1),
+            "work_seconds": round(self.work_s, 2),
+            "runs": len(self.runs),
+            "partitions": sorted(self.partitions()),
+            "run_list": self.runs,
+        }
+
+
+def export_shards(delta_root: Path) -> set[str]:
+    """Shards with at least one row in the ``curated_dataset`` Delta table."""
+    from curation_assets.lib.export import CURATED_DATASET
+    from curation_assets.lib.storage import DeltaStore
+
+    store = DeltaStore(str(delta_root))
+    if not store.exists(CURATED_DATASET.name):
+        return set()
+    shards = store.scan(CURATED_DATASET).select(pl.col("shard").unique()).collect()
+    return set(shards["shard"].to_list())
+
+
+@cache
+def job_assets(job: str) -> list[str]:
+    """The asset keys that ``job`` of the Definitions materializes.
+
+    The run record of a predefined job (``per_shard_job``) does not list them.
+    """
+    from curation_assets.definitions import defs
+
+    keys = defs.resolve_job_def(job).asset_layer.selected_asset_keys
+    return sorted(k.to_user_string() for k in keys)
+
+
+def _run_row(r: dict[str, Any], since: float) -> dict[str, Any]:
+    tags = r["tags"]
+    trigger = tags.get("dagster/sensor_name") or (
+        f"backfill {tags['dagster/backfill']}" if "dagster/backfill" in tags else "manual"
+    )
+    start, end = r.get("startTime"), r.get("endTime")
+    return {
+        "job": r["jobName"],
+        "partition": tags.get("dagster/partition", ""),
+        "assets": r["assets"] or job_assets(r["jobName"]),
+        "trigger": trigger,
+        "status": r["status"],
+        "created": r["creationTime"],
+        "created_after_s": round(r["creationTime"] - since, 1),
+        "launch_s": round(start - r["creationTime"], 1) if start else None,
+        "seconds": round(end - start, 2) if start and end else 0.0,
+    }
+
+
+def runs_since(dev: DagsterDev, since: float) -> list[dict[str, Any]]:
+    """Runs created at or after ``since`` (epoch s), oldest first, summarised."""
+    rows = [_run_row(r, since) for r in dev.runs() if r["creationTime"] >= since]
+    return sorted(rows, key=lambda r: r["created"])
+
+
+def wait_for_export(
+    dev: DagsterDev,
+    delta_root: Path,
+    shards: set[str],
+    phase: Phase,
+    *,
+    timeout_s: float,
+    poll_s: float = 2.0,
+) -> Phase:
+    """Wait until the export includes every shard of ``shards`` and the daemon is idle.
+
+    Fills ``phase.exported`` (time of the last ``curated_dataset`` materialization) and
+    ``phase.runs``. Raises when a run of the phase failed (with the failing run's job and
+    partition) or on timeout (with what is missing).
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        runs = runs_since(dev, phase.started)
+        failed = [r for r in runs if r["status"] == "FAILURE"]
+        if failed:
+            raise RuntimeError(f"{phase.name}: runs failed: {failed}\n{dev.log_tail()}")
+        active = [r for r in runs if r["status"] in ACTIVE]
+        in_flight = [b for b in dev.backfills() if b["status"] == "REQUESTED"]
+        latest = dev.latest_materialization(EXPORT_ASSET)
+        exported_at = float(latest["timestamp"]) / 1000 if latest else 0.0
+        missing = shards - export_shards(delta_root)
+        if not missing and not active and not in_flight and exported_at >= phase.started:
+            phase.exported = exported_at
+            phase.runs = runs
+            return phase
+        if time.time() > deadline:
+            raise TimeoutError(
+                f"{phase.name}: after {timeout_s:.0f}s the export lacks {sorted(missing)}; "
+                f"{len(active)} runs and {len(in_flight)} backfills active\n{dev.log_tail()}"
+            )
+        time.sleep(poll_s)
+
+
+def drop(shard: Path, sources: Path) -> float:
+    """Move a prepared shard into the source root at once (a rename); returns the time."""
+    shutil.move(str(shard), str(sources / shard.name))
+    return time.time()
+
+
+def last_dedup_run(delta_root: Path) -> dict[str, Any]:
+    """The newest row of the ``dedup_runs`` log (mode, reason, images, new images)."""
+    from curation_assets.lib.dedup_run import DEDUP_RUNS
+    from curation_assets.lib.storage import DeltaStore
+
+    runs = DeltaStore(str(delta_root)).read(DEDUP_RUNS).sort("run_at")
+    row = runs.row(-1, named=True)
+    return {k: row[k] for k in ("mode", "reason", "images", "new_images", "seconds")}
+
+
+def bench_daemon(
+    images_dir: Path,
+    *,
+    base_shards: int = 9,
+    new_share: float = 0.01,
+    limit: int | None = None,
+    work_dir: Path | None = None,
+    timeout_s: float = 3600,
+    interval_s: int | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); returns a JSON-ready report.
+
+    Args:
+        images_dir: Folder searched recursively for images.
+        base_shards: Folder shards the base corpus is split into.
+        new_share: Share of the images in the new shard.
+        limit: Use at most this many images (sorted by path).
+        work_dir: Where the home is built (default: a temporary folder).
+        timeout_s: Give up a phase after this long.
+        interval_s: Sensor interval (``CURATION_SENSOR_INTERVAL_S``; default: the server's).
+        keep: Keep the home (Delta tables, Dagster storage, server log) afterwards.
+    """
+    from curation_assets.bench_pipeline import IMAGE_SUFFIXES, split_into_shards
+    from curation_assets.defs.automation import sensor_interval_s
+
+    images = sorted(
+        p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )[:limit]
+    if len(images) < 20:
+        msg = f"{images_dir}: found {len(images)} images; need at least 20"
+        raise ValueError(msg)
+    tmp = Path(tempfile.mkdtemp(prefix="curation-bench-daemon-", dir=work_dir))
+    try:
+        home = tmp / "home"
+        install_instance_config(home)
+        hold = tmp / "hold"
+        base = split_into_shards(images, hold, base_shards, new_share)
+        for name in base:
+            drop(hold / name, home / "sources")
+        new_shard = hold / "new-000"
+        n_new = sum(1 for _ in new_shard.iterdir())
+        delta_root = home / "delta"
+        t_start = time.time()
+        env = {"CURATION_SENSOR_INTERVAL_S": str(interval_s)} if interval_s else None
+        with dagster_dev(home, tmp / "dagster-dev.log", env=env) as dev:
+            ready = time.time()
+            full = wait_for_export(
+                dev, delta_root, set(base), Phase("base", t_start), timeout_s=timeout_s
+            )
+            dedup_full = last_dedup_run(delta_root)
+            new = Phase("new shard", drop(new_shard, home / "sources"))
+            wait_for_export(dev, delta_root, {*base, "new-000"}, new, timeout_s=timeout_s)
+            dedup_new = last_dedup_run(delta_root)
+        return {
+            "images": len(images),
+            "base_shards": base_shards,
+            "new_shard_images": n_new,
+            "new_share": round(n_new / len(images), 4),
+            "sensor_interval_seconds": interval_s or sensor_interval_s(),
+            "server_ready_seconds": round(ready - t_start, 1),
+            "base": full.report(),
+            "new_shard": new.report(),
+            "latency_ratio": round(new.latency_s / full.latency_s, 4),
+            "work_ratio": round(new.work_s / full.work_s, 4),
+            "old_partitions_recomputed": sorted(new.partitions() - {"new-000"}),
+            "dedup": {"base": dedup_full, "new_shard": dedup_new},
+            "home": str(home) if keep else None,
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
