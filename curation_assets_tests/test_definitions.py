@@ -65,6 +65,63 @@ def test_automation_conditions():
     assert label("curated_dataset") == "eager on sample_weights"
     sensor = defs.resolve_sensor_def("curation_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    # per_shard_job's runs carry the tag that keeps them from re-triggering the filter
+    from curation_assets.defs.automation import PER_SHARD_TAG
+
+    assert defs.resolve_job_def("per_shard_job").tags[PER_SHARD_TAG] == "true"
+
+
+def _table_specs() -> dict[str, object]:
+    """Every Delta table spec of the pipeline, by table (= asset) name."""
+    from curation_assets.lib import (
+        active,
+        dedup_run,
+        embed,
+        export,
+        filtering,
+        labels,
+        tables,
+        weights,
+    )
+    from curation_assets.lib.tables import TableSpec
+
+    specs = {
+        v.name: v
+        for m in (tables, embed, labels, filtering, active, dedup_run, weights, export)
+        for v in vars(m).values()
+        if isinstance(v, TableSpec)
+    }
+    for c in range(5):
+        specs[f"cluster_assignments_{c}"] = dedup_run.assignments_spec(c)
+        specs[f"cluster_centroids_{c}"] = dedup_run.centroids_spec(c)
+    return specs
+
+
+def test_column_lineage_names_real_upstream_columns():
+    from curation_assets.defs.lineage import COLUMN_LINEAGE, column_lineage
+
+    graph = defs.resolve_asset_graph()
+    specs = _table_specs()
+    assert {"curated_dataset", "filtered_images", "deduplicated_images"} <= set(COLUMN_LINEAGE)
+    for asset, deps in COLUMN_LINEAGE.items():
+        key = dg.AssetKey(asset)
+        upstream = {k.to_user_string() for k in graph.upstream_key_iterator(key)}
+        own = {c.name for c in specs[asset].columns}  # type: ignore[attr-defined]
+        assert set(deps) <= own, (asset, set(deps) - own)
+        for column, sources in deps.items():
+            assert sources, (asset, column)
+            for dep_asset, dep_column in sources:
+                # a direct or indirect upstream asset, and a column of its table
+                ancestors = upstream | {
+                    a.to_user_string()
+                    for u in upstream
+                    for a in graph.upstream_key_iterator(dg.AssetKey(u))
+                }
+                assert dep_asset in ancestors, (asset, column, dep_asset)
+                dep_columns = {c.name for c in specs[dep_asset].columns}  # type: ignore[attr-defined]
+                assert dep_column in dep_columns, (asset, column, dep_asset, dep_column)
+        lineage = column_lineage(asset)["dagster/column_lineage"]
+        assert set(lineage.deps_by_column) == set(deps)
 
 
 def test_checks_are_declared_and_blocking():

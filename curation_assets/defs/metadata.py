@@ -5,6 +5,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from curation_assets.defs.lineage import COLUMN_LINEAGE, column_lineage
 from curation_assets.lib.tables import TableSpec
 
 
@@ -19,11 +20,17 @@ def table_schema(spec: TableSpec) -> dg.TableSchema:
 
 
 def table_metadata(spec: TableSpec, uri: str, rows: int, **extra: Any) -> dict[str, Any]:
-    """``dagster/row_count``, ``dagster/column_schema`` and ``dagster/uri`` plus ``extra``."""
+    """``dagster/row_count``, ``dagster/column_schema``, ``dagster/uri`` plus ``extra``.
+
+    Also ``dagster/column_lineage`` when :data:`~curation_assets.defs.lineage.COLUMN_LINEAGE`
+    declares it for the table (tables are named like their assets).
+    """
+    lineage = column_lineage(spec.name) if spec.name in COLUMN_LINEAGE else {}
     return {
         "dagster/row_count": rows,
         "dagster/column_schema": table_schema(spec),
         "dagster/uri": uri,
+        **lineage,
         **extra,
     }
 
