@@ -12,7 +12,8 @@ it. For both phases it reports
   ``curated_dataset`` materialization that includes it;
 * the *work*: every run launched in the phase, with its job, partition, assets, trigger,
   when it was created (seconds into the phase), how long it waited to start (queue + process
-  start) and its duration, and the sum of the durations;
+  start), its duration and the time its steps ran (a run's duration also counts waits for a
+  ``gpu`` pool slot while other shards embed); the work is the sum of step times;
 * for the new shard, whether any run touched a partition other than the new shard (it must
   not: old shards are never recomputed) and the dedup mode (``incremental``).
 
@@ -53,7 +54,12 @@ class Phase:
 
     @property
     def work_s(self) -> float:
-        """Sum of the durations of the phase's runs."""
+        """Sum of the phase's step durations (excludes waits for a pool slot and run starts)."""
+        return sum(r["step_seconds"] for r in self.runs)
+
+    @property
+    def run_s(self) -> float:
+        """Sum of the phase's run durations (includes waits for a pool slot)."""
         return sum(r["seconds"] for r in self.runs)
 
     def partitions(self) -> set[str]:
@@ -65,6 +71,7 @@ class Phase:
         return {
             "latency_seconds": round(self.latency_s, 1),
             "work_seconds": round(self.work_s, 2),
+            "run_seconds": round(self.run_s, 2),
             "runs": len(self.runs),
             "partitions": sorted(self.partitions()),
             "run_list": self.runs,
@@ -111,6 +118,14 @@ def _run_row(r: dict[str, Any], since: float) -> dict[str, Any]:
         "created_after_s": round(r["creationTime"] - since, 1),
         "launch_s": round(start - r["creationTime"], 1) if start else None,
         "seconds": round(end - start, 2) if start and end else 0.0,
+        "step_seconds": round(
+            sum(
+                st["endTime"] - st["startTime"]
+                for st in r.get("stepStats") or []
+                if st.get("startTime") and st.get("endTime")
+            ),
+            2,
+        ),
     }
 
 

@@ -42,7 +42,8 @@ READY_QUERY = """
 RUNS_QUERY = """
 query($limit: Int) { runsOrError(limit: $limit) { ... on Runs { results {
   runId jobName status creationTime startTime endTime
-  tags { key value } assetSelection { path } } } } }
+  tags { key value } assetSelection { path }
+  stepStats { stepKey status startTime endTime } } } } }
 """
 
 BACKFILLS_QUERY = """
