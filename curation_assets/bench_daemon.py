@@ -212,15 +212,10 @@ def bench_daemon(
         interval_s: Sensor interval (``CURATION_SENSOR_INTERVAL_S``; default: the server's).
         keep: Keep the home (Delta tables, Dagster storage, server log) afterwards.
     """
-    from curation_assets.bench_pipeline import IMAGE_SUFFIXES, split_into_shards
+    from curation_assets.bench_pipeline import list_images, split_into_shards
     from curation_assets.defs.automation import sensor_interval_s
 
-    images = sorted(
-        p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )[:limit]
-    if len(images) < 20:
-        msg = f"{images_dir}: found {len(images)} images; need at least 20"
-        raise ValueError(msg)
+    images = list_images(images_dir, limit)
     tmp = Path(tempfile.mkdtemp(prefix="curation-bench-daemon-", dir=work_dir))
     try:
         home = tmp / "home"

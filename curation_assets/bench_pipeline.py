@@ -18,6 +18,21 @@ from typing import Any
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
+def list_images(images_dir: Path, limit: int | None = None) -> list[Path]:
+    """Image files under ``images_dir`` (recursive, sorted by path), at most ``limit``.
+
+    Raises:
+        ValueError: If fewer than 20 are found (too few to split into shards).
+    """
+    images = sorted(
+        p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )[:limit]
+    if len(images) < 20:
+        msg = f"{images_dir}: found {len(images)} images; need at least 20"
+        raise ValueError(msg)
+    return images
+
+
 def split_into_shards(
     images: list[Path], root: Path, base_shards: int, new_share: float
 ) -> list[str]:
@@ -68,12 +83,7 @@ def bench_incremental(
     from curation_assets.lib.dedup_run import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
 
-    images = sorted(
-        p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )[:limit]
-    if len(images) < 20:
-        msg = f"{images_dir}: found {len(images)} images; need at least 20"
-        raise ValueError(msg)
+    images = list_images(images_dir, limit)
     tmp = Path(tempfile.mkdtemp(prefix="curation-bench-", dir=work_dir))
     try:
         home = tmp / "home"

@@ -562,6 +562,14 @@ def cmd_bench_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_shard_split_args(p: argparse.ArgumentParser) -> None:
+    """The corpus options of the benchmarks that split a folder into base + new shards."""
+    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--base-shards", type=int, default=9, help="shards of the base corpus")
+    p.add_argument("--new-share", type=float, default=0.01, help="share in the new shard")
+    p.add_argument("--limit", type=int, help="use at most this many images")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``curation``."""
     p = argparse.ArgumentParser(prog="curation", description=__doc__)
@@ -626,19 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     bi = bench_sub.add_parser(
         "incremental", help="full run vs the update for one new ~1 %% shard (in-process)"
     )
-    bi.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    bi.add_argument("--base-shards", type=int, default=9, help="shards of the base corpus")
-    bi.add_argument("--new-share", type=float, default=0.01, help="share in the new shard")
-    bi.add_argument("--limit", type=int, help="use at most this many images")
+    _add_shard_split_args(bi)
     bi.set_defaults(func=cmd_bench_incremental)
     bdm = bench_sub.add_parser(
         "daemon",
         help="a new ~1 %% shard through dagster dev's sensors and automation (latency, work)",
     )
-    bdm.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    bdm.add_argument("--base-shards", type=int, default=9, help="shards of the base corpus")
-    bdm.add_argument("--new-share", type=float, default=0.01, help="share in the new shard")
-    bdm.add_argument("--limit", type=int, help="use at most this many images")
+    _add_shard_split_args(bdm)
     bdm.add_argument("--timeout", type=float, default=3600, help="seconds per phase")
     bdm.add_argument("--interval", type=int, help="sensor interval in s (default 30)")
     bdm.add_argument("--keep", action="store_true", help="keep the home (tables, runs, log)")

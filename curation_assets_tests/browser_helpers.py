@@ -13,9 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from curation_assets.devserver import dagster_dev, graphql, install_instance_config
-
-__all__ = ["dagster_dev"]  # the browser test imports it from here with the other helpers
+from curation_assets.devserver import graphql, install_instance_config
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -28,13 +28,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from curation_assets.devserver import dagster_dev
 from curation_assets_tests.browser_helpers import (
     CHROMIUM_ARGS,
     VIEWPORT,
     artifacts_dir,
     assert_no_strays,
     chromium_path,
-    dagster_dev,
     prepare_home,
     register_partitions,
     runs,

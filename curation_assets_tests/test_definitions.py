@@ -108,15 +108,15 @@ def test_column_lineage_names_real_upstream_columns():
         upstream = {k.to_user_string() for k in graph.upstream_key_iterator(key)}
         own = {c.name for c in specs[asset].columns}  # type: ignore[attr-defined]
         assert set(deps) <= own, (asset, set(deps) - own)
+        # parents and grandparents: a lineage dep is a direct or indirect upstream asset
+        ancestors = upstream | {
+            a.to_user_string()
+            for u in upstream
+            for a in graph.upstream_key_iterator(dg.AssetKey(u))
+        }
         for column, sources in deps.items():
             assert sources, (asset, column)
             for dep_asset, dep_column in sources:
-                # a direct or indirect upstream asset, and a column of its table
-                ancestors = upstream | {
-                    a.to_user_string()
-                    for u in upstream
-                    for a in graph.upstream_key_iterator(dg.AssetKey(u))
-                }
                 assert dep_asset in ancestors, (asset, column, dep_asset)
                 dep_columns = {c.name for c in specs[dep_asset].columns}  # type: ignore[attr-defined]
                 assert dep_column in dep_columns, (asset, column, dep_asset, dep_column)
