@@ -7,12 +7,20 @@ Every enumerated input ends in exactly one of three places:
 * ``exact_duplicates`` — bytes equal to an image kept earlier in this shard or in another shard.
 
 so ``enumerated == ingested + quarantined + exact_duplicates`` holds by construction and is
-re-checked on the written tables by an asset check.
+re-checked on the written tables by an asset check. No input can sink its shard: a file name
+that is not UTF-8 is quarantined as ``bad_file_name`` (shown with backslash escapes) instead of
+failing the Delta write, and every string written is valid UTF-8.
+
+Captions are capped at ``DecodeLimits.max_caption_bytes`` (truncated at a character boundary).
+``raw_images`` has no column for per-row remarks, so truncations and unusable sidecars of kept
+images come back as :attr:`IngestResult.notes` (``source_uri``, ``image_id``, ``note``).
 """
 
+import dataclasses
 import hashlib
 import io
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +31,16 @@ import polars as pl
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from curation_assets.lib.parallel import ordered_map
-from curation_assets.lib.shards import Item, ShardInfo, iter_items
+from curation_assets.lib.shards import (
+    DEFAULT_MAX_CAPTION_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    Item,
+    ShardInfo,
+    cap_caption,
+    escape_text,
+    is_utf8,
+    iter_items,
+)
 from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
 
 logger = logging.getLogger(__name__)
@@ -39,12 +56,16 @@ class DecodeLimits:
     Attributes:
         max_pixels: Declared width*height above which an image is a decompression bomb.
         min_side: Shorter side (after orientation) below which an image is ``too_small``.
-        max_file_bytes: Files larger than this are quarantined unread.
+        max_file_bytes: Files larger than this are quarantined (at most this many bytes + 1
+            are read, whatever the file system reports).
+        max_caption_bytes: Captions longer than this (UTF-8 bytes) are truncated at a character
+            boundary; the truncation is recorded in :attr:`IngestResult.notes`.
     """
 
     max_pixels: int = 64_000_000
     min_side: int = 1
-    max_file_bytes: int = 64 << 20
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_caption_bytes: int = DEFAULT_MAX_CAPTION_BYTES
 
 
 @dataclass
@@ -155,6 +176,10 @@ class _Probe:
 
 
 def _probe(item: Item, limits: DecodeLimits) -> _Probe:
+    if item.error is None and not is_utf8(item.source_uri):
+        shown = escape_text(item.source_uri)
+        detail = f"file name {shown} is not valid UTF-8 (undecodable bytes shown as \\xNN)"
+        item = dataclasses.replace(item, error=("bad_file_name", detail))
     if item.error is not None or item.data is None:
         image_id = sha256_hex(item.data) if item.data else None
         return _Probe(item, image_id, None, len(item.data or b""))
@@ -173,6 +198,8 @@ class IngestResult:
         duplicates: Rows for ``exact_duplicates``.
         n_enumerated: Inputs enumerated in the shard.
         reasons: Quarantine count per reason code.
+        notes: Non-fatal remarks on rows of ``raw`` (``source_uri``, ``image_id``, ``note``):
+            a truncated caption, a sidecar that was unreadable, not UTF-8 or not JSON.
     """
 
     raw: pl.DataFrame
@@ -180,12 +207,16 @@ class IngestResult:
     duplicates: pl.DataFrame
     n_enumerated: int
     reasons: dict[str, int] = field(default_factory=dict)
+    notes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=NOTES_SCHEMA))
 
     @property
     def n_duplicates_within(self) -> int:
         """Duplicates whose kept copy is in the same shard."""
         return self.duplicates.filter(pl.col("kept_shard") == pl.col("shard")).height
 
+
+NOTES_SCHEMA = pl.Schema({"source_uri": pl.String, "image_id": pl.String, "note": pl.String})
+"""Schema of :attr:`IngestResult.notes`."""
 
 ExistingLookup = Callable[[list[str]], pl.DataFrame]
 """Given image_ids, returns ``image_id, shard, source_uri`` of those already kept elsewhere."""
@@ -203,13 +234,16 @@ def ingest_items(
     """Hash, decode and sort every item of a shard into raw / quarantine / duplicates.
 
     The first decodable copy of each sha256 (in enumeration order) is kept unless
-    ``existing`` reports it kept in another shard. Memory: per-row metadata of the shard plus
-    ``2 * workers`` items' bytes in flight.
+    ``existing`` reports it kept in another shard. Captions are capped at
+    ``limits.max_caption_bytes``. Strings that are not valid UTF-8 (file names from undecodable
+    bytes) never reach a row: an item named so is quarantined as ``bad_file_name``. Memory:
+    per-row metadata of the shard plus ``2 * workers`` items' bytes in flight.
     """
     now = now or datetime.now(UTC)
     raw_rows: list[dict[str, object]] = []
     q_rows: list[dict[str, object]] = []
     dup_rows: list[dict[str, object]] = []
+    note_rows: list[dict[str, object]] = []
     kept_here: dict[str, str] = {}
     n = 0
     probes = ordered_map(
@@ -217,15 +251,16 @@ def ingest_items(
     )
     for p in probes:
         n += 1
+        uri = escape_text(p.item.source_uri)
         error = p.item.error or (p.decoded.error if p.decoded else None)
         if error is not None:
             q_rows.append(
                 {
                     "shard": shard,
-                    "source_uri": p.item.source_uri,
+                    "source_uri": uri,
                     "stage": "ingest",
-                    "reason": error[0],
-                    "detail": error[1],
+                    "reason": escape_text(error[0]),
+                    "detail": escape_text(error[1]),
                     "image_id": p.image_id,
                     "quarantined_at": now,
                 }
@@ -236,20 +271,25 @@ def ingest_items(
             dup_rows.append(
                 {
                     "shard": shard,
-                    "source_uri": p.item.source_uri,
+                    "source_uri": uri,
                     "image_id": p.image_id,
                     "kept_shard": shard,
                     "kept_source_uri": kept_here[p.image_id],
                 }
             )
             continue
-        kept_here[p.image_id] = p.item.source_uri
+        kept_here[p.image_id] = uri
+        caption, notes = p.item.caption, [escape_text(x) for x in p.item.notes]
+        if caption is not None:
+            caption, note = cap_caption(caption, limits.max_caption_bytes)
+            notes += [note] if note else []
+        note_rows.extend({"source_uri": uri, "image_id": p.image_id, "note": x} for x in notes)
         raw_rows.append(
             {
                 "image_id": p.image_id,
                 "shard": shard,
-                "source_uri": p.item.source_uri,
-                "caption": p.item.caption,
+                "source_uri": uri,
+                "caption": caption,
                 "width": p.decoded.width,
                 "height": p.decoded.height,
                 "format": p.decoded.format,
@@ -285,8 +325,11 @@ def ingest_items(
         duplicates = pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema)
     quarantine = pl.DataFrame(q_rows, schema=QUARANTINE.schema)
     reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+    notes = pl.DataFrame(note_rows, schema=NOTES_SCHEMA).join(
+        raw.select("image_id", "source_uri"), on=["image_id", "source_uri"], how="semi"
+    )
     return IngestResult(
-        raw, quarantine, duplicates, n, {str(k): int(v) for k, v in reasons.items()}
+        raw, quarantine, duplicates, n, {str(k): int(v) for k, v in reasons.items()}, notes
     )
 
 
@@ -297,13 +340,22 @@ def ingest_shard(
     limits: DecodeLimits = DecodeLimits(),  # noqa: B008
     workers: int = 2,
     now: datetime | None = None,
+    allowed_roots: Iterable[str | os.PathLike[str]] = (),
 ) -> IngestResult:
     """Enumerate and ingest one shard (see :func:`ingest_items`).
 
+    ``allowed_roots``: folders besides the shard's own root that its inputs may resolve into
+    (see :func:`~curation_assets.lib.shards.iter_items`); none by default.
+
     Raises:
-        ShardError: If the shard as a whole cannot be read (bad manifest).
+        ShardError: If the shard as a whole cannot be read (bad manifest, not a regular file).
     """
-    items = iter_items(shard, max_file_bytes=limits.max_file_bytes)
+    items = iter_items(
+        shard,
+        max_file_bytes=limits.max_file_bytes,
+        max_caption_bytes=limits.max_caption_bytes,
+        allowed_roots=allowed_roots,
+    )
     return ingest_items(
         shard.key, items, existing=existing, limits=limits, workers=workers, now=now
     )

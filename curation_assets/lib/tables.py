@@ -130,7 +130,16 @@ REASON_CODES: dict[str, str] = {
     "truncated": "The image data ends early or is corrupt.",
     "decompression_bomb": "Declared pixel count above the configured cap.",
     "too_small": "Shorter side below the configured minimum.",
-    "too_large_file": "File larger than the configured byte cap.",
+    "too_large_file": "File larger than the configured byte cap (enforced while reading).",
+    "not_regular_file": "A FIFO, device, socket or folder where a file was expected; never opened.",
+    "outside_root": (
+        "A manifest path or symlink that resolves outside the shard's root (the folder of a "
+        "folder shard, the folder holding a manifest) and every allowed root; never read."
+    ),
+    "bad_file_name": (
+        "A file name that is not valid UTF-8 (shown with backslash escapes) or holds a NUL "
+        "byte; never read, the rest of the shard is ingested."
+    ),
     "unsupported_uri": "A manifest path with a scheme the reader does not support.",
     "tar_truncated": "The tar archive ends inside a member; the rest of the tar is unreadable.",
     "embed_failed": "The image decoded at ingest but could not be embedded.",

@@ -1,4 +1,5 @@
 import io
+import os
 import struct
 import zlib
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from PIL import Image
 
 from curation_assets.lib.ingest import DecodeLimits, decode_image, ingest_items, sha256_hex
 from curation_assets.lib.shards import Item
+from curation_assets.lib.tables import QUARANTINE, RAW_IMAGES
 from curation_assets_tests.conftest import image_bytes
 
 
@@ -138,3 +140,29 @@ def test_images_kept_by_an_earlier_shard_collapse_there_with_their_copies():
         ("new/a2.jpg", "old", "old/a.jpg"),
     ]
     assert res.n_duplicates_within == 0
+
+
+def test_undecodable_names_and_huge_captions_never_reach_a_row():
+    a, b, c = image_bytes(1), image_bytes(2), image_bytes(3)
+    bad_uri = "s/" + os.fsdecode(b"bad\xff.jpg")  # as os.listdir returns a non-UTF-8 name
+    big = "\u00e9" * 40_000  # 80,000 bytes
+    items = [
+        Item("s/a.jpg", a, caption=big),
+        Item(bad_uri, b, caption="fine"),
+        Item("s/c.jpg", c, caption="lone \udcff surrogate"),
+    ]
+    limits = DecodeLimits(max_caption_bytes=1001)
+    res = ingest_items("s", items, existing=_no_existing, limits=limits)
+    assert res.n_enumerated == 3
+    assert res.raw["source_uri"].to_list() == ["s/a.jpg", "s/c.jpg"]
+    assert res.quarantine.select("source_uri", "reason").rows() == [
+        ("s/bad\\xff.jpg", "bad_file_name")
+    ]
+    captions = res.raw["caption"].to_list()
+    assert captions[0] == "\u00e9" * 500  # 1000 bytes: the split 1001st byte is dropped
+    assert captions[1] == "lone \\udcff surrogate"
+    assert res.notes["source_uri"].to_list() == ["s/a.jpg", "s/c.jpg"]
+    assert "caption truncated to 1000 of 80000 bytes" in res.notes["note"][0]
+    # Every frame converts to the table's Arrow schema (the Delta write used to fail here).
+    RAW_IMAGES.to_arrow(res.raw)
+    QUARANTINE.to_arrow(res.quarantine)

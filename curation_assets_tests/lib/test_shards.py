@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import tarfile
 import time
 
@@ -8,7 +9,9 @@ import pytest
 
 from curation_assets.lib.shards import (
     ShardError,
+    cap_caption,
     discover_shards,
+    escape_text,
     inspect_shard,
     iter_items,
     shard_info,
@@ -131,3 +134,31 @@ def test_manifest_without_a_path_column_is_a_clear_shard_error(tmp_path):
 def test_unknown_shard_key_names_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="registered as a partition"):
         shard_info(tmp_path, "gone")
+
+
+def test_cap_caption_cuts_at_a_character_boundary_and_says_so():
+    assert cap_caption("short", 10) == ("short", "")
+    caption, note = cap_caption("a\u20ac\u20ac", 5)  # 1 + 3 + 3 bytes; byte 5 splits a euro
+    assert caption == "a\u20ac" and "truncated to 4 of 7 bytes (max_caption_bytes=5)" in note
+    caption, note = cap_caption("already a prefix", 100, total_bytes=10_000)
+    assert caption == "already a prefix" and "of 10000 bytes" in note
+    assert escape_text("ok.jpg") == "ok.jpg"
+    assert escape_text(os.fsdecode(b"bad\xff.jpg")) == "bad\\xff.jpg"
+
+
+def test_tar_sidecars_that_cannot_be_read_are_quarantined_and_the_image_kept(tmp_path):
+    big_json = json.dumps({"caption": "x" * 5000}).encode()
+    _tar(
+        tmp_path / "t.tar",
+        [
+            ("k1.jpg", image_bytes(1)),
+            ("k1.json", big_json),  # over max_file_bytes
+            ("k2.jpg", image_bytes(2)),
+            ("k2.txt", b"\xff\xfe not UTF-8"),
+        ],
+    )
+    items = list(iter_items(shard_info(tmp_path, "t.tar"), max_file_bytes=4000))
+    got = [(i.source_uri.split("#")[1], i.error[0] if i.error else None) for i in items]
+    assert got == [("k1.jpg", None), ("k1.json", "too_large_file"), ("k2.jpg", None)]
+    assert items[0].caption is None and "k1.json not read (too_large_file)" in items[0].notes[0]
+    assert items[2].caption == "\ufffd\ufffd not UTF-8" and "not valid UTF-8" in items[2].notes[0]
