@@ -135,6 +135,8 @@ def import_label_file(
         existing=store.read(LABELS),
         allow_relabel=allow_relabel,
     )
+    if result.rows.is_empty():  # nothing new: no write, no event, classifiers stay current
+        return result
     store.append(LABELS, result.rows)
     total = store.scan(LABELS).select(pl.len()).collect().item()
     instance.report_runless_asset_event(
@@ -279,10 +281,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if new:
             instance.add_dynamic_partitions(SHARDS_PARTITION, new)
         print(f"{len(keys)} shards ({len(new)} newly registered): {', '.join(keys)}")
+        fresh = _Freshness(instance, force=args.force)
         print("ingest + embed:")
-        embedded = [
-            k for k in keys if execute(job, f"shard {k}", partition_key=k, asset_selection=EMBED)
-        ]
+        by_key = {s.key: s for s in shards}
+        todo = [k for k in keys if not fresh.embedded(k, by_key[k].path)]
+        ok = {k for k in todo if execute(job, f"shard {k}", partition_key=k, asset_selection=EMBED)}
+        embedded = [k for k in keys if k not in todo or k in ok]
+        _print_skipped(keys, todo, "ingested and embedded, source unchanged")
         if args.source is None:
             from curation_assets.lib.demo import write_seed_labels
 
@@ -290,21 +295,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             done = import_label_file(paths, seed, instance=instance)
             print(f"demo seed labels: {done.rows.height} new ({done.n_already_labelled} known)")
         print("classifiers:")
-        trained = execute(defs.resolve_job_def("classifiers_job"), "safety_classifiers")
+        if todo or not fresh.current("safety_classifiers", None, [("labels", None)]):
+            trained = execute(defs.resolve_job_def("classifiers_job"), "safety_classifiers")
+        else:
+            trained = True
+            print("  safety_classifiers: current (no new labels, no shard re-embedded)")
         filtered = []
         if trained:
             print("score + filter:")
-            filtered = [
+            todo = [k for k in embedded if not fresh.filtered(k)]
+            ok = {
                 k
-                for k in embedded
+                for k in todo
                 if execute(job, f"shard {k}", partition_key=k, asset_selection=FILTER)
-            ]
+            }
+            filtered = [k for k in embedded if k not in todo or k in ok]
+            _print_skipped(embedded, todo, "scored and filtered by the current classifiers")
         if filtered:
             _cluster_and_dedup(
                 defs,
                 paths,
                 filtered,
                 execute,
+                fresh,
                 retrain=args.retrain_centroids,
                 demo=args.source is None,
             )
@@ -317,15 +330,98 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Freshness:
+    """Which per-shard work `curation run` can skip: done after everything it depends on.
+
+    A re-run then redoes only what changed (a new or modified shard, new labels, retrained
+    centroids); the global stages decide for themselves (their commit records make a run with
+    nothing new a no-op). ``force`` redoes everything.
+    """
+
+    def __init__(self, instance: Any, *, force: bool) -> None:
+        self.instance = instance
+        self.force = force
+
+    def latest(self, asset: str, partition: str | None) -> Any:
+        from dagster import AssetRecordsFilter
+
+        flt = AssetRecordsFilter(
+            asset_key=AssetKey(asset), asset_partitions=[partition] if partition else None
+        )
+        records = self.instance.fetch_materializations(flt, limit=1).records
+        return records[0] if records else None
+
+    def current(
+        self, asset: str, partition: str | None, upstream: list[tuple[str, str | None]]
+    ) -> bool:
+        """Materialized, and after the latest materialization of every upstream asset."""
+        if self.force:
+            return False
+        rec = self.latest(asset, partition)
+        if rec is None:
+            return False
+        for key, part in upstream:
+            up = self.latest(key, part)
+            if up is not None and up.storage_id > rec.storage_id:
+                return False
+        return True
+
+    def embedded(self, shard: str, path: Path) -> bool:
+        """Ingested from the same files (fingerprint) and embedded since."""
+        from curation_assets.defs.ingest import source_fingerprint
+
+        raw = self.latest("raw_images", shard)
+        if self.force or raw is None:
+            return False
+        seen = raw.asset_materialization.metadata.get("source_fingerprint")
+        if seen is None or seen.value != source_fingerprint(path):
+            return False
+        return self.current("image_embeddings", shard, [("raw_images", shard)])
+
+    def filtered(self, shard: str) -> bool:
+        """Scored and filtered after its embeddings and the classifiers."""
+        return self.current(
+            "filtered_images",
+            shard,
+            [("image_embeddings", shard), ("safety_classifiers", None)],
+        )
+
+    def assigned(self, shard: str) -> bool:
+        """Assigned after its filtered set and the centroids, in every clustering."""
+        from curation_assets.lib.dedup_run import N_CLUSTERINGS
+
+        return all(
+            self.current(
+                f"cluster_assignments_{c}",
+                shard,
+                [("filtered_images", shard), (f"cluster_centroids_{c}", None)],
+            )
+            for c in range(N_CLUSTERINGS)
+        )
+
+
+def _print_skipped(keys: list[str], todo: list[str], why: str) -> None:
+    skipped = [k for k in keys if k not in todo]
+    if skipped:
+        print(f"  {len(skipped)} shards already {why}: skipped (--force redoes them)")
+
+
 def _cluster_and_dedup(
-    defs: Any, paths: Paths, shards: list[str], execute: Any, *, retrain: bool, demo: bool
+    defs: Any,
+    paths: Paths,
+    shards: list[str],
+    execute: Any,
+    fresh: _Freshness,
+    *,
+    retrain: bool,
+    demo: bool,
 ) -> None:
     """Train centroids (when missing or asked), assign each shard, deduplicate."""
-    from curation_assets.lib.dedup_run import load_centroids
+    from curation_assets.lib.dedup_run import N_CLUSTERINGS, load_centroids
     from curation_assets.lib.storage import DeltaStore
 
     store = DeltaStore(paths.delta_root)
-    missing = any(load_centroids(store, c) is None for c in range(5))
+    missing = any(load_centroids(store, c) is None for c in range(N_CLUSTERINGS))
     if missing or retrain:
         print("cluster centroids:")
         if not execute(defs.resolve_job_def("retrain_centroids_job"), "five k-means clusterings"):
@@ -334,7 +430,10 @@ def _cluster_and_dedup(
         print("cluster centroids: reused (pass --retrain-centroids to retrain)")
     assign = defs.resolve_job_def("assign_shard_job")
     print("cluster assignments:")
-    assigned = [k for k in shards if execute(assign, f"shard {k}", partition_key=k)]
+    todo = [k for k in shards if not fresh.assigned(k)]
+    ok = {k for k in todo if execute(assign, f"shard {k}", partition_key=k)}
+    assigned = [k for k in shards if k not in todo or k in ok]
+    _print_skipped(shards, todo, "assigned to the current centroids")
     if assigned:
         print("dedup:")
         if execute(defs.resolve_job_def("dedup_job"), "deduplicated_images"):
@@ -587,6 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--retrain-centroids",
         action="store_true",
         help="retrain the five k-means clusterings (default: reuse them once trained)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="redo every shard's work (default: skip what is already done and unchanged)",
     )
     run.set_defaults(func=cmd_run)
 

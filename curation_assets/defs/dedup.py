@@ -40,6 +40,7 @@ from curation_assets.lib.dedup_run import (
     load_centroids,
     run_dedup,
     single_model,
+    write_dedup,
 )
 from curation_assets.lib.embed import embedding_matrix
 from curation_assets.lib.filtering import FILTERED_IMAGES
@@ -338,10 +339,8 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
             seed=config.seed,
         )
     images, pairs, stats, recall = outcome.images, outcome.pairs, outcome.stats, outcome.recall
-    store.replace_table(DEDUPLICATED_IMAGES, images)
-    store.replace_table(DUPLICATE_PAIRS, pairs)
-    store.append(DEDUP_RUNS, outcome.run)
-    tau = float(outcome.run["tau"][0])
+    write_dedup(store, outcome)
+    tau = outcome.tau
     context.log.info(
         f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {images.height} images, "
         f"{pairs.height} pairs, {stats.get('removed', 0)} removed"

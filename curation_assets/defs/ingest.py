@@ -1,7 +1,10 @@
 """Ingest stage: ``raw_images`` (+ ``quarantine`` and ``exact_duplicates``) per shard."""
 
+import hashlib
+import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -33,6 +36,39 @@ class IngestConfig(dg.Config):
         default=64 << 20, description="Files larger than this are quarantined unread."
     )
     decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
+
+
+def keep_first_ingested_at(raw: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """``raw`` with the ``ingested_at`` of images the shard already held before this run.
+
+    Re-ingesting an unchanged shard then gives identical rows, and the keep policy's
+    ``earliest`` criterion keeps meaning "arrived first", not "re-read last".
+    """
+    if previous.is_empty():
+        return raw
+    first = previous.select("image_id", pl.col("ingested_at").alias("_first"))
+    return (
+        raw.join(first, on="image_id", how="left", maintain_order="left")
+        .with_columns(ingested_at=pl.coalesce("_first", "ingested_at"))
+        .drop("_first")
+        .select(raw.columns)
+    )
+
+
+def source_fingerprint(path: Path) -> str:
+    """A short hash of a shard's files: relative path, size and mtime of each.
+
+    A folder is walked (its files are stat'ed, not read); a tar or manifest is one file (the
+    files a manifest lists are not stat'ed). ``curation run`` compares it with the last
+    ingest's to skip unchanged shards.
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
+        h.update(f"{os.fsencode(rel)!r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _existing_lookup(store: DeltaStore, shard: str):
@@ -160,20 +196,27 @@ def ingest(
     key = context.partition_key
     store = delta.store()
     limits = DecodeLimits(config.max_pixels, config.min_side, config.max_file_bytes)
-    t0 = time.perf_counter()
     with fail_fast_on_permanent_errors():
         shard = shard_source.shard(key)
-        result = ingest_shard(
-            shard,
-            existing=_existing_lookup(store, key),
-            limits=limits,
-            workers=config.decode_workers,
-            now=datetime.now(UTC),
-        )
-    seconds = time.perf_counter() - t0
-    store.replace_shard(RAW_IMAGES, key, result.raw)
-    store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})
-    store.replace_shard(DUPLICATE_FILES, key, result.duplicates)
+    fingerprint = source_fingerprint(shard.path)
+    # One ingest at a time per Delta root, across processes and Dagster instances: which shard
+    # keeps an image that two shards contain must not depend on a race (the `ingest` pool only
+    # serializes the runs of one instance).
+    with store.lock("ingest"):
+        t0 = time.perf_counter()
+        with fail_fast_on_permanent_errors():
+            result = ingest_shard(
+                shard,
+                existing=_existing_lookup(store, key),
+                limits=limits,
+                workers=config.decode_workers,
+                now=datetime.now(UTC),
+            )
+        seconds = time.perf_counter() - t0
+        raw = keep_first_ingested_at(result.raw, store.read(RAW_IMAGES, shards=[key]))
+        store.replace_shard(RAW_IMAGES, key, raw)
+        store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})
+        store.replace_shard(DUPLICATE_FILES, key, result.duplicates)
     context.log.info(
         f"shard {key} ({shard.kind}): {result.n_enumerated} inputs -> {result.raw.height} "
         f"images, {result.quarantine.height} quarantined {result.reasons}, "
@@ -188,6 +231,7 @@ def ingest(
             result.raw.height,
             shard_kind=shard.kind,
             source=str(shard.path),
+            source_fingerprint=fingerprint,
             enumerated=result.n_enumerated,
             quarantined=result.quarantine.height,
             exact_duplicates=result.duplicates.height,

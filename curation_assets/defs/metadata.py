@@ -1,5 +1,6 @@
 """Conventional Dagster metadata built from lib table specs."""
 
+import math
 from typing import Any
 
 import dagster as dg
@@ -59,13 +60,18 @@ def markdown_bars(
 
     Args:
         labels: One label per bar.
-        values: Non-negative values; the largest gets ``width`` cells.
+        values: Non-negative values; the largest gets ``width`` cells. A value that is not
+            finite (NaN: undefined, e.g. a recall with no pair to find) is shown as ``n/a``
+            with no bar.
         header: Titles of the label and value columns.
         width: Cells of the longest bar.
     """
-    top = max([*values, 1e-12])
+    top = max([*(v for v in values if math.isfinite(v)), 1e-12])
     lines = [f"| {header[0]} | {header[1]} | |", "|---|---:|---|"]
     for label, v in zip(labels, values, strict=True):
+        if not math.isfinite(v):
+            lines.append(f"| {label} | n/a | |")
+            continue
         shown = f"{v:g}" if isinstance(v, float) else str(v)
         lines.append(f"| {label} | {shown} | `{'█' * max(0, round(width * v / top))}` |")
     return "\n".join(lines)

@@ -26,13 +26,19 @@ from curation_assets.lib.audit import (
     keyword_attributes,
     metadata_attributes,
 )
+from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.export import (
     CURATED_DATASET,
     curated_rows,
+    file_stamps,
+    files_unchanged,
+    publish_dir,
     sampling_stats,
     soft_cap_sampling,
+    staging_dir,
+    write_file_atomic,
     write_webdataset,
 )
 from curation_assets.lib.filtering import FILTERED_IMAGES
@@ -214,8 +220,22 @@ def weights_and_audit(
     delta: DeltaStorage,
     embedder: ImageEmbedder,
 ):
-    """Fit the probe, weight the kept images, audit the attribute shares."""
+    """Fit the probe, weight the kept images, audit the attribute shares.
+
+    Nothing is written when neither the inputs nor the configuration changed since the last
+    commit: the committed tables are re-checked and their figures re-reported.
+    """
     store = delta.store()
+    inputs = input_versions(store, WEIGHTS_INPUTS)
+    settings = config.model_dump()
+    done = current_commit(store, WEIGHTS_STAGE, inputs=inputs, config=settings)
+    if done is not None:
+        context.log.info(
+            f"weights: inputs and config unchanged since the commit of {done.committed_at}; "
+            "nothing to do"
+        )
+        yield from _weight_results(delta, config, done.summary, up_to_date=True)
+        return
     frame, x, kept = load_weight_inputs(store, config.correct_for)
     if not kept.any():
         msg = "no kept image: materialize deduplicated_images first"
@@ -232,7 +252,6 @@ def weights_and_audit(
         sw = sample_weights(model, x, kept, w_min=config.w_min, w_max=config.w_max)
     kept_frame = frame.filter(pl.col("kept"))
     weights = sw.frame(kept_frame["image_id"].to_list(), kept_frame["shard"].to_list())
-    store.replace_table(SAMPLE_WEIGHTS, weights)
     stats = sw.stats
     context.log.info(
         f"weights: probe {model.status} AUC {model.auc}, ESS ratio {stats['ess_ratio']:.3f}, "
@@ -260,20 +279,80 @@ def weights_and_audit(
             context.log.warning(f"zero-shot concepts {concept_note}")
     with fail_fast_on_permanent_errors():
         audit = bias_audit(attributes, weights.select("image_id", "weight"))
-        flagged = flag_shifts(
-            audit, max_shift_pts=config.max_shift_pts, min_support=config.min_support
-        )
-    store.replace_table(BIAS_AUDIT, audit)
-
+    # weights, then audit, then the commit row: a kill in between is rewritten by the re-run
+    outputs = {
+        SAMPLE_WEIGHTS.name: store.replace_table(SAMPLE_WEIGHTS, weights),
+        BIAS_AUDIT.name: store.replace_table(BIAS_AUDIT, audit),
+    }
     hist = stats["histogram"]
     labels = [
         f"{a:.2f}–{b:.2f}" for a, b in zip(hist["edges"][:-1], hist["edges"][1:], strict=True)
     ]
+    summary = {
+        "probe_status": model.status,
+        "probe_reason": model.reason,
+        "probe_auc": float(model.auc) if model.auc is not None else float("nan"),
+        "probe_ece": float(model.ece) if model.ece is not None else float("nan"),
+        "probe": {
+            k: v for k, v in model.summary().items() if not isinstance(v, float) or np.isfinite(v)
+        },
+        "unfiltered_images": int(kept.size),
+        "kept_images": int(kept.sum()),
+        "ess": float(stats["ess"]),
+        "ess_ratio": float(stats["ess_ratio"]),
+        "clipped_share": float(stats["clipped_share"] or 0.0),
+        "weight_min": float(stats["min"]),
+        "weight_max": float(stats["max"]),
+        "weight_p50": float(stats["p50"]),
+        "weight_distribution": "Kept images by weight (log-spaced bins):\n\n"
+        + markdown_bars(labels, hist["counts"], header=("weight", "images")),
+        "correct_for": config.correct_for,
+        "concepts": concept_note,
+    }
+    record_commit(
+        store, WEIGHTS_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
+    )
+    yield from _weight_results(delta, config, summary, weights=weights, audit=audit)
+
+
+WEIGHTS_STAGE = "weights"
+WEIGHTS_INPUTS = (DEDUPLICATED_IMAGES.name, IMAGE_EMBEDDINGS.name, RAW_IMAGES.name)
+
+
+def _weight_results(
+    delta: DeltaStorage,
+    config: WeightsConfig,
+    summary: dict,
+    *,
+    weights: pl.DataFrame | None = None,
+    audit: pl.DataFrame | None = None,
+    up_to_date: bool = False,
+):
+    """The two materializations and their checks, from a run's summary and its tables.
+
+    The checks always run on the tables themselves (read back when not given), so a run
+    with nothing to do still verifies what is stored.
+    """
+    store = delta.store()
+    if weights is None:
+        weights = store.read(SAMPLE_WEIGHTS)
+    if audit is None:
+        audit = store.read(BIAS_AUDIT)
+    with fail_fast_on_permanent_errors():
+        flagged = flag_shifts(
+            audit, max_shift_pts=config.max_shift_pts, min_support=config.min_support
+        )
     checks = {
         c.name: c
         for c in weight_checks(
-            sw.weight, min_ess_ratio=config.min_ess_ratio, w_min=config.w_min, w_max=config.w_max
+            weights["weight"].to_numpy(),
+            min_ess_ratio=config.min_ess_ratio,
+            w_min=config.w_min,
+            w_max=config.w_max,
         )
+    }
+    plain = {
+        k: v for k, v in summary.items() if k not in ("probe", "weight_distribution", "concepts")
     }
     yield dg.MaterializeResult(
         asset_key="sample_weights",
@@ -281,30 +360,10 @@ def weights_and_audit(
             SAMPLE_WEIGHTS,
             delta.uri(SAMPLE_WEIGHTS),
             weights.height,
-            probe_status=model.status,
-            probe_reason=model.reason,
-            probe_auc=float(model.auc) if model.auc is not None else float("nan"),
-            probe_ece=float(model.ece) if model.ece is not None else float("nan"),
-            probe=dg.MetadataValue.json(
-                {
-                    k: v
-                    for k, v in model.summary().items()
-                    if not isinstance(v, float) or np.isfinite(v)
-                }
-            ),
-            unfiltered_images=int(kept.size),
-            kept_images=int(kept.sum()),
-            ess=float(stats["ess"]),
-            ess_ratio=float(stats["ess_ratio"]),
-            clipped_share=float(stats["clipped_share"] or 0.0),
-            weight_min=float(stats["min"]),
-            weight_max=float(stats["max"]),
-            weight_p50=float(stats["p50"]),
-            weight_distribution=dg.MetadataValue.md(
-                "Kept images by weight (log-spaced bins):\n\n"
-                + markdown_bars(labels, hist["counts"], header=("weight", "images"))
-            ),
-            correct_for=config.correct_for,
+            up_to_date=up_to_date,
+            **plain,
+            probe=dg.MetadataValue.json(summary["probe"]),
+            weight_distribution=dg.MetadataValue.md(summary["weight_distribution"]),
         ),
         check_results=[
             dg.AssetCheckResult(
@@ -331,8 +390,9 @@ def weights_and_audit(
             BIAS_AUDIT,
             delta.uri(BIAS_AUDIT),
             audit.height,
+            up_to_date=up_to_date,
             flagged=flagged.height,
-            concepts=concept_note,
+            concepts=summary["concepts"],
             shares=dg.MetadataValue.md(audit_markdown(audit, flagged=flagged)),
         ),
         check_results=[
@@ -403,21 +463,32 @@ class ExportConfig(dg.Config):
 def curated_dataset(
     context: dg.AssetExecutionContext, config: ExportConfig, delta: DeltaStorage
 ) -> dg.MaterializeResult:
-    """Join kept images with their weights and write the manifest (and optional extras)."""
+    """Join kept images with their weights and write the manifest (and optional extras).
+
+    Files first (each appears atomically: a renamed file, a symlink swapped to a complete
+    WebDataset folder), then the Delta table, then the commit row. Nothing is written when the
+    inputs, the configuration and the files are as the last commit left them.
+    """
     store = delta.store()
+    inputs = input_versions(store, EXPORT_INPUTS)
+    out = Path(config.export_dir) if config.export_dir else resolve_paths().home / "export"
+    settings = {**config.model_dump(), "export_dir": str(out.resolve())}
     kept_ids = store.read(DEDUPLICATED_IMAGES, columns=["image_id", "kept"]).filter("kept")
     images = store.read(FILTERED_IMAGES).join(kept_ids.select("image_id"), on="image_id")
+    done = current_commit(store, EXPORT_STAGE, inputs=inputs, config=settings)
+    if done is not None and files_unchanged(done.summary["files"]):
+        context.log.info(
+            f"export: inputs, config and files unchanged since the commit of "
+            f"{done.committed_at}; nothing to do"
+        )
+        rows = store.read(CURATED_DATASET)
+        return _export_result(delta, rows, images, done.summary, up_to_date=True)
     weights = store.read(SAMPLE_WEIGHTS, columns=["image_id", "weight"])
     with fail_fast_on_permanent_errors():
         rows = curated_rows(images, weights)
-    store.replace_table(CURATED_DATASET, rows)
-    out = Path(config.export_dir) if config.export_dir else resolve_paths().home / "export"
     out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "curated_dataset.parquet"
-    tmp = manifest.with_suffix(".parquet.tmp")
-    rows.write_parquet(tmp)
-    tmp.replace(manifest)
-    extra: dict = {"manifest": dg.MetadataValue.path(str(manifest))}
+    manifest = write_file_atomic(out / "curated_dataset.parquet", rows.write_parquet)
+    summary: dict = {"files": {}, "extra": {"manifest": str(manifest)}, "failures": []}
     if config.soft_cap_samples:
         counts = soft_cap_sampling(
             rows["weight"].to_numpy(),
@@ -430,28 +501,57 @@ def curated_dataset(
             .with_columns(count=pl.Series(counts, dtype=pl.Int64))
             .filter(pl.col("count") > 0)
         )
-        sample_path = out / "soft_cap_sample.parquet"
-        sample.write_parquet(sample_path)
-        extra["soft_cap_sample"] = dg.MetadataValue.path(str(sample_path))
-        extra["soft_cap_stats"] = dg.MetadataValue.json(
-            {
-                k: v
-                for k, v in sampling_stats(counts, rows["weight"].to_numpy()).items()
-                if k != "count_histogram"
-            }
-        )
-    failures = pl.DataFrame()
+        sample_path = write_file_atomic(out / "soft_cap_sample.parquet", sample.write_parquet)
+        summary["extra"]["soft_cap_sample"] = str(sample_path)
+        summary["soft_cap_stats"] = {
+            k: v
+            for k, v in sampling_stats(counts, rows["weight"].to_numpy()).items()
+            if k != "count_histogram"
+        }
     if config.webdataset:
+        link = out / "webdataset"
+        staged = staging_dir(link)
         with SourceReader() as reader:
-            export = write_webdataset(
-                rows, reader.read, out / "webdataset", shard_size=config.shard_size, overwrite=True
-            )
+            export = write_webdataset(rows, reader.read, staged, shard_size=config.shard_size)
+        publish_dir(staged, link)
         failures = export.failures_frame()
-        extra["webdataset_shards"] = len(export.shards)
-        extra["webdataset_samples"] = export.n_written
-        extra["webdataset_dir"] = dg.MetadataValue.path(str(out / "webdataset"))
+        summary["extra"].update(
+            webdataset_shards=len(export.shards),
+            webdataset_samples=export.n_written,
+            webdataset_dir=str(link),
+        )
+        summary["failures"] = failures.to_dicts()
         if failures.height:
             context.log.warning(f"{failures.height} images could not be exported")
+    summary["files"] = file_stamps([Path(p) for k, p in summary["extra"].items() if k in FILE_KEYS])
+    outputs = {CURATED_DATASET.name: store.replace_table(CURATED_DATASET, rows)}
+    record_commit(
+        store, EXPORT_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
+    )
+    return _export_result(delta, rows, images, summary)
+
+
+EXPORT_STAGE = "export"
+EXPORT_INPUTS = (SAMPLE_WEIGHTS.name, DEDUPLICATED_IMAGES.name, FILTERED_IMAGES.name)
+FILE_KEYS = ("manifest", "soft_cap_sample", "webdataset_dir")
+
+
+def _export_result(
+    delta: DeltaStorage,
+    rows: pl.DataFrame,
+    images: pl.DataFrame,
+    summary: dict,
+    *,
+    up_to_date: bool = False,
+) -> dg.MaterializeResult:
+    """The materialization and checks of the export, checked on the rows themselves."""
+    extra: dict = {
+        k: dg.MetadataValue.path(v) if k in FILE_KEYS or k.endswith("_dir") else v
+        for k, v in summary["extra"].items()
+    }
+    if "soft_cap_stats" in summary:
+        extra["soft_cap_stats"] = dg.MetadataValue.json(summary["soft_cap_stats"])
+    failures = pl.DataFrame(summary["failures"])
     w = rows["weight"].to_numpy()
     ok = (
         rows.height == images.height
@@ -463,6 +563,7 @@ def curated_dataset(
             CURATED_DATASET,
             delta.uri(CURATED_DATASET),
             rows.height,
+            up_to_date=up_to_date,
             weight_sum=float(w.sum()),
             preview=markdown_preview(rows.select("image_id", "caption", "weight")),
             **extra,
@@ -479,7 +580,7 @@ def curated_dataset(
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
                     "failures": markdown_preview(failures) if failures.height else "none",
-                    "webdataset": config.webdataset,
+                    "webdataset": "webdataset_dir" in summary["extra"],
                 },
             ),
         ],

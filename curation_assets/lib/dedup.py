@@ -590,8 +590,10 @@ def _keepers(
     image_id: np.ndarray,
     policy: Sequence[str],
 ) -> np.ndarray:
-    """(m,) int64 local index of the kept row of each row's component."""
+    """(m,) int64 local index of the kept row of each row's component (empty when m = 0)."""
     m = components.shape[0]
+    if m == 0:
+        return np.empty(0, dtype=np.int64)
     keys: list[np.ndarray] = [np.arange(m)]  # last tie-break: lowest row
     for criterion in reversed(_check_policy(policy)):
         if criterion == "resolution":

@@ -36,6 +36,13 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.cluster import KMeansModel
+from curation_assets.lib.commits import (
+    Commit,
+    input_versions,
+    last_commit,
+    record_commit,
+    torn_outputs,
+)
 from curation_assets.lib.dedup import (
     DedupResult,
     DedupState,
@@ -293,7 +300,9 @@ def load_inputs(store: DeltaStore, n_clusterings: int = N_CLUSTERINGS) -> DedupI
             .when(pl.col(f"v{c}") != versions[c])
             .then(pl.lit(f"cluster_assignments_{c} made with older centroids"))
         )
-    frame = frame.with_columns(why=pl.coalesce(missing_exprs)).collect()
+    # joins do not keep row order (polars' maintain_order defaults to none): make it canonical,
+    # the keep policy's last tie-break and the incremental state's `row` depend on it
+    frame = frame.with_columns(why=pl.coalesce(missing_exprs)).sort("shard", "image_id").collect()
     pending = frame.filter(pl.col("why").is_not_null()).select("image_id", "shard", "why")
     ready = frame.filter(pl.col("why").is_null()).drop(
         "why", *[f"v{c}" for c in range(n_clusterings)]
@@ -305,19 +314,30 @@ def load_inputs(store: DeltaStore, n_clusterings: int = N_CLUSTERINGS) -> DedupI
 
 @dataclass
 class DedupPlan:
-    """Full or incremental, and why.
+    """Full, incremental or current (nothing to do), and why.
 
     Attributes:
-        mode: ``full`` or ``incremental``.
+        mode: ``full``, ``incremental`` or ``current`` (the committed tables already cover
+            every ready image with these parameters: nothing is written).
         reason: One sentence.
-        old: The previous rows (deduplicated_images) when incremental.
-        old_pairs: The previous duplicate_pairs when incremental.
+        old: The committed rows (deduplicated_images) when incremental or current.
+        old_pairs: The committed duplicate_pairs when incremental or current.
+        commit: The last committed dedup run (None before the first).
+        torn: Outputs written after the last commit by a run that did not finish; they are
+            rewritten from the committed state.
     """
 
     mode: str
     reason: str
     old: pl.DataFrame | None = None
     old_pairs: pl.DataFrame | None = None
+    commit: Commit | None = None
+    torn: list[str] = field(default_factory=list)
+
+
+#: Stage name of dedup's commit records (:mod:`curation_assets.lib.commits`).
+DEDUP_STAGE = "dedup"
+DEDUP_OUTPUTS = (DUPLICATE_PAIRS, DEDUPLICATED_IMAGES, DEDUP_RUNS)
 
 
 def plan_dedup(
@@ -328,15 +348,26 @@ def plan_dedup(
     policy: Sequence[str],
     force_full: bool = False,
 ) -> DedupPlan:
-    """Decide whether the previous run can be extended incrementally (see the module doc)."""
+    """Decide whether the committed run can be extended incrementally (see the module doc).
+
+    The previous state is read as of the versions the last commit recorded, so rows written
+    by a run killed before its commit are ignored (and overwritten by this run).
+    """
+    commit = last_commit(store, DEDUP_STAGE)
+    torn = torn_outputs(store, commit)
+    note = (
+        f" (recovering: {', '.join(torn)} were written after the last commit by a run that "
+        "did not finish)"
+        if torn
+        else ""
+    )
     if force_full:
-        return DedupPlan("full", "full recompute asked for (config mode=full)")
-    runs = store.read(DEDUP_RUNS)
-    if runs.is_empty() or not store.exists(DEDUPLICATED_IMAGES.name):
-        return DedupPlan("full", "first run")
-    last = runs.sort("run_at").row(-1, named=True)
-    if not last["images"]:
-        return DedupPlan("full", "the previous run covered no image")
+        return DedupPlan("full", "full recompute asked for (config mode=full)" + note, torn=torn)
+    if commit is None:
+        return DedupPlan("full", "first run", torn=torn)
+    last = commit.config
+    if not commit.summary.get("images"):
+        return DedupPlan("full", "the previous run covered no image" + note, commit=commit)
     checks = [
         (last["tau"] == tau, f"tau changed {last['tau']} → {tau}"),
         (last["policy"] == ",".join(policy), f"policy changed {last['policy']} → {policy}"),
@@ -348,21 +379,38 @@ def plan_dedup(
     ]
     for ok, why in checks:
         if not ok:
-            return DedupPlan("full", why)
-    old = store.read(DEDUPLICATED_IMAGES).sort("row")
-    gone = old.join(inputs.frame.select("image_id", "shard"), on=["image_id", "shard"], how="anti")
+            return DedupPlan("full", why + note, commit=commit, torn=torn)
+    old = store.read(DEDUPLICATED_IMAGES, version=commit.outputs[DEDUPLICATED_IMAGES.name]).sort(
+        "row"
+    )
+    keys = ["image_id", "shard"]
+    gone = old.join(inputs.frame.select(keys), on=keys, how="anti")
     if gone.height:
         return DedupPlan(
             "full",
             f"{gone.height} previously deduplicated images left the filtered set "
             f"(e.g. shard {gone['shard'][0]} was re-filtered); pairs cannot be removed "
-            "incrementally",
+            "incrementally" + note,
+            commit=commit,
+            torn=torn,
+        )
+    old_pairs = store.read(DUPLICATE_PAIRS, version=commit.outputs[DUPLICATE_PAIRS.name])
+    new = inputs.frame.height - old.height
+    if new == 0 and not torn:
+        return DedupPlan(
+            "current",
+            f"no new image since the last run ({old.height} images): nothing to do",
+            old,
+            old_pairs,
+            commit,
         )
     return DedupPlan(
         "incremental",
-        f"extends the last run ({old.height} images)",
+        f"extends the last run ({old.height} images) by {new}" + note,
         old,
-        store.read(DUPLICATE_PAIRS),
+        old_pairs,
+        commit,
+        torn,
     )
 
 
@@ -401,19 +449,23 @@ class DedupOutcome:
         run: The dedup_runs row.
         stats: :func:`~curation_assets.lib.dedup.dedup` statistics.
         recall: :func:`~curation_assets.lib.dedup.recall_by_num_clusterings` report.
-        plan: Full or incremental, and why.
+        plan: Full, incremental or current, and why.
         pending: Filtered images left for a later run, with why.
         frame: The inputs frame in row order (for thumbnails and evaluation).
+        input_versions: Delta version of every input table when the run started.
+        tau: The cosine threshold used.
     """
 
     images: pl.DataFrame
     pairs: pl.DataFrame
-    run: pl.DataFrame
+    run: pl.DataFrame | None
     stats: dict[str, Any]
     recall: dict[str, Any]
     plan: DedupPlan
     pending: pl.DataFrame
     frame: pl.DataFrame = field(repr=False)
+    input_versions: dict[str, int | None] = field(default_factory=dict)
+    tau: float = float("nan")
 
 
 def run_dedup(
@@ -441,19 +493,38 @@ def run_dedup(
         block: Tile edge of the within-cluster search.
 
     Returns:
-        A :class:`DedupOutcome`; :func:`write_dedup` stores it.
+        A :class:`DedupOutcome`; :func:`write_dedup` stores it. When the plan is ``current``
+        (nothing new since the last commit) it holds the committed tables and figures and
+        ``run`` is None.
 
     Memory: the embeddings of all covered images (n · d · 4 bytes, twice during the
     incremental concatenation) + the pairs; the within-cluster search itself is blockwise.
     """
     from curation_assets.lib.dedup import calibrated_tau
 
+    read_versions = input_versions(store, _input_tables(n_clusterings))
     inputs = load_inputs(store, n_clusterings)
     if tau is None:
         tau = calibrated_tau(inputs.model_id) if inputs.model_id else float("nan")
     policy = tuple(policy)
     plan = plan_dedup(store, inputs, tau=tau, policy=policy, force_full=force_full)
     frame, x = inputs.frame, inputs.x
+    if plan.mode == "current" and plan.old is not None and plan.old_pairs is not None:
+        assert plan.commit is not None
+        summary = plan.commit.summary
+        stats = {**summary["stats"], "new_rows": 0, "previously_kept_now_removed": 0}
+        return DedupOutcome(
+            plan.old,
+            plan.old_pairs,
+            None,
+            stats,
+            summary["recall"],
+            plan,
+            inputs.pending,
+            frame,
+            read_versions,
+            float(plan.commit.config["tau"]),
+        )
     if frame.height == 0:
         result = DedupResult(
             np.empty(0, dtype=str),
@@ -493,6 +564,8 @@ def run_dedup(
         )
     else:
         recall = {"recall": [], "true_pairs": 0, "sample_size": frame.height}
+    if not recall["true_pairs"]:  # no pair to find: recall is undefined, not NaN
+        recall["recall"] = []
     images = _images_frame(result, frame)
     pairs = _pairs_frame(result)
     run = pl.DataFrame(
@@ -514,7 +587,89 @@ def run_dedup(
         },
         schema=DEDUP_RUNS.schema,
     )
-    return DedupOutcome(images, pairs, run, stats, recall, plan, inputs.pending, frame)
+    return DedupOutcome(
+        images, pairs, run, stats, recall, plan, inputs.pending, frame, read_versions, float(tau)
+    )
+
+
+def _input_tables(n_clusterings: int) -> list[str]:
+    return [
+        FILTERED_IMAGES.name,
+        IMAGE_EMBEDDINGS.name,
+        RAW_IMAGES.name,
+        *(centroids_spec(c).name for c in range(n_clusterings)),
+        *(assignments_spec(c).name for c in range(n_clusterings)),
+    ]
+
+
+#: Statistics a commit keeps so that a run with nothing to do reports the same figures.
+_COMMITTED_STATS = (
+    "components_with_duplicates",
+    "largest_component",
+    "removed_below_tau",
+    "removed",
+    "found_by_count",
+    "seconds",
+)
+
+
+def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
+    """Write a run's three tables, then commit them (nothing when the plan is ``current``).
+
+    Order: ``duplicate_pairs``, ``deduplicated_images``, ``dedup_runs`` (the committed log plus
+    this run's row, as one overwrite), then the ``stage_commits`` row. A kill before the
+    commit leaves the committed versions authoritative: the next run reads its state as of
+    them and rewrites all three tables (:func:`plan_dedup`).
+
+    Returns:
+        Table → Delta version of the committed outputs.
+    """
+    plan = outcome.plan
+    if plan.mode == "current" or outcome.run is None:
+        assert plan.commit is not None
+        return plan.commit.outputs
+    log = (
+        store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])
+        if plan.commit is not None
+        else DEDUP_RUNS.empty()
+    )
+    outputs = {
+        DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
+        DEDUPLICATED_IMAGES.name: store.replace_table(DEDUPLICATED_IMAGES, outcome.images),
+        DEDUP_RUNS.name: store.replace_table(
+            DEDUP_RUNS, pl.concat([DEDUP_RUNS.conform(log), outcome.run])
+        ),
+    }
+    run = outcome.run.row(0, named=True)
+    stats = outcome.stats
+    record_commit(
+        store,
+        DEDUP_STAGE,
+        inputs=outcome.input_versions,
+        outputs=outputs,
+        config={k: run[k] for k in ("tau", "policy", "model_id", "centroids_versions")},
+        summary={
+            "images": int(run["images"]),
+            "mode": run["mode"],
+            "stats": {
+                k: (
+                    [int(v) for v in stats[k]]
+                    if isinstance(stats[k], list)
+                    else float(stats[k])
+                    if isinstance(stats[k], float)
+                    else int(stats[k])
+                )
+                for k in _COMMITTED_STATS
+                if k in stats and stats[k] is not None
+            },
+            "recall": {
+                k: ([float(r) for r in v] if isinstance(v, list) else v)
+                for k, v in outcome.recall.items()
+                if isinstance(v, (int, float, str, list))
+            },
+        },
+    )
+    return outputs
 
 
 def _incremental(
@@ -534,7 +689,9 @@ def _incremental(
         pos, on=["image_id", "shard"], how="inner"
     )
     old_rows = old_rows.sort("row")
-    new_rows = pos.join(old.select("image_id", "shard"), on=["image_id", "shard"], how="anti")
+    new_rows = pos.join(old.select("image_id", "shard"), on=["image_id", "shard"], how="anti").sort(
+        "_pos"
+    )
     old_idx = old_rows["_pos"].to_numpy()
     new_idx = new_rows["_pos"].to_numpy()
     old_frame = old_rows.drop("_pos", "row")

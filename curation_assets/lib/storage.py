@@ -3,17 +3,32 @@
 Per-shard tables are Delta-partitioned by ``shard``. Writing a shard is a single Delta
 transaction ``overwrite ... WHERE shard = '<key>'``: the shard's old rows are replaced, every
 other shard is untouched, and a reader never sees a half-written shard.
+
+Concurrency: every commit carries ``curation.writer`` (host, pid) in its commit info. Two
+processes creating the same table at once race for version 0; the loser's commit fails and is
+retried against the table the winner created. A commit that still fails after the retries
+raises :class:`ConcurrentWriteError` naming the writer of the latest commit. Every write
+returns the version it committed, so a stage writing several tables can record them (see
+:mod:`curation_assets.lib.commits`) and read them back with ``version=``.
 """
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import random
 import re
+import socket
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from curation_assets.lib.tables import TableSpec
 
@@ -33,6 +48,19 @@ def sql_literal(value: str) -> str:
         msg = f"value {value!r} is not a safe partition value; expected [A-Za-z0-9._-]+"
         raise ValueError(msg)
     return f"'{value}'"
+
+
+#: Commit attempts when a concurrent writer wins the race (first creation, conflicting commit).
+COMMIT_ATTEMPTS = 5
+
+
+class ConcurrentWriteError(RuntimeError):
+    """A commit kept failing because another process committed to the same table."""
+
+
+def writer_identity() -> str:
+    """``host:pid`` of this process, stored in every commit's info."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class DeltaStore:
@@ -62,20 +90,122 @@ class DeltaStore:
 
     def exists(self, table: str) -> bool:
         """Whether ``table`` has been written at least once."""
-        try:
-            DeltaTable(self.uri(table), storage_options=self.storage_options or None)
-        except TableNotFoundError:
-            return False
-        return True
+        return self._table(table) is not None
 
     def version(self, table: str) -> int | None:
         """Current Delta version of ``table`` (None when it does not exist)."""
+        dt = self._table(table)
+        return None if dt is None else dt.version()
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, poll_s: float = 5.0) -> Iterator[None]:
+        """Hold an exclusive lock named ``name`` shared by every process using this root.
+
+        Serializes work that must not interleave across processes or Dagster instances sharing
+        the Delta root (ingest: which shard keeps an image both contain). Local roots use
+        ``flock`` on ``<root>/_locks/<name>.lock``: the kernel releases it when its holder
+        dies, so a killed process never leaves it stuck. While waiting, the holder is logged
+        every ``poll_s`` seconds. Object-store roots have no such primitive here: the lock is
+        a no-op (logged), and the blocking ``image_ids_unique`` check of ``raw_images`` still
+        catches a cross-instance clash.
+        """
+        if not self.is_local:
+            logger.warning(
+                "lock %r: no cross-process lock on %s; serialize writers through one Dagster "
+                "instance",
+                name,
+                self.root_uri,
+            )
+            yield
+            return
+        folder = Path(self.uri("_locks"))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            return DeltaTable(
-                self.uri(table), storage_options=self.storage_options or None
-            ).version()
+            waited = 0.0
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waited % poll_s < 0.5:
+                        holder = path.read_text(errors="replace").strip() or "unknown"
+                        logger.warning(
+                            "waiting for lock %s held by %s (%.0fs so far)", path, holder, waited
+                        )
+                    time.sleep(0.5)
+                    waited += 0.5
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"holder": writer_identity()}).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _table(self, table: str) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.uri(table), storage_options=self.storage_options or None)
         except TableNotFoundError:
             return None
+
+    def _write(self, name: str, data: Any, **kwargs: Any) -> int:
+        """One Delta commit of ``data`` to table ``name``; returns the committed version.
+
+        A commit that loses a race to another writer (two processes creating the table at
+        once, or a conflicting concurrent commit) is retried with jittered backoff, up to
+        :data:`COMMIT_ATTEMPTS` times, then raises :class:`ConcurrentWriteError` naming the
+        other writer. ``data`` must be re-readable (a table, not a one-shot stream) for a retry;
+        a one-shot stream is committed once.
+        """
+        props = CommitProperties(
+            custom_metadata={"curation.writer": writer_identity(), "curation.table": name}
+        )
+        attempts = COMMIT_ATTEMPTS if isinstance(data, pa.Table) else 1
+        for attempt in range(1, attempts + 1):
+            table = self._table(name)
+            try:
+                if table is None:
+                    write_deltalake(
+                        self.uri(name),
+                        data,
+                        storage_options=self.storage_options or None,
+                        commit_properties=props,
+                        **kwargs,
+                    )
+                    return 0  # the creating commit is version 0
+                write_deltalake(table, data, commit_properties=props, **kwargs)
+                return table.version()
+            except CommitFailedError as exc:
+                other = self.last_writer(name)
+                if attempt == attempts:
+                    msg = (
+                        f"commit to Delta table {name!r} failed {attempts} times because "
+                        f"another process committed first (latest commit by {other}): {exc}. "
+                        "Two runs are writing the same table at once; let one finish, or run "
+                        "them from one Dagster instance so its pools serialize them"
+                    )
+                    raise ConcurrentWriteError(msg) from exc
+                delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                logger.warning(
+                    "delta %s: commit lost a race with %s (%s); retry %d/%d in %.2fs",
+                    name,
+                    other,
+                    exc,
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def last_writer(self, table: str) -> str:
+        """Who made the latest commit of ``table`` (``host:pid``, or the engine when unknown)."""
+        dt = self._table(table)
+        if dt is None:
+            return "nobody (no table)"
+        info = dt.history(1)[0]
+        who = info.get("curation.writer") or info.get("engineInfo") or "an unknown writer"
+        return f"{who} (version {info.get('version')}, {info.get('operation')})"
 
     def replace_shard(
         self,
@@ -131,15 +261,17 @@ class DeltaStore:
                 failure.append(exc)
                 raise
 
-        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        if isinstance(data, pl.DataFrame):  # re-readable: the commit can be retried
+            source: Any = pa.Table.from_batches(list(batches()), schema=schema)
+        else:
+            source = pa.RecordBatchReader.from_batches(schema, batches())
         try:
-            write_deltalake(
-                self.uri(spec.name),
-                reader,
+            self._write(
+                spec.name,
+                source,
                 mode="overwrite",
                 partition_by=list(spec.partition_by),
                 predicate=predicate,
-                storage_options=self.storage_options or None,
             )
         except Exception as exc:
             if failure:  # the producer failed: nothing was committed; raise its own error
@@ -149,38 +281,54 @@ class DeltaStore:
         return written
 
     def replace_table(self, spec: TableSpec, df: pl.DataFrame) -> int:
-        """Overwrite a whole (unpartitioned) table in one transaction; returns rows written."""
+        """Overwrite a whole (unpartitioned) table in one transaction.
+
+        Returns:
+            The Delta version committed.
+        """
         table = spec.to_arrow(df)
-        write_deltalake(
-            self.uri(spec.name),
+        version = self._write(
+            spec.name,
             table,
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
             schema_mode="overwrite",
-            storage_options=self.storage_options or None,
         )
-        logger.info("delta %s: overwritten with %d rows", spec.name, table.num_rows)
-        return table.num_rows
+        logger.info("delta %s: overwritten with %d rows (v%d)", spec.name, table.num_rows, version)
+        return version
 
-    def append(self, spec: TableSpec, df: pl.DataFrame) -> int:
-        """Append rows to a table in one transaction; returns rows written."""
+    def append(self, spec: TableSpec, df: pl.DataFrame) -> int | None:
+        """Append rows to a table in one transaction.
+
+        Columns the table does not have yet (a newer schema) are added (``schema_mode=merge``).
+
+        Returns:
+            The Delta version committed (the current version, or None when the table does not
+            exist, if ``df`` is empty: nothing is committed).
+        """
         table = spec.to_arrow(df)
-        if table.num_rows:
-            write_deltalake(
-                self.uri(spec.name),
-                table,
-                mode="append",
-                partition_by=list(spec.partition_by) or None,
-                storage_options=self.storage_options or None,
-            )
-        logger.info("delta %s: appended %d rows", spec.name, table.num_rows)
-        return table.num_rows
+        if not table.num_rows:
+            return self.version(spec.name)
+        version = self._write(
+            spec.name,
+            table,
+            mode="append",
+            partition_by=list(spec.partition_by) or None,
+            schema_mode="merge",
+        )
+        logger.info("delta %s: appended %d rows (v%d)", spec.name, table.num_rows, version)
+        return version
 
-    def scan(self, spec: TableSpec) -> pl.LazyFrame:
-        """Lazy scan of a table; an empty frame of the right schema when it does not exist."""
+    def scan(self, spec: TableSpec, *, version: int | None = None) -> pl.LazyFrame:
+        """Lazy scan of a table (at ``version`` when given, Delta time travel).
+
+        An empty frame of the right schema when the table does not exist.
+        """
         if not self.exists(spec.name):
             return spec.empty().lazy()
-        return pl.scan_delta(self.uri(spec.name), storage_options=self.storage_options or None)
+        return pl.scan_delta(
+            self.uri(spec.name), version=version, storage_options=self.storage_options or None
+        )
 
     def read(
         self,
@@ -188,9 +336,10 @@ class DeltaStore:
         *,
         shards: Iterable[str] | None = None,
         columns: list[str] | None = None,
+        version: int | None = None,
     ) -> pl.DataFrame:
-        """Read a table (optionally only some shards and columns)."""
-        lf = self.scan(spec)
+        """Read a table (optionally only some shards and columns, or as of ``version``)."""
+        lf = self.scan(spec, version=version)
         if shards is not None:
             lf = lf.filter(pl.col("shard").is_in(list(shards)))
         if columns is not None:

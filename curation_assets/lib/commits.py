@@ -1,0 +1,168 @@
+"""Commit records: crash-safe, idempotent multi-table stages over Delta.
+
+Delta commits one table at a time. A stage that writes several tables (dedup: pairs, images
+and its run log; weights: weights and audit; export: Delta table and files) writes them all,
+then appends ONE row to ``stage_commits``: the Delta version of every table it read
+(``inputs``) and wrote (``outputs``), the configuration that shaped them and the figures it
+reported. That row is the stage's commit point:
+
+* **Idempotent.** :func:`current_commit` returns the last commit when the inputs and the
+  configuration are the same and no output changed since: running the stage again would
+  reproduce it, so the stage writes nothing and re-reports the recorded figures.
+* **Crash-safe.** A process killed between two writes leaves outputs at versions no commit
+  records. The next run sees the mismatch (:func:`torn_outputs`), reads any state it builds on
+  as of the committed versions (Delta time travel: ``DeltaStore.read(..., version=v)``) and
+  rewrites every output, so it converges to the same tables as a run that was never killed.
+
+Memory and cost: one small row per stage run; reads touch only the latest rows of one stage.
+"""
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from curation_assets.lib.storage import DeltaStore, writer_identity
+from curation_assets.lib.tables import Column, TableSpec
+
+logger = logging.getLogger(__name__)
+
+STAGE_COMMITS = TableSpec(
+    name="stage_commits",
+    description="One row per committed run of a multi-table stage: versions read and written.",
+    partition_by=(),
+    columns=(
+        Column("stage", pl.String, "Stage name (dedup, weights, export)."),
+        Column("committed_at", pl.Datetime("us", "UTC"), "When the run committed (UTC)."),
+        Column("inputs", pl.String, "JSON: table → Delta version read (null: absent)."),
+        Column("outputs", pl.String, "JSON: table → Delta version written."),
+        Column("config", pl.String, "JSON: the configuration that shaped the outputs."),
+        Column("summary", pl.String, "JSON: the figures reported with the outputs."),
+        Column("writer", pl.String, "host:pid of the committing process."),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One committed stage run.
+
+    Attributes:
+        stage: Stage name.
+        committed_at: When it committed.
+        inputs: Table → Delta version read (None: the table did not exist).
+        outputs: Table → Delta version written.
+        config: Configuration (JSON-compatible).
+        summary: Reported figures (JSON-compatible).
+    """
+
+    stage: str
+    committed_at: datetime
+    inputs: dict[str, int | None]
+    outputs: dict[str, int]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+
+
+def _canonical(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, default=str, allow_nan=True)
+
+
+def input_versions(store: DeltaStore, tables: Iterable[str]) -> dict[str, int | None]:
+    """The current Delta version of each table (None when it does not exist)."""
+    return {t: store.version(t) for t in sorted(set(tables))}
+
+
+def last_commit(store: DeltaStore, stage: str) -> Commit | None:
+    """The latest committed run of ``stage`` (None when it never committed)."""
+    rows = (
+        store.scan(STAGE_COMMITS)
+        .filter(pl.col("stage") == stage)
+        .sort("committed_at")
+        .tail(1)
+        .collect()
+    )
+    if rows.is_empty():
+        return None
+    r = rows.row(0, named=True)
+    return Commit(
+        stage,
+        r["committed_at"],
+        json.loads(r["inputs"]),
+        json.loads(r["outputs"]),
+        json.loads(r["config"]),
+        json.loads(r["summary"]),
+    )
+
+
+def torn_outputs(store: DeltaStore, commit: Commit | None) -> list[str]:
+    """Outputs whose current version is not the committed one (written by an unfinished run).
+
+    Empty when there is no commit to compare with.
+    """
+    if commit is None:
+        return []
+    return sorted(t for t, v in commit.outputs.items() if store.version(t) != v)
+
+
+def current_commit(
+    store: DeltaStore,
+    stage: str,
+    *,
+    inputs: Mapping[str, int | None],
+    config: Mapping[str, Any],
+) -> Commit | None:
+    """The last commit of ``stage`` if re-running it now would only reproduce it.
+
+    That is: same input versions, same configuration, and every output still at the version
+    the commit wrote. None otherwise (first run, new data, new config, or a torn state).
+    """
+    last = last_commit(store, stage)
+    if last is None:
+        return None
+    if _canonical(last.inputs) != _canonical(dict(inputs)):
+        return None
+    if _canonical(last.config) != _canonical(dict(config)):
+        return None
+    if torn_outputs(store, last):
+        return None
+    return last
+
+
+def record_commit(
+    store: DeltaStore,
+    stage: str,
+    *,
+    inputs: Mapping[str, int | None],
+    outputs: Mapping[str, int],
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+) -> Commit:
+    """Append the commit row: the stage's outputs become the committed state."""
+    now = datetime.now(UTC)
+    row = pl.DataFrame(
+        {
+            "stage": [stage],
+            "committed_at": [now],
+            "inputs": [_canonical(dict(inputs))],
+            "outputs": [_canonical(dict(outputs))],
+            "config": [_canonical(dict(config))],
+            "summary": [_canonical(dict(summary))],
+            "writer": [writer_identity()],
+        },
+        schema=STAGE_COMMITS.schema,
+    )
+    store.append(STAGE_COMMITS, row)
+    logger.info("stage %s committed outputs %s", stage, dict(outputs))
+    return Commit(
+        stage,
+        now,
+        dict(inputs),
+        dict(outputs),
+        json.loads(_canonical(config)),
+        json.loads(_canonical(summary)),
+    )
