@@ -14,11 +14,13 @@ returns the version it committed, so a stage writing several tables can record t
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
 import random
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -61,6 +63,48 @@ class ConcurrentWriteError(RuntimeError):
 def writer_identity() -> str:
     """``host:pid`` of this process, stored in every commit's info."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: Fault injection for the crash tests: ``PHASE:TABLE[:N]`` SIGKILLs this process at the N-th
+#: (default first) write to TABLE, ``before`` it starts, ``during`` it (after the first batch
+#: reached the writer, before the commit) or ``after`` it committed. Unset in normal use.
+FAILPOINT_ENV = "CURATION_FAILPOINT"
+_write_counts: dict[str, int] = {}
+
+
+def _failpoint(table: str) -> str | None:
+    """The phase at which to kill this write, per :data:`FAILPOINT_ENV` (None: don't)."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if not spec:
+        return None
+    phase, _, rest = spec.partition(":")
+    target, _, nth = rest.partition(":")
+    if target != table:
+        return None
+    _write_counts[table] = _write_counts.get(table, 0) + 1
+    if _write_counts[table] != int(nth or 1):
+        return None
+    if phase == "before":
+        _die()
+    return phase
+
+
+def _die() -> None:
+    logger.warning("failpoint %s: SIGKILL", os.environ.get(FAILPOINT_ENV))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _dying_stream(data: Any) -> pa.RecordBatchReader:
+    reader = (
+        data if isinstance(data, pa.RecordBatchReader) else pa.RecordBatchReader.from_stream(data)
+    )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield from itertools.islice(reader, 1)
+        time.sleep(0.2)  # let the writer flush what it has
+        _die()
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 class DeltaStore:
@@ -161,6 +205,9 @@ class DeltaStore:
             custom_metadata={"curation.writer": writer_identity(), "curation.table": name}
         )
         attempts = COMMIT_ATTEMPTS if isinstance(data, pa.Table) else 1
+        fault = _failpoint(name)
+        if fault == "during":
+            data = _dying_stream(data)
         for attempt in range(1, attempts + 1):
             table = self._table(name)
             try:
@@ -172,9 +219,13 @@ class DeltaStore:
                         commit_properties=props,
                         **kwargs,
                     )
-                    return 0  # the creating commit is version 0
-                write_deltalake(table, data, commit_properties=props, **kwargs)
-                return table.version()
+                    version = 0  # the creating commit is version 0
+                else:
+                    write_deltalake(table, data, commit_properties=props, **kwargs)
+                    version = table.version()
+                if fault == "after":
+                    _die()
+                return version
             except CommitFailedError as exc:
                 other = self.last_writer(name)
                 if attempt == attempts:
