@@ -64,11 +64,20 @@ class ClassifierConfig(dg.Config):
 
 
 def _labelled_embeddings(store: DeltaStore, ids: list[str]) -> pl.DataFrame:
+    """One embedding per labelled image, sorted by image_id.
+
+    Delta scans, ``unique`` and joins return rows in no fixed order (it changed from run to run
+    and moved the probe's threshold); every frame a decision is computed from is sorted by
+    image_id. ``unique`` keeps the first row by (image_id, shard) when an image was embedded in
+    several shards, so the choice is canonical too.
+    """
     return (
         store.scan(IMAGE_EMBEDDINGS)
         .filter(pl.col("image_id").is_in(ids))
-        .select("image_id", "embedding", "model_id", "dim")
-        .unique("image_id")
+        .select("image_id", "shard", "embedding", "model_id", "dim")
+        .sort("image_id", "shard")
+        .unique("image_id", keep="first", maintain_order=True)
+        .drop("shard")
         .collect()
     )
 
@@ -131,7 +140,11 @@ def safety_classifiers(
     rows, results = [], []
     now = datetime.now(UTC)
     for spec in specs:
-        mine = lab.filter(pl.col("category") == spec.name).join(emb, on="image_id", how="inner")
+        mine = (
+            lab.filter(pl.col("category") == spec.name)
+            .join(emb, on="image_id", how="inner")
+            .sort("image_id")  # canonical row order (train_probe also canonicalises)
+        )
         x = embedding_matrix(mine["embedding"]).reshape(mine.height, dim)
         result = fit_category(
             spec,
@@ -231,7 +244,7 @@ def _pr_table(probe: Probe) -> dg.MetadataValue:
 
 def load_classifiers(store: DeltaStore) -> list:
     """The classifiers in force (empty before safety_classifiers was first materialized)."""
-    table = store.read(SAFETY_CLASSIFIERS).drop_nulls("classifier_json")
+    table = store.read(SAFETY_CLASSIFIERS).drop_nulls("classifier_json").sort("category")
     return [
         classifier_from_json(text, source=f"safety_classifiers/{cat}")
         for cat, text in table.select("category", "classifier_json").iter_rows()
@@ -328,7 +341,9 @@ def classifier_scores(
     """Score the shard's embeddings with the classifiers in force."""
     key = context.partition_key
     store = delta.store()
-    emb = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"])
+    emb = store.read(
+        IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
+    ).sort("image_id")
     classifiers = load_classifiers(store)
     x = embedding_matrix(emb["embedding"])
     with fail_fast_on_permanent_errors():
@@ -443,7 +458,8 @@ def filter_shard(
         model = embedder.load()
         if model.has_text_tower:
             emb = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding"])
-            emb = emb.join(raw.select("image_id", "caption"), on="image_id")
+            # sorted: the text tower's batches (and their float rounding) follow row order
+            emb = emb.join(raw.select("image_id", "caption"), on="image_id").sort("image_id")
             clip_scores = caption_similarity(
                 emb["image_id"].to_list(),
                 embedding_matrix(emb["embedding"]),

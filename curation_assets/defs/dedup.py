@@ -110,6 +110,7 @@ def cluster_centroids(
     with fail_fast_on_permanent_errors():
         model_id = single_model(emb)
     x = embedding_matrix(emb["embedding"])
+    ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
     del emb
     k = config.k or default_k(x.shape[0])
     gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
@@ -123,6 +124,7 @@ def cluster_centroids(
                 niter=config.niter,
                 max_points_per_centroid=config.max_points_per_centroid,
                 gpu=gpu,
+                order_key=ids,
             )
         spec = centroids_spec(c)
         frame = centroids_frame(model, model_id, now)

@@ -241,15 +241,17 @@ def weights_and_audit(
         msg = "no kept image: materialize deduplicated_images first"
         raise dg.Failure(msg, allow_retries=False)
     with fail_fast_on_permanent_errors():
+        ids = frame["image_id"].to_list()  # order-independent: sample and folds follow the ids
         model = fit_density_ratio(
             x,
             kept,
+            image_ids=ids,
             method=config.method,
             C=config.C,
             pca_dim=config.pca_dim or None,
             seed=config.seed,
         )
-        sw = sample_weights(model, x, kept, w_min=config.w_min, w_max=config.w_max)
+        sw = sample_weights(model, x, kept, w_min=config.w_min, w_max=config.w_max, image_ids=ids)
     kept_frame = frame.filter(pl.col("kept"))
     weights = sw.frame(kept_frame["image_id"].to_list(), kept_frame["shard"].to_list())
     stats = sw.stats

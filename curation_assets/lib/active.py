@@ -19,6 +19,14 @@ nearest, and so on, so a short queue covers all hard positives. Uncertain images
 closest to the threshold first; neighbours leave at least ``min(n_uncertain, max_queue // 2)``
 places to them. An image is queued once, with its first reason. Ties are
 broken by image_id, so the queue is deterministic.
+
+**Determinism.** :func:`build_label_queue` first sorts the corpus by image id, so the same
+images, labels and classifier give the same queue in any input row order: the neighbour index
+holds the unlabelled images in id order (faiss returns equal similarities in index order), the
+subsample for a large corpus is drawn from that order with ``seed``, and each hard positive's
+neighbours are ranked by similarity, then image id. Similarities come from a faiss (BLAS)
+product whose last float32 bit can depend on the batch an image is searched in; with the
+canonical order the batches are the same on every run.
 """
 
 import logging
@@ -66,7 +74,11 @@ class Scorer(Protocol):
     """What the queue needs from a classifier (a Probe or a ZeroShotScorer)."""
 
     category: str
-    threshold: float | None
+
+    @property
+    def threshold(self) -> float | None:
+        """The filtering threshold (None: score only); read-only, so a Probe's float fits."""
+        ...
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """(n, d) float32 L2-normalized → (n,) float32 scores."""
@@ -129,11 +141,18 @@ def _ranked_neighbors(
     index.add(x_unl)
     k_eff = min(k, x_unl.shape[0])
     sims, idx = index.search(queries, k_eff)
+    ranked = []
+    for q in range(queries.shape[0]):  # per hard positive: most similar first, ties by id
+        hits = [
+            (-float(sims[q, j]), str(ids_unl[idx[q, j]])) for j in range(k_eff) if idx[q, j] >= 0
+        ]
+        ranked.append(sorted(hits))
     out = []
     for j in range(k_eff):  # j-th nearest of every hard positive, hardest first
         for q in range(queries.shape[0]):
-            if idx[q, j] >= 0:
-                out.append((str(ids_unl[idx[q, j]]), query_ids[q], float(sims[q, j])))
+            if j < len(ranked[q]):
+                neg_sim, image_id = ranked[q][j]
+                out.append((image_id, query_ids[q], -neg_sim))
     return out
 
 
@@ -184,8 +203,8 @@ def build_label_queue(
     Raises:
         ValueError: On misaligned inputs or duplicate ids.
     """
-    x = np.ascontiguousarray(x_all, dtype=np.float32)
-    ids = np.asarray(ids_all, dtype=object)
+    x = np.asarray(x_all)
+    ids = np.asarray(list(ids_all), dtype=object)
     mask = np.asarray(labelled_mask, dtype=bool).ravel()
     if x.ndim != 2 or ids.shape[0] != x.shape[0] or mask.shape[0] != x.shape[0]:
         msg = (
@@ -199,14 +218,22 @@ def build_label_queue(
     if max_queue < 0 or n_uncertain < 0 or k_neighbors < 0:
         msg = f"max_queue={max_queue}, n_uncertain={n_uncertain}, k={k_neighbors} must be >= 0"
         raise ValueError(msg)
+    if scores_all is not None and np.asarray(scores_all).size != x.shape[0]:
+        msg = f"scores_all has {np.asarray(scores_all).size} scores for {x.shape[0]} images"
+        raise ValueError(msg)
+    # Canonical order (image id): nothing below depends on the order the rows came in.
+    # Already sorted (the label_queue asset sorts) → no copy of the corpus beyond float32.
+    canon = np.argsort(ids.astype(str), kind="stable")
+    if np.array_equal(canon, np.arange(canon.size)):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    else:
+        x = np.ascontiguousarray(x[canon], dtype=np.float32)
+        ids, mask = ids[canon], mask[canon]
     scores = (
         np.asarray(probe.score(x), dtype=np.float32)
         if scores_all is None
-        else np.asarray(scores_all, dtype=np.float32).ravel()
+        else np.asarray(scores_all, dtype=np.float32).ravel()[canon]
     )
-    if scores.shape[0] != x.shape[0]:
-        msg = f"scores_all has {scores.shape[0]} scores for {x.shape[0]} images"
-        raise ValueError(msg)
     threshold = probe.threshold
     unl = np.flatnonzero(~mask)
     if unl.size > max_index:

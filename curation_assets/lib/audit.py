@@ -32,6 +32,13 @@ renders a compact markdown table with unicode bars (the Dagster UI renders markd
 Share definitions: for a categorical column, the share of a value among all rows (nulls are
 the value ``(missing)``); for a Boolean column, the share of True among its non-null rows.
 ``share_weighted = Σ_{kept, value} w / Σ_{kept, non-null} w``.
+
+Determinism: :func:`bias_audit` sorts the rows by id before summing and sums weights with
+numpy in that order (not a parallel group-by, whose partial sums may combine in any order),
+so the same attributes and weights give bit-identical shares in any row order;
+:func:`concept_attributes` computes each image's cosines on their own (no BLAS block product,
+whose last bit can depend on the row's position in the batch), so the True/False decision of
+an image does not depend on the other images.
 """
 
 import logging
@@ -310,7 +317,8 @@ def concept_attributes(
     out = np.zeros((arr.shape[0], len(names)), dtype=bool)
     for start in range(0, arr.shape[0], batch_size):
         xb = np.asarray(arr[start : start + batch_size], dtype=np.float64)
-        out[start : start + xb.shape[0]] = (xb @ diff) > 0
+        # per-row sums (einsum, no BLAS): a row's decision does not depend on its batch
+        out[start : start + xb.shape[0]] = np.einsum("nd,dk->nk", xb, diff) > 0
     cols: dict[str, object] = {id_col: list(image_ids)}
     for j, name in enumerate(names):
         cols[f"concept:{name}"] = out[:, j]
@@ -389,8 +397,10 @@ def bias_audit(
             "images; compute the attributes on the same snapshot the weights were fitted on"
         )
         raise ValueError(msg)
-    df = attributes.join(w, on=id_col, how="left").with_columns(
-        pl.col("__w").is_not_null().alias("__kept")
+    df = (
+        attributes.join(w, on=id_col, how="left")
+        .with_columns(pl.col("__w").is_not_null().alias("__kept"))
+        .sort(id_col)  # canonical order for every sum below
     )
     frames = []
     for col in cols:
@@ -417,14 +427,35 @@ def _ratio(num: pl.Expr, den: float | int | None) -> pl.Expr:
     return num.cast(pl.Float64) / float(den)
 
 
+def _wsum(w: np.ndarray) -> float:
+    """Sum in the given (canonical) order: numpy's pairwise sum, fixed for a fixed order."""
+    return float(np.sum(w, dtype=np.float64))
+
+
 def _categorical_shares(df: pl.DataFrame, col: str) -> pl.DataFrame:
     n_u = df.height
     n_k = int(df["__kept"].sum())
-    w_total = float(df["__w"].fill_null(0.0).sum())
-    grouped = df.group_by(pl.col(col).cast(pl.String).fill_null(MISSING).alias("value")).agg(
-        pl.len().alias("n_unfiltered"),
-        pl.col("__kept").sum().alias("n_filtered"),
-        pl.col("__w").fill_null(0.0).sum().alias("__wsum"),
+    w = df["__w"].fill_null(0.0).to_numpy().astype(np.float64)
+    w_total = _wsum(w)
+    values = df[col].cast(pl.String).fill_null(MISSING).to_numpy().astype(str)
+    uniq, code = np.unique(values, return_inverse=True)
+    kept = df["__kept"].to_numpy().astype(np.int64)
+    by_value = np.argsort(code, kind="stable")  # rows of each value, in canonical order
+    starts = np.searchsorted(code[by_value], np.arange(uniq.size))
+    wsums = np.add.reduceat(w[by_value], starts) if w.size else np.zeros(0)
+    grouped = pl.DataFrame(
+        {
+            "value": uniq.tolist(),
+            "n_unfiltered": np.bincount(code, minlength=uniq.size).astype(np.int64),
+            "n_filtered": np.bincount(code, weights=kept, minlength=uniq.size).astype(np.int64),
+            "__wsum": wsums.astype(np.float64),
+        },
+        schema={
+            "value": pl.String,
+            "n_unfiltered": pl.Int64,
+            "n_filtered": pl.Int64,
+            "__wsum": pl.Float64,
+        },
     )
     return grouped.select(
         pl.lit(col).alias("attribute"),
@@ -441,11 +472,11 @@ def _boolean_shares(df: pl.DataFrame, col: str, attribute: str, value: str) -> p
     sub = df.filter(pl.col(col).is_not_null())
     hit = sub[col]
     kept = sub["__kept"]
-    w = sub["__w"].fill_null(0.0)
-    n_u, n_k, w_total = sub.height, int(kept.sum()), float(w.sum())
+    w = sub["__w"].fill_null(0.0).to_numpy().astype(np.float64)
+    n_u, n_k, w_total = sub.height, int(kept.sum()), _wsum(w)
     hits_u = int(hit.sum())
     hits_k = int((hit & kept).sum())
-    w_hit = float(w.filter(hit).sum())
+    w_hit = _wsum(w[hit.to_numpy().astype(bool)])
     return pl.DataFrame(
         {
             "attribute": [attribute],

@@ -20,6 +20,17 @@ and remember the embedding model (id and dim) they were trained on so that a cla
 never applied to vectors of another model (:meth:`Probe.check_compatible`).
 
 Scores are probabilities in [0, 1]; an image is flagged when ``score >= threshold``.
+
+**Determinism.** The same labelled images give the same probe, bit for bit, whatever order
+the rows arrive in (Delta reads and polars joins do not keep row order): :func:`train_probe`
+first puts the rows in a canonical order (:func:`canonical_order`: by image id, then label,
+then the vector's bytes), so the k-fold assignment, every lbfgs input and therefore the
+coefficients, the out-of-fold scores and the threshold depend only on the *set* of labelled
+images and the seed. Scores are computed row by row (:func:`row_dot`), so an image's score does
+not depend on which other images share its batch or where it sits in it (a BLAS matrix-vector
+product can round a row differently by its position). What stays non-bitwise is only what
+differs between *machines*: float summation order inside numpy/scipy/BLAS kernels (SIMD width,
+thread count); the same code and inputs on the same machine repeat exactly.
 """
 
 import base64
@@ -388,6 +399,56 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))).astype(np.float32)
 
 
+def canonical_order(
+    x: np.ndarray, labels: np.ndarray | None = None, image_ids: Sequence[str] | None = None
+) -> np.ndarray:
+    """The permutation that puts labelled rows in a canonical order.
+
+    Rows are sorted by image id (when given), then label, then the raw bytes of the vector, so
+    two calls with the same rows in any order return permutations selecting the same sequence
+    (rows equal in all three are interchangeable). Cost: one O(n log n) sort of n keys of
+    ``4 * d`` bytes.
+
+    Args:
+        x: (n, d) array.
+        labels: Optional (n,) labels.
+        image_ids: Optional n ids.
+
+    Returns:
+        (n,) int64 permutation: ``x[order]`` is in canonical order.
+    """
+    arr = np.ascontiguousarray(x)
+    n = arr.shape[0]
+    ids = [""] * n if image_ids is None else [str(i) for i in image_ids]
+    lab = [0] * n if labels is None else np.asarray(labels).astype(np.int64).tolist()
+    keys = [(ids[i], lab[i], arr[i].tobytes()) for i in range(n)]
+    return np.asarray(sorted(range(n), key=keys.__getitem__), dtype=np.int64)
+
+
+def row_dot(x: np.ndarray, v: np.ndarray, *, batch_size: int = 65_536) -> np.ndarray:
+    """``x @ v`` in float64, each row summed on its own (independent of the other rows).
+
+    ``np.einsum`` without BLAS sums every row in the same order wherever the row sits, so the
+    result of a row is bit-identical whatever batch it is scored in; a BLAS ``gemv`` may round
+    a row differently by its position in the batch (measured: last-bit differences on ~1 % of
+    rows). Memory: one ``batch_size`` float64 block at a time.
+
+    Args:
+        x: (n, d) float array.
+        v: (d,) float array.
+        batch_size: Rows converted to float64 at a time.
+
+    Returns:
+        (n,) float64.
+    """
+    w = np.asarray(v, dtype=np.float64)
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for start in range(0, x.shape[0], batch_size):
+        xb = np.asarray(x[start : start + batch_size], dtype=np.float64)
+        out[start : start + xb.shape[0]] = np.einsum("nd,d->n", xb, w)
+    return out
+
+
 # ----------------------------------------------------------------------------- probe
 
 
@@ -470,7 +531,7 @@ class Probe:
             EmbeddingMismatchError: If the dimension differs from the probe's.
         """
         arr = _as_embeddings(x, f"embeddings scored by probe {self.category!r}", self.dim)
-        return _sigmoid(arr.astype(np.float64) @ self.coef.astype(np.float64) + self.intercept)
+        return _sigmoid(row_dot(arr, self.coef) + self.intercept)
 
     def oof_frame(self) -> pl.DataFrame:
         """OOF scores per labelled image (for the label queue).
@@ -550,6 +611,11 @@ def train_probe(
     samples; applying the OOF threshold to it is the usual (slightly optimistic for recall on
     the training images, unbiased for new images) choice.
 
+    Order-invariant: the rows are put in :func:`canonical_order` (image id, label, vector)
+    before the folds are drawn and every model is fitted, so the same labelled set in any row
+    order gives bit-identical coefficients, OOF scores and threshold. The returned per-sample
+    arrays (``oof_scores``, ``labels``, ``image_ids``) are in the caller's row order.
+
     Cost: ``n_splits * n_repeats + 1`` lbfgs fits on (n, d); memory O(n * d).
 
     Args:
@@ -599,17 +665,23 @@ def train_probe(
         raise ClassifierInputError(msg)
 
     n = arr.shape[0]
-    by_repeat = np.full((n_repeats, n), np.nan, dtype=np.float64)
+    # Canonical row order: the folds and every lbfgs input (whose float sums follow row order)
+    # depend only on the labelled set, not on the order a Delta read or a join returned it in.
+    order = canonical_order(arr, labels, image_ids)
+    xc, yc = arr[order], labels[order]
+    by_repeat_c = np.full((n_repeats, n), np.nan, dtype=np.float64)
     splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
-    for i, (train_idx, test_idx) in enumerate(splitter.split(arr, labels)):
-        model = _logistic(C, class_weight).fit(arr[train_idx], labels[train_idx])
-        by_repeat[i // n_splits, test_idx] = model.predict_proba(arr[test_idx])[:, 1]
-    assert not np.isnan(by_repeat).any()
+    for i, (train_idx, test_idx) in enumerate(splitter.split(xc, yc)):
+        model = _logistic(C, class_weight).fit(xc[train_idx], yc[train_idx])
+        by_repeat_c[i // n_splits, test_idx] = model.predict_proba(xc[test_idx])[:, 1]
+    assert not np.isnan(by_repeat_c).any()
+    by_repeat = np.empty_like(by_repeat_c)
+    by_repeat[:, order] = by_repeat_c  # back to the caller's row order
     oof = by_repeat.mean(axis=0).astype(np.float32)
     threshold, recall, precision = threshold_for_recall(oof, labels, target_recall)
-    auc = float(roc_auc_score(labels, oof))
-    p_curve, r_curve, t_curve = precision_recall_curve(labels, oof)
-    final = _logistic(C, class_weight).fit(arr, labels)
+    auc = float(roc_auc_score(yc, oof[order]))
+    p_curve, r_curve, t_curve = precision_recall_curve(yc, oof[order])
+    final = _logistic(C, class_weight).fit(xc, yc)
     probe = Probe(
         category=category,
         coef=np.ascontiguousarray(final.coef_[0], dtype=np.float32),
@@ -712,7 +784,7 @@ class ZeroShotScorer:
         """
         arr = _as_embeddings(x, f"embeddings scored zero-shot for {self.category!r}", self.dim)
         diff = self.positive.astype(np.float64) - self.negative.astype(np.float64)
-        return _sigmoid(self.temperature * (arr.astype(np.float64) @ diff))
+        return _sigmoid(self.temperature * row_dot(arr, diff))
 
     def summary(self) -> dict[str, Any]:
         """Scalars for logs and Dagster metadata."""

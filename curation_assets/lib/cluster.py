@@ -16,6 +16,17 @@ Set the variable in the environment of the process for a guaranteed effect. Meas
 repository's 2-core AVX-512 test machine, IndexFlatIP search and k-means ran at about the same
 speed (160-190 GFLOP/s) with and without the variable, so the large slowdown reported for
 some machines was not reproduced here; the setting is harmless where ``avx512f`` exists.
+
+Determinism: :func:`train_kmeans` is seeded (row sample and faiss initialisation) and, given
+``order_key`` (the image ids), takes its rows in ascending key order, so the same images give
+the same centroids, in the same order, whatever order they were read in; without a key the
+caller's row order is the canonical one (the ``cluster_centroids`` asset sorts by shard,
+image_id). faiss k-means is otherwise deterministic on one machine: its assignment step is a
+BLAS product and its centroid update sums each centroid's points in row order, both fixed for
+a given input order and thread count. What stays non-bitwise is only what differs between
+machines (BLAS kernels, SIMD width, OpenMP thread count): float32 rounding of the centroids at
+~1e-7, which could move an image only if it were equidistant to two centroids to 1e-7 — and a
+pair cut apart that way is still found by the other clusterings.
 """
 
 import logging
@@ -195,6 +206,34 @@ def _as_f32(x: np.ndarray, name: str = "x") -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def canonical_rows(order_key: Sequence[str] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Rows of ``x`` in ascending key order (None without keys or when already in order).
+
+    Raises:
+        ValueError: If the number of keys is not n or a key repeats.
+    """
+    if order_key is None:
+        return None
+    keys = np.asarray([str(k) for k in order_key])
+    if keys.shape != (n,):
+        msg = f"order_key has {keys.size} keys for {n} rows; pass one key (image id) per row"
+        raise ValueError(msg)
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    sorted_keys = keys[order]
+    if n > 1 and (sorted_keys[1:] == sorted_keys[:-1]).any():
+        msg = "order_key repeats a key; pass unique keys (image ids) so the order is canonical"
+        raise ValueError(msg)
+    return None if np.array_equal(order, np.arange(n)) else order
+
+
+def _take(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` as C-contiguous float32, read in ascending row order (memmap friendly)."""
+    srt = np.argsort(rows, kind="stable")
+    out = np.empty((rows.size, x.shape[1]), dtype=np.float32)
+    out[srt] = np.asarray(x[rows[srt]], dtype=np.float32)
+    return out
+
+
 def _use_gpu(gpu: bool | None) -> bool:
     ngpu = faiss.get_num_gpus()
     if gpu is None:
@@ -217,6 +256,7 @@ def train_kmeans(
     max_points_per_centroid: int = 256,
     sample_size: int | None = None,
     gpu: bool | None = None,
+    order_key: Sequence[str] | np.ndarray | None = None,
 ) -> KMeansModel:
     """Train spherical (cosine) k-means with faiss on a seeded sample of ``x``.
 
@@ -230,6 +270,9 @@ def train_kmeans(
             used (faiss's own subsampling rule, applied here so that it is seeded and counted).
         sample_size: Explicit number of training rows (overrides the cap when smaller than n).
         gpu: faiss GPU k-means; None → GPU when ``faiss.get_num_gpus() > 0``.
+        order_key: Optional n unique keys of the rows (image ids). The rows are sampled from
+            and handed to faiss in ascending key order, so the result does not depend on the
+            order of ``x``. Without it the row order of ``x`` is used as it is.
 
     Returns:
         The model, with centroids (k, d) float32 L2-normalized and training statistics.
@@ -254,9 +297,12 @@ def train_kmeans(
         raise ValueError(msg)
     use_gpu = _use_gpu(gpu)
     t0 = time.perf_counter()
+    canon = canonical_rows(order_key, n)
     if n_train < n:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
-        sample = np.ascontiguousarray(x[rows], dtype=np.float32)
+        pos = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
+        sample = _take(x, pos if canon is None else canon[pos])
+    elif canon is not None:
+        sample = _take(x, canon)
     else:
         sample = _as_f32(x)
     km = faiss.Kmeans(
@@ -313,6 +359,7 @@ def train_clusterings(
     max_points_per_centroid: int = 256,
     sample_size: int | None = None,
     gpu: bool | None = None,
+    order_key: Sequence[str] | np.ndarray | None = None,
 ) -> list[KMeansModel]:
     """Train one :func:`train_kmeans` model per seed (independent samples and inits).
 
@@ -324,6 +371,7 @@ def train_clusterings(
         max_points_per_centroid: See :func:`train_kmeans`.
         sample_size: See :func:`train_kmeans`.
         gpu: See :func:`train_kmeans`.
+        order_key: See :func:`train_kmeans`.
 
     Returns:
         One model per seed, in ``seeds`` order. Memory: one training sample at a time.
@@ -340,6 +388,7 @@ def train_clusterings(
             max_points_per_centroid=max_points_per_centroid,
             sample_size=sample_size,
             gpu=gpu,
+            order_key=order_key,
         )
         for s in seeds
     ]

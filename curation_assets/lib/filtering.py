@@ -2,6 +2,11 @@
 
 Scores are stored *long* (one row per image and scorer) rather than one column per category:
 categories come and go with the spec, and a long Delta table never needs a schema migration.
+
+Determinism: an image's score is computed from its own embedding only (the classifiers' row-wise
+products, :func:`~curation_assets.lib.classify.row_dot`), so it is bit-identical in any batch;
+:func:`split_by_scores` returns both tables sorted by image_id, whatever order the shard's
+rows were read in.
 """
 
 import logging
@@ -154,7 +159,7 @@ def split_by_scores(
         hits = pl.concat([hits, low], how="vertical_relaxed")
     rejections = FILTER_REJECTIONS.conform(hits).sort("image_id", "category")
     kept = raw.join(rejections.select("image_id").unique(), on="image_id", how="anti")
-    return FILTERED_IMAGES.conform(kept), rejections
+    return FILTERED_IMAGES.conform(kept).sort("image_id"), rejections
 
 
 def pretrained_scores(

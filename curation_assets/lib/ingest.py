@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -147,7 +148,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Decoded:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Decoded(None, error=("decompression_bomb", str(exc)))
     except UnidentifiedImageError as exc:
-        return Decoded(None, error=("not_an_image", str(exc)))
+        # PIL's message names the BytesIO by memory address: drop it, the detail stays the same
+        # from run to run
+        detail = re.sub(r" <[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))
+        return Decoded(None, error=("not_an_image", detail))
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
         return Decoded(None, error=("truncated", f"{type(exc).__name__}: {exc}"))
     try:

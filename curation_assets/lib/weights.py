@@ -65,6 +65,20 @@ both exactly. It exists whenever ``w_min ≤ 1 ≤ w_max``.
 
 Memory: the training sample (``2 · max_train_per_class · d · 4`` bytes) and one batch of
 ``batch_size`` rows at a time; the (n, d) input may be a memmap and is never copied whole.
+
+**Determinism.** Everything random is seeded (``seed``: the balanced sample, the fold split,
+the randomized PCA; lbfgs and the Platt fit are deterministic). Everything order-dependent
+(which rows the seeded draws pick, which fold a row lands in, the row order of the PCA and
+lbfgs inputs, the batches rows are scored in, the sums of :func:`clip_normalize` and
+:func:`weight_stats`) follows a *canonical* row order: ascending ``image_ids`` when they are
+passed to :func:`fit_density_ratio` and :func:`sample_weights`, else the caller's row order
+(the ``sample_weights`` asset sorts by shard, image_id). With ids, the same images in any row
+order give bit-identical weights per image. What stays non-bitwise is only what differs between
+machines or library builds: BLAS products (PCA projection, probe logits) round by SIMD width
+and thread count, at ~1e-16 relative; weights are continuous in those values (no decision but
+the ``clipped`` flag, which would need a scaled ratio within 1e-16 of a bound), so from the
+same embeddings they agree to far better than 1e-6. (Embeddings made on another machine or
+thread count differ more, see :mod:`curation_assets.lib.embed`: measured < 2e-6 on weights.)
 """
 
 import logging
@@ -168,6 +182,40 @@ def _check_bounds(w_min: float, w_max: float) -> None:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _canonical_order(image_ids: Sequence[str] | None, n: int) -> np.ndarray:
+    """(n,) int64 rows in canonical order: ascending image id (stable), or 0..n-1 without ids.
+
+    Raises:
+        ValueError: If there are not n ids, or an id repeats (the order would not be canonical).
+    """
+    if image_ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = np.asarray([str(i) for i in image_ids])
+    if ids.shape != (n,):
+        msg = f"got {ids.size} image_ids for {n} rows; pass one id per row of x_unfiltered"
+        raise ValueError(msg)
+    order = np.argsort(ids, kind="stable").astype(np.int64)
+    if n > 1 and (ids[order[1:]] == ids[order[:-1]]).any():
+        msg = "image_ids repeat an id; pass each image once (ids define the canonical order)"
+        raise ValueError(msg)
+    return order
+
+
+def _rank_of(order: np.ndarray) -> np.ndarray:
+    """Inverse permutation: ``rank[row]`` = position of ``row`` in ``order``."""
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size, dtype=np.int64)
+    return rank
+
+
+def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` as float64, read in ascending row order (friendly to memmaps)."""
+    srt = np.argsort(rows, kind="stable")
+    out = np.empty((rows.size, x.shape[1]), dtype=np.float64)
+    out[srt] = np.asarray(x[rows[srt]], dtype=np.float64)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +434,7 @@ def fit_density_ratio(
     max_train_per_class: int = DEFAULT_MAX_TRAIN_PER_CLASS,
     n_folds: int = DEFAULT_N_FOLDS,
     seed: int = 0,
+    image_ids: Sequence[str] | None = None,
 ) -> DensityRatioModel:
     """Fit the weak, calibrated, cross-fitted probe behind the sample weights.
 
@@ -402,6 +451,10 @@ def fit_density_ratio(
         max_train_per_class: Cap on the balanced training sample, per class.
         n_folds: Cross-fitting folds (≥ 2).
         seed: Seed of the training sample, the fold split and the randomized PCA.
+        image_ids: Optional n unique ids of the rows. When given, the sample, the folds and
+            the training order follow ascending id, so the same images in any row order give
+            the same model (``train_rows`` still index the caller's rows); else row order is
+            the canonical order.
 
     Returns:
         The model; ``status == "uniform"`` (with a ``reason``) when nothing was removed or a
@@ -433,8 +486,10 @@ def fit_density_ratio(
         raise ValueError(msg)
     settings: dict[str, Any] = {"C": C, "pca_dim": pca_dim, "n_folds": n_folds, "seed": seed}
 
-    kept_rows = np.flatnonzero(mask)
-    removed_rows = np.flatnonzero(~mask)
+    order = _canonical_order(image_ids, n)
+    rank = _rank_of(order)
+    kept_rows = order[mask[order]]  # canonical order (ascending rows without ids)
+    removed_rows = order[~mask[order]]
     n_k, n_r = kept_rows.size, removed_rows.size
     if n_k == 0:
         return _uniform_model(method, "no kept images to weight", n, 0, d, **settings)
@@ -446,7 +501,7 @@ def fit_density_ratio(
     if method == "kept_vs_removed":
         pos_pool, neg_pool = kept_rows, removed_rows
     else:
-        pos_pool, neg_pool = np.arange(n, dtype=np.int64), kept_rows  # positive = unfiltered
+        pos_pool, neg_pool = order, kept_rows  # positive = unfiltered
     m = min(max_train_per_class, pos_pool.size, neg_pool.size)
     if m < MIN_PER_CLASS:
         reason = (
@@ -454,20 +509,25 @@ def fit_density_ratio(
             f"of {n} images is too few to estimate a density ratio"
         )
         return _uniform_model(method, reason, n, n_k, d, **settings)
-    pos = np.sort(rng.choice(pos_pool, size=m, replace=False))
-    neg = np.sort(rng.choice(neg_pool, size=m, replace=False))
+    pos = rng.choice(pos_pool, size=m, replace=False)
+    neg = rng.choice(neg_pool, size=m, replace=False)
+    pos, neg = pos[np.argsort(rank[pos])], neg[np.argsort(rank[neg])]  # canonical order
 
     # Folds are assigned per *row* of the unfiltered set, so a row sampled into both classes
-    # (possible for unfiltered_vs_filtered) is never scored by a probe that saw it.
-    train_rows = np.union1d(pos, neg)
+    # (possible for unfiltered_vs_filtered) is never scored by a probe that saw it. The
+    # permutation runs over the training rows in canonical order.
+    train_rows = np.union1d(pos, neg)  # ascending row index, for fold_of's searchsorted
+    canon_train = train_rows[np.argsort(rank[train_rows])]
+    fold_canon = np.empty(train_rows.size, dtype=np.int64)
+    fold_canon[rng.permutation(train_rows.size)] = np.arange(train_rows.size) % n_folds
     train_fold = np.empty(train_rows.size, dtype=np.int64)
-    train_fold[rng.permutation(train_rows.size)] = np.arange(train_rows.size) % n_folds
+    train_fold[np.searchsorted(train_rows, canon_train)] = fold_canon
 
     rows = np.concatenate([pos, neg])
     y = np.concatenate([np.ones(m, np.int8), np.zeros(m, np.int8)])
-    order = np.argsort(rows, kind="stable")  # gather in row order (friendly to memmaps)
-    rows, y = rows[order], y[order]
-    xs = np.asarray(x[rows], dtype=np.float64)
+    by_rank = np.argsort(rank[rows], kind="stable")  # PCA / lbfgs inputs in canonical order
+    rows, y = rows[by_rank], y[by_rank]
+    xs = _gather(x, rows)
     if not np.isfinite(xs).all():
         msg = "x_unfiltered has non-finite values (NaN/inf) in the training sample; re-embed"
         raise ValueError(msg)
@@ -731,11 +791,14 @@ def sample_weights(
     w_min: float = DEFAULT_W_MIN,
     w_max: float = DEFAULT_W_MAX,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    image_ids: Sequence[str] | None = None,
 ) -> SampleWeights:
     """Weights for every kept row: out-of-fold density ratio, clipped and scaled to mean 1.
 
     Rows the probe was trained on are scored by the fold probe that did not see them; the
     others by all fold probes (mean logit). See :func:`clip_normalize` for the bounds.
+    Rows are scored in batches of the canonical order and the normalising sums run in that
+    order, so with ``image_ids`` every image gets the same bits in any row order.
 
     Args:
         model: From :func:`fit_density_ratio` on the same ``x_unfiltered`` and ``kept``.
@@ -744,9 +807,11 @@ def sample_weights(
         w_min: Lower weight bound, in (0, 1].
         w_max: Upper weight bound, ≥ 1.
         batch_size: Rows scored at a time (memory ``batch_size · d · 8`` bytes).
+        image_ids: Optional n unique ids of the rows (the canonical order, as in
+            :func:`fit_density_ratio`); else row order.
 
     Returns:
-        :class:`SampleWeights` for ``np.flatnonzero(kept)``.
+        :class:`SampleWeights` for ``np.flatnonzero(kept)`` (ascending rows).
 
     Raises:
         ValueError: If the inputs do not match the model or the bounds do not bracket 1.
@@ -766,13 +831,14 @@ def sample_weights(
     if batch_size < 1:
         msg = f"batch_size={batch_size}: expected a positive number of rows"
         raise ValueError(msg)
-    rows = np.flatnonzero(mask).astype(np.int64)
-    log_r = np.zeros(rows.size)
-    for start in range(0, rows.size, batch_size):
-        idx = rows[start : start + batch_size]
-        xb = np.asarray(x[idx], dtype=np.float64)
+    order = _canonical_order(image_ids, x.shape[0])
+    canon = order[mask[order]].astype(np.int64)  # kept rows in canonical order
+    log_r = np.zeros(canon.size)
+    for start in range(0, canon.size, batch_size):
+        idx = canon[start : start + batch_size]
+        xb = _gather(x, idx)
         if not np.isfinite(xb).all():
-            msg = f"x_unfiltered has non-finite values in rows {idx[0]}..{idx[-1]}; re-embed"
+            msg = f"x_unfiltered has non-finite values in rows {idx.min()}..{idx.max()}; re-embed"
             raise ValueError(msg)
         log_r[start : start + idx.size] = model.log_ratio(xb, model.fold_of(idx))
     raw = np.exp(log_r)
@@ -782,6 +848,9 @@ def sample_weights(
     stats["scale"] = scale
     stats["w_min"] = w_min
     stats["w_max"] = w_max
+    back = np.argsort(canon, kind="stable")  # canonical → ascending row order
+    rows, log_r, raw = canon[back], log_r[back], raw[back]
+    weight, clipped = weight[back], clipped[back]
     return SampleWeights(
         rows=rows,
         raw_ratio=raw,
