@@ -194,7 +194,7 @@ def test_fault_report():
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in REPORT]
     text = "\n".join(lines)
-    print("\n" + text)
+    sys.stdout.write("\n" + text + "\n")
     artifacts = os.environ.get("CURATION_TEST_ARTIFACTS")
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
