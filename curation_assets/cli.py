@@ -31,10 +31,12 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
         save_settings(paths.home, source_root=str(Path(source).expanduser().resolve()))
         paths = resolve_paths(paths.home)
     paths.dagster_home.mkdir(parents=True, exist_ok=True)
-    target = paths.dagster_home / "dagster.yaml"
-    if not target.exists():
-        template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
-        target.write_text(template)
+    from curation_assets.devserver import install_dagster_yaml
+
+    template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
+    note = install_dagster_yaml(paths.dagster_home / "dagster.yaml", template)
+    if note:
+        logger.warning(note)
     os.environ["CURATION_HOME"] = str(paths.home)
     os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
     return paths
@@ -276,6 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return bool(result.success)
 
     with dg.DagsterInstance.get() as instance:
+        from curation_assets.defs.run_health import guard_runs
+
+        guard_runs(instance, echo=print)  # dead runs: fail them, free their pool slots; watch waits
         known = set(instance.get_dynamic_partitions(SHARDS_PARTITION))
         new = [k for k in keys if k not in known]
         if new:

@@ -8,6 +8,7 @@ webserver, the daemon, the code server and every run worker it launched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -98,6 +99,48 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
+SHIPPED_INSTANCE_CONFIGS = frozenset(
+    {
+        # before run monitoring: a killed run kept its pool slot forever
+        "e37b0615f835d59b5869d8281a65ff2f30fd892ebb544679c98c7c4966698b11",
+    }
+)
+"""sha256 of each earlier dagster.yaml of this package, replaced when found unchanged in a home."""
+
+
+def install_dagster_yaml(target: Path, template: str | None = None) -> str | None:
+    """Write the project's dagster.yaml to ``target`` unless a file of the user's own is there.
+
+    A copy of an earlier version of the project's file, unchanged, is replaced by the current
+    one (a home keeps its dagster.yaml across upgrades otherwise).
+
+    Args:
+        target: ``$DAGSTER_HOME/dagster.yaml``.
+        template: The current file's text (default: read from the package).
+
+    Returns:
+        A note for the user when an existing file was replaced or lacks run monitoring.
+    """
+    if template is None:
+        template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
+    if not target.exists():
+        target.write_text(template)
+        return None
+    current = target.read_text()
+    if current == template:
+        return None
+    if hashlib.sha256(current.encode()).hexdigest() in SHIPPED_INSTANCE_CONFIGS:
+        target.write_text(template)
+        return f"updated {target} to the project's current version (run monitoring)"
+    if "run_monitoring" not in current:
+        return (
+            f"{target} has no run_monitoring: under `curation dev` a run killed mid-step keeps "
+            "its pool slot and later steps of that pool wait forever; copy the run_monitoring "
+            "block of curation_assets/configs/dagster.yaml into it"
+        )
+    return None
+
+
 def install_instance_config(home: Path) -> Path:
     """Create ``home/dagster`` with the project's dagster.yaml and ``home/sources``.
 
@@ -106,9 +149,7 @@ def install_instance_config(home: Path) -> Path:
     """
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    target = dagster_home / "dagster.yaml"
-    if not target.exists():
-        target.write_text(files("curation_assets").joinpath("configs/dagster.yaml").read_text())
+    install_dagster_yaml(dagster_home / "dagster.yaml")
     (home / "sources").mkdir(parents=True, exist_ok=True)
     return dagster_home
 
@@ -177,9 +218,11 @@ class DagsterDev:
             raise RuntimeError(f"starting {name}: {result['message']}")
 
 
-def _command(port: int) -> list[str]:
+def _command(port: int, target: list[str] | None = None) -> list[str]:
     beside = Path(sys.executable).with_name("dagster")  # the same environment as this process
     cmd = [str(beside), "dev", "-h", "127.0.0.1", "-p", str(port)]
+    if target:
+        return [*cmd, *target]
     workspace = REPO / "workspace.yaml"
     if workspace.is_file():
         return [*cmd, "-w", str(workspace)]
@@ -193,6 +236,7 @@ def dagster_dev(
     *,
     ready_timeout_s: float = 240,
     env: dict[str, str] | None = None,
+    target: list[str] | None = None,
 ) -> Iterator[DagsterDev]:
     """Start ``dagster dev`` on a free loopback port for the curation home ``home``.
 
@@ -205,6 +249,8 @@ def dagster_dev(
         log: File that receives the server's stdout and stderr.
         ready_timeout_s: How long to wait for the webserver.
         env: Extra environment variables for the server and its runs.
+        target: What to serve instead of the curation code location, as ``dagster dev``
+            arguments (``["-f", "defs.py"]``; the tests serve a tiny job this way).
     """
     port = free_port()
     run_env = {
@@ -219,7 +265,7 @@ def dagster_dev(
             run_env.pop(inherited, None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            _command(port),
+            _command(port, target),
             cwd=REPO if (REPO / "workspace.yaml").is_file() else home,
             env=run_env,
             stdin=subprocess.DEVNULL,

@@ -89,8 +89,12 @@ def _tables(home: Path) -> dict[str, pl.DataFrame]:
     return out
 
 
+def _is_float_list(t: pl.DataType) -> bool:
+    return isinstance(t, pl.List) and t.inner.is_float()
+
+
 def _exact_columns(df: pl.DataFrame) -> list[str]:
-    return [c for c, t in df.schema.items() if not (t.is_float() or isinstance(t, pl.List))]
+    return [c for c, t in df.schema.items() if not (t.is_float() or _is_float_list(t))]
 
 
 def _compare(clean: pl.DataFrame, got: pl.DataFrame) -> tuple[int, bool]:
@@ -108,12 +112,11 @@ def _compare(clean: pl.DataFrame, got: pl.DataFrame) -> tuple[int, bool]:
             if not a[c].equals(b[c]):
                 return 0, False
             continue
-        if isinstance(clean.schema[c], pl.List):
-            x, y = a[c].to_list(), b[c].to_list()
-            x = np.array([v if v is not None else [] for v in x], dtype=object)
-            y = np.array([v if v is not None else [] for v in y], dtype=object)
+        if _is_float_list(clean.schema[c]):
+            x = [np.asarray(v or [], dtype=float) for v in a[c].to_list()]
+            y = [np.asarray(v or [], dtype=float) for v in b[c].to_list()]
             if any(
-                len(u) != len(v) or not np.allclose(u, v, atol=1e-6, equal_nan=True)
+                u.shape != v.shape or not np.allclose(u, v, atol=1e-6, equal_nan=True)
                 for u, v in zip(x, y, strict=True)
             ):
                 return 0, False
