@@ -548,6 +548,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Run ``dagster dev`` (webserver + daemon) on the curation home."""
     paths = _prepare_home(args.home)
     paths.source_root.mkdir(parents=True, exist_ok=True)
+    import dagster as dg
+
+    from curation_assets.defs.run_health import guard_runs
+
+    with dg.DagsterInstance.get() as instance:  # runs left STARTED by a dev that died
+        guard_runs(instance, echo=print, watch=False, by="curation dev")
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     cmd = ["dagster", "dev", "-h", args.host, "-p", str(args.port)]
     if workspace.is_file():
