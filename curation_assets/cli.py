@@ -373,7 +373,7 @@ class _Freshness:
 
     def embedded(self, shard: str, path: Path) -> bool:
         """Ingested from the same files (fingerprint) and embedded since."""
-        from curation_assets.defs.ingest import source_fingerprint
+        from curation_assets.lib.shards import source_fingerprint
 
         raw = self.latest("raw_images", shard)
         if self.force or raw is None:

@@ -1,10 +1,7 @@
 """Ingest stage: ``raw_images`` (+ ``quarantine`` and ``exact_duplicates``) per shard."""
 
-import hashlib
-import os
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -14,7 +11,8 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ShardSource
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.lib.ingest import DecodeLimits, ingest_shard
+from curation_assets.lib.ingest import DecodeLimits, ingest_shard, keep_first_ingested_at
+from curation_assets.lib.shards import source_fingerprint
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES, REASON_CODES
 
@@ -36,39 +34,6 @@ class IngestConfig(dg.Config):
         default=64 << 20, description="Files larger than this are quarantined unread."
     )
     decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
-
-
-def keep_first_ingested_at(raw: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
-    """``raw`` with the ``ingested_at`` of images the shard already held before this run.
-
-    Re-ingesting an unchanged shard then gives identical rows, and the keep policy's
-    ``earliest`` criterion keeps meaning "arrived first", not "re-read last".
-    """
-    if previous.is_empty():
-        return raw
-    first = previous.select("image_id", pl.col("ingested_at").alias("_first"))
-    return (
-        raw.join(first, on="image_id", how="left", maintain_order="left")
-        .with_columns(ingested_at=pl.coalesce("_first", "ingested_at"))
-        .drop("_first")
-        .select(raw.columns)
-    )
-
-
-def source_fingerprint(path: Path) -> str:
-    """A short hash of a shard's files: relative path, size and mtime of each.
-
-    A folder is walked (its files are stat'ed, not read); a tar or manifest is one file (the
-    files a manifest lists are not stat'ed). ``curation run`` compares it with the last
-    ingest's to skip unchanged shards.
-    """
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
-        h.update(f"{os.fsencode(rel)!r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def _existing_lookup(store: DeltaStore, shard: str):
@@ -213,7 +178,9 @@ def ingest(
                 now=datetime.now(UTC),
             )
         seconds = time.perf_counter() - t0
-        raw = keep_first_ingested_at(result.raw, store.read(RAW_IMAGES, shards=[key]))
+        raw = keep_first_ingested_at(
+            result.raw, store.read(RAW_IMAGES, shards=[key], columns=["image_id", "ingested_at"])
+        )
         store.replace_shard(RAW_IMAGES, key, raw)
         store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})
         store.replace_shard(DUPLICATE_FILES, key, result.duplicates)

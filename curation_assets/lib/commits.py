@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from curation_assets.lib.storage import DeltaStore, writer_identity
@@ -68,8 +69,17 @@ class Commit:
     summary: dict[str, Any]
 
 
+def _plain(value: Any) -> Any:
+    """Numpy scalars and arrays as Python numbers and lists; anything else as its str."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def _canonical(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, default=str, allow_nan=True)
+    return json.dumps(value, sort_keys=True, default=_plain, allow_nan=True)
 
 
 def input_versions(store: DeltaStore, tables: Iterable[str]) -> dict[str, int | None]:

@@ -651,22 +651,8 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         summary={
             "images": int(run["images"]),
             "mode": run["mode"],
-            "stats": {
-                k: (
-                    [int(v) for v in stats[k]]
-                    if isinstance(stats[k], list)
-                    else float(stats[k])
-                    if isinstance(stats[k], float)
-                    else int(stats[k])
-                )
-                for k in _COMMITTED_STATS
-                if k in stats and stats[k] is not None
-            },
-            "recall": {
-                k: ([float(r) for r in v] if isinstance(v, list) else v)
-                for k, v in outcome.recall.items()
-                if isinstance(v, (int, float, str, list))
-            },
+            "stats": {k: stats[k] for k in _COMMITTED_STATS if stats.get(k) is not None},
+            "recall": outcome.recall,
         },
     )
     return outputs

@@ -363,3 +363,20 @@ def ingest_shard(
     return ingest_items(
         shard.key, items, existing=existing, limits=limits, workers=workers, now=now
     )
+
+
+def keep_first_ingested_at(raw: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """``raw`` with the ``ingested_at`` of images the shard already held before this run.
+
+    Re-ingesting an unchanged shard then gives identical rows, and the keep policy's
+    ``earliest`` criterion keeps meaning "arrived first", not "re-read last".
+    """
+    if previous.is_empty():
+        return raw
+    first = previous.select("image_id", pl.col("ingested_at").alias("_first"))
+    return (
+        raw.join(first, on="image_id", how="left", maintain_order="left")
+        .with_columns(ingested_at=pl.coalesce("_first", "ingested_at"))
+        .drop("_first")
+        .select(raw.columns)
+    )

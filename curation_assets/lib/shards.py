@@ -54,6 +54,7 @@ loses the rest of a shard to one bad input; every refused input is an :class:`It
 
 import codecs
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -723,3 +724,19 @@ def iter_items(
     else:
         roots = _resolve_roots(manifest_root(shard), allowed_roots)
         yield from _iter_manifest(shard, max_file_bytes, max_caption_bytes, roots)
+
+
+def source_fingerprint(path: Path) -> str:
+    """A short hash of a shard's files: relative path, size and mtime of each.
+
+    A folder is walked (its files are stat'ed, not read); a tar or manifest is one file (the
+    files a manifest lists are not stat'ed). ``curation run`` compares it with the last
+    ingest's to skip unchanged shards.
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
+        h.update(f"{os.fsencode(rel)!r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
