@@ -6,6 +6,7 @@ PER_SHARD = {
     "raw_images",
     "quarantine",
     "exact_duplicates",
+    "ingest_notes",
     "image_embeddings",
     "classifier_scores",
     "filtered_images",

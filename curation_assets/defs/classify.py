@@ -33,7 +33,6 @@ from curation_assets.lib.filtering import (
 )
 from curation_assets.lib.labels import LABELS, current_labels
 from curation_assets.lib.scorers import get_scorer
-from curation_assets.lib.shards import iter_items
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
 
@@ -356,7 +355,7 @@ def classifier_scores(
             frames.append(
                 pretrained_scores(
                     scorer,
-                    iter_items(shard_source.shard(key)),
+                    shard_source.items(shard_source.shard(key)),
                     set(emb["image_id"].to_list()),
                     key,
                     threshold=config.pretrained_thresholds.get(name),

@@ -21,7 +21,6 @@ from curation_assets.lib.embed import (
     embeddings_frame,
 )
 from curation_assets.lib.ingest import DecodeLimits
-from curation_assets.lib.shards import iter_items
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import QUARANTINE, RAW_IMAGES
 
@@ -148,7 +147,7 @@ def image_embeddings(
     def frames() -> Iterator[pl.DataFrame]:
         batches = embed_items(
             model,
-            iter_items(shard),
+            shard_source.items(shard),
             wanted=wanted,
             batch_size=batch_size,
             workers=config.decode_workers,

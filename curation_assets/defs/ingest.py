@@ -14,13 +14,23 @@ from curation_assets.defs.retries import fail_fast_on_permanent_errors, transien
 from curation_assets.lib.ingest import DecodeLimits, ingest_shard, keep_first_ingested_at
 from curation_assets.lib.shards import source_fingerprint
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES, REASON_CODES
+from curation_assets.lib.tables import (
+    DUPLICATE_FILES,
+    INGEST_NOTES,
+    QUARANTINE,
+    RAW_IMAGES,
+    REASON_CODES,
+)
 
 GROUP = "ingest"
 
 
 class IngestConfig(dg.Config):
-    """Decoding limits and parallelism of ingest."""
+    """Decoding limits and parallelism of ingest.
+
+    File-size, caption and root limits belong to the ``shard_source`` resource: every stage
+    that reads the shard uses the same ones.
+    """
 
     max_pixels: int = Field(
         default=64_000_000,
@@ -29,9 +39,6 @@ class IngestConfig(dg.Config):
     )
     min_side: int = Field(
         default=1, description="Images whose shorter side is below this are quarantined."
-    )
-    max_file_bytes: int = Field(
-        default=64 << 20, description="Files larger than this are quarantined unread."
     )
     decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
 
@@ -133,6 +140,18 @@ def _unique_ids(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(DUPLICATE_FILES)},
         ),
+        dg.AssetSpec(
+            "ingest_notes",
+            description=(
+                "Remarks on images that were ingested but not exactly as found: a caption "
+                "truncated at the shard_source's max_caption_bytes, a sidecar that could not be "
+                "parsed. One row per remark, joined to raw_images by image_id."
+            ),
+            kinds={"deltalake", "polars"},
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(INGEST_NOTES)},
+        ),
     ],
     check_specs=[
         dg.AssetCheckSpec(
@@ -160,7 +179,12 @@ def ingest(
     """Enumerate a shard, hash and safely decode every input, and write the three tables."""
     key = context.partition_key
     store = delta.store()
-    limits = DecodeLimits(config.max_pixels, config.min_side, config.max_file_bytes)
+    limits = DecodeLimits(
+        config.max_pixels,
+        config.min_side,
+        shard_source.max_file_bytes,
+        shard_source.max_caption_bytes,
+    )
     with fail_fast_on_permanent_errors():
         shard = shard_source.shard(key)
     fingerprint = source_fingerprint(shard.path)
@@ -176,6 +200,7 @@ def ingest(
                 limits=limits,
                 workers=config.decode_workers,
                 now=datetime.now(UTC),
+                allowed_roots=shard_source.allowed_roots,
             )
         seconds = time.perf_counter() - t0
         raw = keep_first_ingested_at(
@@ -184,6 +209,8 @@ def ingest(
         store.replace_shard(RAW_IMAGES, key, raw)
         store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})
         store.replace_shard(DUPLICATE_FILES, key, result.duplicates)
+        notes = result.notes.with_columns(shard=pl.lit(key))
+        store.replace_shard(INGEST_NOTES, key, notes)
     context.log.info(
         f"shard {key} ({shard.kind}): {result.n_enumerated} inputs -> {result.raw.height} "
         f"images, {result.quarantine.height} quarantined {result.reasons}, "
@@ -229,6 +256,16 @@ def ingest(
             result.duplicates.height,
             within_shard=result.n_duplicates_within,
             against_other_shards=result.duplicates.height - result.n_duplicates_within,
+        ),
+    )
+
+    yield dg.MaterializeResult(
+        asset_key="ingest_notes",
+        metadata=table_metadata(
+            INGEST_NOTES,
+            delta.uri(INGEST_NOTES),
+            notes.height,
+            preview=markdown_preview(notes.select("source_uri", "note")),
         ),
     )
 

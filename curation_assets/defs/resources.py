@@ -1,6 +1,7 @@
 """Resources: Delta storage, the shard source, and the image embedder."""
 
 import os
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,15 @@ from curation_assets.lib.embed import (
     load_embedder,
 )
 from curation_assets.lib.settings import resolve_paths
-from curation_assets.lib.shards import ShardInfo, discover_shards, shard_info
+from curation_assets.lib.shards import (
+    DEFAULT_MAX_CAPTION_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    Item,
+    ShardInfo,
+    discover_shards,
+    iter_items,
+    shard_info,
+)
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import TableSpec
 
@@ -55,6 +64,38 @@ class ShardSource(dg.ConfigurableResource):
             "a _SUCCESS marker); names starting with '.'/'_' or ending in .tmp/.part are ignored."
         ),
     )
+
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Folders besides the source root that manifest paths may point into (absolute "
+            "paths or symlinks resolving elsewhere are quarantined as outside_root). "
+            "Env: CURATION_ALLOWED_ROOTS, os.pathsep-separated."
+        ),
+    )
+    max_file_bytes: int = Field(
+        default=DEFAULT_MAX_FILE_BYTES,
+        description=(
+            "Files larger than this are quarantined (too_large_file) and never read past the "
+            "limit, whatever the file system says their size is; every stage reads with it."
+        ),
+    )
+    max_caption_bytes: int = Field(
+        default=DEFAULT_MAX_CAPTION_BYTES,
+        description=(
+            "Captions longer than this (UTF-8 bytes) are truncated at a character boundary; "
+            "each truncation is a row of ingest_notes."
+        ),
+    )
+
+    def items(self, shard: ShardInfo) -> Iterator[Item]:
+        """Every input of ``shard``, read within this source's roots and limits."""
+        return iter_items(
+            shard,
+            max_file_bytes=self.max_file_bytes,
+            max_caption_bytes=self.max_caption_bytes,
+            allowed_roots=self.allowed_roots,
+        )
 
     def discover(self) -> list[ShardInfo]:
         """All shards under the root, ready or not."""
@@ -142,7 +183,12 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
     paths = resolve_paths(home)
     return {
         "delta": DeltaStorage(root_uri=paths.delta_root),
-        "shard_source": ShardSource(root=str(paths.source_root)),
+        "shard_source": ShardSource(
+            root=str(paths.source_root),
+            allowed_roots=[
+                r for r in os.environ.get("CURATION_ALLOWED_ROOTS", "").split(os.pathsep) if r
+            ],
+        ),
         "embedder": ImageEmbedder(),
         "categories": Categories(path=os.environ.get("CURATION_CATEGORIES", "")),
     }

@@ -121,6 +121,17 @@ DUPLICATE_FILES = TableSpec(
     ),
 )
 
+INGEST_NOTES = TableSpec(
+    name="ingest_notes",
+    description="Non-fatal remarks on ingested images (a caption truncated or unreadable).",
+    columns=(
+        Column("shard", pl.String, "Shard of the image."),
+        Column("source_uri", pl.String, "Location of the input the note is about."),
+        Column("image_id", pl.String, "sha256 of the image (a row of raw_images)."),
+        Column("note", pl.String, "What happened, e.g. caption truncated to N bytes."),
+    ),
+)
+
 REASON_CODES: dict[str, str] = {
     "zero_byte": "The file is empty.",
     "missing_file": "The file a manifest or sidecar refers to does not exist.",

@@ -111,3 +111,50 @@ def test_a_bad_manifest_fails_its_shard_with_a_clear_error_and_writes_nothing(tm
         and "add a 'path' column" in error
     )
     assert not DeltaStore(str(tmp_path / "delta")).exists("raw_images")
+
+
+def test_shard_source_limits_reach_every_stage(tmp_path, instance):
+    """allowed_roots, max_file_bytes and max_caption_bytes of the resource govern ingest and
+    embed alike; a truncated caption is a row of ingest_notes."""
+    from curation_assets.defs.resources import ShardSource
+    from curation_assets.lib.tables import INGEST_NOTES
+
+    src, outside = tmp_path / "src", tmp_path / "elsewhere"
+    photos = write_images(outside, 3)
+    big = outside / "big.png"
+    big.write_bytes(image_bytes(7, size=(400, 300), fmt="PNG"))
+    src.mkdir()
+    pl.DataFrame(
+        {
+            "path": [str(p) for p in photos] + [str(big)],
+            "caption": ["x" * 300, "short", None, None],
+        }
+    ).write_csv(src / "m.csv")
+    res = resources(tmp_path, src)
+    limit = big.stat().st_size - 1
+    assert all(p.stat().st_size <= limit for p in photos)
+
+    # Without allowed_roots every absolute path out of the source root is refused.
+    assert materialize_shard(instance, res, "m.csv").success
+    store = DeltaStore(str(tmp_path / "delta"))
+    assert store.read(RAW_IMAGES).height == 0
+    assert set(store.read(QUARANTINE)["reason"]) == {"outside_root"}
+
+    res["shard_source"] = ShardSource(
+        root=str(src),
+        min_age_s=0,
+        allowed_roots=[str(outside)],
+        max_file_bytes=limit,
+        max_caption_bytes=100,
+    )
+    result = materialize_shard(instance, res, "m.csv")
+    assert result.success and all(check_results(result).values())
+    assert store.read(RAW_IMAGES).height == 3
+    assert store.read(QUARANTINE).select("reason").rows() == [("too_large_file",)]
+    # embed re-reads the shard through the same resource: the outside photos are embedded.
+    assert store.read(IMAGE_EMBEDDINGS).height == 3
+    notes = store.read(INGEST_NOTES)
+    assert notes.height == 1 and notes["shard"][0] == "m.csv"
+    assert notes["source_uri"][0] == str(photos[0]) and "truncated" in notes["note"][0]
+    raw = store.read(RAW_IMAGES)
+    assert raw.filter(pl.col("image_id") == notes["image_id"][0])["caption"][0] == "x" * 100
