@@ -23,6 +23,7 @@ import re
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,13 @@ class DeltaStore:
         other writer. ``data`` must be re-readable (a table, not a one-shot stream) for a retry;
         a one-shot stream is committed once.
         """
+        token = uuid.uuid4().hex
         props = CommitProperties(
-            custom_metadata={"curation.writer": writer_identity(), "curation.table": name}
+            custom_metadata={
+                "curation.writer": writer_identity(),
+                "curation.table": name,
+                "curation.commit": token,
+            }
         )
         attempts = COMMIT_ATTEMPTS if isinstance(data, pa.Table) else 1
         fault = _failpoint(name)
@@ -219,10 +225,9 @@ class DeltaStore:
                         commit_properties=props,
                         **kwargs,
                     )
-                    version = 0  # the creating commit is version 0
                 else:
                     write_deltalake(table, data, commit_properties=props, **kwargs)
-                    version = table.version()
+                version = self._committed_version(name, token)
                 if fault == "after":
                     _die()
                 return version
@@ -248,6 +253,37 @@ class DeltaStore:
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _committed_version(self, name: str, token: str) -> int:
+        """The version of the commit carrying ``token``.
+
+        Neither "0 for a table we created" nor the table's version after the write is right
+        when another process commits in between (it may have created the table first, or
+        committed after us), so the commit is found by its token in the recent history.
+        deltalake numbers history entries down from the loaded snapshot's version while it
+        lists the log afresh, so a commit landing during the listing shifts every number: the
+        lookup is trusted only when the table's version did not move while it ran.
+        """
+        for _ in range(50):
+            table = self._table(name)
+            if table is None:  # pragma: no cover - we just committed to it
+                break
+            latest = table.version()
+            for depth in (8, 64, None):
+                found = [
+                    int(info["version"])
+                    for info in table.history(depth)
+                    if info.get("curation.commit") == token
+                ]
+                if found or depth is None or latest < depth:
+                    break
+            moved = self.version(name) != latest
+            if found and not moved:
+                return found[0]
+            if not moved:
+                break
+        msg = f"commit {token} to Delta table {name!r} is not in its history"
+        raise RuntimeError(msg)
 
     def last_writer(self, table: str) -> str:
         """Who made the latest commit of ``table`` (``host:pid``, or the engine when unknown)."""
