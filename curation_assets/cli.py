@@ -102,6 +102,7 @@ EMBED = [
     AssetKey("raw_images"),
     AssetKey("quarantine"),
     AssetKey("exact_duplicates"),
+    AssetKey("ingest_notes"),
     AssetKey("image_embeddings"),
 ]
 FILTER = [AssetKey("classifier_scores"), AssetKey("filtered_images"), AssetKey("filter_rejections")]

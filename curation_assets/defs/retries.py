@@ -7,12 +7,13 @@ import dagster as dg
 
 from curation_assets.lib.embed import EmbedderConfigError
 from curation_assets.lib.shards import ShardError
+from curation_assets.lib.storage import StorageUnwritableError
 
 # Transient failures (object-store hiccups, a busy accelerator, a lost worker) are retried.
 # Bad data never raises (it is quarantined), so a retry only repeats genuinely flaky work.
 transient_retry = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 
-PERMANENT_ERRORS = (ShardError, EmbedderConfigError, FileNotFoundError)
+PERMANENT_ERRORS = (ShardError, EmbedderConfigError, FileNotFoundError, StorageUnwritableError)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ returns the version it committed, so a stage writing several tables can record t
 """
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
@@ -31,7 +32,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from curation_assets.lib.tables import TableSpec
 
@@ -59,6 +60,41 @@ COMMIT_ATTEMPTS = 5
 
 class ConcurrentWriteError(RuntimeError):
     """A commit kept failing because another process committed to the same table."""
+
+
+class StorageUnwritableError(OSError):
+    """The Delta root cannot take a write: no space, read-only, quota or permission.
+
+    Raised instead of deltalake's generic error (which may read "Failed to parse parquet" for
+    a full disk). Nothing of the failed write is committed, so freeing space (or making the
+    root writable) and re-running converges; retrying at once does not help, so the Dagster
+    steps fail at once on it.
+    """
+
+
+#: OS errors that make a storage root unwritable, with the advice given for each.
+_UNWRITABLE = {
+    errno.ENOSPC: "no space left on device: free space (or move the Delta root) and re-run",
+    errno.EDQUOT: "disk quota exceeded: free space (or move the Delta root) and re-run",
+    errno.EROFS: "read-only file system: remount it read-write (or move the Delta root)",
+    errno.EACCES: "permission denied: fix the owner/permissions of the Delta root",
+    errno.EPERM: "operation not permitted: fix the owner/permissions of the Delta root",
+}
+
+
+def unwritable(exc: BaseException, what: str) -> StorageUnwritableError | None:
+    """``exc`` as a :class:`StorageUnwritableError` about ``what``, if it is one of those."""
+    code = getattr(exc, "errno", None)
+    if code not in _UNWRITABLE:
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code not in _UNWRITABLE:
+        return None
+    return StorageUnwritableError(
+        code,
+        f"{what}: {os.strerror(code)} (os error {code}); {_UNWRITABLE[code]}. "
+        "Nothing of this write was committed; the re-run converges.",
+    )
 
 
 def writer_identity() -> str:
@@ -164,9 +200,15 @@ class DeltaStore:
             yield
             return
         folder = Path(self.uri("_locks"))
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            error = unwritable(exc, f"taking lock {path}")
+            if error is not None:
+                raise error from exc
+            raise
         try:
             waited = 0.0
             while True:
@@ -181,8 +223,9 @@ class DeltaStore:
                         )
                     time.sleep(0.5)
                     waited += 0.5
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"holder": writer_identity()}).encode(), 0)
+            with contextlib.suppress(OSError):  # who holds it is for messages only
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"holder": writer_identity()}).encode(), 0)
             yield
         finally:
             os.close(fd)  # releases the flock
@@ -215,30 +258,32 @@ class DeltaStore:
         if fault == "during":
             data = _dying_stream(data)
         for attempt in range(1, attempts + 1):
-            table = self._table(name)
             try:
-                if table is None:
-                    write_deltalake(
-                        self.uri(name),
-                        data,
-                        storage_options=self.storage_options or None,
-                        commit_properties=props,
-                        **kwargs,
-                    )
-                else:
-                    write_deltalake(table, data, commit_properties=props, **kwargs)
+                table = self._table(name) or self._create(name, data.schema, kwargs)
+                write_deltalake(table, data, commit_properties=props, **kwargs)
                 version = self._committed_version(name, token)
                 if fault == "after":
                     _die()
                 return version
-            except CommitFailedError as exc:
+            except (DeltaError, OSError) as exc:
+                if not isinstance(exc, CommitFailedError):
+                    error = unwritable(exc, f"writing Delta table {name!r} at {self.uri(name)}")
+                    if error is not None:
+                        raise error from exc
+                    raise
                 other = self.last_writer(name)
                 if attempt == attempts:
+                    tried = (
+                        f"failed {attempts} times"
+                        if attempts > 1
+                        else "failed and cannot be retried here (the rows were streamed)"
+                    )
                     msg = (
-                        f"commit to Delta table {name!r} failed {attempts} times because "
-                        f"another process committed first (latest commit by {other}): {exc}. "
-                        "Two runs are writing the same table at once; let one finish, or run "
-                        "them from one Dagster instance so its pools serialize them"
+                        f"commit to Delta table {name!r} {tried} because another process "
+                        f"committed first (latest commit by {other}): {exc}. Two runs are "
+                        "writing the same table at once; let one finish (a step retry redoes "
+                        "this write), or run them from one Dagster instance so its pools "
+                        "serialize them"
                     )
                     raise ConcurrentWriteError(msg) from exc
                 delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
@@ -253,6 +298,42 @@ class DeltaStore:
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _create(self, name: str, schema: pa.Schema, kwargs: dict[str, Any]) -> DeltaTable:
+        """Create table ``name`` empty (schema and partitioning only) and open it.
+
+        The first write then runs against an existing table, where deltalake checks a
+        conflicting concurrent commit. Creating and writing in one go is unsafe with two
+        writers: the loser of the creation race is silently rebased onto the winner's commit
+        with its ``overwrite ... WHERE`` never re-applied, so both writers' rows stay (seen
+        with two instances ingesting one shard: every embedding of the shard twice). Losing
+        the race to create the empty table is harmless: the table then exists.
+        """
+        partition_by = kwargs.get("partition_by") or None
+        try:
+            DeltaTable.create(
+                self.uri(name),
+                schema=schema,
+                partition_by=partition_by,
+                mode="ignore",
+                storage_options=self.storage_options or None,
+                commit_properties=CommitProperties(
+                    custom_metadata={
+                        "curation.writer": writer_identity(),
+                        "curation.table": name,
+                    }
+                ),
+            )
+        except (CommitFailedError, DeltaError) as exc:
+            if self._table(name) is None:
+                raise
+            other = self.last_writer(name)
+            logger.info("delta %s: created concurrently by %s (%s)", name, other, exc)
+        table = self._table(name)
+        if table is None:  # pragma: no cover - create succeeded or raised
+            msg = f"Delta table {name!r} could not be created at {self.uri(name)}"
+            raise RuntimeError(msg)
+        return table
 
     def _committed_version(self, name: str, token: str) -> int:
         """The version of the commit carrying ``token``.

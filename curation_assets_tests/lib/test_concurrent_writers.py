@@ -53,6 +53,9 @@ WRITER = textwrap.dedent(
         try:
             if mode == "append":
                 out.append(store.append(QUARANTINE, frame(f"{who}-{i}", i, 1)))
+            elif mode == "stream-once":  # first write of a fresh table, rows streamed
+                store.replace_shard(QUARANTINE, "s", iter([frame("s", i, 3)]))
+                out.append("ok")
             elif mode == "same-shard":
                 store.replace_shard(QUARANTINE, "s", frame("s", i, 3))
                 out.append("ok")
@@ -100,7 +103,7 @@ def test_two_processes_create_and_append_to_one_table(tmp_path):
     Each writer learns the exact version of its own commits (lib.commits records depend on it).
     """
     a, b = _race(tmp_path, "append", 15)
-    assert sorted(a + b) == list(range(30)), (a, b)
+    assert sorted(a + b) == list(range(1, 31)), (a, b)  # v0: the table created empty
     df = DeltaStore(str(tmp_path / "root")).read(QUARANTINE)
     assert df.height == 30 and df["source_uri"].n_unique() == 30
     # Each process's versions are its own commits: the writer recorded in that commit is it.
@@ -122,6 +125,23 @@ def test_two_processes_replacing_one_shard_leave_one_whole_frame(tmp_path):
     assert df.height == 3
     prefixes = {uri.rsplit("/", 1)[0] for uri in df["source_uri"]}
     assert len(prefixes) == 1, prefixes  # one writer's one frame, not a mix
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_racing_first_writes_of_one_shard_never_double_it(tmp_path, round_):
+    """Two processes stream the first rows of one shard into a table neither has created.
+
+    Creating and writing in one commit let deltalake rebase the loser onto the winner without
+    re-applying its ``overwrite WHERE shard = ...``: the shard held both frames (6 rows, every
+    embedding twice when two instances embedded one shard). Now the shard holds one frame and
+    the loser fails naming the other writer (a streamed write is not re-sent).
+    """
+    a, b = _race(tmp_path, "stream-once", 1)
+    for r in a + b:
+        assert r == "ok" or ("ConcurrentWriteError" in r and "latest commit by" in r), r
+    assert "ok" in a + b
+    df = DeltaStore(str(tmp_path / "root")).read(QUARANTINE)
+    assert df.height == 3, df
 
 
 def test_lock_excludes_other_processes(tmp_path):
@@ -180,5 +200,5 @@ def test_losing_every_retry_names_the_other_writer(tmp_path, monkeypatch):
         store.append(QUARANTINE, pl.DataFrame([row]))
     assert len(calls) == storage.COMMIT_ATTEMPTS
     msg = str(err.value)
-    assert "'quarantine'" in msg and f":{os.getpid()} (version 0, WRITE)" in msg
+    assert "'quarantine'" in msg and f":{os.getpid()} (version 1, WRITE)" in msg
     assert store.read(QUARANTINE).height == 1  # nothing half-written

@@ -1,7 +1,11 @@
+import errno
+
 import polars as pl
 import pytest
+from deltalake.exceptions import DeltaError
 
-from curation_assets.lib.storage import DeltaStore, sql_literal
+from curation_assets.lib import storage
+from curation_assets.lib.storage import DeltaStore, StorageUnwritableError, sql_literal
 from curation_assets.lib.tables import QUARANTINE, Column, TableSpec
 
 SPEC = TableSpec(
@@ -34,7 +38,8 @@ def test_replacing_a_shard_touches_only_that_shard(tmp_path):
     ]
     assert store.read(SPEC, shards=["b"]).sort("id").equals(b_before)
     assert df.height == 4  # no duplicated rows
-    assert store.version(SPEC.name) == 3
+    # v0 creates the table empty (see DeltaStore._create), then one version per write
+    assert store.version(SPEC.name) == 4
 
 
 def test_empty_replacement_deletes_the_shard_only(tmp_path):
@@ -50,7 +55,7 @@ def test_streamed_frames_land_in_one_transaction(tmp_path):
     n = store.replace_shard(SPEC, "a", (frame("a", [i]) for i in range(5)))
     assert n == 5
     assert store.read(SPEC).height == 5
-    assert store.version(SPEC.name) == 0
+    assert store.version(SPEC.name) == 1  # v0: the empty table; v1: every frame, one transaction
 
 
 def test_rows_of_another_shard_are_refused_and_nothing_is_written(tmp_path):
@@ -89,3 +94,34 @@ def test_object_store_uris_are_joined_not_resolved():
     store = DeltaStore("s3://bucket/prefix/", {"AWS_REGION": "us-east-1"})
     assert store.uri("raw_images") == "s3://bucket/prefix/raw_images"
     assert not store.is_local
+
+
+def test_a_full_or_read_only_root_is_a_clear_storage_error(tmp_path, monkeypatch):
+    """A full disk is a StorageUnwritableError naming the table and what to do.
+
+    deltalake reports it as "Failed to parse parquet: ... (os error 28)". Nothing is committed.
+    """
+    store = DeltaStore(str(tmp_path))
+    store.replace_shard(SPEC, "a", frame("a", [1]))
+
+    def full(*args, **kwargs):
+        raise DeltaError(
+            "Failed to parse parquet: External: Generic LocalFileSystem error: Unable to copy "
+            "data to file: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(storage, "write_deltalake", full)
+    with pytest.raises(StorageUnwritableError) as err:
+        store.replace_shard(SPEC, "a", frame("a", [2]))
+    assert err.value.errno == errno.ENOSPC
+    assert f"Delta table 't' at {tmp_path / 't'}" in str(err.value)
+    assert "free space" in str(err.value)
+    monkeypatch.undo()
+    assert store.read(SPEC)["id"].to_list() == [1]
+
+    def other(*args, **kwargs):
+        raise DeltaError("Schema error: something else")
+
+    monkeypatch.setattr(storage, "write_deltalake", other)
+    with pytest.raises(DeltaError, match="Schema error"):
+        store.replace_shard(SPEC, "a", frame("a", [2]))
