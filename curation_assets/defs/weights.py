@@ -17,15 +17,6 @@ from curation_assets.defs.metadata import (
 )
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.lib.audit import (
-    DEFAULT_KEYWORDS,
-    audit_markdown,
-    bias_audit,
-    concept_attributes,
-    flag_shifts,
-    keyword_attributes,
-    metadata_attributes,
-)
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
@@ -45,37 +36,28 @@ from curation_assets.lib.filtering import FILTERED_IMAGES
 from curation_assets.lib.labels import SourceReader
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES, Column, TableSpec
+from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets.lib.weights import (
+    BIAS_AUDIT,
     DEFAULT_C,
+    DEFAULT_KEYWORDS,
     DEFAULT_MIN_ESS_RATIO,
     DEFAULT_PCA_DIM,
     DEFAULT_W_MAX,
     DEFAULT_W_MIN,
     SAMPLE_WEIGHTS,
+    audit_markdown,
+    bias_audit,
+    concept_attributes,
     fit_density_ratio,
+    flag_shifts,
+    keyword_attributes,
+    metadata_attributes,
     sample_weights,
     weight_checks,
 )
 
 GROUP = "weights"
-
-BIAS_AUDIT = TableSpec(
-    name="bias_audit",
-    description="Share of each attribute value: unfiltered, filtered, filtered under weights.",
-    partition_by=(),
-    columns=(
-        Column("attribute", pl.String, "metadata column, keyword:<word> or concept:<name>."),
-        Column("value", pl.String, "The value (true for keywords and concepts)."),
-        Column("share_unfiltered", pl.Float64, "Share among all ingested images."),
-        Column("share_filtered", pl.Float64, "Share among the kept images."),
-        Column("share_weighted", pl.Float64, "Share among the kept images under the weights."),
-        Column("shift_filtered_pts", pl.Float64, "filtered − unfiltered, percentage points."),
-        Column("shift_weighted_pts", pl.Float64, "weighted − unfiltered, percentage points."),
-        Column("n_unfiltered", pl.Int64, "Unfiltered images with the value."),
-        Column("n_filtered", pl.Int64, "Kept images with the value."),
-    ),
-)
 
 
 def load_weight_inputs(
