@@ -3,7 +3,6 @@
 from typing import Literal
 
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -17,64 +16,32 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
-from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets.lib.weights import (
     BIAS_AUDIT,
     DEFAULT_C,
-    DEFAULT_KEYWORDS,
     DEFAULT_MIN_ESS_RATIO,
     DEFAULT_PCA_DIM,
     DEFAULT_W_MAX,
     DEFAULT_W_MIN,
     SAMPLE_WEIGHTS,
+    audit_attributes,
     audit_markdown,
     bias_audit,
-    concept_attributes,
-    fit_density_ratio,
     flag_shifts,
-    keyword_attributes,
-    metadata_attributes,
-    sample_weights,
     weight_checks,
+)
+from curation_assets.lib.weights.run import (
+    WEIGHTS_INPUTS,
+    WEIGHTS_STAGE,
+    concept_encoder,
+    fit_weights,
+    load_weight_inputs,
+    weight_histogram,
+    weights_summary,
+    write_weights,
 )
 
 GROUP = "weights"
-
-
-def load_weight_inputs(
-    store: DeltaStore, correct_for: str
-) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
-    """The reference ("unfiltered") images, their embeddings and the kept mask.
-
-    Args:
-        store: Delta store.
-        correct_for: ``filter`` (the reference is every embedded image except near duplicates
-            dedup removed, so the weights undo only the safety filter's shift) or
-            ``filter_and_dedup`` (every embedded image: the weights also undo dedup's shift,
-            up-weighting images that had many copies).
-
-    Returns:
-        ``(frame, x, kept)``: frame has image_id, shard, source_uri, caption, width, height,
-        format, kept; sorted by shard, image_id.
-    """
-    raw = store.read(
-        RAW_IMAGES,
-        columns=["image_id", "shard", "source_uri", "caption", "width", "height", "format"],
-    )
-    emb = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "embedding").collect()
-    dedup = store.read(DEDUPLICATED_IMAGES, columns=["image_id", "shard", "kept"])
-    frame = raw.join(emb, on=["image_id", "shard"], how="inner").join(
-        dedup.rename({"kept": "dedup_kept"}), on=["image_id", "shard"], how="left"
-    )
-    if correct_for == "filter":
-        frame = frame.filter(pl.col("dedup_kept").is_null() | pl.col("dedup_kept"))
-    frame = frame.with_columns(kept=pl.col("dedup_kept").fill_null(False)).drop("dedup_kept")
-    frame = frame.sort("shard", "image_id")
-    x = embedding_matrix(frame["embedding"]) if frame.height else np.zeros((0, 1), np.float32)
-    return frame.drop("embedding"), x, frame["kept"].to_numpy()
 
 
 class WeightsConfig(dg.Config):
@@ -207,84 +174,39 @@ def weights_and_audit(
         msg = "no kept image: materialize deduplicated_images first"
         raise dg.Failure(msg, allow_retries=False)
     with fail_fast_on_permanent_errors():
-        ids = frame["image_id"].to_list()  # order-independent: sample and folds follow the ids
-        model = fit_density_ratio(
+        fitted = fit_weights(
+            frame,
             x,
             kept,
-            image_ids=ids,
             method=config.method,
             C=config.C,
             pca_dim=config.pca_dim or None,
             seed=config.seed,
+            w_min=config.w_min,
+            w_max=config.w_max,
         )
-        sw = sample_weights(model, x, kept, w_min=config.w_min, w_max=config.w_max, image_ids=ids)
-    kept_frame = frame.filter(pl.col("kept"))
-    weights = sw.frame(kept_frame["image_id"].to_list(), kept_frame["shard"].to_list())
-    stats = sw.stats
+    model, stats = fitted.model, fitted.weights.stats
     context.log.info(
         f"weights: probe {model.status} AUC {model.auc}, ESS ratio {stats['ess_ratio']:.3f}, "
         f"clipped {stats['clipped_share']:.3%}"
     )
-
-    attributes = metadata_attributes(
-        frame.select("image_id", "width", "height", "caption", "format")
+    encoder, concept_note = concept_encoder(config.concepts, embedder.load)
+    if config.concepts and encoder is None:
+        context.log.warning(f"zero-shot concepts {concept_note}")
+    attributes = audit_attributes(
+        frame, x, keywords=config.keywords, concepts=config.concepts, text_encoder=encoder
     )
-    keywords = {**DEFAULT_KEYWORDS, **{k: (k,) for k in config.keywords}}
-    attributes = attributes.join(
-        keyword_attributes(frame.select("image_id", "caption"), keywords), on="image_id"
-    )
-    concept_note = "none configured"
-    if config.concepts:
-        model_ = embedder.load()
-        if model_.has_text_tower:
-            concepts = concept_attributes(
-                x, frame["image_id"].to_list(), config.concepts, model_.encode_text
-            )
-            attributes = attributes.join(concepts, on="image_id")
-            concept_note = ", ".join(config.concepts)
-        else:
-            concept_note = f"skipped: {model_.model_id} has no text tower"
-            context.log.warning(f"zero-shot concepts {concept_note}")
     with fail_fast_on_permanent_errors():
-        audit = bias_audit(attributes, weights.select("image_id", "weight"))
-    # weights, then audit, then the commit row: a kill in between is rewritten by the re-run
-    outputs = {
-        SAMPLE_WEIGHTS.name: store.replace_table(SAMPLE_WEIGHTS, weights),
-        BIAS_AUDIT.name: store.replace_table(BIAS_AUDIT, audit),
-    }
-    hist = stats["histogram"]
-    labels = [
-        f"{a:.2f}–{b:.2f}" for a, b in zip(hist["edges"][:-1], hist["edges"][1:], strict=True)
-    ]
-    summary = {
-        "probe_status": model.status,
-        "probe_reason": model.reason,
-        "probe_auc": float(model.auc) if model.auc is not None else float("nan"),
-        "probe_ece": float(model.ece) if model.ece is not None else float("nan"),
-        "probe": {
-            k: v for k, v in model.summary().items() if not isinstance(v, float) or np.isfinite(v)
-        },
-        "unfiltered_images": int(kept.size),
-        "kept_images": int(kept.sum()),
-        "ess": float(stats["ess"]),
-        "ess_ratio": float(stats["ess_ratio"]),
-        "clipped_share": float(stats["clipped_share"] or 0.0),
-        "weight_min": float(stats["min"]),
-        "weight_max": float(stats["max"]),
-        "weight_p50": float(stats["p50"]),
-        "weight_distribution": "Kept images by weight (log-spaced bins):\n\n"
-        + markdown_bars(labels, hist["counts"], header=("weight", "images")),
-        "correct_for": config.correct_for,
-        "concepts": concept_note,
-    }
+        audit = bias_audit(attributes, fitted.frame.select("image_id", "weight"))
+    outputs = write_weights(store, fitted.frame, audit)
+    summary = weights_summary(fitted, correct_for=config.correct_for, concepts=concept_note)
+    summary["weight_distribution"] = "Kept images by weight (log-spaced bins):\n\n" + markdown_bars(
+        *weight_histogram(stats), header=("weight", "images")
+    )
     record_commit(
         store, WEIGHTS_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
     )
-    yield from _weight_results(delta, config, summary, weights=weights, audit=audit)
-
-
-WEIGHTS_STAGE = "weights"
-WEIGHTS_INPUTS = (DEDUPLICATED_IMAGES.name, IMAGE_EMBEDDINGS.name, RAW_IMAGES.name)
+    yield from _weight_results(delta, config, summary, weights=fitted.frame, audit=audit)
 
 
 def _weight_results(

@@ -7,12 +7,15 @@
   statistics and the checks (:func:`weight_checks`).
 * :mod:`.audit` — attribute shares unfiltered / filtered / weighted (:func:`bias_audit`, the
   ``bias_audit`` table :data:`BIAS_AUDIT`).
+* :mod:`.run` — the stage over Delta: load the inputs, fit, write, summarize. Imported by its
+  path (it reads the upstream stages' tables, and so imports their modules and torch).
 """
 
 from curation_assets.lib.weights.audit import (
     BIAS_AUDIT,
     DEFAULT_KEYWORDS,
     TextEncoder,
+    audit_attributes,
     audit_markdown,
     bias_audit,
     concept_attributes,
@@ -59,6 +62,7 @@ __all__ = [
     "SampleWeights",
     "TextEncoder",
     "WeightCheck",
+    "audit_attributes",
     "audit_markdown",
     "bias_audit",
     "clip_normalize",

@@ -25,6 +25,8 @@ column per attribute):
   a coarse detector; the audit compares shares of one fixed rule across the three sets, so
   its shifts are informative even where its absolute shares are not.
 
+:func:`audit_attributes` joins the three for the ``bias_audit`` asset.
+
 :func:`bias_audit` turns attributes + weights into the share table (:data:`BIAS_AUDIT`, the
 ``bias_audit`` Delta table); :func:`flag_shifts` keeps the rows whose weighted share is still far
 from the unfiltered one; :func:`audit_markdown` renders a compact markdown table with unicode
@@ -319,6 +321,43 @@ def concept_attributes(
     for j, name in enumerate(names):
         cols[f"concept:{name}"] = out[:, j]
     return pl.DataFrame(cols, schema_overrides={id_col: pl.String})
+
+
+def audit_attributes(
+    images: pl.DataFrame,
+    x: np.ndarray,
+    *,
+    keywords: Sequence[str] = (),
+    concepts: Mapping[str, str | Sequence[str]] | None = None,
+    text_encoder: TextEncoder | None = None,
+) -> pl.DataFrame:
+    """Every attribute the audit compares, one row per image: the three builders joined.
+
+    Args:
+        images: One row per unfiltered image with ``image_id``, ``width``, ``height``,
+            ``caption`` and ``format`` (``raw_images`` columns), aligned with ``x``.
+        x: (n, d) image embeddings of those rows (read only for concepts).
+        keywords: Extra caption words, each its own group, beside :data:`DEFAULT_KEYWORDS`.
+        concepts: Zero-shot concepts, name -> prompt(s); audited only with ``text_encoder``.
+        text_encoder: The image model's text tower, or None (no concepts).
+
+    Returns:
+        ``image_id`` + the :func:`metadata_attributes`, :func:`keyword_attributes` and (with
+        concepts and an encoder) :func:`concept_attributes` columns.
+    """
+    attributes = metadata_attributes(
+        images.select("image_id", "width", "height", "caption", "format")
+    )
+    groups = {**DEFAULT_KEYWORDS, **{k: (k,) for k in keywords}}
+    attributes = attributes.join(
+        keyword_attributes(images.select("image_id", "caption"), groups), on="image_id"
+    )
+    if concepts and text_encoder is not None:
+        ids = images["image_id"].to_list()
+        attributes = attributes.join(
+            concept_attributes(x, ids, concepts, text_encoder), on="image_id"
+        )
+    return attributes
 
 
 # --------------------------------------------------------------------------------------------
