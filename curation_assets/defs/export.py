@@ -1,9 +1,6 @@
 """Export: the training-ready curated_dataset, and optional extras (stage 8)."""
 
-from pathlib import Path
-
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -11,24 +8,24 @@ from curation_assets.defs.automation import eager_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.defs.weights import GROUP
+from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
-from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
 from curation_assets.lib.export import (
     CURATED_DATASET,
+    DEFAULT_PENALTY,
+    DEFAULT_SHARD_SIZE,
     curated_rows,
-    file_stamps,
     files_unchanged,
-    publish_dir,
-    sampling_stats,
-    soft_cap_sampling,
-    staging_dir,
-    write_file_atomic,
-    write_webdataset,
+    one_row_per_kept_image,
 )
-from curation_assets.lib.filtering import FILTERED_IMAGES
-from curation_assets.lib.labels import SourceReader
-from curation_assets.lib.settings import resolve_paths
+from curation_assets.lib.export.run import (
+    EXPORT_INPUTS,
+    EXPORT_STAGE,
+    FILE_KEYS,
+    export_root,
+    kept_images,
+    write_export_files,
+)
 from curation_assets.lib.weights import SAMPLE_WEIGHTS
 
 
@@ -44,10 +41,12 @@ class ExportConfig(dg.Config):
         description="Soft Cap Sampling (FLYT): draw this many samples over log-weights with a "
         "repetition penalty and write the multiset; 0 = off.",
     )
-    penalty: float = Field(default=0.15, description="Soft Cap Sampling repetition penalty.")
+    penalty: float = Field(
+        default=DEFAULT_PENALTY, description="Soft Cap Sampling repetition penalty."
+    )
     seed: int = Field(default=0, description="Seed of the sampling.")
     webdataset: bool = Field(default=False, description="Also write WebDataset tar shards.")
-    shard_size: int = Field(default=10_000, description="Samples per WebDataset shard.")
+    shard_size: int = Field(default=DEFAULT_SHARD_SIZE, description="Samples per WebDataset shard.")
 
 
 @dg.asset(
@@ -87,10 +86,9 @@ def curated_dataset(
     """
     store = delta.store()
     inputs = input_versions(store, EXPORT_INPUTS)
-    out = Path(config.export_dir) if config.export_dir else resolve_paths().home / "export"
+    out = export_root(config.export_dir)
     settings = {**config.model_dump(), "export_dir": str(out.resolve())}
-    kept_ids = store.read(DEDUPLICATED_IMAGES, columns=["image_id", "kept"]).filter("kept")
-    images = store.read(FILTERED_IMAGES).join(kept_ids.select("image_id"), on="image_id")
+    images = kept_images(store)
     done = current_commit(store, EXPORT_STAGE, inputs=inputs, config=settings)
     if done is not None and files_unchanged(done.summary["files"]):
         context.log.info(
@@ -102,54 +100,22 @@ def curated_dataset(
     weights = store.read(SAMPLE_WEIGHTS, columns=["image_id", "weight"])
     with fail_fast_on_permanent_errors():
         rows = curated_rows(images, weights)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = write_file_atomic(out / "curated_dataset.parquet", rows.write_parquet)
-    summary: dict = {"files": {}, "extra": {"manifest": str(manifest)}, "failures": []}
-    if config.soft_cap_samples:
-        counts = soft_cap_sampling(
-            rows["weight"].to_numpy(),
-            config.soft_cap_samples,
-            penalty=config.penalty,
-            seed=config.seed,
-        )
-        sample = (
-            rows.select("image_id", "source_uri", "caption", "weight")
-            .with_columns(count=pl.Series(counts, dtype=pl.Int64))
-            .filter(pl.col("count") > 0)
-        )
-        sample_path = write_file_atomic(out / "soft_cap_sample.parquet", sample.write_parquet)
-        summary["extra"]["soft_cap_sample"] = str(sample_path)
-        summary["soft_cap_stats"] = {
-            k: v
-            for k, v in sampling_stats(counts, rows["weight"].to_numpy()).items()
-            if k != "count_histogram"
-        }
-    if config.webdataset:
-        link = out / "webdataset"
-        staged = staging_dir(link)
-        with SourceReader() as reader:
-            export = write_webdataset(rows, reader.read, staged, shard_size=config.shard_size)
-        publish_dir(staged, link)
-        failures = export.failures_frame()
-        summary["extra"].update(
-            webdataset_shards=len(export.shards),
-            webdataset_samples=export.n_written,
-            webdataset_dir=str(link),
-        )
-        summary["failures"] = failures.to_dicts()
-        if failures.height:
-            context.log.warning(f"{failures.height} images could not be exported")
-    summary["files"] = file_stamps([Path(p) for k, p in summary["extra"].items() if k in FILE_KEYS])
+    summary = write_export_files(
+        rows,
+        out,
+        soft_cap_samples=config.soft_cap_samples,
+        penalty=config.penalty,
+        seed=config.seed,
+        webdataset=config.webdataset,
+        shard_size=config.shard_size,
+    )
+    if summary["failures"]:
+        context.log.warning(f"{len(summary['failures'])} images could not be exported")
     outputs = {CURATED_DATASET.name: store.replace_table(CURATED_DATASET, rows)}
     record_commit(
         store, EXPORT_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
     )
     return _export_result(delta, rows, images, summary)
-
-
-EXPORT_STAGE = "export"
-EXPORT_INPUTS = (SAMPLE_WEIGHTS.name, DEDUPLICATED_IMAGES.name, FILTERED_IMAGES.name)
-FILE_KEYS = ("manifest", "soft_cap_sample", "webdataset_dir")
 
 
 def _export_result(
@@ -168,26 +134,20 @@ def _export_result(
     if "soft_cap_stats" in summary:
         extra["soft_cap_stats"] = dg.MetadataValue.json(summary["soft_cap_stats"])
     failures = pl.DataFrame(summary["failures"])
-    w = rows["weight"].to_numpy()
-    ok = (
-        rows.height == images.height
-        and rows["image_id"].n_unique() == rows.height
-        and bool(np.isfinite(w).all())
-    )
     return dg.MaterializeResult(
         metadata=table_metadata(
             CURATED_DATASET,
             delta.uri(CURATED_DATASET),
             rows.height,
             up_to_date=up_to_date,
-            weight_sum=float(w.sum()),
+            weight_sum=float(rows["weight"].to_numpy().sum()),
             preview=markdown_preview(rows.select("image_id", "caption", "weight")),
             **extra,
         ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="one_row_per_kept_image",
-                passed=ok,
+                passed=one_row_per_kept_image(rows, images),
                 metadata={"kept_images": images.height, "rows": rows.height},
             ),
             dg.AssetCheckResult(

@@ -6,9 +6,15 @@
   (:func:`soft_cap_sampling`).
 * :mod:`.webdataset` — WebDataset tar shards of the images (:func:`write_webdataset`).
 * :mod:`.publish` — files and folders published atomically, and their stamps.
+* :mod:`.run` — the stage over Delta and files: the kept images, the files written. Imported
+  by its path (it reads the upstream stages' tables, and so imports their modules and torch).
 """
 
-from curation_assets.lib.export.manifest import CURATED_DATASET, curated_rows
+from curation_assets.lib.export.manifest import (
+    CURATED_DATASET,
+    curated_rows,
+    one_row_per_kept_image,
+)
 from curation_assets.lib.export.publish import (
     file_stamps,
     files_unchanged,
@@ -39,6 +45,7 @@ __all__ = [
     "file_stamps",
     "files_unchanged",
     "image_extension",
+    "one_row_per_kept_image",
     "publish_dir",
     "sampling_stats",
     "soft_cap_sampling",

@@ -2,9 +2,10 @@
 
 :data:`CURATED_DATASET` is the ``curated_dataset`` Delta table (also written as
 ``curated_dataset.parquet``); :func:`curated_rows` builds it from the kept images and
-``sample_weights``.
+``sample_weights``, and :func:`one_row_per_kept_image` is the invariant its asset check asserts.
 """
 
+import numpy as np
 import polars as pl
 
 from curation_assets.lib.tables import Column, TableSpec
@@ -57,3 +58,18 @@ def curated_rows(images: pl.DataFrame, weights: pl.DataFrame) -> pl.DataFrame:
         )
         raise ValueError(msg)
     return CURATED_DATASET.conform(images.join(w, on="image_id", how="inner")).sort("image_id")
+
+
+def one_row_per_kept_image(rows: pl.DataFrame, images: pl.DataFrame) -> bool:
+    """Whether ``rows`` hold exactly as many rows as ``images``, each id once, weights finite.
+
+    Args:
+        rows: :data:`CURATED_DATASET` rows.
+        images: The kept images they should list.
+    """
+    w = rows["weight"].to_numpy()
+    return (
+        rows.height == images.height
+        and rows["image_id"].n_unique() == rows.height
+        and bool(np.isfinite(w).all())
+    )
