@@ -205,7 +205,8 @@ def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
 def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
     import tarfile
 
-    from curation_assets.defs.weights import curated_dataset, weights_and_audit
+    from curation_assets.defs.export import curated_dataset
+    from curation_assets.defs.weights import weights_and_audit
     from curation_assets.lib.export import CURATED_DATASET
     from curation_assets.lib.weights import SAMPLE_WEIGHTS
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from curation_assets.lib.active import build_label_queue
-from curation_assets.lib.audit import bias_audit, concept_attributes
 from curation_assets.lib.classify import canonical_order, row_dot, train_probe
 from curation_assets.lib.cluster import assign, train_kmeans
 from curation_assets.lib.filtering import split_by_scores
@@ -21,6 +20,8 @@ from curation_assets.lib.synthetic import clip_like_embeddings
 from curation_assets.lib.weights import (
     DensityRatioModel,
     SampleWeights,
+    bias_audit,
+    concept_attributes,
     fit_density_ratio,
     sample_weights,
 )

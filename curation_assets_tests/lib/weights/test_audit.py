@@ -2,7 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.audit import (
+from curation_assets.lib.weights.audit import (
     AUDIT_COLUMNS,
     DEFAULT_KEYWORDS,
     audit_markdown,
@@ -13,7 +13,8 @@ from curation_assets.lib.audit import (
     metadata_attributes,
     share_bar,
 )
-from curation_assets.lib.weights import fit_density_ratio, sample_weights
+from curation_assets.lib.weights.fit import fit_density_ratio
+from curation_assets.lib.weights.scale import sample_weights
 
 
 def _kw(captions, keywords=DEFAULT_KEYWORDS):

@@ -25,9 +25,12 @@ column per attribute):
   a coarse detector; the audit compares shares of one fixed rule across the three sets, so
   its shifts are informative even where its absolute shares are not.
 
-:func:`bias_audit` turns attributes + weights into the share table; :func:`flag_shifts` keeps
-the rows whose weighted share is still far from the unfiltered one; :func:`audit_markdown`
-renders a compact markdown table with unicode bars (the Dagster UI renders markdown).
+:func:`audit_attributes` joins the three for the ``bias_audit`` asset.
+
+:func:`bias_audit` turns attributes + weights into the share table (:data:`BIAS_AUDIT`, the
+``bias_audit`` Delta table); :func:`flag_shifts` keeps the rows whose weighted share is still far
+from the unfiltered one; :func:`audit_markdown` renders a compact markdown table with unicode
+bars (the Dagster UI renders markdown).
 
 Share definitions: for a categorical column, the share of a value among all rows (nulls are
 the value ``(missing)``); for a Boolean column, the share of True among its non-null rows.
@@ -47,6 +50,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
+
+from curation_assets.lib.tables import Column, TableSpec
 
 logger = logging.getLogger(__name__)
 
@@ -90,32 +95,25 @@ SQUARE_TOLERANCE = 0.05
 
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
-AUDIT_COLUMNS = (
-    "attribute",
-    "value",
-    "share_unfiltered",
-    "share_filtered",
-    "share_weighted",
-    "shift_filtered_pts",
-    "shift_weighted_pts",
-    "n_unfiltered",
-    "n_filtered",
+BIAS_AUDIT = TableSpec(
+    name="bias_audit",
+    description="Share of each attribute value: unfiltered, filtered, filtered under weights.",
+    partition_by=(),
+    columns=(
+        Column("attribute", pl.String, "metadata column, keyword:<word> or concept:<name>."),
+        Column("value", pl.String, "The value (true for keywords and concepts)."),
+        Column("share_unfiltered", pl.Float64, "Share among all ingested images."),
+        Column("share_filtered", pl.Float64, "Share among the kept images."),
+        Column("share_weighted", pl.Float64, "Share among the kept images under the weights."),
+        Column("shift_filtered_pts", pl.Float64, "filtered − unfiltered, percentage points."),
+        Column("shift_weighted_pts", pl.Float64, "weighted − unfiltered, percentage points."),
+        Column("n_unfiltered", pl.Int64, "Unfiltered images with the value."),
+        Column("n_filtered", pl.Int64, "Kept images with the value."),
+    ),
 )
+"""The audit table: one row per attribute value (:func:`bias_audit`)."""
 
-_AUDIT_SCHEMA = pl.Schema(
-    {
-        "attribute": pl.String,
-        "value": pl.String,
-        "share_unfiltered": pl.Float64,
-        "share_filtered": pl.Float64,
-        "share_weighted": pl.Float64,
-        "shift_filtered_pts": pl.Float64,
-        "shift_weighted_pts": pl.Float64,
-        "n_unfiltered": pl.Int64,
-        "n_filtered": pl.Int64,
-    }
-)
-
+AUDIT_COLUMNS = tuple(BIAS_AUDIT.column_names)
 
 # --------------------------------------------------------------------------------------------
 # Attribute builders
@@ -325,6 +323,43 @@ def concept_attributes(
     return pl.DataFrame(cols, schema_overrides={id_col: pl.String})
 
 
+def audit_attributes(
+    images: pl.DataFrame,
+    x: np.ndarray,
+    *,
+    keywords: Sequence[str] = (),
+    concepts: Mapping[str, str | Sequence[str]] | None = None,
+    text_encoder: TextEncoder | None = None,
+) -> pl.DataFrame:
+    """Every attribute the audit compares, one row per image: the three builders joined.
+
+    Args:
+        images: One row per unfiltered image with ``image_id``, ``width``, ``height``,
+            ``caption`` and ``format`` (``raw_images`` columns), aligned with ``x``.
+        x: (n, d) image embeddings of those rows (read only for concepts).
+        keywords: Extra caption words, each its own group, beside :data:`DEFAULT_KEYWORDS`.
+        concepts: Zero-shot concepts, name -> prompt(s); audited only with ``text_encoder``.
+        text_encoder: The image model's text tower, or None (no concepts).
+
+    Returns:
+        ``image_id`` + the :func:`metadata_attributes`, :func:`keyword_attributes` and (with
+        concepts and an encoder) :func:`concept_attributes` columns.
+    """
+    attributes = metadata_attributes(
+        images.select("image_id", "width", "height", "caption", "format")
+    )
+    groups = {**DEFAULT_KEYWORDS, **{k: (k,) for k in keywords}}
+    attributes = attributes.join(
+        keyword_attributes(images.select("image_id", "caption"), groups), on="image_id"
+    )
+    if concepts and text_encoder is not None:
+        ids = images["image_id"].to_list()
+        attributes = attributes.join(
+            concept_attributes(x, ids, concepts, text_encoder), on="image_id"
+        )
+    return attributes
+
+
 # --------------------------------------------------------------------------------------------
 # Shares
 # --------------------------------------------------------------------------------------------
@@ -358,7 +393,7 @@ def bias_audit(
             ``id_col``).
 
     Returns:
-        Frame with :data:`AUDIT_COLUMNS` (shares in [0, 1], shifts in percentage points,
+        :data:`BIAS_AUDIT` rows (shares in [0, 1], shifts in percentage points,
         ``n_*`` = rows with the value), sorted by attribute, then unfiltered share descending.
         Shares of an attribute without any non-null row are null.
 
@@ -411,12 +446,12 @@ def bias_audit(
         else:
             frames.append(_categorical_shares(df, col))
     if not frames:
-        return pl.DataFrame(schema=_AUDIT_SCHEMA)
+        return BIAS_AUDIT.empty()
     out = pl.concat(frames, how="vertical_relaxed").with_columns(
         ((pl.col("share_filtered") - pl.col("share_unfiltered")) * 100).alias("shift_filtered_pts"),
         ((pl.col("share_weighted") - pl.col("share_unfiltered")) * 100).alias("shift_weighted_pts"),
     )
-    return out.select([pl.col(c).cast(t) for c, t in _AUDIT_SCHEMA.items()]).sort(
+    return BIAS_AUDIT.conform(out).sort(
         ["attribute", "share_unfiltered", "value"], descending=[False, True, False]
     )
 

@@ -1,0 +1,78 @@
+"""The weights stage (7): sample weights that undo the filter's shift, and the bias audit.
+
+* :mod:`.fit` — the weak, calibrated, cross-fitted probe estimating
+  ``p_unfiltered(x) / p_filtered(x)`` (:func:`fit_density_ratio`).
+* :mod:`.scale` — its ratios as weights within ``[w_min, w_max]`` with mean exactly 1
+  (:func:`sample_weights`, the ``sample_weights`` table :data:`SAMPLE_WEIGHTS`), their
+  statistics and the checks (:func:`weight_checks`).
+* :mod:`.audit` — attribute shares unfiltered / filtered / weighted (:func:`bias_audit`, the
+  ``bias_audit`` table :data:`BIAS_AUDIT`).
+* :mod:`.run` — the stage over Delta: load the inputs, fit, write, summarize. Imported by its
+  path (it reads the upstream stages' tables, and so imports their modules and torch).
+"""
+
+from curation_assets.lib.weights.audit import (
+    BIAS_AUDIT,
+    DEFAULT_KEYWORDS,
+    TextEncoder,
+    audit_attributes,
+    audit_markdown,
+    bias_audit,
+    concept_attributes,
+    flag_shifts,
+    keyword_attributes,
+    metadata_attributes,
+)
+from curation_assets.lib.weights.fit import (
+    DEFAULT_C,
+    DEFAULT_METHOD,
+    DEFAULT_PCA_DIM,
+    METHODS,
+    DensityRatioModel,
+    Method,
+    fit_density_ratio,
+)
+from curation_assets.lib.weights.scale import (
+    DEFAULT_MIN_ESS_RATIO,
+    DEFAULT_W_MAX,
+    DEFAULT_W_MIN,
+    SAMPLE_WEIGHTS,
+    SampleWeights,
+    WeightCheck,
+    clip_normalize,
+    effective_sample_size,
+    sample_weights,
+    weight_checks,
+    weight_stats,
+)
+
+__all__ = [
+    "BIAS_AUDIT",
+    "DEFAULT_C",
+    "DEFAULT_KEYWORDS",
+    "DEFAULT_METHOD",
+    "DEFAULT_MIN_ESS_RATIO",
+    "DEFAULT_PCA_DIM",
+    "DEFAULT_W_MAX",
+    "DEFAULT_W_MIN",
+    "METHODS",
+    "SAMPLE_WEIGHTS",
+    "DensityRatioModel",
+    "Method",
+    "SampleWeights",
+    "TextEncoder",
+    "WeightCheck",
+    "audit_attributes",
+    "audit_markdown",
+    "bias_audit",
+    "clip_normalize",
+    "concept_attributes",
+    "effective_sample_size",
+    "fit_density_ratio",
+    "flag_shifts",
+    "keyword_attributes",
+    "metadata_attributes",
+    "sample_weights",
+    "weight_checks",
+    "weight_stats",
+]

@@ -1,0 +1,186 @@
+"""The weights stage over Delta: load the inputs, fit, weigh, write, summarize (stage 7).
+
+The ``weights_and_audit`` asset runs, in order: :func:`load_weight_inputs` (the reference
+images, their embeddings and which were kept), :func:`fit_weights` (the probe of
+:mod:`.fit` and the weights of :mod:`.scale`), :func:`concept_encoder` and
+:func:`~curation_assets.lib.weights.audit.audit_attributes` /
+:func:`~curation_assets.lib.weights.audit.bias_audit` (the audit), :func:`write_weights` (both
+tables, before the stage's commit row in ``stage_commits``) and :func:`weights_summary` (the
+figures reported and recorded with that commit).
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+from curation_assets.lib.embed import IMAGE_EMBEDDINGS, Embedder, embedding_matrix
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.lib.weights.audit import BIAS_AUDIT, TextEncoder
+from curation_assets.lib.weights.fit import DensityRatioModel, Method, fit_density_ratio
+from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS, SampleWeights, sample_weights
+
+WEIGHTS_STAGE = "weights"
+"""The stage's name in ``stage_commits``."""
+WEIGHTS_INPUTS = (DEDUPLICATED_IMAGES.name, IMAGE_EMBEDDINGS.name, RAW_IMAGES.name)
+"""The tables whose versions the stage's commit records."""
+
+
+def load_weight_inputs(
+    store: DeltaStore, correct_for: str
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """The reference ("unfiltered") images, their embeddings and the kept mask.
+
+    Args:
+        store: Delta store.
+        correct_for: ``filter`` (the reference is every embedded image except near duplicates
+            dedup removed, so the weights undo only the safety filter's shift) or
+            ``filter_and_dedup`` (every embedded image: the weights also undo dedup's shift,
+            up-weighting images that had many copies).
+
+    Returns:
+        ``(frame, x, kept)``: frame has image_id, shard, source_uri, caption, width, height,
+        format, kept; sorted by shard, image_id.
+    """
+    raw = store.read(
+        RAW_IMAGES,
+        columns=["image_id", "shard", "source_uri", "caption", "width", "height", "format"],
+    )
+    emb = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "embedding").collect()
+    dedup = store.read(DEDUPLICATED_IMAGES, columns=["image_id", "shard", "kept"])
+    frame = raw.join(emb, on=["image_id", "shard"], how="inner").join(
+        dedup.rename({"kept": "dedup_kept"}), on=["image_id", "shard"], how="left"
+    )
+    if correct_for == "filter":
+        frame = frame.filter(pl.col("dedup_kept").is_null() | pl.col("dedup_kept"))
+    frame = frame.with_columns(kept=pl.col("dedup_kept").fill_null(False)).drop("dedup_kept")
+    frame = frame.sort("shard", "image_id")
+    x = embedding_matrix(frame["embedding"]) if frame.height else np.zeros((0, 1), np.float32)
+    return frame.drop("embedding"), x, frame["kept"].to_numpy()
+
+
+@dataclass(frozen=True)
+class FittedWeights:
+    """The probe and the weights of one run.
+
+    Attributes:
+        model: The fitted (or uniform) density-ratio probe.
+        weights: The kept images' weights, in row order of the kept rows.
+        frame: The :data:`~curation_assets.lib.weights.scale.SAMPLE_WEIGHTS` rows.
+        n_unfiltered: Images in the reference set.
+        n_kept: Kept images among them.
+    """
+
+    model: DensityRatioModel
+    weights: SampleWeights
+    frame: pl.DataFrame
+    n_unfiltered: int
+    n_kept: int
+
+
+def fit_weights(
+    frame: pl.DataFrame,
+    x: np.ndarray,
+    kept: np.ndarray,
+    *,
+    method: Method,
+    C: float,
+    pca_dim: int | None,
+    seed: int,
+    w_min: float,
+    w_max: float,
+) -> FittedWeights:
+    """Fit the probe on :func:`load_weight_inputs`'s output and weigh the kept images.
+
+    The image ids are passed as the canonical order, so the sample, the folds and every sum
+    follow the ids, not the order the rows were read in.
+
+    Raises:
+        ValueError: On settings :func:`~curation_assets.lib.weights.fit.fit_density_ratio` or
+            :func:`~curation_assets.lib.weights.scale.sample_weights` reject.
+    """
+    ids = frame["image_id"].to_list()
+    model = fit_density_ratio(
+        x, kept, image_ids=ids, method=method, C=C, pca_dim=pca_dim, seed=seed
+    )
+    sw = sample_weights(model, x, kept, w_min=w_min, w_max=w_max, image_ids=ids)
+    kept_frame = frame.filter(pl.col("kept"))
+    rows = sw.frame(kept_frame["image_id"].to_list(), kept_frame["shard"].to_list())
+    return FittedWeights(model, sw, rows, int(kept.size), int(kept.sum()))
+
+
+def concept_encoder(
+    concepts: Mapping[str, str], load: Callable[[], Embedder]
+) -> tuple[TextEncoder | None, str]:
+    """The text encoder for the audit's zero-shot concepts, and a note on what was done.
+
+    Args:
+        concepts: The configured concepts (name -> prompt).
+        load: Loads the image embedder; called only when there are concepts.
+
+    Returns:
+        ``(encoder, note)``: the embedder's ``encode_text`` and the concept names; or None and
+        ``none configured`` / ``skipped: <model> has no text tower``.
+    """
+    if not concepts:
+        return None, "none configured"
+    model = load()
+    if not model.has_text_tower:
+        return None, f"skipped: {model.model_id} has no text tower"
+    return model.encode_text, ", ".join(concepts)
+
+
+def write_weights(store: DeltaStore, weights: pl.DataFrame, audit: pl.DataFrame) -> dict[str, int]:
+    """Replace both tables; returns the Delta version written of each, for the commit row.
+
+    Weights, then audit, then (by the caller) the commit row: a kill in between leaves
+    outputs no commit records, and the re-run rewrites them.
+    """
+    return {
+        SAMPLE_WEIGHTS.name: store.replace_table(SAMPLE_WEIGHTS, weights),
+        BIAS_AUDIT.name: store.replace_table(BIAS_AUDIT, audit),
+    }
+
+
+def weight_histogram(stats: Mapping[str, Any]) -> tuple[list[str], list[int]]:
+    """Bin labels (``a–b``) and counts of the weights' log-spaced histogram (``weight_stats``)."""
+    hist = stats["histogram"]
+    edges = hist["edges"]
+    labels = [f"{a:.2f}–{b:.2f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return labels, list(hist["counts"])
+
+
+def _float_or_nan(value: float | None) -> float:
+    return float(value) if value is not None else float("nan")
+
+
+def weights_summary(fitted: FittedWeights, *, correct_for: str, concepts: str) -> dict[str, Any]:
+    """The figures the stage reports and records with its commit (JSON-compatible).
+
+    The caller adds ``weight_distribution`` (the histogram of :func:`weight_histogram`,
+    rendered as markdown).
+    """
+    model, stats = fitted.model, fitted.weights.stats
+    return {
+        "probe_status": model.status,
+        "probe_reason": model.reason,
+        "probe_auc": _float_or_nan(model.auc),
+        "probe_ece": _float_or_nan(model.ece),
+        "probe": {
+            k: v for k, v in model.summary().items() if not isinstance(v, float) or np.isfinite(v)
+        },
+        "unfiltered_images": fitted.n_unfiltered,
+        "kept_images": fitted.n_kept,
+        "ess": float(stats["ess"]),
+        "ess_ratio": float(stats["ess_ratio"]),
+        "clipped_share": float(stats["clipped_share"] or 0.0),
+        "weight_min": float(stats["min"]),
+        "weight_max": float(stats["max"]),
+        "weight_p50": float(stats["p50"]),
+        "correct_for": correct_for,
+        "concepts": concepts,
+    }

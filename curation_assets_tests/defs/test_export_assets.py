@@ -1,0 +1,90 @@
+"""The curated_dataset asset on small synthetic tables: files, checks, commit, re-run.
+
+The end-to-end run on the demo corpus (real embeddings, after real dedup) is
+``test_dedup_assets.py::test_weights_audit_and_export_of_the_kept_images``.
+"""
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from curation_assets.defs.export import curated_dataset
+from curation_assets.defs.resources import DeltaStorage
+from curation_assets.lib.commits import last_commit
+from curation_assets.lib.export import CURATED_DATASET
+from curation_assets.lib.export.run import EXPORT_STAGE
+from curation_assets.lib.weights.run import fit_weights, load_weight_inputs
+from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS
+from curation_assets_tests.defs.helpers import check_results
+from curation_assets_tests.weights_inputs import write_weight_inputs
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export_assets")
+    delta = DeltaStorage(root_uri=str(tmp / "delta"))
+    store = delta.store()
+    inputs = write_weight_inputs(store, tmp / "images", n=160)
+    frame, x, kept = load_weight_inputs(store, "filter")
+    fitted = fit_weights(
+        frame, x, kept, method="kept_vs_removed", C=1.0, pca_dim=4, seed=0, w_min=0.1, w_max=10
+    )
+    store.replace_table(SAMPLE_WEIGHTS, fitted.frame)
+    with dg.instance_for_test() as instance:
+        yield instance, {"delta": delta}, inputs, tmp / "export"
+
+
+def _export(instance, res, **config) -> dg.ExecuteInProcessResult:
+    result = dg.materialize(
+        [curated_dataset],
+        instance=instance,
+        resources=res,
+        run_config=dg.RunConfig(ops={"curated_dataset": {"config": config}}),
+    )
+    assert result.success
+    return result
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict:
+    return result.asset_materializations_for_node("curated_dataset")[0].metadata
+
+
+def test_the_manifest_sample_and_shards_are_written_and_checked(world):
+    instance, res, inputs, out = world
+    config = {"export_dir": str(out), "soft_cap_samples": 200, "webdataset": True}
+    result = _export(instance, res, shard_size=40, **config)
+    assert check_results(result) == {"one_row_per_kept_image": True, "every_image_exported": True}
+    meta = _metadata(result)
+    store = res["delta"].store()
+    rows = store.read(CURATED_DATASET)
+    assert sorted(rows["image_id"]) == sorted(inputs.kept)
+    assert meta["dagster/row_count"].value == rows.height and meta["up_to_date"].value is False
+    assert meta["weight_sum"].value == pytest.approx(rows.height)  # mean weight 1
+    assert meta["manifest"].value == str(out / "curated_dataset.parquet")
+    assert meta["webdataset_samples"].value == rows.height
+    assert meta["soft_cap_stats"].value["n_samples"] == 200
+    assert pl.read_parquet(out / "curated_dataset.parquet").equals(rows.sort("image_id"))
+    assert int(pl.read_parquet(out / "soft_cap_sample.parquet")["count"].sum()) == 200
+    commit = last_commit(store, EXPORT_STAGE)
+    assert commit is not None and commit.config["export_dir"] == str(out.resolve())
+    assert set(commit.summary["files"]) == {
+        str(out / "curated_dataset.parquet"),
+        str(out / "soft_cap_sample.parquet"),
+        str(out / "webdataset"),
+    }
+
+
+def test_a_rerun_is_a_no_op_until_a_file_changes(world):
+    instance, res, _, out = world
+    store = res["delta"].store()
+    config = {"export_dir": str(out)}
+    _export(instance, res, **config)
+    version = store.version(CURATED_DATASET.name)
+    again = _export(instance, res, **config)
+    assert _metadata(again)["up_to_date"].value is True
+    assert store.version(CURATED_DATASET.name) == version
+    assert check_results(again)["one_row_per_kept_image"] is True
+    (out / "curated_dataset.parquet").unlink()  # someone removed the file: export again
+    redo = _export(instance, res, **config)
+    assert _metadata(redo)["up_to_date"].value is False
+    assert (out / "curated_dataset.parquet").is_file()

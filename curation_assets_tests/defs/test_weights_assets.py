@@ -1,0 +1,94 @@
+"""The weights_and_audit asset on small synthetic tables: checks, metadata, commit, re-run.
+
+The end-to-end run on the demo corpus (real embeddings, after real dedup) is
+``test_dedup_assets.py::test_weights_audit_and_export_of_the_kept_images``.
+"""
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
+from curation_assets.defs.weights import weights_and_audit
+from curation_assets.lib.commits import last_commit
+from curation_assets.lib.weights import BIAS_AUDIT, SAMPLE_WEIGHTS
+from curation_assets.lib.weights.run import WEIGHTS_STAGE
+from curation_assets_tests.defs.helpers import check_results
+from curation_assets_tests.weights_inputs import write_weight_inputs
+
+CHECKS = {
+    "weights_finite_positive",
+    "weights_mean_one",
+    "weights_within_bounds",
+    "weights_ess_ratio",
+    "weighted_shares_near_unfiltered",
+}
+
+
+def _materialize(instance, res, **config) -> dg.ExecuteInProcessResult:
+    run_config = dg.RunConfig(ops={"weights_and_audit": {"config": config}} if config else {})
+    result = dg.materialize(
+        [weights_and_audit], instance=instance, resources=res, run_config=run_config
+    )
+    assert result.success
+    return result
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {
+        m.asset_key.to_user_string(): m.metadata
+        for m in result.asset_materializations_for_node("weights_and_audit")
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("weights_assets")
+    delta = DeltaStorage(root_uri=str(tmp / "delta"))
+    inputs = write_weight_inputs(delta.store(), tmp / "images")
+    with dg.instance_for_test() as instance:
+        yield instance, {"delta": delta, "embedder": ImageEmbedder()}, inputs
+
+
+def test_weights_and_audit_write_both_tables_check_them_and_commit(world):
+    instance, res, inputs = world
+    result = _materialize(instance, res, pca_dim=4, min_support=10)
+    checks = check_results(result)
+    assert set(checks) == CHECKS
+    for name in CHECKS - {"weighted_shares_near_unfiltered"}:
+        assert checks[name] is True, name
+    meta = _metadata(result)
+    sw, audit = meta["sample_weights"], meta["bias_audit"]
+    assert sw["probe_status"].value == "fitted" and sw["up_to_date"].value is False
+    assert sw["kept_images"].value == len(inputs.kept) == sw["dagster/row_count"].value
+    assert "Kept images by weight" in sw["weight_distribution"].value
+    assert sw["probe"].value["method"] == "kept_vs_removed"
+    assert audit["concepts"].value == "none configured"
+    assert "| attribute |" in audit["shares"].value
+    store = res["delta"].store()
+    weights = store.read(SAMPLE_WEIGHTS)
+    assert sorted(weights["image_id"]) == sorted(inputs.kept)
+    assert weights["weight"].mean() == pytest.approx(1.0, abs=1e-9)
+    assert audit["dagster/row_count"].value == store.read(BIAS_AUDIT).height
+    commit = last_commit(store, WEIGHTS_STAGE)
+    assert commit is not None and commit.summary["kept_images"] == len(inputs.kept)
+    assert commit.summary["weight_distribution"] == sw["weight_distribution"].value
+
+
+def test_a_rerun_with_nothing_new_writes_nothing_and_reports_the_same(world):
+    instance, res, _ = world
+    store = res["delta"].store()
+    first = _materialize(instance, res, pca_dim=4, min_support=10)
+    versions = {t: store.version(t) for t in (SAMPLE_WEIGHTS.name, BIAS_AUDIT.name)}
+    again = _materialize(instance, res, pca_dim=4, min_support=10)
+    assert {t: store.version(t) for t in versions} == versions
+    a, b = _metadata(first)["sample_weights"], _metadata(again)["sample_weights"]
+    assert b["up_to_date"].value is True
+    for key in ("probe_status", "probe_auc", "ess_ratio", "kept_images", "weight_max"):
+        assert b[key].value == a[key].value, key
+    assert check_results(again) == check_results(first)
+    # another configuration is another run: the weights are refitted and rewritten
+    other = _materialize(instance, res, pca_dim=4, min_support=10, w_max=2.0)
+    assert _metadata(other)["sample_weights"]["up_to_date"].value is False
+    assert store.version(SAMPLE_WEIGHTS.name) != versions[SAMPLE_WEIGHTS.name]
+    assert np.all(store.read(SAMPLE_WEIGHTS)["weight"].to_numpy() <= 2.0)

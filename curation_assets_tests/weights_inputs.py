@@ -1,0 +1,121 @@
+"""The tables the weights and export stages read, small and synthetic, written to Delta.
+
+Two shards of images with 8-d unit embeddings. The "safety filter" removes an image with a
+probability that grows with its first embedding coordinate and with a ``woman`` caption (so the
+filter shifts both, as DALL·E 2's did; the second coordinate shows who is a woman, so the
+probe can see it); among the filtered images, every tenth is a near
+duplicate that dedup removed. Images are real files (``source_uri``) so the export can read
+them.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+from curation_assets.lib.embed import IMAGE_EMBEDDINGS
+from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets_tests.conftest import image_bytes
+
+DIM = 8
+SHARDS = ("shard-a", "shard-b")
+
+
+@dataclass(frozen=True)
+class WeightInputs:
+    """What :func:`write_weight_inputs` wrote.
+
+    Attributes:
+        ids: Every image id (raw_images, image_embeddings).
+        filtered: Ids that passed the filter.
+        kept: Ids dedup kept (a subset of ``filtered``).
+        x: (n, DIM) float32 embeddings, rows in the order of ``ids``.
+    """
+
+    ids: list[str]
+    filtered: list[str]
+    kept: list[str]
+    x: np.ndarray
+
+
+def write_weight_inputs(
+    store: DeltaStore, folder: Path, n: int = 400, seed: int = 0
+) -> WeightInputs:
+    """Write raw_images, image_embeddings, filtered_images and deduplicated_images.
+
+    Args:
+        store: Where to write.
+        folder: Where the image files go (one small JPEG per image).
+        n: Images in all (split over :data:`SHARDS`).
+        seed: Seed of the embeddings, captions and filter.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, DIM))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"{h:016x}" for h in rng.choice(2**62, size=n, replace=False)]
+    shards = [SHARDS[i % len(SHARDS)] for i in range(n)]
+    woman = rng.random(n) < 1.0 / (1.0 + np.exp(-8.0 * x[:, 1]))  # the embedding shows it
+    captions = [
+        None if i % 7 == 0 else ("a woman outdoors" if w else "a man outdoors")
+        for i, w in enumerate(woman)
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for i, image_id in enumerate(ids):
+        path = folder / f"{image_id}.jpg"
+        path.write_bytes(image_bytes(i, size=(32, 24 + 8 * (i % 3))))
+        uris.append(str(path))
+    p_removed = 1.0 / (1.0 + np.exp(-(2.5 * x[:, 0] + 1.0 * woman - 1.5)))
+    passed = rng.random(n) >= p_removed
+    base = pl.DataFrame(
+        {
+            "image_id": ids,
+            "shard": shards,
+            "source_uri": uris,
+            "caption": captions,
+            "width": np.full(n, 32, np.int32),
+            "height": np.array([24 + 8 * (i % 3) for i in range(n)], np.int32),
+        },
+        schema_overrides={"caption": pl.String},
+    )
+    raw = base.with_columns(
+        format=pl.Series(["JPEG" if i % 5 else "PNG" for i in range(n)]),
+        n_bytes=pl.lit(100, pl.Int64),
+        n_frames=pl.lit(1, pl.Int32),
+        ingested_at=pl.lit(np.datetime64("2026-01-01T00:00:00")).dt.replace_time_zone("UTC"),
+    )
+    emb = base.select(
+        "image_id",
+        "shard",
+        embedding=pl.Series(list(x), dtype=pl.List(pl.Float32)),
+        model_id=pl.lit("test:model@none"),
+        dim=pl.lit(DIM, pl.Int32),
+    )
+    filtered = base.filter(pl.Series(passed))
+    duplicate = np.arange(filtered.height) % 10 == 9
+    first = filtered["image_id"][0]
+    dedup = filtered.select(
+        "image_id",
+        "shard",
+        kept=pl.Series(~duplicate),
+        duplicate_of=pl.Series([first if d else None for d in duplicate], dtype=pl.String),
+        similarity=pl.Series([0.97 if d else None for d in duplicate], dtype=pl.Float32),
+        component_id=pl.lit(None, pl.String),
+        component_size=pl.lit(1, pl.Int64),
+        row=pl.int_range(pl.len(), dtype=pl.Int64),
+    )
+    for shard in SHARDS:
+        store.replace_shard(RAW_IMAGES, shard, RAW_IMAGES.conform(raw.filter(shard=shard)))
+        store.replace_shard(
+            IMAGE_EMBEDDINGS, shard, IMAGE_EMBEDDINGS.conform(emb.filter(shard=shard))
+        )
+        store.replace_shard(
+            FILTERED_IMAGES, shard, FILTERED_IMAGES.conform(filtered.filter(shard=shard))
+        )
+    store.replace_table(DEDUPLICATED_IMAGES, DEDUPLICATED_IMAGES.conform(dedup))
+    kept = dedup.filter("kept")["image_id"].to_list()
+    return WeightInputs(ids, filtered["image_id"].to_list(), kept, x)
