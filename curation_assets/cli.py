@@ -393,7 +393,7 @@ class _Freshness:
 
     def assigned(self, shard: str) -> bool:
         """Assigned after its filtered set and the centroids, in every clustering."""
-        from curation_assets.lib.dedup_run import N_CLUSTERINGS
+        from curation_assets.lib.cluster import N_CLUSTERINGS
 
         return all(
             self.current(
@@ -422,7 +422,7 @@ def _cluster_and_dedup(
     demo: bool,
 ) -> None:
     """Train centroids (when missing or asked), assign each shard, deduplicate."""
-    from curation_assets.lib.dedup_run import N_CLUSTERINGS, load_centroids
+    from curation_assets.lib.cluster import N_CLUSTERINGS, load_centroids
     from curation_assets.lib.storage import DeltaStore
 
     store = DeltaStore(paths.delta_root)

@@ -23,19 +23,25 @@ a full run on the same images (tested).
 """
 
 import base64
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.cluster import KMeansModel
+from curation_assets.lib.cluster import (
+    N_CLUSTERINGS,
+    assignments_spec,
+    centroids_spec,
+    filtered_embeddings,
+    load_centroids,
+    single_model,
+)
 from curation_assets.lib.commits import (
     Commit,
     input_versions,
@@ -59,48 +65,6 @@ from curation_assets.lib.tables import RAW_IMAGES, Column, TableSpec
 logger = logging.getLogger(__name__)
 
 _TS = pl.Datetime("us", "UTC")
-
-#: Number of independent clusterings (DALL·E 2 used five).
-N_CLUSTERINGS = 5
-
-_CENTROIDS = TableSpec(
-    name="cluster_centroids",
-    description="k-means centroids of one clustering (spherical, cosine).",
-    partition_by=(),
-    columns=(
-        Column("centroid_id", pl.Int32, "Cluster id 0..K-1."),
-        Column("centroid", pl.List(pl.Float32), "L2-normalized centroid (d floats)."),
-        Column("train_size", pl.Int64, "Training rows assigned to this centroid."),
-        Column("version", pl.String, "Hash of all centroids; assignments record it."),
-        Column("seed", pl.Int32, "Seed of the training sample and initialisation."),
-        Column("model_id", pl.String, "Embedding model the centroids live in."),
-        Column("trained_at", _TS, "When the centroids were trained (UTC)."),
-    ),
-)
-
-_ASSIGNMENTS = TableSpec(
-    name="cluster_assignments",
-    description="Nearest centroid of each filtered image, for one clustering.",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("cluster", pl.Int32, "Nearest centroid's id."),
-        Column("cosine", pl.Float32, "Cosine similarity to that centroid."),
-        Column("distance", pl.Float32, "Cosine distance to that centroid (1 − cosine)."),
-        Column("centroids_version", pl.String, "Version of the centroids used."),
-    ),
-)
-
-
-def centroids_spec(c: int) -> TableSpec:
-    """The ``cluster_centroids_<c>`` table."""
-    return replace(_CENTROIDS, name=f"cluster_centroids_{c}")
-
-
-def assignments_spec(c: int) -> TableSpec:
-    """The ``cluster_assignments_<c>`` table."""
-    return replace(_ASSIGNMENTS, name=f"cluster_assignments_{c}")
-
 
 DEDUPLICATED_IMAGES = TableSpec(
     name="deduplicated_images",
@@ -152,94 +116,6 @@ DEDUP_RUNS = TableSpec(
         Column("seconds", pl.Float64, "Wall time of the dedup itself."),
     ),
 )
-
-
-def centroids_version(centroids: np.ndarray) -> str:
-    """A short content hash of the centroids (changes iff they change)."""
-    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float32).tobytes()).hexdigest()[
-        :16
-    ]
-
-
-def centroids_frame(model: KMeansModel, model_id: str, trained_at: datetime) -> pl.DataFrame:
-    """One row per centroid of ``model`` (see :func:`centroids_spec`)."""
-    k = model.k
-    return pl.DataFrame(
-        {
-            "centroid_id": np.arange(k, dtype=np.int32),
-            "centroid": pl.Series("centroid", list(model.centroids), dtype=pl.List(pl.Float32)),
-            "train_size": model.sizes.astype(np.int64),
-            "version": centroids_version(model.centroids),
-            "seed": model.seed,
-            "model_id": model_id,
-            "trained_at": trained_at,
-        }
-    )
-
-
-@dataclass(frozen=True)
-class Centroids:
-    """The centroids of one clustering as stored.
-
-    Attributes:
-        matrix: (k, d) float32, L2-normalized.
-        version: Content hash.
-        model_id: Embedding model.
-    """
-
-    matrix: np.ndarray
-    version: str
-    model_id: str
-
-
-def load_centroids(store: DeltaStore, c: int) -> Centroids | None:
-    """The centroids of clustering ``c`` (None when never trained)."""
-    spec = centroids_spec(c)
-    if not store.exists(spec.name):
-        return None
-    df = store.read(spec).sort("centroid_id")
-    if df.is_empty():
-        return None
-    matrix = embedding_matrix(df["centroid"])
-    return Centroids(matrix, str(df["version"][0]), str(df["model_id"][0]))
-
-
-def assignments_frame(
-    image_ids: Sequence[str], shard: str, cluster: np.ndarray, cosine: np.ndarray, version: str
-) -> pl.DataFrame:
-    """Rows of ``cluster_assignments_<c>`` for one shard (nearest centroid only)."""
-    return pl.DataFrame(
-        {
-            "image_id": list(image_ids),
-            "shard": shard,
-            "cluster": np.asarray(cluster, dtype=np.int32),
-            "cosine": np.asarray(cosine, dtype=np.float32),
-            "distance": (1.0 - np.asarray(cosine, dtype=np.float32)).astype(np.float32),
-            "centroids_version": version,
-        },
-        schema=_ASSIGNMENTS.schema,
-    )
-
-
-def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) -> pl.DataFrame:
-    """``image_id, shard, model_id, embedding`` of filtered images, sorted by shard, image_id."""
-    kept = store.scan(FILTERED_IMAGES).select("image_id", "shard")
-    if shards is not None:
-        kept = kept.filter(pl.col("shard").is_in(list(shards)))
-    emb = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "model_id", "embedding")
-    return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id").collect()
-
-
-def single_model(df: pl.DataFrame) -> str:
-    """The one ``model_id`` of ``df`` (raises when vectors of several models are mixed)."""
-    models = df["model_id"].unique().to_list()
-    if len(models) != 1:
-        msg = (
-            f"the filtered embeddings come from {len(models)} models {models}; re-embed every "
-            "shard with one model before clustering"
-        )
-        raise ValueError(msg)
-    return str(models[0])
 
 
 # --------------------------------------------------------------------------------------------

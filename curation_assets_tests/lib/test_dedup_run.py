@@ -7,17 +7,20 @@ import polars as pl
 import pytest
 
 from curation_assets.lib import dedup_run
-from curation_assets.lib.cluster import assign
+from curation_assets.lib.cluster import (
+    N_CLUSTERINGS,
+    assign,
+    assignments_frame,
+    assignments_spec,
+    centroids_spec,
+    centroids_version,
+    load_centroids,
+)
 from curation_assets.lib.commits import STAGE_COMMITS, last_commit
 from curation_assets.lib.dedup_run import (
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
-    N_CLUSTERINGS,
-    assignments_frame,
-    assignments_spec,
-    centroids_spec,
-    centroids_version,
     run_dedup,
     write_dedup,
 )
@@ -101,7 +104,7 @@ def _add_shard(store: DeltaStore, shard: str, x: np.ndarray, *, start: int = 0) 
     filtered = pl.DataFrame(base, schema_overrides={"caption": pl.String})
     store.replace_shard(FILTERED_IMAGES, shard, FILTERED_IMAGES.conform(filtered))
     for c in range(N_CLUSTERINGS):
-        cent = dedup_run.load_centroids(store, c)
+        cent = load_centroids(store, c)
         assert cent is not None
         cluster, cos = assign(x, cent.matrix, top=1)
         store.replace_shard(
