@@ -44,7 +44,7 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
 
 def _table_counts(delta_root: str) -> dict[str, int]:
     from curation_assets.lib.active import LABEL_QUEUE
-    from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
+    from curation_assets.lib.dedup import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
     from curation_assets.lib.export import CURATED_DATASET
     from curation_assets.lib.filtering import (
@@ -517,7 +517,7 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 
 
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
-    from curation_assets.lib.dedup_run import DEDUP_RUNS
+    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.evaluate import evaluate_dedup
     from curation_assets.lib.storage import DeltaStore
 

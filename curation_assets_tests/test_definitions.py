@@ -77,7 +77,7 @@ def _table_specs() -> dict[str, object]:
     from curation_assets.lib import (
         active,
         cluster,
-        dedup_run,
+        dedup,
         embed,
         export,
         filtering,
@@ -89,7 +89,7 @@ def _table_specs() -> dict[str, object]:
 
     specs = {
         v.name: v
-        for m in (tables, embed, labels, filtering, active, dedup_run, weights, export)
+        for m in (tables, embed, labels, filtering, active, dedup, weights, export)
         for v in vars(m).values()
         if isinstance(v, TableSpec)
     }

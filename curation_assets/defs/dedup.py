@@ -16,11 +16,11 @@ from curation_assets.defs.metadata import (
 )
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.lib.dedup import POLICY_CRITERIA
-from curation_assets.lib.dedup_run import (
+from curation_assets.lib.dedup import (
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
+    POLICY_CRITERIA,
     duplicate_groups_markdown,
     run_dedup,
     write_dedup,

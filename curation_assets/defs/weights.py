@@ -27,7 +27,7 @@ from curation_assets.lib.audit import (
     metadata_attributes,
 )
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
-from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.export import (
     CURATED_DATASET,

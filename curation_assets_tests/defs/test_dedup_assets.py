@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.cluster import N_CLUSTERINGS, assignments_spec, load_centroids
-from curation_assets.lib.dedup_run import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
+from curation_assets.lib.dedup import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.evaluate import evaluate_dedup
 from curation_assets.lib.storage import DeltaStore

@@ -6,7 +6,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib import dedup_run
 from curation_assets.lib.cluster import (
     N_CLUSTERINGS,
     assign,
@@ -17,10 +16,12 @@ from curation_assets.lib.cluster import (
     load_centroids,
 )
 from curation_assets.lib.commits import STAGE_COMMITS, last_commit
-from curation_assets.lib.dedup_run import (
+from curation_assets.lib.dedup import (
+    DEDUP_OUTPUTS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
+    DedupOutcome,
     run_dedup,
     write_dedup,
 )
@@ -115,7 +116,7 @@ def _add_shard(store: DeltaStore, shard: str, x: np.ndarray, *, start: int = 0) 
     return ids
 
 
-def _dedup(store: DeltaStore) -> dedup_run.DedupOutcome:
+def _dedup(store: DeltaStore) -> DedupOutcome:
     outcome = run_dedup(store, tau=0.95, policy=POLICY)
     write_dedup(store, outcome)
     return outcome
@@ -210,7 +211,7 @@ def test_kill_between_writes_converges_to_the_clean_result(tmp_path, monkeypatch
     s = build(tmp_path / "killed")
     real = DeltaStore._write
     calls = {"n": 0}
-    watched = {t.name for t in dedup_run.DEDUP_OUTPUTS} | {STAGE_COMMITS.name}
+    watched = {t.name for t in DEDUP_OUTPUTS} | {STAGE_COMMITS.name}
 
     def dying(self, name, data, **kwargs):
         if name in watched:

@@ -49,7 +49,7 @@ from curation_assets.lib.commits import (
     record_commit,
     torn_outputs,
 )
-from curation_assets.lib.dedup import (
+from curation_assets.lib.dedup.pairs import (
     DedupResult,
     DedupState,
     ImageMeta,
@@ -376,7 +376,7 @@ def run_dedup(
     Memory: the embeddings of all covered images (n · d · 4 bytes, twice during the
     incremental concatenation) + the pairs; the within-cluster search itself is blockwise.
     """
-    from curation_assets.lib.dedup import calibrated_tau
+    from curation_assets.lib.dedup.pairs import calibrated_tau
 
     read_versions = input_versions(store, _input_tables(n_clusterings))
     inputs = load_inputs(store, n_clusterings)
