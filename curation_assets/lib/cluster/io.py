@@ -29,8 +29,6 @@ from curation_assets.lib.filtering import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import Column, TableSpec
 
-_TS = pl.Datetime("us", "UTC")
-
 _CENTROIDS = TableSpec(
     name="cluster_centroids",
     description="k-means centroids of one clustering (spherical, cosine).",
@@ -42,7 +40,7 @@ _CENTROIDS = TableSpec(
         Column("version", pl.String, "Hash of all centroids; assignments record it."),
         Column("seed", pl.Int32, "Seed of the training sample and initialisation."),
         Column("model_id", pl.String, "Embedding model the centroids live in."),
-        Column("trained_at", _TS, "When the centroids were trained (UTC)."),
+        Column("trained_at", pl.Datetime("us", "UTC"), "When the centroids were trained (UTC)."),
     ),
 )
 
