@@ -3,7 +3,6 @@
 from typing import Literal
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import eager_on
@@ -21,12 +20,15 @@ from curation_assets.lib.dedup import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
     POLICY_CRITERIA,
-    duplicate_groups_markdown,
+    DedupCheck,
+    dedup_checks,
+    dedup_figures,
+    found_by_counts,
+    group_thumbnails,
+    recall_chart,
     run_dedup,
     write_dedup,
 )
-from curation_assets.lib.labels import SourceReader
-from curation_assets.lib.tables import RAW_IMAGES
 
 
 class DedupConfig(dg.Config):
@@ -127,133 +129,56 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
             recall_sample=config.recall_sample,
             seed=config.seed,
         )
-    images, pairs, stats, recall = outcome.images, outcome.pairs, outcome.stats, outcome.recall
     write_dedup(store, outcome)
-    tau = outcome.tau
+    figures = dedup_figures(outcome, config.policy)
     context.log.info(
-        f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {images.height} images, "
-        f"{pairs.height} pairs, {stats.get('removed', 0)} removed"
+        f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {outcome.images.height} images, "
+        f"{outcome.pairs.height} pairs, {outcome.stats.get('removed', 0)} removed"
     )
-    moved = int(stats.get("previously_kept_now_removed", 0))
-    if moved:
+    if figures["previously_kept_now_removed"]:
         context.log.warning(
-            f"{moved} images kept before are now duplicates of a newly arrived image that wins "
-            "the keep policy (they leave the curated set)"
+            f"{figures['previously_kept_now_removed']} images kept before are now duplicates of "
+            "a newly arrived image that wins the keep policy (they leave the curated set)"
         )
-    curve = [float(r) for r in recall.get("recall", [])]
-    recall_meta: dict = {f"recall_{i + 1}_clusterings": r for i, r in enumerate(curve)}
-    if curve:
-        recall_meta["recall_curve"] = dg.MetadataValue.md(
-            f"Pair recall against exhaustive search ({recall['true_pairs']} true pairs touching "
-            f"{recall['sample_size']} sampled images):\n\n"
-            + markdown_bars(
-                [f"{i + 1} clustering(s)" for i in range(len(curve))], [round(r, 4) for r in curve]
-            )
-        )
-    with SourceReader() as reader:
-        thumbs = duplicate_groups_markdown(
-            images,
-            store.read(RAW_IMAGES, columns=["image_id", "source_uri"]),
-            reader.read,
-            n_groups=config.thumbnail_groups,
-        )
-    pending = outcome.pending
-    pending_by_shard = {
-        f"{s} ({why})": int(n) for s, why, n in pending.group_by("shard", "why").len().rows()
-    }
-    groups = images.group_by("component_id").agg(
-        pl.col("kept").sum().alias("kept"),
-        pl.len().alias("n"),
-        pl.first("component_size").alias("size"),
-    )
-    kept_ids = set(images.filter(pl.col("kept"))["image_id"].to_list())
-    bad_pointer = images.filter(
-        ~pl.col("kept")
-        & (
-            ~pl.col("duplicate_of").is_in(list(kept_ids))
-            | (pl.col("duplicate_of") != pl.col("component_id"))
-        )
-    ).height
-    bad_groups = groups.filter((pl.col("kept") != 1) | (pl.col("n") != pl.col("size"))).height
-    below = pairs.filter(pl.col("similarity") < tau).height if pairs.height else 0
-    true_pairs = int(recall.get("true_pairs", 0))
-    final_recall = curve[-1] if curve else None
+    chart = recall_chart(outcome)
+    if chart:
+        title, labels, values = chart
+        figures["recall_curve"] = dg.MetadataValue.md(title + markdown_bars(labels, values))
+    thumbs = group_thumbnails(store, outcome.images, n_groups=config.thumbnail_groups)
+    checks = dedup_checks(outcome, config.recall_target)
     yield dg.MaterializeResult(
         asset_key="deduplicated_images",
         metadata=table_metadata(
             DEDUPLICATED_IMAGES,
             delta.uri(DEDUPLICATED_IMAGES),
-            images.height,
-            mode=outcome.plan.mode,
-            mode_reason=outcome.plan.reason,
-            tau=tau,
-            policy=", ".join(config.policy),
-            kept=int(images["kept"].sum()),
-            removed=int((~images["kept"]).sum()),
-            new_images=int(stats.get("new_rows", 0)),
-            groups_with_duplicates=int(stats.get("components_with_duplicates", 0)),
-            largest_group=int(stats.get("largest_component", 0)),
-            removed_below_tau_through_chains=int(stats.get("removed_below_tau", 0)),
-            previously_kept_now_removed=moved,
-            pending_images=pending.height,
-            dedup_seconds=float(stats.get("seconds", 0.0)),
-            recall_true_pairs=true_pairs,
-            recall_seconds_exhaustive=float(recall.get("seconds_exhaustive", 0.0)),
-            **recall_meta,
+            outcome.images.height,
+            **figures,
             duplicate_groups=dg.MetadataValue.md(thumbs),
             runs_table=delta.uri(DEDUP_RUNS),
         ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="pair_recall_target",
-                asset_key="deduplicated_images",
-                passed=final_recall is None
-                or true_pairs == 0
-                or final_recall >= config.recall_target,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "recall": final_recall if final_recall is not None else "n/a",
-                    "target": config.recall_target,
-                    "true_pairs": true_pairs,
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name="one_kept_per_group",
-                asset_key="deduplicated_images",
-                passed=bad_groups == 0 and bad_pointer == 0,
-                metadata={"bad_groups": bad_groups, "bad_pointers": bad_pointer},
-            ),
-            dg.AssetCheckResult(
-                check_name="every_filtered_image_deduplicated",
-                asset_key="deduplicated_images",
-                passed=pending.height == 0,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"pending": dg.MetadataValue.json(pending_by_shard)},
-            ),
-        ],
+        check_results=[_check_result(c) for c in checks if c.asset == "deduplicated_images"],
     )
     yield dg.MaterializeResult(
         asset_key="duplicate_pairs",
         metadata=table_metadata(
             DUPLICATE_PAIRS,
             delta.uri(DUPLICATE_PAIRS),
-            pairs.height,
-            found_by_count=dg.MetadataValue.json(
-                {
-                    f"{i + 1} clustering(s)": int(v)
-                    for i, v in enumerate(stats.get("found_by_count", []))
-                }
-            ),
-            preview=markdown_preview(pairs.sort("similarity").drop("found_by")),
+            outcome.pairs.height,
+            found_by_count=dg.MetadataValue.json(found_by_counts(outcome)),
+            preview=markdown_preview(outcome.pairs.sort("similarity").drop("found_by")),
         ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="no_pair_below_tau",
-                asset_key="duplicate_pairs",
-                passed=below == 0,
-                metadata={"below_tau": below, "tau": tau},
-            )
-        ],
+        check_results=[_check_result(c) for c in checks if c.asset == "duplicate_pairs"],
+    )
+
+
+def _check_result(check: DedupCheck) -> dg.AssetCheckResult:
+    severity = dg.AssetCheckSeverity.WARN if check.warn else dg.AssetCheckSeverity.ERROR
+    return dg.AssetCheckResult(
+        check_name=check.name,
+        asset_key=check.asset,
+        passed=check.passed,
+        severity=severity,
+        metadata=check.metadata,
     )
 
 
