@@ -517,6 +517,7 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 
 
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
+    from curation_assets.lib.cluster import N_CLUSTERINGS
     from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.evaluate import evaluate_dedup
     from curation_assets.lib.storage import DeltaStore
@@ -530,7 +531,7 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print(
         f"dedup: {last['mode']} ({last['reason']}), tau={last['tau']:.3f}, "
         f"{last['images']} images, {last['pairs']} pairs, {last['removed']} removed, "
-        f"pair recall of 1..5 clusterings vs exhaustive {last['recall']}"
+        f"pair recall of 1..{N_CLUSTERINGS} clusterings vs exhaustive {last['recall']}"
     )
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():
