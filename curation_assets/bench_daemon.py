@@ -181,7 +181,7 @@ def drop(shard: Path, sources: Path) -> float:
 
 def last_dedup_run(delta_root: Path) -> dict[str, Any]:
     """The newest row of the ``dedup_runs`` log (mode, reason, images, new images)."""
-    from curation_assets.lib.dedup_run import DEDUP_RUNS
+    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
 
     runs = DeltaStore(str(delta_root)).read(DEDUP_RUNS).sort("run_at")

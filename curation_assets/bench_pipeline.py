@@ -80,7 +80,7 @@ def bench_incremental(
 
     from curation_assets.definitions import build_defs
     from curation_assets.defs.partitions import SHARDS_PARTITION
-    from curation_assets.lib.dedup_run import DEDUP_RUNS
+    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
 
     images = list_images(images_dir, limit)

@@ -44,7 +44,7 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
 
 def _table_counts(delta_root: str) -> dict[str, int]:
     from curation_assets.lib.active import LABEL_QUEUE
-    from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
+    from curation_assets.lib.dedup import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
     from curation_assets.lib.export import CURATED_DATASET
     from curation_assets.lib.filtering import (
@@ -394,7 +394,7 @@ class _Freshness:
 
     def assigned(self, shard: str) -> bool:
         """Assigned after its filtered set and the centroids, in every clustering."""
-        from curation_assets.lib.dedup_run import N_CLUSTERINGS
+        from curation_assets.lib.cluster import N_CLUSTERINGS
 
         return all(
             self.current(
@@ -423,7 +423,7 @@ def _cluster_and_dedup(
     demo: bool,
 ) -> None:
     """Train centroids (when missing or asked), assign each shard, deduplicate."""
-    from curation_assets.lib.dedup_run import N_CLUSTERINGS, load_centroids
+    from curation_assets.lib.cluster import N_CLUSTERINGS, load_centroids
     from curation_assets.lib.storage import DeltaStore
 
     store = DeltaStore(paths.delta_root)
@@ -518,7 +518,8 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 
 
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
-    from curation_assets.lib.dedup_run import DEDUP_RUNS
+    from curation_assets.lib.cluster import N_CLUSTERINGS
+    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.evaluate import evaluate_dedup
     from curation_assets.lib.storage import DeltaStore
 
@@ -531,7 +532,7 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print(
         f"dedup: {last['mode']} ({last['reason']}), tau={last['tau']:.3f}, "
         f"{last['images']} images, {last['pairs']} pairs, {last['removed']} removed, "
-        f"pair recall of 1..5 clusterings vs exhaustive {last['recall']}"
+        f"pair recall of 1..{N_CLUSTERINGS} clusterings vs exhaustive {last['recall']}"
     )
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():

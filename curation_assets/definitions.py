@@ -11,6 +11,7 @@ import dagster as dg
 from curation_assets.defs import (
     automation,
     classify,
+    cluster,
     dedup,
     embed,
     export,
@@ -20,7 +21,7 @@ from curation_assets.defs import (
 )
 from curation_assets.defs.resources import default_resources
 
-STAGES = (ingest, embed, classify, dedup, weights, export, sensors, automation)
+STAGES = (ingest, embed, classify, cluster, dedup, weights, export, sensors, automation)
 
 
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}

@@ -31,6 +31,7 @@ from curation_assets.bench_daemon import (
     wait_for_export,
 )
 from curation_assets.devserver import dagster_dev, install_instance_config
+from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets_tests.conftest import age, write_images
 
 INTERVAL_S = 10
@@ -81,7 +82,7 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
         shard_runs = [r for r in base.runs if r["job"] == "per_shard_job"]
         assert sorted(r["partition"] for r in shard_runs) == sorted([first, second])
         assert {r["trigger"] for r in shard_runs} == {"shard_sensor"}
-        for c in range(5):
+        for c in range(N_CLUSTERINGS):
             assert counts[(f"cluster_centroids_{c}", "")] == 1
             for shard in (first, second):
                 assert counts[(f"cluster_assignments_{c}", shard)] == 1
@@ -127,7 +128,7 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
         counts = materialized_once(restart)
         assert restart.partitions() == {fourth, "shard-extra"}, restart.runs
         assert not [r for r in restart.runs if r["job"] == "per_shard_job"], restart.runs
-        for c in range(5):
+        for c in range(N_CLUSTERINGS):
             assert counts[(f"cluster_assignments_{c}", fourth)] == 1
             assert counts[(f"cluster_centroids_{c}", "")] == 0
         global_runs = [r for r in restart.runs if not r["partition"]]

@@ -1,6 +1,7 @@
 import dagster as dg
 
 from curation_assets.definitions import defs
+from curation_assets.lib.cluster import N_CLUSTERINGS
 
 PER_SHARD = {
     "raw_images",
@@ -12,8 +13,8 @@ PER_SHARD = {
     "filtered_images",
     "filter_rejections",
 }
-ASSIGNMENTS = {f"cluster_assignments_{c}" for c in range(5)}
-CENTROIDS = {f"cluster_centroids_{c}" for c in range(5)}
+ASSIGNMENTS = {f"cluster_assignments_{c}" for c in range(N_CLUSTERINGS)}
+CENTROIDS = {f"cluster_centroids_{c}" for c in range(N_CLUSTERINGS)}
 GLOBAL = {
     "labels",
     "safety_classifiers",
@@ -44,7 +45,7 @@ def test_asset_keys_partitions_and_dependencies():
     assert parents["safety_classifiers"] == {"labels", "image_embeddings"}
     assert parents["classifier_scores"] == {"image_embeddings", "safety_classifiers"}
     assert parents["filtered_images"] == {"classifier_scores", "raw_images"}
-    for c in range(5):
+    for c in range(N_CLUSTERINGS):
         assert f"cluster_centroids_{c}" in parents[f"cluster_assignments_{c}"]
     assert ASSIGNMENTS <= parents["deduplicated_images"]
 
@@ -76,7 +77,8 @@ def _table_specs() -> dict[str, object]:
     """Every Delta table spec of the pipeline, by table (= asset) name."""
     from curation_assets.lib import (
         active,
-        dedup_run,
+        cluster,
+        dedup,
         embed,
         export,
         filtering,
@@ -88,13 +90,13 @@ def _table_specs() -> dict[str, object]:
 
     specs = {
         v.name: v
-        for m in (tables, embed, labels, filtering, active, dedup_run, weights, export)
+        for m in (tables, embed, labels, filtering, active, dedup, weights, export)
         for v in vars(m).values()
         if isinstance(v, TableSpec)
     }
-    for c in range(5):
-        specs[f"cluster_assignments_{c}"] = dedup_run.assignments_spec(c)
-        specs[f"cluster_centroids_{c}"] = dedup_run.centroids_spec(c)
+    for c in range(N_CLUSTERINGS):
+        specs[f"cluster_assignments_{c}"] = cluster.assignments_spec(c)
+        specs[f"cluster_centroids_{c}"] = cluster.centroids_spec(c)
     return specs
 
 

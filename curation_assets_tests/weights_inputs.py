@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS
 from curation_assets.lib.filtering import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore

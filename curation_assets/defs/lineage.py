@@ -10,6 +10,8 @@ is not column lineage; the filter's and dedup's reasons live in their own tables
 
 import dagster as dg
 
+from curation_assets.lib.cluster import N_CLUSTERINGS
+
 Dep = tuple[str, str]
 """(upstream asset key, column)."""
 
@@ -20,7 +22,7 @@ def _same(asset: str, *columns: str) -> dict[str, list[Dep]]:
 
 
 def _assignment_clusters() -> list[Dep]:
-    return [(f"cluster_assignments_{c}", "cluster") for c in range(5)]
+    return [(f"cluster_assignments_{c}", "cluster") for c in range(N_CLUSTERINGS)]
 
 
 COLUMN_LINEAGE: dict[str, dict[str, list[Dep]]] = {
@@ -50,7 +52,7 @@ COLUMN_LINEAGE: dict[str, dict[str, list[Dep]]] = {
             "cosine": [("image_embeddings", "embedding"), (f"cluster_centroids_{c}", "centroid")],
             "centroids_version": [(f"cluster_centroids_{c}", "version")],
         }
-        for c in range(5)
+        for c in range(N_CLUSTERINGS)
     },
     "duplicate_pairs": {
         "image_id_a": [("filtered_images", "image_id")],

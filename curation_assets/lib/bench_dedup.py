@@ -23,7 +23,14 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 # faiss through cluster.py, which configures OpenBLAS before faiss is first imported.
-from curation_assets.lib.cluster import BLAS_CONFIG, assign, default_k, faiss, train_clusterings
+from curation_assets.lib.cluster import (
+    BLAS_CONFIG,
+    N_CLUSTERINGS,
+    assign,
+    default_k,
+    faiss,
+    train_clusterings,
+)
 from curation_assets.lib.dedup import (
     DEFAULT_TAU,
     ImageMeta,
@@ -60,7 +67,7 @@ def bench_dedup(
     k: int | None = None,
     tau: float | None = None,
     exhaustive_queries: int | None = None,
-    n_clusterings: int = 5,
+    n_clusterings: int = N_CLUSTERINGS,
     top: int = 1,
     niter: int = 10,
     max_points_per_centroid: int = 128,
@@ -438,7 +445,7 @@ def bench_dedup_clothing(
     tau = calibrated_tau(emb["model_id"]) if tau is None else tau
     n = v.shape[0]
     k = default_k(n)
-    models = train_clusterings(v, k, tuple(range(seed, seed + 5)))
+    models = train_clusterings(v, k, tuple(range(seed, seed + N_CLUSTERINGS)))
     assignments = [assign(v, m.centroids)[0] for m in models]
     # Crops and resizes have fewer pixels than the original; other copies have as many but
     # arrived later, so the policy (resolution, earliest, smallest id) keeps the original.

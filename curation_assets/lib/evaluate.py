@@ -156,7 +156,7 @@ def evaluate_dedup(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
         (removed images whose kept image is of the same base) and removal recall (correct
         removals over the removals the ground truth calls for: group size − 1 per group).
     """
-    from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+    from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
 
     truth = (
         gt.filter(pl.col("kind").is_in(["original", "near_duplicate"]))

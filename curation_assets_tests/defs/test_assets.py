@@ -114,8 +114,10 @@ def test_a_bad_manifest_fails_its_shard_with_a_clear_error_and_writes_nothing(tm
 
 
 def test_shard_source_limits_reach_every_stage(tmp_path, instance):
-    """allowed_roots, max_file_bytes and max_caption_bytes of the resource govern ingest and
-    embed alike; a truncated caption is a row of ingest_notes."""
+    """The resource's allowed_roots, max_file_bytes and max_caption_bytes govern every stage.
+
+    Ingest and embed read the shard alike; a truncated caption is a row of ingest_notes.
+    """
     from curation_assets.defs.resources import ShardSource
     from curation_assets.lib.tables import INGEST_NOTES
 

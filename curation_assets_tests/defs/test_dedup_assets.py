@@ -1,113 +1,25 @@
-"""Clustering and dedup assets on the demo corpus (real EfficientNet-Lite0 embeddings)."""
+"""Dedup assets on the demo corpus (real EfficientNet-Lite0 embeddings)."""
 
-import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.cli import step_errors
-from curation_assets.defs.classify import classifier_scores, filter_shard
-from curation_assets.defs.dedup import cluster_assignments, cluster_centroids, deduplicate
-from curation_assets.defs.resources import Categories
-from curation_assets.lib.dedup_run import (
-    DEDUP_RUNS,
-    DEDUPLICATED_IMAGES,
-    DUPLICATE_PAIRS,
-    assignments_spec,
-    load_centroids,
-)
-from curation_assets.lib.demo import build_demo_corpus
+from curation_assets.lib.cluster import N_CLUSTERINGS, assignments_spec, load_centroids
+from curation_assets.lib.dedup import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.evaluate import evaluate_dedup
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
-from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources
+from curation_assets_tests.defs.dedup_pipeline import SHARDS, assign, dedup, run
+from curation_assets_tests.defs.helpers import check_results
 
 pytestmark = pytest.mark.slow
-
-SHARDS = ["shard-000", "shard-001.tar", "shard-002.csv", "shard-003.parquet"]
-
-
-def _run(assets, instance, res, *, partition_key=None, config=None):
-    result = dg.materialize(
-        assets,
-        partition_key=partition_key,
-        instance=instance,
-        resources=res,
-        raise_on_error=False,
-        run_config=dg.RunConfig(ops=config or {}),
-    )
-    assert result.success, step_errors(result)
-    return result
-
-
-def _prepare_shard(instance, res, shard):
-    assert materialize_shard(instance, res, shard).success
-    _run([classifier_scores, filter_shard], instance, res, partition_key=shard)
-
-
-def _assign(instance, res, shard):
-    return _run([cluster_assignments], instance, res, partition_key=shard)
-
-
-def _dedup(instance, res, **config):
-    return _run(
-        [deduplicate], instance, res, config={"deduplicate": {"config": config}} if config else None
-    )
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """Four shards filtered (all kept); centroids on three; three deduplicated, one waits."""
-    tmp = tmp_path_factory.mktemp("dedup")
-    corpus = build_demo_corpus(tmp / "src", n_base=40)
-    res = resources(tmp, corpus.root, tiny_clip=False)
-    res["categories"] = Categories()  # no labels → no classifier → every image passes
-    store = DeltaStore(str(tmp / "delta"))
-    with dg.instance_for_test() as instance:
-        for shard in SHARDS[:3]:
-            _prepare_shard(instance, res, shard)
-        centroids = _run(
-            [cluster_centroids], instance, res, config={"cluster_centroids": {"config": {"k": 4}}}
-        )
-        _prepare_shard(instance, res, SHARDS[3])  # filtered after training, not yet assigned
-        for shard in SHARDS[:3]:
-            _assign(instance, res, shard)
-        first = _dedup(instance, res)
-        yield {
-            "instance": instance,
-            "res": res,
-            "store": store,
-            "corpus": corpus,
-            "centroids": centroids,
-            "first": first,
-        }
 
 
 def _comparable(store: DeltaStore) -> tuple[pl.DataFrame, pl.DataFrame]:
     images = store.read(DEDUPLICATED_IMAGES).drop("row").sort("image_id")
     pairs = store.read(DUPLICATE_PAIRS).sort("image_id_a", "image_id_b")
     return images, pairs
-
-
-def test_five_clusterings_with_metadata(pipeline):
-    mats = {
-        m.asset_key.to_user_string(): m.metadata
-        for m in pipeline["centroids"].asset_materializations_for_node("cluster_centroids")
-    }
-    assert sorted(mats) == [f"cluster_centroids_{c}" for c in range(5)]
-    versions = set()
-    for meta in mats.values():
-        assert meta["k"].value == 4
-        assert meta["imbalance"].value >= 1.0
-        assert "█" in meta["cluster_size_histogram"].value
-        versions.add(meta["version"].value)
-    assert len(versions) == 5  # five seeds, five different clusterings
-    store = pipeline["store"]
-    for c in range(5):
-        cent = load_centroids(store, c)
-        assert cent is not None and cent.matrix.shape[0] == 4
-        np.testing.assert_allclose(np.linalg.norm(cent.matrix, axis=1), 1.0, atol=1e-5)
 
 
 def test_first_run_is_full_finds_planted_duplicates_and_passes_checks(pipeline):
@@ -121,7 +33,7 @@ def test_first_run_is_full_finds_planted_duplicates_and_passes_checks(pipeline):
     }
     meta = first.asset_materializations_for_node("deduplicate")[0].metadata
     assert meta["mode"].value == "full"
-    curve = [meta[f"recall_{i}_clusterings"].value for i in range(1, 6)]
+    curve = [meta[f"recall_{i}_clusterings"].value for i in range(1, N_CLUSTERINGS + 1)]
     assert curve == sorted(curve) and curve[-1] >= 0.95
     assert "data:image/jpeg;base64," in meta["duplicate_groups"].value
     assert meta["pending_images"].value > 0
@@ -157,23 +69,23 @@ def test_keep_policy_keeps_the_largest_image_of_each_group(pipeline):
 
 def test_new_shard_is_assigned_to_existing_centroids_and_dedup_is_incremental(pipeline):
     instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
-    before = [load_centroids(store, c) for c in range(5)]
-    _assign(instance, res, SHARDS[3])
-    after = [load_centroids(store, c) for c in range(5)]
+    before = [load_centroids(store, c) for c in range(N_CLUSTERINGS)]
+    assign(instance, res, SHARDS[3])
+    after = [load_centroids(store, c) for c in range(N_CLUSTERINGS)]
     assert [b.version for b in before if b] == [a.version for a in after if a]
     assigned = store.read(assignments_spec(2), shards=[SHARDS[3]])
     assert assigned.height > 0 and assigned["centroids_version"].unique().to_list() == [
         after[2].version if after[2] else None
     ]
 
-    inc = _dedup(instance, res)
+    inc = dedup(instance, res)
     meta = inc.asset_materializations_for_node("deduplicate")[0].metadata
     assert meta["mode"].value == "incremental"
     assert meta["new_images"].value == assigned.height
     assert check_results(inc)["every_filtered_image_deduplicated"] is True
     incremental = _comparable(store)
 
-    full = _dedup(instance, res, mode="full")
+    full = dedup(instance, res, mode="full")
     meta_full = full.asset_materializations_for_node("deduplicate")[0].metadata
     assert meta_full["mode"].value == "full"
     recomputed = _comparable(store)
@@ -189,7 +101,7 @@ def test_new_shard_is_assigned_to_existing_centroids_and_dedup_is_incremental(pi
 
 def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
     instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
-    result = _dedup(instance, res, tau=0.9)
+    result = dedup(instance, res, tau=0.9)
     meta = result.asset_materializations_for_node("deduplicate")[0].metadata
     assert meta["mode"].value == "full" and "tau changed" in meta["mode_reason"].value
     pairs = store.read(DUPLICATE_PAIRS)
@@ -199,7 +111,7 @@ def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
     vec = dict(zip(emb["image_id"], embedding_matrix(emb["embedding"]), strict=True))
     for a, b, s in pairs.select("image_id_a", "image_id_b", "similarity").head(20).iter_rows():
         assert float(vec[a] @ vec[b]) == pytest.approx(s, abs=1e-5)
-    _dedup(instance, res)  # back to the calibrated tau for other tests
+    dedup(instance, res)  # back to the calibrated tau for other tests
 
 
 def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
@@ -217,7 +129,7 @@ def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
         "webdataset": True,
         "shard_size": 25,
     }
-    result = _run(
+    result = run(
         [weights_and_audit, curated_dataset],
         instance,
         res,

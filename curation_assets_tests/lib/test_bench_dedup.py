@@ -11,6 +11,7 @@ from curation_assets.lib.bench_dedup import (
     calibrate_tau,
     plant_edits,
 )
+from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets.lib.synthetic import clip_like_embeddings
 
 
@@ -33,7 +34,7 @@ def test_bench_dedup_small_returns_every_key_and_is_json():
     ):
         assert key in out, key
     r = out["recall_by_num_clusterings"]
-    assert len(r) == 5 and all(b >= a for a, b in zip(r, r[1:], strict=False))
+    assert len(r) == N_CLUSTERINGS and all(b >= a for a, b in zip(r, r[1:], strict=False))
     assert out["exhaustive_extrapolated"] is False and out["true_pairs"] > 0
 
 

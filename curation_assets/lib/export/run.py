@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
 from curation_assets.lib.export.publish import (
     file_stamps,
     publish_dir,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
+from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, Embedder, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES

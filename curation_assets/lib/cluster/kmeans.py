@@ -74,8 +74,11 @@ from safetensors.numpy import save_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-#: Seeds of the five clusterings (DALL·E 2 used five independent clusterings).
-DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+#: Number of independent clusterings (DALL·E 2 used five).
+N_CLUSTERINGS = 5
+
+#: Seeds of the clusterings, one per clustering.
+DEFAULT_SEEDS: tuple[int, ...] = tuple(range(N_CLUSTERINGS))
 
 
 def default_k(n: int) -> int:

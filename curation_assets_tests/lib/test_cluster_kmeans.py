@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from curation_assets.lib import cluster
-from curation_assets.lib.cluster import (
+from curation_assets.lib.cluster import kmeans
+from curation_assets.lib.cluster.kmeans import (
     KMeansModel,
     assign,
     cluster_size_histogram,
@@ -65,7 +65,7 @@ def test_train_kmeans_samples_and_rejects_bad_configuration(x):
     assert capped.n_train == 400
     with pytest.raises(ValueError, match="k=5000"):
         train_kmeans(x, 5000, seed=0)
-    if cluster.faiss.get_num_gpus() == 0:
+    if kmeans.faiss.get_num_gpus() == 0:
         with pytest.raises(ValueError, match="gpu=True"):
             train_kmeans(x, 8, seed=0, gpu=True)
 

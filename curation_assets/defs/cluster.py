@@ -1,0 +1,215 @@
+"""Cluster stage: five k-means clusterings (global) → per-shard cluster assignments."""
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from curation_assets.defs.automation import CENTROIDS, eager_on
+from curation_assets.defs.metadata import markdown_bars, table_metadata, table_schema
+from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.resources import DeltaStorage
+from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.lib.cluster import (
+    DEFAULT_SEEDS,
+    N_CLUSTERINGS,
+    CentroidsError,
+    assign_shard,
+    assignment_check,
+    assignment_figures,
+    assignments_spec,
+    centroids_frame,
+    centroids_spec,
+    cluster_size_bars,
+    clustering_figures,
+    default_k,
+    filtered_embeddings,
+    single_model,
+    train_kmeans,
+)
+from curation_assets.lib.embed import embedding_matrix
+from curation_assets.lib.filtering import FILTERED_IMAGES
+
+#: The cluster and dedup stages share one asset group in the UI.
+GROUP = "dedup"
+CLUSTERINGS = range(N_CLUSTERINGS)
+CENTROID_KEYS = [f"cluster_centroids_{c}" for c in CLUSTERINGS]
+ASSIGNMENT_KEYS = [f"cluster_assignments_{c}" for c in CLUSTERINGS]
+
+
+class CentroidConfig(dg.Config):
+    """Training of the five spherical k-means clusterings."""
+
+    k: int = Field(
+        default=0,
+        description="Clusters per clustering; 0 = sqrt(N) rounded to a power of two "
+        "(1024 at 1M images, 16 at the demo's ~450).",
+    )
+    seeds: list[int] = Field(
+        default=list(DEFAULT_SEEDS), description="One seed per clustering (five, distinct)."
+    )
+    niter: int = Field(default=10, description="Lloyd iterations (10 loses no recall vs 20).")
+    max_points_per_centroid: int = Field(
+        default=256, description="Training sample cap: K × this many rows."
+    )
+    gpu: Literal["auto", "yes", "no"] = Field(
+        default="auto", description="faiss GPU k-means: auto = when faiss sees a GPU."
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            key,
+            description=(
+                f"Clustering {c} of {N_CLUSTERINGS}: spherical (cosine) faiss k-means centroids "
+                "trained on a seeded sample of the filtered images' embeddings. Retrained only "
+                "when materialized (a weekly cron, or by hand); new shards are assigned to "
+                "the existing centroids. A retrain makes every cluster_assignments and the "
+                "dedup stale and the next dedup recomputes in full."
+            ),
+            deps=["filtered_images", "image_embeddings"],
+            kinds={"deltalake", "faiss"},
+            group_name=GROUP,
+            automation_condition=CENTROIDS,
+            metadata={"dagster/column_schema": table_schema(centroids_spec(c))},
+        )
+        for c, key in enumerate(CENTROID_KEYS)
+    ],
+    pool="gpu",
+    retry_policy=transient_retry,
+)
+def cluster_centroids(
+    context: dg.AssetExecutionContext, config: CentroidConfig, delta: DeltaStorage
+):
+    """Train the five clusterings on all filtered images of every shard."""
+    if len(config.seeds) != N_CLUSTERINGS or len(set(config.seeds)) != N_CLUSTERINGS:
+        msg = f"seeds={config.seeds}: expected {N_CLUSTERINGS} distinct seeds"
+        raise dg.Failure(msg, allow_retries=False)
+    store = delta.store()
+    emb = filtered_embeddings(store)
+    if emb.is_empty():
+        msg = "no filtered image has an embedding yet; materialize filtered_images first"
+        raise dg.Failure(msg, allow_retries=False)
+    with fail_fast_on_permanent_errors():
+        model_id = single_model(emb)
+    x = embedding_matrix(emb["embedding"])
+    ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
+    del emb
+    k = config.k or default_k(x.shape[0])
+    gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
+    now = datetime.now(UTC)
+    for c, seed in enumerate(config.seeds):
+        with fail_fast_on_permanent_errors():
+            model = train_kmeans(
+                x,
+                k,
+                seed=seed,
+                niter=config.niter,
+                max_points_per_centroid=config.max_points_per_centroid,
+                gpu=gpu,
+                order_key=ids,
+            )
+        spec = centroids_spec(c)
+        frame = centroids_frame(model, model_id, now)
+        store.replace_table(spec, frame)
+        figures = clustering_figures(
+            model, version=str(frame["version"][0]), model_id=model_id, n_images=x.shape[0]
+        )
+        context.log.info(
+            f"clustering {c}: k={k} seed={seed} mean cos "
+            f"{figures['mean_cosine_to_centroid']:.4f} imbalance {model.imbalance:.3f} in "
+            f"{model.train_seconds:.1f}s"
+        )
+        bars = markdown_bars(*cluster_size_bars(model.sizes, bins=12))
+        yield dg.MaterializeResult(
+            asset_key=CENTROID_KEYS[c],
+            metadata=table_metadata(
+                spec,
+                delta.uri(spec),
+                k,
+                **figures,
+                cluster_size_histogram=dg.MetadataValue.md(
+                    "Clusters by size (training sample):\n\n" + bars
+                ),
+            ),
+        )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            key,
+            description=(
+                f"Per shard: each filtered image's nearest centroid of clustering {c} "
+                "(cluster id, cosine and distance), made with the centroids in force."
+            ),
+            deps=["filtered_images", "image_embeddings", CENTROID_KEYS[c]],
+            kinds={"deltalake", "faiss"},
+            automation_condition=eager_on("filtered_images", CENTROID_KEYS[c]),
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(assignments_spec(c))},
+        )
+        for c, key in enumerate(ASSIGNMENT_KEYS)
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_filtered_image_assigned",
+            asset=ASSIGNMENT_KEYS[0],
+            blocking=True,
+            description="Each filtered image of the shard has one assignment per clustering.",
+        )
+    ],
+    retry_policy=transient_retry,
+)
+def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
+    """Assign the shard's filtered images in all five clusterings."""
+    key = context.partition_key
+    store = delta.store()
+    emb = filtered_embeddings(store, [key])
+    x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
+    model_id = single_model(emb) if emb.height else None
+    n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
+    written = []
+    for c in CLUSTERINGS:
+        try:
+            frame, cent = assign_shard(store, c, key, emb, x, model_id)
+        except CentroidsError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from exc
+        spec = assignments_spec(c)
+        store.replace_shard(spec, key, frame)
+        written.append(frame.height)
+        yield dg.MaterializeResult(
+            asset_key=ASSIGNMENT_KEYS[c],
+            metadata=table_metadata(
+                spec, delta.uri(spec), frame.height, **assignment_figures(frame, cent.version)
+            ),
+        )
+    passed, metadata = assignment_check(written, n_filtered, emb.height)
+    yield dg.AssetCheckResult(
+        check_name="every_filtered_image_assigned",
+        asset_key=ASSIGNMENT_KEYS[0],
+        passed=passed,
+        metadata=metadata,
+    )
+
+
+retrain_centroids_job = dg.define_asset_job(
+    name="retrain_centroids_job",
+    selection=CENTROID_KEYS,
+    description="Retrain the five k-means clusterings on every filtered image. Afterwards every "
+    "shard's cluster_assignments is stale and the next dedup recomputes in full.",
+)
+assign_shard_job = dg.define_asset_job(
+    name="assign_shard_job",
+    selection=ASSIGNMENT_KEYS,
+    description="Assign one shard's filtered images to the centroids of all five clusterings.",
+)
+
+defs = dg.Definitions(
+    assets=[cluster_centroids, cluster_assignments],
+    jobs=[retrain_centroids_job, assign_shard_job],
+)

@@ -1,0 +1,71 @@
+"""Cluster stage: five spherical k-means clusterings and the per-shard assignments.
+
+* :mod:`~curation_assets.lib.cluster.kmeans`: faiss k-means (BLAS set up before faiss loads),
+  training, assignment to centroids, cluster-size histogram.
+* :mod:`~curation_assets.lib.cluster.io`: the ``cluster_centroids_<c>`` and
+  ``cluster_assignments_<c>`` tables, the filtered embeddings they are made from, and the
+  figures and check the assets report.
+
+Import faiss from here (``from curation_assets.lib.cluster import faiss``) so that OpenBLAS is
+configured before faiss is first loaded.
+"""
+
+from curation_assets.lib.cluster.io import (
+    Centroids,
+    CentroidsError,
+    assign_shard,
+    assignment_check,
+    assignment_figures,
+    assignments_frame,
+    assignments_spec,
+    centroids_frame,
+    centroids_spec,
+    centroids_version,
+    cluster_size_bars,
+    clustering_figures,
+    filtered_embeddings,
+    load_centroids,
+    single_model,
+)
+from curation_assets.lib.cluster.kmeans import (
+    BLAS_CONFIG,
+    DEFAULT_SEEDS,
+    N_CLUSTERINGS,
+    KMeansModel,
+    assign,
+    cluster_size_histogram,
+    configure_blas,
+    default_k,
+    faiss,
+    train_clusterings,
+    train_kmeans,
+)
+
+__all__ = [
+    "BLAS_CONFIG",
+    "DEFAULT_SEEDS",
+    "N_CLUSTERINGS",
+    "Centroids",
+    "CentroidsError",
+    "KMeansModel",
+    "assign",
+    "assign_shard",
+    "assignment_check",
+    "assignment_figures",
+    "assignments_frame",
+    "assignments_spec",
+    "centroids_frame",
+    "centroids_spec",
+    "centroids_version",
+    "cluster_size_bars",
+    "cluster_size_histogram",
+    "clustering_figures",
+    "configure_blas",
+    "default_k",
+    "faiss",
+    "filtered_embeddings",
+    "load_centroids",
+    "single_model",
+    "train_clusterings",
+    "train_kmeans",
+]

@@ -1,0 +1,279 @@
+"""The cluster tables: centroids and per-shard assignments, read and written over Delta.
+
+* ``cluster_centroids_<c>`` (one table per clustering ``c``): the k-means centroids, with a
+  ``version`` (hash of the centroids) that every assignment row carries.
+* ``cluster_assignments_<c>`` (per shard): each filtered image's nearest centroid.
+
+The ``cluster_centroids`` / ``cluster_assignments`` assets call :func:`clustering_figures`,
+:func:`assign_shard`, :func:`assignment_figures` and :func:`assignment_check`; deduplication
+(:mod:`curation_assets.lib.dedup`) reads the same tables through :func:`load_centroids` and
+:func:`assignments_spec`.
+"""
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.cluster.kmeans import (
+    KMeansModel,
+    assign,
+    cluster_size_histogram,
+)
+from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
+from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import Column, TableSpec
+
+_CENTROIDS = TableSpec(
+    name="cluster_centroids",
+    description="k-means centroids of one clustering (spherical, cosine).",
+    partition_by=(),
+    columns=(
+        Column("centroid_id", pl.Int32, "Cluster id 0..K-1."),
+        Column("centroid", pl.List(pl.Float32), "L2-normalized centroid (d floats)."),
+        Column("train_size", pl.Int64, "Training rows assigned to this centroid."),
+        Column("version", pl.String, "Hash of all centroids; assignments record it."),
+        Column("seed", pl.Int32, "Seed of the training sample and initialisation."),
+        Column("model_id", pl.String, "Embedding model the centroids live in."),
+        Column("trained_at", pl.Datetime("us", "UTC"), "When the centroids were trained (UTC)."),
+    ),
+)
+
+_ASSIGNMENTS = TableSpec(
+    name="cluster_assignments",
+    description="Nearest centroid of each filtered image, for one clustering.",
+    columns=(
+        Column("image_id", pl.String, "sha256 of the image bytes."),
+        Column("shard", pl.String, "Shard (dynamic partition key)."),
+        Column("cluster", pl.Int32, "Nearest centroid's id."),
+        Column("cosine", pl.Float32, "Cosine similarity to that centroid."),
+        Column("distance", pl.Float32, "Cosine distance to that centroid (1 − cosine)."),
+        Column("centroids_version", pl.String, "Version of the centroids used."),
+    ),
+)
+
+
+def centroids_spec(c: int) -> TableSpec:
+    """The ``cluster_centroids_<c>`` table."""
+    return replace(_CENTROIDS, name=f"cluster_centroids_{c}")
+
+
+def assignments_spec(c: int) -> TableSpec:
+    """The ``cluster_assignments_<c>`` table."""
+    return replace(_ASSIGNMENTS, name=f"cluster_assignments_{c}")
+
+
+class CentroidsError(ValueError):
+    """The centroids an assignment needs are missing or live in another embedding model.
+
+    A configuration mistake (train or retrain the centroids), never fixed by a retry.
+    """
+
+
+def centroids_version(centroids: np.ndarray) -> str:
+    """A short content hash of the centroids (changes iff they change)."""
+    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float32).tobytes()).hexdigest()[
+        :16
+    ]
+
+
+def centroids_frame(model: KMeansModel, model_id: str, trained_at: datetime) -> pl.DataFrame:
+    """One row per centroid of ``model`` (see :func:`centroids_spec`)."""
+    k = model.k
+    return pl.DataFrame(
+        {
+            "centroid_id": np.arange(k, dtype=np.int32),
+            "centroid": pl.Series("centroid", list(model.centroids), dtype=pl.List(pl.Float32)),
+            "train_size": model.sizes.astype(np.int64),
+            "version": centroids_version(model.centroids),
+            "seed": model.seed,
+            "model_id": model_id,
+            "trained_at": trained_at,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Centroids:
+    """The centroids of one clustering as stored.
+
+    Attributes:
+        matrix: (k, d) float32, L2-normalized.
+        version: Content hash.
+        model_id: Embedding model.
+    """
+
+    matrix: np.ndarray
+    version: str
+    model_id: str
+
+
+def load_centroids(store: DeltaStore, c: int) -> Centroids | None:
+    """The centroids of clustering ``c`` (None when never trained)."""
+    spec = centroids_spec(c)
+    if not store.exists(spec.name):
+        return None
+    df = store.read(spec).sort("centroid_id")
+    if df.is_empty():
+        return None
+    matrix = embedding_matrix(df["centroid"])
+    return Centroids(matrix, str(df["version"][0]), str(df["model_id"][0]))
+
+
+def assignments_frame(
+    image_ids: Sequence[str], shard: str, cluster: np.ndarray, cosine: np.ndarray, version: str
+) -> pl.DataFrame:
+    """Rows of ``cluster_assignments_<c>`` for one shard (nearest centroid only)."""
+    return pl.DataFrame(
+        {
+            "image_id": list(image_ids),
+            "shard": shard,
+            "cluster": np.asarray(cluster, dtype=np.int32),
+            "cosine": np.asarray(cosine, dtype=np.float32),
+            "distance": (1.0 - np.asarray(cosine, dtype=np.float32)).astype(np.float32),
+            "centroids_version": version,
+        },
+        schema=_ASSIGNMENTS.schema,
+    )
+
+
+def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) -> pl.DataFrame:
+    """``image_id, shard, model_id, embedding`` of filtered images, sorted by shard, image_id."""
+    kept = store.scan(FILTERED_IMAGES).select("image_id", "shard")
+    if shards is not None:
+        kept = kept.filter(pl.col("shard").is_in(list(shards)))
+    emb = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "model_id", "embedding")
+    return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id").collect()
+
+
+def single_model(df: pl.DataFrame) -> str:
+    """The one ``model_id`` of ``df`` (raises when vectors of several models are mixed)."""
+    models = df["model_id"].unique().to_list()
+    if len(models) != 1:
+        msg = (
+            f"the filtered embeddings come from {len(models)} models {models}; re-embed every "
+            "shard with one model before clustering"
+        )
+        raise ValueError(msg)
+    return str(models[0])
+
+
+# --------------------------------------------------------------------------------------------
+# What the cluster assets report
+# --------------------------------------------------------------------------------------------
+
+
+def clustering_figures(
+    model: KMeansModel, *, version: str, model_id: str, n_images: int
+) -> dict[str, Any]:
+    """Plain figures of one trained clustering, in the order the asset shows them.
+
+    Returns:
+        k, seed, version, model_id, n_images, n_train, niter, objective,
+        mean_cosine_to_centroid, imbalance, empty_clusters, largest_cluster, train_seconds.
+    """
+    stats = model.stats()
+    return {
+        "k": model.k,
+        "seed": model.seed,
+        "version": version,
+        "model_id": model_id,
+        "n_images": int(n_images),
+        "n_train": model.n_train,
+        "niter": model.niter,
+        "objective": float(model.objective),
+        "mean_cosine_to_centroid": float(stats["mean_cosine_to_centroid"]),
+        "imbalance": float(model.imbalance),
+        "empty_clusters": int(stats["empty_clusters"]),
+        "largest_cluster": int(model.sizes.max()),
+        "train_seconds": round(model.train_seconds, 3),
+    }
+
+
+def cluster_size_bars(sizes: np.ndarray, *, bins: int = 12) -> tuple[list[str], list[float]]:
+    """Labels (``lo–hi``) and counts of :func:`cluster_size_histogram`, for a bar chart."""
+    edges, counts = cluster_size_histogram(sizes, bins=bins)
+    labels = [f"{edges[i]:.0f}–{edges[i + 1]:.0f}" for i in range(len(counts))]
+    return labels, [float(v) for v in counts]
+
+
+def assign_shard(
+    store: DeltaStore,
+    c: int,
+    shard: str,
+    emb: pl.DataFrame,
+    x: np.ndarray,
+    model_id: str | None,
+) -> tuple[pl.DataFrame, Centroids]:
+    """The ``cluster_assignments_<c>`` rows of one shard, made with the stored centroids.
+
+    Args:
+        store: Where the centroids live.
+        c: The clustering.
+        shard: The shard (partition key).
+        emb: The shard's :func:`filtered_embeddings` (row order of ``x``).
+        x: (n, d) float32, L2-normalized embeddings of ``emb`` (unused when ``emb`` is empty).
+        model_id: The embedding model of ``emb`` (None when it is empty).
+
+    Returns:
+        ``(frame, centroids)``: the rows to write (empty when the shard has no filtered image)
+        and the centroids used.
+
+    Raises:
+        CentroidsError: If clustering ``c`` was never trained, or was trained on another
+            embedding model than the shard's.
+    """
+    name = centroids_spec(c).name
+    cent = load_centroids(store, c)
+    if cent is None:
+        msg = (
+            f"{name} has never been materialized; materialize the "
+            "cluster_centroids first (it trains on the filtered images of every shard)"
+        )
+        raise CentroidsError(msg)
+    if model_id is not None and model_id != cent.model_id:
+        msg = (
+            f"shard {shard} is embedded with {model_id} but {name} "
+            f"was trained on {cent.model_id}; retrain the centroids"
+        )
+        raise CentroidsError(msg)
+    if not emb.height:
+        return assignments_spec(c).empty(), cent
+    cluster, cos = assign(x, cent.matrix, top=1)
+    ids = emb["image_id"].to_list()
+    return assignments_frame(ids, shard, cluster[:, 0], cos[:, 0], cent.version), cent
+
+
+def assignment_figures(frame: pl.DataFrame, version: str) -> dict[str, Any]:
+    """centroids_version, clusters_used and mean_cosine of one shard's assignments."""
+    return {
+        "centroids_version": version,
+        "clusters_used": frame.group_by("cluster").len().height,
+        "mean_cosine": float(frame["cosine"].to_numpy().mean()) if frame.height else 0.0,
+    }
+
+
+def assignment_check(
+    assigned: Sequence[int], n_filtered: int, n_embedded: int
+) -> tuple[bool, dict[str, Any]]:
+    """Every filtered image of the shard has one assignment per clustering.
+
+    Args:
+        assigned: Rows written per clustering.
+        n_filtered: Filtered images of the shard.
+        n_embedded: Of those, images with an embedding.
+
+    Returns:
+        ``(passed, metadata)`` with filtered_images, embedded and assigned.
+    """
+    passed = all(w == n_filtered for w in assigned) and n_embedded == n_filtered
+    return passed, {
+        "filtered_images": n_filtered,
+        "embedded": n_embedded,
+        "assigned": list(assigned),
+    }

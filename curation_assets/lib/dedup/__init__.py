@@ -1,0 +1,112 @@
+"""Dedup stage: near-duplicate removal within k-means clusters (DALL·E 2 pre-training mitigations).
+
+The method, as in the DALL·E 2 paper: for each of several independent clusterings
+(:mod:`curation_assets.lib.cluster`), find all pairs of images in the same cluster whose cosine
+similarity is ≥ τ (blocked matrix products inside each cluster, never an N×N matrix); take the
+union of the pairs of all clusterings; the connected components of that pair graph are groups
+of near-duplicates; keep one image per component by a deterministic policy. A pair cut apart by
+one clustering's boundary is usually found by another: pair recall against exhaustive search
+is measured on a sample of rows.
+
+Modules, in the order data flows through them:
+
+* :mod:`~curation_assets.lib.dedup.tau`: the calibrated threshold τ per embedding model.
+* :mod:`~curation_assets.lib.dedup.pairs`: pair search inside clusters, union of clusterings.
+* :mod:`~curation_assets.lib.dedup.keep`: connected components and the keep policy.
+* :mod:`~curation_assets.lib.dedup.full` / :mod:`~curation_assets.lib.dedup.incremental`:
+  a whole deduplication, or new rows added to a previous one (same result).
+* :mod:`~curation_assets.lib.dedup.recall`: exhaustive ground truth and pair recall.
+* :mod:`~curation_assets.lib.dedup.io`: the dedup tables and the run's inputs over Delta.
+* :mod:`~curation_assets.lib.dedup.plan`: full, incremental or current, and why.
+* :mod:`~curation_assets.lib.dedup.run`: a run over the tables, written and committed.
+* :mod:`~curation_assets.lib.dedup.report`: the figures, checks and thumbnails the assets show.
+"""
+
+from curation_assets.lib.dedup.full import DedupResult, dedup
+from curation_assets.lib.dedup.incremental import DedupState, dedup_incremental
+from curation_assets.lib.dedup.io import (
+    DEDUP_OUTPUTS,
+    DEDUP_RUNS,
+    DEDUP_STAGE,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
+    DedupInputs,
+    load_inputs,
+)
+from curation_assets.lib.dedup.keep import (
+    DEFAULT_POLICY,
+    POLICY_CRITERIA,
+    ImageMeta,
+    KeepChoice,
+    choose_kept,
+    connected_components,
+)
+from curation_assets.lib.dedup.pairs import Pairs, pairs_within_clusters, union_pairs
+from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
+from curation_assets.lib.dedup.recall import (
+    exhaustive_pairs,
+    pair_recall,
+    recall_by_num_clusterings,
+    recall_curve,
+)
+from curation_assets.lib.dedup.report import (
+    DedupCheck,
+    dedup_checks,
+    dedup_figures,
+    duplicate_groups_markdown,
+    found_by_counts,
+    group_thumbnails,
+    pick_groups,
+    recall_chart,
+)
+from curation_assets.lib.dedup.run import DedupOutcome, run_dedup, write_dedup
+from curation_assets.lib.dedup.tau import (
+    DEFAULT_TAU,
+    TAU_EFFICIENTNET_LITE0,
+    TAU_OPEN_CLIP_VIT_B_32,
+    calibrated_tau,
+)
+
+__all__ = [
+    "DEDUPLICATED_IMAGES",
+    "DEDUP_OUTPUTS",
+    "DEDUP_RUNS",
+    "DEDUP_STAGE",
+    "DEFAULT_POLICY",
+    "DEFAULT_TAU",
+    "DUPLICATE_PAIRS",
+    "POLICY_CRITERIA",
+    "TAU_EFFICIENTNET_LITE0",
+    "TAU_OPEN_CLIP_VIT_B_32",
+    "DedupCheck",
+    "DedupInputs",
+    "DedupOutcome",
+    "DedupPlan",
+    "DedupResult",
+    "DedupState",
+    "ImageMeta",
+    "KeepChoice",
+    "Pairs",
+    "calibrated_tau",
+    "choose_kept",
+    "connected_components",
+    "dedup",
+    "dedup_checks",
+    "dedup_figures",
+    "dedup_incremental",
+    "duplicate_groups_markdown",
+    "exhaustive_pairs",
+    "found_by_counts",
+    "group_thumbnails",
+    "load_inputs",
+    "pair_recall",
+    "pairs_within_clusters",
+    "pick_groups",
+    "plan_dedup",
+    "recall_by_num_clusterings",
+    "recall_chart",
+    "recall_curve",
+    "run_dedup",
+    "union_pairs",
+    "write_dedup",
+]

@@ -1,0 +1,255 @@
+"""What the dedup assets report: figures, checks, the recall chart and group thumbnails.
+
+Plain values only (numbers, strings, lists, dicts, markdown text): the assets wrap them in
+Dagster metadata and check results.
+"""
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from curation_assets.lib.dedup.run import DedupOutcome
+from curation_assets.lib.labels import SourceReader, make_thumbnail
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import RAW_IMAGES
+
+
+@dataclass(frozen=True)
+class DedupCheck:
+    """The outcome of one check of the dedup assets.
+
+    Attributes:
+        name: Check name (as declared on the asset).
+        asset: The asset it checks (``deduplicated_images`` or ``duplicate_pairs``).
+        passed: Whether it passed.
+        warn: True when a failure is a warning, not an error.
+        metadata: Plain values shown with the result.
+    """
+
+    name: str
+    asset: str
+    passed: bool
+    warn: bool
+    metadata: dict[str, Any]
+
+
+def recall_values(outcome: DedupOutcome) -> list[float]:
+    """Pair recall of 1, 2, ..., C clusterings (empty when there was no pair to find)."""
+    return [float(r) for r in outcome.recall.get("recall", [])]
+
+
+def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any]:
+    """The figures of ``deduplicated_images``, in the order the asset shows them.
+
+    Returns:
+        mode, mode_reason, tau, policy, kept, removed, new_images, groups_with_duplicates,
+        largest_group, removed_below_tau_through_chains, previously_kept_now_removed,
+        pending_images, dedup_seconds, recall_true_pairs, recall_seconds_exhaustive and
+        ``recall_<c>_clusterings`` for c = 1..C.
+    """
+    images, stats, recall = outcome.images, outcome.stats, outcome.recall
+    return {
+        "mode": outcome.plan.mode,
+        "mode_reason": outcome.plan.reason,
+        "tau": outcome.tau,
+        "policy": ", ".join(policy),
+        "kept": int(images["kept"].sum()),
+        "removed": int((~images["kept"]).sum()),
+        "new_images": int(stats.get("new_rows", 0)),
+        "groups_with_duplicates": int(stats.get("components_with_duplicates", 0)),
+        "largest_group": int(stats.get("largest_component", 0)),
+        "removed_below_tau_through_chains": int(stats.get("removed_below_tau", 0)),
+        "previously_kept_now_removed": int(stats.get("previously_kept_now_removed", 0)),
+        "pending_images": outcome.pending.height,
+        "dedup_seconds": float(stats.get("seconds", 0.0)),
+        "recall_true_pairs": int(recall.get("true_pairs", 0)),
+        "recall_seconds_exhaustive": float(recall.get("seconds_exhaustive", 0.0)),
+        **{f"recall_{i + 1}_clusterings": r for i, r in enumerate(recall_values(outcome))},
+    }
+
+
+def recall_chart(outcome: DedupOutcome) -> tuple[str, list[str], list[float]] | None:
+    """Title, labels and values of the pair-recall bar chart (None without a recall curve)."""
+    curve = recall_values(outcome)
+    if not curve:
+        return None
+    recall = outcome.recall
+    title = (
+        f"Pair recall against exhaustive search ({recall['true_pairs']} true pairs touching "
+        f"{recall['sample_size']} sampled images):\n\n"
+    )
+    return (
+        title,
+        [f"{i + 1} clustering(s)" for i in range(len(curve))],
+        [round(r, 4) for r in curve],
+    )
+
+
+def found_by_counts(outcome: DedupOutcome) -> dict[str, int]:
+    """Pairs found by exactly 1, 2, ... clusterings, keyed ``"<c> clustering(s)"``."""
+    counts = outcome.stats.get("found_by_count", [])
+    return {f"{i + 1} clustering(s)": int(v) for i, v in enumerate(counts)}
+
+
+def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[DedupCheck]:
+    """The four checks of the dedup assets, computed from a run's outcome.
+
+    * ``pair_recall_target`` (WARN): the union of clusterings finds at least ``recall_target``
+      of the true pairs of the recall sample (passes when there was nothing to measure).
+    * ``one_kept_per_group``: each group has exactly one kept image, and every removed image
+      points to its group's kept image.
+    * ``every_filtered_image_deduplicated`` (WARN): no filtered image waits for assignments
+      (the waiting ones are listed by shard and reason).
+    * ``no_pair_below_tau``: every reported pair has cosine ≥ τ.
+    """
+    images, pairs, tau = outcome.images, outcome.pairs, outcome.tau
+    curve = recall_values(outcome)
+    true_pairs = int(outcome.recall.get("true_pairs", 0))
+    final_recall = curve[-1] if curve else None
+    groups = images.group_by("component_id").agg(
+        pl.col("kept").sum().alias("kept"),
+        pl.len().alias("n"),
+        pl.first("component_size").alias("size"),
+    )
+    kept_ids = set(images.filter(pl.col("kept"))["image_id"].to_list())
+    bad_pointer = images.filter(
+        ~pl.col("kept")
+        & (
+            ~pl.col("duplicate_of").is_in(list(kept_ids))
+            | (pl.col("duplicate_of") != pl.col("component_id"))
+        )
+    ).height
+    bad_groups = groups.filter((pl.col("kept") != 1) | (pl.col("n") != pl.col("size"))).height
+    below = pairs.filter(pl.col("similarity") < tau).height if pairs.height else 0
+    pending = outcome.pending
+    pending_by_shard = {
+        f"{s} ({why})": int(n) for s, why, n in pending.group_by("shard", "why").len().rows()
+    }
+    return [
+        DedupCheck(
+            "pair_recall_target",
+            "deduplicated_images",
+            final_recall is None or true_pairs == 0 or final_recall >= recall_target,
+            True,
+            {
+                "recall": final_recall if final_recall is not None else "n/a",
+                "target": recall_target,
+                "true_pairs": true_pairs,
+            },
+        ),
+        DedupCheck(
+            "one_kept_per_group",
+            "deduplicated_images",
+            bad_groups == 0 and bad_pointer == 0,
+            False,
+            {"bad_groups": bad_groups, "bad_pointers": bad_pointer},
+        ),
+        DedupCheck(
+            "every_filtered_image_deduplicated",
+            "deduplicated_images",
+            pending.height == 0,
+            True,
+            {"pending": pending_by_shard},
+        ),
+        DedupCheck(
+            "no_pair_below_tau",
+            "duplicate_pairs",
+            below == 0,
+            False,
+            {"below_tau": below, "tau": tau},
+        ),
+    ]
+
+
+def group_thumbnails(store: DeltaStore, images: pl.DataFrame, *, n_groups: int = 4) -> str:
+    """:func:`duplicate_groups_markdown` of ``images``, reading the images from their sources."""
+    uris = store.read(RAW_IMAGES, columns=["image_id", "source_uri"])
+    with SourceReader() as reader:
+        return duplicate_groups_markdown(images, uris, reader.read, n_groups=n_groups)
+
+
+def pick_groups(images: pl.DataFrame, n_groups: int = 4) -> list[str]:
+    """Components worth looking at: half the most borderline (lowest similarity), half largest.
+
+    Args:
+        images: deduplicated_images rows.
+        n_groups: Groups to return at most.
+
+    Returns:
+        component_id values, most borderline first.
+    """
+    groups = (
+        images.filter(pl.col("component_size") > 1)
+        .group_by("component_id")
+        .agg(pl.min("similarity").alias("low"), pl.first("component_size").alias("size"))
+    )
+    if groups.is_empty() or n_groups < 1:
+        return []
+    borderline = groups.sort("low", "component_id").head((n_groups + 1) // 2)["component_id"]
+    largest = groups.filter(~pl.col("component_id").is_in(borderline.implode()))
+    largest = largest.sort(["size", "component_id"], descending=[True, False])
+    return [*borderline.to_list(), *largest.head(n_groups - borderline.len())["component_id"]]
+
+
+def duplicate_groups_markdown(
+    images: pl.DataFrame,
+    uris: pl.DataFrame,
+    read: Any,
+    *,
+    n_groups: int = 4,
+    max_members: int = 5,
+    px: int = 80,
+) -> str:
+    """Thumbnails of a few near-duplicate groups as markdown (inline base64 JPEG).
+
+    Each group is a table: the kept image first, then up to ``max_members`` removed members
+    (lowest similarity first), with the similarity to the kept image under each thumbnail.
+
+    Args:
+        images: deduplicated_images rows.
+        uris: image_id, source_uri (e.g. raw_images).
+        read: ``source_uri -> bytes``.
+        n_groups: Groups shown (see :func:`pick_groups`).
+        max_members: Removed members shown per group.
+        px: Longest side of a thumbnail.
+
+    Returns:
+        Markdown; ``_no near-duplicate groups_`` when there are none. An unreadable image is
+        shown as its error, not skipped.
+    """
+    chosen = pick_groups(images, n_groups)
+    if not chosen:
+        return "_no near-duplicate groups_"
+    rows = images.filter(pl.col("component_id").is_in(chosen)).join(
+        uris.unique("image_id"), on="image_id", how="left"
+    )
+    out = []
+    for comp in chosen:
+        g = rows.filter(pl.col("component_id") == comp).sort(
+            pl.col("kept").not_(), pl.col("similarity"), "image_id"
+        )
+        members = g.head(max_members + 1)
+        cells, captions = [], []
+        for rec in members.iter_rows(named=True):
+            try:
+                thumb = make_thumbnail(read(rec["source_uri"]), px, quality=70)
+                cells.append(
+                    f"![{rec['image_id'][:8]}](data:image/jpeg;base64,"
+                    f"{base64.b64encode(thumb).decode('ascii')})"
+                )
+            except Exception as exc:  # a missing file must not hide the other thumbnails
+                cells.append(f"unreadable: {type(exc).__name__}")
+            captions.append("kept" if rec["kept"] else f"{rec['similarity']:.3f}")
+        size = int(g["component_size"][0])
+        more = size - members.height
+        out.append(
+            f"**{size} images** (kept `{comp[:12]}`{f', {more} more not shown' if more else ''})"
+        )
+        out.append("| " + " | ".join(cells) + " |")
+        out.append("|" + "---|" * len(cells))
+        out.append("| " + " | ".join(captions) + " |")
+        out.append("")
+    return "\n".join(out)

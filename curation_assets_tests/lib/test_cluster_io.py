@@ -1,0 +1,112 @@
+"""Cluster tables over Delta: centroids round trip, per-shard assignment, the assets' figures."""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curation_assets.lib.cluster.io import (
+    CentroidsError,
+    assign_shard,
+    assignment_check,
+    assignment_figures,
+    assignments_spec,
+    centroids_frame,
+    centroids_spec,
+    centroids_version,
+    cluster_size_bars,
+    clustering_figures,
+    load_centroids,
+    single_model,
+)
+from curation_assets.lib.cluster.kmeans import train_kmeans
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.synthetic import clip_like_embeddings
+
+MODEL = "test:model@none"
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return clip_like_embeddings(300, 16, seed=2)[0]
+
+
+@pytest.fixture
+def store(tmp_path) -> DeltaStore:
+    return DeltaStore(str(tmp_path / "delta"))
+
+
+def _train(store: DeltaStore, x: np.ndarray, c: int = 0, *, model_id: str = MODEL):
+    model = train_kmeans(x, 4, seed=c, niter=3)
+    store.replace_table(centroids_spec(c), centroids_frame(model, model_id, datetime.now(UTC)))
+    return model
+
+
+def _emb(x: np.ndarray, model_id: str = MODEL) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"image_id": [f"i{k:04d}" for k in range(x.shape[0])], "model_id": model_id}
+    )
+
+
+def test_centroids_round_trip_with_a_content_version(store, x):
+    assert load_centroids(store, 0) is None  # never trained
+    model = _train(store, x)
+    cent = load_centroids(store, 0)
+    assert cent is not None and cent.model_id == MODEL
+    np.testing.assert_array_equal(cent.matrix, model.centroids)
+    assert cent.version == centroids_version(model.centroids)
+    assert centroids_version(model.centroids * 0.5) != cent.version
+    assert centroids_spec(3).name == "cluster_centroids_3"
+    assert assignments_spec(3).name == "cluster_assignments_3"
+
+
+def test_assign_shard_uses_the_nearest_stored_centroid(store, x):
+    model = _train(store, x, 1)
+    frame, cent = assign_shard(store, 1, "a", _emb(x), x, MODEL)
+    assert frame.height == x.shape[0] and frame.schema == assignments_spec(1).schema
+    np.testing.assert_array_equal(
+        frame["cluster"].to_numpy(), (x @ model.centroids.T).argmax(axis=1)
+    )
+    np.testing.assert_allclose(frame["distance"] + frame["cosine"], 1.0, atol=1e-6)
+    assert frame["centroids_version"].unique().to_list() == [cent.version]
+    assert frame["shard"].unique().to_list() == ["a"]
+    empty, _ = assign_shard(store, 1, "b", _emb(x[:0]), x[:0], None)
+    assert empty.is_empty() and empty.schema == assignments_spec(1).schema
+
+
+def test_assign_shard_without_centroids_or_with_another_model_says_what_to_do(store, x):
+    with pytest.raises(CentroidsError, match="cluster_centroids_2 has never been materialized"):
+        assign_shard(store, 2, "a", _emb(x), x, MODEL)
+    _train(store, x, 2, model_id="other:model@x")
+    with pytest.raises(CentroidsError, match="retrain the centroids"):
+        assign_shard(store, 2, "a", _emb(x), x, MODEL)
+
+
+def test_single_model_rejects_mixed_embeddings():
+    assert single_model(pl.DataFrame({"model_id": ["m", "m"]})) == "m"
+    with pytest.raises(ValueError, match="2 models"):
+        single_model(pl.DataFrame({"model_id": ["m", "n"]}))
+
+
+def test_figures_and_check_the_assets_report(x):
+    model = train_kmeans(x, 4, seed=0, niter=3)
+    figures = clustering_figures(model, version="v", model_id=MODEL, n_images=x.shape[0])
+    assert list(figures)[:5] == ["k", "seed", "version", "model_id", "n_images"]
+    assert figures["largest_cluster"] == int(model.sizes.max()) and figures["k"] == 4
+    labels, counts = cluster_size_bars(model.sizes, bins=3)
+    assert len(labels) == len(counts) == 4 and sum(counts) == 4 and labels[0] == "0–1"
+
+    frame = pl.DataFrame({"cluster": [0, 0, 2], "cosine": [0.5, 0.7, 0.9]})
+    assert assignment_figures(frame, "v") == {
+        "centroids_version": "v",
+        "clusters_used": 2,
+        "mean_cosine": pytest.approx(0.7),
+    }
+    assert assignment_figures(frame.head(0), "v")["mean_cosine"] == 0.0
+    assert assignment_check([3, 3], 3, 3) == (
+        True,
+        {"filtered_images": 3, "embedded": 3, "assigned": [3, 3]},
+    )
+    assert assignment_check([3, 2], 3, 3)[0] is False
+    assert assignment_check([2, 2], 3, 2)[0] is False  # an image without an embedding

@@ -1,0 +1,38 @@
+"""Exhaustive ground truth and pair recall of 1..C clusterings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.lib.dedup import exhaustive_pairs, recall_by_num_clusterings
+from curation_assets.lib.synthetic import clip_like_embeddings
+from curation_assets_tests.lib.dedup_helpers import TAU, brute_pairs, clustered_data, pair_set
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered_data()
+
+
+def test_exhaustive_pairs_matches_numpy_brute_force():
+    x = clip_like_embeddings(400, 16, seed=2, dup_fraction=0.3, dup_noise=0.3)[0]
+    tau = 0.9
+    brute = brute_pairs(x, tau)
+    assert len(brute) > 20
+    assert pair_set(exhaustive_pairs(x, tau, query_batch=64, db_chunk=100)) == brute
+    q = np.arange(0, 400, 3)
+    sub = {p for p in brute if p[0] % 3 == 0 or p[1] % 3 == 0}
+    assert pair_set(exhaustive_pairs(x, tau, query_idx=q, db_chunk=128)) == sub
+
+
+def test_recall_by_num_clusterings_is_non_decreasing_and_exact_with_one_cluster(data):
+    x, _, assignments = data
+    out = recall_by_num_clusterings(x, assignments, TAU, sample_size=800, seed=1)
+    r = out["recall"]
+    assert len(r) == N_CLUSTERINGS and all(b >= a for a, b in zip(r, r[1:], strict=False))
+    assert out["true_pairs"] > 50 and 0.5 < r[0] <= r[-1] <= 1.0
+    json.dumps(out)
+    ones = [np.zeros(len(x), np.int32)] * 2
+    assert recall_by_num_clusterings(x, ones, TAU, sample_size=500)["recall"] == [1.0, 1.0]
