@@ -1,88 +1,37 @@
-r"""Shards: discovering them under a source root and enumerating their items.
+"""Reading a shard's inputs safely: regular files only, bounded, inside the roots.
 
-A shard is one entry directly under the source root:
-
-* a **folder** of images (searched recursively); ``name.txt`` beside ``name.jpg`` is its
-  caption, ``name.json`` its metadata (a ``caption`` key is used when there is no ``.txt``);
-* a **WebDataset-style tar** (``.tar``, ``.tar.gz``, ``.tgz``): members sharing a key (the path
-  up to the first dot of the basename) form one sample, ``KEY.txt`` / ``KEY.json`` as above;
-* a **manifest** (``.csv`` or ``.parquet``) with a ``path`` column (relative paths are relative
-  to the manifest's folder) and an optional ``caption`` column.
-
-The shard's key (its Dagster partition key) is the entry's name, e.g. ``shard-001.tar``.
-
-**When is a shard ready?** Writers are expected to either write under a temporary name and
-rename when done, or to finish with a marker. Concretely a shard is *not* picked up while:
-
-* its name starts with ``.`` or ``_`` (hidden / staging, e.g. ``_manifest_images``), or ends in
-  ``.tmp``, ``.part``, ``.partial``, ``.incomplete``, ``.inprogress`` or ``.crdownload``;
-* it is a folder with no files;
-* the newest modification time among its files is younger than ``min_age_s`` seconds
-  (the writer may still be appending), unless a folder holds a ``_SUCCESS`` marker file, which
-  marks it complete at once.
-
-Shards are treated as immutable once registered: to re-ingest a changed shard, re-materialize
-its partition. A tar or manifest entry that is not a regular file (a FIFO, a device, a dangling
-symlink) is never ready.
-
-**Hostile inputs.** Reading a shard never blocks, never reads outside the shard, and never
-loses the rest of a shard to one bad input; every refused input is an :class:`Item` with an
-``error`` (quarantined by ingest):
-
-* *Only regular files are read.* A file is opened with ``O_NONBLOCK | O_NOFOLLOW`` and checked
-  with ``fstat`` on the open descriptor; FIFOs, devices, sockets and folders are
-  ``not_regular_file`` (checked with ``stat`` first, so they are not even opened). At most
-  ``max_file_bytes + 1`` bytes are read whatever ``st_size`` says (``/dev/zero``-like files
-  report 0), so a file over the cap is ``too_large_file``.
-* *Inputs stay inside their root.* The root of a folder shard is the folder itself; the root
-  of a manifest is the folder holding the manifest (the source root), so a manifest may list
-  images of any folder under the source root (e.g. ``_manifest_images/``). Relative manifest
-  paths are relative to that folder. A path that resolves (``..``, absolute paths, symlinks)
-  outside the root and outside every ``allowed_roots`` entry of :func:`iter_items` is
-  ``outside_root`` and is not read. Symlinked sub-folders of a folder shard are not followed.
-* *File names must be UTF-8.* A name that is not (Python surrogate escapes) or that holds a NUL
-  byte is ``bad_file_name``; its ``source_uri`` shows the bytes with backslash escapes
-  (``bad\xff.jpg``). Such a file is its own input: it is never grouped with sidecars.
-* *Captions are capped.* A caption longer than ``max_caption_bytes`` (UTF-8) is truncated at a
-  character boundary, from a ``.txt``/``.json`` sidecar, a tar sidecar member or a manifest
-  column alike, and the truncation is recorded in :attr:`Item.notes`. A ``.txt`` sidecar is
-  read only up to the cap (plus a little slack for trailing blanks); a ``.json`` sidecar up to
-  ``max_file_bytes``. Undecodable bytes in a ``.txt`` become U+FFFD and an unparseable ``.json``
-  gives no caption, each with a note; a sidecar that cannot be read at all (FIFO, outside the
-  root, too large) is quarantined as its own input and the image is kept with a note.
+See the package docstring of :mod:`curation_assets.lib.shards` for the rules.
 """
 
 import codecs
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import stat
 import tarfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 import polars as pl
 
+from curation_assets.lib.shards.discover import (
+    DEFAULT_MAX_CAPTION_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    MANIFEST_CAPTION_COLUMNS,
+    MANIFEST_PATH_COLUMNS,
+    SIDECAR_SUFFIXES,
+    SUCCESS_MARKER,
+    ShardError,
+    ShardInfo,
+    file_type,
+    visible_files,
+)
+
 logger = logging.getLogger(__name__)
 
-ShardKind = Literal["folder", "tar", "manifest"]
-
-SHARD_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-MANIFEST_SUFFIXES = (".csv", ".parquet")
-IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".incomplete", ".inprogress", ".crdownload")
-SIDECAR_SUFFIXES = (".txt", ".json")
-SUCCESS_MARKER = "_SUCCESS"
-MANIFEST_PATH_COLUMNS = ("path", "image_path", "filepath", "file", "uri")
-MANIFEST_CAPTION_COLUMNS = ("caption", "text", "TEXT", "alt")
-DEFAULT_MAX_FILE_BYTES = 64 << 20
-DEFAULT_MAX_CAPTION_BYTES = 64 << 10
 # A .txt sidecar is read up to the caption cap plus this much (trailing blanks are stripped).
 _CAPTION_READ_SLACK = 4 << 10
 _READ_CHUNK = 1 << 20
@@ -93,31 +42,6 @@ _OPEN_FLAGS = (
     | getattr(os, "O_CLOEXEC", 0)
     | getattr(os, "O_BINARY", 0)
 )
-
-
-class ShardError(ValueError):
-    """A shard as a whole cannot be read (e.g. a manifest without a path column)."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard found under the source root.
-
-    Attributes:
-        key: Partition key (the entry's name).
-        path: Absolute path of the folder / tar / manifest.
-        kind: ``folder``, ``tar`` or ``manifest``.
-        ready: Whether it may be ingested now (see module docstring).
-        why_not_ready: Reason when not ready (empty string otherwise).
-        newest_mtime: Newest modification time among its files (epoch seconds).
-    """
-
-    key: str
-    path: Path
-    kind: ShardKind
-    ready: bool
-    why_not_ready: str = ""
-    newest_mtime: float = 0.0
 
 
 @dataclass
@@ -187,124 +111,6 @@ def cap_caption(text: str, max_bytes: int, *, total_bytes: int | None = None) ->
     return text, "; ".join(notes)
 
 
-def shard_kind(path: Path) -> ShardKind | None:
-    """The kind of shard ``path`` is, or None when it is not a shard."""
-    name = path.name.lower()
-    if path.is_dir():
-        return "folder"
-    if name.endswith(TAR_SUFFIXES):
-        return "tar"
-    if name.endswith(MANIFEST_SUFFIXES):
-        return "manifest"
-    return None
-
-
-def _visible_files(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
-
-
-def _mtime(path: Path) -> float:
-    """Modification time of a file of a folder shard; a dangling symlink counts by its own."""
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        try:
-            return path.lstat().st_mtime
-        except OSError:
-            return 0.0
-
-
-def inspect_shard(path: Path, *, min_age_s: float, now: float | None = None) -> ShardInfo | None:
-    """Classify one entry of the source root; None when it is not a shard at all."""
-    now = time.time() if now is None else now
-    name = path.name
-    if name.startswith((".", "_")) or name.lower().endswith(IN_PROGRESS_SUFFIXES):
-        return None
-    kind = shard_kind(path)
-    if kind is None:
-        return None
-    resolved = path.resolve()
-    if not SHARD_KEY_PATTERN.match(name):
-        return ShardInfo(
-            name, resolved, kind, False, "name must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-        )
-    if kind == "folder":
-        files = list(_visible_files(path))
-        if not files:
-            return ShardInfo(name, resolved, kind, False, "folder has no files yet")
-        newest = max(_mtime(f) for f in files)
-        if (path / SUCCESS_MARKER).exists():
-            return ShardInfo(name, resolved, kind, True, "", newest)
-    else:
-        try:
-            st = path.stat()
-        except OSError as exc:
-            why = f"cannot stat it: {type(exc).__name__}: {exc}"
-            return ShardInfo(name, resolved, kind, False, why)
-        if not stat.S_ISREG(st.st_mode):
-            why = f"is a {_file_type(st.st_mode)}, not a regular file; it is never read"
-            return ShardInfo(name, resolved, kind, False, why, st.st_mtime)
-        newest = st.st_mtime
-    age = now - newest
-    if age < min_age_s:
-        why = f"modified {age:.0f}s ago (< min_age_s={min_age_s:.0f}s); may still be written"
-        return ShardInfo(name, resolved, kind, False, why, newest)
-    return ShardInfo(name, resolved, kind, True, "", newest)
-
-
-def discover_shards(
-    root: Path, *, min_age_s: float = 60.0, now: float | None = None
-) -> list[ShardInfo]:
-    """All shards directly under ``root``, ready or not, sorted by key.
-
-    Args:
-        root: Source root folder.
-        min_age_s: Quiet period after the last modification before a shard is ready.
-        now: Current time (epoch seconds), for tests.
-
-    Raises:
-        FileNotFoundError: If ``root`` does not exist.
-    """
-    if not root.is_dir():
-        msg = f"source root {root} does not exist or is not a folder; create it or fix the config"
-        raise FileNotFoundError(msg)
-    found = (inspect_shard(p, min_age_s=min_age_s, now=now) for p in sorted(root.iterdir()))
-    return [s for s in found if s is not None]
-
-
-def shard_info(root: Path, key: str) -> ShardInfo:
-    """The shard ``key`` under ``root`` (readiness not checked).
-
-    Raises:
-        FileNotFoundError: If no such shard exists.
-    """
-    info = inspect_shard(root / key, min_age_s=0.0) if (root / key).exists() else None
-    if info is None:
-        msg = (
-            f"shard {key!r} not found under source root {root}; it was registered as a "
-            "partition but its folder/tar/manifest is gone or renamed"
-        )
-        raise FileNotFoundError(msg)
-    return info
-
-
-def _file_type(mode: int) -> str:
-    """What a non-regular file is, in words."""
-    kinds = (
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISDIR, "folder"),
-        (stat.S_ISLNK, "symlink"),
-    )
-    return next((word for test, word in kinds if test(mode)), "special file")
-
-
 def _resolve_roots(root: Path, allowed_roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     """The shard's own root first, then the explicitly allowed roots, all fully resolved."""
     return tuple(dict.fromkeys(os.path.realpath(r) for r in (root, *allowed_roots)))
@@ -370,13 +176,13 @@ def _read_file(path: str, max_bytes: int, roots: tuple[str, ...], *, prefix: boo
     try:
         st = os.stat(real)
         if not stat.S_ISREG(st.st_mode):  # refused before open(): a FIFO would block, a
-            detail = f"{shown} is a {_file_type(st.st_mode)}, not a regular file; not opened"
+            detail = f"{shown} is a {file_type(st.st_mode)}, not a regular file; not opened"
             return _Read(error=("not_regular_file", detail))  # device may act on open
         fd = os.open(real, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)  # the file actually opened, in case it was swapped after stat()
             if not stat.S_ISREG(st.st_mode):
-                detail = f"{shown} is a {_file_type(st.st_mode)}, not a regular file; not read"
+                detail = f"{shown} is a {file_type(st.st_mode)}, not a regular file; not read"
                 return _Read(error=("not_regular_file", detail))
             if st.st_size > max_bytes and not prefix:
                 detail = f"{st.st_size} bytes > max_file_bytes={max_bytes}"
@@ -510,7 +316,7 @@ def _iter_folder(
     shard: ShardInfo, max_bytes: int, max_caption_bytes: int, roots: tuple[str, ...]
 ) -> Iterator[Item]:
     groups: dict[Path, list[Path]] = {}
-    for f in _visible_files(shard.path):
+    for f in visible_files(shard.path):
         if f.name == SUCCESS_MARKER:
             continue
         groups.setdefault(f.with_suffix(""), []).append(f)
@@ -550,7 +356,7 @@ def _open_shard_file(path: Path) -> BinaryIO:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        msg = f"shard {path} is a {_file_type(st.st_mode)}, not a regular file; it is not read"
+        msg = f"shard {path} is a {file_type(st.st_mode)}, not a regular file; it is not read"
         raise ShardError(msg)
     return os.fdopen(fd, "rb")
 
@@ -724,19 +530,3 @@ def iter_items(
     else:
         roots = _resolve_roots(manifest_root(shard), allowed_roots)
         yield from _iter_manifest(shard, max_file_bytes, max_caption_bytes, roots)
-
-
-def source_fingerprint(path: Path) -> str:
-    """A short hash of a shard's files: relative path, size and mtime of each.
-
-    A folder is walked (its files are stat'ed, not read); a tar or manifest is one file (the
-    files a manifest lists are not stat'ed). ``curation run`` compares it with the last
-    ingest's to skip unchanged shards.
-    """
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
-        h.update(f"{os.fsencode(rel)!r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
