@@ -12,16 +12,20 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.lib.active import LABEL_QUEUE, build_label_queue
 from curation_assets.lib.classify import (
+    LABEL_QUEUE,
+    LABELS,
     Probe,
+    build_label_queue,
     classifier_from_json,
     classifier_to_json,
     clip_score_floor,
+    current_labels,
     fit_category,
+    get_scorer,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.filtering import (
+from curation_assets.lib.filter import (
     CLASSIFIER_SCORES,
     FILTER_REJECTIONS,
     FILTERED_IMAGES,
@@ -31,8 +35,6 @@ from curation_assets.lib.filtering import (
     score_embeddings,
     split_by_scores,
 )
-from curation_assets.lib.labels import LABELS, current_labels
-from curation_assets.lib.scorers import get_scorer
 from curation_assets.lib.shards import iter_items
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES

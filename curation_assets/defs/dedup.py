@@ -18,6 +18,7 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.lib.classify import SourceReader
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
     assign,
@@ -43,8 +44,7 @@ from curation_assets.lib.dedup_run import (
     write_dedup,
 )
 from curation_assets.lib.embed import embedding_matrix
-from curation_assets.lib.filtering import FILTERED_IMAGES
-from curation_assets.lib.labels import SourceReader
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.tables import RAW_IMAGES
 
 GROUP = "dedup"

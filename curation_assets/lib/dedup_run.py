@@ -52,7 +52,7 @@ from curation_assets.lib.dedup import (
     recall_by_num_clusterings,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES, Column, TableSpec
 
@@ -819,7 +819,7 @@ def duplicate_groups_markdown(
         Markdown; ``_no near-duplicate groups_`` when there are none. An unreadable image is
         shown as its error, not skipped.
     """
-    from curation_assets.lib.labels import make_thumbnail
+    from curation_assets.lib.classify import make_thumbnail
 
     chosen = pick_groups(images, n_groups)
     if not chosen:

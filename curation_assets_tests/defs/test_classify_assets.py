@@ -15,14 +15,14 @@ from curation_assets.defs.classify import (
     safety_classifiers,
 )
 from curation_assets.defs.resources import Categories
-from curation_assets.lib.active import LABEL_QUEUE
-from curation_assets.lib.filtering import (
+from curation_assets.lib.classify.active import LABEL_QUEUE
+from curation_assets.lib.classify.labels import LABELS
+from curation_assets.lib.filter import (
     CLASSIFIER_SCORES,
     FILTER_REJECTIONS,
     FILTERED_IMAGES,
     SAFETY_CLASSIFIERS,
 )
-from curation_assets.lib.labels import LABELS
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources

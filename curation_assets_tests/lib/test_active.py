@@ -2,7 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.active import (
+from curation_assets.lib.classify import ZeroShotScorer, train_probe
+from curation_assets.lib.classify.active import (
     LABEL_QUEUE,
     REASON_NEIGHBOR,
     REASON_TOP_SCORE,
@@ -10,7 +11,6 @@ from curation_assets.lib.active import (
     build_label_queue,
     find_hard_positives,
 )
-from curation_assets.lib.classify import ZeroShotScorer, train_probe
 
 DIM = 16
 

@@ -22,7 +22,7 @@ from curation_assets.lib.dedup_run import (
     write_dedup,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
 

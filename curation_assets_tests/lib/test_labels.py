@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from curation_assets.lib.labels import (
+from curation_assets.lib.classify.labels import (
     LABELS,
     LabelFileError,
     LabelImportError,

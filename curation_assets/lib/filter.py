@@ -16,9 +16,8 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from curation_assets.lib.classify import Classifier
+from curation_assets.lib.classify import Classifier, PretrainedScorer
 from curation_assets.lib.embed import iter_prepared
-from curation_assets.lib.scorers import PretrainedScorer
 from curation_assets.lib.shards import Item
 from curation_assets.lib.tables import Column, TableSpec
 
