@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from curation_assets.lib.classify import Classifier, PretrainedScorer
+from curation_assets.lib.classify import CategorySpec, Classifier, PretrainedScorer
 from curation_assets.lib.embed import iter_prepared
 from curation_assets.lib.shards import Item
 from curation_assets.lib.tables import Column, TableSpec
@@ -86,6 +86,12 @@ FILTER_REJECTIONS = TableSpec(
         Column("threshold", pl.Float64, "The threshold (or the floor) it crossed."),
     ),
 )
+
+
+def clip_score_floor(specs: Sequence[CategorySpec]) -> float | None:
+    """The image–caption cosine floor the filter applies: the largest one set, or None."""
+    floors = [s.min_clip_score for s in specs if s.min_clip_score is not None]
+    return max(floors) if floors else None
 
 
 def score_embeddings(

@@ -1,6 +1,29 @@
-"""Classify: the classifier room (category spec, probes, zero-shot, scorers, labels, queue)."""
+"""Classify: one classifier per unwanted category, thresholded for recall (stage 3).
+
+The classifier room, one module per seam:
+
+* :mod:`.spec` — the category spec (YAML) and its validation;
+* :mod:`.base` — what every classifier shares: input checks, :func:`threshold_for_recall`,
+  row-wise scoring and the :class:`~.base.LinearClassifier` scaffolding;
+* :mod:`.probe` — the linear probe, trained with out-of-fold thresholds;
+* :mod:`.zeroshot` — prompt-based scores for categories with too few labels;
+* :mod:`.policy` — :func:`fit_category`: which of the two the labels allow;
+* :mod:`.serialize` — classifiers as JSON (base64 float32, no pickle);
+* :mod:`.scorers` — pretrained image scorers (open_nsfw) that add score columns;
+* :mod:`.active` — the active-learning label queue;
+* :mod:`.labels` — label files, validated and imported all-or-nothing.
+
+Scores are probabilities in [0, 1]; an image is flagged when ``score >= threshold``.
+"""
 
 from curation_assets.lib.classify.active import LABEL_QUEUE, build_label_queue, find_hard_positives
+from curation_assets.lib.classify.base import (
+    ClassifierInputError,
+    EmbeddingMismatchError,
+    canonical_order,
+    row_dot,
+    threshold_for_recall,
+)
 from curation_assets.lib.classify.labels import (
     LABELS,
     ContactSheet,
@@ -19,41 +42,39 @@ from curation_assets.lib.classify.labels import (
     read_source_bytes,
     validate_labels,
 )
-from curation_assets.lib.classify.probe import (
+from curation_assets.lib.classify.policy import (
+    MIN_NEGATIVES,
     MIN_POSITIVES,
     CategoryResult,
-    CategorySpec,
-    CategorySpecError,
     Classifier,
-    ClassifierInputError,
-    EmbeddingMismatchError,
-    Probe,
-    ZeroShotPrompts,
-    ZeroShotScorer,
-    build_zero_shot,
-    canonical_order,
-    classifier_from_json,
-    classifier_to_json,
-    clip_score_floor,
     fit_category,
-    load_category_spec,
-    load_probes,
-    parse_category_spec,
-    row_dot,
-    save_probes,
-    threshold_for_recall,
-    train_probe,
 )
+from curation_assets.lib.classify.probe import Probe, train_probe
 from curation_assets.lib.classify.scorers import (
     PretrainedScorer,
     ScorerUnavailableError,
     available_scorers,
     get_scorer,
 )
+from curation_assets.lib.classify.serialize import (
+    classifier_from_json,
+    classifier_to_json,
+    load_probes,
+    save_probes,
+)
+from curation_assets.lib.classify.spec import (
+    CategorySpec,
+    CategorySpecError,
+    ZeroShotPrompts,
+    load_category_spec,
+    parse_category_spec,
+)
+from curation_assets.lib.classify.zeroshot import TextEncoder, ZeroShotScorer, build_zero_shot
 
 __all__ = [
     "LABEL_QUEUE",
     "LABELS",
+    "MIN_NEGATIVES",
     "MIN_POSITIVES",
     "available_scorers",
     "build_label_queue",
@@ -66,7 +87,6 @@ __all__ = [
     "classifier_from_json",
     "classifier_to_json",
     "ClassifierInputError",
-    "clip_score_floor",
     "ContactSheet",
     "current_labels",
     "EmbeddingMismatchError",
@@ -93,6 +113,7 @@ __all__ = [
     "save_probes",
     "ScorerUnavailableError",
     "SourceReader",
+    "TextEncoder",
     "threshold_for_recall",
     "train_probe",
     "validate_labels",
