@@ -18,7 +18,6 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.lib.classify import SourceReader
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
     assign,
@@ -45,6 +44,7 @@ from curation_assets.lib.dedup_run import (
 )
 from curation_assets.lib.embed import embedding_matrix
 from curation_assets.lib.filter import FILTERED_IMAGES
+from curation_assets.lib.images import SourceReader
 from curation_assets.lib.tables import RAW_IMAGES
 
 GROUP = "dedup"

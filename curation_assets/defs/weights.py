@@ -26,7 +26,6 @@ from curation_assets.lib.audit import (
     keyword_attributes,
     metadata_attributes,
 )
-from curation_assets.lib.classify import SourceReader
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
@@ -43,6 +42,7 @@ from curation_assets.lib.export import (
     write_webdataset,
 )
 from curation_assets.lib.filter import FILTERED_IMAGES
+from curation_assets.lib.images import SourceReader
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES, Column, TableSpec

@@ -819,7 +819,7 @@ def duplicate_groups_markdown(
         Markdown; ``_no near-duplicate groups_`` when there are none. An unreadable image is
         shown as its error, not skipped.
     """
-    from curation_assets.lib.classify import make_thumbnail
+    from curation_assets.lib.images import make_thumbnail
 
     chosen = pick_groups(images, n_groups)
     if not chosen:

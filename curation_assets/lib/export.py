@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.classify import SourceReader
+from curation_assets.lib.images import SourceReader
 from curation_assets.lib.tables import Column, TableSpec
 
 logger = logging.getLogger(__name__)

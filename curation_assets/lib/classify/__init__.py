@@ -11,7 +11,9 @@ The classifier room, one module per seam:
 * :mod:`.serialize` — classifiers as JSON (base64 float32, no pickle);
 * :mod:`.scorers` — pretrained image scorers (open_nsfw) that add score columns;
 * :mod:`.active` — the active-learning label queue;
-* :mod:`.labels` — label files, validated and imported all-or-nothing.
+* :mod:`.label_files` — label files (CSV, Label Studio) parsed into rows;
+* :mod:`.labels` — the labels table: rows validated and imported all-or-nothing;
+* :mod:`.queue_export` — the label queue as a CSV, Label Studio tasks, an HTML sheet.
 
 Scores are probabilities in [0, 1]; an image is flagged when ``score >= threshold``.
 """
@@ -24,22 +26,18 @@ from curation_assets.lib.classify.base import (
     row_dot,
     threshold_for_recall,
 )
+from curation_assets.lib.classify.label_files import (
+    LabelFileError,
+    parse_label_studio,
+    parse_labels_csv,
+    read_label_file,
+)
 from curation_assets.lib.classify.labels import (
     LABELS,
-    ContactSheet,
-    LabelFileError,
     LabelImport,
     LabelImportError,
-    SourceReader,
     current_labels,
-    export_queue_csv,
-    export_queue_html,
-    export_queue_label_studio,
     import_labels,
-    label_studio_config,
-    make_thumbnail,
-    read_label_file,
-    read_source_bytes,
     validate_labels,
 )
 from curation_assets.lib.classify.policy import (
@@ -50,6 +48,13 @@ from curation_assets.lib.classify.policy import (
     fit_category,
 )
 from curation_assets.lib.classify.probe import Probe, train_probe
+from curation_assets.lib.classify.queue_export import (
+    ContactSheet,
+    export_queue_csv,
+    export_queue_html,
+    export_queue_label_studio,
+    label_studio_config,
+)
 from curation_assets.lib.classify.scorers import (
     PretrainedScorer,
     ScorerUnavailableError,
@@ -103,16 +108,15 @@ __all__ = [
     "LabelImportError",
     "load_category_spec",
     "load_probes",
-    "make_thumbnail",
     "parse_category_spec",
+    "parse_label_studio",
+    "parse_labels_csv",
     "PretrainedScorer",
     "Probe",
     "read_label_file",
-    "read_source_bytes",
     "row_dot",
     "save_probes",
     "ScorerUnavailableError",
-    "SourceReader",
     "TextEncoder",
     "threshold_for_recall",
     "train_probe",
