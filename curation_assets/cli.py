@@ -43,16 +43,16 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
-    from curation_assets.lib.classify import LABEL_QUEUE, LABELS
+    from curation_assets.lib.classify import (
+        CLASSIFIER_SCORES,
+        LABEL_QUEUE,
+        LABELS,
+        SAFETY_CLASSIFIERS,
+    )
     from curation_assets.lib.dedup_run import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
     from curation_assets.lib.export import CURATED_DATASET
-    from curation_assets.lib.filter import (
-        CLASSIFIER_SCORES,
-        FILTER_REJECTIONS,
-        FILTERED_IMAGES,
-        SAFETY_CLASSIFIERS,
-    )
+    from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
     from curation_assets.lib.storage import DeltaStore
     from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
     from curation_assets.lib.weights import SAMPLE_WEIGHTS
@@ -470,7 +470,7 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     print("quarantined by reason:")
     for stage, reason, n in reasons.iter_rows():
         print(f"  {stage}/{reason:<20} {n:>6}")
-    from curation_assets.lib.filter import SAFETY_CLASSIFIERS
+    from curation_assets.lib.classify import SAFETY_CLASSIFIERS
 
     classifiers = (
         DeltaStore(paths.delta_root)

@@ -8,10 +8,19 @@ import os
 
 import dagster as dg
 
-from curation_assets.defs import automation, classify, dedup, embed, ingest, sensors, weights
+from curation_assets.defs import (
+    automation,
+    classify,
+    dedup,
+    embed,
+    filter,
+    ingest,
+    sensors,
+    weights,
+)
 from curation_assets.defs.resources import default_resources
 
-STAGES = (ingest, embed, classify, dedup, weights, sensors, automation)
+STAGES = (ingest, embed, classify, filter, dedup, weights, sensors, automation)
 
 
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}

@@ -75,12 +75,23 @@ def _table_specs() -> dict[str, object]:
     """Every Delta table spec of the pipeline, by table (= asset) name."""
     from curation_assets.lib import dedup_run, embed, export, tables, weights
     from curation_assets.lib import filter as filter_lib
-    from curation_assets.lib.classify import active, labels
+    from curation_assets.lib.classify import active, labels, score, train
     from curation_assets.lib.tables import TableSpec
 
     specs = {
         v.name: v
-        for m in (tables, embed, labels, filter_lib, active, dedup_run, weights, export)
+        for m in (
+            tables,
+            embed,
+            labels,
+            train,
+            score,
+            filter_lib,
+            active,
+            dedup_run,
+            weights,
+            export,
+        )
         for v in vars(m).values()
         if isinstance(v, TableSpec)
     }

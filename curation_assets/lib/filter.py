@@ -1,66 +1,25 @@
-"""Scoring images with the safety classifiers and splitting a shard into kept / rejected.
+"""Filter: split a shard into kept and rejected images, one reason per removal (stage 4).
 
-Scores are stored *long* (one row per image and scorer) rather than one column per category:
-categories come and go with the spec, and a long Delta table never needs a schema migration.
+An image is removed when a classifier's score reaches its threshold (the scores come from the
+classify stage's ``classifier_scores``) or when its image–caption cosine is below the category
+spec's ``min_clip_score`` floor. :func:`split_by_scores` returns the kept rows
+(:data:`FILTERED_IMAGES`) and one rejection row per image and reason
+(:data:`FILTER_REJECTIONS`); :func:`filter_summary` gives the counts the asset's check needs.
 
-Determinism: an image's score is computed from its own embedding only (the classifiers' row-wise
-products, :func:`~curation_assets.lib.classify.row_dot`), so it is bit-identical in any batch;
-:func:`split_by_scores` returns both tables sorted by image_id, whatever order the shard's
-rows were read in.
+Determinism: :func:`split_by_scores` returns both tables sorted by image_id, whatever order the
+shard's rows were read in.
 """
 
-import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from PIL import Image
 
-from curation_assets.lib.classify import CategorySpec, Classifier, PretrainedScorer
-from curation_assets.lib.embed import iter_prepared
-from curation_assets.lib.shards import Item
+from curation_assets.lib.classify import CategorySpec
+from curation_assets.lib.embed import IMAGE_EMBEDDINGS, Embedder, embedding_matrix
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import Column, TableSpec
-
-logger = logging.getLogger(__name__)
-
-_TS = pl.Datetime("us", "UTC")
-
-SAFETY_CLASSIFIERS = TableSpec(
-    name="safety_classifiers",
-    description="One classifier per category: status, threshold, metrics, serialized model.",
-    partition_by=(),
-    columns=(
-        Column("category", pl.String, "Category name from the spec."),
-        Column("status", pl.String, "trained (linear probe), zero_shot or skipped."),
-        Column("reason", pl.String, "Why this status, in a sentence."),
-        Column(
-            "threshold", pl.Float64, "Score at or above which an image is removed (null: none)."
-        ),
-        Column("target_recall", pl.Float64, "Recall the threshold was chosen to keep."),
-        Column("oof_recall", pl.Float64, "Out-of-fold recall at the threshold (probes)."),
-        Column("oof_precision", pl.Float64, "Out-of-fold precision at the threshold (probes)."),
-        Column("roc_auc", pl.Float64, "Out-of-fold ROC-AUC (probes)."),
-        Column("n_pos", pl.Int32, "Labelled positives used."),
-        Column("n_neg", pl.Int32, "Labelled negatives used."),
-        Column("model_id", pl.String, "Embedding model the classifier expects."),
-        Column("dim", pl.Int32, "Embedding dimension the classifier expects."),
-        Column("classifier_json", pl.String, "The classifier (JSON, base64 float32; no pickle)."),
-        Column("trained_at", _TS, "When it was trained (UTC)."),
-    ),
-)
-
-CLASSIFIER_SCORES = TableSpec(
-    name="classifier_scores",
-    description="One score per image and scorer (categories and pretrained scorers).",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("category", pl.String, "Category name, or the pretrained scorer's name."),
-        Column("score", pl.Float32, "Probability-like score in [0, 1]."),
-        Column("threshold", pl.Float64, "Threshold in force (null: score only, no filtering)."),
-        Column("scorer", pl.String, "linear_probe, zero_shot or pretrained:<model id>."),
-    ),
-)
 
 FILTERED_IMAGES = TableSpec(
     name="filtered_images",
@@ -92,39 +51,6 @@ def clip_score_floor(specs: Sequence[CategorySpec]) -> float | None:
     """The image–caption cosine floor the filter applies: the largest one set, or None."""
     floors = [s.min_clip_score for s in specs if s.min_clip_score is not None]
     return max(floors) if floors else None
-
-
-def score_embeddings(
-    classifiers: Sequence[Classifier], x: np.ndarray, image_ids: Sequence[str], shard: str
-) -> pl.DataFrame:
-    """Score every image with every classifier.
-
-    Args:
-        classifiers: Probes / zero-shot scorers (already checked against the embedding model).
-        x: (n, d) float32, L2-normalized embeddings.
-        image_ids: n ids, aligned with ``x``.
-        shard: Partition key.
-
-    Returns:
-        Long frame with :data:`CLASSIFIER_SCORES` columns, n rows per classifier.
-    """
-    frames = [
-        pl.DataFrame(
-            {
-                "image_id": list(image_ids),
-                "shard": shard,
-                "category": c.category,
-                "score": np.asarray(c.score(x), dtype=np.float32) if len(image_ids) else [],
-                "threshold": c.threshold,
-                "scorer": c.kind,
-            },
-            schema_overrides={"score": pl.Float32, "threshold": pl.Float64},
-        )
-        for c in classifiers
-    ]
-    if not frames:
-        return CLASSIFIER_SCORES.empty()
-    return CLASSIFIER_SCORES.conform(pl.concat(frames, how="vertical_relaxed"))
 
 
 def split_by_scores(
@@ -167,61 +93,6 @@ def split_by_scores(
     return FILTERED_IMAGES.conform(kept).sort("image_id"), rejections
 
 
-def pretrained_scores(
-    scorer: PretrainedScorer,
-    items: Iterable[Item],
-    wanted: set[str],
-    shard: str,
-    *,
-    threshold: float | None = None,
-    batch_size: int = 32,
-    workers: int = 2,
-) -> pl.DataFrame:
-    """Score the wanted images of a shard with a pretrained image scorer (e.g. open_nsfw).
-
-    Images are decoded on ``workers`` threads; each sha256 is scored once. Memory: one batch of
-    decoded images.
-
-    Returns:
-        :data:`CLASSIFIER_SCORES` rows with ``category = scorer.name``.
-    """
-
-    def batches() -> Iterator[tuple[list[str], list[Image.Image]]]:
-        ids: list[str] = []
-        images: list[Image.Image] = []
-        for p in iter_prepared(
-            items, lambda im: im, wanted=wanted, workers=workers, prefetch=batch_size
-        ):
-            if p.value is None or p.image_id is None:
-                continue  # undecodable images were already quarantined at ingest
-            ids.append(p.image_id)
-            images.append(p.value)
-            if len(ids) == batch_size:
-                yield ids, images
-                ids, images = [], []
-        if ids:
-            yield ids, images
-
-    ids_all: list[str] = []
-    scores: list[np.ndarray] = []
-    for ids, images in batches():
-        ids_all += ids
-        scores.append(np.asarray(scorer.score_images(images), dtype=np.float32))
-    return CLASSIFIER_SCORES.conform(
-        pl.DataFrame(
-            {
-                "image_id": ids_all,
-                "shard": shard,
-                "category": scorer.name,
-                "score": np.concatenate(scores) if scores else np.zeros(0, np.float32),
-                "threshold": threshold,
-                "scorer": f"pretrained:{scorer.model_id}",
-            },
-            schema_overrides={"threshold": pl.Float64},
-        )
-    )
-
-
 def caption_similarity(
     image_ids: Sequence[str],
     x: np.ndarray,
@@ -251,4 +122,102 @@ def caption_similarity(
     return pl.DataFrame(
         {"image_id": [image_ids[i] for i in rows], "clip_score": sims},
         schema={"image_id": pl.String, "clip_score": pl.Float32},
+    )
+
+
+@dataclass(frozen=True)
+class ClipFloorScores:
+    """The image–caption cosines the CLIP-score floor needs, and whether it applies.
+
+    Attributes:
+        scores: ``image_id, clip_score`` of the captioned images (None: floor not applied).
+        note: How the floor was applied, for the asset's metadata.
+        unavailable: A floor is set and captions exist but the embedder has no text tower,
+            so the floor cannot be applied (the asset warns).
+    """
+
+    scores: pl.DataFrame | None
+    note: str
+    unavailable: bool = False
+
+
+def clip_floor_scores(
+    store: DeltaStore,
+    shard: str,
+    raw: pl.DataFrame,
+    floor: float | None,
+    load_model: Callable[[], Embedder],
+) -> ClipFloorScores:
+    """Image–caption cosines of a shard's captioned images, when a CLIP-score floor is set.
+
+    The model is loaded only when a floor is set and the shard has captions. The image
+    embeddings are read from ``image_embeddings`` and sorted by image_id (the text tower's
+    batches, and their float rounding, follow row order).
+
+    Args:
+        store: The Delta store.
+        shard: Partition key.
+        raw: The shard's ``raw_images`` rows (``image_id``, ``caption``).
+        floor: :func:`clip_score_floor` of the category spec.
+        load_model: Returns the image embedder (its text tower encodes the captions).
+
+    Returns:
+        The :class:`ClipFloorScores`.
+    """
+    if floor is None or not raw["caption"].drop_nulls().len():
+        return ClipFloorScores(None, "no min_clip_score in the category spec")
+    model = load_model()
+    if not model.has_text_tower:
+        return ClipFloorScores(None, f"not applied: {model.model_id} has no text tower", True)
+    emb = store.read(IMAGE_EMBEDDINGS, shards=[shard], columns=["image_id", "embedding"])
+    emb = emb.join(raw.select("image_id", "caption"), on="image_id").sort("image_id")
+    scores = caption_similarity(
+        emb["image_id"].to_list(),
+        embedding_matrix(emb["embedding"]),
+        emb["caption"].to_list(),
+        model.encode_text,
+    )
+    return ClipFloorScores(scores, f"applied: image-caption cosine >= {floor}")
+
+
+@dataclass(frozen=True)
+class FilterSummary:
+    """Counts of one shard's split, for the asset's metadata and its check.
+
+    Attributes:
+        raw: Images of the shard.
+        kept: Images kept.
+        removed: Distinct images removed.
+        removed_share: ``removed / raw`` rounded to 4 decimals (0.0 for an empty shard).
+        by_category: Rejection rows per category (or ``clip_score_floor``).
+        every_image_kept_or_rejected: Each image is in exactly one of kept / rejected.
+    """
+
+    raw: int
+    kept: int
+    removed: int
+    removed_share: float
+    by_category: dict[str, int]
+    every_image_kept_or_rejected: bool
+
+
+def filter_summary(
+    raw: pl.DataFrame, kept: pl.DataFrame, rejections: pl.DataFrame
+) -> FilterSummary:
+    """Counts of :func:`split_by_scores`' result and its invariant (kept + removed = raw).
+
+    Args:
+        raw: The shard's ``raw_images`` rows.
+        kept: :data:`FILTERED_IMAGES` rows.
+        rejections: :data:`FILTER_REJECTIONS` rows.
+    """
+    removed = rejections["image_id"].n_unique()
+    overlap = kept.join(rejections, on="image_id", how="semi").height
+    return FilterSummary(
+        raw=raw.height,
+        kept=kept.height,
+        removed=removed,
+        removed_share=round(removed / raw.height, 4) if raw.height else 0.0,
+        by_category={str(k): int(v) for k, v in rejections.group_by("category").len().rows()},
+        every_image_kept_or_rejected=kept.height + removed == raw.height and overlap == 0,
     )

@@ -6,8 +6,9 @@ import polars as pl
 import pytest
 
 from curation_assets.cli import step_errors
-from curation_assets.defs.classify import classifier_scores, filter_shard
+from curation_assets.defs.classify import classifier_scores
 from curation_assets.defs.dedup import cluster_assignments, cluster_centroids, deduplicate
+from curation_assets.defs.filter import filter_shard
 from curation_assets.defs.resources import Categories
 from curation_assets.lib.dedup_run import (
     DEDUP_RUNS,

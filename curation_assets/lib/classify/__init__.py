@@ -9,7 +9,9 @@ The classifier room, one module per seam:
 * :mod:`.zeroshot` — prompt-based scores for categories with too few labels;
 * :mod:`.policy` — :func:`fit_category`: which of the two the labels allow;
 * :mod:`.serialize` — classifiers as JSON (base64 float32, no pickle);
+* :mod:`.train` — every category trained from the labels: the ``safety_classifiers`` table;
 * :mod:`.scorers` — pretrained image scorers (open_nsfw) that add score columns;
+* :mod:`.score` — images scored by every classifier: the ``classifier_scores`` table;
 * :mod:`.active` — the active-learning label queue;
 * :mod:`.label_files` — label files (CSV, Label Studio) parsed into rows;
 * :mod:`.labels` — the labels table: rows validated and imported all-or-nothing;
@@ -18,7 +20,13 @@ The classifier room, one module per seam:
 Scores are probabilities in [0, 1]; an image is flagged when ``score >= threshold``.
 """
 
-from curation_assets.lib.classify.active import LABEL_QUEUE, build_label_queue, find_hard_positives
+from curation_assets.lib.classify.active import (
+    LABEL_QUEUE,
+    build_label_queue,
+    build_label_queues,
+    find_hard_positives,
+    queue_reasons,
+)
 from curation_assets.lib.classify.base import (
     ClassifierInputError,
     EmbeddingMismatchError,
@@ -55,6 +63,14 @@ from curation_assets.lib.classify.queue_export import (
     export_queue_label_studio,
     label_studio_config,
 )
+from curation_assets.lib.classify.score import (
+    CLASSIFIER_SCORES,
+    mean_scores,
+    pretrained_scores,
+    score_embeddings,
+    score_shard,
+    scores_complete,
+)
 from curation_assets.lib.classify.scorers import (
     PretrainedScorer,
     ScorerUnavailableError,
@@ -74,24 +90,41 @@ from curation_assets.lib.classify.spec import (
     load_category_spec,
     parse_category_spec,
 )
+from curation_assets.lib.classify.train import (
+    SAFETY_CLASSIFIERS,
+    ClassifierChecks,
+    classifier_checks,
+    classifiers_table,
+    labelled_embeddings,
+    pr_curve_markdown,
+    read_classifiers,
+    text_encoder_for,
+    train_classifiers,
+)
 from curation_assets.lib.classify.zeroshot import TextEncoder, ZeroShotScorer, build_zero_shot
 
 __all__ = [
+    "CLASSIFIER_SCORES",
     "LABEL_QUEUE",
     "LABELS",
     "MIN_NEGATIVES",
     "MIN_POSITIVES",
+    "SAFETY_CLASSIFIERS",
     "available_scorers",
     "build_label_queue",
+    "build_label_queues",
     "build_zero_shot",
     "canonical_order",
     "CategoryResult",
     "CategorySpec",
     "CategorySpecError",
     "Classifier",
+    "classifier_checks",
     "classifier_from_json",
     "classifier_to_json",
+    "ClassifierChecks",
     "ClassifierInputError",
+    "classifiers_table",
     "ContactSheet",
     "current_labels",
     "EmbeddingMismatchError",
@@ -106,19 +139,30 @@ __all__ = [
     "LabelFileError",
     "LabelImport",
     "LabelImportError",
+    "labelled_embeddings",
     "load_category_spec",
     "load_probes",
+    "mean_scores",
     "parse_category_spec",
     "parse_label_studio",
     "parse_labels_csv",
+    "pr_curve_markdown",
+    "pretrained_scores",
     "PretrainedScorer",
     "Probe",
+    "queue_reasons",
+    "read_classifiers",
     "read_label_file",
     "row_dot",
     "save_probes",
+    "score_embeddings",
+    "score_shard",
     "ScorerUnavailableError",
+    "scores_complete",
+    "text_encoder_for",
     "TextEncoder",
     "threshold_for_recall",
+    "train_classifiers",
     "train_probe",
     "validate_labels",
     "ZeroShotPrompts",
