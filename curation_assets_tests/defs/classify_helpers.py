@@ -2,7 +2,6 @@
 
 import io
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -34,11 +33,12 @@ def tinted(seed: int, red: bool) -> bytes:
     return buf.getvalue()
 
 
-@contextmanager
 def reddish_shard(
     tmp_path: Path,
 ) -> Iterator[tuple[dg.DagsterInstance, dict, DeltaStore, dict[str, bool]]]:
     """Shard ``s1``: 80 images, every second one red, ingested and embedded (EfficientNet).
+
+    A fixture body: test modules declare ``setup = pytest.fixture(reddish_shard, name="setup")``.
 
     Yields:
         ``(instance, resources, store, truth)``; ``truth`` maps source_uri → is red.

@@ -18,11 +18,7 @@ from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets_tests.defs.classify_helpers import reddish_shard, score_and_filter
 from curation_assets_tests.defs.helpers import check_results
 
-
-@pytest.fixture
-def setup(tmp_path):
-    with reddish_shard(tmp_path) as shard:
-        yield shard
+setup = pytest.fixture(reddish_shard, name="setup")
 
 
 def test_trained_probe_filters_with_reasons_and_queues_unlabelled_images(setup):

@@ -12,11 +12,7 @@ from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets_tests.defs.classify_helpers import reddish_shard, score_and_filter, tinted
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources
 
-
-@pytest.fixture
-def setup(tmp_path):
-    with reddish_shard(tmp_path) as shard:
-        yield shard
+setup = pytest.fixture(reddish_shard, name="setup")
 
 
 def test_without_classifiers_every_image_is_kept_with_a_warning(setup):

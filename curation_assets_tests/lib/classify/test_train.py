@@ -4,7 +4,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.classify.policy import fit_category
 from curation_assets.lib.classify.probe import Probe, train_probe
 from curation_assets.lib.classify.spec import CategorySpec
 from curation_assets.lib.classify.train import (
@@ -108,19 +107,15 @@ def test_table_rows_round_trip_to_the_same_classifiers():
 
 
 def test_checks_name_weak_categories_and_missed_recall():
-    x, y = gaussian_data(30, 40, 2.0)
-    trained = fit_category(HAT, x, y, model_id="m")
-    skipped = fit_category(GORE, x[:0], y[:0], model_id="m", dim=DIM)
-    score_only = fit_category(
-        CategorySpec("cap", "a cap", zero_shot=SPEC.zero_shot),
-        x[:0],
-        y[:0],
-        model_id="m",
-        dim=DIM,
-        text_encoder=fake_text_encoder,
+    _, _, _, embeddings, labels = labelled_world()
+    cap = CategorySpec("cap", "a cap", zero_shot=SPEC.zero_shot)  # prompts but no label
+    results = train_classifiers(
+        [HAT, GORE, cap], labels, embeddings, model_id="m", dim=DIM, text_encoder=fake_text_encoder
     )
-    checks = classifier_checks([trained, skipped, score_only])
+    assert [r.status for r in results] == ["trained", "skipped", "zero_shot"]
+    checks = classifier_checks(results)
     assert checks.not_filtering == ["gore", "cap"] and checks.below_target == []
+    trained = results[0]
     assert isinstance(trained.classifier, Probe)
     trained.classifier.oof_recall = trained.classifier.target_recall - 0.01
     assert classifier_checks([trained]).below_target == ["hat"]
