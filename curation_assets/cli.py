@@ -18,7 +18,7 @@ from dagster import AssetKey
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
 
 if TYPE_CHECKING:
-    from curation_assets.lib.labels import LabelImport
+    from curation_assets.lib.classify import LabelImport
 
 logger = logging.getLogger("curation")
 
@@ -43,17 +43,16 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
-    from curation_assets.lib.active import LABEL_QUEUE
+    from curation_assets.lib.classify import (
+        CLASSIFIER_SCORES,
+        LABEL_QUEUE,
+        LABELS,
+        SAFETY_CLASSIFIERS,
+    )
     from curation_assets.lib.dedup import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
     from curation_assets.lib.embed import IMAGE_EMBEDDINGS
     from curation_assets.lib.export import CURATED_DATASET
-    from curation_assets.lib.filtering import (
-        CLASSIFIER_SCORES,
-        FILTER_REJECTIONS,
-        FILTERED_IMAGES,
-        SAFETY_CLASSIFIERS,
-    )
-    from curation_assets.lib.labels import LABELS
+    from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
     from curation_assets.lib.storage import DeltaStore
     from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
     from curation_assets.lib.weights import SAMPLE_WEIGHTS
@@ -119,7 +118,7 @@ def import_label_file(
     import dagster as dg
 
     from curation_assets.defs.resources import default_resources
-    from curation_assets.lib.labels import LABELS, import_labels, read_label_file
+    from curation_assets.lib.classify import LABELS, import_labels, read_label_file
     from curation_assets.lib.storage import DeltaStore
     from curation_assets.lib.tables import DUPLICATE_FILES, RAW_IMAGES
 
@@ -162,7 +161,7 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     """`curation labels import FILE`."""
     import dagster as dg
 
-    from curation_assets.lib.labels import LabelImportError
+    from curation_assets.lib.classify import LabelImportError
 
     paths = _prepare_home(args.home)
     try:
@@ -183,8 +182,8 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
 
 def cmd_labels_export(args: argparse.Namespace) -> int:
     """`curation labels export-queue`: CSV, Label Studio tasks and an HTML contact sheet."""
-    from curation_assets.lib.active import LABEL_QUEUE
-    from curation_assets.lib.labels import (
+    from curation_assets.lib.classify import (
+        LABEL_QUEUE,
         export_queue_csv,
         export_queue_html,
         export_queue_label_studio,
@@ -472,7 +471,7 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     print("quarantined by reason:")
     for stage, reason, n in reasons.iter_rows():
         print(f"  {stage}/{reason:<20} {n:>6}")
-    from curation_assets.lib.filtering import SAFETY_CLASSIFIERS
+    from curation_assets.lib.classify import SAFETY_CLASSIFIERS
 
     classifiers = (
         DeltaStore(paths.delta_root)

@@ -15,13 +15,14 @@ from curation_assets.defs import (
     dedup,
     embed,
     export,
+    filter,
     ingest,
     sensors,
     weights,
 )
 from curation_assets.defs.resources import default_resources
 
-STAGES = (ingest, embed, classify, cluster, dedup, weights, export, sensors, automation)
+STAGES = (ingest, embed, classify, filter, cluster, dedup, weights, export, sensors, automation)
 
 
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}

@@ -75,22 +75,25 @@ def test_automation_conditions():
 
 def _table_specs() -> dict[str, object]:
     """Every Delta table spec of the pipeline, by table (= asset) name."""
-    from curation_assets.lib import (
-        active,
-        cluster,
-        dedup,
-        embed,
-        export,
-        filtering,
-        labels,
-        tables,
-        weights,
-    )
+    from curation_assets.lib import cluster, dedup, embed, export, tables, weights
+    from curation_assets.lib import filter as filter_lib
+    from curation_assets.lib.classify import active, labels, score, train
     from curation_assets.lib.tables import TableSpec
 
     specs = {
         v.name: v
-        for m in (tables, embed, labels, filtering, active, dedup, weights, export)
+        for m in (
+            tables,
+            embed,
+            labels,
+            train,
+            score,
+            filter_lib,
+            active,
+            dedup,
+            weights,
+            export,
+        )
         for v in vars(m).values()
         if isinstance(v, TableSpec)
     }

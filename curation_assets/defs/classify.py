@@ -1,9 +1,8 @@
-"""Classify and filter stage: labels → safety_classifiers (+ label_queue) → scores → filter."""
+"""Classify stage: labels → safety_classifiers (+ label_queue) → classifier_scores per shard."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -12,29 +11,30 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
-from curation_assets.lib.active import LABEL_QUEUE, build_label_queue
 from curation_assets.lib.classify import (
+    CLASSIFIER_SCORES,
+    LABEL_QUEUE,
+    LABELS,
+    SAFETY_CLASSIFIERS,
     Probe,
-    classifier_from_json,
-    classifier_to_json,
-    clip_score_floor,
-    fit_category,
+    build_label_queues,
+    classifier_checks,
+    classifiers_table,
+    current_labels,
+    get_scorer,
+    labelled_embeddings,
+    mean_scores,
+    pr_curve_markdown,
+    pretrained_scores,
+    queue_reasons,
+    read_classifiers,
+    score_shard,
+    scores_complete,
+    text_encoder_for,
+    train_classifiers,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.filtering import (
-    CLASSIFIER_SCORES,
-    FILTER_REJECTIONS,
-    FILTERED_IMAGES,
-    SAFETY_CLASSIFIERS,
-    caption_similarity,
-    pretrained_scores,
-    score_embeddings,
-    split_by_scores,
-)
-from curation_assets.lib.labels import LABELS, current_labels
-from curation_assets.lib.scorers import get_scorer
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
 
 GROUP = "classify"
 
@@ -62,25 +62,6 @@ class ClassifierConfig(dg.Config):
     )
 
 
-def _labelled_embeddings(store: DeltaStore, ids: list[str]) -> pl.DataFrame:
-    """One embedding per labelled image, sorted by image_id.
-
-    Delta scans, ``unique`` and joins return rows in no fixed order (it changed from run to run
-    and moved the probe's threshold); every frame a decision is computed from is sorted by
-    image_id. ``unique`` keeps the first row by (image_id, shard) when an image was embedded in
-    several shards, so the choice is canonical too.
-    """
-    return (
-        store.scan(IMAGE_EMBEDDINGS)
-        .filter(pl.col("image_id").is_in(ids))
-        .select("image_id", "shard", "embedding", "model_id", "dim")
-        .sort("image_id", "shard")
-        .unique("image_id", keep="first", maintain_order=True)
-        .drop("shard")
-        .collect()
-    )
-
-
 def _single_model(df: pl.DataFrame) -> tuple[str, int]:
     models = df.select("model_id", "dim").unique()
     if models.height != 1:
@@ -91,6 +72,14 @@ def _single_model(df: pl.DataFrame) -> tuple[str, int]:
         raise ValueError(msg)
     model_id, dim = models.row(0)
     return str(model_id), int(dim)
+
+
+def _embedding_model(store: DeltaStore) -> tuple[str, int]:
+    head = store.scan(IMAGE_EMBEDDINGS).select("model_id", "dim").unique().collect()
+    if head.height == 0:
+        msg = "image_embeddings is empty; materialize image_embeddings for a shard first"
+        raise ValueError(msg)
+    return _single_model(head)
 
 
 @dg.asset(
@@ -130,70 +119,34 @@ def safety_classifiers(
     with fail_fast_on_permanent_errors():
         specs = categories.load()
     lab = current_labels(store.read(LABELS))
-    emb = _labelled_embeddings(store, lab["image_id"].unique().to_list())
+    emb = labelled_embeddings(store, lab["image_id"].unique().to_list())
     model_id, dim = _single_model(emb) if emb.height else _embedding_model(store)
-    text_encoder = None
-    if any(s.zero_shot for s in specs):
-        model = embedder.load()
-        text_encoder = model.encode_text if model.has_text_tower else None
-    rows, results = [], []
+    text_encoder = text_encoder_for(specs, embedder.load)
     now = datetime.now(UTC)
-    for spec in specs:
-        mine = (
-            lab.filter(pl.col("category") == spec.name)
-            .join(emb, on="image_id", how="inner")
-            .sort("image_id")  # canonical row order (train_probe also canonicalises)
-        )
-        x = embedding_matrix(mine["embedding"]).reshape(mine.height, dim)
-        result = fit_category(
-            spec,
-            x,
-            mine["label"].to_numpy().astype(np.int8),
-            model_id=model_id,
-            dim=dim,
-            text_encoder=text_encoder,
-            image_ids=mine["image_id"].to_list(),
-            min_positives=config.min_positives,
-            n_splits=config.n_splits,
-            n_repeats=config.n_repeats,
-            seed=config.seed,
-            C=config.C,
-        )
-        results.append(result)
-        summary = result.summary()
+    results = train_classifiers(
+        specs,
+        lab,
+        emb,
+        model_id=model_id,
+        dim=dim,
+        text_encoder=text_encoder,
+        min_positives=config.min_positives,
+        n_splits=config.n_splits,
+        n_repeats=config.n_repeats,
+        seed=config.seed,
+        C=config.C,
+    )
+    for result in results:
         for warning in result.warnings:
-            context.log.warning(f"{spec.name}: {warning}")
-        context.log.info(f"{spec.name}: {result.status} — {result.reason}")
-        rows.append(
-            {
-                "category": spec.name,
-                "status": result.status,
-                "reason": result.reason,
-                "threshold": result.threshold,
-                "target_recall": spec.target_recall,
-                "oof_recall": summary.get("oof_recall"),
-                "oof_precision": summary.get("oof_precision"),
-                "roc_auc": summary.get("roc_auc"),
-                "n_pos": result.n_pos,
-                "n_neg": result.n_neg,
-                "model_id": model_id,
-                "dim": dim,
-                "classifier_json": None
-                if result.classifier is None
-                else classifier_to_json(result.classifier),
-                "trained_at": now,
-            }
-        )
-    table = pl.DataFrame(rows, schema=SAFETY_CLASSIFIERS.schema)
+            context.log.warning(f"{result.category}: {warning}")
+        context.log.info(f"{result.category}: {result.status} — {result.reason}")
+    table = classifiers_table(specs, results, model_id=model_id, dim=dim, trained_at=now)
     store.replace_table(SAFETY_CLASSIFIERS, table)
-    weak = [r.category for r in results if not r.filters]
-    missed = [
-        r.category
-        for r in results
-        if isinstance(r.classifier, Probe) and r.classifier.oof_recall < r.classifier.target_recall
-    ]
+    checks = classifier_checks(results)
     curves = {
-        r.category: _pr_table(r.classifier) for r in results if isinstance(r.classifier, Probe)
+        r.category: dg.MetadataValue.md(pr_curve_markdown(r.classifier))
+        for r in results
+        if isinstance(r.classifier, Probe)
     }
     return dg.MaterializeResult(
         metadata=table_metadata(
@@ -210,44 +163,17 @@ def safety_classifiers(
         check_results=[
             dg.AssetCheckResult(
                 check_name="every_category_has_a_classifier",
-                passed=not weak,
+                passed=not checks.not_filtering,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"not_filtering": ", ".join(weak) or "none"},
+                metadata={"not_filtering": ", ".join(checks.not_filtering) or "none"},
             ),
             dg.AssetCheckResult(
                 check_name="recall_target_met",
-                passed=not missed,
-                metadata={"below_target": ", ".join(missed) or "none"},
+                passed=not checks.below_target,
+                metadata={"below_target": ", ".join(checks.below_target) or "none"},
             ),
         ],
     )
-
-
-def _embedding_model(store: DeltaStore) -> tuple[str, int]:
-    head = store.scan(IMAGE_EMBEDDINGS).select("model_id", "dim").unique().collect()
-    if head.height == 0:
-        msg = "image_embeddings is empty; materialize image_embeddings for a shard first"
-        raise ValueError(msg)
-    return _single_model(head)
-
-
-def _pr_table(probe: Probe) -> dg.MetadataValue:
-    """Precision–recall curve as a small markdown table (threshold, precision, recall)."""
-    curve = probe.pr_curve
-    p, r, t = (np.asarray(curve[k]) for k in ("precision", "recall", "thresholds"))
-    picks = np.unique(np.linspace(0, len(t) - 1, num=min(12, len(t))).astype(int))
-    lines = ["| threshold | precision | recall |", "|---|---|---|"]
-    lines += [f"| {t[i]:.3f} | {p[i]:.3f} | {r[i]:.3f} |" for i in picks]
-    return dg.MetadataValue.md("\n".join(lines))
-
-
-def load_classifiers(store: DeltaStore) -> list:
-    """The classifiers in force (empty before safety_classifiers was first materialized)."""
-    table = store.read(SAFETY_CLASSIFIERS).drop_nulls("classifier_json").sort("category")
-    return [
-        classifier_from_json(text, source=f"safety_classifiers/{cat}")
-        for cat, text in table.select("category", "classifier_json").iter_rows()
-    ]
 
 
 @dg.asset(
@@ -268,24 +194,21 @@ def label_queue(context: dg.AssetExecutionContext, delta: DeltaStorage) -> dg.Ma
     store = delta.store()
     emb = store.read(IMAGE_EMBEDDINGS, columns=["image_id", "embedding"]).unique("image_id")
     emb = emb.sort("image_id")
-    x = embedding_matrix(emb["embedding"])
-    ids = emb["image_id"].to_list()
-    lab = current_labels(store.read(LABELS))
-    queues = []
-    for clf in load_classifiers(store):
-        done = set(lab.filter(pl.col("category") == clf.category)["image_id"].to_list())
-        mask = np.fromiter((i in done for i in ids), dtype=bool, count=len(ids))
-        queues.append(build_label_queue(x, ids, mask, clf))
-    queue = pl.concat(queues) if queues else LABEL_QUEUE.empty()
+    queue = build_label_queues(
+        embedding_matrix(emb["embedding"]),
+        emb["image_id"].to_list(),
+        current_labels(store.read(LABELS)),
+        read_classifiers(store.read(SAFETY_CLASSIFIERS)),
+    )
     store.replace_table(LABEL_QUEUE, queue)
-    reasons = queue["reason"].str.split(":").list.first().value_counts().rows()
-    context.log.info(f"label_queue: {queue.height} images queued {dict(reasons)}")
+    reasons = queue_reasons(queue)
+    context.log.info(f"label_queue: {queue.height} images queued {reasons}")
     return dg.MaterializeResult(
         metadata=table_metadata(
             LABEL_QUEUE,
             delta.uri(LABEL_QUEUE),
             queue.height,
-            by_reason=dg.MetadataValue.json({str(k): int(v) for k, v in reasons}),
+            by_reason=dg.MetadataValue.json(reasons),
             preview=markdown_preview(queue),
         )
     )
@@ -343,18 +266,13 @@ def classifier_scores(
     emb = store.read(
         IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
     ).sort("image_id")
-    classifiers = load_classifiers(store)
-    x = embedding_matrix(emb["embedding"])
+    classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
     with fail_fast_on_permanent_errors():
-        if emb.height:
-            for clf in classifiers:
-                clf.check_compatible(emb["model_id"][0], x.shape[1])
-        frames = [score_embeddings(classifiers, x, emb["image_id"].to_list(), key)]
+        frames = [score_shard(classifiers, emb, key)]
         for name in config.pretrained_scorers:
-            scorer = get_scorer(name)
             frames.append(
                 pretrained_scores(
-                    scorer,
+                    get_scorer(name),
                     shard_source.items(shard_source.shard(key)),
                     set(emb["image_id"].to_list()),
                     key,
@@ -365,12 +283,6 @@ def classifier_scores(
     scores = pl.concat(frames)
     store.replace_shard(CLASSIFIER_SCORES, key, scores)
     n_scorers = len(classifiers) + len(config.pretrained_scorers)
-    per = scores.group_by("image_id", "category").len()
-    complete = (
-        scores.height == emb.height * n_scorers
-        and per.filter(pl.col("len") != 1).height == 0
-        and bool(scores["score"].is_between(0, 1).all())
-    )
     return dg.MaterializeResult(
         metadata=table_metadata(
             CLASSIFIER_SCORES,
@@ -378,12 +290,7 @@ def classifier_scores(
             scores.height,
             scorers=", ".join([c.category for c in classifiers] + config.pretrained_scorers)
             or "none",
-            mean_score=dg.MetadataValue.json(
-                {
-                    str(k): round(float(v), 4)
-                    for k, v in scores.group_by("category").agg(pl.mean("score")).rows()
-                }
-            ),
+            mean_score=dg.MetadataValue.json(mean_scores(scores)),
         ),
         check_results=[
             dg.AssetCheckResult(
@@ -396,114 +303,10 @@ def classifier_scores(
             ),
             dg.AssetCheckResult(
                 check_name="one_finite_score_per_image_and_classifier",
-                passed=complete,
+                passed=scores_complete(scores, n_images=emb.height, n_scorers=n_scorers),
                 metadata={"images": emb.height, "scorers": n_scorers, "rows": scores.height},
             ),
         ],
-    )
-
-
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "filtered_images",
-            description=(
-                "Images of the shard that no category removes: every score below its "
-                "threshold (and image–caption similarity above the floor, when set)."
-            ),
-            deps=["classifier_scores", "raw_images"],
-            kinds={"deltalake", "polars"},
-            automation_condition=updated_on("classifier_scores"),
-            group_name=GROUP,
-            partitions_def=shards_partitions,
-            metadata={"dagster/column_schema": table_schema(FILTERED_IMAGES)},
-        ),
-        dg.AssetSpec(
-            "filter_rejections",
-            description="Why each removed image was removed: category, score and threshold.",
-            deps=["classifier_scores", "raw_images"],
-            kinds={"deltalake", "polars"},
-            automation_condition=updated_on("classifier_scores"),
-            group_name=GROUP,
-            partitions_def=shards_partitions,
-            metadata={"dagster/column_schema": table_schema(FILTER_REJECTIONS)},
-        ),
-    ],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "every_image_kept_or_rejected",
-            asset="filtered_images",
-            blocking=True,
-            description="Each raw image of the shard is in exactly one of the two tables.",
-        )
-    ],
-    retry_policy=transient_retry,
-)
-def filter_shard(
-    context: dg.AssetExecutionContext,
-    delta: DeltaStorage,
-    categories: Categories,
-    embedder: ImageEmbedder,
-):
-    """Split the shard into filtered_images and filter_rejections."""
-    key = context.partition_key
-    store = delta.store()
-    raw = store.read(RAW_IMAGES, shards=[key])
-    scores = store.read(CLASSIFIER_SCORES, shards=[key])
-    with fail_fast_on_permanent_errors():
-        floor = clip_score_floor(categories.load())
-    clip_scores, floor_note = None, "no min_clip_score in the category spec"
-    if floor is not None and raw["caption"].drop_nulls().len():
-        model = embedder.load()
-        if model.has_text_tower:
-            emb = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding"])
-            # sorted: the text tower's batches (and their float rounding) follow row order
-            emb = emb.join(raw.select("image_id", "caption"), on="image_id").sort("image_id")
-            clip_scores = caption_similarity(
-                emb["image_id"].to_list(),
-                embedding_matrix(emb["embedding"]),
-                emb["caption"].to_list(),
-                model.encode_text,
-            )
-            floor_note = f"applied: image-caption cosine >= {floor}"
-        else:
-            floor_note = f"not applied: {model.model_id} has no text tower"
-            context.log.warning(f"min_clip_score {floor} {floor_note}")
-    kept, rejections = split_by_scores(raw, scores, clip_scores=clip_scores, clip_floor=floor)
-    store.replace_shard(FILTERED_IMAGES, key, kept)
-    store.replace_shard(FILTER_REJECTIONS, key, rejections)
-    rejected = rejections["image_id"].n_unique()
-    by_category = dict(rejections.group_by("category").len().rows())
-    context.log.info(f"{key}: kept {kept.height}, removed {rejected} {by_category}")
-    overlap = kept.join(rejections, on="image_id", how="semi").height
-    yield dg.MaterializeResult(
-        asset_key="filtered_images",
-        metadata=table_metadata(
-            FILTERED_IMAGES,
-            delta.uri(FILTERED_IMAGES),
-            kept.height,
-            removed=rejected,
-            removed_share=round(rejected / raw.height, 4) if raw.height else 0.0,
-            clip_score_floor=floor_note,
-        ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="every_image_kept_or_rejected",
-                asset_key="filtered_images",
-                passed=kept.height + rejected == raw.height and overlap == 0,
-                metadata={"raw_images": raw.height, "kept": kept.height, "removed": rejected},
-            )
-        ],
-    )
-    yield dg.MaterializeResult(
-        asset_key="filter_rejections",
-        metadata=table_metadata(
-            FILTER_REJECTIONS,
-            delta.uri(FILTER_REJECTIONS),
-            rejections.height,
-            by_category=dg.MetadataValue.json({str(k): int(v) for k, v in by_category.items()}),
-            preview=markdown_preview(rejections),
-        ),
     )
 
 
@@ -514,6 +317,6 @@ classifiers_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[labels, safety_classifiers, label_queue, classifier_scores, filter_shard],
+    assets=[labels, safety_classifiers, label_queue, classifier_scores],
     jobs=[classifiers_job],
 )

@@ -30,7 +30,7 @@ from curation_assets.lib.cluster import (
     train_kmeans,
 )
 from curation_assets.lib.embed import embedding_matrix
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 
 #: The cluster and dedup stages share one asset group in the UI.
 GROUP = "dedup"

@@ -4,7 +4,7 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.lib.filtering import FILTER_REJECTIONS, FILTERED_IMAGES
+from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
 

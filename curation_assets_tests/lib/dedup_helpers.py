@@ -27,7 +27,7 @@ from curation_assets.lib.dedup import (
     write_dedup,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.synthetic import clip_like_embeddings
 from curation_assets.lib.tables import RAW_IMAGES

@@ -6,7 +6,7 @@ import pytest
 
 from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets.lib.dedup import DUPLICATE_PAIRS, DedupInputs, load_inputs, plan_dedup
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets_tests.lib.dedup_helpers import (
     POLICY,

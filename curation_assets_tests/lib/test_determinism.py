@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 import torch
 
-from curation_assets.lib.active import build_label_queue
 from curation_assets.lib.classify import canonical_order, row_dot, train_probe
+from curation_assets.lib.classify.active import build_label_queue
 from curation_assets.lib.cluster import assign, train_kmeans
-from curation_assets.lib.filtering import split_by_scores
+from curation_assets.lib.filter import split_by_scores
 from curation_assets.lib.synthetic import clip_like_embeddings
 from curation_assets.lib.weights import (
     DensityRatioModel,

@@ -25,7 +25,7 @@ from curation_assets.lib.cluster.kmeans import (
     cluster_size_histogram,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import Column, TableSpec
 

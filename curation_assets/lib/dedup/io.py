@@ -28,7 +28,7 @@ from curation_assets.lib.dedup.full import DedupResult
 from curation_assets.lib.dedup.keep import ImageMeta
 from curation_assets.lib.dedup.pairs import Pairs
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.filtering import FILTERED_IMAGES
+from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES, Column, TableSpec
 

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from curation_assets.lib.dedup.run import DedupOutcome
-from curation_assets.lib.labels import SourceReader, make_thumbnail
+from curation_assets.lib.images import SourceReader, make_thumbnail
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
 

@@ -21,8 +21,8 @@ from curation_assets.lib.export.publish import (
 )
 from curation_assets.lib.export.sampling import sampling_stats, soft_cap_sampling
 from curation_assets.lib.export.webdataset import write_webdataset
-from curation_assets.lib.filtering import FILTERED_IMAGES
-from curation_assets.lib.labels import SourceReader
+from curation_assets.lib.filter import FILTERED_IMAGES
+from curation_assets.lib.images import SourceReader
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS

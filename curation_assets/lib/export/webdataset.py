@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.lib.labels import SourceReader
+from curation_assets.lib.images import SourceReader
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.export.webdataset import image_extension, write_webdataset
-from curation_assets.lib.labels import SourceReader
+from curation_assets.lib.images import SourceReader
 from curation_assets_tests.conftest import image_bytes
 
 

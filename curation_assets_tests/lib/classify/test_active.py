@@ -2,21 +2,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.active import (
+from curation_assets.lib.classify.active import (
     LABEL_QUEUE,
     REASON_NEIGHBOR,
     REASON_TOP_SCORE,
     REASON_UNCERTAIN,
     build_label_queue,
+    build_label_queues,
     find_hard_positives,
+    queue_reasons,
 )
-from curation_assets.lib.classify import ZeroShotScorer, train_probe
-
-DIM = 16
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+from curation_assets.lib.classify.probe import train_probe
+from curation_assets.lib.classify.zeroshot import ZeroShotScorer
+from curation_assets_tests.lib.classify.helpers import DIM, unit
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +151,28 @@ def test_misaligned_inputs_are_refused(world):
         build_label_queue(x, ids[:-1], labelled, probe)
     with pytest.raises(ValueError, match="duplicate"):
         build_label_queue(x, ["a"] * len(ids), labelled, probe)
+
+
+def test_one_queue_per_classifier_each_with_its_own_labels(world):
+    x, ids, labelled, probe, _ = world
+    e1 = np.eye(DIM, dtype=np.float32)[1]
+    gore = ZeroShotScorer("gore", e1, -e1, ("gore",), ("other",), "m", DIM, temperature=5.0)
+    hat_labels = [i for i, m in zip(ids, labelled, strict=True) if m]
+    labels = pl.DataFrame(
+        {"image_id": hat_labels + ids[:2], "category": ["hat"] * len(hat_labels) + ["gore"] * 2}
+    )
+    queue = build_label_queues(x, ids, labels, [probe, gore])
+    assert queue.schema == LABEL_QUEUE.schema
+    assert queue.filter(pl.col("category") == "hat").equals(
+        build_label_queue(x, ids, labelled, probe)
+    )
+    gore_labelled = np.zeros(len(ids), bool)
+    gore_labelled[:2] = True  # only gore's own labels hide images from gore's queue
+    gore_queue = queue.filter(pl.col("category") == "gore")
+    assert gore_queue.equals(build_label_queue(x, ids, gore_labelled, gore))
+    assert not set(gore_queue["image_id"]) & set(ids[:2])
+    assert set(gore_queue["image_id"]) & set(hat_labels)  # hat's labels do not count for gore
+    kinds = [r.split(":")[0] for r in queue["reason"]]
+    assert queue_reasons(queue) == {k: kinds.count(k) for k in set(kinds)}
+    assert set(queue_reasons(queue)) == {REASON_NEIGHBOR, REASON_UNCERTAIN, REASON_TOP_SCORE}
+    assert build_label_queues(x, ids, labels, []).equals(LABEL_QUEUE.empty())

@@ -315,3 +315,35 @@ def build_label_queue(
         all_unl.size,
     )
     return LABEL_QUEUE.conform(queue)
+
+
+def build_label_queues(
+    x_all: np.ndarray,
+    ids_all: Sequence[str],
+    labels: pl.DataFrame,
+    classifiers: Sequence[Scorer],
+) -> pl.DataFrame:
+    """:func:`build_label_queue` for every classifier, one after the other.
+
+    Args:
+        x_all: (N, d) float32, L2-normalized embeddings of the corpus, sorted by image id.
+        ids_all: N image ids aligned with ``x_all``.
+        labels: The labels in force (``image_id``, ``category``).
+        classifiers: The classifiers in force.
+
+    Returns:
+        Rows of :data:`LABEL_QUEUE`, category after category (empty without classifiers).
+    """
+    ids = list(ids_all)
+    queues = []
+    for clf in classifiers:
+        done = set(labels.filter(pl.col("category") == clf.category)["image_id"].to_list())
+        mask = np.fromiter((i in done for i in ids), dtype=bool, count=len(ids))
+        queues.append(build_label_queue(x_all, ids, mask, clf))
+    return pl.concat(queues) if queues else LABEL_QUEUE.empty()
+
+
+def queue_reasons(queue: pl.DataFrame) -> dict[str, int]:
+    """Queued images per reason kind (``neighbor_of_hard_positive`` without its image id)."""
+    counts = queue["reason"].str.split(":").list.first().value_counts().rows()
+    return {str(k): int(v) for k, v in counts}

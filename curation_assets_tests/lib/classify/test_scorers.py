@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation_assets.lib.scorers import (
+from curation_assets.lib.classify.scorers import (
     OpenNsfwScorer,
     PretrainedScorer,
     ScorerUnavailableError,

@@ -12,7 +12,7 @@ Shipped:
   ``pip install 'curation_assets[nsfw]'``.
 
 Determinism: scorers are fixed functions of the pixels.
-:func:`~curation_assets.lib.filtering.pretrained_scores` feeds them a shard's images in its
+:func:`~curation_assets.lib.filter.pretrained_scores` feeds them a shard's images in its
 fixed enumeration order, so the batches are the same on every run. Measured for open_nsfw on
 onnxruntime's CPU provider: an image's score is bit-identical alone, in any batch size (1, 2,
 3, 8, 32) and at any position, so batch composition cannot change it; other execution

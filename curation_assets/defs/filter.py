@@ -1,0 +1,117 @@
+"""Filter stage: per shard, classifier_scores → filtered_images + filter_rejections."""
+
+import dagster as dg
+
+from curation_assets.defs.automation import updated_on
+from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
+from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
+from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.lib.classify import CLASSIFIER_SCORES
+from curation_assets.lib.filter import (
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    clip_floor_scores,
+    clip_score_floor,
+    filter_summary,
+    split_by_scores,
+)
+from curation_assets.lib.tables import RAW_IMAGES
+
+GROUP = "classify"
+"""The filter assets stay in the classify group of the UI, where they have always been."""
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "filtered_images",
+            description=(
+                "Images of the shard that no category removes: every score below its "
+                "threshold (and image–caption similarity above the floor, when set)."
+            ),
+            deps=["classifier_scores", "raw_images"],
+            kinds={"deltalake", "polars"},
+            automation_condition=updated_on("classifier_scores"),
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(FILTERED_IMAGES)},
+        ),
+        dg.AssetSpec(
+            "filter_rejections",
+            description="Why each removed image was removed: category, score and threshold.",
+            deps=["classifier_scores", "raw_images"],
+            kinds={"deltalake", "polars"},
+            automation_condition=updated_on("classifier_scores"),
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(FILTER_REJECTIONS)},
+        ),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_image_kept_or_rejected",
+            asset="filtered_images",
+            blocking=True,
+            description="Each raw image of the shard is in exactly one of the two tables.",
+        )
+    ],
+    retry_policy=transient_retry,
+)
+def filter_shard(
+    context: dg.AssetExecutionContext,
+    delta: DeltaStorage,
+    categories: Categories,
+    embedder: ImageEmbedder,
+):
+    """Split the shard into filtered_images and filter_rejections."""
+    key = context.partition_key
+    store = delta.store()
+    raw = store.read(RAW_IMAGES, shards=[key])
+    scores = store.read(CLASSIFIER_SCORES, shards=[key])
+    with fail_fast_on_permanent_errors():
+        floor = clip_score_floor(categories.load())
+    clip = clip_floor_scores(store, key, raw, floor, embedder.load)
+    if clip.unavailable:
+        context.log.warning(f"min_clip_score {floor} {clip.note}")
+    kept, rejections = split_by_scores(raw, scores, clip_scores=clip.scores, clip_floor=floor)
+    store.replace_shard(FILTERED_IMAGES, key, kept)
+    store.replace_shard(FILTER_REJECTIONS, key, rejections)
+    summary = filter_summary(raw, kept, rejections)
+    context.log.info(f"{key}: kept {kept.height}, removed {summary.removed} {summary.by_category}")
+    yield dg.MaterializeResult(
+        asset_key="filtered_images",
+        metadata=table_metadata(
+            FILTERED_IMAGES,
+            delta.uri(FILTERED_IMAGES),
+            kept.height,
+            removed=summary.removed,
+            removed_share=summary.removed_share,
+            clip_score_floor=clip.note,
+        ),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="every_image_kept_or_rejected",
+                asset_key="filtered_images",
+                passed=summary.every_image_kept_or_rejected,
+                metadata={
+                    "raw_images": raw.height,
+                    "kept": kept.height,
+                    "removed": summary.removed,
+                },
+            )
+        ],
+    )
+    yield dg.MaterializeResult(
+        asset_key="filter_rejections",
+        metadata=table_metadata(
+            FILTER_REJECTIONS,
+            delta.uri(FILTER_REJECTIONS),
+            rejections.height,
+            by_category=dg.MetadataValue.json(summary.by_category),
+            preview=markdown_preview(rejections),
+        ),
+    )
+
+
+defs = dg.Definitions(assets=[filter_shard])

@@ -1,0 +1,173 @@
+"""Scoring images with the safety classifiers and pretrained scorers: ``classifier_scores``.
+
+Scores are stored *long* (one row per image and scorer) rather than one column per category:
+categories come and go with the spec, and a long Delta table never needs a schema migration.
+
+Determinism: an image's score is computed from its own embedding only (the classifiers' row-wise
+products, :func:`~curation_assets.lib.classify.base.row_dot`), so it is bit-identical in any
+batch.
+"""
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from curation_assets.lib.classify.policy import Classifier
+from curation_assets.lib.classify.scorers import PretrainedScorer
+from curation_assets.lib.embed import embedding_matrix, iter_prepared
+from curation_assets.lib.shards import Item
+from curation_assets.lib.tables import Column, TableSpec
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_SCORES = TableSpec(
+    name="classifier_scores",
+    description="One score per image and scorer (categories and pretrained scorers).",
+    columns=(
+        Column("image_id", pl.String, "sha256 of the image bytes."),
+        Column("shard", pl.String, "Shard (dynamic partition key)."),
+        Column("category", pl.String, "Category name, or the pretrained scorer's name."),
+        Column("score", pl.Float32, "Probability-like score in [0, 1]."),
+        Column("threshold", pl.Float64, "Threshold in force (null: score only, no filtering)."),
+        Column("scorer", pl.String, "linear_probe, zero_shot or pretrained:<model id>."),
+    ),
+)
+
+
+def score_embeddings(
+    classifiers: Sequence[Classifier], x: np.ndarray, image_ids: Sequence[str], shard: str
+) -> pl.DataFrame:
+    """Score every image with every classifier.
+
+    Args:
+        classifiers: Probes / zero-shot scorers (already checked against the embedding model).
+        x: (n, d) float32, L2-normalized embeddings.
+        image_ids: n ids, aligned with ``x``.
+        shard: Partition key.
+
+    Returns:
+        Long frame with :data:`CLASSIFIER_SCORES` columns, n rows per classifier.
+    """
+    frames = [
+        pl.DataFrame(
+            {
+                "image_id": list(image_ids),
+                "shard": shard,
+                "category": c.category,
+                "score": np.asarray(c.score(x), dtype=np.float32) if len(image_ids) else [],
+                "threshold": c.threshold,
+                "scorer": c.kind,
+            },
+            schema_overrides={"score": pl.Float32, "threshold": pl.Float64},
+        )
+        for c in classifiers
+    ]
+    if not frames:
+        return CLASSIFIER_SCORES.empty()
+    return CLASSIFIER_SCORES.conform(pl.concat(frames, how="vertical_relaxed"))
+
+
+def score_shard(
+    classifiers: Sequence[Classifier], embeddings: pl.DataFrame, shard: str
+) -> pl.DataFrame:
+    """Score a shard's embeddings with every classifier, after checking their model.
+
+    Args:
+        classifiers: The classifiers in force.
+        embeddings: The shard's ``image_embeddings`` rows (``image_id``, ``embedding``,
+            ``model_id``), in the order the scores should come.
+        shard: Partition key.
+
+    Returns:
+        :func:`score_embeddings` rows.
+
+    Raises:
+        EmbeddingMismatchError: If a classifier was trained on another embedding model.
+    """
+    x = embedding_matrix(embeddings["embedding"])
+    if embeddings.height:
+        for clf in classifiers:
+            clf.check_compatible(embeddings["model_id"][0], x.shape[1])
+    return score_embeddings(classifiers, x, embeddings["image_id"].to_list(), shard)
+
+
+def pretrained_scores(
+    scorer: PretrainedScorer,
+    items: Iterable[Item],
+    wanted: set[str],
+    shard: str,
+    *,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+) -> pl.DataFrame:
+    """Score the wanted images of a shard with a pretrained image scorer (e.g. open_nsfw).
+
+    Images are decoded on ``workers`` threads; each sha256 is scored once. Memory: one batch of
+    decoded images.
+
+    Returns:
+        :data:`CLASSIFIER_SCORES` rows with ``category = scorer.name``.
+    """
+
+    def batches() -> Iterator[tuple[list[str], list[Image.Image]]]:
+        ids: list[str] = []
+        images: list[Image.Image] = []
+        for p in iter_prepared(
+            items, lambda im: im, wanted=wanted, workers=workers, prefetch=batch_size
+        ):
+            if p.value is None or p.image_id is None:
+                continue  # undecodable images were already quarantined at ingest
+            ids.append(p.image_id)
+            images.append(p.value)
+            if len(ids) == batch_size:
+                yield ids, images
+                ids, images = [], []
+        if ids:
+            yield ids, images
+
+    ids_all: list[str] = []
+    scores: list[np.ndarray] = []
+    for ids, images in batches():
+        ids_all += ids
+        scores.append(np.asarray(scorer.score_images(images), dtype=np.float32))
+    return CLASSIFIER_SCORES.conform(
+        pl.DataFrame(
+            {
+                "image_id": ids_all,
+                "shard": shard,
+                "category": scorer.name,
+                "score": np.concatenate(scores) if scores else np.zeros(0, np.float32),
+                "threshold": threshold,
+                "scorer": f"pretrained:{scorer.model_id}",
+            },
+            schema_overrides={"threshold": pl.Float64},
+        )
+    )
+
+
+def scores_complete(scores: pl.DataFrame, *, n_images: int, n_scorers: int) -> bool:
+    """Whether every image has exactly one score in [0, 1] per scorer.
+
+    Args:
+        scores: A shard's :data:`CLASSIFIER_SCORES` rows.
+        n_images: Embedded images of the shard.
+        n_scorers: Classifiers plus pretrained scorers run.
+    """
+    per = scores.group_by("image_id", "category").len()
+    return (
+        scores.height == n_images * n_scorers
+        and per.filter(pl.col("len") != 1).height == 0
+        and bool(scores["score"].is_between(0, 1).all())
+    )
+
+
+def mean_scores(scores: pl.DataFrame) -> dict[str, float]:
+    """Mean score per category (or pretrained scorer), rounded to 4 decimals."""
+    return {
+        str(k): round(float(v), 4)
+        for k, v in scores.group_by("category").agg(pl.mean("score")).rows()
+    }
