@@ -31,7 +31,7 @@ def _prepare_home(home: str | None, source: str | None = None) -> Paths:
         save_settings(paths.home, source_root=str(Path(source).expanduser().resolve()))
         paths = resolve_paths(paths.home)
     paths.dagster_home.mkdir(parents=True, exist_ok=True)
-    from curation_assets.devserver import install_dagster_yaml
+    from curation_assets.tools.devserver import install_dagster_yaml
 
     template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
     note = install_dagster_yaml(paths.dagster_home / "dagster.yaml", template)
@@ -222,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Materialize every asset for every shard and print a summary."""
     paths = _prepare_home(args.home, args.source)
     if args.source is None:
-        from curation_assets.lib.demo import build_demo_corpus
+        from curation_assets.tools.demo import build_demo_corpus
 
         t0 = time.perf_counter()
         corpus = build_demo_corpus(paths.source_root)
@@ -294,7 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         embedded = [k for k in keys if k not in todo or k in ok]
         _print_skipped(keys, todo, "ingested and embedded, source unchanged")
         if args.source is None:
-            from curation_assets.lib.demo import write_seed_labels
+            from curation_assets.tools.demo import write_seed_labels
 
             seed = write_seed_labels(corpus)
             done = import_label_file(paths, seed, instance=instance)
@@ -490,16 +490,16 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     for step, sec in stage_seconds.items():
         print(f"  {step:<18} {sec:>7.1f}s")
     if demo:
-        from curation_assets.lib.demo import load_ground_truth
-        from curation_assets.lib.evaluate import evaluate_ingest
+        from curation_assets.tools.demo import load_ground_truth
+        from curation_assets.tools.evaluate import evaluate_ingest
 
         gt = load_ground_truth(paths.source_root / "ground_truth.json")
         report = evaluate_ingest(gt, DeltaStore(paths.delta_root))
         print("demo ground truth (ingest):")
         for k, v in report.items():
             print(f"  {k:<34} {v}")
-        from curation_assets.lib.demo import DEMO_CATEGORY
-        from curation_assets.lib.evaluate import evaluate_filter
+        from curation_assets.tools.demo import DEMO_CATEGORY
+        from curation_assets.tools.evaluate import evaluate_filter
 
         report = evaluate_filter(
             gt,
@@ -518,8 +518,8 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     from curation_assets.lib.dedup_run import DEDUP_RUNS
-    from curation_assets.lib.evaluate import evaluate_dedup
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.tools.evaluate import evaluate_dedup
 
     store = DeltaStore(paths.delta_root)
     runs = store.read(DEDUP_RUNS)
@@ -535,8 +535,8 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():
         print(f"  {k:<34} {v}")
-    from curation_assets.lib.evaluate import evaluate_weights
     from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.tools.evaluate import evaluate_weights
 
     if store.exists(SAMPLE_WEIGHTS.name):
         print("demo ground truth (sample weights; palette share, filter-correlated attribute):")
@@ -571,7 +571,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the demo corpus only."""
-    from curation_assets.lib.demo import build_demo_corpus
+    from curation_assets.tools.demo import build_demo_corpus
 
     dest = Path(args.dest) if args.dest else resolve_paths(args.home).source_root
     corpus = build_demo_corpus(dest, seed=args.seed)
@@ -581,7 +581,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench_incremental(args: argparse.Namespace) -> int:
     """Benchmark a full run against the update for one new ~1 % shard; print JSON."""
-    from curation_assets.bench_pipeline import bench_incremental
+    from curation_assets.tools.bench_pipeline import bench_incremental
 
     report = bench_incremental(
         Path(args.images),
@@ -597,7 +597,7 @@ def cmd_bench_daemon(args: argparse.Namespace) -> int:
     """Time a new ~1 % shard through ``dagster dev``'s sensors and automation; print JSON."""
     import signal
 
-    from curation_assets.bench_daemon import bench_daemon
+    from curation_assets.tools.bench_daemon import bench_daemon
 
     # SIGTERM (kill, timeout) unwinds like Ctrl-C so that the dagster dev group is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -619,7 +619,6 @@ def cmd_bench_daemon(args: argparse.Namespace) -> int:
 
 def cmd_bench_embed(args: argparse.Namespace) -> int:
     """Benchmark the embedding stage and print JSON."""
-    from curation_assets.lib.bench import bench_embed
     from curation_assets.lib.embed import (
         DEFAULT_OPEN_CLIP_MODEL,
         DEFAULT_OPEN_CLIP_PRETRAINED,
@@ -627,6 +626,7 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
         EFFICIENTNET_LITE0_PACKAGE,
         EmbedderSpec,
     )
+    from curation_assets.tools.bench import bench_embed
 
     timm = args.backend == "timm"
     model = args.model or (DEFAULT_TIMM_MODEL if timm else DEFAULT_OPEN_CLIP_MODEL)
@@ -654,7 +654,7 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
 
 def cmd_bench_dedup(args: argparse.Namespace) -> int:
     """Benchmark cluster-based near-duplicate search against exhaustive search; print JSON."""
-    from curation_assets.lib.bench_dedup import bench_dedup, bench_dedup_clothing
+    from curation_assets.tools.bench_dedup import bench_dedup, bench_dedup_clothing
 
     if args.clothing:
         report = bench_dedup_clothing(Path(args.clothing), seed=args.seed)

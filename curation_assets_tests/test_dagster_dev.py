@@ -2,7 +2,7 @@
 
 import pytest
 
-from curation_assets.devserver import dagster_dev, install_instance_config
+from curation_assets.tools.devserver import dagster_dev, install_instance_config
 
 QUERY = """
 {

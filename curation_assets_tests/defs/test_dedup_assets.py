@@ -16,11 +16,11 @@ from curation_assets.lib.dedup_run import (
     assignments_spec,
     load_centroids,
 )
-from curation_assets.lib.demo import build_demo_corpus
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.evaluate import evaluate_dedup
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.tools.demo import build_demo_corpus
+from curation_assets.tools.evaluate import evaluate_dedup
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources
 
 pytestmark = pytest.mark.slow

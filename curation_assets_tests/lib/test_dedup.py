@@ -20,7 +20,7 @@ from curation_assets.lib.dedup import (
     recall_by_num_clusterings,
     union_pairs,
 )
-from curation_assets.lib.synthetic import clip_like_embeddings
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 TAU = 0.95
 

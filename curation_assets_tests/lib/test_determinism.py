@@ -17,13 +17,13 @@ from curation_assets.lib.audit import bias_audit, concept_attributes
 from curation_assets.lib.classify import canonical_order, row_dot, train_probe
 from curation_assets.lib.cluster import assign, train_kmeans
 from curation_assets.lib.filtering import split_by_scores
-from curation_assets.lib.synthetic import clip_like_embeddings
 from curation_assets.lib.weights import (
     DensityRatioModel,
     SampleWeights,
     fit_density_ratio,
     sample_weights,
 )
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 DIM = 16
 

@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 """The checkout (``workspace.yaml`` lives there when the package is installed editable)."""
 
 REPOSITORY_SELECTOR = {

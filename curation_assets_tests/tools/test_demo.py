@@ -1,4 +1,4 @@
-"""Tests for the deterministic demo corpus (``curation_assets.lib.demo``)."""
+"""Tests for the deterministic demo corpus (``curation_assets.tools.demo``)."""
 
 import io
 import json
@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from curation_assets.lib.demo import (
+from curation_assets.tools.demo import (
     CORRUPT_KINDS,
     EDITS,
     GENERATOR_VERSION,
