@@ -196,12 +196,12 @@ def plan_items(seed: int, bases: list[Base]) -> list[Spec]:
     )
     used: set[int] = set(taken)
     for src_shard, dst_shard, same_path in exact:
-        cands = [
-            s
-            for s in originals.values()
-            if s.shard == src_shard and s.base_id not in used and s.subdir == ""
-        ]
+        free = [s for s in originals.values() if s.shard == src_shard and s.base_id not in used]
+        # An original at the shard's top level, so that a copy in the same shard enumerates
+        # after it. A small corpus may have none left there: one from ``sub/`` moves up.
+        cands = [s for s in free if s.subdir == ""] or free
         orig = cands[int(rng.integers(len(cands)))]
+        orig.subdir = ""
         assert orig.base_id is not None
         used.add(orig.base_id)
         dup = Spec(dst_shard, "exact_duplicate", orig.base_id, ext=orig.ext, dup_of=orig)
