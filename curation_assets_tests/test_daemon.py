@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from curation_assets.runner import install_instance_config
 from curation_assets.tools.bench_daemon import (
     Phase,
     drop,
@@ -30,7 +31,7 @@ from curation_assets.tools.bench_daemon import (
     runs_since,
     wait_for_export,
 )
-from curation_assets.tools.devserver import dagster_dev, install_instance_config
+from curation_assets.tools.devserver import dagster_dev
 from curation_assets_tests.conftest import age, write_images
 
 INTERVAL_S = 10

@@ -5,7 +5,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.cli import step_errors
 from curation_assets.defs.classify import classifier_scores, filter_shard
 from curation_assets.defs.dedup import cluster_assignments, cluster_centroids, deduplicate
 from curation_assets.defs.resources import Categories
@@ -19,6 +18,7 @@ from curation_assets.lib.dedup_run import (
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.runner import step_errors
 from curation_assets.tools.demo import build_demo_corpus
 from curation_assets.tools.evaluate import evaluate_dedup
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources
