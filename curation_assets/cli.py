@@ -506,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # runner.Interrupted says where, and what became of the run
+        print(f"interrupted {exc}".strip(), file=sys.stderr)
         return 130
     except Exception as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -14,7 +14,9 @@ materializations and pool slots are the ones ``curation dev`` shows). The sequen
 5. centroids (when missing or asked) → assignments per shard → dedup → weights + export.
 
 Work already done is skipped (:class:`Freshness`). A failed run does not stop the other shards:
-its step errors are collected in :attr:`Runner.failures`.
+its step errors are collected in :attr:`Runner.failures`. Ctrl-C (or SIGTERM) stops the whole
+sequence: the run in flight ends failed with its pool slots freed, no further run starts, and
+:class:`Interrupted` (a ``KeyboardInterrupt``) propagates to the caller.
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import dagster as dg
 
-from curation_assets.defs.run_health import guard_runs
+from curation_assets.defs.run_health import guard_runs, pool_slots
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
 
 if TYPE_CHECKING:
@@ -250,6 +256,65 @@ def step_errors(result: Any) -> list[str]:
     return errors
 
 
+_INTERRUPTS = {"KeyboardInterrupt", "DagsterExecutionInterruptedError"}
+
+
+def was_interrupted(result: Any) -> bool:
+    """Whether Dagster ended the run of ``result`` because of an interrupt (Ctrl-C, SIGTERM)."""
+    for event in result.all_events:
+        if event.event_type_value in ("STEP_FAILURE", "PIPELINE_FAILURE"):
+            err = event.event_specific_data.error
+            if err is not None and err.cls_name in _INTERRUPTS:
+                return True
+    return False
+
+
+class _SignalLatch:
+    """Notes SIGINT/SIGTERM arriving while it is open, whoever handles them.
+
+    Dagster replaces the SIGINT handler while it executes a run and resets the interrupt it
+    captured when the run ends; an interrupt that arrives after the run's last checkpoint
+    would be lost, and the next run would start. The interpreter writes every signal it
+    handles to the wakeup file descriptor whatever the handler; this latch reads them.
+    """
+
+    def __enter__(self) -> _SignalLatch:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read, write = socket.socketpair()
+        read.setblocking(False)
+        write.setblocking(False)
+        self._old = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+        self._pair = (read, write)
+        return self
+
+    def fired(self) -> bool:
+        """Whether SIGINT or SIGTERM arrived since the latch opened."""
+        if self._pair is None:
+            return False
+        seen = b""
+        try:
+            while chunk := self._pair[0].recv(4096):
+                seen += chunk
+        except BlockingIOError:
+            pass
+        return any(s in seen for s in (signal.SIGINT, signal.SIGTERM))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pair is not None:
+            signal.set_wakeup_fd(self._old)
+            for sock in self._pair:
+                sock.close()
+
+
+_ENDED = {"FAILURE": "failed", "CANCELED": "canceled", "SUCCESS": "succeeded"}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the sequence; the message says where and what was done."""
+
+
 # ------------------------------------------------------------------------------ freshness
 
 
@@ -367,26 +432,66 @@ class Runner:
         asset_selection: Sequence[dg.AssetKey] | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> bool:
-        """Execute ``job`` in process; echo ``label: ok|FAILED in Ns``; True when it succeeded."""
+        """Execute ``job`` in process; echo ``label: ok|FAILED in Ns``; True when it succeeded.
+
+        Raises:
+            Interrupted: When Ctrl-C or SIGTERM arrived during the run (the run is marked
+                failed and its pool slots are freed; nothing else is started).
+        """
+        target = self.defs.resolve_job_def(job)
         t0 = time.perf_counter()
-        result = self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance,
-            raise_on_error=False,
-            partition_key=partition_key,
-            asset_selection=asset_selection,
-            run_config={
-                "loggers": {"console": {"config": {"log_level": self.log_level}}},
-                **(run_config or {}),
-            },
-        )
+        since = datetime.now(UTC)
+        with _SignalLatch() as latch:
+            try:
+                result = target.execute_in_process(
+                    instance=self.instance,
+                    raise_on_error=False,
+                    partition_key=partition_key,
+                    asset_selection=asset_selection,
+                    run_config={
+                        "loggers": {"console": {"config": {"log_level": self.log_level}}},
+                        **(run_config or {}),
+                    },
+                )
+            except KeyboardInterrupt:  # outside Dagster's own handling (run creation, teardown)
+                self._stop(label, t0, self._runs_since(job, since), ok=False)
+            interrupted = latch.fired() or was_interrupted(result)
         seconds = time.perf_counter() - t0
         self.job_seconds[job] = self.job_seconds.get(job, 0.0) + seconds
         for step, sec in step_seconds(result).items():
             self.stage_seconds[step] = self.stage_seconds.get(step, 0.0) + sec
+        if interrupted:
+            self._stop(label, t0, [result.run_id], ok=result.success)
         self.echo(f"  {label}: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s")
         if not result.success:
             self.failures.setdefault(label, []).extend(step_errors(result))
         return bool(result.success)
+
+    def _runs_since(self, job: str, since: datetime) -> list[str]:
+        records = self.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job, created_after=since)
+        )
+        return [r.dagster_run.run_id for r in records]
+
+    def _stop(self, label: str, t0: float, run_ids: list[str], *, ok: bool) -> NoReturn:
+        """End the interrupted runs (failed, pool slots freed) and raise :class:`Interrupted`."""
+        outcome = "ok" if ok else "INTERRUPTED"
+        self.echo(f"  {label}: {outcome} in {time.perf_counter() - t0:.1f}s")
+        done = []
+        held = pool_slots(self.instance)
+        for run_id in run_ids:
+            run = self.instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                self.instance.report_run_failed(run, "interrupted; marked failed by curation run")
+                run = self.instance.get_run_by_id(run_id)
+            slots = [s for s in held if s.run_id == run_id]
+            if slots:
+                self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+            status = _ENDED.get(run.status.value, run.status.value) if run else "deleted"
+            freed = f", freed pool {', '.join(s.pool for s in slots)}" if slots else ""
+            done.append(f"run {run_id[:8]} {status}{freed}")
+        runs = "; ".join(done) or "no run was created"
+        raise Interrupted(f"during {label} ({runs}); no further run started")
 
     def register(self, keys: Sequence[str]) -> list[str]:
         """Add ``keys`` to the shard partitions; returns those that were new."""
@@ -508,6 +613,9 @@ def run_pipeline(
         retrain: Retrain the centroids even when they exist.
         after_embed: Called once ingest + embed is done (the demo imports its seed labels).
         weights_config: Op config of ``weights_job``.
+
+    Raises:
+        Interrupted: On Ctrl-C or SIGTERM (see :meth:`Runner.execute`).
     """
     keys = [s.key for s in shards]
     new = runner.register(keys)
