@@ -99,7 +99,7 @@ def job_assets(job: str) -> list[str]:
     """
     from curation_assets.definitions import defs
 
-    keys = defs.resolve_job_def(job).asset_layer.selected_asset_keys
+    keys = defs().resolve_job_def(job).asset_layer.selected_asset_keys
     return sorted(k.to_user_string() for k in keys)
 
 
