@@ -1,45 +1,138 @@
-"""``curation`` command line: run the pipeline headless, open the UI, build the demo, benchmark."""
+"""``curation`` command line: run the pipeline headless, open the UI, build the demo, benchmark.
+
+Argument parsing and printing only: the headless sequence is :mod:`curation_assets.runner`,
+the demo, evaluation and benchmarks are :mod:`curation_assets.tools`.
+"""
 
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import time
-from importlib.resources import files
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from dagster import AssetKey
 
-from curation_assets.lib.settings import Paths, resolve_paths, save_settings
-
-if TYPE_CHECKING:
-    from curation_assets.lib.classify import LabelImport
+from curation_assets.lib.settings import Paths, resolve_paths
+from curation_assets.runner import (
+    Runner,
+    ShardSelectionError,
+    import_label_file,
+    open_runner,
+    prepare_home,
+    ready_shards,
+    run_pipeline,
+)
 
 logger = logging.getLogger("curation")
 
 
-def _prepare_home(home: str | None, source: str | None = None) -> Paths:
-    """Create the home, point DAGSTER_HOME/CURATION_* at it and install dagster.yaml."""
-    paths = resolve_paths(home)
-    paths.home.mkdir(parents=True, exist_ok=True)
-    if source is not None:
-        save_settings(paths.home, source_root=str(Path(source).expanduser().resolve()))
-        paths = resolve_paths(paths.home)
-    paths.dagster_home.mkdir(parents=True, exist_ok=True)
-    from curation_assets.devserver import install_dagster_yaml
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    """`curation labels import FILE`."""
+    import dagster as dg
 
-    template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
-    note = install_dagster_yaml(paths.dagster_home / "dagster.yaml", template)
-    if note:
-        logger.warning(note)
-    os.environ["CURATION_HOME"] = str(paths.home)
-    os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
-    return paths
+    from curation_assets.lib.classify import LabelImportError
+
+    paths = prepare_home(args.home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            result = import_label_file(
+                paths, Path(args.file), instance=instance, allow_relabel=args.allow_relabel
+            )
+    except LabelImportError as exc:
+        print(f"error: nothing imported.\n{exc}", file=sys.stderr)
+        return 1
+    print(
+        f"imported {result.rows.height} labels from {args.file} "
+        f"({result.n_already_labelled} already known, {result.n_blank} blank rows skipped); "
+        "re-materialize safety_classifiers to retrain"
+    )
+    return 0
+
+
+def cmd_labels_export(args: argparse.Namespace) -> int:
+    """`curation labels export-queue`: CSV, Label Studio tasks and an HTML contact sheet."""
+    from curation_assets.lib.classify import (
+        LABEL_QUEUE,
+        export_queue_csv,
+        export_queue_html,
+        export_queue_label_studio,
+    )
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import RAW_IMAGES
+
+    paths = prepare_home(args.home)
+    store = DeltaStore(paths.delta_root)
+    queue = store.read(LABEL_QUEUE)
+    if queue.is_empty():
+        msg = (
+            "error: the label queue is empty (no classifier trained yet, or nothing left to "
+            "label); import labels, then materialize safety_classifiers and label_queue"
+        )
+        print(msg, file=sys.stderr)
+        return 1
+    uris = store.read(RAW_IMAGES, columns=["image_id", "source_uri"]).unique("image_id")
+    queue = queue.join(uris, on="image_id", how="left").sort("category", "rank")
+    out = Path(args.out) if args.out else paths.home / "label_queue"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        export_queue_csv(queue, out / "label_queue.csv"),
+        export_queue_label_studio(queue, out / "label_studio_tasks.json"),
+        export_queue_html(queue, out / "contact_sheet.html", max_items=args.max_items).path,
+    ]
+    print(f"{queue.height} queued images written to:")
+    for path in written:
+        print(f"  {path}")
+    print("Fill the label column (1 = belongs to the category, 0 = not) and run:")
+    print(f"  curation labels import {out / 'label_queue.csv'} --home {paths.home}")
+    return 0
+
+
+DEMO_WEIGHTS_CONFIG = {"weights_and_audit": {"config": {"keywords": ["warm", "cool"]}}}
+"""The demo's captions name the palette: its bias audit takes them as keywords."""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Materialize every asset for every shard and print a summary."""
+    paths = prepare_home(args.home, args.source)
+    demo = args.source is None
+    after_embed: Callable[[Runner], None] | None = None
+    if demo:
+        from curation_assets.tools.demo import build_demo_corpus, write_seed_labels
+
+        t0 = time.perf_counter()
+        corpus = build_demo_corpus(paths.source_root)
+        print(f"demo corpus ready in {paths.source_root} ({time.perf_counter() - t0:.1f}s)")
+
+        def import_seed_labels(runner: Runner) -> None:
+            seed = write_seed_labels(corpus)
+            done = import_label_file(paths, seed, instance=runner.instance)
+            print(f"demo seed labels: {done.rows.height} new ({done.n_already_labelled} known)")
+
+        after_embed = import_seed_labels
+    try:
+        shards = ready_shards(paths.source_root, args.shards, echo=print)
+    except ShardSelectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with open_runner(paths, echo=print, verbose=args.verbose, force=args.force) as runner:
+        run_pipeline(
+            runner,
+            shards,
+            retrain=args.retrain_centroids,
+            after_embed=after_embed,
+            weights_config=DEMO_WEIGHTS_CONFIG if demo else None,
+        )
+    _print_summary(paths, runner.stage_seconds, demo=demo)
+    if runner.failures:
+        for what, errors in runner.failures.items():
+            for err in errors or ["run failed"]:
+                print(f"error: {what}: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
@@ -75,382 +168,6 @@ def _table_counts(delta_root: str) -> dict[str, int]:
         CURATED_DATASET,
     )
     return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
-
-
-def _step_seconds(result: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for event in result.all_events:
-        if event.event_type_value == "STEP_SUCCESS" and event.step_key:
-            out[event.step_key] = event.event_specific_data.duration_ms / 1000.0
-    return out
-
-
-def step_errors(result: Any) -> list[str]:
-    """``step: message`` of each failed step, with the user code's own error, not the wrapper."""
-    errors = []
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            err = event.event_specific_data.error
-            while err is not None and err.cause is not None:
-                err = err.cause
-            errors.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
-    return errors
-
-
-EMBED = [
-    AssetKey("raw_images"),
-    AssetKey("quarantine"),
-    AssetKey("exact_duplicates"),
-    AssetKey("ingest_notes"),
-    AssetKey("image_embeddings"),
-]
-FILTER = [AssetKey("classifier_scores"), AssetKey("filtered_images"), AssetKey("filter_rejections")]
-
-
-def import_label_file(
-    paths: Paths, file: Path, *, instance: Any, allow_relabel: bool = False
-) -> "LabelImport":
-    """Validate and append a label file (all or nothing); report it to Dagster as `labels`.
-
-    Raises:
-        LabelImportError: With a readable report when any row is wrong (nothing imported).
-    """
-    import dagster as dg
-
-    from curation_assets.defs.resources import default_resources
-    from curation_assets.lib.classify import LABELS, import_labels, read_label_file
-    from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import DUPLICATE_FILES, RAW_IMAGES
-
-    store = DeltaStore(paths.delta_root)
-    known = pl.concat(
-        [
-            store.read(RAW_IMAGES, columns=["image_id", "source_uri"]),
-            store.read(DUPLICATE_FILES, columns=["image_id", "source_uri"]),
-        ]
-    )
-    categories = default_resources(str(paths.home))["categories"].load()  # type: ignore[attr-defined]
-    result = import_labels(
-        read_label_file(file),
-        known_images=known,
-        categories=[c.name for c in categories],
-        existing=store.read(LABELS),
-        allow_relabel=allow_relabel,
-    )
-    if result.rows.is_empty():  # nothing new: no write, no event, classifiers stay current
-        return result
-    store.append(LABELS, result.rows)
-    total = store.scan(LABELS).select(pl.len()).collect().item()
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            asset_key="labels",
-            description=f"imported {result.rows.height} labels from {file}",
-            metadata={
-                "dagster/row_count": total,
-                "dagster/uri": store.uri(LABELS.name),
-                "imported": result.rows.height,
-                "source_file": str(file),
-                "already_labelled": result.n_already_labelled,
-            },
-        )
-    )
-    return result
-
-
-def cmd_labels_import(args: argparse.Namespace) -> int:
-    """`curation labels import FILE`."""
-    import dagster as dg
-
-    from curation_assets.lib.classify import LabelImportError
-
-    paths = _prepare_home(args.home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            result = import_label_file(
-                paths, Path(args.file), instance=instance, allow_relabel=args.allow_relabel
-            )
-    except LabelImportError as exc:
-        print(f"error: nothing imported.\n{exc}", file=sys.stderr)
-        return 1
-    print(
-        f"imported {result.rows.height} labels from {args.file} "
-        f"({result.n_already_labelled} already known, {result.n_blank} blank rows skipped); "
-        "re-materialize safety_classifiers to retrain"
-    )
-    return 0
-
-
-def cmd_labels_export(args: argparse.Namespace) -> int:
-    """`curation labels export-queue`: CSV, Label Studio tasks and an HTML contact sheet."""
-    from curation_assets.lib.classify import (
-        LABEL_QUEUE,
-        export_queue_csv,
-        export_queue_html,
-        export_queue_label_studio,
-    )
-    from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import RAW_IMAGES
-
-    paths = _prepare_home(args.home)
-    store = DeltaStore(paths.delta_root)
-    queue = store.read(LABEL_QUEUE)
-    if queue.is_empty():
-        msg = (
-            "error: the label queue is empty (no classifier trained yet, or nothing left to "
-            "label); import labels, then materialize safety_classifiers and label_queue"
-        )
-        print(msg, file=sys.stderr)
-        return 1
-    uris = store.read(RAW_IMAGES, columns=["image_id", "source_uri"]).unique("image_id")
-    queue = queue.join(uris, on="image_id", how="left").sort("category", "rank")
-    out = Path(args.out) if args.out else paths.home / "label_queue"
-    out.mkdir(parents=True, exist_ok=True)
-    written = [
-        export_queue_csv(queue, out / "label_queue.csv"),
-        export_queue_label_studio(queue, out / "label_studio_tasks.json"),
-        export_queue_html(queue, out / "contact_sheet.html", max_items=args.max_items).path,
-    ]
-    print(f"{queue.height} queued images written to:")
-    for path in written:
-        print(f"  {path}")
-    print("Fill the label column (1 = belongs to the category, 0 = not) and run:")
-    print(f"  curation labels import {out / 'label_queue.csv'} --home {paths.home}")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Materialize every asset for every shard and print a summary."""
-    paths = _prepare_home(args.home, args.source)
-    if args.source is None:
-        from curation_assets.lib.demo import build_demo_corpus
-
-        t0 = time.perf_counter()
-        corpus = build_demo_corpus(paths.source_root)
-        print(f"demo corpus ready in {paths.source_root} ({time.perf_counter() - t0:.1f}s)")
-    import dagster as dg
-
-    from curation_assets.definitions import build_defs
-    from curation_assets.defs.partitions import SHARDS_PARTITION
-    from curation_assets.lib.shards import discover_shards
-
-    if not paths.source_root.is_dir():
-        print(f"error: source folder {paths.source_root} does not exist", file=sys.stderr)
-        return 2
-    shards = discover_shards(paths.source_root, min_age_s=0.0)
-    skipped = [s for s in shards if not s.ready]
-    for s in skipped:
-        print(f"skipping {s.key}: {s.why_not_ready}")
-    keys = [s.key for s in shards if s.ready]
-    if args.shards:
-        wanted = set(args.shards.split(","))
-        unknown = wanted - set(keys)
-        if unknown:
-            print(f"error: no ready shard named {sorted(unknown)}; found {keys}", file=sys.stderr)
-            return 2
-        keys = [k for k in keys if k in wanted]
-    if not keys:
-        print(f"error: no shard under {paths.source_root}", file=sys.stderr)
-        return 2
-    defs = build_defs(str(paths.home))
-    log_level = "INFO" if args.verbose else "WARNING"
-    job = defs.resolve_job_def("per_shard_job")
-    stage_seconds: dict[str, float] = {}
-    failures: dict[str, list[str]] = {}
-
-    def execute(target: Any, label: str, run_config: dict | None = None, **kw: Any) -> bool:
-        t0 = time.perf_counter()
-        result = target.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={
-                "loggers": {"console": {"config": {"log_level": log_level}}},
-                **(run_config or {}),
-            },
-            **kw,
-        )
-        for step, sec in _step_seconds(result).items():
-            stage_seconds[step] = stage_seconds.get(step, 0.0) + sec
-        print(
-            f"  {label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - t0:.1f}s"
-        )
-        if not result.success:
-            failures.setdefault(label, []).extend(step_errors(result))
-        return bool(result.success)
-
-    with dg.DagsterInstance.get() as instance:
-        from curation_assets.defs.run_health import guard_runs
-
-        guard_runs(instance, echo=print)  # dead runs: fail them, free their pool slots; watch waits
-        known = set(instance.get_dynamic_partitions(SHARDS_PARTITION))
-        new = [k for k in keys if k not in known]
-        if new:
-            instance.add_dynamic_partitions(SHARDS_PARTITION, new)
-        print(f"{len(keys)} shards ({len(new)} newly registered): {', '.join(keys)}")
-        fresh = _Freshness(instance, force=args.force)
-        print("ingest + embed:")
-        by_key = {s.key: s for s in shards}
-        todo = [k for k in keys if not fresh.embedded(k, by_key[k].path)]
-        ok = {k for k in todo if execute(job, f"shard {k}", partition_key=k, asset_selection=EMBED)}
-        embedded = [k for k in keys if k not in todo or k in ok]
-        _print_skipped(keys, todo, "ingested and embedded, source unchanged")
-        if args.source is None:
-            from curation_assets.lib.demo import write_seed_labels
-
-            seed = write_seed_labels(corpus)
-            done = import_label_file(paths, seed, instance=instance)
-            print(f"demo seed labels: {done.rows.height} new ({done.n_already_labelled} known)")
-        print("classifiers:")
-        if todo or not fresh.current("safety_classifiers", None, [("labels", None)]):
-            trained = execute(defs.resolve_job_def("classifiers_job"), "safety_classifiers")
-        else:
-            trained = True
-            print("  safety_classifiers: current (no new labels, no shard re-embedded)")
-        filtered = []
-        if trained:
-            print("score + filter:")
-            todo = [k for k in embedded if not fresh.filtered(k)]
-            ok = {
-                k
-                for k in todo
-                if execute(job, f"shard {k}", partition_key=k, asset_selection=FILTER)
-            }
-            filtered = [k for k in embedded if k not in todo or k in ok]
-            _print_skipped(embedded, todo, "scored and filtered by the current classifiers")
-        if filtered:
-            _cluster_and_dedup(
-                defs,
-                paths,
-                filtered,
-                execute,
-                fresh,
-                retrain=args.retrain_centroids,
-                demo=args.source is None,
-            )
-    _print_summary(paths, stage_seconds, demo=args.source is None)
-    if failures:
-        for what, errors in failures.items():
-            for err in errors or ["run failed"]:
-                print(f"error: {what}: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-class _Freshness:
-    """Which per-shard work `curation run` can skip: done after everything it depends on.
-
-    A re-run then redoes only what changed (a new or modified shard, new labels, retrained
-    centroids); the global stages decide for themselves (their commit records make a run with
-    nothing new a no-op). ``force`` redoes everything.
-    """
-
-    def __init__(self, instance: Any, *, force: bool) -> None:
-        self.instance = instance
-        self.force = force
-
-    def latest(self, asset: str, partition: str | None) -> Any:
-        from dagster import AssetRecordsFilter
-
-        flt = AssetRecordsFilter(
-            asset_key=AssetKey(asset), asset_partitions=[partition] if partition else None
-        )
-        records = self.instance.fetch_materializations(flt, limit=1).records
-        return records[0] if records else None
-
-    def current(
-        self, asset: str, partition: str | None, upstream: list[tuple[str, str | None]]
-    ) -> bool:
-        """Materialized, and after the latest materialization of every upstream asset."""
-        if self.force:
-            return False
-        rec = self.latest(asset, partition)
-        if rec is None:
-            return False
-        for key, part in upstream:
-            up = self.latest(key, part)
-            if up is not None and up.storage_id > rec.storage_id:
-                return False
-        return True
-
-    def embedded(self, shard: str, path: Path) -> bool:
-        """Ingested from the same files (fingerprint) and embedded since."""
-        from curation_assets.lib.shards import source_fingerprint
-
-        raw = self.latest("raw_images", shard)
-        if self.force or raw is None:
-            return False
-        seen = raw.asset_materialization.metadata.get("source_fingerprint")
-        if seen is None or seen.value != source_fingerprint(path):
-            return False
-        return self.current("image_embeddings", shard, [("raw_images", shard)])
-
-    def filtered(self, shard: str) -> bool:
-        """Scored and filtered after its embeddings and the classifiers."""
-        return self.current(
-            "filtered_images",
-            shard,
-            [("image_embeddings", shard), ("safety_classifiers", None)],
-        )
-
-    def assigned(self, shard: str) -> bool:
-        """Assigned after its filtered set and the centroids, in every clustering."""
-        from curation_assets.lib.cluster import N_CLUSTERINGS
-
-        return all(
-            self.current(
-                f"cluster_assignments_{c}",
-                shard,
-                [("filtered_images", shard), (f"cluster_centroids_{c}", None)],
-            )
-            for c in range(N_CLUSTERINGS)
-        )
-
-
-def _print_skipped(keys: list[str], todo: list[str], why: str) -> None:
-    skipped = [k for k in keys if k not in todo]
-    if skipped:
-        print(f"  {len(skipped)} shards already {why}: skipped (--force redoes them)")
-
-
-def _cluster_and_dedup(
-    defs: Any,
-    paths: Paths,
-    shards: list[str],
-    execute: Any,
-    fresh: _Freshness,
-    *,
-    retrain: bool,
-    demo: bool,
-) -> None:
-    """Train centroids (when missing or asked), assign each shard, deduplicate."""
-    from curation_assets.lib.cluster import N_CLUSTERINGS, load_centroids
-    from curation_assets.lib.storage import DeltaStore
-
-    store = DeltaStore(paths.delta_root)
-    missing = any(load_centroids(store, c) is None for c in range(N_CLUSTERINGS))
-    if missing or retrain:
-        print("cluster centroids:")
-        if not execute(defs.resolve_job_def("retrain_centroids_job"), "five k-means clusterings"):
-            return
-    else:
-        print("cluster centroids: reused (pass --retrain-centroids to retrain)")
-    assign = defs.resolve_job_def("assign_shard_job")
-    print("cluster assignments:")
-    todo = [k for k in shards if not fresh.assigned(k)]
-    ok = {k for k in todo if execute(assign, f"shard {k}", partition_key=k)}
-    assigned = [k for k in shards if k not in todo or k in ok]
-    _print_skipped(shards, todo, "assigned to the current centroids")
-    if assigned:
-        print("dedup:")
-        if execute(defs.resolve_job_def("dedup_job"), "deduplicated_images"):
-            print("weights + export:")
-            config = {}
-            if demo:  # the demo's captions name the palette; audit it as a keyword
-                config = {"weights_and_audit": {"config": {"keywords": ["warm", "cool"]}}}
-            execute(
-                defs.resolve_job_def("weights_job"),
-                "sample_weights, bias_audit, curated_dataset",
-                run_config={"ops": config},
-            )
 
 
 def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool) -> None:
@@ -490,16 +207,16 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     for step, sec in stage_seconds.items():
         print(f"  {step:<18} {sec:>7.1f}s")
     if demo:
-        from curation_assets.lib.demo import load_ground_truth
-        from curation_assets.lib.evaluate import evaluate_ingest
+        from curation_assets.tools.demo import load_ground_truth
+        from curation_assets.tools.evaluate import evaluate_ingest
 
         gt = load_ground_truth(paths.source_root / "ground_truth.json")
         report = evaluate_ingest(gt, DeltaStore(paths.delta_root))
         print("demo ground truth (ingest):")
         for k, v in report.items():
             print(f"  {k:<34} {v}")
-        from curation_assets.lib.demo import DEMO_CATEGORY
-        from curation_assets.lib.evaluate import evaluate_filter
+        from curation_assets.tools.demo import DEMO_CATEGORY
+        from curation_assets.tools.evaluate import evaluate_filter
 
         report = evaluate_filter(
             gt,
@@ -519,8 +236,8 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     from curation_assets.lib.cluster import N_CLUSTERINGS
     from curation_assets.lib.dedup import DEDUP_RUNS
-    from curation_assets.lib.evaluate import evaluate_dedup
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.tools.evaluate import evaluate_dedup
 
     store = DeltaStore(paths.delta_root)
     runs = store.read(DEDUP_RUNS)
@@ -536,8 +253,8 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():
         print(f"  {k:<34} {v}")
-    from curation_assets.lib.evaluate import evaluate_weights
     from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.tools.evaluate import evaluate_weights
 
     if store.exists(SAMPLE_WEIGHTS.name):
         print("demo ground truth (sample weights; palette share, filter-correlated attribute):")
@@ -547,7 +264,7 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run ``dagster dev`` (webserver + daemon) on the curation home."""
-    paths = _prepare_home(args.home)
+    paths = prepare_home(args.home)
     paths.source_root.mkdir(parents=True, exist_ok=True)
     import dagster as dg
 
@@ -572,7 +289,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the demo corpus only."""
-    from curation_assets.lib.demo import build_demo_corpus
+    from curation_assets.tools.demo import build_demo_corpus
 
     dest = Path(args.dest) if args.dest else resolve_paths(args.home).source_root
     corpus = build_demo_corpus(dest, seed=args.seed)
@@ -582,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench_incremental(args: argparse.Namespace) -> int:
     """Benchmark a full run against the update for one new ~1 % shard; print JSON."""
-    from curation_assets.bench_pipeline import bench_incremental
+    from curation_assets.tools.bench_pipeline import bench_incremental
 
     report = bench_incremental(
         Path(args.images),
@@ -598,7 +315,7 @@ def cmd_bench_daemon(args: argparse.Namespace) -> int:
     """Time a new ~1 % shard through ``dagster dev``'s sensors and automation; print JSON."""
     import signal
 
-    from curation_assets.bench_daemon import bench_daemon
+    from curation_assets.tools.bench_daemon import bench_daemon
 
     # SIGTERM (kill, timeout) unwinds like Ctrl-C so that the dagster dev group is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -620,7 +337,6 @@ def cmd_bench_daemon(args: argparse.Namespace) -> int:
 
 def cmd_bench_embed(args: argparse.Namespace) -> int:
     """Benchmark the embedding stage and print JSON."""
-    from curation_assets.lib.bench import bench_embed
     from curation_assets.lib.embed import (
         DEFAULT_OPEN_CLIP_MODEL,
         DEFAULT_OPEN_CLIP_PRETRAINED,
@@ -628,6 +344,7 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
         EFFICIENTNET_LITE0_PACKAGE,
         EmbedderSpec,
     )
+    from curation_assets.tools.bench import bench_embed
 
     timm = args.backend == "timm"
     model = args.model or (DEFAULT_TIMM_MODEL if timm else DEFAULT_OPEN_CLIP_MODEL)
@@ -655,7 +372,7 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
 
 def cmd_bench_dedup(args: argparse.Namespace) -> int:
     """Benchmark cluster-based near-duplicate search against exhaustive search; print JSON."""
-    from curation_assets.lib.bench_dedup import bench_dedup, bench_dedup_clothing
+    from curation_assets.tools.bench_dedup import bench_dedup, bench_dedup_clothing
 
     if args.clothing:
         report = bench_dedup_clothing(Path(args.clothing), seed=args.seed)
@@ -789,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # runner.Interrupted says where, and what became of the run
+        print(f"interrupted {exc}".strip(), file=sys.stderr)
         return 130
     except Exception as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

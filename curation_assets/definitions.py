@@ -1,29 +1,30 @@
-"""The Dagster Definitions of curation_assets: every stage module merged, plus resources.
+"""The Dagster Definitions of curation_assets, built when Dagster loads them.
 
-Each stage is one module under ``curation_assets.defs`` exposing ``defs``; adding a stage is
-adding it to :data:`STAGES`.
+:func:`defs` is a ``@dg.definitions`` function: importing this module imports no stage, reads
+no environment and cannot fail; ``dagster dev -w workspace.yaml`` (attribute ``defs``),
+``dagster dev -m curation_assets.definitions``, ``curation dev`` and the tests call it. Each
+stage is one module under ``curation_assets.defs`` exposing ``defs``; adding a stage is adding
+it to :data:`STAGES`.
 """
 
+import importlib
 import os
 
 import dagster as dg
 
-from curation_assets.defs import (
-    automation,
-    classify,
-    cluster,
-    dedup,
-    embed,
-    export,
-    filter,
-    ingest,
-    sensors,
-    weights,
+STAGES = (
+    "ingest",
+    "embed",
+    "classify",
+    "filter",
+    "cluster",
+    "dedup",
+    "weights",
+    "export",
+    "sensors",
+    "automation",
 )
-from curation_assets.defs.resources import default_resources
-
-STAGES = (ingest, embed, classify, filter, cluster, dedup, weights, export, sensors, automation)
-
+"""The modules of ``curation_assets.defs`` whose ``defs`` are merged, in this order."""
 
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 
@@ -46,10 +47,16 @@ def default_executor() -> dg.ExecutorDefinition:
 
 def build_defs(home: str | None = None) -> dg.Definitions:
     """Definitions with resources rooted at ``home`` (default: ``$CURATION_HOME``)."""
+    from curation_assets.defs.resources import default_resources
+
+    stages = [importlib.import_module(f"curation_assets.defs.{name}") for name in STAGES]
     return dg.Definitions.merge(
-        *(stage.defs for stage in STAGES),
+        *(stage.defs for stage in stages),
         dg.Definitions(resources=default_resources(home), executor=default_executor()),
     )
 
 
-defs = build_defs()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The project's Definitions, resources rooted at ``$CURATION_HOME`` (read when called)."""
+    return build_defs()

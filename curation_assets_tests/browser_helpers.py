@@ -13,7 +13,8 @@ from pathlib import Path
 
 import psutil
 
-from curation_assets.devserver import graphql, install_instance_config
+from curation_assets.runner import install_instance_config
+from curation_assets.tools.devserver import graphql
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from curation_assets.devserver import dagster_dev
+from curation_assets.tools.devserver import dagster_dev
 from curation_assets_tests.browser_helpers import (
     CHROMIUM_ARGS,
     VIEWPORT,

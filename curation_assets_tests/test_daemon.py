@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from curation_assets.bench_daemon import (
+from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.runner import install_instance_config
+from curation_assets.tools.bench_daemon import (
     Phase,
     drop,
     export_shards,
@@ -30,8 +32,7 @@ from curation_assets.bench_daemon import (
     runs_since,
     wait_for_export,
 )
-from curation_assets.devserver import dagster_dev, install_instance_config
-from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.tools.devserver import dagster_dev
 from curation_assets_tests.conftest import age, write_images
 
 INTERVAL_S = 10
@@ -57,7 +58,7 @@ def global_assets(phase: Phase) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.daemon
 def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
-    from curation_assets.lib.demo import build_demo_corpus
+    from curation_assets.tools.demo import build_demo_corpus
 
     home = tmp_path / "home"
     install_instance_config(home)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from curation_assets.devserver import dagster_dev, install_instance_config
+from curation_assets.runner import install_instance_config
+from curation_assets.tools.devserver import dagster_dev
 
 QUERY = """
 {
@@ -23,7 +24,7 @@ def test_dagster_dev_shows_assets_checks_and_sensor(tmp_path):
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
         from curation_assets.definitions import defs
 
-        graph = defs.resolve_asset_graph()
+        graph = defs().resolve_asset_graph()
         assert set(nodes) == {k.to_user_string() for k in graph.get_all_asset_keys()}
         assert (
             nodes["raw_images"]["isPartitioned"]

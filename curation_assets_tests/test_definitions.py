@@ -1,7 +1,13 @@
+import os
+import subprocess
+import sys
+
 import dagster as dg
 
-from curation_assets.definitions import defs
+from curation_assets.definitions import defs as load_defs
 from curation_assets.lib.cluster import N_CLUSTERINGS
+
+defs = load_defs()
 
 PER_SHARD = {
     "raw_images",
@@ -179,3 +185,25 @@ def test_embedding_runs_in_the_gpu_pool():
     node = defs.resolve_assets_def("image_embeddings")
     assert node.op.pool == "gpu"
     assert defs.resolve_assets_def("raw_images").op.pool == "ingest"
+
+
+def test_definitions_load_lazily_and_dagster_finds_them():
+    """Importing the module builds nothing and cannot fail; Dagster's loader calls ``defs``."""
+    code = (
+        "import sys\n"
+        "import curation_assets.definitions as d\n"
+        "assert not [m for m in sys.modules if m.startswith('curation_assets.defs.')]\n"
+        "from dagster._core.workspace.autodiscovery import loadable_targets_from_python_module\n"
+        "(target,) = loadable_targets_from_python_module('curation_assets.definitions', None)\n"
+        "assert target.attribute == 'defs', target\n"
+        "try:\n"
+        "    d.defs()\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "CURATION_EXECUTOR": "bogus"}  # an error at load time, not at import
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "CURATION_EXECUTOR='bogus': expected one of" in proc.stdout

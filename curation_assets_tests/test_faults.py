@@ -24,9 +24,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.demo import build_demo_corpus
 from curation_assets.lib.settings import save_settings
 from curation_assets.lib.storage import FAILPOINT_ENV
+from curation_assets.tools.demo import build_demo_corpus
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import dagster as dg
 
-from curation_assets.cli import step_errors
 from curation_assets.defs.classify import classifier_scores
 from curation_assets.defs.cluster import cluster_assignments, cluster_centroids
 from curation_assets.defs.dedup import deduplicate
 from curation_assets.defs.filter import filter_shard
 from curation_assets.defs.resources import Categories
-from curation_assets.lib.demo import build_demo_corpus
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.runner import step_errors
+from curation_assets.tools.demo import build_demo_corpus
 from curation_assets_tests.defs.helpers import materialize_shard, resources
 
 SHARDS = ["shard-000", "shard-001.tar", "shard-002.csv", "shard-003.parquet"]

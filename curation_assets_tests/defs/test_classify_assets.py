@@ -5,7 +5,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.cli import step_errors
 from curation_assets.defs.classify import label_queue, safety_classifiers
 from curation_assets.lib.classify import (
     CLASSIFIER_SCORES,
@@ -15,6 +14,7 @@ from curation_assets.lib.classify import (
 )
 from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
 from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.runner import step_errors
 from curation_assets_tests.defs.classify_helpers import reddish_shard, score_and_filter
 from curation_assets_tests.defs.helpers import check_results
 

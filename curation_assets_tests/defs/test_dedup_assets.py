@@ -7,9 +7,9 @@ import pytest
 from curation_assets.lib.cluster import N_CLUSTERINGS, assignments_spec, load_centroids
 from curation_assets.lib.dedup import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
-from curation_assets.lib.evaluate import evaluate_dedup
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.tools.evaluate import evaluate_dedup
 from curation_assets_tests.defs.dedup_pipeline import SHARDS, assign, dedup, run
 from curation_assets_tests.defs.helpers import check_results
 

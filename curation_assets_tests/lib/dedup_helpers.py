@@ -29,8 +29,8 @@ from curation_assets.lib.dedup import (
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS
 from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.synthetic import clip_like_embeddings
 from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 TAU = 0.95
 

@@ -22,7 +22,7 @@ from curation_assets.lib.cluster.io import (
 )
 from curation_assets.lib.cluster.kmeans import train_kmeans
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.synthetic import clip_like_embeddings
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 MODEL = "test:model@none"
 

@@ -13,7 +13,7 @@ from curation_assets.lib.cluster.kmeans import (
     train_clusterings,
     train_kmeans,
 )
-from curation_assets.lib.synthetic import clip_like_embeddings
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from curation_assets.lib.classify import canonical_order, row_dot, train_probe
 from curation_assets.lib.classify.active import build_label_queue
 from curation_assets.lib.cluster import assign, train_kmeans
 from curation_assets.lib.filter import split_by_scores
-from curation_assets.lib.synthetic import clip_like_embeddings
 from curation_assets.lib.weights import (
     DensityRatioModel,
     SampleWeights,
@@ -25,6 +24,7 @@ from curation_assets.lib.weights import (
     fit_density_ratio,
     sample_weights,
 )
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 DIM = 16
 

@@ -6,14 +6,14 @@
 #: embeddings (practitioner guidance puts near-duplicates at cosine 0.95-0.99; SemDeDup,
 #: which calls pairs with cosine > 1 - eps duplicates, uses larger eps, i.e. lower thresholds,
 #: to remove *semantic* duplicates). Re-calibrate with
-#: :func:`curation_assets.lib.bench_dedup.calibrate_tau` once CLIP weights are available.
+#: :func:`curation_assets.tools.bench_dedup.calibrate_tau` once CLIP weights are available.
 TAU_OPEN_CLIP_VIT_B_32 = 0.95
 
 #: Cosine τ for timm tf_efficientnet_lite0 (ImageNet weights, 1280-d pooled features,
 #: L2-normalized), calibrated in this repository with
-#: :func:`curation_assets.lib.bench_dedup.bench_dedup_clothing` (seed 0) on the 341 real photos
+#: :func:`curation_assets.tools.bench_dedup.bench_dedup_clothing` (seed 0) on the 341 real photos
 #: of ``clothing-small/validation``. Each photo got 6 edited copies
-#: (:func:`~curation_assets.lib.bench_dedup.plant_edits`: crop keeping 80-95 % of the area,
+#: (:func:`~curation_assets.tools.bench_dedup.plant_edits`: crop keeping 80-95 % of the area,
 #: JPEG re-encode at quality 40-70, horizontal flip, saturation and brightness ×0.85-1.15,
 #: rotation ±3-8°, resize to 0.5-0.8), all 2 387 images embedded with
 #: ``load_embedder(EmbedderSpec())``. Positives: every pair of versions of one photo
@@ -62,6 +62,6 @@ def calibrated_tau(model_id: str) -> float:
     msg = (
         f"no calibrated near-duplicate tau for model_id={model_id!r} (known: "
         f"{sorted(_TAU_BY_MODEL_PREFIX)}); pass tau explicitly, calibrated with "
-        "curation_assets.lib.bench_dedup.calibrate_tau on photos embedded by this model"
+        "curation_assets.tools.bench_dedup.calibrate_tau on photos embedded by this model"
     )
     raise ValueError(msg)

@@ -1,4 +1,4 @@
-"""Tests for the deterministic demo corpus (``curation_assets.lib.demo``)."""
+"""Tests for the deterministic demo corpus (``curation_assets.tools.demo``)."""
 
 import io
 import json
@@ -12,11 +12,12 @@ import polars as pl
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from curation_assets.lib.demo import (
+from curation_assets.tools.demo import (
     CORRUPT_KINDS,
     EDITS,
     GENERATOR_VERSION,
     ITEM_SCHEMA,
+    MIN_N_BASE,
     SHARDS,
     SPECIAL_TAGS,
     DemoCorpus,
@@ -307,6 +308,32 @@ def test_rerun_reuses_and_other_seed_rebuilds(tmp_path: Path) -> None:
     assert (dest / "notes.md").read_text(encoding="utf-8") == "not ours"
     assert load_ground_truth(other.ground_truth_path).height > SMALL_N_BASE
     assert not list(dest.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_smallest_allowed_corpus_plants_every_kind(tmp_path: Path, seed: int) -> None:
+    """``n_base=MIN_N_BASE`` builds and still plants every kind of item.
+
+    It crashed (``high <= 0``) when the folder shard ran out of top-level originals for its
+    exact duplicates.
+    """
+    corpus = build_demo_corpus(tmp_path / "min", seed=seed, n_base=MIN_N_BASE)
+    items = corpus.load_items()
+    assert set(items["kind"]) == {"original", "near_duplicate", "exact_duplicate", "corrupt"}
+    originals = items.filter(pl.col("kind") == "original")
+    assert sorted(originals["base_id"].to_list()) == list(range(MIN_N_BASE))
+    assert set(items["corrupt"].drop_nulls()) == set(CORRUPT_KINDS)
+    assert {t for ts in items["special"] for t in ts} == set(SPECIAL_TAGS)
+    uris = items["source_uri"].to_list()
+    shard_of = dict(zip(originals["source_uri"], originals["shard"], strict=True))
+    exact = items.filter(pl.col("kind") == "exact_duplicate")
+    assert exact.height == 12
+    for row in exact.iter_rows(named=True):
+        orig = row["duplicate_of"]
+        assert orig in shard_of
+        if shard_of[orig] == row["shard"] and row["source_uri"] != orig:
+            # the copy, not the original, is the later input of its shard
+            assert uris.index(orig) < uris.index(row["source_uri"]), row
 
 
 def test_too_small_n_base_is_refused(tmp_path: Path) -> None:

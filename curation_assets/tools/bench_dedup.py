@@ -1,6 +1,6 @@
 """Benchmarks of cluster-based near-duplicate search (JSON-ready dicts; never timed tests).
 
-* :func:`bench_dedup` — synthetic CLIP-like embeddings (:mod:`curation_assets.lib.synthetic`):
+* :func:`bench_dedup` — synthetic CLIP-like embeddings (:mod:`curation_assets.tools.synthetic`):
   five k-means clusterings + within-cluster pair search versus exhaustive faiss range search:
   wall times, their ratio, pair recall of 1..5 clusterings, peak memory.
 * :func:`bench_dedup_clothing` — real photos with planted edits: near-duplicate pair
@@ -44,7 +44,7 @@ from curation_assets.lib.dedup import (
     recall_curve,
     union_pairs,
 )
-from curation_assets.lib.synthetic import clip_like_embeddings
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 logger = logging.getLogger(__name__)
 

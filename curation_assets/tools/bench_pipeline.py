@@ -64,9 +64,12 @@ def bench_incremental(
     new_share: float = 0.01,
     limit: int | None = None,
     work_dir: Path | None = None,
-    global_jobs: tuple[str, ...] = ("dedup_job", "weights_job"),
 ) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-ready report (see the module docstring).
+
+    Both phases go through :class:`curation_assets.runner.Runner`: ``per_shard_job`` for each
+    of the phase's shards, then the runner's global tail (centroids when missing, assignments
+    of the shards not assigned yet, dedup, weights + export).
 
     Args:
         images_dir: Folder searched recursively for images.
@@ -74,14 +77,13 @@ def bench_incremental(
         new_share: Share of the images in the new shard.
         limit: Use at most this many images (sorted by path).
         work_dir: Where the home is built (default: a temporary folder, removed afterwards).
-        global_jobs: Unpartitioned jobs run after the shards (full) and after the new shard.
-    """
-    import dagster as dg
 
-    from curation_assets.definitions import build_defs
-    from curation_assets.defs.partitions import SHARDS_PARTITION
+    Raises:
+        RuntimeError: When a run of a phase failed (with its step errors).
+    """
     from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.runner import open_runner, prepare_home
 
     images = list_images(images_dir, limit)
     tmp = Path(tempfile.mkdtemp(prefix="curation-bench-", dir=work_dir))
@@ -89,40 +91,25 @@ def bench_incremental(
         home = tmp / "home"
         sources = home / "sources"
         base = split_into_shards(images, sources, base_shards, new_share)
-        from curation_assets.cli import _prepare_home, step_errors
+        paths = prepare_home(str(home))
+        steps: dict[str, dict[str, float]] = {}
 
-        paths = _prepare_home(str(home))
-        defs = build_defs(str(paths.home))
-        steps: dict[str, dict[str, float]] = {"full": {}, "incremental": {}}
+        with open_runner(paths) as runner:
 
-        with dg.DagsterInstance.get() as instance:
-
-            def execute(phase: str, job: str, **kw: Any) -> None:
+            def phase(name: str, shards: list[str]) -> float:
                 t0 = time.perf_counter()
-                result = defs.resolve_job_def(job).execute_in_process(
-                    instance=instance, raise_on_error=False, **kw
-                )
-                if not result.success:
-                    msg = f"{job} {kw.get('partition_key', '')} failed: {step_errors(result)}"
-                    raise RuntimeError(msg)
-                key = job
-                steps[phase][key] = steps[phase].get(key, 0.0) + time.perf_counter() - t0
-
-            def phase(name: str, shards: list[str], centroids: bool) -> float:
-                t0 = time.perf_counter()
-                instance.add_dynamic_partitions(SHARDS_PARTITION, shards)
-                for s in shards:
-                    execute(name, "per_shard_job", partition_key=s)
-                if centroids:
-                    execute(name, "retrain_centroids_job")
-                for s in shards:
-                    execute(name, "assign_shard_job", partition_key=s)
-                for job in global_jobs:
-                    execute(name, job)
+                runner.job_seconds = {}  # wall seconds per job, of this phase
+                runner.register(shards)
+                runner.per_shard(shards)
+                if not runner.failures:
+                    runner.cluster_and_dedup(shards)
+                if runner.failures:
+                    raise RuntimeError(f"{name}: runs failed: {runner.failures}")
+                steps[name] = runner.job_seconds
                 return time.perf_counter() - t0
 
-            full = phase("full", base, centroids=True)
-            incremental = phase("incremental", ["new-000"], centroids=False)
+            full = phase("full", base)
+            incremental = phase("incremental", ["new-000"])
         runs = DeltaStore(paths.delta_root).read(DEDUP_RUNS).sort("run_at")
         n_new = len(list((sources / "new-000").iterdir()))
         return {

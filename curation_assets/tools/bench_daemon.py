@@ -33,7 +33,8 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.devserver import ACTIVE, DagsterDev, dagster_dev, install_instance_config
+from curation_assets.runner import install_instance_config
+from curation_assets.tools.devserver import ACTIVE, DagsterDev, dagster_dev
 
 EXPORT_ASSET = "curated_dataset"
 
@@ -98,7 +99,7 @@ def job_assets(job: str) -> list[str]:
     """
     from curation_assets.definitions import defs
 
-    keys = defs.resolve_job_def(job).asset_layer.selected_asset_keys
+    keys = defs().resolve_job_def(job).asset_layer.selected_asset_keys
     return sorted(k.to_user_string() for k in keys)
 
 
@@ -212,8 +213,8 @@ def bench_daemon(
         interval_s: Sensor interval (``CURATION_SENSOR_INTERVAL_S``; default: the server's).
         keep: Keep the home (Delta tables, Dagster storage, server log) afterwards.
     """
-    from curation_assets.bench_pipeline import list_images, split_into_shards
     from curation_assets.defs.automation import sensor_interval_s
+    from curation_assets.tools.bench_pipeline import list_images, split_into_shards
 
     images = list_images(images_dir, limit)
     tmp = Path(tempfile.mkdtemp(prefix="curation-bench-daemon-", dir=work_dir))

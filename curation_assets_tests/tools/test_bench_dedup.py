@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation_assets.lib.bench_dedup import (
+from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.tools.bench_dedup import (
     EDIT_KINDS,
     bench_dedup,
     bench_dedup_clothing,
     calibrate_tau,
     plant_edits,
 )
-from curation_assets.lib.cluster import N_CLUSTERINGS
-from curation_assets.lib.synthetic import clip_like_embeddings
+from curation_assets.tools.synthetic import clip_like_embeddings
 
 
 def test_bench_dedup_small_returns_every_key_and_is_json():

@@ -8,7 +8,6 @@ webserver, the daemon, the code server and every run worker it launched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -20,11 +19,10 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 """The checkout (``workspace.yaml`` lives there when the package is installed editable)."""
 
 REPOSITORY_SELECTOR = {
@@ -97,61 +95,6 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     if body.get("errors"):
         raise RuntimeError(f"GraphQL errors: {body['errors']}")
     return body["data"]
-
-
-SHIPPED_INSTANCE_CONFIGS = frozenset(
-    {
-        # before run monitoring: a killed run kept its pool slot forever
-        "e37b0615f835d59b5869d8281a65ff2f30fd892ebb544679c98c7c4966698b11",
-    }
-)
-"""sha256 of each earlier dagster.yaml of this package, replaced when found unchanged in a home."""
-
-
-def install_dagster_yaml(target: Path, template: str | None = None) -> str | None:
-    """Write the project's dagster.yaml to ``target`` unless a file of the user's own is there.
-
-    A copy of an earlier version of the project's file, unchanged, is replaced by the current
-    one (a home keeps its dagster.yaml across upgrades otherwise).
-
-    Args:
-        target: ``$DAGSTER_HOME/dagster.yaml``.
-        template: The current file's text (default: read from the package).
-
-    Returns:
-        A note for the user when an existing file was replaced or lacks run monitoring.
-    """
-    if template is None:
-        template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
-    if not target.exists():
-        target.write_text(template)
-        return None
-    current = target.read_text()
-    if current == template:
-        return None
-    if hashlib.sha256(current.encode()).hexdigest() in SHIPPED_INSTANCE_CONFIGS:
-        target.write_text(template)
-        return f"updated {target} to the project's current version (run monitoring)"
-    if "run_monitoring" not in current:
-        return (
-            f"{target} has no run_monitoring: under `curation dev` a run killed mid-step keeps "
-            "its pool slot and later steps of that pool wait forever; copy the run_monitoring "
-            "block of curation_assets/configs/dagster.yaml into it"
-        )
-    return None
-
-
-def install_instance_config(home: Path) -> Path:
-    """Create ``home/dagster`` with the project's dagster.yaml and ``home/sources``.
-
-    Returns:
-        The DAGSTER_HOME folder.
-    """
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    install_dagster_yaml(dagster_home / "dagster.yaml")
-    (home / "sources").mkdir(parents=True, exist_ok=True)
-    return dagster_home
 
 
 @dataclass
@@ -245,7 +188,7 @@ def dagster_dev(
     (dagster dev shuts down in a few seconds), SIGKILL if it is still there after 30 s.
 
     Args:
-        home: The curation home (``install_instance_config`` prepares it).
+        home: The curation home (``runner.install_instance_config`` prepares it).
         log: File that receives the server's stdout and stderr.
         ready_timeout_s: How long to wait for the webserver.
         env: Extra environment variables for the server and its runs.
