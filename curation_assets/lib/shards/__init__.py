@@ -103,3 +103,7 @@ __all__ = [
     "shard_kind",
     "source_fingerprint",
 ]
+
+# Errors and records are public here: messages and reprs name this module, not a submodule.
+for _public in (ShardError, ShardInfo, Item):
+    _public.__module__ = __name__
