@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import dagster as dg
 
 from curation_assets.defs.run_health import guard_runs, pool_slots
+from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def prepare_home(home: str | None, source: str | None = None) -> Paths:
     return paths
 
 
-class ShardSelectionError(ValueError):
+class ShardSelectionError(ConfigError):
     """No shard to run: the source root is missing or empty, or ``--shards`` names none."""
 
 

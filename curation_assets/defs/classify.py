@@ -10,7 +10,7 @@ from curation_assets.defs.automation import eager_on, updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder, ShardSource
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.classify import (
     CLASSIFIER_SCORES,
     LABEL_QUEUE,
@@ -106,7 +106,9 @@ def _embedding_model(store: DeltaStore) -> tuple[str, int]:
             description="Each probe's out-of-fold recall at its threshold ≥ its target.",
         ),
     ],
+    retry_policy=transient_retry,
 )
+@fail_fast
 def safety_classifiers(
     context: dg.AssetExecutionContext,
     config: ClassifierConfig,
@@ -116,8 +118,7 @@ def safety_classifiers(
 ) -> dg.MaterializeResult:
     """Train (or fall back for) every category and store the classifiers as JSON rows."""
     store = delta.store()
-    with fail_fast_on_permanent_errors():
-        specs = categories.load()
+    specs = categories.load()
     lab = current_labels(store.read(LABELS))
     emb = labelled_embeddings(store, lab["image_id"].unique().to_list())
     model_id, dim = _single_model(emb) if emb.height else _embedding_model(store)
@@ -188,7 +189,9 @@ def safety_classifiers(
     automation_condition=eager_on("safety_classifiers"),
     group_name=GROUP,
     metadata={"dagster/column_schema": table_schema(LABEL_QUEUE)},
+    retry_policy=transient_retry,
 )
+@fail_fast
 def label_queue(context: dg.AssetExecutionContext, delta: DeltaStorage) -> dg.MaterializeResult:
     """Build the queue from all embeddings, the labels and the classifiers."""
     store = delta.store()
@@ -254,6 +257,7 @@ class ScoreConfig(dg.Config):
         ),
     ],
 )
+@fail_fast
 def classifier_scores(
     context: dg.AssetExecutionContext,
     config: ScoreConfig,
@@ -267,19 +271,18 @@ def classifier_scores(
         IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
     ).sort("image_id")
     classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
-    with fail_fast_on_permanent_errors():
-        frames = [score_shard(classifiers, emb, key)]
-        for name in config.pretrained_scorers:
-            frames.append(
-                pretrained_scores(
-                    get_scorer(name),
-                    shard_source.items(shard_source.shard(key)),
-                    set(emb["image_id"].to_list()),
-                    key,
-                    threshold=config.pretrained_thresholds.get(name),
-                    batch_size=config.batch_size,
-                )
+    frames = [score_shard(classifiers, emb, key)]
+    for name in config.pretrained_scorers:
+        frames.append(
+            pretrained_scores(
+                get_scorer(name),
+                shard_source.items(shard_source.shard(key)),
+                set(emb["image_id"].to_list()),
+                key,
+                threshold=config.pretrained_thresholds.get(name),
+                batch_size=config.batch_size,
             )
+        )
     scores = pl.concat(frames)
     store.replace_shard(CLASSIFIER_SCORES, key, scores)
     n_scorers = len(classifiers) + len(config.pretrained_scorers)

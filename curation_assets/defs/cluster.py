@@ -11,7 +11,7 @@ from curation_assets.defs.automation import CENTROIDS, eager_on
 from curation_assets.defs.metadata import markdown_bars, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
     N_CLUSTERINGS,
@@ -81,6 +81,7 @@ class CentroidConfig(dg.Config):
     pool="gpu",
     retry_policy=transient_retry,
 )
+@fail_fast
 def cluster_centroids(
     context: dg.AssetExecutionContext, config: CentroidConfig, delta: DeltaStorage
 ):
@@ -93,8 +94,7 @@ def cluster_centroids(
     if emb.is_empty():
         msg = "no filtered image has an embedding yet; materialize filtered_images first"
         raise dg.Failure(msg, allow_retries=False)
-    with fail_fast_on_permanent_errors():
-        model_id = single_model(emb)
+    model_id = single_model(emb)
     x = embedding_matrix(emb["embedding"])
     ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
     del emb
@@ -102,16 +102,15 @@ def cluster_centroids(
     gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
     now = datetime.now(UTC)
     for c, seed in enumerate(config.seeds):
-        with fail_fast_on_permanent_errors():
-            model = train_kmeans(
-                x,
-                k,
-                seed=seed,
-                niter=config.niter,
-                max_points_per_centroid=config.max_points_per_centroid,
-                gpu=gpu,
-                order_key=ids,
-            )
+        model = train_kmeans(
+            x,
+            k,
+            seed=seed,
+            niter=config.niter,
+            max_points_per_centroid=config.max_points_per_centroid,
+            gpu=gpu,
+            order_key=ids,
+        )
         spec = centroids_spec(c)
         frame = centroids_frame(model, model_id, now)
         store.replace_table(spec, frame)
@@ -165,6 +164,7 @@ def cluster_centroids(
     ],
     retry_policy=transient_retry,
 )
+@fail_fast
 def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
     """Assign the shard's filtered images in all five clusterings."""
     key = context.partition_key

@@ -14,7 +14,7 @@ from curation_assets.defs.metadata import (
     table_schema,
 )
 from curation_assets.defs.resources import DeltaStorage
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.dedup import (
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
@@ -117,18 +117,18 @@ class DedupConfig(dg.Config):
     pool="gpu",
     retry_policy=transient_retry,
 )
+@fail_fast
 def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: DeltaStorage):
     """Full or incremental near-duplicate removal over all shards."""
     store = delta.store()
-    with fail_fast_on_permanent_errors():
-        outcome = run_dedup(
-            store,
-            tau=config.tau or None,
-            policy=config.policy,
-            force_full=config.mode == "full",
-            recall_sample=config.recall_sample,
-            seed=config.seed,
-        )
+    outcome = run_dedup(
+        store,
+        tau=config.tau or None,
+        policy=config.policy,
+        force_full=config.mode == "full",
+        recall_sample=config.recall_sample,
+        seed=config.seed,
+    )
     write_dedup(store, outcome)
     figures = dedup_figures(outcome, config.policy)
     context.log.info(

@@ -11,7 +11,7 @@ from pydantic import Field
 from curation_assets.defs.metadata import table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.embed import (
     IMAGE_EMBEDDINGS,
     EmbedStats,
@@ -122,6 +122,7 @@ def _check_complete(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
         ),
     ],
 )
+@fail_fast
 def image_embeddings(
     context: dg.AssetExecutionContext,
     config: EmbedConfig,
@@ -132,9 +133,8 @@ def image_embeddings(
     """Decode each ingested image again (overlapped with the forward pass) and embed it."""
     key = context.partition_key
     store = delta.store()
-    with fail_fast_on_permanent_errors():
-        model = embedder.load()
-        shard = shard_source.shard(key)
+    model = embedder.load()
+    shard = shard_source.shard(key)
     wanted = set(store.read(RAW_IMAGES, shards=[key], columns=["image_id"])["image_id"])
     stats = EmbedStats()
     total = len(wanted)

@@ -7,7 +7,7 @@ from pydantic import Field
 from curation_assets.defs.automation import eager_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.resources import DeltaStorage
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.export import (
@@ -75,6 +75,7 @@ class ExportConfig(dg.Config):
     ],
     retry_policy=transient_retry,
 )
+@fail_fast
 def curated_dataset(
     context: dg.AssetExecutionContext, config: ExportConfig, delta: DeltaStorage
 ) -> dg.MaterializeResult:
@@ -98,8 +99,7 @@ def curated_dataset(
         rows = store.read(CURATED_DATASET)
         return _export_result(delta, rows, images, done.summary, up_to_date=True)
     weights = store.read(SAMPLE_WEIGHTS, columns=["image_id", "weight"])
-    with fail_fast_on_permanent_errors():
-        rows = curated_rows(images, weights)
+    rows = curated_rows(images, weights)
     summary = write_export_files(
         rows,
         out,

@@ -6,7 +6,7 @@ from curation_assets.defs.automation import updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.classify import CLASSIFIER_SCORES
 from curation_assets.lib.filter import (
     FILTER_REJECTIONS,
@@ -58,6 +58,7 @@ GROUP = "classify"
     ],
     retry_policy=transient_retry,
 )
+@fail_fast
 def filter_shard(
     context: dg.AssetExecutionContext,
     delta: DeltaStorage,
@@ -69,8 +70,7 @@ def filter_shard(
     store = delta.store()
     raw = store.read(RAW_IMAGES, shards=[key])
     scores = store.read(CLASSIFIER_SCORES, shards=[key])
-    with fail_fast_on_permanent_errors():
-        floor = clip_score_floor(categories.load())
+    floor = clip_score_floor(categories.load())
     clip = clip_floor_scores(store, key, raw, floor, embedder.load)
     if clip.unavailable:
         context.log.warning(f"min_clip_score {floor} {clip.note}")

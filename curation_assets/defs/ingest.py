@@ -10,7 +10,7 @@ from pydantic import Field
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ShardSource
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.ingest import DecodeLimits, ingest_shard, keep_first_ingested_at
 from curation_assets.lib.shards import source_fingerprint
 from curation_assets.lib.storage import DeltaStore
@@ -170,6 +170,7 @@ def _unique_ids(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
     pool="ingest",
     retry_policy=transient_retry,
 )
+@fail_fast
 def ingest(
     context: dg.AssetExecutionContext,
     config: IngestConfig,
@@ -185,23 +186,21 @@ def ingest(
         shard_source.max_file_bytes,
         shard_source.max_caption_bytes,
     )
-    with fail_fast_on_permanent_errors():
-        shard = shard_source.shard(key)
+    shard = shard_source.shard(key)
     fingerprint = source_fingerprint(shard.path)
     # One ingest at a time per Delta root, across processes and Dagster instances: which shard
     # keeps an image that two shards contain must not depend on a race (the `ingest` pool only
     # serializes the runs of one instance).
     with store.lock("ingest"):
         t0 = time.perf_counter()
-        with fail_fast_on_permanent_errors():
-            result = ingest_shard(
-                shard,
-                existing=_existing_lookup(store, key),
-                limits=limits,
-                workers=config.decode_workers,
-                now=datetime.now(UTC),
-                allowed_roots=shard_source.allowed_roots,
-            )
+        result = ingest_shard(
+            shard,
+            existing=_existing_lookup(store, key),
+            limits=limits,
+            workers=config.decode_workers,
+            now=datetime.now(UTC),
+            allowed_roots=shard_source.allowed_roots,
+        )
         seconds = time.perf_counter() - t0
         raw = keep_first_ingested_at(
             result.raw, store.read(RAW_IMAGES, shards=[key], columns=["image_id", "ingested_at"])

@@ -1,19 +1,31 @@
-"""Retry policy: retry transient failures with backoff, never configuration mistakes."""
+"""Retry policy: retry transient failures with backoff, never permanent ones.
 
-from collections.abc import Iterator
+Every asset (retried or not) is decorated with
+:func:`fail_fast`: a :class:`~curation_assets.lib.errors.PermanentError` (a configuration
+mistake, a shard unreadable as a whole, a full or read-only storage root) raised anywhere in
+its body fails the step at once with the error's message, instead of three attempts over a
+minute that end the same way. Anything else is retried.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import dagster as dg
 
-from curation_assets.lib.embed import EmbedderConfigError
-from curation_assets.lib.shards import ShardError
-from curation_assets.lib.storage import StorageUnwritableError
+from curation_assets.lib.errors import PermanentError
 
-# Transient failures (object-store hiccups, a busy accelerator, a lost worker) are retried.
-# Bad data never raises (it is quarantined), so a retry only repeats genuinely flaky work.
+# Transient failures (object-store hiccups, a busy accelerator, a lost worker, a commit lost
+# to a concurrent writer) are retried. Bad data never raises (it is quarantined), so a retry
+# only repeats genuinely flaky work.
 transient_retry = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 
-PERMANENT_ERRORS = (ShardError, EmbedderConfigError, FileNotFoundError, StorageUnwritableError)
+#: Errors no retry can fix. FileNotFoundError: a shard's source vanished.
+PERMANENT_ERRORS = (PermanentError, FileNotFoundError)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
@@ -23,3 +35,26 @@ def fail_fast_on_permanent_errors() -> Iterator[None]:
         yield
     except PERMANENT_ERRORS as exc:
         raise dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
+
+
+def fail_fast(fn: F) -> F:
+    """Run an asset's body (plain or generator) under :func:`fail_fast_on_permanent_errors`.
+
+    Put it directly above the ``def``, below the ``@dg.asset``/``@dg.multi_asset``
+    decorator; the signature Dagster inspects (context, config, resources) is unchanged.
+    """
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with fail_fast_on_permanent_errors():
+                yield from fn(*args, **kwargs)
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        with fail_fast_on_permanent_errors():
+            return fn(*args, **kwargs)
+
+    return plain  # type: ignore[return-value]

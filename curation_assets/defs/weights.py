@@ -14,7 +14,7 @@ from curation_assets.defs.metadata import (
     table_schema,
 )
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
-from curation_assets.defs.retries import fail_fast_on_permanent_errors, transient_retry
+from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.weights import (
     BIAS_AUDIT,
@@ -147,6 +147,7 @@ class WeightsConfig(dg.Config):
     ],
     retry_policy=transient_retry,
 )
+@fail_fast
 def weights_and_audit(
     context: dg.AssetExecutionContext,
     config: WeightsConfig,
@@ -173,18 +174,17 @@ def weights_and_audit(
     if not kept.any():
         msg = "no kept image: materialize deduplicated_images first"
         raise dg.Failure(msg, allow_retries=False)
-    with fail_fast_on_permanent_errors():
-        fitted = fit_weights(
-            frame,
-            x,
-            kept,
-            method=config.method,
-            C=config.C,
-            pca_dim=config.pca_dim or None,
-            seed=config.seed,
-            w_min=config.w_min,
-            w_max=config.w_max,
-        )
+    fitted = fit_weights(
+        frame,
+        x,
+        kept,
+        method=config.method,
+        C=config.C,
+        pca_dim=config.pca_dim or None,
+        seed=config.seed,
+        w_min=config.w_min,
+        w_max=config.w_max,
+    )
     model, stats = fitted.model, fitted.weights.stats
     context.log.info(
         f"weights: probe {model.status} AUC {model.auc}, ESS ratio {stats['ess_ratio']:.3f}, "
@@ -196,8 +196,7 @@ def weights_and_audit(
     attributes = audit_attributes(
         frame, x, keywords=config.keywords, concepts=config.concepts, text_encoder=encoder
     )
-    with fail_fast_on_permanent_errors():
-        audit = bias_audit(attributes, fitted.frame.select("image_id", "weight"))
+    audit = bias_audit(attributes, fitted.frame.select("image_id", "weight"))
     outputs = write_weights(store, fitted.frame, audit)
     summary = weights_summary(fitted, correct_for=config.correct_for, concepts=concept_note)
     summary["weight_distribution"] = "Kept images by weight (log-spaced bins):\n\n" + markdown_bars(
@@ -228,10 +227,7 @@ def _weight_results(
         weights = store.read(SAMPLE_WEIGHTS)
     if audit is None:
         audit = store.read(BIAS_AUDIT)
-    with fail_fast_on_permanent_errors():
-        flagged = flag_shifts(
-            audit, max_shift_pts=config.max_shift_pts, min_support=config.min_support
-        )
+    flagged = flag_shifts(audit, max_shift_pts=config.max_shift_pts, min_support=config.min_support)
     checks = {
         c.name: c
         for c in weight_checks(

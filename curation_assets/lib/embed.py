@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.ingest import DecodeLimits, decode_image, sha256_hex
 from curation_assets.lib.memory import limit_malloc_arenas
 from curation_assets.lib.parallel import ordered_map
@@ -77,7 +78,7 @@ IMAGE_EMBEDDINGS = TableSpec(
 )
 
 
-class EmbedderConfigError(ValueError):
+class EmbedderConfigError(ConfigError):
     """The embedder cannot be built from its configuration."""
 
 

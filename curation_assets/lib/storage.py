@@ -34,6 +34,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from curation_assets.lib.errors import PermanentError, TransientError
 from curation_assets.lib.tables import TableSpec
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ def sql_literal(value: str) -> str:
 COMMIT_ATTEMPTS = 5
 
 
-class ConcurrentWriteError(RuntimeError):
+class ConcurrentWriteError(TransientError, RuntimeError):
     """A commit kept failing because another process committed to the same table."""
 
 
-class StorageUnwritableError(OSError):
+class StorageUnwritableError(PermanentError, OSError):
     """The Delta root cannot take a write: no space, read-only, quota or permission.
 
     Raised instead of deltalake's generic error (which may read "Failed to parse parquet" for

@@ -17,14 +17,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from curation_assets.lib.errors import ConfigError, PermanentError
+
 logger = logging.getLogger(__name__)
 
 
-class ClassifierInputError(ValueError):
+class ClassifierInputError(PermanentError, ValueError):
     """Arrays given to a classifier are unusable (wrong shape/dtype, NaNs, too few labels)."""
 
 
-class EmbeddingMismatchError(ClassifierInputError):
+class EmbeddingMismatchError(ClassifierInputError, ConfigError):
     """A classifier is applied to embeddings of another model or dimension."""
 
 

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import polars as pl
 
 from curation_assets.lib.classify.labels import LABELS
+from curation_assets.lib.errors import PermanentError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ IMAGE_ID_COLUMNS = ("image_id",)
 SOURCE_COLUMNS = ("source_uri", "path", "uri", "image", "file", "filepath")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(PermanentError, ValueError):
     """A label file as a whole cannot be read (missing columns, not JSON, wrong structure)."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from curation_assets.lib.errors import PermanentError
 from curation_assets.lib.tables import Column, TableSpec
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ PROBLEM_KINDS: dict[str, str] = {
 EXAMPLES_PER_PROBLEM = 5
 
 
-class LabelImportError(ValueError):
+class LabelImportError(PermanentError, ValueError):
     """A label import was refused; nothing was imported.
 
     Attributes:

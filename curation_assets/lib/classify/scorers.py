@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from curation_assets.lib.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
-class ScorerUnavailableError(ImportError):
+class ScorerUnavailableError(ConfigError, ImportError):
     """A scorer's optional dependencies or model file are missing."""
 
 

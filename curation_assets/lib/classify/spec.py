@@ -15,12 +15,14 @@ from typing import Any
 
 import yaml
 
+from curation_assets.lib.errors import ConfigError
+
 DEFAULT_TARGET_RECALL = 0.99
 CATEGORY_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 """snake_case: lowercase letters and digits, words joined by single underscores."""
 
 
-class CategorySpecError(ValueError):
+class CategorySpecError(ConfigError):
     """The category spec file is invalid (bad configuration)."""
 
 

@@ -25,6 +25,7 @@ from curation_assets.lib.cluster.kmeans import (
     cluster_size_histogram,
 )
 from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
+from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import Column, TableSpec
@@ -68,7 +69,7 @@ def assignments_spec(c: int) -> TableSpec:
     return replace(_ASSIGNMENTS, name=f"cluster_assignments_{c}")
 
 
-class CentroidsError(ValueError):
+class CentroidsError(ConfigError):
     """The centroids an assignment needs are missing or live in another embedding model.
 
     A configuration mistake (train or retrain the centroids), never fixed by a retry.

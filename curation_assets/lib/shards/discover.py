@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from curation_assets.lib.errors import PermanentError
+
 logger = logging.getLogger(__name__)
 
 ShardKind = Literal["folder", "tar", "manifest"]
@@ -27,7 +29,7 @@ DEFAULT_MAX_FILE_BYTES = 64 << 20
 DEFAULT_MAX_CAPTION_BYTES = 64 << 10
 
 
-class ShardError(ValueError):
+class ShardError(PermanentError, ValueError):
     """A shard as a whole cannot be read (e.g. a manifest without a path column)."""
 
 
