@@ -8,7 +8,7 @@ from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets.lib.dedup import DUPLICATE_PAIRS, dedup, load_inputs
 from curation_assets.lib.dedup.io import images_frame, input_tables, pairs_frame, pairs_from_table
 from curation_assets.lib.storage import DeltaStore
-from curation_assets_tests.lib.dedup_helpers import (
+from curation_assets_tests.lib.dedup.helpers import (
     MODEL,
     TAU,
     add_shard,

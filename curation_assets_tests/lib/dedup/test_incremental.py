@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from curation_assets.lib.dedup import DedupState, dedup, dedup_incremental
-from curation_assets_tests.lib.dedup_helpers import TAU, clustered_data, random_meta, scrambled_ids
+from curation_assets_tests.lib.dedup.helpers import TAU, clustered_data, random_meta, scrambled_ids
 
 
 @pytest.fixture(scope="module")

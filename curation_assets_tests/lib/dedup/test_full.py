@@ -10,7 +10,7 @@ from curation_assets.lib.dedup import (
     exhaustive_pairs,
     pair_recall,
 )
-from curation_assets_tests.lib.dedup_helpers import (
+from curation_assets_tests.lib.dedup.helpers import (
     TAU,
     chain,
     clustered_data,

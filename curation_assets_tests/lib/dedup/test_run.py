@@ -7,7 +7,7 @@ from curation_assets.lib.commits import STAGE_COMMITS, last_commit
 from curation_assets.lib.dedup import DEDUP_OUTPUTS, DEDUP_RUNS
 from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets_tests.lib.dedup_helpers import (
+from curation_assets_tests.lib.dedup.helpers import (
     add_shard,
     dedup_tables,
     run_and_write,

@@ -9,7 +9,7 @@ from curation_assets.lib.dedup import (
     dedup,
     pairs_within_clusters,
 )
-from curation_assets_tests.lib.dedup_helpers import TAU, chain, pair_set
+from curation_assets_tests.lib.dedup.helpers import TAU, chain, pair_set
 
 
 def test_chain_forms_one_component_with_one_kept_image_and_honest_similarity():

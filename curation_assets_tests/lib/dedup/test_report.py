@@ -17,7 +17,7 @@ from curation_assets.lib.dedup import (
     recall_chart,
 )
 from curation_assets.lib.storage import DeltaStore
-from curation_assets_tests.lib.dedup_helpers import (
+from curation_assets_tests.lib.dedup.helpers import (
     POLICY,
     add_shard,
     run_and_write,

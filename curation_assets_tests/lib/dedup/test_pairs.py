@@ -5,7 +5,7 @@ import pytest
 
 from curation_assets.lib.cluster import assign, train_kmeans
 from curation_assets.lib.dedup import Pairs, exhaustive_pairs, pairs_within_clusters, union_pairs
-from curation_assets_tests.lib.dedup_helpers import TAU, clustered_data, pair_set
+from curation_assets_tests.lib.dedup.helpers import TAU, clustered_data, pair_set
 
 
 @pytest.fixture(scope="module")
