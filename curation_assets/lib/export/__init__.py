@@ -1,7 +1,8 @@
 """The export stage (8): the training-ready manifest and its optional extras.
 
-* :mod:`.manifest` — the ``curated_dataset`` table (:data:`CURATED_DATASET`): every kept image
-  with its sample weight (:func:`curated_rows`).
+* :mod:`.manifest` — the rows of the ``curated_dataset`` table
+  (:data:`~curation_assets.lib.tables.CURATED_DATASET`): every kept image with its sample
+  weight (:func:`curated_rows`).
 * :mod:`.sampling` — FLYT's Soft Cap Sampling of a multiset over the weights
   (:func:`soft_cap_sampling`).
 * :mod:`.webdataset` — WebDataset tar shards of the images (:func:`write_webdataset`).
@@ -11,7 +12,6 @@
 """
 
 from curation_assets.lib.export.manifest import (
-    CURATED_DATASET,
     curated_rows,
     one_row_per_kept_image,
 )
@@ -36,7 +36,6 @@ from curation_assets.lib.export.webdataset import (
 )
 
 __all__ = [
-    "CURATED_DATASET",
     "DEFAULT_PENALTY",
     "DEFAULT_SHARD_SIZE",
     "ExportFailure",
