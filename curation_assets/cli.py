@@ -135,42 +135,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
+    """Rows of every table of the registry, in pipeline order (0 for a table not written)."""
     from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import (
-        CLASSIFIER_SCORES,
-        CURATED_DATASET,
-        DEDUPLICATED_IMAGES,
-        DUPLICATE_FILES,
-        DUPLICATE_PAIRS,
-        FILTER_REJECTIONS,
-        FILTERED_IMAGES,
-        IMAGE_EMBEDDINGS,
-        LABEL_QUEUE,
-        LABELS,
-        QUARANTINE,
-        RAW_IMAGES,
-        SAFETY_CLASSIFIERS,
-        SAMPLE_WEIGHTS,
-    )
+    from curation_assets.lib.tables import TABLES
 
     store = DeltaStore(delta_root)
-    specs = (
-        RAW_IMAGES,
-        QUARANTINE,
-        DUPLICATE_FILES,
-        IMAGE_EMBEDDINGS,
-        LABELS,
-        SAFETY_CLASSIFIERS,
-        LABEL_QUEUE,
-        CLASSIFIER_SCORES,
-        FILTERED_IMAGES,
-        FILTER_REJECTIONS,
-        DEDUPLICATED_IMAGES,
-        DUPLICATE_PAIRS,
-        SAMPLE_WEIGHTS,
-        CURATED_DATASET,
-    )
-    return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
+    return {name: store.scan(s).select(pl.len()).collect().item() for name, s in TABLES.items()}
 
 
 def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool) -> None:
@@ -178,8 +148,10 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     from curation_assets.lib.tables import QUARANTINE
 
     print("\nrows per table:")
-    for name, n in _table_counts(paths.delta_root).items():
-        print(f"  {name:<18} {n:>8}")
+    counts = _table_counts(paths.delta_root)
+    width = max(18, *map(len, counts))
+    for name, n in counts.items():
+        print(f"  {name:<{width}} {n:>8}")
     reasons = (
         DeltaStore(paths.delta_root)
         .scan(QUARANTINE)
