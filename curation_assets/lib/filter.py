@@ -12,15 +12,18 @@ shard's rows were read in.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from curation_assets.lib.classify import CategorySpec
-from curation_assets.lib.embed import Embedder
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import FILTER_REJECTIONS, FILTERED_IMAGES, IMAGE_EMBEDDINGS
 from curation_assets.lib.vectors import embedding_matrix
+
+if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
+    from curation_assets.lib.embed import Embedder
 
 
 def clip_score_floor(specs: Sequence[CategorySpec]) -> float | None:
@@ -122,7 +125,7 @@ def clip_floor_scores(
     shard: str,
     raw: pl.DataFrame,
     floor: float | None,
-    load_model: Callable[[], Embedder],
+    load_model: Callable[[], "Embedder"],
 ) -> ClipFloorScores:
     """Image–caption cosines of a shard's captioned images, when a CLIP-score floor is set.
 

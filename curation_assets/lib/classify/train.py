@@ -12,6 +12,7 @@ classifiers in force back from the table.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -26,10 +27,12 @@ from curation_assets.lib.classify.probe import Probe
 from curation_assets.lib.classify.serialize import classifier_from_json, classifier_to_json
 from curation_assets.lib.classify.spec import CategorySpec
 from curation_assets.lib.classify.zeroshot import TextEncoder
-from curation_assets.lib.embed import Embedder
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS, SAFETY_CLASSIFIERS
 from curation_assets.lib.vectors import embedding_matrix
+
+if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
+    from curation_assets.lib.embed import Embedder
 
 
 def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataFrame:
@@ -59,7 +62,7 @@ def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataF
 
 
 def text_encoder_for(
-    specs: Sequence[CategorySpec], load_model: Callable[[], Embedder]
+    specs: Sequence[CategorySpec], load_model: Callable[[], "Embedder"]
 ) -> TextEncoder | None:
     """The image model's text tower, when some category has zero-shot prompts.
 

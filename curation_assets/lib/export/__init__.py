@@ -8,7 +8,8 @@
 * :mod:`.webdataset` — WebDataset tar shards of the images (:func:`write_webdataset`).
 * :mod:`.publish` — files and folders published atomically, and their stamps.
 * :mod:`.run` — the stage over Delta and files: the kept images, the files written. Imported
-  by its path (it reads the upstream stages' tables, and so imports their modules and torch).
+  by its path (it reads and writes Delta through :mod:`curation_assets.lib.storage`; the
+  upstream tables' specs come from :mod:`curation_assets.lib.tables`, so it imports no torch).
 """
 
 from curation_assets.lib.export.manifest import (

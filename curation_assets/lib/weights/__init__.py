@@ -9,7 +9,8 @@
 * :mod:`.audit` — attribute shares unfiltered / filtered / weighted (:func:`bias_audit`, the
   ``bias_audit`` table :data:`~curation_assets.lib.tables.BIAS_AUDIT`).
 * :mod:`.run` — the stage over Delta: load the inputs, fit, write, summarize. Imported by its
-  path (it reads the upstream stages' tables, and so imports their modules and torch).
+  path (it reads and writes Delta through :mod:`curation_assets.lib.storage`; the upstream
+  tables' specs come from :mod:`curation_assets.lib.tables`, so it imports no torch).
 """
 
 from curation_assets.lib.weights.audit import (

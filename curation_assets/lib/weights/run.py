@@ -11,12 +11,11 @@ figures reported and recorded with that commit).
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.embed import Embedder
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     BIAS_AUDIT,
@@ -29,6 +28,9 @@ from curation_assets.lib.vectors import embedding_matrix
 from curation_assets.lib.weights.audit import TextEncoder
 from curation_assets.lib.weights.fit import DensityRatioModel, Method, fit_density_ratio
 from curation_assets.lib.weights.scale import SampleWeights, sample_weights
+
+if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
+    from curation_assets.lib.embed import Embedder
 
 WEIGHTS_STAGE = "weights"
 """The stage's name in ``stage_commits``."""
@@ -120,7 +122,7 @@ def fit_weights(
 
 
 def concept_encoder(
-    concepts: Mapping[str, str], load: Callable[[], Embedder]
+    concepts: Mapping[str, str], load: Callable[[], "Embedder"]
 ) -> tuple[TextEncoder | None, str]:
     """The text encoder for the audit's zero-shot concepts, and a note on what was done.
 
