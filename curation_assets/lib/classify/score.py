@@ -17,7 +17,7 @@ from PIL import Image
 
 from curation_assets.lib.classify.policy import Classifier
 from curation_assets.lib.classify.scorers import PretrainedScorer
-from curation_assets.lib.embed import iter_prepared
+from curation_assets.lib.images import iter_prepared
 from curation_assets.lib.shards import Item
 from curation_assets.lib.tables import CLASSIFIER_SCORES
 from curation_assets.lib.vectors import embedding_matrix
