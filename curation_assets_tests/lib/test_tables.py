@@ -167,3 +167,17 @@ def test_importing_the_registry_imports_no_heavy_library():
     ours = {m for m in modules if m.startswith("curation_assets")}
     allowed = {"curation_assets", "curation_assets.lib", "curation_assets.lib.tables"}
     assert all(m in allowed or m.startswith("curation_assets.lib.tables.") for m in ours), ours
+
+
+def test_the_stages_after_embed_read_their_tables_without_torch():
+    """Specs and embedding_matrix live in light modules: reading a table loads no model code."""
+    stages = ["classify", "filter", "cluster", "dedup", "weights.run", "export.run"]
+    code = (
+        "import sys; "
+        + "; ".join(f"import curation_assets.lib.{s}" for s in stages)
+        + "; print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
