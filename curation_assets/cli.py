@@ -56,13 +56,12 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
 def cmd_labels_export(args: argparse.Namespace) -> int:
     """`curation labels export-queue`: CSV, Label Studio tasks and an HTML contact sheet."""
     from curation_assets.lib.classify import (
-        LABEL_QUEUE,
         export_queue_csv,
         export_queue_html,
         export_queue_label_studio,
     )
     from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import RAW_IMAGES
+    from curation_assets.lib.tables import LABEL_QUEUE, RAW_IMAGES
 
     paths = prepare_home(args.home)
     store = DeltaStore(paths.delta_root)
@@ -136,38 +135,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _table_counts(delta_root: str) -> dict[str, int]:
-    from curation_assets.lib.classify import (
-        CLASSIFIER_SCORES,
-        LABEL_QUEUE,
-        LABELS,
-        SAFETY_CLASSIFIERS,
-    )
-    from curation_assets.lib.dedup import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
-    from curation_assets.lib.embed import IMAGE_EMBEDDINGS
-    from curation_assets.lib.export import CURATED_DATASET
-    from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
+    """Rows of every table of the registry, in pipeline order (0 for a table not written)."""
     from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
-    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.lib.tables import TABLES
 
     store = DeltaStore(delta_root)
-    specs = (
-        RAW_IMAGES,
-        QUARANTINE,
-        DUPLICATE_FILES,
-        IMAGE_EMBEDDINGS,
-        LABELS,
-        SAFETY_CLASSIFIERS,
-        LABEL_QUEUE,
-        CLASSIFIER_SCORES,
-        FILTERED_IMAGES,
-        FILTER_REJECTIONS,
-        DEDUPLICATED_IMAGES,
-        DUPLICATE_PAIRS,
-        SAMPLE_WEIGHTS,
-        CURATED_DATASET,
-    )
-    return {s.name: store.scan(s).select(pl.len()).collect().item() for s in specs}
+    return {name: store.scan(s).select(pl.len()).collect().item() for name, s in TABLES.items()}
 
 
 def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool) -> None:
@@ -175,8 +148,10 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     from curation_assets.lib.tables import QUARANTINE
 
     print("\nrows per table:")
-    for name, n in _table_counts(paths.delta_root).items():
-        print(f"  {name:<18} {n:>8}")
+    counts = _table_counts(paths.delta_root)
+    width = max(18, *map(len, counts))
+    for name, n in counts.items():
+        print(f"  {name:<{width}} {n:>8}")
     reasons = (
         DeltaStore(paths.delta_root)
         .scan(QUARANTINE)
@@ -188,7 +163,7 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
     print("quarantined by reason:")
     for stage, reason, n in reasons.iter_rows():
         print(f"  {stage}/{reason:<20} {n:>6}")
-    from curation_assets.lib.classify import SAFETY_CLASSIFIERS
+    from curation_assets.lib.tables import SAFETY_CLASSIFIERS
 
     classifiers = (
         DeltaStore(paths.delta_root)
@@ -234,9 +209,8 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
 
 
 def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
-    from curation_assets.lib.cluster import N_CLUSTERINGS
-    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DEDUP_RUNS, N_CLUSTERINGS
     from curation_assets.tools.evaluate import evaluate_dedup
 
     store = DeltaStore(paths.delta_root)
@@ -253,7 +227,7 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
     print("demo ground truth (near-duplicates, planted edits of one base image):")
     for k, v in evaluate_dedup(gt, store).items():
         print(f"  {k:<34} {v}")
-    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.lib.tables import SAMPLE_WEIGHTS
     from curation_assets.tools.evaluate import evaluate_weights
 
     if store.exists(SAMPLE_WEIGHTS.name):

@@ -195,9 +195,9 @@ def import_label_file(
     import polars as pl
 
     from curation_assets.defs.resources import default_resources
-    from curation_assets.lib.classify import LABELS, import_labels, read_label_file
+    from curation_assets.lib.classify import import_labels, read_label_file
     from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import DUPLICATE_FILES, RAW_IMAGES
+    from curation_assets.lib.tables import DUPLICATE_FILES, LABELS, RAW_IMAGES
 
     store = DeltaStore(paths.delta_root)
     known = pl.concat(
@@ -377,7 +377,7 @@ class Freshness:
 
     def assigned(self, shard: str) -> bool:
         """Assigned after its filtered set and the centroids, in every clustering."""
-        from curation_assets.lib.cluster import N_CLUSTERINGS
+        from curation_assets.lib.tables import N_CLUSTERINGS
 
         return all(
             self.current(
@@ -548,8 +548,9 @@ class Runner:
             retrain: Retrain the centroids even when they exist.
             weights_config: Op config of ``weights_job`` (``{"weights_and_audit": {...}}``).
         """
-        from curation_assets.lib.cluster import N_CLUSTERINGS, load_centroids
+        from curation_assets.lib.cluster import load_centroids
         from curation_assets.lib.storage import DeltaStore
+        from curation_assets.lib.tables import N_CLUSTERINGS
 
         store = DeltaStore(self.delta_root)
         missing = any(load_centroids(store, c) is None for c in range(N_CLUSTERINGS))

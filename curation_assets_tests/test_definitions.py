@@ -1,11 +1,12 @@
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 
 import dagster as dg
 
 from curation_assets.definitions import defs as load_defs
-from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.lib.tables import N_CLUSTERINGS, TABLES, TableSpec
 
 defs = load_defs()
 
@@ -79,34 +80,9 @@ def test_automation_conditions():
     assert defs.resolve_job_def("per_shard_job").tags[PER_SHARD_TAG] == "true"
 
 
-def _table_specs() -> dict[str, object]:
-    """Every Delta table spec of the pipeline, by table (= asset) name."""
-    from curation_assets.lib import cluster, dedup, embed, export, tables, weights
-    from curation_assets.lib import filter as filter_lib
-    from curation_assets.lib.classify import active, labels, score, train
-    from curation_assets.lib.tables import TableSpec
-
-    specs = {
-        v.name: v
-        for m in (
-            tables,
-            embed,
-            labels,
-            train,
-            score,
-            filter_lib,
-            active,
-            dedup,
-            weights,
-            export,
-        )
-        for v in vars(m).values()
-        if isinstance(v, TableSpec)
-    }
-    for c in range(N_CLUSTERINGS):
-        specs[f"cluster_assignments_{c}"] = cluster.assignments_spec(c)
-        specs[f"cluster_centroids_{c}"] = cluster.centroids_spec(c)
-    return specs
+def _table_specs() -> Mapping[str, TableSpec]:
+    """Every Delta table spec of the pipeline, by table (= asset) name: the registry."""
+    return TABLES
 
 
 def test_column_lineage_names_real_upstream_columns():
@@ -118,7 +94,7 @@ def test_column_lineage_names_real_upstream_columns():
     for asset, deps in COLUMN_LINEAGE.items():
         key = dg.AssetKey(asset)
         upstream = {k.to_user_string() for k in graph.upstream_key_iterator(key)}
-        own = {c.name for c in specs[asset].columns}  # type: ignore[attr-defined]
+        own = {c.name for c in specs[asset].columns}
         assert set(deps) <= own, (asset, set(deps) - own)
         # parents and grandparents: a lineage dep is a direct or indirect upstream asset
         ancestors = upstream | {
@@ -130,7 +106,7 @@ def test_column_lineage_names_real_upstream_columns():
             assert sources, (asset, column)
             for dep_asset, dep_column in sources:
                 assert dep_asset in ancestors, (asset, column, dep_asset)
-                dep_columns = {c.name for c in specs[dep_asset].columns}  # type: ignore[attr-defined]
+                dep_columns = {c.name for c in specs[dep_asset].columns}
                 assert dep_column in dep_columns, (asset, column, dep_asset, dep_column)
         lineage = column_lineage(asset)["dagster/column_lineage"]
         assert set(lineage.deps_by_column) == set(deps)

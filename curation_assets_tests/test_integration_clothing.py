@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DUPLICATE_FILES, RAW_IMAGES
+from curation_assets.lib.tables import DUPLICATE_FILES, IMAGE_EMBEDDINGS, RAW_IMAGES
+from curation_assets.lib.vectors import embedding_matrix
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources
 
 EDITS = {

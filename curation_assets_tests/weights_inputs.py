@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS
-from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.lib.tables import (
+    DEDUPLICATED_IMAGES,
+    FILTERED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    RAW_IMAGES,
+)
 from curation_assets_tests.conftest import image_bytes
 
 DIM = 8

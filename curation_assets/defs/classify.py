@@ -12,10 +12,6 @@ from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.classify import (
-    CLASSIFIER_SCORES,
-    LABEL_QUEUE,
-    LABELS,
-    SAFETY_CLASSIFIERS,
     Probe,
     build_label_queues,
     classifier_checks,
@@ -33,8 +29,15 @@ from curation_assets.lib.classify import (
     text_encoder_for,
     train_classifiers,
 )
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    CLASSIFIER_SCORES,
+    IMAGE_EMBEDDINGS,
+    LABEL_QUEUE,
+    LABELS,
+    SAFETY_CLASSIFIERS,
+)
+from curation_assets.lib.vectors import embedding_matrix
 
 GROUP = "classify"
 

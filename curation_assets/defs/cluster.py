@@ -14,14 +14,11 @@ from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
-    N_CLUSTERINGS,
     CentroidsError,
     assign_shard,
     assignment_check,
     assignment_figures,
-    assignments_spec,
     centroids_frame,
-    centroids_spec,
     cluster_size_bars,
     clustering_figures,
     default_k,
@@ -29,8 +26,13 @@ from curation_assets.lib.cluster import (
     single_model,
     train_kmeans,
 )
-from curation_assets.lib.embed import embedding_matrix
-from curation_assets.lib.filter import FILTERED_IMAGES
+from curation_assets.lib.tables import (
+    FILTERED_IMAGES,
+    N_CLUSTERINGS,
+    assignments_spec,
+    centroids_spec,
+)
+from curation_assets.lib.vectors import embedding_matrix
 
 #: The cluster and dedup stages share one asset group in the UI.
 GROUP = "dedup"

@@ -16,9 +16,6 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.dedup import (
-    DEDUP_RUNS,
-    DEDUPLICATED_IMAGES,
-    DUPLICATE_PAIRS,
     POLICY_CRITERIA,
     DedupCheck,
     dedup_checks,
@@ -29,6 +26,7 @@ from curation_assets.lib.dedup import (
     run_dedup,
     write_dedup,
 )
+from curation_assets.lib.tables import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 
 
 class DedupConfig(dg.Config):

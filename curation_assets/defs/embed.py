@@ -12,17 +12,11 @@ from curation_assets.defs.metadata import table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.embed import (
-    IMAGE_EMBEDDINGS,
-    EmbedStats,
-    default_batch_size,
-    embed_items,
-    embedding_matrix,
-    embeddings_frame,
-)
+from curation_assets.lib.embed import EmbedStats, default_batch_size, embed_items, embeddings_frame
 from curation_assets.lib.ingest import DecodeLimits
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import QUARANTINE, RAW_IMAGES
+from curation_assets.lib.tables import IMAGE_EMBEDDINGS, QUARANTINE, RAW_IMAGES
+from curation_assets.lib.vectors import embedding_matrix
 
 GROUP = "embed"
 

@@ -11,7 +11,6 @@ from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.export import (
-    CURATED_DATASET,
     DEFAULT_PENALTY,
     DEFAULT_SHARD_SIZE,
     curated_rows,
@@ -26,7 +25,7 @@ from curation_assets.lib.export.run import (
     kept_images,
     write_export_files,
 )
-from curation_assets.lib.weights import SAMPLE_WEIGHTS
+from curation_assets.lib.tables import CURATED_DATASET, SAMPLE_WEIGHTS
 
 
 class ExportConfig(dg.Config):

@@ -7,16 +7,18 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.classify import CLASSIFIER_SCORES
 from curation_assets.lib.filter import (
-    FILTER_REJECTIONS,
-    FILTERED_IMAGES,
     clip_floor_scores,
     clip_score_floor,
     filter_summary,
     split_by_scores,
 )
-from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.lib.tables import (
+    CLASSIFIER_SCORES,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    RAW_IMAGES,
+)
 
 GROUP = "classify"
 """The filter assets stay in the classify group of the UI, where they have always been."""

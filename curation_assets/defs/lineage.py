@@ -5,84 +5,118 @@ asset page's *Column lineage* tab). Only real data flow is listed: a column copi
 upstream table, or computed from upstream columns (a score from an embedding and a
 classifier; a weight from embeddings and keep decisions). Row filtering (which rows survive)
 is not column lineage; the filter's and dedup's reasons live in their own tables.
-``test_definitions`` checks every entry against the table schemas.
+Tables and columns are named through the table registry (:mod:`curation_assets.lib.tables`),
+and a column a table does not have fails at import; ``test_definitions`` checks every entry
+against the asset graph too.
 """
 
 import dagster as dg
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.lib.tables import (
+    CLASSIFIER_SCORES,
+    CURATED_DATASET,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    N_CLUSTERINGS,
+    RAW_IMAGES,
+    SAFETY_CLASSIFIERS,
+    SAMPLE_WEIGHTS,
+    TableSpec,
+    assignments_spec,
+    centroids_spec,
+)
 
 Dep = tuple[str, str]
 """(upstream asset key, column)."""
 
 
-def _same(asset: str, *columns: str) -> dict[str, list[Dep]]:
-    """Columns copied unchanged from ``asset``."""
-    return {c: [(asset, c)] for c in columns}
+def _cols(spec: TableSpec, *columns: str) -> list[Dep]:
+    """``(table, column)`` for columns of ``spec``; a column the registry lacks is a bug here."""
+    missing = [c for c in columns if c not in spec.column_names]
+    if missing:
+        msg = f"column lineage names columns {missing} that table {spec.name!r} does not have"
+        raise ValueError(msg)
+    return [(spec.name, c) for c in columns]
+
+
+def _same(spec: TableSpec, *columns: str) -> dict[str, list[Dep]]:
+    """Columns copied unchanged from ``spec``'s table."""
+    return {c: _cols(spec, c) for c in columns}
 
 
 def _assignment_clusters() -> list[Dep]:
-    return [(f"cluster_assignments_{c}", "cluster") for c in range(N_CLUSTERINGS)]
+    return [dep for c in range(N_CLUSTERINGS) for dep in _cols(assignments_spec(c), "cluster")]
+
+
+def _clustering(c: int) -> dict[str, list[Dep]]:
+    embedding = _cols(IMAGE_EMBEDDINGS, "embedding")
+    return {
+        **_same(IMAGE_EMBEDDINGS, "image_id", "shard"),
+        "cluster": [*embedding, *_cols(centroids_spec(c), "centroid")],
+        "cosine": [*embedding, *_cols(centroids_spec(c), "centroid")],
+        "centroids_version": _cols(centroids_spec(c), "version"),
+    }
 
 
 COLUMN_LINEAGE: dict[str, dict[str, list[Dep]]] = {
-    "image_embeddings": {
-        **_same("raw_images", "image_id", "shard"),
-        "embedding": [("raw_images", "source_uri")],  # the pixels read from there
+    IMAGE_EMBEDDINGS.name: {
+        **_same(RAW_IMAGES, "image_id", "shard"),
+        "embedding": _cols(RAW_IMAGES, "source_uri"),  # the pixels read from there
     },
-    "classifier_scores": {
-        **_same("image_embeddings", "image_id", "shard"),
-        "category": [("safety_classifiers", "category")],
+    CLASSIFIER_SCORES.name: {
+        **_same(IMAGE_EMBEDDINGS, "image_id", "shard"),
+        "category": _cols(SAFETY_CLASSIFIERS, "category"),
         "score": [
-            ("image_embeddings", "embedding"),
-            ("safety_classifiers", "classifier_json"),
+            *_cols(IMAGE_EMBEDDINGS, "embedding"),
+            *_cols(SAFETY_CLASSIFIERS, "classifier_json"),
         ],
-        "threshold": [("safety_classifiers", "threshold")],
+        "threshold": _cols(SAFETY_CLASSIFIERS, "threshold"),
     },
-    "filtered_images": _same(
-        "raw_images", "image_id", "shard", "source_uri", "caption", "width", "height"
+    FILTERED_IMAGES.name: _same(
+        RAW_IMAGES, "image_id", "shard", "source_uri", "caption", "width", "height"
     ),
-    "filter_rejections": _same(
-        "classifier_scores", "image_id", "shard", "category", "score", "threshold"
+    FILTER_REJECTIONS.name: _same(
+        CLASSIFIER_SCORES, "image_id", "shard", "category", "score", "threshold"
     ),
-    **{
-        f"cluster_assignments_{c}": {
-            **_same("image_embeddings", "image_id", "shard"),
-            "cluster": [("image_embeddings", "embedding"), (f"cluster_centroids_{c}", "centroid")],
-            "cosine": [("image_embeddings", "embedding"), (f"cluster_centroids_{c}", "centroid")],
-            "centroids_version": [(f"cluster_centroids_{c}", "version")],
-        }
-        for c in range(N_CLUSTERINGS)
-    },
-    "duplicate_pairs": {
-        "image_id_a": [("filtered_images", "image_id")],
-        "image_id_b": [("filtered_images", "image_id")],
-        "similarity": [("image_embeddings", "embedding")],
+    **{assignments_spec(c).name: _clustering(c) for c in range(N_CLUSTERINGS)},
+    DUPLICATE_PAIRS.name: {
+        "image_id_a": _cols(FILTERED_IMAGES, "image_id"),
+        "image_id_b": _cols(FILTERED_IMAGES, "image_id"),
+        "similarity": _cols(IMAGE_EMBEDDINGS, "embedding"),
         "found_by": _assignment_clusters(),
     },
-    "deduplicated_images": {
-        **_same("filtered_images", "image_id", "shard"),
-        "kept": [  # similarity decides the groups, the keep policy the survivor of each
-            ("image_embeddings", "embedding"),
-            ("raw_images", "width"),
-            ("raw_images", "height"),
-            ("raw_images", "ingested_at"),
-            ("raw_images", "image_id"),
+    DEDUPLICATED_IMAGES.name: {
+        **_same(FILTERED_IMAGES, "image_id", "shard"),
+        # similarity decides the groups, the keep policy the survivor of each
+        "kept": [
+            *_cols(IMAGE_EMBEDDINGS, "embedding"),
+            *_cols(RAW_IMAGES, "width", "height", "ingested_at", "image_id"),
         ],
-        "duplicate_of": [("filtered_images", "image_id"), ("image_embeddings", "embedding")],
-        "similarity": [("image_embeddings", "embedding")],
-        "component_id": [("image_embeddings", "embedding"), *_assignment_clusters()],
+        "duplicate_of": [
+            *_cols(FILTERED_IMAGES, "image_id"),
+            *_cols(IMAGE_EMBEDDINGS, "embedding"),
+        ],
+        "similarity": _cols(IMAGE_EMBEDDINGS, "embedding"),
+        "component_id": [*_cols(IMAGE_EMBEDDINGS, "embedding"), *_assignment_clusters()],
     },
-    "sample_weights": {
-        **_same("deduplicated_images", "image_id", "shard"),
-        "weight": [("image_embeddings", "embedding"), ("deduplicated_images", "kept")],
-        "raw_ratio": [("image_embeddings", "embedding"), ("deduplicated_images", "kept")],
+    SAMPLE_WEIGHTS.name: {
+        **_same(DEDUPLICATED_IMAGES, "image_id", "shard"),
+        "weight": [*_cols(IMAGE_EMBEDDINGS, "embedding"), *_cols(DEDUPLICATED_IMAGES, "kept")],
+        "raw_ratio": [
+            *_cols(IMAGE_EMBEDDINGS, "embedding"),
+            *_cols(DEDUPLICATED_IMAGES, "kept"),
+        ],
     },
-    "curated_dataset": {
-        **_same("filtered_images", "image_id", "source_uri", "caption", "shard", "width", "height"),
-        "weight": [("sample_weights", "weight")],
+    CURATED_DATASET.name: {
+        **_same(FILTERED_IMAGES, "image_id", "source_uri", "caption", "shard", "width", "height"),
+        "weight": _cols(SAMPLE_WEIGHTS, "weight"),
     },
 }
+"""Upstream columns of each table's columns, by table; every name is checked against the
+table registry (:mod:`curation_assets.lib.tables`) when this module is imported."""
 
 
 def column_lineage(asset: str) -> dict[str, dg.TableColumnLineage]:

@@ -16,14 +16,13 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.commits import current_commit, input_versions, record_commit
+from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
 from curation_assets.lib.weights import (
-    BIAS_AUDIT,
     DEFAULT_C,
     DEFAULT_MIN_ESS_RATIO,
     DEFAULT_PCA_DIM,
     DEFAULT_W_MAX,
     DEFAULT_W_MIN,
-    SAMPLE_WEIGHTS,
     audit_attributes,
     audit_markdown,
     bias_audit,

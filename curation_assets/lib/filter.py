@@ -12,39 +12,18 @@ shard's rows were read in.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from curation_assets.lib.classify import CategorySpec
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, Embedder, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import FILTER_REJECTIONS, FILTERED_IMAGES, IMAGE_EMBEDDINGS
+from curation_assets.lib.vectors import embedding_matrix
 
-FILTERED_IMAGES = TableSpec(
-    name="filtered_images",
-    description="Images of a shard that pass every classifier (and the CLIP-score floor).",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("source_uri", pl.String, "Where the bytes were read."),
-        Column("caption", pl.String, "Caption, if any."),
-        Column("width", pl.Int32, "Width in pixels."),
-        Column("height", pl.Int32, "Height in pixels."),
-    ),
-)
-
-FILTER_REJECTIONS = TableSpec(
-    name="filter_rejections",
-    description="One row per removed image and reason: the category, its score and threshold.",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("category", pl.String, "Category that removed it, or clip_score_floor."),
-        Column("score", pl.Float32, "The score (or image-caption cosine for the floor)."),
-        Column("threshold", pl.Float64, "The threshold (or the floor) it crossed."),
-    ),
-)
+if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
+    from curation_assets.lib.embed import Embedder
 
 
 def clip_score_floor(specs: Sequence[CategorySpec]) -> float | None:
@@ -146,7 +125,7 @@ def clip_floor_scores(
     shard: str,
     raw: pl.DataFrame,
     floor: float | None,
-    load_model: Callable[[], Embedder],
+    load_model: Callable[[], "Embedder"],
 ) -> ClipFloorScores:
     """Image–caption cosines of a shard's captioned images, when a CLIP-score floor is set.
 

@@ -1,19 +1,26 @@
-"""Image bytes by ``source_uri`` and thumbnails: shared by every stage that shows or reads images.
+"""Image bytes by ``source_uri``, thumbnails, decoded items: shared by every stage reading images.
 
 :class:`SourceReader` reads a plain path or a tar member (``tarpath#member``, the URIs ingest
 writes); :func:`make_thumbnail` decodes safely (ingest's limits) and shrinks to a JPEG. Used by
 the label-queue export, the dedup report and the curated-dataset export.
+:func:`iter_prepared` hashes, decodes and transforms a shard's items on threads, in order: the
+embedder and the pretrained scorers read shards through it.
 """
 
 import io
 import os
 import tarfile
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
-from curation_assets.lib.ingest import DecodeLimits, decode_image
+from curation_assets.lib.ingest import DecodeLimits, decode_image, sha256_hex
+from curation_assets.lib.parallel import ordered_map
+from curation_assets.lib.shards import Item
 
 THUMBNAIL_PX = 160
 """Longest side of thumbnails, in pixels."""
@@ -140,3 +147,72 @@ def make_thumbnail(data: bytes, max_px: int = THUMBNAIL_PX, quality: int = 80) -
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+@dataclass
+class Prepared:
+    """One enumerated item after hashing, decoding and the caller's transform.
+
+    Attributes:
+        source_uri: Where the bytes came from.
+        image_id: sha256 of the bytes (None when they could not be read).
+        value: ``transform(decoded RGB image)``; None on failure.
+        error: ``(reason, detail)`` when the image could not be read or decoded.
+        wanted: False for items outside ``wanted``.
+    """
+
+    source_uri: str
+    image_id: str | None
+    value: Any = None
+    error: tuple[str, str] | None = None
+    wanted: bool = True
+
+
+def _prepare(
+    item: Item,
+    transform: Callable[[Image.Image], Any],
+    wanted: set[str] | None,
+    limits: DecodeLimits,
+) -> Prepared:
+    if item.data is None:
+        return Prepared(item.source_uri, None, error=item.error, wanted=wanted is None)
+    image_id = sha256_hex(item.data)
+    if wanted is not None and image_id not in wanted:
+        return Prepared(item.source_uri, image_id, wanted=False)
+    decoded = decode_image(item.data, limits)
+    if decoded.image is None:
+        return Prepared(item.source_uri, image_id, error=decoded.error)
+    return Prepared(item.source_uri, image_id, value=transform(decoded.image))
+
+
+def iter_prepared(
+    items: Iterable[Item],
+    transform: Callable[[Image.Image], Any],
+    *,
+    wanted: set[str] | None,
+    workers: int,
+    prefetch: int,
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
+    on_skip: Callable[[], None] | None = None,
+) -> Iterator[Prepared]:
+    """Hash, decode and transform items on ``workers`` threads, in order, each sha256 once.
+
+    Items outside ``wanted`` (when given) are not decoded; they and repeats of an image already
+    yielded successfully are skipped (``on_skip`` is called for each). Failures are yielded
+    with ``value=None`` and ``error`` set. Memory: ``prefetch`` items in flight.
+    """
+    seen: set[str] = set()
+    prepared = ordered_map(
+        lambda it: _prepare(it, transform, wanted, limits),
+        items,
+        workers=workers,
+        prefetch=prefetch,
+    )
+    for p in prepared:
+        if not p.wanted or (p.image_id is not None and p.image_id in seen):
+            if on_skip is not None:
+                on_skip()
+            continue
+        if p.value is not None and p.image_id is not None:
+            seen.add(p.image_id)
+        yield p

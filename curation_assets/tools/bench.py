@@ -14,7 +14,6 @@ import psutil
 import torch
 
 from curation_assets.lib.embed import (
-    IMAGE_EMBEDDINGS,
     EmbedderSpec,
     EmbedStats,
     default_batch_size,
@@ -25,6 +24,7 @@ from curation_assets.lib.embed import (
 from curation_assets.lib.ingest import decode_image
 from curation_assets.lib.shards import Item, ShardInfo, inspect_shard, iter_items
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import IMAGE_EMBEDDINGS
 
 logger = logging.getLogger(__name__)
 

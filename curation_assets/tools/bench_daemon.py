@@ -81,8 +81,8 @@ class Phase:
 
 def export_shards(delta_root: Path) -> set[str]:
     """Shards with at least one row in the ``curated_dataset`` Delta table."""
-    from curation_assets.lib.export import CURATED_DATASET
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import CURATED_DATASET
 
     store = DeltaStore(str(delta_root))
     if not store.exists(CURATED_DATASET.name):
@@ -182,8 +182,8 @@ def drop(shard: Path, sources: Path) -> float:
 
 def last_dedup_run(delta_root: Path) -> dict[str, Any]:
     """The newest row of the ``dedup_runs`` log (mode, reason, images, new images)."""
-    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DEDUP_RUNS
 
     runs = DeltaStore(str(delta_root)).read(DEDUP_RUNS).sort("run_at")
     row = runs.row(-1, named=True)

@@ -23,14 +23,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 # faiss through cluster.py, which configures OpenBLAS before faiss is first imported.
-from curation_assets.lib.cluster import (
-    BLAS_CONFIG,
-    N_CLUSTERINGS,
-    assign,
-    default_k,
-    faiss,
-    train_clusterings,
-)
+from curation_assets.lib.cluster import BLAS_CONFIG, assign, default_k, faiss, train_clusterings
 from curation_assets.lib.dedup import (
     DEFAULT_TAU,
     ImageMeta,
@@ -44,6 +37,7 @@ from curation_assets.lib.dedup import (
     recall_curve,
     union_pairs,
 )
+from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets.tools.synthetic import clip_like_embeddings
 
 logger = logging.getLogger(__name__)

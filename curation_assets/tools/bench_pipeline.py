@@ -81,8 +81,8 @@ def bench_incremental(
     Raises:
         RuntimeError: When a run of a phase failed (with its step errors).
     """
-    from curation_assets.lib.dedup import DEDUP_RUNS
     from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DEDUP_RUNS
     from curation_assets.runner import open_runner, prepare_home
 
     images = list_images(images_dir, limit)

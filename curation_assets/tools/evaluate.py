@@ -4,9 +4,14 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+from curation_assets.lib.tables import (
+    DUPLICATE_FILES,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    QUARANTINE,
+    RAW_IMAGES,
+)
 
 # Ground-truth corruption kind -> the quarantine reason ingest should give it.
 EXPECTED_REASON = {
@@ -156,7 +161,7 @@ def evaluate_dedup(gt: pl.DataFrame, store: DeltaStore) -> dict[str, Any]:
         (removed images whose kept image is of the same base) and removal recall (correct
         removals over the removals the ground truth calls for: group size − 1 per group).
     """
-    from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
+    from curation_assets.lib.tables import DEDUPLICATED_IMAGES
 
     truth = (
         gt.filter(pl.col("kind").is_in(["original", "near_duplicate"]))
@@ -215,7 +220,7 @@ def evaluate_weights(
         set (filtered and deduplicated, what is weighted) and the kept set under the weights;
         and the weighted share's distance to the unfiltered one in points.
     """
-    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.lib.tables import SAMPLE_WEIGHTS
 
     col, value = attribute
     truth = gt.filter(pl.col("kind") != "corrupt").unique("source_uri")

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+from curation_assets.lib.tables import DUPLICATE_FILES, IMAGE_EMBEDDINGS, QUARANTINE, RAW_IMAGES
+from curation_assets.lib.vectors import embedding_matrix
 from curation_assets.runner import step_errors
 from curation_assets_tests.conftest import image_bytes, write_images
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources

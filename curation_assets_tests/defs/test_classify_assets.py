@@ -6,14 +6,15 @@ import polars as pl
 import pytest
 
 from curation_assets.defs.classify import label_queue, safety_classifiers
-from curation_assets.lib.classify import (
+from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
     LABEL_QUEUE,
     LABELS,
+    RAW_IMAGES,
     SAFETY_CLASSIFIERS,
 )
-from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
-from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets.runner import step_errors
 from curation_assets_tests.defs.classify_helpers import reddish_shard, score_and_filter
 from curation_assets_tests.defs.helpers import check_results

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from curation_assets.lib.cluster import N_CLUSTERINGS, assignments_spec, load_centroids
+from curation_assets.lib.cluster import load_centroids
+from curation_assets.lib.tables import N_CLUSTERINGS, assignments_spec
 from curation_assets_tests.defs.helpers import check_results
 
 pytestmark = pytest.mark.slow

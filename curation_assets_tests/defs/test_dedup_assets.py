@@ -4,11 +4,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.cluster import N_CLUSTERINGS, assignments_spec, load_centroids
-from curation_assets.lib.dedup import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
+from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.lib.tables import (
+    DEDUP_RUNS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
+    IMAGE_EMBEDDINGS,
+    N_CLUSTERINGS,
+    RAW_IMAGES,
+    assignments_spec,
+)
+from curation_assets.lib.vectors import embedding_matrix
 from curation_assets.tools.evaluate import evaluate_dedup
 from curation_assets_tests.defs.dedup_pipeline import SHARDS, assign, dedup, run
 from curation_assets_tests.defs.helpers import check_results
@@ -119,8 +126,7 @@ def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
 
     from curation_assets.defs.export import curated_dataset
     from curation_assets.defs.weights import weights_and_audit
-    from curation_assets.lib.export import CURATED_DATASET
-    from curation_assets.lib.weights import SAMPLE_WEIGHTS
+    from curation_assets.lib.tables import CURATED_DATASET, SAMPLE_WEIGHTS
 
     instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
     export = {

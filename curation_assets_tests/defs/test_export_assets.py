@@ -11,10 +11,9 @@ import pytest
 from curation_assets.defs.export import curated_dataset
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.export import CURATED_DATASET
 from curation_assets.lib.export.run import EXPORT_STAGE
+from curation_assets.lib.tables import CURATED_DATASET, SAMPLE_WEIGHTS
 from curation_assets.lib.weights.run import fit_weights, load_weight_inputs
-from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS
 from curation_assets_tests.defs.helpers import check_results
 from curation_assets_tests.weights_inputs import write_weight_inputs
 

@@ -4,10 +4,13 @@ import pytest
 from curation_assets.defs.classify import classifier_scores
 from curation_assets.defs.filter import filter_shard
 from curation_assets.defs.resources import Categories
-from curation_assets.lib.classify import CLASSIFIER_SCORES
-from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.lib.tables import (
+    CLASSIFIER_SCORES,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    RAW_IMAGES,
+)
 from curation_assets.runner import step_errors
 from curation_assets_tests.defs.classify_helpers import reddish_shard, score_and_filter, tinted
 from curation_assets_tests.defs.helpers import check_results, materialize_shard, resources

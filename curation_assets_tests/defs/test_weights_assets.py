@@ -11,7 +11,7 @@ import pytest
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
 from curation_assets.defs.weights import weights_and_audit
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.weights import BIAS_AUDIT, SAMPLE_WEIGHTS
+from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
 from curation_assets.lib.weights.run import WEIGHTS_STAGE
 from curation_assets_tests.defs.helpers import check_results
 from curation_assets_tests.weights_inputs import write_weight_inputs

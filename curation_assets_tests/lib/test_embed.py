@@ -12,12 +12,12 @@ from curation_assets.lib.embed import (
     EmbedStats,
     OpenClipEmbedder,
     embed_items,
-    embedding_matrix,
     embeddings_frame,
     load_embedder,
 )
 from curation_assets.lib.ingest import sha256_hex
 from curation_assets.lib.shards import Item
+from curation_assets.lib.vectors import embedding_matrix
 from curation_assets_tests.conftest import image_bytes
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")

@@ -2,11 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.classify import CLASSIFIER_SCORES, CategorySpec
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS
+from curation_assets.lib.classify import CategorySpec
 from curation_assets.lib.filter import (
-    FILTER_REJECTIONS,
-    FILTERED_IMAGES,
     caption_similarity,
     clip_floor_scores,
     clip_score_floor,
@@ -14,7 +11,13 @@ from curation_assets.lib.filter import (
     split_by_scores,
 )
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
+from curation_assets.lib.tables import (
+    CLASSIFIER_SCORES,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    RAW_IMAGES,
+)
 
 DIM = 4
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
+from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets.tools.bench_dedup import (
     EDIT_KINDS,
     bench_dedup,

@@ -7,11 +7,17 @@ Each test writes the few Delta rows a stage would have written for a handful of 
 import polars as pl
 import pytest
 
-from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
-from curation_assets.lib.filter import FILTER_REJECTIONS, FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES, TableSpec
-from curation_assets.lib.weights import SAMPLE_WEIGHTS
+from curation_assets.lib.tables import (
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_FILES,
+    FILTER_REJECTIONS,
+    FILTERED_IMAGES,
+    QUARANTINE,
+    RAW_IMAGES,
+    SAMPLE_WEIGHTS,
+    TableSpec,
+)
 from curation_assets.tools.demo import ITEM_SCHEMA
 from curation_assets.tools.evaluate import (
     evaluate_dedup,

@@ -21,7 +21,6 @@ Scores are probabilities in [0, 1]; an image is flagged when ``score >= threshol
 """
 
 from curation_assets.lib.classify.active import (
-    LABEL_QUEUE,
     build_label_queue,
     build_label_queues,
     find_hard_positives,
@@ -41,7 +40,6 @@ from curation_assets.lib.classify.label_files import (
     read_label_file,
 )
 from curation_assets.lib.classify.labels import (
-    LABELS,
     LabelImport,
     LabelImportError,
     current_labels,
@@ -64,7 +62,6 @@ from curation_assets.lib.classify.queue_export import (
     label_studio_config,
 )
 from curation_assets.lib.classify.score import (
-    CLASSIFIER_SCORES,
     mean_scores,
     pretrained_scores,
     score_embeddings,
@@ -91,7 +88,6 @@ from curation_assets.lib.classify.spec import (
     parse_category_spec,
 )
 from curation_assets.lib.classify.train import (
-    SAFETY_CLASSIFIERS,
     ClassifierChecks,
     classifier_checks,
     classifiers_table,
@@ -104,12 +100,8 @@ from curation_assets.lib.classify.train import (
 from curation_assets.lib.classify.zeroshot import TextEncoder, ZeroShotScorer, build_zero_shot
 
 __all__ = [
-    "CLASSIFIER_SCORES",
-    "LABEL_QUEUE",
-    "LABELS",
     "MIN_NEGATIVES",
     "MIN_POSITIVES",
-    "SAFETY_CLASSIFIERS",
     "available_scorers",
     "build_label_queue",
     "build_label_queues",

@@ -37,33 +37,10 @@ import faiss
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import LABEL_QUEUE
 
 logger = logging.getLogger(__name__)
 
-LABEL_QUEUE = TableSpec(
-    name="label_queue",
-    description="Unlabelled images to label next, per category, ranked.",
-    partition_by=(),
-    columns=(
-        Column("rank", pl.Int32, "1 = label first (per category)."),
-        Column("image_id", pl.String, "sha256 of the image bytes (joins raw_images)."),
-        Column("category", pl.String, "Category the image is queued for."),
-        Column(
-            "reason",
-            pl.String,
-            "neighbor_of_hard_positive:<image_id>, uncertain_near_threshold or "
-            "top_zero_shot_score.",
-        ),
-        Column("score", pl.Float32, "The classifier's current score of the image."),
-        Column(
-            "similarity",
-            pl.Float32,
-            "Cosine similarity to the hard positive (null for the other reasons).",
-        ),
-        Column("threshold", pl.Float32, "The category's threshold (null when score only)."),
-    ),
-)
 
 REASON_NEIGHBOR = "neighbor_of_hard_positive"
 REASON_UNCERTAIN = "uncertain_near_threshold"

@@ -36,8 +36,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import polars as pl
 
-from curation_assets.lib.classify.labels import LABELS
 from curation_assets.lib.errors import PermanentError
+from curation_assets.lib.tables import LABELS
 
 logger = logging.getLogger(__name__)
 

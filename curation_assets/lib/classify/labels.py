@@ -22,28 +22,9 @@ from typing import Any
 import polars as pl
 
 from curation_assets.lib.errors import PermanentError
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import LABELS
 
 logger = logging.getLogger(__name__)
-
-_TS = pl.Datetime("us", "UTC")
-
-LABELS = TableSpec(
-    name="labels",
-    description="One human (or seeded) label of one image for one category; append-only.",
-    partition_by=(),
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes (joins raw_images)."),
-        Column("category", pl.String, "Category name from the category spec."),
-        Column("label", pl.Int8, "1 = shows the category (unwanted), 0 = does not."),
-        Column(
-            "source",
-            pl.String,
-            "Where the label came from: csv:<file>, label_studio:<file> or demo_seed.",
-        ),
-        Column("labeled_at", _TS, "When the label was given (annotation time) or imported (UTC)."),
-    ),
-)
 
 
 PROBLEMS_SCHEMA = pl.Schema(

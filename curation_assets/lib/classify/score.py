@@ -17,24 +17,12 @@ from PIL import Image
 
 from curation_assets.lib.classify.policy import Classifier
 from curation_assets.lib.classify.scorers import PretrainedScorer
-from curation_assets.lib.embed import embedding_matrix, iter_prepared
+from curation_assets.lib.images import iter_prepared
 from curation_assets.lib.shards import Item
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import CLASSIFIER_SCORES
+from curation_assets.lib.vectors import embedding_matrix
 
 logger = logging.getLogger(__name__)
-
-CLASSIFIER_SCORES = TableSpec(
-    name="classifier_scores",
-    description="One score per image and scorer (categories and pretrained scorers).",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("category", pl.String, "Category name, or the pretrained scorer's name."),
-        Column("score", pl.Float32, "Probability-like score in [0, 1]."),
-        Column("threshold", pl.Float64, "Threshold in force (null: score only, no filtering)."),
-        Column("scorer", pl.String, "linear_probe, zero_shot or pretrained:<model id>."),
-    ),
-)
 
 
 def score_embeddings(

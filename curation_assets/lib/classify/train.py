@@ -12,6 +12,7 @@ classifiers in force back from the table.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -26,35 +27,12 @@ from curation_assets.lib.classify.probe import Probe
 from curation_assets.lib.classify.serialize import classifier_from_json, classifier_to_json
 from curation_assets.lib.classify.spec import CategorySpec
 from curation_assets.lib.classify.zeroshot import TextEncoder
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, Embedder, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import IMAGE_EMBEDDINGS, SAFETY_CLASSIFIERS
+from curation_assets.lib.vectors import embedding_matrix
 
-_TS = pl.Datetime("us", "UTC")
-
-SAFETY_CLASSIFIERS = TableSpec(
-    name="safety_classifiers",
-    description="One classifier per category: status, threshold, metrics, serialized model.",
-    partition_by=(),
-    columns=(
-        Column("category", pl.String, "Category name from the spec."),
-        Column("status", pl.String, "trained (linear probe), zero_shot or skipped."),
-        Column("reason", pl.String, "Why this status, in a sentence."),
-        Column(
-            "threshold", pl.Float64, "Score at or above which an image is removed (null: none)."
-        ),
-        Column("target_recall", pl.Float64, "Recall the threshold was chosen to keep."),
-        Column("oof_recall", pl.Float64, "Out-of-fold recall at the threshold (probes)."),
-        Column("oof_precision", pl.Float64, "Out-of-fold precision at the threshold (probes)."),
-        Column("roc_auc", pl.Float64, "Out-of-fold ROC-AUC (probes)."),
-        Column("n_pos", pl.Int32, "Labelled positives used."),
-        Column("n_neg", pl.Int32, "Labelled negatives used."),
-        Column("model_id", pl.String, "Embedding model the classifier expects."),
-        Column("dim", pl.Int32, "Embedding dimension the classifier expects."),
-        Column("classifier_json", pl.String, "The classifier (JSON, base64 float32; no pickle)."),
-        Column("trained_at", _TS, "When it was trained (UTC)."),
-    ),
-)
+if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
+    from curation_assets.lib.embed import Embedder
 
 
 def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataFrame:
@@ -84,7 +62,7 @@ def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataF
 
 
 def text_encoder_for(
-    specs: Sequence[CategorySpec], load_model: Callable[[], Embedder]
+    specs: Sequence[CategorySpec], load_model: Callable[[], "Embedder"]
 ) -> TextEncoder | None:
     """The image model's text tower, when some category has zero-shot prompts.
 

@@ -17,9 +17,7 @@ from curation_assets.lib.cluster.io import (
     assignment_check,
     assignment_figures,
     assignments_frame,
-    assignments_spec,
     centroids_frame,
-    centroids_spec,
     centroids_version,
     cluster_size_bars,
     clustering_figures,
@@ -30,7 +28,6 @@ from curation_assets.lib.cluster.io import (
 from curation_assets.lib.cluster.kmeans import (
     BLAS_CONFIG,
     DEFAULT_SEEDS,
-    N_CLUSTERINGS,
     KMeansModel,
     assign,
     cluster_size_histogram,
@@ -40,6 +37,7 @@ from curation_assets.lib.cluster.kmeans import (
     train_clusterings,
     train_kmeans,
 )
+from curation_assets.lib.tables import N_CLUSTERINGS
 
 __all__ = [
     "BLAS_CONFIG",
@@ -53,9 +51,7 @@ __all__ = [
     "assignment_check",
     "assignment_figures",
     "assignments_frame",
-    "assignments_spec",
     "centroids_frame",
-    "centroids_spec",
     "centroids_version",
     "cluster_size_bars",
     "cluster_size_histogram",

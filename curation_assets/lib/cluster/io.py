@@ -12,7 +12,7 @@ The ``cluster_centroids`` / ``cluster_assignments`` assets call :func:`clusterin
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,49 +24,15 @@ from curation_assets.lib.cluster.kmeans import (
     assign,
     cluster_size_histogram,
 )
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, embedding_matrix
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import Column, TableSpec
-
-_CENTROIDS = TableSpec(
-    name="cluster_centroids",
-    description="k-means centroids of one clustering (spherical, cosine).",
-    partition_by=(),
-    columns=(
-        Column("centroid_id", pl.Int32, "Cluster id 0..K-1."),
-        Column("centroid", pl.List(pl.Float32), "L2-normalized centroid (d floats)."),
-        Column("train_size", pl.Int64, "Training rows assigned to this centroid."),
-        Column("version", pl.String, "Hash of all centroids; assignments record it."),
-        Column("seed", pl.Int32, "Seed of the training sample and initialisation."),
-        Column("model_id", pl.String, "Embedding model the centroids live in."),
-        Column("trained_at", pl.Datetime("us", "UTC"), "When the centroids were trained (UTC)."),
-    ),
+from curation_assets.lib.tables import (
+    FILTERED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    assignments_spec,
+    centroids_spec,
 )
-
-_ASSIGNMENTS = TableSpec(
-    name="cluster_assignments",
-    description="Nearest centroid of each filtered image, for one clustering.",
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("cluster", pl.Int32, "Nearest centroid's id."),
-        Column("cosine", pl.Float32, "Cosine similarity to that centroid."),
-        Column("distance", pl.Float32, "Cosine distance to that centroid (1 − cosine)."),
-        Column("centroids_version", pl.String, "Version of the centroids used."),
-    ),
-)
-
-
-def centroids_spec(c: int) -> TableSpec:
-    """The ``cluster_centroids_<c>`` table."""
-    return replace(_CENTROIDS, name=f"cluster_centroids_{c}")
-
-
-def assignments_spec(c: int) -> TableSpec:
-    """The ``cluster_assignments_<c>`` table."""
-    return replace(_ASSIGNMENTS, name=f"cluster_assignments_{c}")
+from curation_assets.lib.vectors import embedding_matrix
 
 
 class CentroidsError(ConfigError):
@@ -139,7 +105,7 @@ def assignments_frame(
             "distance": (1.0 - np.asarray(cosine, dtype=np.float32)).astype(np.float32),
             "centroids_version": version,
         },
-        schema=_ASSIGNMENTS.schema,
+        schema=assignments_spec(0).schema,  # the same columns for every clustering
     )
 
 

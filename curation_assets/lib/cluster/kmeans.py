@@ -72,10 +72,9 @@ import numpy as np  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
-logger = logging.getLogger(__name__)
+from curation_assets.lib.tables import N_CLUSTERINGS  # noqa: E402
 
-#: Number of independent clusterings (DALL·E 2 used five).
-N_CLUSTERINGS = 5
+logger = logging.getLogger(__name__)
 
 #: Seeds of the clusterings, one per clustering.
 DEFAULT_SEEDS: tuple[int, ...] = tuple(range(N_CLUSTERINGS))

@@ -26,10 +26,7 @@ from curation_assets.lib.dedup.full import DedupResult, dedup
 from curation_assets.lib.dedup.incremental import DedupState, dedup_incremental
 from curation_assets.lib.dedup.io import (
     DEDUP_OUTPUTS,
-    DEDUP_RUNS,
     DEDUP_STAGE,
-    DEDUPLICATED_IMAGES,
-    DUPLICATE_PAIRS,
     DedupInputs,
     load_inputs,
 )
@@ -68,13 +65,10 @@ from curation_assets.lib.dedup.tau import (
 )
 
 __all__ = [
-    "DEDUPLICATED_IMAGES",
     "DEDUP_OUTPUTS",
-    "DEDUP_RUNS",
     "DEDUP_STAGE",
     "DEFAULT_POLICY",
     "DEFAULT_TAU",
-    "DUPLICATE_PAIRS",
     "POLICY_CRITERIA",
     "TAU_EFFICIENTNET_LITE0",
     "TAU_OPEN_CLIP_VIT_B_32",

@@ -15,13 +15,9 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from curation_assets.lib.commits import Commit, last_commit, torn_outputs
-from curation_assets.lib.dedup.io import (
-    DEDUP_STAGE,
-    DEDUPLICATED_IMAGES,
-    DUPLICATE_PAIRS,
-    DedupInputs,
-)
+from curation_assets.lib.dedup.io import DEDUP_STAGE, DedupInputs
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 
 
 @dataclass

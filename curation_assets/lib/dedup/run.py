@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets.lib.commits import input_versions, record_commit
 from curation_assets.lib.dedup.full import DedupResult
 from curation_assets.lib.dedup.incremental import DedupState, dedup_incremental
 from curation_assets.lib.dedup.io import (
-    DEDUP_RUNS,
     DEDUP_STAGE,
-    DEDUPLICATED_IMAGES,
-    DUPLICATE_PAIRS,
     assignment_arrays,
     frame_meta,
     images_frame,
@@ -41,6 +37,12 @@ from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
 from curation_assets.lib.dedup.recall import recall_by_num_clusterings
 from curation_assets.lib.dedup.tau import calibrated_tau
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    DEDUP_RUNS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
+    N_CLUSTERINGS,
+)
 
 logger = logging.getLogger(__name__)
 

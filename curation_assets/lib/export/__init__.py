@@ -1,17 +1,18 @@
 """The export stage (8): the training-ready manifest and its optional extras.
 
-* :mod:`.manifest` — the ``curated_dataset`` table (:data:`CURATED_DATASET`): every kept image
-  with its sample weight (:func:`curated_rows`).
+* :mod:`.manifest` — the rows of the ``curated_dataset`` table
+  (:data:`~curation_assets.lib.tables.CURATED_DATASET`): every kept image with its sample
+  weight (:func:`curated_rows`).
 * :mod:`.sampling` — FLYT's Soft Cap Sampling of a multiset over the weights
   (:func:`soft_cap_sampling`).
 * :mod:`.webdataset` — WebDataset tar shards of the images (:func:`write_webdataset`).
 * :mod:`.publish` — files and folders published atomically, and their stamps.
 * :mod:`.run` — the stage over Delta and files: the kept images, the files written. Imported
-  by its path (it reads the upstream stages' tables, and so imports their modules and torch).
+  by its path (it reads and writes Delta through :mod:`curation_assets.lib.storage`; the
+  upstream tables' specs come from :mod:`curation_assets.lib.tables`, so it imports no torch).
 """
 
 from curation_assets.lib.export.manifest import (
-    CURATED_DATASET,
     curated_rows,
     one_row_per_kept_image,
 )
@@ -36,7 +37,6 @@ from curation_assets.lib.export.webdataset import (
 )
 
 __all__ = [
-    "CURATED_DATASET",
     "DEFAULT_PENALTY",
     "DEFAULT_SHARD_SIZE",
     "ExportFailure",

@@ -1,29 +1,15 @@
 """The training manifest: one row per kept image with its sample weight (stage 8).
 
-:data:`CURATED_DATASET` is the ``curated_dataset`` Delta table (also written as
-``curated_dataset.parquet``); :func:`curated_rows` builds it from the kept images and
-``sample_weights``, and :func:`one_row_per_kept_image` is the invariant its asset check asserts.
+:data:`~curation_assets.lib.tables.CURATED_DATASET` is the ``curated_dataset`` Delta table
+(also written as ``curated_dataset.parquet``); :func:`curated_rows` builds it from the kept
+images and ``sample_weights``, and :func:`one_row_per_kept_image` is the invariant its asset
+check asserts.
 """
 
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.tables import Column, TableSpec
-
-CURATED_DATASET = TableSpec(
-    name="curated_dataset",
-    description="The training manifest: one row per kept image with its sample weight.",
-    partition_by=(),
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes; the WebDataset key."),
-        Column("source_uri", pl.String, "Where to read the bytes: path, or tar path#member."),
-        Column("caption", pl.String, "Caption, if any."),
-        Column("weight", pl.Float64, "Sample weight (mean 1 over the dataset)."),
-        Column("shard", pl.String, "Shard it was ingested from."),
-        Column("width", pl.Int32, "Width in pixels."),
-        Column("height", pl.Int32, "Height in pixels."),
-    ),
-)
+from curation_assets.lib.tables import CURATED_DATASET
 
 
 def curated_rows(images: pl.DataFrame, weights: pl.DataFrame) -> pl.DataFrame:

@@ -12,7 +12,6 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
 from curation_assets.lib.export.publish import (
     file_stamps,
     publish_dir,
@@ -21,11 +20,10 @@ from curation_assets.lib.export.publish import (
 )
 from curation_assets.lib.export.sampling import sampling_stats, soft_cap_sampling
 from curation_assets.lib.export.webdataset import write_webdataset
-from curation_assets.lib.filter import FILTERED_IMAGES
 from curation_assets.lib.images import SourceReader
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS
+from curation_assets.lib.tables import DEDUPLICATED_IMAGES, FILTERED_IMAGES, SAMPLE_WEIGHTS
 
 EXPORT_STAGE = "export"
 """The stage's name in ``stage_commits``."""
@@ -59,7 +57,7 @@ def write_export_files(
     """Write the parquet manifest and the optional extras into ``out``, each atomically.
 
     Args:
-        rows: The :data:`~curation_assets.lib.export.manifest.CURATED_DATASET` rows.
+        rows: The :data:`~curation_assets.lib.tables.CURATED_DATASET` rows.
         out: The export folder (created).
         soft_cap_samples: Draws of the Soft Cap Sampling multiset
             (``soft_cap_sample.parquet``: image_id, source_uri, caption, weight, count); 0 = none.

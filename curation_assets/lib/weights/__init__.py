@@ -3,16 +3,17 @@
 * :mod:`.fit` — the weak, calibrated, cross-fitted probe estimating
   ``p_unfiltered(x) / p_filtered(x)`` (:func:`fit_density_ratio`).
 * :mod:`.scale` — its ratios as weights within ``[w_min, w_max]`` with mean exactly 1
-  (:func:`sample_weights`, the ``sample_weights`` table :data:`SAMPLE_WEIGHTS`), their
+  (:func:`sample_weights`, the ``sample_weights`` table
+  :data:`~curation_assets.lib.tables.SAMPLE_WEIGHTS`), their
   statistics and the checks (:func:`weight_checks`).
 * :mod:`.audit` — attribute shares unfiltered / filtered / weighted (:func:`bias_audit`, the
-  ``bias_audit`` table :data:`BIAS_AUDIT`).
+  ``bias_audit`` table :data:`~curation_assets.lib.tables.BIAS_AUDIT`).
 * :mod:`.run` — the stage over Delta: load the inputs, fit, write, summarize. Imported by its
-  path (it reads the upstream stages' tables, and so imports their modules and torch).
+  path (it reads and writes Delta through :mod:`curation_assets.lib.storage`; the upstream
+  tables' specs come from :mod:`curation_assets.lib.tables`, so it imports no torch).
 """
 
 from curation_assets.lib.weights.audit import (
-    BIAS_AUDIT,
     DEFAULT_KEYWORDS,
     TextEncoder,
     audit_attributes,
@@ -36,7 +37,6 @@ from curation_assets.lib.weights.scale import (
     DEFAULT_MIN_ESS_RATIO,
     DEFAULT_W_MAX,
     DEFAULT_W_MIN,
-    SAMPLE_WEIGHTS,
     SampleWeights,
     WeightCheck,
     clip_normalize,
@@ -47,7 +47,6 @@ from curation_assets.lib.weights.scale import (
 )
 
 __all__ = [
-    "BIAS_AUDIT",
     "DEFAULT_C",
     "DEFAULT_KEYWORDS",
     "DEFAULT_METHOD",
@@ -56,7 +55,6 @@ __all__ = [
     "DEFAULT_W_MAX",
     "DEFAULT_W_MIN",
     "METHODS",
-    "SAMPLE_WEIGHTS",
     "DensityRatioModel",
     "Method",
     "SampleWeights",

@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import BIAS_AUDIT
 
 logger = logging.getLogger(__name__)
 
@@ -95,23 +95,6 @@ SQUARE_TOLERANCE = 0.05
 
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
-BIAS_AUDIT = TableSpec(
-    name="bias_audit",
-    description="Share of each attribute value: unfiltered, filtered, filtered under weights.",
-    partition_by=(),
-    columns=(
-        Column("attribute", pl.String, "metadata column, keyword:<word> or concept:<name>."),
-        Column("value", pl.String, "The value (true for keywords and concepts)."),
-        Column("share_unfiltered", pl.Float64, "Share among all ingested images."),
-        Column("share_filtered", pl.Float64, "Share among the kept images."),
-        Column("share_weighted", pl.Float64, "Share among the kept images under the weights."),
-        Column("shift_filtered_pts", pl.Float64, "filtered − unfiltered, percentage points."),
-        Column("shift_weighted_pts", pl.Float64, "weighted − unfiltered, percentage points."),
-        Column("n_unfiltered", pl.Int64, "Unfiltered images with the value."),
-        Column("n_filtered", pl.Int64, "Kept images with the value."),
-    ),
-)
-"""The audit table: one row per attribute value (:func:`bias_audit`)."""
 
 AUDIT_COLUMNS = tuple(BIAS_AUDIT.column_names)
 

@@ -11,18 +11,26 @@ figures reported and recorded with that commit).
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.dedup import DEDUPLICATED_IMAGES
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS, Embedder, embedding_matrix
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
-from curation_assets.lib.weights.audit import BIAS_AUDIT, TextEncoder
+from curation_assets.lib.tables import (
+    BIAS_AUDIT,
+    DEDUPLICATED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    RAW_IMAGES,
+    SAMPLE_WEIGHTS,
+)
+from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.weights.audit import TextEncoder
 from curation_assets.lib.weights.fit import DensityRatioModel, Method, fit_density_ratio
-from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS, SampleWeights, sample_weights
+from curation_assets.lib.weights.scale import SampleWeights, sample_weights
+
+if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
+    from curation_assets.lib.embed import Embedder
 
 WEIGHTS_STAGE = "weights"
 """The stage's name in ``stage_commits``."""
@@ -70,7 +78,7 @@ class FittedWeights:
     Attributes:
         model: The fitted (or uniform) density-ratio probe.
         weights: The kept images' weights, in row order of the kept rows.
-        frame: The :data:`~curation_assets.lib.weights.scale.SAMPLE_WEIGHTS` rows.
+        frame: The :data:`~curation_assets.lib.tables.SAMPLE_WEIGHTS` rows.
         n_unfiltered: Images in the reference set.
         n_kept: Kept images among them.
     """
@@ -114,7 +122,7 @@ def fit_weights(
 
 
 def concept_encoder(
-    concepts: Mapping[str, str], load: Callable[[], Embedder]
+    concepts: Mapping[str, str], load: Callable[[], "Embedder"]
 ) -> tuple[TextEncoder | None, str]:
     """The text encoder for the audit's zero-shot concepts, and a note on what was done.
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.tables import Column, TableSpec
+from curation_assets.lib.tables import SAMPLE_WEIGHTS
 from curation_assets.lib.weights.fit import (
     DensityRatioModel,
     canonical_order,
@@ -41,33 +41,6 @@ DEFAULT_BATCH_SIZE = 65_536
 HISTOGRAM_BINS = 20
 MEAN_ATOL = 1e-6
 """Tolerance of the "mean weight is 1" check."""
-
-SAMPLE_WEIGHTS = TableSpec(
-    name="sample_weights",
-    description="One weight per kept (filtered, deduplicated) image: undoes the filter's shift.",
-    partition_by=(),
-    columns=(
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard it came from."),
-        Column(
-            "weight",
-            pl.Float64,
-            "Training weight: density ratio clipped to [w_min, w_max] and scaled to mean 1.",
-        ),
-        Column(
-            "raw_ratio",
-            pl.Float64,
-            "Estimated p_unfiltered(x) / p_filtered(x) before clipping and scaling (mean ≈ 1).",
-        ),
-        Column(
-            "p_unfiltered",
-            pl.Float64,
-            "P(unfiltered | x) of a balanced unfiltered-vs-filtered probe: raw / (1 + raw).",
-        ),
-        Column("p_kept", pl.Float64, "Estimated P(kept by the filter | x) = π_kept / raw_ratio."),
-        Column("clipped", pl.Boolean, "True when the scaled ratio was clipped to w_min or w_max."),
-    ),
-)
 
 
 def _check_bounds(w_min: float, w_max: float) -> None:

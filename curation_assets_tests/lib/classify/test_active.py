@@ -3,7 +3,6 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.classify.active import (
-    LABEL_QUEUE,
     REASON_NEIGHBOR,
     REASON_TOP_SCORE,
     REASON_UNCERTAIN,
@@ -14,6 +13,7 @@ from curation_assets.lib.classify.active import (
 )
 from curation_assets.lib.classify.probe import train_probe
 from curation_assets.lib.classify.zeroshot import ZeroShotScorer
+from curation_assets.lib.tables import LABEL_QUEUE
 from curation_assets_tests.lib.classify.helpers import DIM, unit
 
 

@@ -9,7 +9,8 @@ from curation_assets.lib.classify.label_files import (
     parse_labels_csv,
     read_label_file,
 )
-from curation_assets.lib.classify.labels import LABELS, LabelImportError, import_labels
+from curation_assets.lib.classify.labels import LabelImportError, import_labels
+from curation_assets.lib.tables import LABELS
 from curation_assets_tests.lib.classify.helpers import CATS, write_csv
 
 

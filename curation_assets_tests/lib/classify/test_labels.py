@@ -5,12 +5,12 @@ import pytest
 
 from curation_assets.lib.classify.label_files import parse_labels_csv
 from curation_assets.lib.classify.labels import (
-    LABELS,
     LabelImportError,
     current_labels,
     import_labels,
     validate_labels,
 )
+from curation_assets.lib.tables import LABELS
 from curation_assets_tests.lib.classify.helpers import CATS, write_csv
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

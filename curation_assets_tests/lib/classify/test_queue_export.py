@@ -9,13 +9,14 @@ import pytest
 from PIL import Image
 
 from curation_assets.lib.classify.label_files import parse_label_studio, parse_labels_csv
-from curation_assets.lib.classify.labels import LABELS, import_labels
+from curation_assets.lib.classify.labels import import_labels
 from curation_assets.lib.classify.queue_export import (
     export_queue_csv,
     export_queue_html,
     export_queue_label_studio,
     label_studio_config,
 )
+from curation_assets.lib.tables import LABELS
 from curation_assets_tests.conftest import image_bytes
 from curation_assets_tests.lib.classify.helpers import CATS
 

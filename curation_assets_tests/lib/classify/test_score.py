@@ -9,7 +9,6 @@ from PIL import Image
 from curation_assets.lib.classify.base import EmbeddingMismatchError
 from curation_assets.lib.classify.probe import train_probe
 from curation_assets.lib.classify.score import (
-    CLASSIFIER_SCORES,
     mean_scores,
     pretrained_scores,
     score_embeddings,
@@ -19,6 +18,7 @@ from curation_assets.lib.classify.score import (
 from curation_assets.lib.classify.scorers import PretrainedScorer
 from curation_assets.lib.classify.zeroshot import build_zero_shot
 from curation_assets.lib.shards import Item
+from curation_assets.lib.tables import CLASSIFIER_SCORES
 from curation_assets_tests.conftest import image_bytes
 from curation_assets_tests.lib.classify.helpers import DIM, SPEC, fake_text_encoder, gaussian_data
 

@@ -7,7 +7,6 @@ import pytest
 from curation_assets.lib.classify.probe import Probe, train_probe
 from curation_assets.lib.classify.spec import CategorySpec
 from curation_assets.lib.classify.train import (
-    SAFETY_CLASSIFIERS,
     classifier_checks,
     classifiers_table,
     labelled_embeddings,
@@ -16,8 +15,8 @@ from curation_assets.lib.classify.train import (
     text_encoder_for,
     train_classifiers,
 )
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import IMAGE_EMBEDDINGS, SAFETY_CLASSIFIERS
 from curation_assets_tests.lib.classify.helpers import DIM, SPEC, fake_text_encoder, gaussian_data
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

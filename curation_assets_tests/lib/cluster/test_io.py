@@ -11,9 +11,7 @@ from curation_assets.lib.cluster.io import (
     assign_shard,
     assignment_check,
     assignment_figures,
-    assignments_spec,
     centroids_frame,
-    centroids_spec,
     centroids_version,
     cluster_size_bars,
     clustering_figures,
@@ -22,6 +20,7 @@ from curation_assets.lib.cluster.io import (
 )
 from curation_assets.lib.cluster.kmeans import train_kmeans
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import assignments_spec, centroids_spec
 from curation_assets.tools.synthetic import clip_like_embeddings
 
 MODEL = "test:model@none"

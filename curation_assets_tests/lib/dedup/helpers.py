@@ -7,29 +7,25 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.cluster import (
-    N_CLUSTERINGS,
     assign,
     assignments_frame,
-    assignments_spec,
-    centroids_spec,
     centroids_version,
     load_centroids,
     train_clusterings,
 )
-from curation_assets.lib.dedup import (
+from curation_assets.lib.dedup import DedupOutcome, ImageMeta, Pairs, run_dedup, write_dedup
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
-    DedupOutcome,
-    ImageMeta,
-    Pairs,
-    run_dedup,
-    write_dedup,
+    FILTERED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    N_CLUSTERINGS,
+    RAW_IMAGES,
+    assignments_spec,
+    centroids_spec,
 )
-from curation_assets.lib.embed import IMAGE_EMBEDDINGS
-from curation_assets.lib.filter import FILTERED_IMAGES
-from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import RAW_IMAGES
 from curation_assets.tools.synthetic import clip_like_embeddings
 
 TAU = 0.95

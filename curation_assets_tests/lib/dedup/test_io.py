@@ -4,10 +4,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
-from curation_assets.lib.dedup import DUPLICATE_PAIRS, dedup, load_inputs
+from curation_assets.lib.dedup import dedup, load_inputs
 from curation_assets.lib.dedup.io import images_frame, input_tables, pairs_frame, pairs_from_table
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DUPLICATE_PAIRS, N_CLUSTERINGS
 from curation_assets_tests.lib.dedup.helpers import (
     MODEL,
     TAU,

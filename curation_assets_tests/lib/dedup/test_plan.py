@@ -4,10 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
-from curation_assets.lib.dedup import DUPLICATE_PAIRS, DedupInputs, load_inputs, plan_dedup
-from curation_assets.lib.filter import FILTERED_IMAGES
+from curation_assets.lib.dedup import DedupInputs, load_inputs, plan_dedup
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DUPLICATE_PAIRS, FILTERED_IMAGES, N_CLUSTERINGS
 from curation_assets_tests.lib.dedup.helpers import (
     POLICY,
     add_shard,

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets.lib.dedup import exhaustive_pairs, recall_by_num_clusterings
+from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets.tools.synthetic import clip_like_embeddings
 from curation_assets_tests.lib.dedup.helpers import TAU, brute_pairs, clustered_data, pair_set
 

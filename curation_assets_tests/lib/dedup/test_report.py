@@ -7,7 +7,6 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from curation_assets.lib.cluster import N_CLUSTERINGS
 from curation_assets.lib.dedup import (
     dedup_checks,
     dedup_figures,
@@ -17,6 +16,7 @@ from curation_assets.lib.dedup import (
     recall_chart,
 )
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets_tests.lib.dedup.helpers import (
     POLICY,
     add_shard,

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from curation_assets.lib.commits import STAGE_COMMITS, last_commit
-from curation_assets.lib.dedup import DEDUP_OUTPUTS, DEDUP_RUNS
-from curation_assets.lib.filter import FILTERED_IMAGES
+from curation_assets.lib.commits import last_commit
+from curation_assets.lib.dedup import DEDUP_OUTPUTS
 from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DEDUP_RUNS, FILTERED_IMAGES, STAGE_COMMITS
 from curation_assets_tests.lib.dedup.helpers import (
     add_shard,
     dedup_tables,

@@ -3,7 +3,8 @@
 import polars as pl
 import pytest
 
-from curation_assets.lib.export.manifest import CURATED_DATASET, curated_rows
+from curation_assets.lib.export.manifest import curated_rows
+from curation_assets.lib.tables import CURATED_DATASET
 
 
 def test_curated_rows_join_and_stale_weights():

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.weights.audit import BIAS_AUDIT, audit_attributes, bias_audit
+from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
+from curation_assets.lib.weights.audit import audit_attributes, bias_audit
 from curation_assets.lib.weights.run import (
     concept_encoder,
     fit_weights,
@@ -17,7 +18,6 @@ from curation_assets.lib.weights.run import (
     weights_summary,
     write_weights,
 )
-from curation_assets.lib.weights.scale import SAMPLE_WEIGHTS
 from curation_assets_tests.weights_inputs import write_weight_inputs
 
 SETTINGS = {"method": "kept_vs_removed", "C": 1.0, "pca_dim": 4, "seed": 0}

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from curation_assets.lib.tables import SAMPLE_WEIGHTS
 from curation_assets.lib.weights.fit import fit_density_ratio
 from curation_assets.lib.weights.scale import (
-    SAMPLE_WEIGHTS,
     clip_normalize,
     effective_sample_size,
     sample_weights,

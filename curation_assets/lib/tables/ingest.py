@@ -1,82 +1,12 @@
-"""Table definitions: one polars schema and one description per column, defined once.
+"""Ingest's tables: the images of a shard, what was quarantined and why, exact duplicates, notes.
 
-Every Delta table the pipeline writes is declared here as a :class:`TableSpec`. The Dagster
-glue turns the same spec into a ``dg.TableSchema`` for ``dagster/column_schema`` metadata, so
-the schema a user sees in the UI is the schema that is written.
+Written by :mod:`curation_assets.lib.ingest` (``raw_images`` asset and its side tables).
+:data:`REASON_CODES` documents the values of ``quarantine.reason``.
 """
 
-from dataclasses import dataclass
-
 import polars as pl
-import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class Column:
-    """One column of a table.
-
-    Attributes:
-        name: Column name.
-        dtype: Polars dtype written to Delta.
-        description: What the column means, shown in the Dagster UI.
-    """
-
-    name: str
-    dtype: pl.DataType | type[pl.DataType]
-    description: str
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """A Delta table: its name (equal to the asset name), columns and partitioning.
-
-    Attributes:
-        name: Table name, also the folder under the Delta root.
-        columns: Ordered columns.
-        description: One-line description of a row.
-        partition_by: Delta partition columns (``("shard",)`` for per-shard tables).
-    """
-
-    name: str
-    columns: tuple[Column, ...]
-    description: str
-    partition_by: tuple[str, ...] = ("shard",)
-
-    @property
-    def schema(self) -> pl.Schema:
-        """The polars schema of the table."""
-        return pl.Schema({c.name: c.dtype for c in self.columns})
-
-    @property
-    def column_names(self) -> list[str]:
-        """Column names in order."""
-        return [c.name for c in self.columns]
-
-    def to_arrow(self, df: pl.DataFrame) -> "pa.Table":
-        """``df`` conformed to this table and as Arrow with exactly the table's Arrow schema."""
-        return self.conform(df).to_arrow().cast(self.empty().to_arrow().schema)
-
-    def empty(self) -> pl.DataFrame:
-        """An empty frame with this table's schema."""
-        return pl.DataFrame(schema=self.schema)
-
-    def conform(self, df: pl.DataFrame) -> pl.DataFrame:
-        """Select and cast ``df`` to this table's columns, in order.
-
-        Raises:
-            ValueError: If a column of the spec is missing from ``df``.
-        """
-        missing = [c for c in self.column_names if c not in df.columns]
-        if missing:
-            msg = (
-                f"table {self.name!r}: frame lacks columns {missing}; it has {df.columns}. "
-                "This is a bug in the stage that built the frame."
-            )
-            raise ValueError(msg)
-        return df.select([pl.col(c.name).cast(c.dtype) for c in self.columns])
-
-
-_TS = pl.Datetime("us", "UTC")
+from curation_assets.lib.tables.spec import UTC_TIMESTAMP, Column, TableSpec
 
 RAW_IMAGES = TableSpec(
     name="raw_images",
@@ -91,7 +21,7 @@ RAW_IMAGES = TableSpec(
         Column("format", pl.String, "Decoded container format (JPEG, PNG, WEBP, GIF, ...)."),
         Column("n_bytes", pl.Int64, "File size in bytes."),
         Column("n_frames", pl.Int32, "Frames in the file; animated images keep frame 0."),
-        Column("ingested_at", _TS, "When this shard was ingested (UTC)."),
+        Column("ingested_at", UTC_TIMESTAMP, "When this shard was ingested (UTC)."),
     ),
 )
 
@@ -105,7 +35,7 @@ QUARANTINE = TableSpec(
         Column("reason", pl.String, "Machine-readable reason code, e.g. truncated, zero_byte."),
         Column("detail", pl.String, "Human-readable detail (the decoder's message)."),
         Column("image_id", pl.String, "sha256 of the bytes when they could be read, else null."),
-        Column("quarantined_at", _TS, "When the row was written (UTC)."),
+        Column("quarantined_at", UTC_TIMESTAMP, "When the row was written (UTC)."),
     ),
 )
 
