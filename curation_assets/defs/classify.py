@@ -17,6 +17,7 @@ from curation_assets.lib.classify import (
     classifier_checks,
     classifiers_table,
     current_labels,
+    embedding_model,
     get_scorer,
     labelled_embeddings,
     mean_scores,
@@ -29,7 +30,6 @@ from curation_assets.lib.classify import (
     text_encoder_for,
     train_classifiers,
 )
-from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
     IMAGE_EMBEDDINGS,
@@ -63,26 +63,6 @@ class ClassifierConfig(dg.Config):
     min_positives: int = Field(
         default=20, description="Fewer positives → zero-shot prompts (text tower) or skipped."
     )
-
-
-def _single_model(df: pl.DataFrame) -> tuple[str, int]:
-    models = df.select("model_id", "dim").unique()
-    if models.height != 1:
-        msg = (
-            f"image_embeddings holds vectors of {models.height} embedding models "
-            f"{models.rows()}; re-embed every shard with one model before training classifiers"
-        )
-        raise ValueError(msg)
-    model_id, dim = models.row(0)
-    return str(model_id), int(dim)
-
-
-def _embedding_model(store: DeltaStore) -> tuple[str, int]:
-    head = store.scan(IMAGE_EMBEDDINGS).select("model_id", "dim").unique().collect()
-    if head.height == 0:
-        msg = "image_embeddings is empty; materialize image_embeddings for a shard first"
-        raise ValueError(msg)
-    return _single_model(head)
 
 
 @dg.asset(
@@ -124,7 +104,7 @@ def safety_classifiers(
     specs = categories.load()
     lab = current_labels(store.read(LABELS))
     emb = labelled_embeddings(store, lab["image_id"].unique().to_list())
-    model_id, dim = _single_model(emb) if emb.height else _embedding_model(store)
+    model_id, dim = embedding_model(store, emb)
     text_encoder = text_encoder_for(specs, embedder.load)
     now = datetime.now(UTC)
     results = train_classifiers(

@@ -23,7 +23,6 @@ from curation_assets.lib.cluster import (
     clustering_figures,
     default_k,
     filtered_embeddings,
-    single_model,
     train_kmeans,
 )
 from curation_assets.lib.tables import (
@@ -32,7 +31,7 @@ from curation_assets.lib.tables import (
     assignments_spec,
     centroids_spec,
 )
-from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.vectors import embedding_matrix, single_model
 
 #: The cluster and dedup stages share one asset group in the UI.
 GROUP = "dedup"
@@ -96,7 +95,7 @@ def cluster_centroids(
     if emb.is_empty():
         msg = "no filtered image has an embedding yet; materialize filtered_images first"
         raise dg.Failure(msg, allow_retries=False)
-    model_id = single_model(emb)
+    model_id = single_model(emb, before="clustering", source="the filtered embeddings")
     x = embedding_matrix(emb["embedding"])
     ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
     del emb
@@ -173,7 +172,11 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
     store = delta.store()
     emb = filtered_embeddings(store, [key])
     x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
-    model_id = single_model(emb) if emb.height else None
+    model_id = (
+        single_model(emb, before="assigning clusters", source="the filtered embeddings")
+        if emb.height
+        else None
+    )
     n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
     written = []
     for c in CLUSTERINGS:

@@ -27,12 +27,32 @@ from curation_assets.lib.classify.probe import Probe
 from curation_assets.lib.classify.serialize import classifier_from_json, classifier_to_json
 from curation_assets.lib.classify.spec import CategorySpec
 from curation_assets.lib.classify.zeroshot import TextEncoder
+from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS, SAFETY_CLASSIFIERS
-from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.vectors import embedding_matrix, single_model
 
 if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
     from curation_assets.lib.embed import Embedder
+
+
+def embedding_model(store: DeltaStore, labelled: pl.DataFrame) -> tuple[str, int]:
+    """``(model_id, dim)`` the classifiers are trained for.
+
+    The model of the labelled images' embeddings, or, with no labelled image embedded yet, the
+    one model of ``image_embeddings``.
+
+    Raises:
+        ConfigError: When the vectors mix models, or no image is embedded yet.
+    """
+    rows = labelled
+    if rows.is_empty():
+        rows = store.scan(IMAGE_EMBEDDINGS).select("model_id", "dim").unique().collect()
+    if rows.is_empty():
+        msg = "image_embeddings is empty; materialize image_embeddings for a shard first"
+        raise ConfigError(msg)
+    model_id = single_model(rows, before="training classifiers", source="image_embeddings")
+    return model_id, int(rows["dim"][0])
 
 
 def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataFrame:

@@ -23,7 +23,6 @@ from curation_assets.lib.cluster.io import (
     clustering_figures,
     filtered_embeddings,
     load_centroids,
-    single_model,
 )
 from curation_assets.lib.cluster.kmeans import (
     BLAS_CONFIG,
@@ -61,7 +60,6 @@ __all__ = [
     "faiss",
     "filtered_embeddings",
     "load_centroids",
-    "single_model",
     "train_clusterings",
     "train_kmeans",
 ]

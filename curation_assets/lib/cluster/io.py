@@ -118,18 +118,6 @@ def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) 
     return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id").collect()
 
 
-def single_model(df: pl.DataFrame) -> str:
-    """The one ``model_id`` of ``df`` (raises when vectors of several models are mixed)."""
-    models = df["model_id"].unique().to_list()
-    if len(models) != 1:
-        msg = (
-            f"the filtered embeddings come from {len(models)} models {models}; re-embed every "
-            "shard with one model before clustering"
-        )
-        raise ValueError(msg)
-    return str(models[0])
-
-
 # --------------------------------------------------------------------------------------------
 # What the cluster assets report
 # --------------------------------------------------------------------------------------------

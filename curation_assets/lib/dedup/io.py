@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.cluster import filtered_embeddings, load_centroids, single_model
+from curation_assets.lib.cluster import filtered_embeddings, load_centroids
 from curation_assets.lib.dedup.full import DedupResult
 from curation_assets.lib.dedup.keep import ImageMeta
 from curation_assets.lib.dedup.pairs import Pairs
@@ -32,7 +32,7 @@ from curation_assets.lib.tables import (
     assignments_spec,
     centroids_spec,
 )
-from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.vectors import embedding_matrix, single_model
 
 #: Stage name of dedup's commit records (:mod:`curation_assets.lib.commits`).
 DEDUP_STAGE = "dedup"
@@ -99,7 +99,12 @@ def load_inputs(store: DeltaStore, n_clusterings: int = N_CLUSTERINGS) -> DedupI
     ready = frame.filter(pl.col("why").is_null()).drop(
         "why", *[f"v{c}" for c in range(n_clusterings)]
     )
-    model_id = single_model(ready) if ready.height else (single_model(emb) if emb.height else "")
+    which = ready if ready.height else emb
+    model_id = (
+        single_model(which, before="deduplicating", source="the filtered embeddings")
+        if which.height
+        else ""
+    )
     x = embedding_matrix(ready["embedding"]) if ready.height else np.zeros((0, 0), np.float32)
     return DedupInputs(ready.drop("embedding", "model_id"), x, model_id, versions, pending)
 

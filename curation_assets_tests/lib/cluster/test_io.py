@@ -16,7 +16,6 @@ from curation_assets.lib.cluster.io import (
     cluster_size_bars,
     clustering_figures,
     load_centroids,
-    single_model,
 )
 from curation_assets.lib.cluster.kmeans import train_kmeans
 from curation_assets.lib.storage import DeltaStore
@@ -80,12 +79,6 @@ def test_assign_shard_without_centroids_or_with_another_model_says_what_to_do(st
     _train(store, x, 2, model_id="other:model@x")
     with pytest.raises(CentroidsError, match="retrain the centroids"):
         assign_shard(store, 2, "a", _emb(x), x, MODEL)
-
-
-def test_single_model_rejects_mixed_embeddings():
-    assert single_model(pl.DataFrame({"model_id": ["m", "m"]})) == "m"
-    with pytest.raises(ValueError, match="2 models"):
-        single_model(pl.DataFrame({"model_id": ["m", "n"]}))
 
 
 def test_figures_and_check_the_assets_report(x):
