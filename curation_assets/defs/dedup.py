@@ -8,6 +8,7 @@ from pydantic import Field
 from curation_assets.defs.automation import eager_on
 from curation_assets.defs.cluster import ASSIGNMENT_KEYS, GROUP
 from curation_assets.defs.metadata import (
+    check_result,
     markdown_bars,
     markdown_preview,
     table_metadata,
@@ -17,7 +18,6 @@ from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.dedup import (
     POLICY_CRITERIA,
-    DedupCheck,
     dedup_checks,
     dedup_figures,
     found_by_counts,
@@ -154,7 +154,7 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
             duplicate_groups=dg.MetadataValue.md(thumbs),
             runs_table=delta.uri(DEDUP_RUNS),
         ),
-        check_results=[_check_result(c) for c in checks if c.asset == "deduplicated_images"],
+        check_results=[check_result(c) for c in checks if c.asset == "deduplicated_images"],
     )
     yield dg.MaterializeResult(
         asset_key="duplicate_pairs",
@@ -165,18 +165,7 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
             found_by_count=dg.MetadataValue.json(found_by_counts(outcome)),
             preview=markdown_preview(outcome.pairs.sort("similarity").drop("found_by")),
         ),
-        check_results=[_check_result(c) for c in checks if c.asset == "duplicate_pairs"],
-    )
-
-
-def _check_result(check: DedupCheck) -> dg.AssetCheckResult:
-    severity = dg.AssetCheckSeverity.WARN if check.warn else dg.AssetCheckSeverity.ERROR
-    return dg.AssetCheckResult(
-        check_name=check.name,
-        asset_key=check.asset,
-        passed=check.passed,
-        severity=severity,
-        metadata=check.metadata,
+        check_results=[check_result(c) for c in checks if c.asset == "duplicate_pairs"],
     )
 
 

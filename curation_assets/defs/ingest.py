@@ -1,19 +1,28 @@
-"""Ingest stage: ``raw_images`` (+ ``quarantine`` and ``exact_duplicates``) per shard."""
+"""Ingest stage, per shard: raw_images, quarantine, exact_duplicates and ingest_notes."""
 
 import time
 from datetime import UTC, datetime
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
-from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
+from curation_assets.defs.metadata import (
+    check_result,
+    markdown_preview,
+    table_metadata,
+    table_schema,
+)
 from curation_assets.defs.partitions import shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.ingest import DecodeLimits, ingest_shard, keep_first_ingested_at
+from curation_assets.lib.ingest import (
+    DecodeLimits,
+    existing_lookup,
+    ingest_checks,
+    ingest_shard,
+    write_ingest,
+)
 from curation_assets.lib.shards import source_fingerprint
-from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     DUPLICATE_FILES,
     INGEST_NOTES,
@@ -41,66 +50,6 @@ class IngestConfig(dg.Config):
         default=1, description="Images whose shorter side is below this are quarantined."
     )
     decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
-
-
-def _existing_lookup(store: DeltaStore, shard: str):
-    """image_ids already kept by *other* shards (this shard's old rows are being replaced)."""
-
-    def lookup(image_ids: list[str]) -> pl.DataFrame:
-        return (
-            store.scan(RAW_IMAGES)
-            .filter((pl.col("shard") != shard) & pl.col("image_id").is_in(image_ids))
-            .select("image_id", "shard", "source_uri")
-            .collect()
-        )
-
-    return lookup
-
-
-def _accounting(store: DeltaStore, shard: str, enumerated: int) -> dg.AssetCheckResult:
-    counts = {
-        spec.name: store.scan(spec)
-        .filter(pl.col("shard") == shard)
-        .select(pl.len())
-        .collect()
-        .item()
-        for spec in (RAW_IMAGES, DUPLICATE_FILES)
-    }
-    counts[QUARANTINE.name] = (
-        store.scan(QUARANTINE)
-        .filter((pl.col("shard") == shard) & (pl.col("stage") == "ingest"))
-        .select(pl.len())
-        .collect()
-        .item()
-    )
-    accounted = sum(counts.values())
-    return dg.AssetCheckResult(
-        check_name="every_input_accounted_for",
-        asset_key="raw_images",
-        passed=accounted == enumerated,
-        metadata={"enumerated": enumerated, "accounted": accounted, **counts},
-        description=None
-        if accounted == enumerated
-        else f"{enumerated - accounted} inputs of shard {shard} are in no table",
-    )
-
-
-def _unique_ids(store: DeltaStore, shard: str) -> dg.AssetCheckResult:
-    ids = store.scan(RAW_IMAGES).select("image_id", "shard")
-    mine = ids.filter(pl.col("shard") == shard)
-    dup_in_shard = mine.select(pl.len() - pl.col("image_id").n_unique()).collect().item()
-    clash = (
-        mine.join(ids.filter(pl.col("shard") != shard), on="image_id", how="inner")
-        .select(pl.len())
-        .collect()
-        .item()
-    )
-    return dg.AssetCheckResult(
-        check_name="image_ids_unique",
-        asset_key="raw_images",
-        passed=dup_in_shard == 0 and clash == 0,
-        metadata={"repeated_within_shard": dup_in_shard, "also_in_other_shards": clash},
-    )
 
 
 @dg.multi_asset(
@@ -195,21 +144,14 @@ def ingest(
         t0 = time.perf_counter()
         result = ingest_shard(
             shard,
-            existing=_existing_lookup(store, key),
+            existing=existing_lookup(store, key),
             limits=limits,
             workers=config.decode_workers,
             now=datetime.now(UTC),
             allowed_roots=shard_source.allowed_roots,
         )
         seconds = time.perf_counter() - t0
-        raw = keep_first_ingested_at(
-            result.raw, store.read(RAW_IMAGES, shards=[key], columns=["image_id", "ingested_at"])
-        )
-        store.replace_shard(RAW_IMAGES, key, raw)
-        store.replace_shard(QUARANTINE, key, result.quarantine, where={"stage": "ingest"})
-        store.replace_shard(DUPLICATE_FILES, key, result.duplicates)
-        notes = result.notes.with_columns(shard=pl.lit(key))
-        store.replace_shard(INGEST_NOTES, key, notes)
+        notes = write_ingest(store, key, result)
     context.log.info(
         f"shard {key} ({shard.kind}): {result.n_enumerated} inputs -> {result.raw.height} "
         f"images, {result.quarantine.height} quarantined {result.reasons}, "
@@ -235,7 +177,7 @@ def ingest(
                 result.raw.select("image_id", "source_uri", "width", "height", "format", "caption")
             ),
         ),
-        check_results=[_accounting(store, key, result.n_enumerated), _unique_ids(store, key)],
+        check_results=[check_result(c) for c in ingest_checks(store, key, result.n_enumerated)],
     )
     yield dg.MaterializeResult(
         asset_key="quarantine",
@@ -257,7 +199,6 @@ def ingest(
             against_other_shards=result.duplicates.height - result.n_duplicates_within,
         ),
     )
-
     yield dg.MaterializeResult(
         asset_key="ingest_notes",
         metadata=table_metadata(

@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from curation_assets.defs.lineage import COLUMN_LINEAGE, column_lineage
+from curation_assets.lib.checks import Check
 from curation_assets.lib.tables import TableSpec
 
 
@@ -81,3 +82,15 @@ def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= 60 else text[:28] + "…" + text[-28:]
+
+
+def check_result(check: Check) -> dg.AssetCheckResult:
+    """A lib :class:`~curation_assets.lib.checks.Check` as Dagster's asset check result."""
+    return dg.AssetCheckResult(
+        check_name=check.name,
+        asset_key=check.asset,
+        passed=check.passed,
+        severity=dg.AssetCheckSeverity.WARN if check.warn else dg.AssetCheckSeverity.ERROR,
+        metadata=check.metadata,
+        description=check.description,
+    )

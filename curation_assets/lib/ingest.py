@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from curation_assets.lib.checks import Check
 from curation_assets.lib.parallel import ordered_map
 from curation_assets.lib.shards import (
     DEFAULT_MAX_CAPTION_BYTES,
@@ -42,7 +43,14 @@ from curation_assets.lib.shards import (
     is_utf8,
     iter_items,
 )
-from curation_assets.lib.tables import DUPLICATE_FILES, QUARANTINE, RAW_IMAGES
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    DUPLICATE_FILES,
+    INGEST_NOTES,
+    QUARANTINE,
+    RAW_IMAGES,
+    TableSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -380,3 +388,80 @@ def keep_first_ingested_at(raw: pl.DataFrame, previous: pl.DataFrame) -> pl.Data
         .drop("_first")
         .select(raw.columns)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The ingest stage over Delta: what the asset calls
+# --------------------------------------------------------------------------------------------
+
+
+def existing_lookup(store: DeltaStore, shard: str) -> ExistingLookup:
+    """image_ids already kept by *other* shards (this shard's old rows are being replaced)."""
+
+    def lookup(image_ids: list[str]) -> pl.DataFrame:
+        return (
+            store.scan(RAW_IMAGES)
+            .filter((pl.col("shard") != shard) & pl.col("image_id").is_in(image_ids))
+            .select("image_id", "shard", "source_uri")
+            .collect()
+        )
+
+    return lookup
+
+
+def write_ingest(store: DeltaStore, shard: str, result: IngestResult) -> pl.DataFrame:
+    """Replace the shard's rows of the four ingest tables; returns the notes as written.
+
+    Images the shard already held keep their first ``ingested_at``
+    (:func:`keep_first_ingested_at`); quarantine rows of later stages are left alone.
+    """
+    previous = store.read(RAW_IMAGES, shards=[shard], columns=["image_id", "ingested_at"])
+    store.replace_shard(RAW_IMAGES, shard, keep_first_ingested_at(result.raw, previous))
+    store.replace_shard(QUARANTINE, shard, result.quarantine, where={"stage": "ingest"})
+    store.replace_shard(DUPLICATE_FILES, shard, result.duplicates)
+    notes = result.notes.with_columns(shard=pl.lit(shard))
+    store.replace_shard(INGEST_NOTES, shard, notes)
+    return notes
+
+
+def _shard_rows(store: DeltaStore, spec: TableSpec, shard: str, **equal: str) -> int:
+    cond = pl.col("shard") == shard
+    for column, value in equal.items():
+        cond &= pl.col(column) == value
+    return int(store.scan(spec).filter(cond).select(pl.len()).collect().item())
+
+
+def ingest_checks(store: DeltaStore, shard: str, enumerated: int) -> list[Check]:
+    """The ingest invariants, re-counted on the written tables.
+
+    ``every_input_accounted_for``: enumerated = ingested + quarantined at ingest + exact
+    duplicates. ``image_ids_unique``: no image_id twice in the shard, nor in another shard.
+    """
+    counts = {
+        RAW_IMAGES.name: _shard_rows(store, RAW_IMAGES, shard),
+        DUPLICATE_FILES.name: _shard_rows(store, DUPLICATE_FILES, shard),
+        QUARANTINE.name: _shard_rows(store, QUARANTINE, shard, stage="ingest"),
+    }
+    accounted = sum(counts.values())
+    ids = store.scan(RAW_IMAGES).select("image_id", "shard")
+    mine = ids.filter(pl.col("shard") == shard)
+    repeated = int(mine.select(pl.len() - pl.col("image_id").n_unique()).collect().item())
+    others = ids.filter(pl.col("shard") != shard)
+    clash = int(mine.join(others, on="image_id", how="inner").select(pl.len()).collect().item())
+    return [
+        Check(
+            "every_input_accounted_for",
+            "raw_images",
+            accounted == enumerated,
+            metadata={"enumerated": enumerated, "accounted": accounted, **counts},
+            description=None
+            if accounted == enumerated
+            else f"{enumerated - accounted} inputs of shard {shard} are in no table",
+        ),
+        Check(
+            "image_ids_unique",
+            "raw_images",
+            repeated == 0 and clash == 0,
+            metadata={"repeated_within_shard": repeated, "also_in_other_shards": clash},
+        ),
+    ]

@@ -131,3 +131,33 @@ def test_split_transform_equals_the_models_own_transform(which, timm_embedder, c
     reference = torch.stack([e.pixels.transform(im) for im in images])
     assert reference.dtype == torch.float32
     torch.testing.assert_close(e.pixels.to_model_input(u8), reference, atol=1e-6, rtol=0)
+
+
+def test_embedding_checks_find_bad_norms_dims_and_missing_images(tmp_path):
+    import polars as pl
+
+    from curation_assets.lib.embed import embedding_checks
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import IMAGE_EMBEDDINGS, RAW_IMAGES
+
+    store = DeltaStore(str(tmp_path))
+    ids = pl.DataFrame({"image_id": ["i0", "i1", "i2"], "shard": "s"})
+    columns = [
+        pl.col(c) if c in ids.columns else pl.lit(None).alias(c) for c in RAW_IMAGES.column_names
+    ]
+    raw = ids.select(columns).cast(RAW_IMAGES.schema)
+    store.replace_shard(RAW_IMAGES, "s", raw)
+    v = np.eye(2, 4, dtype=np.float32)
+    v[1] *= 1.5  # norm 1.5
+    emb = pl.DataFrame(
+        {"image_id": ["i0", "i1"], "shard": "s", "embedding": v.tolist(), "model_id": "m", "dim": 4}
+    )
+    store.replace_shard(IMAGE_EMBEDDINGS, "s", emb)
+    checks = {c.name: c for c in embedding_checks(store, "s", 4, "m", 1e-3)}
+    assert not checks["dims_and_norms"].passed
+    assert checks["dims_and_norms"].metadata["max_norm_error"] == pytest.approx(0.5)
+    assert not checks["every_image_embedded"].passed  # i2 neither embedded nor quarantined
+    assert checks["every_image_embedded"].metadata["unaccounted"] == 1
+    wrong = {c.name: c for c in embedding_checks(store, "s", 8, "other", 1.0)}
+    assert wrong["dims_and_norms"].metadata["rows_with_wrong_dim"] == 4  # 2 lengths + 2 dims
+    assert wrong["dims_and_norms"].metadata["rows_from_other_models"] == 2

@@ -166,3 +166,33 @@ def test_undecodable_names_and_huge_captions_never_reach_a_row():
     # Every frame converts to the table's Arrow schema (the Delta write used to fail here).
     RAW_IMAGES.to_arrow(res.raw)
     QUARANTINE.to_arrow(res.quarantine)
+
+
+def test_ingest_checks_count_the_written_tables(tmp_path):
+    """Accounting and uniqueness are re-counted on Delta.
+
+    A lost row or a cross-shard clash fails, with the figures.
+    """
+    from curation_assets.lib.ingest import ingest_checks, write_ingest
+    from curation_assets.lib.storage import DeltaStore
+
+    store = DeltaStore(str(tmp_path))
+    items = [Item(source_uri=f"a/{i}.jpg", data=image_bytes(i)) for i in range(3)]
+    items.append(Item(source_uri="a/empty.jpg", data=b""))
+    result = ingest_items("a", items, existing=lambda ids: pl.DataFrame(), now=datetime.now(UTC))
+    write_ingest(store, "a", result)
+    checks = {c.name: c for c in ingest_checks(store, "a", result.n_enumerated)}
+    assert all(c.passed and c.asset == "raw_images" for c in checks.values())
+    assert checks["every_input_accounted_for"].metadata["accounted"] == 4
+
+    lost = {c.name: c for c in ingest_checks(store, "a", result.n_enumerated + 2)}
+    assert not lost["every_input_accounted_for"].passed
+    assert "2 inputs of shard a are in no table" in str(
+        lost["every_input_accounted_for"].description
+    )
+
+    # the same image written for shard b too: a clash the uniqueness check reports
+    store.replace_shard(RAW_IMAGES, "b", result.raw.with_columns(shard=pl.lit("b")).head(1))
+    clash = {c.name: c for c in ingest_checks(store, "a", result.n_enumerated)}
+    assert not clash["image_ids_unique"].passed
+    assert clash["image_ids_unique"].metadata["also_in_other_shards"] == 1

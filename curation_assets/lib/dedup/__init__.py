@@ -47,7 +47,6 @@ from curation_assets.lib.dedup.recall import (
     recall_curve,
 )
 from curation_assets.lib.dedup.report import (
-    DedupCheck,
     dedup_checks,
     dedup_figures,
     duplicate_groups_markdown,
@@ -72,7 +71,6 @@ __all__ = [
     "POLICY_CRITERIA",
     "TAU_EFFICIENTNET_LITE0",
     "TAU_OPEN_CLIP_VIT_B_32",
-    "DedupCheck",
     "DedupInputs",
     "DedupOutcome",
     "DedupPlan",

