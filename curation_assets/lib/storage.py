@@ -35,6 +35,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from curation_assets.lib.errors import PermanentError, TransientError
+from curation_assets.lib.leases import DeltaLease
 from curation_assets.lib.tables import TableSpec
 
 logger = logging.getLogger(__name__)
@@ -180,25 +181,28 @@ class DeltaStore:
         return None if dt is None else dt.version()
 
     @contextlib.contextmanager
-    def lock(self, name: str, *, poll_s: float = 5.0) -> Iterator[None]:
+    def lock(self, name: str, *, poll_s: float = 5.0, lease_ttl_s: float = 60.0) -> Iterator[None]:
         """Hold an exclusive lock named ``name`` shared by every process using this root.
 
         Serializes work that must not interleave across processes or Dagster instances sharing
         the Delta root (ingest: which shard keeps an image both contain). Local roots use
         ``flock`` on ``<root>/_locks/<name>.lock``: the kernel releases it when its holder
         dies, so a killed process never leaves it stuck. While waiting, the holder is logged
-        every ``poll_s`` seconds. Object-store roots have no such primitive here: the lock is
-        a no-op (logged), and the blocking ``image_ids_unique`` check of ``raw_images`` still
-        catches a cross-instance clash.
+        every ``poll_s`` seconds. Object-store roots have no ``flock``: they hold a
+        :class:`~curation_assets.lib.leases.DeltaLease` in the Delta table
+        ``<root>/_locks/leases`` instead (atomic Delta commits decide who takes it; renewed
+        while held, it expires ``lease_ttl_s`` after a holder dies).
         """
         if not self.is_local:
-            logger.warning(
-                "lock %r: no cross-process lock on %s; serialize writers through one Dagster "
-                "instance",
+            lease = DeltaLease(
+                self.uri("_locks/leases"),
                 name,
-                self.root_uri,
+                storage_options=self.storage_options,
+                ttl_s=lease_ttl_s,
+                log_every_s=poll_s,
             )
-            yield
+            with lease.held():
+                yield
             return
         folder = Path(self.uri("_locks"))
         path = folder / f"{name}.lock"
