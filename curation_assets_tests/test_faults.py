@@ -182,20 +182,26 @@ def _converged(got: dict[str, pl.DataFrame], expected: dict) -> tuple[int, bool,
     return lost, equal and set(got) == set(expected), bad
 
 
+def _report(run: str, fault: str, killed: object, lost: int, equal: bool, bad: list) -> None:
+    """One row of the fault table."""
+    converged = "yes" if equal else f"no: {bad}"
+    REPORT.append(
+        {
+            "run": run,
+            "failpoint": fault,
+            "killed": killed,
+            "rows lost": lost,
+            "converged": converged,
+        }
+    )
+
+
 def _case(world, name: str, home: Path, shards: str, failpoint: str, expected: dict) -> None:
     rc = _curation(home, world["src"], shards, failpoint)
     killed = rc in (-signal.SIGKILL, 128 + signal.SIGKILL)
     _curation(home, world["src"], shards)  # the re-run must succeed
     lost, equal, bad = _converged(_tables(home), expected)
-    REPORT.append(
-        {
-            "run": name,
-            "failpoint": failpoint,
-            "killed": killed,
-            "rows lost": lost,
-            "converged": "yes" if equal else f"no: {bad}",
-        }
-    )
+    _report(name, failpoint, killed, lost, equal, bad)
     assert killed, f"failpoint {failpoint} never fired (rc={rc})"
     assert lost == 0 and equal, f"after a kill at {failpoint}: tables differ: {bad}"
 
@@ -259,14 +265,13 @@ def test_full_disk_fails_clearly_and_a_rerun_with_space_converges(world):
         subprocess.run(remount, check=True, capture_output=True, timeout=30)
         _curation(home, world["src"], BASE)
         lost, equal, bad = _converged(_tables(home), world["first_tables"])
-    REPORT.append(
-        {
-            "run": "first",
-            "failpoint": "disk full (600 KiB tmpfs)",
-            "killed": f"no: exit {proc.returncode}, ENOSPC reported",
-            "rows lost": lost,
-            "converged": "yes" if equal else f"no: {bad}",
-        }
+    _report(
+        "first",
+        "disk full (600 KiB tmpfs)",
+        f"no: exit {proc.returncode}, ENOSPC reported",
+        lost,
+        equal,
+        bad,
     )
     assert lost == 0 and equal, bad
 
@@ -294,14 +299,13 @@ def test_read_only_root_fails_clearly_and_changes_nothing(world):
     assert unchanged[:2] == (0, True), unchanged
     _curation(home, world["src"], ALL)
     lost, equal, bad = _converged(_tables(home), world["incremental_tables"])
-    REPORT.append(
-        {
-            "run": "incremental",
-            "failpoint": "read-only Delta root",
-            "killed": f"no: exit {proc.returncode}, EROFS reported, tables unchanged",
-            "rows lost": lost,
-            "converged": "yes" if equal else f"no: {bad}",
-        }
+    _report(
+        "incremental",
+        "read-only Delta root",
+        f"no: exit {proc.returncode}, EROFS reported, tables unchanged",
+        lost,
+        equal,
+        bad,
     )
     assert lost == 0 and equal, bad
 
@@ -335,14 +339,8 @@ def test_two_instances_on_one_delta_root(world):
     assert raw["image_id"].n_unique() == raw.height
     _curation(homes[0], world["src"], BASE)
     lost, equal, bad = _converged(_tables(homes[0], shared), world["first_tables"])
-    REPORT.append(
-        {
-            "run": "first",
-            "failpoint": "two instances, one Delta root, at once",
-            "killed": f"no: exits {codes}",
-            "rows lost": lost,
-            "converged": "yes" if equal else f"no: {bad}",
-        }
+    _report(
+        "first", "two instances, one Delta root, at once", f"no: exits {codes}", lost, equal, bad
     )
     assert lost == 0 and equal, bad
 
