@@ -110,11 +110,16 @@ def assignments_frame(
 
 
 def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) -> pl.DataFrame:
-    """``image_id, shard, model_id, embedding`` of filtered images, sorted by shard, image_id."""
+    """``image_id, shard, model_id, embedding`` of filtered images, sorted by shard, image_id.
+
+    With ``shards``, both tables are read for those shards only (Delta partition pruning): one
+    shard's assignment costs that shard's rows, not the corpus's.
+    """
     kept = store.scan(FILTERED_IMAGES).select("image_id", "shard")
-    if shards is not None:
-        kept = kept.filter(pl.col("shard").is_in(list(shards)))
     emb = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "model_id", "embedding")
+    if shards is not None:
+        wanted = pl.col("shard").is_in(list(shards))
+        kept, emb = kept.filter(wanted), emb.filter(wanted)
     return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id").collect()
 
 
