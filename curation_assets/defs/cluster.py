@@ -14,7 +14,6 @@ from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
-    CentroidsError,
     assign_shard,
     assignment_check,
     assignment_figures,
@@ -180,10 +179,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
     n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
     written = []
     for c in CLUSTERINGS:
-        try:
-            frame, cent = assign_shard(store, c, key, emb, x, model_id)
-        except CentroidsError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from exc
+        frame, cent = assign_shard(store, c, key, emb, x, model_id)  # CentroidsError: fail_fast
         spec = assignments_spec(c)
         store.replace_shard(spec, key, frame)
         written.append(frame.height)

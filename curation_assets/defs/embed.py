@@ -72,8 +72,8 @@ def image_embeddings(
     stats = EmbedStats()
     batch_size = config.batch_size or default_batch_size(model.device)
 
-    def progress(s: EmbedStats, total: int) -> None:
-        context.log.info(f"{key}: embedded {s.embedded}/{total} ({s.images_per_s:.1f} images/s)")
+    def progress(s: EmbedStats) -> None:
+        context.log.info(f"{key}: embedded {s.embedded}/{s.wanted} ({s.images_per_s:.1f} images/s)")
 
     rows, failures = embed_shard(
         store,

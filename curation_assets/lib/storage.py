@@ -270,12 +270,7 @@ class DeltaStore:
                 if fault == "after":
                     _die()
                 return version
-            except (DeltaError, OSError) as exc:
-                if not isinstance(exc, CommitFailedError):
-                    error = unwritable(exc, f"writing Delta table {name!r} at {self.uri(name)}")
-                    if error is not None:
-                        raise error from exc
-                    raise
+            except CommitFailedError as exc:
                 other = self.last_writer(name)
                 if attempt == attempts:
                     tried = (
@@ -302,6 +297,11 @@ class DeltaStore:
                     delay,
                 )
                 time.sleep(delay)
+            except (DeltaError, OSError) as exc:
+                error = unwritable(exc, f"writing Delta table {name!r} at {self.uri(name)}")
+                if error is not None:
+                    raise error from exc
+                raise
         raise AssertionError("unreachable")
 
     def _create(self, name: str, schema: pa.Schema, kwargs: dict[str, Any]) -> DeltaTable:

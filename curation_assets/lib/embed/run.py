@@ -28,6 +28,7 @@ class EmbedStats:
     """Counters of one embedding pass.
 
     Attributes:
+        wanted: Images the pass is to embed (0 when every enumerated item is wanted).
         embedded: Images embedded.
         failed: ``(source_uri, image_id, reason, detail)`` of wanted images that failed.
         skipped: Enumerated items not wanted (quarantined at ingest, or exact duplicates).
@@ -35,6 +36,7 @@ class EmbedStats:
         forward_seconds: Time inside the model's forward pass.
     """
 
+    wanted: int = 0
     embedded: int = 0
     failed: list[tuple[str, str | None, str, str]] = field(default_factory=list)
     skipped: int = 0
@@ -72,6 +74,7 @@ def embed_items(
         ``(image_ids, vectors)`` with vectors (n, dim) float32 L2-normalized.
     """
     stats = stats if stats is not None else EmbedStats()
+    stats.wanted = len(wanted) if wanted is not None else 0
     limit_malloc_arenas()  # before the decode threads start
     ids: list[str] = []
     tensors: list[torch.Tensor] = []
@@ -156,7 +159,7 @@ def embed_shard(
     batch_size: int,
     workers: int,
     stats: EmbedStats,
-    on_progress: Callable[[EmbedStats, int], None] | None = None,
+    on_progress: Callable[[EmbedStats], None] | None = None,
     progress_every_s: float = 10.0,
 ) -> tuple[int, pl.DataFrame]:
     """Embed the shard's ``raw_images`` rows and replace its ``image_embeddings``.
@@ -165,22 +168,14 @@ def embed_shard(
     and rows of ``raw_images`` never met while re-reading the shard (its source changed or
     vanished), replace the shard's ``embed`` rows of ``quarantine``.
 
-    ``on_progress(stats, total)`` is called every ``progress_every_s`` seconds, ``total``
-    being the number of images to embed.
+    ``on_progress(stats)`` is called every ``progress_every_s`` seconds (``stats.wanted`` is
+    the number of images to embed).
 
     Returns:
         (rows written, the quarantine rows written).
     """
     wanted = set(store.read(RAW_IMAGES, shards=[shard], columns=["image_id"])["image_id"])
     done: set[str] = set()
-    report: Callable[[EmbedStats], None] | None = None
-    if on_progress is not None:
-        callback = on_progress
-
-        def report_total(s: EmbedStats) -> None:
-            callback(s, len(wanted))
-
-        report = report_total
 
     def frames() -> Iterator[pl.DataFrame]:
         batches = embed_items(
@@ -191,7 +186,7 @@ def embed_shard(
             workers=workers,
             limits=DecodeLimits(max_pixels=2**62),  # ingest already enforced the limits
             stats=stats,
-            on_progress=report,
+            on_progress=on_progress,
             progress_every_s=progress_every_s,
         )
         for ids, vectors in batches:
