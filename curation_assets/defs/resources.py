@@ -19,6 +19,7 @@ from curation_assets.lib.embed import (
     EmbedderSpec,
     load_embedder,
 )
+from curation_assets.lib.memory import DEFAULT_MEMORY_BUDGET_MB, MemoryBudget
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.shards import (
     DEFAULT_MAX_CAPTION_BYTES,
@@ -51,6 +52,21 @@ class DeltaStorage(dg.ConfigurableResource):
     def uri(self, spec: TableSpec) -> str:
         """URI of a table, for ``dagster/uri`` metadata."""
         return self.store().uri(spec.name)
+
+
+class Compute(dg.ConfigurableResource):
+    """How much one step may hold in memory; every stage that grows with the corpus honours it."""
+
+    memory_budget_mb: int = Field(
+        default=DEFAULT_MEMORY_BUDGET_MB,
+        description="Working memory one step may use for data, MiB (beside the ~0.7 GB of "
+        "imports). Stages size their batches, buckets and samples from it "
+        "($CURATION_MEMORY_BUDGET_MB).",
+    )
+
+    def budget(self) -> MemoryBudget:
+        """The budget for lib code."""
+        return MemoryBudget(self.memory_budget_mb)
 
 
 class ShardSource(dg.ConfigurableResource):
@@ -191,4 +207,9 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
         ),
         "embedder": ImageEmbedder(),
         "categories": Categories(path=os.environ.get("CURATION_CATEGORIES", "")),
+        "compute": Compute(
+            memory_budget_mb=int(
+                os.environ.get("CURATION_MEMORY_BUDGET_MB", DEFAULT_MEMORY_BUDGET_MB)
+            )
+        ),
     }

@@ -31,3 +31,39 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         logger.debug("mallopt unavailable: %s", exc)
         return False
     return ok
+
+
+#: Default working-memory budget of one step (MiB): sized for a laptop, beside the ~0.7 GB of
+#: imports (torch, faiss, dagster) every step process already holds.
+DEFAULT_MEMORY_BUDGET_MB = 2048
+
+
+class MemoryBudget:
+    """How much working memory one step may hold for its data (not counting the interpreter).
+
+    Every stage that could grow with the corpus sizes its batches from this budget: the rows it
+    holds at once are ``budget // bytes_per_row`` (times the share of the budget it gives that
+    buffer). Set by the ``compute`` resource (``memory_budget_mb``,
+    ``$CURATION_MEMORY_BUDGET_MB``).
+    """
+
+    def __init__(self, mb: float = DEFAULT_MEMORY_BUDGET_MB) -> None:
+        if not mb > 0:
+            msg = f"memory budget {mb} MiB: expected a positive number of MiB"
+            raise ValueError(msg)
+        self.mb = float(mb)
+
+    @property
+    def bytes(self) -> int:
+        """The budget in bytes."""
+        return int(self.mb * 2**20)
+
+    def rows(self, bytes_per_row: int, *, share: float = 1.0, minimum: int = 1) -> int:
+        """Rows of ``bytes_per_row`` bytes that fit in ``share`` of the budget (≥ ``minimum``)."""
+        if bytes_per_row <= 0:
+            msg = f"bytes_per_row={bytes_per_row}: expected a positive size"
+            raise ValueError(msg)
+        return max(minimum, int(self.bytes * share) // bytes_per_row)
+
+    def __repr__(self) -> str:  # noqa: D105
+        return f"MemoryBudget({self.mb:g} MiB)"

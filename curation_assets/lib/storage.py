@@ -180,6 +180,41 @@ class DeltaStore:
         dt = self._table(table)
         return None if dt is None else dt.version()
 
+    def shard_files(self, table: str, version: int | None = None) -> dict[str, frozenset[str]]:
+        """The data files of each shard of a shard-partitioned table (at ``version``).
+
+        Reads only the Delta log (no data file): cost ∝ files, not rows.
+        """
+        dt = self._table(table)
+        if dt is None:
+            return {}
+        if version is not None:
+            dt.load_as_version(version)
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        if "partition.shard" not in actions.column_names:
+            return {}
+        files: dict[str, set[str]] = {}
+        for shard, path in zip(
+            actions.column("partition.shard").to_pylist(),
+            actions.column("path").to_pylist(),
+            strict=True,
+        ):
+            files.setdefault(shard, set()).add(path)
+        return {s: frozenset(p) for s, p in files.items()}
+
+    def changed_shards(self, table: str, since_version: int | None) -> set[str]:
+        """Shards of a shard-partitioned table whose rows changed after ``since_version``.
+
+        A shard counts as changed when its set of data files differs (written, replaced or
+        removed); ``since_version=None`` (nothing seen yet) means every shard now present.
+        Reads only the Delta log.
+        """
+        now = self.shard_files(table)
+        if since_version is None:
+            return set(now)
+        before = self.shard_files(table, since_version)
+        return {s for s in set(now) | set(before) if now.get(s) != before.get(s)}
+
     @contextlib.contextmanager
     def lock(self, name: str, *, poll_s: float = 5.0, lease_ttl_s: float = 60.0) -> Iterator[None]:
         """Hold an exclusive lock named ``name`` shared by every process using this root.

@@ -1,0 +1,41 @@
+"""MemoryBudget and DeltaStore.changed_shards: the contracts the corpus-scale stages share."""
+
+import polars as pl
+import pytest
+
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import FILTERED_IMAGES as TABLE
+
+
+def test_budget_rows_and_share():
+    b = MemoryBudget(1)
+    assert b.bytes == 2**20
+    assert b.rows(1024) == 1024
+    assert b.rows(1024, share=0.5) == 512
+    assert b.rows(2**30, minimum=3) == 3
+    with pytest.raises(ValueError, match="positive"):
+        MemoryBudget(0)
+    with pytest.raises(ValueError, match="bytes_per_row"):
+        b.rows(0)
+
+
+def _shard_rows(shard: str, n: int) -> pl.DataFrame:
+    rows = pl.DataFrame({"image_id": [f"{shard}-{i}" for i in range(n)], "shard": [shard] * n})
+    return rows.with_columns(
+        [pl.lit(None).cast(c.dtype).alias(c.name) for c in TABLE.columns if c.name not in rows]
+    )
+
+
+def test_changed_shards_follows_the_log(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    assert store.changed_shards(TABLE.name, None) == set()
+    store.replace_shard(TABLE, "a", _shard_rows("a", 2))
+    store.replace_shard(TABLE, "b", _shard_rows("b", 2))
+    v = store.version(TABLE.name)
+    assert store.changed_shards(TABLE.name, None) == {"a", "b"}
+    assert store.changed_shards(TABLE.name, v) == set()
+    store.replace_shard(TABLE, "b", _shard_rows("b", 3))
+    store.replace_shard(TABLE, "c", _shard_rows("c", 1))
+    assert store.changed_shards(TABLE.name, v) == {"b", "c"}
+    assert set(store.shard_files(TABLE.name, v)) == {"a", "b"}
