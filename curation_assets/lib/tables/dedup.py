@@ -11,7 +11,6 @@ from curation_assets.lib.tables.spec import UTC_TIMESTAMP, Column, TableSpec
 DEDUPLICATED_IMAGES = TableSpec(
     name="deduplicated_images",
     description="Every filtered image: kept, or which kept image it duplicates.",
-    partition_by=(),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),
