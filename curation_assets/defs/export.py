@@ -1,31 +1,26 @@
 """Export: the training-ready curated_dataset, and optional extras (stage 8)."""
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import eager_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
-from curation_assets.defs.resources import DeltaStorage
+from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
-from curation_assets.lib.commits import current_commit, input_versions, record_commit
-from curation_assets.lib.export import (
-    DEFAULT_PENALTY,
-    DEFAULT_SHARD_SIZE,
-    curated_rows,
-    files_unchanged,
-    one_row_per_kept_image,
-)
+from curation_assets.lib.export import DEFAULT_PENALTY, DEFAULT_SHARD_SIZE
 from curation_assets.lib.export.run import (
-    EXPORT_INPUTS,
-    EXPORT_STAGE,
-    FILE_KEYS,
+    ExportOutcome,
     export_root,
-    kept_images,
-    write_export_files,
+    rows_per_shard,
+    run_export,
 )
-from curation_assets.lib.tables import CURATED_DATASET, SAMPLE_WEIGHTS
+from curation_assets.lib.export.shards import manifest_glob
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import CURATED_DATASET
 
 
 class ExportConfig(dg.Config):
@@ -51,8 +46,10 @@ class ExportConfig(dg.Config):
 @dg.asset(
     description=(
         "The training-ready manifest: every kept image with image_id, source_uri, caption and "
-        "its sample weight, as a Delta table and a parquet file; optionally a Soft Cap "
-        "Sampling multiset (FLYT) and WebDataset shards of the images."
+        "its sample weight, as a Delta table partitioned by shard and one folder per shard "
+        "(export/shard=<key>/curated_dataset.parquet, plus WebDataset tars when enabled); "
+        "optionally a Soft Cap Sampling multiset (FLYT). A new or changed shard rewrites only "
+        "its own rows and files."
     ),
     deps=["sample_weights", "deduplicated_images", "filtered_images"],
     kinds={"deltalake", "parquet"},
@@ -64,7 +61,8 @@ class ExportConfig(dg.Config):
             "one_row_per_kept_image",
             asset="curated_dataset",
             blocking=True,
-            description="Exactly the kept images, each once, each with a finite weight.",
+            description="Every rewritten shard lists its kept images, each once, each with a "
+            "finite weight; every shard's Delta row count equals its recorded count.",
         ),
         dg.AssetCheckSpec(
             "every_image_exported",
@@ -76,86 +74,102 @@ class ExportConfig(dg.Config):
 )
 @fail_fast
 def curated_dataset(
-    context: dg.AssetExecutionContext, config: ExportConfig, delta: DeltaStorage
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    delta: DeltaStorage,
+    compute: Compute,
 ) -> dg.MaterializeResult:
-    """Join kept images with their weights and write the manifest (and optional extras).
+    """Rewrite the manifest rows and files of the shards whose inputs changed.
 
-    Files first (each appears atomically: a renamed file, a symlink swapped to a complete
-    WebDataset folder), then the Delta table, then the commit row. Nothing is written when the
-    inputs, the configuration and the files are as the last commit left them.
+    Which shards: those whose ``sample_weights``, ``deduplicated_images`` or
+    ``filtered_images`` rows changed since the versions the last commit read (Delta logs
+    only), plus any whose files are missing. Per shard: its folder is published (symlink swap),
+    then its Delta rows replaced; the commit row last (see ``lib/export/run.py``). Global
+    figures (rows, weight sum, ESS) are sums of per-shard figures.
+
+    Memory: one shard's kept rows at a time (~512 B each, checked against ``compute``'s
+    budget); with Soft Cap Sampling, four columns of every manifest row (~256 B each, checked).
     """
     store = delta.store()
-    inputs = input_versions(store, EXPORT_INPUTS)
     out = export_root(config.export_dir)
     settings = {**config.model_dump(), "export_dir": str(out.resolve())}
-    images = kept_images(store)
-    done = current_commit(store, EXPORT_STAGE, inputs=inputs, config=settings)
-    if done is not None and files_unchanged(done.summary["files"]):
-        context.log.info(
-            f"export: inputs, config and files unchanged since the commit of "
-            f"{done.committed_at}; nothing to do"
-        )
-        rows = store.read(CURATED_DATASET)
-        return _export_result(delta, rows, images, done.summary, up_to_date=True)
-    weights = store.read(SAMPLE_WEIGHTS, columns=["image_id", "weight"])
-    rows = curated_rows(images, weights)
-    summary = write_export_files(
-        rows,
+    outcome = run_export(
+        store,
         out,
+        settings,
         soft_cap_samples=config.soft_cap_samples,
         penalty=config.penalty,
         seed=config.seed,
         webdataset=config.webdataset,
         shard_size=config.shard_size,
+        budget=compute.budget(),
     )
-    if summary["failures"]:
-        context.log.warning(f"{len(summary['failures'])} images could not be exported")
-    outputs = {CURATED_DATASET.name: store.replace_table(CURATED_DATASET, rows)}
-    record_commit(
-        store, EXPORT_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
-    )
-    return _export_result(delta, rows, images, summary)
+    if outcome.up_to_date:
+        context.log.info("export: inputs, config and files unchanged since the last commit")
+    else:
+        context.log.info(f"export: {outcome.plan.reason}")
+    figures = outcome.summary["totals"]
+    if figures["failures"]:
+        context.log.warning(f"{figures['failures']} images could not be exported")
+    return _export_result(store, delta, out, outcome)
 
 
 def _export_result(
-    delta: DeltaStorage,
-    rows: pl.DataFrame,
-    images: pl.DataFrame,
-    summary: dict,
-    *,
-    up_to_date: bool = False,
+    store: DeltaStore, delta: DeltaStorage, out: Path, outcome: ExportOutcome
 ) -> dg.MaterializeResult:
-    """The materialization and checks of the export, checked on the rows themselves."""
+    """The materialization and checks of the export, from per-shard figures."""
+    summary, written = outcome.summary, outcome.written
+    figures = summary["totals"]
     extra: dict = {
-        k: dg.MetadataValue.path(v) if k in FILE_KEYS or k.endswith("_dir") else v
-        for k, v in summary["extra"].items()
+        "export_dir": dg.MetadataValue.path(str(out)),
+        "manifest": dg.MetadataValue.path(manifest_glob(out)),
+        "shards": figures["shards"],
+        "shards_rewritten": len(written.written) if written else 0,
+        "shards_removed": len(written.removed) if written else 0,
+        "plan": outcome.plan.reason,
+        "weight_sum": figures["weight_sum"],
+        "ess": figures["ess"],
+        "ess_ratio": figures["ess_ratio"],
     }
-    if "soft_cap_stats" in summary:
-        extra["soft_cap_stats"] = dg.MetadataValue.json(summary["soft_cap_stats"])
+    if figures["webdataset_shards"]:
+        extra["webdataset_shards"] = figures["webdataset_shards"]
+        extra["webdataset_samples"] = figures["webdataset_samples"]
+    if "soft_cap" in summary:
+        extra["soft_cap_sample"] = dg.MetadataValue.path(summary["soft_cap"]["soft_cap_sample"])
+        extra["soft_cap_stats"] = dg.MetadataValue.json(summary["soft_cap"]["soft_cap_stats"])
+    recorded = {k: int(e["rows"]) for k, e in summary["shards"].items()}
+    counted = rows_per_shard(store, CURATED_DATASET.name)
+    counts_match = {k: v for k, v in counted.items() if v} == recorded
+    rows_ok = written.rows_ok if written else True
     failures = pl.DataFrame(summary["failures"])
+    preview = store.scan(CURATED_DATASET).select("image_id", "caption", "weight").head(10)
     return dg.MaterializeResult(
         metadata=table_metadata(
             CURATED_DATASET,
             delta.uri(CURATED_DATASET),
-            rows.height,
-            up_to_date=up_to_date,
-            weight_sum=float(rows["weight"].to_numpy().sum()),
-            preview=markdown_preview(rows.select("image_id", "caption", "weight")),
+            figures["rows"],
+            up_to_date=outcome.up_to_date,
+            preview=markdown_preview(preview.collect()),
             **extra,
         ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="one_row_per_kept_image",
-                passed=one_row_per_kept_image(rows, images),
-                metadata={"kept_images": images.height, "rows": rows.height},
+                passed=rows_ok and counts_match,
+                metadata={
+                    "kept_images_in_rewritten_shards": written.kept_images if written else 0,
+                    "rows": figures["rows"],
+                    "delta_rows_match_recorded": counts_match,
+                },
             ),
             dg.AssetCheckResult(
                 check_name="every_image_exported",
-                passed=failures.height == 0,
+                passed=figures["failures"] == 0,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
-                    "failures": markdown_preview(failures) if failures.height else "none",
-                    "webdataset": "webdataset_dir" in summary["extra"],
+                    "failures": figures["failures"],
+                    "examples": markdown_preview(failures) if failures.height else "none",
+                    "webdataset": figures["webdataset_shards"] > 0,
                 },
             ),
         ],

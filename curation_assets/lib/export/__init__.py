@@ -7,7 +7,10 @@
   (:func:`soft_cap_sampling`).
 * :mod:`.webdataset` — WebDataset tar shards of the images (:func:`write_webdataset`).
 * :mod:`.publish` — files and folders published atomically, and their stamps.
-* :mod:`.run` — the stage over Delta and files: the kept images, the files written. Imported
+* :mod:`.shards` — the per-shard layout of the files (``export/shard=<key>/``), each shard's
+  folder written and published as a whole.
+* :mod:`.run` — the stage over Delta and files, shard by shard: which shards changed, their
+  rows and files rewritten, the order of writes, the commit. Imported
   by its path (it reads and writes Delta through :mod:`curation_assets.lib.storage`; the
   upstream tables' specs come from :mod:`curation_assets.lib.tables`, so it imports no torch).
 """

@@ -52,6 +52,8 @@ def staging_dir(link: Path) -> Path:
 def publish_dir(staged: Path, link: Path) -> Path:
     """Make ``link`` point at the complete folder ``staged``, atomically (a symlink swap).
 
+    ``staged`` may be anywhere under ``link``'s folder (the symlink is relative to it).
+
     Readers that open ``link/...`` see the previous version or the new one, never a mix. The
     previous version is deleted afterwards. A real folder at ``link`` (from an older layout) is
     moved aside and deleted.
@@ -62,7 +64,8 @@ def publish_dir(staged: Path, link: Path) -> Path:
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(staged.name, tmp)  # relative: the export folder can be moved as a whole
+    # relative: the export folder can be moved as a whole
+    os.symlink(os.path.relpath(staged, link.parent), tmp)
     previous: Path | None = None
     if link.is_symlink():
         previous = link.resolve()

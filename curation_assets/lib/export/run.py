@@ -1,36 +1,80 @@
-"""The export stage over Delta and files: its inputs and the files it writes (stage 8).
+"""The export stage over Delta and files, shard by shard (stage 8).
 
-The ``curated_dataset`` asset runs, in order: :func:`kept_images` (what the manifest lists),
-:func:`~curation_assets.lib.export.manifest.curated_rows` (joined with ``sample_weights``),
-:func:`write_export_files` (the files, each published atomically, and the summary recorded
-with the stage's commit), then the Delta table and the commit row. :func:`export_root` is the
-folder the files go to.
+A new shard costs what the shard costs. :func:`plan_export` reads only Delta logs, the last
+commit and the export folder's listing to decide which shards to rewrite: those whose rows
+changed in any input since the versions the last commit read (``DeltaStore.changed_shards``),
+those of ``curated_dataset`` changed since the commit (a killed run's), and those whose files
+are missing or changed. Every other shard is neither read nor written; its figures come from the
+commit. A full rewrite happens only on the first run, after a change of the file settings, or
+when an input is not partitioned by shard.
+
+**Order of writes** (:func:`export_shards`), per shard: the shard's files are published first
+(a complete new folder, a symlink swap), then its Delta rows are replaced (one transaction);
+a shard that lost every kept image has its Delta rows deleted first, then its folder removed.
+So every shard present in the Delta table has its complete folder published at every moment
+(a reader polling Delta may read the folder at once). After all shards, the optional Soft Cap
+Sampling file, then ONE commit row (:func:`~curation_assets.lib.commits.record_commit`) with
+the input versions and per-shard figures. A process killed anywhere leaves shards written by a
+run no commit records; they differ from the commit (as inputs or as ``curated_dataset``
+shards), so the next run rewrites them and converges to the clean result.
 """
 
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable
 
-from curation_assets.lib.export.publish import (
-    file_stamps,
-    publish_dir,
-    staging_dir,
-    write_file_atomic,
+from curation_assets.lib.commits import (
+    Commit,
+    current_commit,
+    input_versions,
+    last_commit,
+    record_commit,
 )
+from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.export.manifest import curated_rows, one_row_per_kept_image
+from curation_assets.lib.export.publish import file_stamps, files_unchanged, write_file_atomic
 from curation_assets.lib.export.sampling import sampling_stats, soft_cap_sampling
-from curation_assets.lib.export.webdataset import write_webdataset
+from curation_assets.lib.export.shards import (
+    published_shards,
+    remove_legacy_files,
+    remove_shard_files,
+    remove_stale_links,
+    shard_stamp,
+    write_shard_files,
+)
 from curation_assets.lib.images import SourceReader
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUPLICATED_IMAGES, FILTERED_IMAGES, SAMPLE_WEIGHTS
+from curation_assets.lib.tables import (
+    CURATED_DATASET,
+    DEDUPLICATED_IMAGES,
+    FILTERED_IMAGES,
+    SAMPLE_WEIGHTS,
+)
+
+logger = logging.getLogger(__name__)
 
 EXPORT_STAGE = "export"
 """The stage's name in ``stage_commits``."""
 EXPORT_INPUTS = (SAMPLE_WEIGHTS.name, DEDUPLICATED_IMAGES.name, FILTERED_IMAGES.name)
-"""The tables whose versions the stage's commit records."""
-FILE_KEYS = ("manifest", "soft_cap_sample", "webdataset_dir")
-"""Keys of the summary's ``extra`` that are files the commit stamps (size, mtime)."""
+"""The tables whose versions the stage's commit records (all partitioned by shard)."""
+LAYOUT = "shard_folders/v1"
+"""The files' layout, recorded in the commit (an earlier layout means a full rewrite)."""
+SHARD_SETTINGS = ("export_dir", "webdataset", "shard_size")
+"""Settings that shape every shard's files: changing one rewrites every shard."""
+ROW_BYTES = 512
+"""Working bytes per manifest row (ids, uri, caption, joins) for the memory check."""
+SOFT_CAP_ROW_BYTES = 256
+"""Working bytes per row of the global Soft Cap Sampling (its columns and clocks)."""
+MAX_FAILURE_EXAMPLES = 50
+"""Unreadable images listed in the commit (all are counted)."""
 
 
 def export_root(export_dir: str) -> Path:
@@ -38,71 +82,428 @@ def export_root(export_dir: str) -> Path:
     return Path(export_dir) if export_dir else resolve_paths().home / "export"
 
 
-def kept_images(store: DeltaStore) -> pl.DataFrame:
-    """The filtered images dedup kept (``filtered_images`` rows): what the manifest lists."""
-    kept_ids = store.read(DEDUPLICATED_IMAGES, columns=["image_id", "kept"]).filter("kept")
-    return store.read(FILTERED_IMAGES).join(kept_ids.select("image_id"), on="image_id")
+def _delta_table(store: DeltaStore, name: str) -> DeltaTable | None:
+    if not store.exists(name):
+        return None
+    return DeltaTable(store.uri(name), storage_options=store.storage_options or None)
 
 
-def write_export_files(
-    rows: pl.DataFrame,
+def partitioned_by_shard(store: DeltaStore, name: str) -> bool:
+    """Whether table ``name`` exists and is Delta-partitioned by ``shard`` (reads the log)."""
+    dt = _delta_table(store, name)
+    return dt is not None and list(dt.metadata().partition_columns) == ["shard"]
+
+
+def rows_per_shard(store: DeltaStore, name: str) -> dict[str, int]:
+    """Rows of each shard of a shard-partitioned table, from the Delta log's file statistics."""
+    dt = _delta_table(store, name)
+    if dt is None:
+        return {}
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    if "partition.shard" not in actions.column_names:
+        return {}
+    out: dict[str, int] = {}
+    for shard, n in zip(
+        actions.column("partition.shard").to_pylist(),
+        actions.column("num_records").to_pylist(),
+        strict=True,
+    ):
+        out[shard] = out.get(shard, 0) + int(n or 0)
+    return out
+
+
+def kept_images(store: DeltaStore, shards: Iterable[str] | None = None) -> pl.DataFrame:
+    """The filtered images dedup kept (``filtered_images`` rows) of ``shards`` (None: all)."""
+    keys = None if shards is None else list(shards)
+    kept_ids = store.read(DEDUPLICATED_IMAGES, shards=keys, columns=["image_id", "kept"])
+    kept_ids = kept_ids.filter("kept").select("image_id")
+    return store.read(FILTERED_IMAGES, shards=keys).join(kept_ids, on="image_id")
+
+
+def shard_rows(store: DeltaStore, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One shard's kept images and its :data:`CURATED_DATASET` rows (reads that shard only).
+
+    Raises:
+        ValueError: If the shard's kept images and weights disagree (names the shard).
+    """
+    images = kept_images(store, [key])
+    weights = store.read(SAMPLE_WEIGHTS, shards=[key], columns=["image_id", "weight"])
+    try:
+        return images, curated_rows(images, weights)
+    except ValueError as exc:
+        msg = f"shard {key!r}: {exc}"
+        raise ValueError(msg) from exc
+
+
+@dataclass
+class ExportPlan:
+    """Which shards the export rewrites and which it carries over from the last commit.
+
+    Attributes:
+        full: Every shard is rewritten.
+        reason: Why (a sentence for the log and metadata).
+        rewrite: Shards to re-read and rewrite (or remove), sorted.
+        carried: Commit entries of the shards left as they are.
+    """
+
+    full: bool
+    reason: str
+    rewrite: list[str]
+    carried: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _all_shards(store: DeltaStore, out: Path) -> set[str]:
+    """Every shard any input, the Delta manifest or the export folder knows (logs + listing)."""
+    keys: set[str] = set(published_shards(out))
+    for name in (*EXPORT_INPUTS, CURATED_DATASET.name):
+        keys |= set(store.shard_files(name))
+    return keys
+
+
+def plan_export(
+    store: DeltaStore, out: Path, last: Commit | None, settings: Mapping[str, Any]
+) -> ExportPlan:
+    """Decide which shards to rewrite, from Delta logs, the last commit and a folder listing.
+
+    Args:
+        store: The Delta store.
+        out: The export folder.
+        last: The stage's last commit (``last_commit``), or None.
+        settings: This run's configuration (with :data:`SHARD_SETTINGS`).
+
+    Memory and cost: the Delta logs of four tables and one ``stat`` per exported shard.
+    """
+    reason = ""
+    if last is None:
+        reason = "first export"
+    elif last.summary.get("layout") != LAYOUT:
+        reason = "the last export used the whole-file layout"
+    elif any(last.config.get(k) != settings.get(k) for k in SHARD_SETTINGS):
+        reason = f"file settings changed ({', '.join(SHARD_SETTINGS)})"
+    elif not partitioned_by_shard(store, CURATED_DATASET.name):
+        reason = "curated_dataset is not partitioned by shard yet"
+    else:
+        flat = [t for t in EXPORT_INPUTS if store.exists(t) and not partitioned_by_shard(store, t)]
+        if flat:
+            reason = f"{', '.join(flat)} not partitioned by shard: changed shards unknown"
+    if reason or last is None:
+        return ExportPlan(True, reason, sorted(_all_shards(store, out)))
+    changed: set[str] = set()
+    for name in EXPORT_INPUTS:
+        changed |= store.changed_shards(name, last.inputs.get(name))
+    torn = store.changed_shards(CURATED_DATASET.name, last.outputs.get(CURATED_DATASET.name))
+    previous: dict[str, dict[str, Any]] = last.summary.get("shards", {})
+    broken = {k for k, e in previous.items() if shard_stamp(out, k) != e.get("stamp")}
+    stray = published_shards(out) - set(previous)
+    rewrite = changed | torn | broken | stray
+    parts = [
+        f"{len(changed)} changed in inputs",
+        f"{len(torn)} torn",
+        f"{len(broken)} with missing or changed files",
+        f"{len(stray)} unrecorded folders",
+    ]
+    return ExportPlan(
+        False,
+        "incremental: " + ", ".join(parts),
+        sorted(rewrite),
+        {k: e for k, e in previous.items() if k not in rewrite},
+    )
+
+
+@dataclass
+class ShardsWritten:
+    """What :func:`export_shards` did.
+
+    Attributes:
+        entries: Shard → commit entry (``rows``, ``weight_sum``, ``weight_sq_sum``,
+            ``webdataset_shards``, ``webdataset_samples``, ``failures``, ``stamp``).
+        written: Shards whose files and rows were rewritten.
+        removed: Shards whose files and rows were removed (no kept image left).
+        failures: Rows the WebDataset export could not read (dicts), of the written shards.
+        kept_images: Kept images of the written shards.
+        rows_ok: Every written shard lists each kept image once with a finite weight.
+    """
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    kept_images: int = 0
+    rows_ok: bool = True
+
+
+def export_shards(
+    store: DeltaStore,
     out: Path,
+    shards: Iterable[str],
+    *,
+    webdataset: bool,
+    shard_size: int,
+    budget: MemoryBudget,
+) -> ShardsWritten:
+    """Rewrite (or remove) the files and Delta rows of ``shards``, one shard at a time.
+
+    Per shard: read its kept images and weights, publish its folder, then replace its Delta
+    rows; a shard without kept images: delete its Delta rows, then its folder (see the module
+    docstring for why this order).
+
+    Raises:
+        ConfigError: If a shard's rows do not fit the memory budget.
+        ValueError: If a shard's kept images and weights disagree.
+
+    Memory: one shard's kept rows (about :data:`ROW_BYTES` each), checked against ``budget``
+    before the shard is read, plus one image's bytes at a time for WebDataset.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_links(out)
+    in_delta = set(store.shard_files(CURATED_DATASET.name))
+    sizes = rows_per_shard(store, FILTERED_IMAGES.name)
+    limit = budget.rows(ROW_BYTES)
+    done = ShardsWritten()
+    reader = SourceReader() if webdataset else None
+    try:
+        for key in shards:
+            if sizes.get(key, 0) > limit:
+                msg = (
+                    f"shard {key!r} has {sizes[key]} filtered images; the export holds one shard "
+                    f"at a time and {budget} fits {limit} rows: raise compute.memory_budget_mb "
+                    f"(about {sizes[key] * ROW_BYTES / 2**20:.0f} MiB) or split the shard"
+                )
+                raise ConfigError(msg)
+            images, rows = shard_rows(store, key)
+            done.kept_images += images.height
+            if rows.is_empty():
+                if key in in_delta:
+                    store.replace_shard(CURATED_DATASET, key, CURATED_DATASET.empty())
+                if remove_shard_files(out, key) or key in in_delta:
+                    done.removed.append(key)
+                continue
+            files = write_shard_files(
+                out, key, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
+            )
+            store.replace_shard(CURATED_DATASET, key, rows)
+            done.rows_ok &= one_row_per_kept_image(rows, images)
+            w = rows["weight"].to_numpy()
+            done.failures += [{**f, "shard": key} for f in files["failures"]]
+            done.entries[key] = {
+                "rows": rows.height,
+                "weight_sum": float(w.sum()),
+                "weight_sq_sum": float((w * w).sum()),
+                "webdataset_shards": files["webdataset_shards"],
+                "webdataset_samples": files["webdataset_samples"],
+                "failures": len(files["failures"]),
+                "stamp": files["stamp"],
+            }
+            done.written.append(key)
+    finally:
+        if reader is not None:
+            reader.close()
+    if done.written or done.removed:
+        logger.info("export: wrote %d shards, removed %d", len(done.written), len(done.removed))
+    return done
+
+
+def totals(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Global figures from the per-shard entries (no row is read).
+
+    Returns:
+        ``rows``, ``shards``, ``weight_sum``, ``ess`` (Kish: (Σw)² / Σw²), ``ess_ratio``
+        (ess / rows), ``webdataset_shards``, ``webdataset_samples``, ``failures``.
+    """
+    n = sum(int(e["rows"]) for e in entries.values())
+    s = sum(float(e["weight_sum"]) for e in entries.values())
+    s2 = sum(float(e["weight_sq_sum"]) for e in entries.values())
+    ess = s * s / s2 if s2 > 0 else 0.0
+    return {
+        "rows": n,
+        "shards": len(entries),
+        "weight_sum": s,
+        "ess": ess,
+        "ess_ratio": ess / n if n else None,
+        "webdataset_shards": sum(int(e["webdataset_shards"]) for e in entries.values()),
+        "webdataset_samples": sum(int(e["webdataset_samples"]) for e in entries.values()),
+        "failures": sum(int(e["failures"]) for e in entries.values()),
+    }
+
+
+def write_soft_cap_sample(
+    store: DeltaStore,
+    out: Path,
+    *,
+    n_rows: int,
+    soft_cap_samples: int,
+    penalty: float,
+    seed: int,
+    budget: MemoryBudget,
+) -> dict[str, Any]:
+    """Draw the global Soft Cap Sampling multiset and write ``out/soft_cap_sample.parquet``.
+
+    The multiset is a property of all weights together, so this reads four columns of every
+    row of the Delta manifest (image_id, source_uri, caption, weight): the one part of the
+    export whose cost grows with the corpus. Run only when a shard changed or its settings did.
+
+    Returns:
+        ``soft_cap_sample`` (the path), ``files`` (its stamp) and ``soft_cap_stats``.
+
+    Raises:
+        ConfigError: If ``n_rows`` rows do not fit the memory budget.
+
+    Memory: about :data:`SOFT_CAP_ROW_BYTES` per manifest row, checked against ``budget``.
+    """
+    limit = budget.rows(SOFT_CAP_ROW_BYTES)
+    if n_rows > limit:
+        msg = (
+            f"soft_cap_samples={soft_cap_samples} samples over all {n_rows} manifest rows, but "
+            f"{budget} fits {limit}: raise compute.memory_budget_mb or set soft_cap_samples=0"
+        )
+        raise ConfigError(msg)
+    rows = (
+        store.scan(CURATED_DATASET)
+        .select("image_id", "source_uri", "caption", "weight")
+        .sort("image_id")
+        .collect()
+    )
+    w = rows["weight"].to_numpy()
+    counts = soft_cap_sampling(w, soft_cap_samples, penalty=penalty, seed=seed)
+    sample = rows.with_columns(count=pl.Series(counts, dtype=pl.Int64)).filter(pl.col("count") > 0)
+    path = write_file_atomic(out / "soft_cap_sample.parquet", sample.write_parquet)
+    stats = {k: v for k, v in sampling_stats(counts, w).items() if k != "count_histogram"}
+    return {"soft_cap_sample": str(path), "files": file_stamps([path]), "soft_cap_stats": stats}
+
+
+def soft_cap_current(last: Commit | None, settings: Mapping[str, Any]) -> bool:
+    """Whether the last commit's Soft Cap Sampling file is still valid for ``settings``."""
+    if last is None or "soft_cap" not in last.summary:
+        return False
+    keys = ("soft_cap_samples", "penalty", "seed")
+    if any(last.config.get(k) != settings.get(k) for k in keys):
+        return False
+    return files_unchanged(last.summary["soft_cap"]["files"])
+
+
+def remove_soft_cap_sample(out: Path) -> bool:
+    """Remove a Soft Cap Sampling file left by an earlier configuration. Whether one existed."""
+    path = out / "soft_cap_sample.parquet"
+    if path.exists():
+        path.unlink()
+        return True
+    return False
+
+
+def clean_legacy(out: Path) -> list[str]:
+    """Remove the earlier layout's whole-corpus files (see :func:`remove_legacy_files`)."""
+    removed = remove_legacy_files(out)
+    if removed:
+        logger.info("export: removed files of the whole-corpus layout: %s", removed)
+    return removed
+
+
+@dataclass
+class ExportOutcome:
+    """What one run of the export did and the figures it reports.
+
+    Attributes:
+        summary: The commit's summary (``layout``, ``shards``, ``totals``, ``failures``,
+            ``plan``, optionally ``soft_cap``).
+        up_to_date: Nothing was written: inputs, settings and files are as last committed.
+        plan: The plan followed.
+        written: What was rewritten (None when up to date).
+        legacy_removed: Whole-corpus files of the earlier layout removed by this run.
+    """
+
+    summary: dict[str, Any]
+    up_to_date: bool
+    plan: ExportPlan
+    written: ShardsWritten | None = None
+    legacy_removed: list[str] = field(default_factory=list)
+
+
+def run_export(
+    store: DeltaStore,
+    out: Path,
+    settings: Mapping[str, Any],
     *,
     soft_cap_samples: int,
     penalty: float,
     seed: int,
     webdataset: bool,
     shard_size: int,
-) -> dict[str, Any]:
-    """Write the parquet manifest and the optional extras into ``out``, each atomically.
+    budget: MemoryBudget,
+) -> ExportOutcome:
+    """The export stage: plan, rewrite the shards that changed, Soft Cap file, commit last.
+
+    Holds the ``export`` lock of the store for the whole run (two exports never interleave).
+    Nothing is written when the inputs, the settings and the files are as the last commit
+    left them.
 
     Args:
-        rows: The :data:`~curation_assets.lib.tables.CURATED_DATASET` rows.
-        out: The export folder (created).
-        soft_cap_samples: Draws of the Soft Cap Sampling multiset
-            (``soft_cap_sample.parquet``: image_id, source_uri, caption, weight, count); 0 = none.
+        store: The Delta store.
+        out: The export folder.
+        settings: The configuration recorded with the commit (with :data:`SHARD_SETTINGS`,
+            ``soft_cap_samples``, ``penalty``, ``seed``).
+        soft_cap_samples: Draws of the Soft Cap Sampling multiset; 0 = none.
         penalty: Its repetition penalty.
         seed: Its seed.
-        webdataset: Also write WebDataset shards to ``out/webdataset`` (a symlink swapped to a
-            complete folder).
-        shard_size: Samples per WebDataset shard.
+        webdataset: Also write WebDataset tars per shard.
+        shard_size: Samples per tar.
+        budget: The step's memory budget.
 
-    Returns:
-        The summary recorded with the commit: ``extra`` (paths and counts, by name),
-        ``failures`` (rows the WebDataset export could not read, as dicts), ``files`` (the
-        stamps of the files in ``extra``, see :data:`FILE_KEYS`) and, with sampling,
-        ``soft_cap_stats``.
+    Memory: one shard's rows at a time (:func:`export_shards`); with Soft Cap Sampling, four
+    columns of every manifest row (:func:`write_soft_cap_sample`).
     """
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = write_file_atomic(out / "curated_dataset.parquet", rows.write_parquet)
-    summary: dict[str, Any] = {"files": {}, "extra": {"manifest": str(manifest)}, "failures": []}
-    if soft_cap_samples:
-        counts = soft_cap_sampling(
-            rows["weight"].to_numpy(), soft_cap_samples, penalty=penalty, seed=seed
+    with store.lock(EXPORT_STAGE):
+        inputs = input_versions(store, EXPORT_INPUTS)
+        last = last_commit(store, EXPORT_STAGE)
+        plan = plan_export(store, out, last, settings)
+        soft_ok = soft_cap_samples == 0 or soft_cap_current(last, settings)
+        done = current_commit(store, EXPORT_STAGE, inputs=inputs, config=settings)
+        if done is not None and not plan.rewrite and soft_ok:
+            return ExportOutcome(done.summary, True, plan)
+        if plan.full and not partitioned_by_shard(store, CURATED_DATASET.name):
+            store.replace_table(CURATED_DATASET, CURATED_DATASET.empty())
+        written = export_shards(
+            store,
+            out,
+            plan.rewrite,
+            webdataset=webdataset,
+            shard_size=shard_size,
+            budget=budget,
         )
-        sample = (
-            rows.select("image_id", "source_uri", "caption", "weight")
-            .with_columns(count=pl.Series(counts, dtype=pl.Int64))
-            .filter(pl.col("count") > 0)
-        )
-        sample_path = write_file_atomic(out / "soft_cap_sample.parquet", sample.write_parquet)
-        summary["extra"]["soft_cap_sample"] = str(sample_path)
-        summary["soft_cap_stats"] = {
-            k: v
-            for k, v in sampling_stats(counts, rows["weight"].to_numpy()).items()
-            if k != "count_histogram"
+        legacy = clean_legacy(out)
+        entries = {**plan.carried, **written.entries}
+        figures = totals(entries)
+        carried_failures = [
+            f
+            for f in (last.summary.get("failures", []) if last is not None else [])
+            if f.get("shard") in plan.carried
+        ]
+        summary: dict[str, Any] = {
+            "layout": LAYOUT,
+            "plan": plan.reason,
+            "shards": dict(sorted(entries.items())),
+            "totals": figures,
+            "failures": (written.failures + carried_failures)[:MAX_FAILURE_EXAMPLES],
         }
-    if webdataset:
-        link = out / "webdataset"
-        staged = staging_dir(link)
-        with SourceReader() as reader:
-            export = write_webdataset(rows, reader.read, staged, shard_size=shard_size)
-        publish_dir(staged, link)
-        summary["extra"].update(
-            webdataset_shards=len(export.shards),
-            webdataset_samples=export.n_written,
-            webdataset_dir=str(link),
+        if soft_cap_samples:
+            if soft_ok and not written.written and not written.removed and last is not None:
+                summary["soft_cap"] = last.summary["soft_cap"]
+            else:
+                summary["soft_cap"] = write_soft_cap_sample(
+                    store,
+                    out,
+                    n_rows=figures["rows"],
+                    soft_cap_samples=soft_cap_samples,
+                    penalty=penalty,
+                    seed=seed,
+                    budget=budget,
+                )
+        else:
+            remove_soft_cap_sample(out)
+        version = store.version(CURATED_DATASET.name)
+        if version is None:  # nothing exported yet: an empty, partitioned manifest
+            version = store.replace_table(CURATED_DATASET, CURATED_DATASET.empty())
+        outputs = {CURATED_DATASET.name: version}
+        record_commit(
+            store, EXPORT_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
         )
-        summary["failures"] = export.failures_frame().to_dicts()
-    summary["files"] = file_stamps([Path(p) for k, p in summary["extra"].items() if k in FILE_KEYS])
-    return summary
+        return ExportOutcome(summary, False, plan, written, legacy)

@@ -10,12 +10,12 @@ from curation_assets.lib.tables.spec import Column, TableSpec
 CURATED_DATASET = TableSpec(
     name="curated_dataset",
     description="The training manifest: one row per kept image with its sample weight.",
-    partition_by=(),
+    partition_by=("shard",),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes; the WebDataset key."),
         Column("source_uri", pl.String, "Where to read the bytes: path, or tar path#member."),
         Column("caption", pl.String, "Caption, if any."),
-        Column("weight", pl.Float64, "Sample weight (mean 1 over the dataset)."),
+        Column("weight", pl.Float64, "Sample weight, as sample_weights.weight (not renormalized here)."),
         Column("shard", pl.String, "Shard it was ingested from."),
         Column("width", pl.Int32, "Width in pixels."),
         Column("height", pl.Int32, "Height in pixels."),

@@ -10,7 +10,6 @@ from curation_assets.lib.tables.spec import Column, TableSpec
 SAMPLE_WEIGHTS = TableSpec(
     name="sample_weights",
     description="One weight per kept (filtered, deduplicated) image: undoes the filter's shift.",
-    partition_by=(),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),

@@ -1,0 +1,205 @@
+"""The export's files, one folder per shard (stage 8).
+
+Layout under the export folder ``out``::
+
+    out/shard=<key>                      -> .shards/<key>/<version>   (a relative symlink)
+    out/.shards/<key>/<version>/curated_dataset.parquet
+    out/.shards/<key>/<version>/curated-000000.tar ...     (only with WebDataset export)
+    out/soft_cap_sample.parquet                             (only with Soft Cap Sampling)
+
+A reader globs ``out/shard=*/curated_dataset.parquet`` (:func:`manifest_glob`, or
+:func:`scan_manifest`) and ``out/shard=*/*.tar``. A shard's files are written into a fresh
+``<version>`` folder and published by swapping the ``shard=<key>`` symlink
+(:func:`~curation_assets.lib.export.publish.publish_dir`), so a reader sees the shard's previous
+complete folder or its new complete folder, never a mix, and a process killed while writing
+leaves only an unpublished folder that the next write of that shard deletes. Writing one shard
+touches nothing of another shard.
+"""
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curation_assets.lib.export.publish import publish_dir
+from curation_assets.lib.export.webdataset import write_webdataset
+from curation_assets.lib.images import SourceReader
+
+SHARD_PREFIX = "shard="
+"""Name of a shard's published folder: ``shard=<key>`` (hive style)."""
+VERSIONS_DIR = ".shards"
+"""Hidden folder holding the versions of every shard's folder."""
+MANIFEST_NAME = "curated_dataset.parquet"
+"""The manifest file in each shard folder."""
+LEGACY_FILES = ("curated_dataset.parquet", "webdataset")
+"""Whole-corpus files of the earlier layout, removed once the per-shard layout is written."""
+
+
+def check_shard_key(key: str) -> str:
+    """``key`` if it can name a folder, else a ValueError that says why.
+
+    Shard keys are source entry names (``shard-001.tar``); a key with a path separator, a
+    leading dot or a NUL cannot be an export folder name.
+    """
+    if not key or key in (".", "..") or key.startswith(".") or any(c in key for c in "/\\\0"):
+        msg = (
+            f"shard key {key!r} cannot name an export folder (empty, '.'-prefixed, or holding "
+            "'/', '\\\\' or NUL); rename the source entry"
+        )
+        raise ValueError(msg)
+    return key
+
+
+def shard_link(out: Path, key: str) -> Path:
+    """The published folder (a symlink) of shard ``key``: ``out/shard=<key>``."""
+    return out / f"{SHARD_PREFIX}{check_shard_key(key)}"
+
+
+def manifest_glob(out: Path) -> str:
+    """Glob of every shard's manifest: ``out/shard=*/curated_dataset.parquet``."""
+    return str(out / f"{SHARD_PREFIX}*" / MANIFEST_NAME)
+
+
+def scan_manifest(out: Path) -> pl.LazyFrame:
+    """All published shard manifests as one lazy frame (the files, not the Delta table).
+
+    Raises:
+        FileNotFoundError: If no shard is published under ``out``.
+    """
+    if not published_shards(out):
+        msg = f"no shard manifest under {out}; materialize curated_dataset first"
+        raise FileNotFoundError(msg)
+    return pl.scan_parquet(manifest_glob(out), hive_partitioning=False)
+
+
+def published_shards(out: Path) -> set[str]:
+    """Keys of the shard folders published under ``out`` (by listing it; reads no file)."""
+    if not out.is_dir():
+        return set()
+    return {
+        p.name.removeprefix(SHARD_PREFIX)
+        for p in out.iterdir()
+        if p.name.startswith(SHARD_PREFIX) and (p.is_symlink() or p.is_dir())
+    }
+
+
+def shard_stamp(out: Path, key: str) -> dict[str, Any] | None:
+    """What identifies a published shard folder: its version and its manifest's size/mtime.
+
+    None when the shard is not published or its manifest is missing.
+    """
+    link = shard_link(out, key)
+    manifest = link / MANIFEST_NAME
+    try:
+        st = manifest.stat()
+        version = os.readlink(link) if link.is_symlink() else ""
+    except OSError:
+        return None
+    return {"version": version, "manifest": [int(st.st_size), int(st.st_mtime_ns)]}
+
+
+def write_shard_files(
+    out: Path,
+    key: str,
+    rows: pl.DataFrame,
+    *,
+    webdataset: bool,
+    shard_size: int,
+    reader: SourceReader | None,
+) -> dict[str, Any]:
+    """Write one shard's manifest (and WebDataset tars) and publish them together.
+
+    Versions of the shard left by killed runs are deleted first; the previous published
+    version is deleted after the swap. Other shards' folders are not touched.
+
+    Args:
+        out: The export folder.
+        key: The shard.
+        rows: The shard's :data:`~curation_assets.lib.tables.CURATED_DATASET` rows (≥ 1).
+        webdataset: Also write WebDataset tars of the shard's images.
+        shard_size: Samples per tar.
+        reader: Reads the images' bytes (required with ``webdataset``).
+
+    Returns:
+        ``stamp`` (:func:`shard_stamp`), ``webdataset_shards``, ``webdataset_samples`` and
+        ``failures`` (rows whose bytes could not be exported, as dicts).
+
+    Memory: the shard's rows (given) plus one image's bytes at a time.
+    """
+    if webdataset and reader is None:
+        msg = "write_shard_files(webdataset=True) needs a reader of the image bytes"
+        raise ValueError(msg)
+    link = shard_link(out, key)
+    versions = out / VERSIONS_DIR / key
+    versions.mkdir(parents=True, exist_ok=True)
+    current = link.resolve() if link.is_symlink() else None
+    for old in versions.iterdir():
+        if old.resolve() != current:
+            shutil.rmtree(old, ignore_errors=True)  # never published: a killed run's
+    staged = versions / uuid.uuid4().hex[:12]
+    staged.mkdir()
+    rows.write_parquet(staged / MANIFEST_NAME)
+    summary: dict[str, Any] = {"webdataset_shards": 0, "webdataset_samples": 0, "failures": []}
+    if webdataset and reader is not None:
+        export = write_webdataset(rows, reader.read, staged, shard_size=shard_size)
+        summary.update(
+            webdataset_shards=len(export.shards),
+            webdataset_samples=export.n_written,
+            failures=export.failures_frame().to_dicts(),
+        )
+    publish_dir(staged, link)
+    summary["stamp"] = shard_stamp(out, key)
+    return summary
+
+
+def remove_shard_files(out: Path, key: str) -> bool:
+    """Unpublish shard ``key`` (the symlink first, then its versions). Whether any existed."""
+    link = shard_link(out, key)
+    existed = False
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+        existed = True
+    elif link.is_dir():
+        shutil.rmtree(link)
+        existed = True
+    versions = out / VERSIONS_DIR / key
+    if versions.exists():
+        shutil.rmtree(versions, ignore_errors=True)
+        existed = True
+    return existed
+
+
+def remove_stale_links(out: Path) -> None:
+    """Delete temporary symlinks a killed publish left (``.shard=<key>.<pid>.link``)."""
+    if out.is_dir():
+        for p in out.glob(f".{SHARD_PREFIX}*.link"):
+            p.unlink(missing_ok=True)
+
+
+def remove_legacy_files(out: Path) -> list[str]:
+    """Remove the whole-corpus files of the earlier layout (manifest, WebDataset folder).
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for name in LEGACY_FILES:
+        path = out / name
+        if path.is_symlink():
+            target = path.resolve()
+            path.unlink()
+            if target.is_dir() and target.parent == out.resolve():
+                shutil.rmtree(target, ignore_errors=True)
+            removed.append(str(path))
+        elif path.is_dir():
+            shutil.rmtree(path)
+            removed.append(str(path))
+        elif path.exists():
+            path.unlink()
+            removed.append(str(path))
+    for staged in out.glob(".webdataset-*") if out.is_dir() else []:
+        shutil.rmtree(staged, ignore_errors=True)
+    return removed
