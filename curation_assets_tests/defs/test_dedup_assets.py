@@ -157,13 +157,15 @@ def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
     audit = next(m for m in meta if m.asset_key.to_user_string() == "bias_audit").metadata
     assert "| attribute |" in audit["shares"].value
 
-    manifest = pl.read_parquet(tmp_path / "curated_dataset.parquet")
+    manifest = pl.read_parquet(
+        tmp_path / "shard=*" / "curated_dataset.parquet", hive_partitioning=False
+    ).sort("image_id")
     assert manifest.equals(store.read(CURATED_DATASET).sort("image_id"))
     assert set(manifest.columns) >= {"image_id", "source_uri", "caption", "weight"}
     sample = pl.read_parquet(tmp_path / "soft_cap_sample.parquet")
     assert int(sample["count"].sum()) == 200
     members = []
-    for tar_path in sorted((tmp_path / "webdataset").glob("*.tar")):
+    for tar_path in sorted(tmp_path.glob("shard=*/*.tar")):
         with tarfile.open(tar_path) as tar:
             members += tar.getnames()
     assert len(members) == 3 * manifest.height

@@ -9,9 +9,15 @@ import polars as pl
 import pytest
 
 from curation_assets.defs.export import curated_dataset
-from curation_assets.defs.resources import DeltaStorage
+from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.lib.commits import last_commit
 from curation_assets.lib.export.run import EXPORT_STAGE
+from curation_assets.lib.export.shards import (
+    MANIFEST_NAME,
+    manifest_glob,
+    published_shards,
+    shard_link,
+)
 from curation_assets.lib.tables import CURATED_DATASET, SAMPLE_WEIGHTS
 from curation_assets.lib.weights.run import fit_weights, load_weight_inputs
 from curation_assets_tests.defs.helpers import check_results
@@ -30,7 +36,7 @@ def world(tmp_path_factory):
     )
     store.replace_table(SAMPLE_WEIGHTS, fitted.frame)
     with dg.instance_for_test() as instance:
-        yield instance, {"delta": delta}, inputs, tmp / "export"
+        yield instance, {"delta": delta, "compute": Compute()}, inputs, tmp / "export"
 
 
 def _export(instance, res, **config) -> dg.ExecuteInProcessResult:
@@ -59,18 +65,18 @@ def test_the_manifest_sample_and_shards_are_written_and_checked(world):
     assert sorted(rows["image_id"]) == sorted(inputs.kept)
     assert meta["dagster/row_count"].value == rows.height and meta["up_to_date"].value is False
     assert meta["weight_sum"].value == pytest.approx(rows.height)  # mean weight 1
-    assert meta["manifest"].value == str(out / "curated_dataset.parquet")
+    assert meta["ess"].value <= rows.height
+    assert meta["shards"].value == 2 and meta["shards_rewritten"].value == 2
+    assert meta["manifest"].value == manifest_glob(out)
     assert meta["webdataset_samples"].value == rows.height
     assert meta["soft_cap_stats"].value["n_samples"] == 200
-    assert pl.read_parquet(out / "curated_dataset.parquet").equals(rows.sort("image_id"))
+    manifest = pl.read_parquet(manifest_glob(out), hive_partitioning=False)
+    assert manifest.sort("image_id").equals(rows.sort("image_id"))
     assert int(pl.read_parquet(out / "soft_cap_sample.parquet")["count"].sum()) == 200
+    assert len(list(out.glob("shard=*/*.tar"))) >= 2
     commit = last_commit(store, EXPORT_STAGE)
     assert commit is not None and commit.config["export_dir"] == str(out.resolve())
-    assert set(commit.summary["files"]) == {
-        str(out / "curated_dataset.parquet"),
-        str(out / "soft_cap_sample.parquet"),
-        str(out / "webdataset"),
-    }
+    assert set(commit.summary["shards"]) == set(rows["shard"])
 
 
 def test_a_rerun_is_a_no_op_until_a_file_changes(world):
@@ -83,7 +89,10 @@ def test_a_rerun_is_a_no_op_until_a_file_changes(world):
     assert _metadata(again)["up_to_date"].value is True
     assert store.version(CURATED_DATASET.name) == version
     assert check_results(again)["one_row_per_kept_image"] is True
-    (out / "curated_dataset.parquet").unlink()  # someone removed the file: export again
+    shard = sorted(published_shards(out))[0]
+    (shard_link(out, shard) / MANIFEST_NAME).unlink()  # someone removed a file: export again
     redo = _export(instance, res, **config)
-    assert _metadata(redo)["up_to_date"].value is False
-    assert (out / "curated_dataset.parquet").is_file()
+    meta = _metadata(redo)
+    assert meta["up_to_date"].value is False and meta["shards_rewritten"].value == 1
+    assert (shard_link(out, shard) / MANIFEST_NAME).is_file()
+
