@@ -15,7 +15,7 @@ CURATED_DATASET = TableSpec(
         Column("image_id", pl.String, "sha256 of the image bytes; the WebDataset key."),
         Column("source_uri", pl.String, "Where to read the bytes: path, or tar path#member."),
         Column("caption", pl.String, "Caption, if any."),
-        Column("weight", pl.Float64, "Sample weight, as sample_weights.weight (not renormalized here)."),
+        Column("weight", pl.Float64, "Sample weight: sample_weights.weight as is."),
         Column("shard", pl.String, "Shard it was ingested from."),
         Column("width", pl.Int32, "Width in pixels."),
         Column("height", pl.Int32, "Height in pixels."),
