@@ -95,4 +95,3 @@ def test_a_rerun_is_a_no_op_until_a_file_changes(world):
     meta = _metadata(redo)
     assert meta["up_to_date"].value is False and meta["shards_rewritten"].value == 1
     assert (shard_link(out, shard) / MANIFEST_NAME).is_file()
-
