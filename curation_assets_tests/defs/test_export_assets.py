@@ -4,6 +4,9 @@ The end-to-end run on the demo corpus (real embeddings, after real dedup) is
 ``test_dedup_assets.py::test_weights_audit_and_export_of_the_kept_images``.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -50,7 +53,7 @@ def _export(instance, res, **config) -> dg.ExecuteInProcessResult:
     return result
 
 
-def _metadata(result: dg.ExecuteInProcessResult) -> dict:
+def _metadata(result: dg.ExecuteInProcessResult) -> Mapping[str, Any]:
     return result.asset_materializations_for_node("curated_dataset")[0].metadata
 
 
