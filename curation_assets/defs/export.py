@@ -11,13 +11,9 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
+from curation_assets.lib.delta_log import rows_per_shard
 from curation_assets.lib.export import DEFAULT_PENALTY, DEFAULT_SHARD_SIZE
-from curation_assets.lib.export.run import (
-    ExportOutcome,
-    export_root,
-    rows_per_shard,
-    run_export,
-)
+from curation_assets.lib.export.run import ExportOutcome, export_root, run_export
 from curation_assets.lib.export.shards import manifest_glob
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import CURATED_DATASET
@@ -139,7 +135,7 @@ def _export_result(
         extra["soft_cap_stats"] = dg.MetadataValue.json(summary["soft_cap"]["soft_cap_stats"])
     recorded = {k: int(e["rows"]) for k, e in summary["shards"].items()}
     counted = rows_per_shard(store, CURATED_DATASET.name)
-    counts_match = {k: v for k, v in counted.items() if v} == recorded
+    counts_match = counted == recorded
     rows_ok = written.rows_ok if written else True
     failures = pl.DataFrame(summary["failures"])
     preview = store.scan(CURATED_DATASET).select("image_id", "caption", "weight").head(10)

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
-from deltalake import DeltaTable
 
 from curation_assets.lib.commits import (
     Commit,
@@ -36,6 +34,7 @@ from curation_assets.lib.commits import (
     last_commit,
     record_commit,
 )
+from curation_assets.lib.delta_log import partitioned_by_shard, rows_per_shard
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.export.manifest import curated_rows, one_row_per_kept_image
 from curation_assets.lib.export.publish import file_stamps, files_unchanged, write_file_atomic
@@ -80,36 +79,6 @@ MAX_FAILURE_EXAMPLES = 50
 def export_root(export_dir: str) -> Path:
     """The export folder: ``export_dir``, or ``$CURATION_HOME/export`` when it is empty."""
     return Path(export_dir) if export_dir else resolve_paths().home / "export"
-
-
-def _delta_table(store: DeltaStore, name: str) -> DeltaTable | None:
-    if not store.exists(name):
-        return None
-    return DeltaTable(store.uri(name), storage_options=store.storage_options or None)
-
-
-def partitioned_by_shard(store: DeltaStore, name: str) -> bool:
-    """Whether table ``name`` exists and is Delta-partitioned by ``shard`` (reads the log)."""
-    dt = _delta_table(store, name)
-    return dt is not None and list(dt.metadata().partition_columns) == ["shard"]
-
-
-def rows_per_shard(store: DeltaStore, name: str) -> dict[str, int]:
-    """Rows of each shard of a shard-partitioned table, from the Delta log's file statistics."""
-    dt = _delta_table(store, name)
-    if dt is None:
-        return {}
-    actions = pa.table(dt.get_add_actions(flatten=True))
-    if "partition.shard" not in actions.column_names:
-        return {}
-    out: dict[str, int] = {}
-    for shard, n in zip(
-        actions.column("partition.shard").to_pylist(),
-        actions.column("num_records").to_pylist(),
-        strict=True,
-    ):
-        out[shard] = out.get(shard, 0) + int(n or 0)
-    return out
 
 
 def kept_images(store: DeltaStore, shards: Iterable[str] | None = None) -> pl.DataFrame:
