@@ -9,7 +9,13 @@ from pydantic import Field
 from curation_assets.defs.automation import eager_on, updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import shards_partitions
-from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder, ShardSource
+from curation_assets.defs.resources import (
+    Categories,
+    Compute,
+    DeltaStorage,
+    ImageEmbedder,
+    ShardSource,
+)
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.classify import (
     Probe,
@@ -30,6 +36,7 @@ from curation_assets.lib.classify import (
     text_encoder_for,
     train_classifiers,
 )
+from curation_assets.lib.classify.pool import candidate_pool, check_labelled_fit, pool_rows_for
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
     IMAGE_EMBEDDINGS,
@@ -98,12 +105,19 @@ def safety_classifiers(
     delta: DeltaStorage,
     categories: Categories,
     embedder: ImageEmbedder,
+    compute: Compute,
 ) -> dg.MaterializeResult:
-    """Train (or fall back for) every category and store the classifiers as JSON rows."""
+    """Train (or fall back for) every category and store the classifiers as JSON rows.
+
+    Reads only the labelled images' embeddings, from their shards. Memory: the labelled rows
+    (checked against ``compute``'s budget before they are read).
+    """
     store = delta.store()
     specs = categories.load()
     lab = current_labels(store.read(LABELS))
-    emb = labelled_embeddings(store, lab["image_id"].unique().to_list())
+    labelled_ids = lab["image_id"].unique().to_list()
+    check_labelled_fit(store, compute.budget(), len(labelled_ids))
+    emb = labelled_embeddings(store, labelled_ids)
     model_id, dim = embedding_model(store, emb)
     text_encoder = text_encoder_for(specs, embedder.load)
     now = datetime.now(UTC)
@@ -160,12 +174,24 @@ def safety_classifiers(
     )
 
 
+class LabelQueueConfig(dg.Config):
+    """The candidate pool active learning ranks."""
+
+    seed: int = Field(default=0, description="Seed of the pool: shard order and subsample.")
+    max_pool: int = Field(
+        default=0,
+        description="Cap on sampled candidates; 0 = as many as half of the compute resource's "
+        "memory budget holds (about 16·dim + 160 bytes each).",
+    )
+
+
 @dg.asset(
     description=(
         "Active learning: per category, the unlabelled nearest neighbours of hard positives "
         "(positives cross-validation keeps scoring low) and the unlabelled images scored nearest "
-        "the threshold, ranked, each with its reason. Export with `curation labels "
-        "export-queue`, label, import, re-materialize."
+        "the threshold, ranked, each with its reason. Candidates come from a seeded sample of "
+        "shards sized by the memory budget, plus every labelled image (pool size in metadata). "
+        "Export with `curation labels export-queue`, label, import, re-materialize."
     ),
     deps=["safety_classifiers", "image_embeddings", "labels"],
     kinds={"deltalake", "faiss"},
@@ -175,26 +201,53 @@ def safety_classifiers(
     retry_policy=transient_retry,
 )
 @fail_fast
-def label_queue(context: dg.AssetExecutionContext, delta: DeltaStorage) -> dg.MaterializeResult:
-    """Build the queue from all embeddings, the labels and the classifiers."""
+def label_queue(
+    context: dg.AssetExecutionContext,
+    config: LabelQueueConfig,
+    delta: DeltaStorage,
+    compute: Compute,
+) -> dg.MaterializeResult:
+    """Build the queue from a bounded candidate pool, the labels and the classifiers.
+
+    Memory: the pool, at most half of ``compute``'s budget (``pool_rows_for``: 16·dim + 160
+    bytes per candidate) plus the labelled images' rows; rows read ≈ the pool + one shard.
+    """
     store = delta.store()
-    emb = store.read(IMAGE_EMBEDDINGS, columns=["image_id", "embedding"]).unique("image_id")
-    emb = emb.sort("image_id")
-    queue = build_label_queues(
-        embedding_matrix(emb["embedding"]),
-        emb["image_id"].to_list(),
-        current_labels(store.read(LABELS)),
-        read_classifiers(store.read(SAFETY_CLASSIFIERS)),
-    )
+    table = store.read(SAFETY_CLASSIFIERS)
+    classifiers = read_classifiers(table)
+    labels = current_labels(store.read(LABELS))
+    pool_figures: dict = {"pool_rows": 0}
+    queue = LABEL_QUEUE.empty()
+    if classifiers:
+        dim = int(table.drop_nulls("classifier_json")["dim"].max())  # type: ignore[arg-type]
+        pool = candidate_pool(
+            store,
+            labels["image_id"].unique().to_list(),
+            max_rows=pool_rows_for(compute.budget(), dim, config.max_pool),
+            seed=config.seed,
+        )
+        pool_figures = pool.summary()
+        queue = build_label_queues(
+            embedding_matrix(pool.frame["embedding"]),
+            pool.frame["image_id"].to_list(),
+            labels,
+            classifiers,
+        )
     store.replace_table(LABEL_QUEUE, queue)
     reasons = queue_reasons(queue)
-    context.log.info(f"label_queue: {queue.height} images queued {reasons}")
+    context.log.info(
+        f"label_queue: {queue.height} images queued {reasons} from a pool of "
+        f"{pool_figures['pool_rows']} candidates"
+    )
     return dg.MaterializeResult(
         metadata=table_metadata(
             LABEL_QUEUE,
             delta.uri(LABEL_QUEUE),
             queue.height,
             by_reason=dg.MetadataValue.json(reasons),
+            pool_rows=pool_figures["pool_rows"],
+            pool=dg.MetadataValue.json(pool_figures),
+            memory_budget_mb=compute.memory_budget_mb,
             preview=markdown_preview(queue),
         )
     )

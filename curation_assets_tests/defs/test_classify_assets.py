@@ -45,6 +45,9 @@ def test_trained_probe_filters_with_reasons_and_queues_unlabelled_images(setup):
     row = store.read(SAFETY_CLASSIFIERS).row(0, named=True)
     assert row["status"] == "trained" and row["n_pos"] == 30 and row["oof_recall"] >= 0.95
 
+    pool = trained.asset_materializations_for_node("label_queue")[0].metadata["pool"].value
+    assert isinstance(pool, dict)
+    assert pool["pool_rows"] == 80 and pool["covers_corpus"] is True  # 80 images fit the budget
     queue = store.read(LABEL_QUEUE)
     assert queue.height > 0 and queue["image_id"].n_unique() == queue.height
     assert not set(queue["image_id"]) & set(labelled["image_id"])
@@ -52,6 +55,20 @@ def test_trained_probe_filters_with_reasons_and_queues_unlabelled_images(setup):
         r.startswith(("neighbor_of_hard_positive:", "uncertain_near_threshold"))
         for r in queue["reason"]
     )
+
+    small = dg.materialize(
+        [label_queue],
+        instance=instance,
+        resources=res,
+        run_config=dg.RunConfig(ops={"label_queue": {"config": {"max_pool": 30, "seed": 1}}}),
+        raise_on_error=False,
+    )
+    assert small.success, step_errors(small)
+    pool = small.asset_materializations_for_node("label_queue")[0].metadata["pool"].value
+    assert isinstance(pool, dict)
+    assert pool["sampled_rows"] == 30 and pool["max_pool_rows"] == 30 and pool["seed"] == 1
+    assert pool["labelled_rows"] == 60 and not pool["covers_corpus"]
+    assert not set(store.read(LABEL_QUEUE)["image_id"]) & set(labelled["image_id"])
 
     result = score_and_filter(instance, res)
     assert result.success and all(check_results(result).values())

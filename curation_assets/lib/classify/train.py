@@ -23,6 +23,7 @@ from curation_assets.lib.classify.policy import (
     Classifier,
     fit_category,
 )
+from curation_assets.lib.classify.pool import read_labelled
 from curation_assets.lib.classify.probe import Probe
 from curation_assets.lib.classify.serialize import classifier_from_json, classifier_to_json
 from curation_assets.lib.classify.spec import CategorySpec
@@ -56,7 +57,11 @@ def embedding_model(store: DeltaStore, labelled: pl.DataFrame) -> tuple[str, int
 
 
 def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataFrame:
-    """One embedding per labelled image, sorted by image_id.
+    """One embedding per labelled image, sorted by image_id, read from their shards only.
+
+    The labelled images' shards are found from the ``image_id``/``shard`` columns alone, then
+    only those shards' embeddings are read (:func:`~curation_assets.lib.classify.pool.
+    read_labelled`): training never reads the corpus's vectors.
 
     Delta scans, ``unique`` and joins return rows in no fixed order (it changed from run to run
     and moved the probe's threshold); every frame a decision is computed from is sorted by
@@ -69,15 +74,14 @@ def labelled_embeddings(store: DeltaStore, image_ids: Sequence[str]) -> pl.DataF
 
     Returns:
         ``image_id``, ``embedding``, ``model_id``, ``dim``; one row per embedded image.
+
+    Memory: the labelled images' rows (plus one streamed batch of ids).
     """
     return (
-        store.scan(IMAGE_EMBEDDINGS)
-        .filter(pl.col("image_id").is_in(list(image_ids)))
-        .select("image_id", "shard", "embedding", "model_id", "dim")
+        read_labelled(store, image_ids, ["embedding", "model_id", "dim"])
         .sort("image_id", "shard")
         .unique("image_id", keep="first", maintain_order=True)
-        .drop("shard")
-        .collect()
+        .select("image_id", "embedding", "model_id", "dim")
     )
 
 

@@ -1,0 +1,230 @@
+"""What the label queue and classifier training read: bounded, shard-pruned embeddings.
+
+Neither reads every embedding of the corpus:
+
+* :func:`labelled_shards` finds the shards of the labelled images (a few hundred per
+  category) with a scan of the ``image_id`` and ``shard`` columns only (no vector is read; at
+  ~80 bytes a row it is the one per-row cost left, streamed, memory ∝ the labels), and
+  :func:`read_labelled` reads those shards' embeddings only (``store.read(shards=...)``),
+  keeping the labelled rows.
+* :func:`candidate_pool` is active learning's pool of unlabelled candidates: whole shards in a
+  seeded random order, chosen from the Delta log's row counts until ``max_rows`` is reached
+  (the last one subsampled, seeded), plus the labelled rows. Rows read ≈ ``max_rows`` + one
+  shard, whatever the corpus size. :func:`pool_rows_for` sizes ``max_rows`` from the memory
+  budget. When the corpus fits, the pool is the whole corpus (the queue is the one an
+  exhaustive read gives).
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.delta_log import rows_per_shard
+from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import IMAGE_EMBEDDINGS
+
+logger = logging.getLogger(__name__)
+
+POOL_SHARE = 0.5
+"""Share of the memory budget the label queue gives its candidate pool."""
+ROW_OVERHEAD_BYTES = 160
+"""Per-row bytes of a pool row besides its vectors (id strings, offsets, masks, scores)."""
+
+
+def pool_bytes_per_row(dim: int) -> int:
+    """Working bytes of one candidate: its vector four times, plus ids and scores.
+
+    The four copies: the Arrow list, the float32 matrix, the faiss flat index, the
+    canonical-order copy in :func:`~curation_assets.lib.classify.active.build_label_queue`.
+    """
+    if dim < 1:
+        msg = f"dim={dim}: expected the embedding dimension (>= 1)"
+        raise ValueError(msg)
+    return 4 * 4 * dim + ROW_OVERHEAD_BYTES
+
+
+def pool_rows_for(budget: MemoryBudget, dim: int, max_pool: int = 0) -> int:
+    """Candidates the pool may hold: :data:`POOL_SHARE` of ``budget`` (≤ ``max_pool`` if > 0)."""
+    rows = budget.rows(pool_bytes_per_row(dim), share=POOL_SHARE, minimum=1)
+    return min(rows, max_pool) if max_pool > 0 else rows
+
+
+def check_labelled_fit(store: DeltaStore, budget: MemoryBudget, n_labelled: int) -> None:
+    """Raise a ConfigError when ``n_labelled`` embeddings would not fit ``budget``.
+
+    The dimension is read from one row of ``image_embeddings`` (nothing when it is empty).
+    """
+    dims = store.scan(IMAGE_EMBEDDINGS).select("dim").head(1).collect()
+    if dims.is_empty() or n_labelled == 0:
+        return
+    limit = budget.rows(pool_bytes_per_row(int(dims["dim"][0])))
+    if n_labelled > limit:
+        msg = (
+            f"{n_labelled} labelled images need their embeddings in memory, but {budget} "
+            f"holds {limit}: raise compute.memory_budget_mb"
+        )
+        raise ConfigError(msg)
+
+
+def labelled_shards(store: DeltaStore, image_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Shard → the given images embedded in it (an image embedded in two shards: both).
+
+    Reads the ``image_id`` and ``shard`` columns of ``image_embeddings`` only (streamed);
+    memory ∝ ``len(image_ids)``.
+    """
+    ids = sorted(set(image_ids))
+    if not ids:
+        return {}
+    hits = (
+        store.scan(IMAGE_EMBEDDINGS)
+        .select("image_id", "shard")
+        .filter(pl.col("image_id").is_in(ids))
+        .collect(engine="streaming")
+    )
+    out: dict[str, list[str]] = {}
+    for image_id, shard in hits.sort("shard", "image_id").iter_rows():
+        out.setdefault(shard, []).append(image_id)
+    return out
+
+
+def read_labelled(
+    store: DeltaStore, image_ids: Sequence[str], columns: Sequence[str]
+) -> pl.DataFrame:
+    """``columns`` (with ``image_id`` and ``shard``) of the given images' embeddings.
+
+    Reads only the shards that hold them (:func:`labelled_shards`). Memory: the labelled rows.
+    """
+    where = labelled_shards(store, image_ids)
+    cols = list(dict.fromkeys(["image_id", "shard", *columns]))
+    if not where:
+        return IMAGE_EMBEDDINGS.empty().select(cols)
+    wanted = sorted({i for ids in where.values() for i in ids})
+    return store.read(IMAGE_EMBEDDINGS, shards=sorted(where), columns=cols).filter(
+        pl.col("image_id").is_in(wanted)
+    )
+
+
+@dataclass
+class CandidatePool:
+    """The embeddings active learning chooses from, and what they cover.
+
+    Attributes:
+        frame: ``image_id``, ``embedding``; one row per image, sorted by image_id.
+        max_rows: The cap on sampled candidates it was built with.
+        seed: Seed of the shard order and the subsample.
+        corpus_rows: Embedded rows of the corpus (Delta log).
+        corpus_shards: Shards of the corpus.
+        shards_read: Shards sampled, in the order they were chosen.
+        sampled_rows: Candidates from the sampled shards.
+        labelled_rows: Labelled images added (read from their own shards).
+    """
+
+    frame: pl.DataFrame
+    max_rows: int
+    seed: int
+    corpus_rows: int
+    corpus_shards: int
+    shards_read: list[str] = field(default_factory=list)
+    sampled_rows: int = 0
+    labelled_rows: int = 0
+    subsampled: bool = False
+
+    @property
+    def covers_corpus(self) -> bool:
+        """Whether every embedded image is in the pool."""
+        return len(self.shards_read) == self.corpus_shards and not self.subsampled
+
+    def summary(self) -> dict[str, object]:
+        """Figures for metadata: pool size, sample, corpus, seed."""
+        return {
+            "pool_rows": self.frame.height,
+            "sampled_rows": self.sampled_rows,
+            "labelled_rows": self.labelled_rows,
+            "max_pool_rows": self.max_rows,
+            "shards_sampled": len(self.shards_read),
+            "corpus_rows": self.corpus_rows,
+            "corpus_shards": self.corpus_shards,
+            "covers_corpus": self.covers_corpus,
+            "seed": self.seed,
+        }
+
+
+def _one_per_image(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per image (first by shard: canonical), sorted by image_id."""
+    return (
+        frame.sort("image_id", "shard")
+        .unique("image_id", keep="first", maintain_order=True)
+        .select("image_id", "embedding")
+    )
+
+
+def candidate_pool(
+    store: DeltaStore, labelled_ids: Sequence[str], *, max_rows: int, seed: int = 0
+) -> CandidatePool:
+    """A seeded, bounded sample of the embedded images plus every labelled image.
+
+    Shards are taken in a seeded random order (of their sorted keys) until their rows reach
+    ``max_rows``; when the last one overshoots, ``max_rows`` rows of the sampled shards are
+    kept (seeded, uniform). The labelled images are then read from their own shards and added.
+
+    Args:
+        store: The Delta store holding ``image_embeddings``.
+        labelled_ids: Images with a label in any category (always in the pool).
+        max_rows: Cap on the sampled candidates (≥ 1), e.g. :func:`pool_rows_for`.
+        seed: Seed of the shard order and of the subsample.
+
+    Returns:
+        The :class:`CandidatePool`.
+
+    Memory: ``max_rows`` + one shard's rows read (the shards chosen) + the labelled rows.
+    """
+    if max_rows < 1:
+        msg = f"max_rows={max_rows}: expected at least 1 candidate"
+        raise ValueError(msg)
+    counts = rows_per_shard(store, IMAGE_EMBEDDINGS.name)
+    order = [str(k) for k in np.random.default_rng(seed).permutation(sorted(counts))]
+    chosen, total = [], 0
+    for key in order:
+        if total >= max_rows:
+            break
+        chosen.append(key)
+        total += counts[key]
+    cols = ["image_id", "shard", "embedding"]
+    sampled = (
+        store.read(IMAGE_EMBEDDINGS, shards=chosen, columns=cols)
+        if chosen
+        else IMAGE_EMBEDDINGS.empty().select(cols)
+    )
+    sampled = _one_per_image(sampled)
+    subsampled = sampled.height > max_rows
+    if subsampled:
+        sampled = sampled.sample(max_rows, seed=seed).sort("image_id")
+    labelled = _one_per_image(read_labelled(store, labelled_ids, ["embedding"]))
+    new_labelled = labelled.join(sampled.select("image_id"), on="image_id", how="anti")
+    frame = pl.concat([sampled, new_labelled]).sort("image_id")
+    pool = CandidatePool(
+        frame=frame,
+        max_rows=max_rows,
+        seed=seed,
+        corpus_rows=sum(counts.values()),
+        corpus_shards=len(counts),
+        shards_read=chosen,
+        sampled_rows=sampled.height,
+        labelled_rows=labelled.height,
+        subsampled=subsampled,
+    )
+    logger.info(
+        "candidate pool: %d sampled from %d of %d shards (%d rows), + %d labelled (seed %d)",
+        pool.sampled_rows,
+        len(chosen),
+        pool.corpus_shards,
+        pool.corpus_rows,
+        pool.labelled_rows,
+        seed,
+    )
+    return pool
