@@ -89,19 +89,60 @@ def kept_images(store: DeltaStore, shards: Iterable[str] | None = None) -> pl.Da
     return store.read(FILTERED_IMAGES, shards=keys).join(kept_ids, on="image_id")
 
 
-def shard_rows(store: DeltaStore, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One shard's kept images and its :data:`CURATED_DATASET` rows (reads that shard only).
+def _by_shard(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    return {str(k[0]): v for k, v in frame.partition_by("shard", as_dict=True).items()}
+
+
+def batch_rows(store: DeltaStore, keys: list[str]) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
+    """Per shard of ``keys``: its kept images and its :data:`CURATED_DATASET` rows.
+
+    Reads each input once for the whole batch, pruned to the batch's shards.
 
     Raises:
-        ValueError: If the shard's kept images and weights disagree (names the shard).
+        ValueError: If a shard's kept images and weights disagree (names the shard).
     """
-    images = kept_images(store, [key])
-    weights = store.read(SAMPLE_WEIGHTS, shards=[key], columns=["image_id", "weight"])
-    try:
-        return images, curated_rows(images, weights)
-    except ValueError as exc:
-        msg = f"shard {key!r}: {exc}"
-        raise ValueError(msg) from exc
+    images = _by_shard(kept_images(store, keys))
+    weights = _by_shard(
+        store.read(SAMPLE_WEIGHTS, shards=keys, columns=["image_id", "shard", "weight"])
+    )
+    out = {}
+    for key in keys:
+        mine = images.get(key, FILTERED_IMAGES.empty())
+        w = weights.get(key, SAMPLE_WEIGHTS.empty()).select("image_id", "weight")
+        try:
+            out[key] = (mine, curated_rows(mine, w))
+        except ValueError as exc:
+            msg = f"shard {key!r}: {exc}"
+            raise ValueError(msg) from exc
+    return out
+
+
+def shard_batches(keys: Iterable[str], sizes: Mapping[str, int], limit: int) -> list[list[str]]:
+    """``keys`` cut in order into batches of at most ``limit`` rows (by ``sizes``).
+
+    Raises:
+        ConfigError: If one shard alone has more than ``limit`` rows.
+    """
+    batches: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for key in keys:
+        n = sizes.get(key, 0)
+        if n > limit:
+            msg = (
+                f"shard {key!r} has {n} filtered images but the export's memory budget holds "
+                f"{limit} rows at once: raise compute.memory_budget_mb (about "
+                f"{n * ROW_BYTES / 2**20:.0f} MiB) or split the shard"
+            )
+            raise ConfigError(msg)
+        if current and held + n > limit:
+            batches.append(current)
+            current, held = [], 0
+        current.append(key)
+        held += n
+    if current:
+        batches.append(current)
+    return batches
 
 
 @dataclass
@@ -210,65 +251,70 @@ def export_shards(
     shard_size: int,
     budget: MemoryBudget,
 ) -> ShardsWritten:
-    """Rewrite (or remove) the files and Delta rows of ``shards``, one shard at a time.
+    """Rewrite (or remove) the files and Delta rows of ``shards``, a batch of shards at a time.
 
-    Per shard: read its kept images and weights, publish its folder, then replace its Delta
-    rows; a shard without kept images: delete its Delta rows, then its folder (see the module
-    docstring for why this order).
+    Shards are cut into batches whose rows fit ``budget`` (sizes from the Delta log). Per
+    batch: read the inputs of its shards (one pruned read per table), publish the folder of
+    every shard with kept images, then ONE Delta transaction replaces the batch's rows (and
+    empties the shards without kept images), then those shards' folders are removed. So a
+    shard's rows are in Delta only while its complete folder is published (see the module
+    docstring).
 
     Raises:
-        ConfigError: If a shard's rows do not fit the memory budget.
+        ConfigError: If a shard's rows alone do not fit the memory budget.
         ValueError: If a shard's kept images and weights disagree.
 
-    Memory: one shard's kept rows (about :data:`ROW_BYTES` each), checked against ``budget``
-    before the shard is read, plus one image's bytes at a time for WebDataset.
+    Memory: one batch's rows, at most ``budget`` (:data:`ROW_BYTES` a row), plus one image's
+    bytes at a time for WebDataset.
     """
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_links(out)
     in_delta = set(store.shard_files(CURATED_DATASET.name))
     sizes = rows_per_shard(store, FILTERED_IMAGES.name)
-    limit = budget.rows(ROW_BYTES)
+    batches = shard_batches(shards, sizes, budget.rows(ROW_BYTES))
     done = ShardsWritten()
     reader = SourceReader() if webdataset else None
     try:
-        for key in shards:
-            if sizes.get(key, 0) > limit:
-                msg = (
-                    f"shard {key!r} has {sizes[key]} filtered images; the export holds one shard "
-                    f"at a time and {budget} fits {limit} rows: raise compute.memory_budget_mb "
-                    f"(about {sizes[key] * ROW_BYTES / 2**20:.0f} MiB) or split the shard"
+        for batch in batches:
+            rows_of = batch_rows(store, batch)
+            for key, (images, rows) in rows_of.items():
+                done.kept_images += images.height
+                if rows.is_empty():
+                    continue
+                files = write_shard_files(
+                    out, key, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
                 )
-                raise ConfigError(msg)
-            images, rows = shard_rows(store, key)
-            done.kept_images += images.height
-            if rows.is_empty():
-                if key in in_delta:
-                    store.replace_shard(CURATED_DATASET, key, CURATED_DATASET.empty())
-                if remove_shard_files(out, key) or key in in_delta:
+                done.rows_ok &= one_row_per_kept_image(rows, images)
+                w = rows["weight"].to_numpy()
+                done.failures += [{**f, "shard": key} for f in files["failures"]]
+                done.entries[key] = {
+                    "rows": rows.height,
+                    "weight_sum": float(w.sum()),
+                    "weight_sq_sum": float((w * w).sum()),
+                    "webdataset_shards": files["webdataset_shards"],
+                    "webdataset_samples": files["webdataset_samples"],
+                    "failures": len(files["failures"]),
+                    "stamp": files["stamp"],
+                }
+                done.written.append(key)
+            touched = [k for k, (_, r) in rows_of.items() if r.height or k in in_delta]
+            if touched:
+                frames = [r for _, r in rows_of.values() if r.height]
+                data = pl.concat(frames) if frames else CURATED_DATASET.empty()
+                store.replace_shards(CURATED_DATASET, touched, data)
+            for key, (_, rows) in rows_of.items():
+                if rows.is_empty() and (remove_shard_files(out, key) or key in in_delta):
                     done.removed.append(key)
-                continue
-            files = write_shard_files(
-                out, key, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
-            )
-            store.replace_shard(CURATED_DATASET, key, rows)
-            done.rows_ok &= one_row_per_kept_image(rows, images)
-            w = rows["weight"].to_numpy()
-            done.failures += [{**f, "shard": key} for f in files["failures"]]
-            done.entries[key] = {
-                "rows": rows.height,
-                "weight_sum": float(w.sum()),
-                "weight_sq_sum": float((w * w).sum()),
-                "webdataset_shards": files["webdataset_shards"],
-                "webdataset_samples": files["webdataset_samples"],
-                "failures": len(files["failures"]),
-                "stamp": files["stamp"],
-            }
-            done.written.append(key)
     finally:
         if reader is not None:
             reader.close()
     if done.written or done.removed:
-        logger.info("export: wrote %d shards, removed %d", len(done.written), len(done.removed))
+        logger.info(
+            "export: wrote %d shards, removed %d, in %d batches",
+            len(done.written),
+            len(done.removed),
+            len(batches),
+        )
     return done
 
 

@@ -19,6 +19,7 @@ from curation_assets.lib.export.run import (
     kept_images,
     plan_export,
     run_export,
+    shard_batches,
     totals,
 )
 from curation_assets.lib.export.shards import (
@@ -381,3 +382,27 @@ def test_one_row_per_kept_image(corpus):
         weight=pl.when(pl.int_range(pl.len()) == 0).then(np.nan).otherwise("weight")
     )
     assert not one_row_per_kept_image(nan, images)
+
+
+def test_batches_fit_the_budget_and_give_the_same_export(corpus, tmp_path):
+    store, out = corpus
+    assert shard_batches(["a", "b", "c", "d"], {"a": 5, "b": 5, "c": 9, "d": 1}, 10) == [
+        ["a", "b"],
+        ["c", "d"],
+    ]
+    with pytest.raises(ConfigError, match="split the shard"):
+        shard_batches(["a"], {"a": 11}, 10)
+    one_at_a_time = tmp_path / "small"
+    versions = store.version(CURATED_DATASET.name) or 0
+    small = export_shards(
+        store,
+        one_at_a_time,
+        [f"shard-{i}" for i in range(4)],
+        webdataset=False,
+        shard_size=10,
+        budget=MemoryBudget(40 * 512 / 2**20),  # 40 rows: one 30-image shard per batch
+    )
+    assert small.written == [f"shard-{i}" for i in range(4)]
+    assert (store.version(CURATED_DATASET.name) or 0) - versions == 4  # one commit per batch
+    expected = curated_rows(kept_images(store), store.read(SAMPLE_WEIGHTS))
+    assert _manifest(one_at_a_time).equals(expected)
