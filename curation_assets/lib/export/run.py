@@ -8,15 +8,18 @@ are missing or changed. Every other shard is neither read nor written; its figur
 commit. A full rewrite happens only on the first run, after a change of the file settings, or
 when an input is not partitioned by shard.
 
-**Order of writes** (:func:`export_shards`), per shard: the shard's files are published first
-(a complete new folder, a symlink swap), then its Delta rows are replaced (one transaction);
-a shard that lost every kept image has its Delta rows deleted first, then its folder removed.
-So every shard present in the Delta table has its complete folder published at every moment
-(a reader polling Delta may read the folder at once). After all shards, the optional Soft Cap
-Sampling file, then ONE commit row (:func:`~curation_assets.lib.commits.record_commit`) with
-the input versions and per-shard figures. A process killed anywhere leaves shards written by a
-run no commit records; they differ from the commit (as inputs or as ``curated_dataset``
-shards), so the next run rewrites them and converges to the clean result.
+**Order of writes** (:func:`export_shards`), per batch of shards (as many as the memory budget
+holds): every shard's folder with kept images is published first (a complete new folder, a
+symlink swap), then ONE Delta transaction replaces the batch's rows (and empties the shards
+that lost every kept image), then the emptied shards' folders are removed. So every shard
+present in the Delta table has its complete folder published at every moment (a reader that
+sees a shard in Delta may read its folder at once; a folder may briefly be newer than its
+rows). After all batches, the optional Soft Cap Sampling file, then ONE commit row
+(:func:`~curation_assets.lib.commits.record_commit`) with the input versions and the per-shard
+figures. A process killed anywhere leaves shards written by a run no commit records; they
+differ from the commit (as inputs, as ``curated_dataset`` shards, or as folders), so the next
+run rewrites them and converges to the clean result. Delta-first per shard was rejected: it
+would let a reader of the Delta table find a shard whose folder is older or missing.
 """
 
 import logging
