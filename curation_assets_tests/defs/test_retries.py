@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from curation_assets.defs.classify import safety_classifiers
-from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
+from curation_assets.defs.resources import Categories, Compute, DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast
 from curation_assets.lib.errors import ConfigError, PermanentError, TransientError
 from curation_assets.lib.storage import ConcurrentWriteError, StorageUnwritableError
@@ -46,6 +46,7 @@ def test_a_bad_category_spec_fails_on_the_first_attempt(tmp_path):
     resources = {
         "delta": DeltaStorage(root_uri=str(tmp_path / "delta")),
         "categories": Categories(path=str(bad)),
+        "compute": Compute(),
         "embedder": ImageEmbedder(
             backend="open_clip",
             model_name="tiny",
