@@ -530,8 +530,8 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     outputs = {
         DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
         DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, members),
-        DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES.name),
-        DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS.name),
+        DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
+        DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
         DEDUP_RUNS.name: store.replace_table(
             DEDUP_RUNS, pl.concat([DEDUP_RUNS.conform(log), outcome.run], how="vertical_relaxed")
         ),
@@ -558,9 +558,10 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     return outputs
 
 
-def _version(store: DeltaStore, name: str) -> int:
-    version = store.version(name)
-    return -1 if version is None else version
+def _version(store: DeltaStore, spec: Any) -> int:
+    """The table's current version; an empty table is created when none was written yet."""
+    version = store.version(spec.name)
+    return store.replace_table(spec, spec.empty()) if version is None else version
 
 
 def _shard_decisions(shard: str, ids: list[str], members: pl.DataFrame) -> pl.DataFrame:
