@@ -14,7 +14,7 @@ from curation_assets.defs.metadata import (
     table_metadata,
     table_schema,
 )
-from curation_assets.defs.resources import DeltaStorage
+from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.dedup import (
     POLICY_CRITERIA,
@@ -48,8 +48,13 @@ class DedupConfig(dg.Config):
         description="auto = incremental when only new images arrived since the last run; "
         "full = recompute every pair.",
     )
-    recall_sample: int = Field(
-        default=10_000, description="Rows searched exhaustively to measure pair recall."
+    recall_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="The recall sample's exhaustive search costs at most this share of the "
+        "run's own pair search (queries from the new rows, pooled over runs on the same "
+        "centroids).",
     )
     recall_target: float = Field(
         default=0.95, description="WARN when the five clusterings find fewer true pairs."
@@ -66,8 +71,11 @@ class DedupConfig(dg.Config):
                 "Every filtered image, kept or marked as a near duplicate: pairs with cosine ≥ τ "
                 "inside a cluster of any of the five clusterings form groups (connected "
                 "components, so chains are one group) and one image per group is kept by the "
-                "keep policy. Incremental: only new images are searched. Metadata: pair recall "
-                "of 1..5 clusterings against exhaustive search, and thumbnails of groups."
+                "keep policy. Incremental: only the shards whose inputs changed are searched, "
+                "each new row against its clusters, read from a cluster-bucketed layout "
+                "(dedup_members) one (clustering, bucket) unit at a time; memory is bounded by "
+                "the compute resource's budget. Metadata: pair recall of 1..5 clusterings "
+                "against exhaustive search on a budgeted sample, and thumbnails of groups."
             ),
             deps=[*ASSIGNMENT_KEYS, "filtered_images", "image_embeddings", "raw_images"],
             kinds={"deltalake", "faiss", "scipy"},
@@ -116,22 +124,30 @@ class DedupConfig(dg.Config):
     retry_policy=transient_retry,
 )
 @fail_fast
-def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: DeltaStorage):
-    """Full or incremental near-duplicate removal over all shards."""
+def deduplicate(
+    context: dg.AssetExecutionContext, config: DedupConfig, delta: DeltaStorage, compute: Compute
+):
+    """Full or incremental near-duplicate removal over all shards.
+
+    Memory: one shard, one (clustering, bucket) unit and the pair graph at a time, sized by
+    ``compute.memory_budget_mb`` (see :func:`~curation_assets.lib.dedup.run_dedup`).
+    """
     store = delta.store()
     outcome = run_dedup(
         store,
         tau=config.tau or None,
         policy=config.policy,
         force_full=config.mode == "full",
-        recall_sample=config.recall_sample,
+        budget=compute.budget(),
+        recall_share=config.recall_share,
         seed=config.seed,
+        progress=context.log.info,
     )
     write_dedup(store, outcome)
     figures = dedup_figures(outcome, config.policy)
     context.log.info(
-        f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {outcome.images.height} images, "
-        f"{outcome.pairs.height} pairs, {outcome.stats.get('removed', 0)} removed"
+        f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {outcome.stats.get('images', 0)} "
+        f"images, {outcome.pairs.height} pairs, {outcome.stats.get('removed', 0)} removed"
     )
     if figures["previously_kept_now_removed"]:
         context.log.warning(
@@ -142,14 +158,14 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
     if chart:
         title, labels, values = chart
         figures["recall_curve"] = dg.MetadataValue.md(title + markdown_bars(labels, values))
-    thumbs = group_thumbnails(store, outcome.images, n_groups=config.thumbnail_groups)
+    thumbs = group_thumbnails(store, outcome.members, n_groups=config.thumbnail_groups)
     checks = dedup_checks(outcome, config.recall_target)
     yield dg.MaterializeResult(
         asset_key="deduplicated_images",
         metadata=table_metadata(
             DEDUPLICATED_IMAGES,
             delta.uri(DEDUPLICATED_IMAGES),
-            outcome.images.height,
+            int(outcome.stats.get("images", 0)),
             **figures,
             duplicate_groups=dg.MetadataValue.md(thumbs),
             runs_table=delta.uri(DEDUP_RUNS),
@@ -163,7 +179,9 @@ def deduplicate(context: dg.AssetExecutionContext, config: DedupConfig, delta: D
             delta.uri(DUPLICATE_PAIRS),
             outcome.pairs.height,
             found_by_count=dg.MetadataValue.json(found_by_counts(outcome)),
-            preview=markdown_preview(outcome.pairs.sort("similarity").drop("found_by")),
+            preview=markdown_preview(
+                outcome.pairs.sort("similarity").drop("found_by", "shard_a", "shard_b")
+            ),
         ),
         check_results=[check_result(c) for c in checks if c.asset == "duplicate_pairs"],
     )

@@ -202,6 +202,36 @@ class DeltaStore:
             files.setdefault(shard, set()).add(path)
         return {s: frozenset(p) for s, p in files.items()}
 
+    def history(self, table: str, *, since_version: int = -1) -> list[dict[str, Any]]:
+        """Commit infos of ``table`` after ``since_version`` (newest first; log only)."""
+        dt = self._table(table)
+        if dt is None:
+            return []
+        current = dt.version()
+        if current <= since_version:
+            return []
+        entries = dt.history(current - since_version)
+        return [e for e in entries if int(e.get("version", -1)) > since_version]
+
+    def shard_row_counts(self, table: str, version: int | None = None) -> dict[str, int]:
+        """Rows of each shard of a shard-partitioned table, from the Delta log's file stats."""
+        dt = self._table(table)
+        if dt is None:
+            return {}
+        if version is not None:
+            dt.load_as_version(version)
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        if "partition.shard" not in actions.column_names:
+            return {}
+        counts: dict[str, int] = {}
+        for shard, n in zip(
+            actions.column("partition.shard").to_pylist(),
+            actions.column("num_records").to_pylist(),
+            strict=True,
+        ):
+            counts[shard] = counts.get(shard, 0) + int(n or 0)
+        return counts
+
     def changed_shards(self, table: str, since_version: int | None) -> set[str]:
         """Shards of a shard-partitioned table whose rows changed after ``since_version``.
 
@@ -487,6 +517,33 @@ class DeltaStore:
             raise
         logger.info("delta %s: replaced %s with %d rows", spec.name, predicate, written)
         return written
+
+    def replace_where(self, spec: TableSpec, column: str, value: str, df: pl.DataFrame) -> int:
+        """Replace the rows whose ``column`` equals ``value`` by ``df``, in one transaction.
+
+        For tables partitioned by something else (e.g. ``dedup_members``, partitioned by
+        clustering and bucket, replaced one shard at a time): Delta rewrites only the files
+        holding such rows (file statistics prune the others).
+
+        Returns:
+            The Delta version committed.
+
+        Raises:
+            ValueError: If a row of ``df`` has another ``column`` value.
+        """
+        bad = df.filter(pl.col(column) != value).height
+        if bad:
+            msg = f"{bad} rows for table {spec.name!r} have {column} != {value!r}"
+            raise ValueError(msg)
+        version = self._write(
+            spec.name,
+            spec.to_arrow(df),
+            mode="overwrite",
+            partition_by=list(spec.partition_by) or None,
+            predicate=f"{column} = {sql_literal(value)}",
+        )
+        logger.info("delta %s: replaced %s = %s with %d rows", spec.name, column, value, df.height)
+        return version
 
     def replace_shards(self, spec: TableSpec, shards: Iterable[str], df: pl.DataFrame) -> int:
         """Replace the rows of several shards of a shard-partitioned table in ONE transaction.

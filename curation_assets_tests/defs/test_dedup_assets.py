@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def _comparable(store: DeltaStore) -> tuple[pl.DataFrame, pl.DataFrame]:
-    images = store.read(DEDUPLICATED_IMAGES).drop("row").sort("image_id")
+    images = store.read(DEDUPLICATED_IMAGES).sort("image_id")
     pairs = store.read(DUPLICATE_PAIRS).sort("image_id_a", "image_id_b")
     return images, pairs
 
@@ -43,7 +43,7 @@ def test_first_run_is_full_finds_planted_duplicates_and_passes_checks(pipeline):
     curve = [meta[f"recall_{i}_clusterings"].value for i in range(1, N_CLUSTERINGS + 1)]
     assert curve == sorted(curve) and curve[-1] >= 0.95
     assert "data:image/jpeg;base64," in meta["duplicate_groups"].value
-    assert meta["pending_images"].value > 0
+    assert meta["pending_shards"].value == 1
 
     images = store.read(DEDUPLICATED_IMAGES)
     pairs = store.read(DUPLICATE_PAIRS)
@@ -113,11 +113,14 @@ def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
     assert meta["mode"].value == "full" and "tau changed" in meta["mode_reason"].value
     pairs = store.read(DUPLICATE_PAIRS)
     assert pairs.height == 0 or pairs["similarity"].min() >= 0.9
-    # similarities are exact dot products of the stored embeddings
+    # similarities are exact dot products of the stored embeddings rounded to float16 (the
+    # vectors dedup_members holds): within 1e-5 of those, within 5e-4 of the float32 ones
     emb = store.read(IMAGE_EMBEDDINGS, columns=["image_id", "embedding"]).unique("image_id")
     vec = dict(zip(emb["image_id"], embedding_matrix(emb["embedding"]), strict=True))
     for a, b, s in pairs.select("image_id_a", "image_id_b", "similarity").head(20).iter_rows():
-        assert float(vec[a] @ vec[b]) == pytest.approx(s, abs=1e-5)
+        half_a, half_b = (vec[k].astype(np.float16).astype(np.float32) for k in (a, b))
+        assert float(half_a @ half_b) == pytest.approx(s, abs=1e-5)
+        assert float(vec[a] @ vec[b]) == pytest.approx(s, abs=5e-4)
     dedup(instance, res)  # back to the calibrated tau for other tests
 
 

@@ -15,21 +15,20 @@ Modules, in the order data flows through them:
 * :mod:`~curation_assets.lib.dedup.keep`: connected components and the keep policy.
 * :mod:`~curation_assets.lib.dedup.full` / :mod:`~curation_assets.lib.dedup.incremental`:
   a whole deduplication, or new rows added to a previous one (same result).
+  (the in-memory library: one matrix in, decisions out; ``curation bench dedup`` measures it).
 * :mod:`~curation_assets.lib.dedup.recall`: exhaustive ground truth and pair recall.
-* :mod:`~curation_assets.lib.dedup.io`: the dedup tables and the run's inputs over Delta.
-* :mod:`~curation_assets.lib.dedup.plan`: full, incremental or current, and why.
+* :mod:`~curation_assets.lib.dedup.io`: the stage's inputs and outputs.
+* :mod:`~curation_assets.lib.dedup.plan`: full, incremental or current, and why (Delta log only).
+* :mod:`~curation_assets.lib.dedup.layout`: the cluster-bucketed layout ``dedup_members``.
+* :mod:`~curation_assets.lib.dedup.units`: one work unit (clustering, bucket) of the search.
+* :mod:`~curation_assets.lib.dedup.merge`: union of pairs, components, keep policy (∝ pairs).
 * :mod:`~curation_assets.lib.dedup.run`: a run over the tables, written and committed.
 * :mod:`~curation_assets.lib.dedup.report`: the figures, checks and thumbnails the assets show.
 """
 
 from curation_assets.lib.dedup.full import DedupResult, dedup
 from curation_assets.lib.dedup.incremental import DedupState, dedup_incremental
-from curation_assets.lib.dedup.io import (
-    DEDUP_OUTPUTS,
-    DEDUP_STAGE,
-    DedupInputs,
-    load_inputs,
-)
+from curation_assets.lib.dedup.io import DEDUP_OUTPUTS, DEDUP_STAGE
 from curation_assets.lib.dedup.keep import (
     DEFAULT_POLICY,
     POLICY_CRITERIA,
@@ -38,6 +37,7 @@ from curation_assets.lib.dedup.keep import (
     choose_kept,
     connected_components,
 )
+from curation_assets.lib.dedup.layout import Layout, choose_layout
 from curation_assets.lib.dedup.pairs import Pairs, pairs_within_clusters, union_pairs
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
 from curation_assets.lib.dedup.recall import (
@@ -71,16 +71,17 @@ __all__ = [
     "POLICY_CRITERIA",
     "TAU_EFFICIENTNET_LITE0",
     "TAU_OPEN_CLIP_VIT_B_32",
-    "DedupInputs",
     "DedupOutcome",
     "DedupPlan",
     "DedupResult",
     "DedupState",
     "ImageMeta",
     "KeepChoice",
+    "Layout",
     "Pairs",
     "calibrated_tau",
     "choose_kept",
+    "choose_layout",
     "connected_components",
     "dedup",
     "dedup_checks",
@@ -90,7 +91,6 @@ __all__ = [
     "exhaustive_pairs",
     "found_by_counts",
     "group_thumbnails",
-    "load_inputs",
     "pair_recall",
     "pairs_within_clusters",
     "pick_groups",

@@ -1,23 +1,25 @@
-"""Full, incremental or current: what a dedup run has to do, and why.
+"""Full, incremental or current: what a dedup run has to do, and why — decided from the Delta log.
 
-Incremental rule (:func:`plan_dedup`): a run is incremental when the previous run used the same
-τ, keep policy, embedding model and centroid versions, and every image it covered is still in
-the filtered set. Only images not covered yet are searched, against all rows of their clusters;
-old pairs are reused. Anything else (a retrain of the centroids, a new τ or policy, an image
-that left the filtered set because a classifier was retrained) makes it a full recompute, and
-the reason is recorded. When the committed tables already cover every ready image with these
-parameters the run is ``current``: nothing is written.
+Incremental rule (:func:`plan_dedup`): a run extends the last commit when it used the same τ,
+keep policy, embedding model, centroid versions and layout. The shards to redo are those whose
+inputs (filtered_images, image_embeddings, raw_images, any cluster_assignments) changed since
+the versions that commit recorded — found from the Delta log alone
+(:meth:`~curation_assets.lib.storage.DeltaStore.changed_shards`), so planning costs the number
+of files, not of images. A redone shard's old rows and pairs are dropped and it is searched
+again: new shards, re-filtered shards and shards that lost their assignments are all handled
+without a full recompute. Anything else (a retrain of the centroids, a new τ, policy or model, a
+full run that did not finish) makes it a full run, and the reason is recorded. When nothing
+changed the run is ``current``: nothing is written.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import polars as pl
-
 from curation_assets.lib.commits import Commit, last_commit, torn_outputs
-from curation_assets.lib.dedup.io import DEDUP_STAGE, DedupInputs
+from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
+from curation_assets.lib.dedup.layout import Layout
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
+from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUPLICATED_IMAGES, FILTERED_IMAGES
 
 
 @dataclass
@@ -25,93 +27,107 @@ class DedupPlan:
     """Full, incremental or current (nothing to do), and why.
 
     Attributes:
-        mode: ``full``, ``incremental`` or ``current`` (the committed tables already cover
-            every ready image with these parameters: nothing is written).
+        mode: ``full``, ``incremental`` or ``current``.
         reason: One sentence.
-        old: The committed rows (deduplicated_images) when incremental or current.
-        old_pairs: The committed duplicate_pairs when incremental or current.
         commit: The last committed dedup run (None before the first).
-        torn: Outputs written after the last commit by a run that did not finish; they are
-            rewritten from the committed state.
+        redo: Shards to lay out and search again (every shard with filtered images when full).
+        covered: Shards the committed state covers (empty when full).
+        layout: The committed layout (incremental or current); a full run chooses its own.
+        torn: Outputs written after the last commit by a run that did not finish.
     """
 
     mode: str
     reason: str
-    old: pl.DataFrame | None = None
-    old_pairs: pl.DataFrame | None = None
     commit: Commit | None = None
+    redo: set[str] = field(default_factory=set)
+    covered: set[str] = field(default_factory=set)
+    layout: Layout | None = None
     torn: list[str] = field(default_factory=list)
 
 
 def plan_dedup(
     store: DeltaStore,
-    inputs: DedupInputs,
     *,
     tau: float,
     policy: Sequence[str],
+    model_id: str,
+    versions: Sequence[str],
     force_full: bool = False,
 ) -> DedupPlan:
-    """Decide whether the committed run can be extended incrementally (see the module doc).
+    """Decide whether the committed run can be extended (see the module doc).
 
-    The previous state is read as of the versions the last commit recorded, so rows written
-    by a run killed before its commit are ignored (and overwritten by this run).
+    Reads only the Delta logs and the last ``stage_commits`` row.
     """
     commit = last_commit(store, DEDUP_STAGE)
     torn = torn_outputs(store, commit)
+    every_shard = set(store.shard_files(FILTERED_IMAGES.name))
     note = (
         f" (recovering: {', '.join(torn)} were written after the last commit by a run that "
         "did not finish)"
         if torn
         else ""
     )
+
+    def full(why: str) -> DedupPlan:
+        return DedupPlan("full", why, commit, every_shard, torn=torn)
+
     if force_full:
-        return DedupPlan("full", "full recompute asked for (config mode=full)" + note, torn=torn)
+        return full("full recompute asked for (config mode=full)" + note)
     if commit is None:
-        return DedupPlan("full", "first run", torn=torn)
+        return full("first run")
     last = commit.config
-    if not commit.summary.get("images"):
-        return DedupPlan("full", "the previous run covered no image" + note, commit=commit)
     checks = [
-        (last["tau"] == tau, f"tau changed {last['tau']} → {tau}"),
-        (last["policy"] == ",".join(policy), f"policy changed {last['policy']} → {policy}"),
-        (last["model_id"] == inputs.model_id, "embedding model changed"),
+        (last.get("tau") == tau, f"tau changed {last.get('tau')} → {tau}"),
+        (last.get("policy") == ",".join(policy), f"policy changed {last.get('policy')} → {policy}"),
+        (last.get("model_id") == model_id, "embedding model changed"),
         (
-            last["centroids_versions"] == ",".join(inputs.versions),
+            last.get("centroids_versions") == ",".join(versions),
             "centroids were retrained since the last run",
         ),
+        ("layout" in last, "the last run predates the bucketed layout"),
     ]
     for ok, why in checks:
         if not ok:
-            return DedupPlan("full", why + note, commit=commit, torn=torn)
-    old = store.read(DEDUPLICATED_IMAGES, version=commit.outputs[DEDUPLICATED_IMAGES.name]).sort(
-        "row"
-    )
-    keys = ["image_id", "shard"]
-    gone = old.join(inputs.frame.select(keys), on=keys, how="anti")
-    if gone.height:
-        return DedupPlan(
-            "full",
-            f"{gone.height} previously deduplicated images left the filtered set "
-            f"(e.g. shard {gone['shard'][0]} was re-filtered); pairs cannot be removed "
-            "incrementally" + note,
-            commit=commit,
-            torn=torn,
+            return full(why + note)
+    if DEDUP_MEMBERS.name in torn and _reset_since(store, commit.outputs[DEDUP_MEMBERS.name]):
+        return full(
+            "a full run that did not finish was laying out dedup_members anew: it is redone"
         )
-    old_pairs = store.read(DUPLICATE_PAIRS, version=commit.outputs[DUPLICATE_PAIRS.name])
-    new = inputs.frame.height - old.height
-    if new == 0 and not torn:
+    redo: set[str] = set()
+    for name in input_tables(len(versions)):
+        if name.startswith("cluster_centroids_"):
+            continue
+        redo |= store.changed_shards(name, commit.inputs.get(name))
+    covered = set(
+        store.shard_files(DEDUPLICATED_IMAGES.name, commit.outputs[DEDUPLICATED_IMAGES.name])
+    )
+    layout = Layout.from_key(last["layout"])
+    if not redo and not torn:
         return DedupPlan(
             "current",
-            f"no new image since the last run ({old.height} images): nothing to do",
-            old,
-            old_pairs,
+            f"no input changed since the last run ({len(covered)} shards): nothing to do",
             commit,
+            set(),
+            covered,
+            layout,
         )
+    new = len(redo - covered)
+    changed = len(redo & covered)
     return DedupPlan(
         "incremental",
-        f"extends the last run ({old.height} images) by {new}" + note,
-        old,
-        old_pairs,
+        f"extends the last run ({len(covered)} shards): {new} new shards, {changed} changed" + note,
         commit,
+        redo,
+        covered,
+        layout,
         torn,
     )
+
+
+def _reset_since(store: DeltaStore, version: int) -> bool:
+    """Whether ``dedup_members`` was overwritten whole (a full run's reset) after ``version``."""
+    for entry in store.history(DEDUP_MEMBERS.name, since_version=version):
+        params = entry.get("operationParameters") or {}
+        if str(params.get("mode", "")).lower() == "overwrite" and not params.get("predicate"):
+            return True
+    return False

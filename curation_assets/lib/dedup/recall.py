@@ -189,3 +189,79 @@ def recall_by_num_clusterings(
         "seconds_exhaustive": round(float(truth.stats["seconds"]), 3),
         "seconds_clusters": round(seconds, 3),
     }
+
+
+def recall_on_sample(
+    x: np.ndarray,
+    assignments_list: Sequence[np.ndarray],
+    tau: float,
+    query_idx: np.ndarray,
+) -> dict[str, Any]:
+    """Pair recall of 1..C clusterings on a sample: queries against a reference set.
+
+    The true pairs are every pair at cosine ≥ ``tau`` with an endpoint among the queries and
+    the other in ``x`` (exhaustive search, :func:`exhaustive_pairs`). Clustering c finds a
+    pair exactly when both ends share its cluster (the within-cluster search is exhaustive
+    inside a cluster), so no within-cluster search is repeated here.
+
+    Args:
+        x: (m, d) reference rows (the queries among them), L2-normalized.
+        assignments_list: (m,) cluster id per clustering.
+        tau: Cosine threshold.
+        query_idx: Rows of ``x`` that are queries.
+
+    Returns:
+        ``{"true_pairs", "found": [pairs found by the union of clusterings 1..c], "queries",
+        "reference_rows", "comparisons", "seconds_exhaustive"}``; :func:`pooled_recall` turns
+        one or more of these into recall and its standard error.
+    """
+    truth = exhaustive_pairs(x, tau, query_idx=query_idx)
+    hit = np.zeros(len(truth), dtype=bool)
+    found = []
+    for a in assignments_list:
+        a = np.asarray(a)
+        hit |= a[truth.i] == a[truth.j]
+        found.append(int(hit.sum()))
+    return {
+        "true_pairs": len(truth),
+        "found": found,
+        "queries": int(np.unique(query_idx).size),
+        "reference_rows": int(x.shape[0]),
+        "comparisons": int(truth.stats.get("comparisons", 0)) if truth.stats else 0,
+        "seconds_exhaustive": round(float((truth.stats or {}).get("seconds", 0.0)), 3),
+    }
+
+
+def pooled_recall(samples: Sequence[dict[str, Any]], n_clusterings: int) -> dict[str, Any]:
+    """Recall of 1..C clusterings pooled over samples, with binomial standard errors.
+
+    Pooling the samples of several runs (each on its new rows) gives the recall of the
+    current clusterings a precision no single small sample has; the standard error
+    ``sqrt(r(1 − r)/t)`` treats the t true pairs as independent (pairs inside one
+    near-duplicate group are not, so it is a lower bound).
+
+    Returns:
+        ``{"recall": [...], "stderr": [...], "true_pairs", "samples", "queries"}``; empty lists
+        when no true pair was seen.
+    """
+    true = sum(int(s.get("true_pairs", 0)) for s in samples)
+    found = np.zeros(n_clusterings, dtype=np.int64)
+    for s in samples:
+        f = s.get("found") or [0] * n_clusterings
+        found += np.asarray(f[:n_clusterings] + [f[-1]] * (n_clusterings - len(f)), np.int64)
+    if not true:
+        return {
+            "recall": [],
+            "stderr": [],
+            "true_pairs": 0,
+            "samples": len(samples),
+            "queries": sum(int(s.get("queries", 0)) for s in samples),
+        }
+    r = found / true
+    return {
+        "recall": [round(float(v), 4) for v in r],
+        "stderr": [round(float(np.sqrt(v * (1 - v) / true)), 4) for v in r],
+        "true_pairs": true,
+        "samples": len(samples),
+        "queries": sum(int(s.get("queries", 0)) for s in samples),
+    }

@@ -26,30 +26,44 @@ def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any
     """The figures of ``deduplicated_images``, in the order the asset shows them.
 
     Returns:
-        mode, mode_reason, tau, policy, kept, removed, new_images, groups_with_duplicates,
-        largest_group, removed_below_tau_through_chains, previously_kept_now_removed,
-        pending_images, dedup_seconds, recall_true_pairs, recall_seconds_exhaustive and
-        ``recall_<c>_clusterings`` for c = 1..C.
+        mode, mode_reason, tau, policy, images, kept, removed, new_images,
+        groups_with_duplicates, largest_group, removed_below_tau_through_chains,
+        previously_kept_now_removed, pending_shards, units_searched, buckets,
+        largest_unit_rows, rewritten_shards, dedup_seconds (and per phase), recall_true_pairs,
+        recall_measured_on, ``recall_<c>_clusterings`` and ``recall_<c>_stderr`` for c = 1..C.
     """
-    images, stats, recall = outcome.images, outcome.stats, outcome.recall
-    return {
+    stats, recall = outcome.stats, outcome.recall
+    stderr = recall.get("stderr", [])
+    figures: dict[str, Any] = {
         "mode": outcome.plan.mode,
         "mode_reason": outcome.plan.reason,
         "tau": outcome.tau,
         "policy": ", ".join(policy),
-        "kept": int(images["kept"].sum()),
-        "removed": int((~images["kept"]).sum()),
+        "images": int(stats.get("images", 0)),
+        "kept": int(stats.get("kept", 0)),
+        "removed": int(stats.get("removed", 0)),
         "new_images": int(stats.get("new_rows", 0)),
         "groups_with_duplicates": int(stats.get("components_with_duplicates", 0)),
         "largest_group": int(stats.get("largest_component", 0)),
         "removed_below_tau_through_chains": int(stats.get("removed_below_tau", 0)),
         "previously_kept_now_removed": int(stats.get("previously_kept_now_removed", 0)),
-        "pending_images": outcome.pending.height,
+        "pending_shards": outcome.pending.height,
+        "units_searched": int(stats.get("units", 0)),
+        "units_total": int(stats.get("units_total", 0)),
+        "largest_unit_rows": int(stats.get("largest_unit_rows", 0)),
+        "rewritten_shards": int(stats.get("rewritten_shards", 0)),
         "dedup_seconds": float(stats.get("seconds", 0.0)),
         "recall_true_pairs": int(recall.get("true_pairs", 0)),
-        "recall_seconds_exhaustive": float(recall.get("seconds_exhaustive", 0.0)),
-        **{f"recall_{i + 1}_clusterings": r for i, r in enumerate(recall_values(outcome))},
+        "recall_measured_on": str(recall.get("measured_on", "n/a")),
+        "recall_seconds_exhaustive": float(
+            (recall.get("sample") or {}).get("seconds_exhaustive", 0.0)
+        ),
     }
+    for i, r in enumerate(recall_values(outcome)):
+        figures[f"recall_{i + 1}_clusterings"] = r
+        if i < len(stderr):
+            figures[f"recall_{i + 1}_stderr"] = float(stderr[i])
+    return figures
 
 
 def recall_chart(outcome: DedupOutcome) -> tuple[str, list[str], list[float]] | None:
@@ -58,10 +72,7 @@ def recall_chart(outcome: DedupOutcome) -> tuple[str, list[str], list[float]] | 
     if not curve:
         return None
     recall = outcome.recall
-    title = (
-        f"Pair recall against exhaustive search ({recall['true_pairs']} true pairs touching "
-        f"{recall['sample_size']} sampled images):\n\n"
-    )
+    title = f"Pair recall against exhaustive search ({recall.get('measured_on', '')}):\n\n"
     return (
         title,
         [f"{i + 1} clustering(s)" for i in range(len(curve))],
@@ -82,33 +93,31 @@ def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[Check]:
       of the true pairs of the recall sample (passes when there was nothing to measure).
     * ``one_kept_per_group``: each group has exactly one kept image, and every removed image
       points to its group's kept image.
-    * ``every_filtered_image_deduplicated`` (WARN): no filtered image waits for assignments
-      (the waiting ones are listed by shard and reason).
+    * ``every_filtered_image_deduplicated`` (WARN): no shard waits for assignments (the
+      waiting ones are listed with the reason, the first 50).
     * ``no_pair_below_tau``: every reported pair has cosine ≥ τ.
     """
-    images, pairs, tau = outcome.images, outcome.pairs, outcome.tau
+    members, pairs, tau = outcome.members, outcome.pairs, outcome.tau
     curve = recall_values(outcome)
     true_pairs = int(outcome.recall.get("true_pairs", 0))
     final_recall = curve[-1] if curve else None
-    groups = images.group_by("component_id").agg(
+    groups = members.group_by("component_id").agg(
         pl.col("kept").sum().alias("kept"),
         pl.len().alias("n"),
         pl.first("component_size").alias("size"),
     )
-    kept_ids = set(images.filter(pl.col("kept"))["image_id"].to_list())
-    bad_pointer = images.filter(
+    kept_ids = members.filter(pl.col("kept"))["image_id"].implode()
+    bad_pointer = members.filter(
         ~pl.col("kept")
         & (
-            ~pl.col("duplicate_of").is_in(list(kept_ids))
+            ~pl.col("duplicate_of").is_in(kept_ids)
             | (pl.col("duplicate_of") != pl.col("component_id"))
         )
     ).height
     bad_groups = groups.filter((pl.col("kept") != 1) | (pl.col("n") != pl.col("size"))).height
     below = pairs.filter(pl.col("similarity") < tau).height if pairs.height else 0
     pending = outcome.pending
-    pending_by_shard = {
-        f"{s} ({why})": int(n) for s, why, n in pending.group_by("shard", "why").len().rows()
-    }
+    pending_by_shard = dict(pending.select("shard", "why").head(50).rows())
     return [
         Check(
             "pair_recall_target",
@@ -119,6 +128,8 @@ def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[Check]:
                 "recall": final_recall if final_recall is not None else "n/a",
                 "target": recall_target,
                 "true_pairs": true_pairs,
+                "stderr": (outcome.recall.get("stderr") or ["n/a"])[-1],
+                "measured_on": str(outcome.recall.get("measured_on", "n/a")),
             },
         ),
         Check(
@@ -133,7 +144,7 @@ def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[Check]:
             "deduplicated_images",
             pending.height == 0,
             True,
-            {"pending": pending_by_shard},
+            {"pending_shards": pending.height, "pending": pending_by_shard},
         ),
         Check(
             "no_pair_below_tau",
@@ -145,11 +156,22 @@ def dedup_checks(outcome: DedupOutcome, recall_target: float) -> list[Check]:
     ]
 
 
-def group_thumbnails(store: DeltaStore, images: pl.DataFrame, *, n_groups: int = 4) -> str:
-    """:func:`duplicate_groups_markdown` of ``images``, reading the images from their sources."""
-    uris = store.read(RAW_IMAGES, columns=["image_id", "source_uri"])
+def group_thumbnails(store: DeltaStore, members: pl.DataFrame, *, n_groups: int = 4) -> str:
+    """:func:`duplicate_groups_markdown` of ``members``, reading the images from their sources.
+
+    Only the shown images' shards of ``raw_images`` are read.
+    """
+    chosen = pick_groups(members, n_groups)
+    shown = members.filter(pl.col("component_id").is_in(chosen))
+    uris = (
+        store.read(
+            RAW_IMAGES, shards=shown["shard"].unique().to_list(), columns=["image_id", "source_uri"]
+        )
+        if shown.height
+        else pl.DataFrame(schema={"image_id": pl.String, "source_uri": pl.String})
+    )
     with SourceReader() as reader:
-        return duplicate_groups_markdown(images, uris, reader.read, n_groups=n_groups)
+        return duplicate_groups_markdown(shown, uris, reader.read, n_groups=n_groups)
 
 
 def pick_groups(images: pl.DataFrame, n_groups: int = 4) -> list[str]:

@@ -1,17 +1,29 @@
-"""A dedup run over the Delta tables: plan, deduplicate, measure recall, write and commit.
+"""A dedup run over the Delta tables: plan, lay out, search units, merge, measure, write, commit.
 
-:func:`run_dedup` reads the inputs (:mod:`~curation_assets.lib.dedup.io`), asks
-:func:`~curation_assets.lib.dedup.plan.plan_dedup` whether the run is full, incremental or
-current, runs :func:`~curation_assets.lib.dedup.full.dedup` or
-:func:`~curation_assets.lib.dedup.incremental.dedup_incremental` and measures pair recall;
-:func:`write_dedup` writes the three tables and commits them. An incremental run gives the
-same decisions, similarities and pairs as a full run on the same images (tested).
+:func:`run_dedup` never holds the corpus: it
+
+1. plans from the Delta log (:func:`~curation_assets.lib.dedup.plan.plan_dedup`): full,
+   incremental (the shards whose inputs changed) or current;
+2. lays the redone shards out in ``dedup_members``, one shard in memory at a time
+   (:mod:`~curation_assets.lib.dedup.layout`);
+3. searches the work units ``(clustering, bucket)`` those shards touched — all of them when full —
+   one at a time, each reading one partition (:mod:`~curation_assets.lib.dedup.units`);
+4. merges the new pairs into the committed pair graph (:mod:`~curation_assets.lib.dedup.merge`):
+   memory ∝ pairs;
+5. measures pair recall on a sample whose exhaustive search costs at most ``recall_share`` of
+   the run's own pair search, pooled with earlier runs on the same centroids.
+
+:func:`write_dedup` writes the pair graph, the ``deduplicated_images`` rows of the shards whose
+decisions changed (per shard: a new shard costs its rows plus the old shards its pairs reach),
+the run log, then the commit. Full, incremental and unit-by-unit runs give the same pairs and
+decisions (tested).
 """
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,61 +31,102 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, record_commit
-from curation_assets.lib.dedup.full import DedupResult
-from curation_assets.lib.dedup.incremental import DedupState, dedup_incremental
-from curation_assets.lib.dedup.io import (
-    DEDUP_STAGE,
-    assignment_arrays,
-    frame_meta,
-    images_frame,
-    input_tables,
-    load_inputs,
-    pairs_frame,
-    pairs_from_table,
+from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
+from curation_assets.lib.dedup.layout import (
+    Layout,
+    choose_layout,
+    member_frame,
+    reset,
+    shard_rows,
+    write_shard,
 )
-from curation_assets.lib.dedup.pairs import Pairs
+from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
-from curation_assets.lib.dedup.recall import recall_by_num_clusterings
+from curation_assets.lib.dedup.recall import pooled_recall, recall_on_sample
 from curation_assets.lib.dedup.tau import calibrated_tau
+from curation_assets.lib.dedup.units import UnitResult, search_unit
+from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
+    DEDUP_MEMBERS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
+    DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    FILTERED_IMAGES,
     N_CLUSTERINGS,
 )
 
 logger = logging.getLogger(__name__)
 
+#: Fewest recall queries a run samples (below this a sample says little), and the most.
+RECALL_MIN_QUERIES = 50
+RECALL_MAX_QUERIES = 10_000
+
 
 @dataclass
 class DedupOutcome:
-    """A finished run: the tables to write and what to report.
+    """A finished run: what to write and what to report.
 
     Attributes:
-        images: deduplicated_images rows.
-        pairs: duplicate_pairs rows.
-        run: The dedup_runs row.
-        stats: :func:`~curation_assets.lib.dedup.dedup` statistics.
-        recall: :func:`~curation_assets.lib.dedup.recall_by_num_clusterings` report.
         plan: Full, incremental or current, and why.
-        pending: Filtered images left for a later run, with why.
-        frame: The inputs frame in row order (for thumbnails and evaluation).
+        merged: The pair graph with decisions (∝ pairs).
+        run: The dedup_runs row (None when current).
+        stats: Counts over the whole deduplicated set (images, kept, removed, ...) and this
+            run's work (new_rows, units, comparisons, seconds per phase).
+        recall: Pooled recall (``recall``, ``stderr``, ``true_pairs``, ``samples``,
+            ``queries``), this run's ``sample`` and ``measured_on`` (one sentence).
+        pending: Shards waiting (shard, why).
         input_versions: Delta version of every input table when the run started.
         tau: The cosine threshold used.
+        layout: The bucketed layout in force.
+        write_shards: Shards whose ``deduplicated_images`` rows are rewritten.
+        ready: Ready image_ids of each redone shard (the rows it is written with).
+        units: Each searched unit's statistics.
     """
 
-    images: pl.DataFrame
-    pairs: pl.DataFrame
+    plan: DedupPlan
+    merged: Merged
     run: pl.DataFrame | None
     stats: dict[str, Any]
     recall: dict[str, Any]
-    plan: DedupPlan
     pending: pl.DataFrame
-    frame: pl.DataFrame = field(repr=False)
     input_versions: dict[str, int | None] = field(default_factory=dict)
     tau: float = float("nan")
+    layout: Layout | None = None
+    write_shards: list[str] = field(default_factory=list)
+    ready: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    units: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def pairs(self) -> pl.DataFrame:
+        """``duplicate_pairs`` rows."""
+        return self.merged.pairs
+
+    @property
+    def members(self) -> pl.DataFrame:
+        """``duplicate_members`` rows (every image in a group of two or more)."""
+        return self.merged.members
+
+
+def _centroids(store: DeltaStore, n_clusterings: int) -> tuple[list[str], list[int], int, str]:
+    versions, ks, dims, models = [], [], set(), set()
+    for c in range(n_clusterings):
+        cent = load_centroids(store, c)
+        if cent is None:
+            msg = f"cluster_centroids_{c} was never materialized; train the centroids first"
+            raise ConfigError(msg)
+        versions.append(cent.version)
+        ks.append(int(cent.matrix.shape[0]))
+        dims.add(int(cent.matrix.shape[1]))
+        models.add(cent.model_id)
+    if len(models) != 1 or len(dims) != 1:
+        msg = f"the clusterings were trained on different models {sorted(models)}; retrain them"
+        raise ConfigError(msg)
+    return versions, ks, dims.pop(), models.pop()
 
 
 def run_dedup(
@@ -83,139 +136,368 @@ def run_dedup(
     policy: Sequence[str],
     force_full: bool = False,
     n_clusterings: int = N_CLUSTERINGS,
-    recall_sample: int = 10_000,
+    budget: MemoryBudget | None = None,
+    recall_share: float = 0.1,
     seed: int = 0,
     block: int = 2048,
+    progress: Callable[[str], None] | None = None,
 ) -> DedupOutcome:
-    """Deduplicate every filtered image that has all assignments; write nothing.
+    """Plan, lay out, search and merge; writes only ``dedup_members`` (see :func:`write_dedup`).
 
     Args:
-        store: Where the inputs live.
+        store: Where the tables live.
         tau: Cosine threshold; None = :func:`~curation_assets.lib.dedup.calibrated_tau` of the
             embedding model.
         policy: Keep policy criteria in order.
         force_full: Recompute everything even when an incremental run is possible.
         n_clusterings: Clusterings to read.
-        recall_sample: Query rows of the exhaustive recall measurement (≤ 10 000).
+        budget: Memory budget (sizes the buckets of a full run and the recall reference).
+        recall_share: The recall sample's exhaustive search costs at most this share of the
+            run's own pair search (at least :data:`RECALL_MIN_QUERIES` queries).
         seed: Seeds the recall sample.
         block: Tile edge of the within-cluster search.
+        progress: Called with a line of text as phases finish (the asset logs it).
 
     Returns:
-        A :class:`DedupOutcome`; :func:`write_dedup` stores it. When the plan is ``current``
-        (nothing new since the last commit) it holds the committed tables and figures and
-        ``run`` is None.
+        A :class:`DedupOutcome`.
 
-    Memory: the embeddings of all covered images (n · d · 4 bytes, twice during the
-    incremental concatenation) + the pairs; the within-cluster search itself is blockwise.
+    Memory: one shard (layout), one bucket (search), the pairs and their rows (merge), the
+    recall reference (≤ a quarter of the budget): never the corpus.
     """
+    say = progress or (lambda line: logger.info("%s", line))
+    budget = budget or MemoryBudget()
+    t0 = time.perf_counter()
     read_versions = input_versions(store, input_tables(n_clusterings))
-    inputs = load_inputs(store, n_clusterings)
-    if tau is None:
-        tau = calibrated_tau(inputs.model_id) if inputs.model_id else float("nan")
+    versions, ks, dim, model_id = _centroids(store, n_clusterings)
+    tau = float(tau if tau is not None else calibrated_tau(model_id))
     policy = tuple(policy)
-    plan = plan_dedup(store, inputs, tau=tau, policy=policy, force_full=force_full)
-    frame, x = inputs.frame, inputs.x
-    if plan.mode == "current" and plan.old is not None and plan.old_pairs is not None:
-        assert plan.commit is not None
-        summary = plan.commit.summary
-        stats = {**summary["stats"], "new_rows": 0, "previously_kept_now_removed": 0}
-        return DedupOutcome(
-            plan.old,
-            plan.old_pairs,
-            None,
-            stats,
-            summary["recall"],
-            plan,
-            inputs.pending,
-            frame,
-            read_versions,
-            float(plan.commit.config["tau"]),
-        )
-    if frame.height == 0:
-        result = DedupResult(
-            np.empty(0, dtype=str),
-            np.empty(0, bool),
-            np.empty(0, np.int64),
-            np.empty(0, np.float32),
-            np.empty(0, np.int64),
-            np.empty(0, np.int64),
-            Pairs.empty(),
-            {"n": 0, "new_rows": 0, "seconds": 0.0},
-        )
-    elif plan.mode == "incremental" and plan.old is not None and plan.old_pairs is not None:
-        result, frame, x = _incremental(
-            plan.old, plan.old_pairs, frame, x, tau, policy, n_clusterings, block
-        )
+    plan = plan_dedup(
+        store, tau=tau, policy=policy, model_id=model_id, versions=versions, force_full=force_full
+    )
+    if plan.mode == "current":
+        return _current(store, plan, read_versions, tau)
+    say(f"dedup plan: {plan.mode} ({plan.reason})")
+    full = plan.mode == "full"
+    if full:
+        n_rows = sum(store.shard_row_counts(FILTERED_IMAGES.name).values())
+        layout = choose_layout(n_rows, dim, ks, budget)
+        reset(store)
     else:
-        state = DedupState.initial(
-            x,
-            frame["image_id"].to_numpy(),
-            frame_meta(frame),
-            assignment_arrays(frame, n_clusterings),
-            tau,
-            policy,
-            block=block,
+        assert plan.layout is not None
+        layout = plan.layout
+    # 1. lay out the redone shards
+    t_layout = time.perf_counter()
+    touched: set[tuple[int, int]] = set()
+    ready: dict[str, list[str]] = {}
+    pending: list[tuple[str, str]] = []
+    for shard in sorted(plan.redo):
+        rows = shard_rows(store, shard, versions)
+        why = rows.why
+        if why is None and rows.frame.height and rows.model_id != model_id:
+            why = f"embedded with {rows.model_id}; the centroids are in {model_id}"
+        if why is not None or not rows.frame.height:
+            if why is not None:
+                pending.append((shard, why))
+            if not full:
+                write_shard(store, shard, None)
+            continue
+        frame = member_frame(rows, layout)
+        write_shard(store, shard, frame)
+        touched |= set(frame.select("clustering", "bucket").unique().iter_rows())
+        ready[shard] = rows.frame["image_id"].to_list()
+    say(
+        f"laid out {len(ready)} shards ({sum(map(len, ready.values()))} images) in "
+        f"{time.perf_counter() - t_layout:.1f}s; {len(pending)} waiting"
+    )
+    # 2. search the units
+    t_search = time.perf_counter()
+    units = layout.units() if full else sorted(touched)
+    query = None if full else set(ready)
+    results: list[UnitResult] = []
+    for c, b in units:
+        results.append(search_unit(store, c, b, tau, query_shards=query, block=block))
+    comparisons = sum(int(r.stats.get("comparisons", 0)) for r in results)
+    say(
+        f"searched {len(units)} units ({comparisons:,} comparisons) in "
+        f"{time.perf_counter() - t_search:.1f}s"
+    )
+    # 3. merge
+    t_merge = time.perf_counter()
+    old_pairs, old_members = _committed_graph(store, plan)
+    merged = merge(
+        old_pairs,
+        old_members,
+        [r.pairs for r in results],
+        [r.endpoints for r in results],
+        redone=plan.redo,
+        policy=policy,
+        tau=tau,
+        n_clusterings=n_clusterings,
+    )
+    seconds_merge = time.perf_counter() - t_merge
+    # 4. what to rewrite, and the totals
+    covered = set(plan.covered) - plan.redo | set(ready)
+    counts = (
+        store.shard_row_counts(DEDUPLICATED_IMAGES.name, _committed(plan, DEDUPLICATED_IMAGES))
+        if plan.mode == "incremental"
+        else {}
+    )
+    images = sum(counts.get(s, 0) for s in covered - set(ready)) + sum(map(len, ready.values()))
+    write = set(plan.redo) | (merged.changed_shards & covered)
+    if full:
+        write |= set(store.shard_files(DEDUPLICATED_IMAGES.name))
+    if DEDUPLICATED_IMAGES.name in plan.torn and plan.commit is not None:
+        write |= store.changed_shards(
+            DEDUPLICATED_IMAGES.name, plan.commit.outputs[DEDUPLICATED_IMAGES.name]
         )
-        result = state.result
-    stats = dict(result.stats)
-    stats.setdefault("new_rows", frame.height if plan.mode == "full" else 0)
-    if frame.height >= 2:
-        recall = recall_by_num_clusterings(
-            x,
-            assignment_arrays(frame, n_clusterings),
-            tau,
-            sample_size=min(recall_sample, frame.height),
-            seed=seed,
-            block=block,
-        )
-    else:
-        recall = {"recall": [], "true_pairs": 0, "sample_size": frame.height}
-    if not recall["true_pairs"]:  # no pair to find: recall is undefined, not NaN
-        recall["recall"] = []
-    images = images_frame(result, frame)
-    pairs = pairs_frame(result)
+    new_rows = sum(map(len, ready.values()))
+    seconds = time.perf_counter() - t0
+    # 5. recall on a budget
+    recall = _recall(
+        store,
+        plan,
+        ready,
+        covered,
+        counts,
+        versions=versions,
+        tau=tau,
+        comparisons=comparisons,
+        share=recall_share,
+        budget=budget,
+        dim=dim,
+        seed=seed,
+    )
+    stats = {
+        **merged.stats,
+        "images": images,
+        "kept": images - int(merged.stats["removed"]),
+        "new_rows": new_rows,
+        "units": len(units),
+        "units_total": len(layout.units()),
+        "buckets": list(layout.buckets),
+        "comparisons": comparisons,
+        "largest_unit_rows": max((int(r.stats.get("rows", 0)) for r in results), default=0),
+        "seconds_layout": round(t_search - t_layout, 3),
+        "seconds_search": round(t_merge - t_search, 3),
+        "seconds_merge": round(seconds_merge, 3),
+        "seconds": round(seconds, 3),
+        "rewritten_shards": len(write),
+    }
     run = pl.DataFrame(
         {
             "run_at": [datetime.now(UTC)],
             "mode": plan.mode,
             "reason": plan.reason,
-            "tau": float(tau),
+            "tau": tau,
             "policy": ",".join(policy),
-            "centroids_versions": ",".join(inputs.versions),
-            "model_id": inputs.model_id,
-            "images": frame.height,
-            "new_images": int(stats["new_rows"]),
-            "pairs": pairs.height,
-            "removed": int((~images["kept"]).sum()),
-            "previously_kept_now_removed": int(stats.get("previously_kept_now_removed", 0)),
-            "recall": json.dumps([round(r, 4) for r in recall["recall"]]),
-            "seconds": float(stats.get("seconds", 0.0)),
+            "centroids_versions": ",".join(versions),
+            "model_id": model_id,
+            "images": images,
+            "new_images": new_rows,
+            "pairs": merged.pairs.height,
+            "removed": int(merged.stats["removed"]),
+            "previously_kept_now_removed": int(merged.stats["previously_kept_now_removed"]),
+            "recall": json.dumps(recall["recall"]),
+            "seconds": float(seconds),
+            "units": len(units),
+            "recall_sample": json.dumps(recall["sample"]),
         },
         schema=DEDUP_RUNS.schema,
     )
     return DedupOutcome(
-        images, pairs, run, stats, recall, plan, inputs.pending, frame, read_versions, float(tau)
+        plan,
+        merged,
+        run,
+        stats,
+        recall,
+        pl.DataFrame(pending, schema={"shard": pl.String, "why": pl.String}, orient="row"),
+        read_versions,
+        tau,
+        layout,
+        sorted(write),
+        ready,
+        [{"clustering": r.clustering, "bucket": r.bucket, **r.stats} for r in results],
     )
+
+
+def _committed(plan: DedupPlan, spec: Any) -> int | None:
+    """The version of ``spec`` the last commit recorded (None when there is none)."""
+    return None if plan.commit is None else plan.commit.outputs.get(spec.name)
+
+
+def _committed_graph(store: DeltaStore, plan: DedupPlan) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The committed pair graph (empty for a full run): read as of the commit's versions."""
+    if plan.mode == "full" or plan.commit is None:
+        return DUPLICATE_PAIRS.empty(), DUPLICATE_MEMBERS.empty()
+    out = plan.commit.outputs
+    return (
+        store.read(DUPLICATE_PAIRS, version=out[DUPLICATE_PAIRS.name]),
+        store.read(DUPLICATE_MEMBERS, version=out[DUPLICATE_MEMBERS.name]),
+    )
+
+
+def _current(
+    store: DeltaStore, plan: DedupPlan, read_versions: dict[str, int | None], tau: float
+) -> DedupOutcome:
+    """The committed state as an outcome: nothing to write."""
+    assert plan.commit is not None
+    pairs, members = _committed_graph(store, plan)
+    summary = plan.commit.summary
+    stats = {**summary.get("stats", {}), "new_rows": 0, "previously_kept_now_removed": 0}
+    stats.setdefault("images", summary.get("images", 0))
+    pending = store.shard_files(FILTERED_IMAGES.name).keys() - plan.covered
+    return DedupOutcome(
+        plan,
+        Merged(pairs, members, set(), stats),
+        None,
+        stats,
+        summary.get("recall", {"recall": [], "stderr": [], "true_pairs": 0, "sample": {}}),
+        pl.DataFrame(
+            [(s, "not deduplicated yet (waiting for its cluster assignments)") for s in pending],
+            schema={"shard": pl.String, "why": pl.String},
+            orient="row",
+        ),
+        read_versions,
+        tau,
+        plan.layout,
+    )
+
+
+def _recall(
+    store: DeltaStore,
+    plan: DedupPlan,
+    ready: dict[str, list[str]],
+    covered: set[str],
+    counts: dict[str, int],
+    *,
+    versions: list[str],
+    tau: float,
+    comparisons: int,
+    share: float,
+    budget: MemoryBudget,
+    dim: int,
+    seed: int,
+) -> dict[str, Any]:
+    """This run's recall sample (budgeted), pooled with the earlier samples of these centroids.
+
+    Queries: a seeded sample of this run's new rows (every covered row when full). Reference:
+    the query shards plus randomly chosen other covered shards, up to a quarter of the memory
+    budget. The sample's exhaustive search (queries × reference) is capped at ``share`` of the
+    run's own comparisons (at least :data:`RECALL_MIN_QUERIES` queries).
+    """
+    rng = np.random.default_rng(
+        [seed, int(hashlib.sha256(",".join(sorted(ready)).encode()).hexdigest()[:8], 16)]
+    )
+    sizes = {s: len(ids) for s, ids in ready.items()}
+    sizes.update({s: counts.get(s, 0) for s in covered - set(ready)})
+    query_shards = sorted(ready)
+    cap = budget.rows(4 * dim + 64, share=0.25, minimum=2_000)
+    if plan.mode == "full":  # queries come from the reference itself: sample shards
+        order = list(rng.permutation(sorted(s for s in covered if sizes.get(s))))
+        query_shards = []
+    else:
+        others = sorted(s for s in covered - set(ready) if sizes.get(s))
+        order = [*query_shards, *(others[i] for i in rng.permutation(len(others)))]
+    reference, rows = [], 0
+    for s in order:
+        if rows >= cap and reference:
+            break
+        reference.append(s)
+        rows += sizes.get(s, 0)
+    sample: dict[str, Any] = {"queries": 0, "true_pairs": 0, "found": []}
+    if rows >= 2 and (plan.mode == "full" or query_shards):
+        sample = _sample(
+            store, reference, query_shards or reference, versions, tau, comparisons, share, rng
+        )
+    pooled_from = [sample]
+    if plan.mode != "full" and plan.commit is not None:
+        log = store.read(DEDUP_RUNS, version=plan.commit.outputs.get(DEDUP_RUNS.name))
+        pooled_from = [*_samples_since_full(log, ",".join(versions)), sample]
+    pooled = pooled_recall(pooled_from, len(versions))
+    what = "all deduplicated rows" if plan.mode == "full" else "this run's new rows"
+    pooled["sample"] = sample
+    pooled["measured_on"] = (
+        f"{sample.get('queries', 0)} queries from {what} searched exhaustively against "
+        f"{sample.get('reference_rows', 0)} rows of {len(reference)} shards (this run); pooled "
+        f"with {len(pooled_from) - 1} earlier runs on these centroids: "
+        f"{pooled['true_pairs']} true pairs"
+    )
+    return pooled
+
+
+def _sample(
+    store: DeltaStore,
+    reference: list[str],
+    query_shards: list[str],
+    versions: list[str],
+    tau: float,
+    comparisons: int,
+    share: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    frames, xs = [], []
+    for s in reference:
+        rows = shard_rows(store, s, versions)
+        if rows.why is None and rows.frame.height:
+            frames.append(rows.frame)
+            xs.append(rows.x)
+    if not frames:
+        return {"queries": 0, "true_pairs": 0, "found": []}
+    frame = pl.concat(frames)
+    # the vectors dedup compares are float16-rounded (dedup_members): measure on the same
+    x = np.concatenate(xs).astype(np.float16).astype(np.float32)
+    candidates = np.flatnonzero(frame["shard"].is_in(query_shards).to_numpy())
+    wanted = int(share * comparisons / max(1, x.shape[0]))
+    q = int(min(candidates.size, RECALL_MAX_QUERIES, max(RECALL_MIN_QUERIES, wanted)))
+    query_idx = np.sort(rng.choice(candidates, size=q, replace=False))
+    assignments = [frame[f"c{c}"].to_numpy() for c in range(len(versions))]
+    sample = recall_on_sample(x, assignments, tau, query_idx)
+    sample["reference_shards"] = len(reference)
+    return sample
+
+
+def _samples_since_full(log: pl.DataFrame, versions: str) -> list[dict[str, Any]]:
+    """The recall samples of the runs since the last full run on these centroids."""
+    if log.is_empty() or "recall_sample" not in log.columns:
+        return []
+    rows = log.sort("run_at").to_dicts()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get("centroids_versions") != versions:
+            out = []
+            continue
+        if row.get("mode") == "full":
+            out = []
+        if row.get("recall_sample"):
+            out.append(json.loads(row["recall_sample"]))
+    return out
 
 
 #: Statistics a commit keeps so that a run with nothing to do reports the same figures.
 _COMMITTED_STATS = (
+    "images",
+    "kept",
+    "removed",
+    "pairs",
     "components_with_duplicates",
     "largest_component",
     "removed_below_tau",
-    "removed",
     "found_by_count",
+    "pairs_per_clustering",
+    "units_total",
+    "buckets",
     "seconds",
 )
 
 
 def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
-    """Write a run's three tables, then commit them (nothing when the plan is ``current``).
+    """Write a run's tables, then commit them (nothing when the plan is ``current``).
 
-    Order: ``duplicate_pairs``, ``deduplicated_images``, ``dedup_runs`` (the committed log plus
-    this run's row, as one overwrite), then the ``stage_commits`` row. A kill before the
-    commit leaves the committed versions authoritative: the next run reads its state as of
-    them and rewrites all three tables (:func:`plan_dedup`).
+    Order: ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs), the
+    ``deduplicated_images`` shards to rewrite (one shard at a time, each atomic),
+    ``dedup_runs``, then the ``stage_commits`` row. A kill before the commit leaves the
+    committed versions authoritative: the next run reads the graph as of them and rewrites the
+    shards written since (:func:`~curation_assets.lib.dedup.plan.plan_dedup`).
 
     Returns:
         Table → Delta version of the committed outputs.
@@ -224,102 +506,76 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     if plan.mode == "current" or outcome.run is None:
         assert plan.commit is not None
         return plan.commit.outputs
-    log = (
-        store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])
-        if plan.commit is not None
-        else DEDUP_RUNS.empty()
-    )
+    members = outcome.members
+    committed = _committed(plan, DEDUPLICATED_IMAGES)
+    for shard in outcome.write_shards:
+        ids = outcome.ready.get(shard)
+        if ids is None and (plan.mode == "full" or shard in plan.redo):
+            ids = []  # gone, or redone but not ready (it waits): its rows go
+        if ids is None:  # a covered shard whose decisions changed: same images as committed
+            ids = store.read(
+                DEDUPLICATED_IMAGES, shards=[shard], columns=["image_id"], version=committed
+            )["image_id"].to_list()
+        store.replace_shard(DEDUPLICATED_IMAGES, shard, _shard_decisions(shard, ids, members))
+    log = DEDUP_RUNS.empty()
+    if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:
+        old = store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])
+        log = old.with_columns(  # runs logged before a column existed: null there
+            [
+                pl.lit(None).cast(c.dtype).alias(c.name)
+                for c in DEDUP_RUNS.columns
+                if c.name not in old
+            ]
+        )
     outputs = {
         DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
-        DEDUPLICATED_IMAGES.name: store.replace_table(DEDUPLICATED_IMAGES, outcome.images),
+        DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, members),
+        DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
+        DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
         DEDUP_RUNS.name: store.replace_table(
-            DEDUP_RUNS, pl.concat([DEDUP_RUNS.conform(log), outcome.run])
+            DEDUP_RUNS, pl.concat([DEDUP_RUNS.conform(log), outcome.run], how="vertical_relaxed")
         ),
     }
     run = outcome.run.row(0, named=True)
     stats = outcome.stats
+    assert outcome.layout is not None
     record_commit(
         store,
         DEDUP_STAGE,
         inputs=outcome.input_versions,
         outputs=outputs,
-        config={k: run[k] for k in ("tau", "policy", "model_id", "centroids_versions")},
+        config={
+            **{k: run[k] for k in ("tau", "policy", "model_id", "centroids_versions")},
+            "layout": outcome.layout.key(),
+        },
         summary={
             "images": int(run["images"]),
             "mode": run["mode"],
             "stats": {k: stats[k] for k in _COMMITTED_STATS if stats.get(k) is not None},
-            "recall": outcome.recall,
+            "recall": {k: v for k, v in outcome.recall.items() if k != "sample"},
         },
     )
     return outputs
 
 
-def _incremental(
-    old: pl.DataFrame,
-    old_pairs: pl.DataFrame,
-    frame: pl.DataFrame,
-    x: np.ndarray,
-    tau: float,
-    policy: tuple[str, ...],
-    n_clusterings: int,
-    block: int,
-) -> tuple[DedupResult, pl.DataFrame, np.ndarray]:
-    """Rebuild the previous state from the tables and add the images it did not cover."""
-    t0 = time.perf_counter()
-    pos = frame.with_row_index("_pos")
-    old_rows = old.select("image_id", "shard", "row").join(
-        pos, on=["image_id", "shard"], how="inner"
+def _version(store: DeltaStore, spec: Any) -> int:
+    """The table's current version; an empty table is created when none was written yet."""
+    version = store.version(spec.name)
+    return store.replace_table(spec, spec.empty()) if version is None else version
+
+
+def _shard_decisions(shard: str, ids: list[str], members: pl.DataFrame) -> pl.DataFrame:
+    """``deduplicated_images`` rows of one shard: its graph rows' decisions, the rest kept."""
+    base = pl.DataFrame({"image_id": ids}, schema={"image_id": pl.String}).sort("image_id")
+    graph = members.filter(pl.col("shard") == shard).select(
+        "image_id", "kept", "duplicate_of", "similarity", "component_id", "component_size"
     )
-    old_rows = old_rows.sort("row")
-    new_rows = pos.join(old.select("image_id", "shard"), on=["image_id", "shard"], how="anti").sort(
-        "_pos"
-    )
-    old_idx = old_rows["_pos"].to_numpy()
-    new_idx = new_rows["_pos"].to_numpy()
-    old_frame = old_rows.drop("_pos", "row")
-    ids = old_frame["image_id"].to_numpy()
-    row_of = {s: r for r, s in enumerate(ids.tolist())}
-    prev = old  # plan_dedup reads it sorted by row
-    kept = prev["kept"].to_numpy()
-    dup_of = np.array(
-        [-1 if d is None else row_of[d] for d in prev["duplicate_of"].to_list()], np.int64
-    )
-    sim = prev["similarity"].fill_null(np.nan).to_numpy().astype(np.float32)
-    pairs = pairs_from_table(old_pairs, row_of)
-    pairs_bits = pairs.found_by if pairs.found_by is not None else np.empty(0, np.int32)
-    per = [int(((pairs_bits >> c) & 1).sum()) for c in range(n_clusterings)]
-    n_old = old_frame.height
-    result = DedupResult(
-        ids,
-        kept,
-        dup_of,
-        sim,
-        np.zeros(n_old, np.int64),
-        np.ones(n_old, np.int64),
-        pairs,
-        {"pairs_per_clustering": per},
-    )
-    x_old = x[old_idx]
-    state = DedupState(
-        [x_old],
-        ids,
-        frame_meta(old_frame),
-        [a[:, None] for a in assignment_arrays(old_frame, n_clusterings)],
-        tau,
-        policy,
-        result,
-    )
-    new_frame = new_rows.drop("_pos")
-    new_state = dedup_incremental(
-        state,
-        x[new_idx],
-        new_frame["image_id"].to_numpy(),
-        frame_meta(new_frame),
-        assignment_arrays(new_frame, n_clusterings),
-        tau,
-        policy,
-        block=block,
-    )
-    logger.info("incremental dedup: state rebuilt and extended in %.1fs", time.perf_counter() - t0)
-    order = np.concatenate([old_idx, new_idx])
-    return new_state.result, pl.concat([old_frame, new_frame]), x[order]
+    rows = base.join(graph, on="image_id", how="left")
+    return DEDUPLICATED_IMAGES.conform(
+        rows.with_columns(
+            shard=pl.lit(shard),
+            kept=pl.col("kept").fill_null(True),
+            component_id=pl.col("component_id").fill_null(pl.col("image_id")),
+            component_size=pl.col("component_size").fill_null(1),
+        )
+    ).sort("image_id")

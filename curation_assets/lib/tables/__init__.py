@@ -13,7 +13,7 @@ the module of its stage:
 * :mod:`~curation_assets.lib.tables.cluster`: ``cluster_centroids_<c>``,
   ``cluster_assignments_<c>`` for c < :data:`N_CLUSTERINGS`
 * :mod:`~curation_assets.lib.tables.dedup`: ``deduplicated_images``, ``duplicate_pairs``,
-  ``dedup_runs``
+  ``duplicate_members``, ``dedup_members``, ``dedup_runs``
 * :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
 * :mod:`~curation_assets.lib.tables.commits`: ``stage_commits``
@@ -44,7 +44,13 @@ from curation_assets.lib.tables.cluster import (
     centroids_spec,
 )
 from curation_assets.lib.tables.commits import STAGE_COMMITS
-from curation_assets.lib.tables.dedup import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
+from curation_assets.lib.tables.dedup import (
+    DEDUP_MEMBERS,
+    DEDUP_RUNS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_MEMBERS,
+    DUPLICATE_PAIRS,
+)
 from curation_assets.lib.tables.embed import IMAGE_EMBEDDINGS
 from curation_assets.lib.tables.export import CURATED_DATASET
 from curation_assets.lib.tables.filter import FILTER_REJECTIONS, FILTERED_IMAGES
@@ -84,6 +90,8 @@ TABLES: Mapping[str, TableSpec] = _registry(
     *CLUSTER_ASSIGNMENTS,
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
+    DUPLICATE_MEMBERS,
+    DEDUP_MEMBERS,
     DEDUP_RUNS,
     SAMPLE_WEIGHTS,
     BIAS_AUDIT,
@@ -113,8 +121,10 @@ __all__ = [
     "CLUSTER_CENTROIDS",
     "CURATED_DATASET",
     "DEDUPLICATED_IMAGES",
+    "DEDUP_MEMBERS",
     "DEDUP_RUNS",
     "DUPLICATE_FILES",
+    "DUPLICATE_MEMBERS",
     "DUPLICATE_PAIRS",
     "FILTERED_IMAGES",
     "FILTER_REJECTIONS",

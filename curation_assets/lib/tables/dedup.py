@@ -1,12 +1,30 @@
-"""Dedup's tables: the keep decision of every filtered image, the pairs, the run log.
+"""Dedup's tables: keep decisions, the pair graph, the run log and the bucketed layout.
 
-Written by :mod:`curation_assets.lib.dedup` (``deduplicated_images``, ``duplicate_pairs``,
-``dedup_runs``).
+Written by :mod:`curation_assets.lib.dedup`:
+
+* ``deduplicated_images`` (per shard): one row per deduplicated image.
+* ``duplicate_pairs``, ``duplicate_members`` (global, ∝ pairs): the pair graph and the images
+  on it, all the merge (components, keep policy) ever reads.
+* ``dedup_members`` (partitioned by clustering and bucket): every deduplicated image once per
+  clustering, with its embedding, stored so that a bucket (a range of clusters) is one Delta
+  partition: a work unit (clustering, bucket) reads only its rows.
+* ``dedup_runs``: one row per run.
 """
 
 import polars as pl
 
 from curation_assets.lib.tables.spec import UTC_TIMESTAMP, Column, TableSpec
+
+_VEC = Column(
+    "vector",
+    pl.Binary,
+    "The embedding as little-endian float16 (2·d bytes): the vectors dedup compares.",
+)
+_META = (
+    Column("width", pl.Int32, "Width in pixels (keep policy: resolution)."),
+    Column("height", pl.Int32, "Height in pixels (keep policy: resolution)."),
+    Column("ingested_at", UTC_TIMESTAMP, "When its shard was ingested (keep policy: earliest)."),
+)
 
 DEDUPLICATED_IMAGES = TableSpec(
     name="deduplicated_images",
@@ -19,7 +37,6 @@ DEDUPLICATED_IMAGES = TableSpec(
         Column("similarity", pl.Float32, "Cosine to the kept image (null when kept)."),
         Column("component_id", pl.String, "The group: image_id of its kept image."),
         Column("component_size", pl.Int64, "Images in the group (1 = no near duplicate)."),
-        Column("row", pl.Int64, "Position in the incremental state (old rows first)."),
     ),
 )
 
@@ -33,6 +50,42 @@ DUPLICATE_PAIRS = TableSpec(
         Column("similarity", pl.Float32, "Cosine similarity (exact per-pair dot product)."),
         Column("found_by", pl.Int32, "Bitmask: bit c set when clustering c found the pair."),
         Column("clusterings", pl.String, "The clusterings that found it, e.g. '0,2,3'."),
+        Column("shard_a", pl.String, "Shard of image_id_a."),
+        Column("shard_b", pl.String, "Shard of image_id_b."),
+    ),
+)
+
+DUPLICATE_MEMBERS = TableSpec(
+    name="duplicate_members",
+    description="Every image on at least one duplicate pair: its vector, keep-policy fields "
+    "and decision (the merge's whole state: ∝ pairs, never ∝ images).",
+    partition_by=(),
+    columns=(
+        Column("image_id", pl.String, "sha256 of the image bytes."),
+        Column("shard", pl.String, "Shard it came from."),
+        _VEC,
+        *_META,
+        Column("kept", pl.Boolean, "Kept by the keep policy."),
+        Column("duplicate_of", pl.String, "image_id of its group's kept image (null when kept)."),
+        Column("similarity", pl.Float32, "Cosine to the kept image (null when kept)."),
+        Column("component_id", pl.String, "The group: image_id of its kept image."),
+        Column("component_size", pl.Int64, "Images in the group (≥ 2)."),
+    ),
+)
+
+DEDUP_MEMBERS = TableSpec(
+    name="dedup_members",
+    description="Each deduplicated image once per clustering with its vector, bucketed by "
+    "cluster range: the pair search's input, one Delta partition per (clustering, bucket).",
+    partition_by=("clustering", "bucket"),
+    columns=(
+        Column("clustering", pl.Int32, "Clustering 0..C-1."),
+        Column("bucket", pl.Int32, "Bucket: a contiguous range of that clustering's clusters."),
+        Column("cluster", pl.Int32, "Cluster id in that clustering."),
+        Column("image_id", pl.String, "sha256 of the image bytes."),
+        Column("shard", pl.String, "Shard it came from."),
+        _VEC,
+        *_META,
     ),
 )
 
@@ -53,7 +106,14 @@ DEDUP_RUNS = TableSpec(
         Column("pairs", pl.Int64, "Pairs at cosine ≥ τ."),
         Column("removed", pl.Int64, "Images removed as near duplicates."),
         Column("previously_kept_now_removed", pl.Int64, "Kept before, now a duplicate."),
-        Column("recall", pl.String, "JSON list: pair recall of 1..C clusterings (sampled)."),
+        Column("recall", pl.String, "JSON list: pair recall of 1..C clusterings (pooled)."),
         Column("seconds", pl.Float64, "Wall time of the dedup itself."),
+        Column("units", pl.Int64, "Work units (clustering, bucket) searched."),
+        Column(
+            "recall_sample",
+            pl.String,
+            "JSON: this run's recall sample (queries, reference rows, true pairs, found per "
+            "number of clusterings), pooled with earlier runs on the same centroids.",
+        ),
     ),
 )

@@ -1,15 +1,17 @@
-"""The dedup plan: full, incremental or current, and the reason, straight from plan_dedup."""
-
-from dataclasses import replace
+"""The dedup plan: full, incremental or current, the shards to redo and the reason."""
 
 import pytest
 
-from curation_assets.lib.dedup import DedupInputs, load_inputs, plan_dedup
+from curation_assets.lib.cluster import load_centroids
+from curation_assets.lib.dedup import plan_dedup
+from curation_assets.lib.dedup.layout import reset
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DUPLICATE_PAIRS, FILTERED_IMAGES, N_CLUSTERINGS
 from curation_assets_tests.lib.dedup.helpers import (
+    MODEL,
     POLICY,
     add_shard,
+    assign_shard_rows,
     run_and_write,
     vectors,
     write_centroids,
@@ -26,33 +28,57 @@ def store(tmp_path) -> DeltaStore:
     return s
 
 
-def _plan(store: DeltaStore, inputs: DedupInputs | None = None, **kwargs):
-    args = {"tau": TAU, "policy": POLICY, **kwargs}
-    return plan_dedup(store, inputs or load_inputs(store), **args)
+def _versions(store: DeltaStore) -> list[str]:
+    out = []
+    for c in range(N_CLUSTERINGS):
+        cent = load_centroids(store, c)
+        assert cent is not None
+        out.append(cent.version)
+    return out
 
 
-def test_first_run_is_full(store):
+def _plan(store: DeltaStore, **kwargs):
+    args = {
+        "tau": TAU,
+        "policy": POLICY,
+        "model_id": MODEL,
+        "versions": _versions(store),
+        **kwargs,
+    }
+    return plan_dedup(store, **args)
+
+
+def test_first_run_is_full_over_every_filtered_shard(store):
+    add_shard(store, "b", vectors(4, 0, seed=2), assign_rows=False)
     plan = _plan(store)
     assert (plan.mode, plan.reason) == ("full", "first run")
-    assert plan.commit is None and plan.old is None and plan.torn == []
+    assert plan.commit is None and plan.redo == {"a", "b"} and plan.torn == []
 
 
-def test_nothing_new_since_the_commit_is_current_with_the_committed_tables(store):
-    first = run_and_write(store)
+def test_nothing_changed_since_the_commit_is_current(store):
+    run_and_write(store)
     plan = _plan(store)
-    assert plan.mode == "current" and "no new image since the last run (20 images)" in plan.reason
-    assert plan.commit is not None and plan.old is not None and plan.old_pairs is not None
-    assert plan.old.height == 20 and plan.old["row"].to_list() == list(range(20))
-    assert plan.old_pairs.height == first.pairs.height
+    assert plan.mode == "current" and "no input changed since the last run (1 shards)" in plan.reason
+    assert plan.covered == {"a"} and plan.redo == set() and plan.layout is not None
 
 
-def test_new_images_with_the_same_parameters_are_incremental(store):
+def test_a_new_shard_is_incremental_and_only_it_is_redone(store):
     run_and_write(store)
     add_shard(store, "b", vectors(7, 0, seed=2), start=100)
     plan = _plan(store)
-    assert plan.mode == "incremental"
-    assert plan.reason == "extends the last run (20 images) by 7"
-    assert plan.old is not None and plan.old.height == 20
+    assert plan.mode == "incremental" and plan.redo == {"b"}
+    assert plan.reason == "extends the last run (1 shards): 1 new shards, 0 changed"
+
+
+def test_a_refiltered_or_reassigned_shard_is_redone(store):
+    run_and_write(store)
+    kept = store.read(FILTERED_IMAGES, shards=["a"])
+    store.replace_shard(FILTERED_IMAGES, "a", kept.head(15))
+    plan = _plan(store)
+    assert plan.mode == "incremental" and plan.redo == {"a"} and "1 changed" in plan.reason
+    run_and_write(store)
+    assign_shard_rows(store, "a", kept.head(15)["image_id"].to_list(), vectors(20, 3, seed=1)[:15])
+    assert _plan(store).redo == {"a"}
 
 
 def test_mode_full_is_obeyed(store):
@@ -72,30 +98,9 @@ def test_mode_full_is_obeyed(store):
 )
 def test_a_changed_parameter_recomputes_in_full_and_says_which(store, change, reason):
     run_and_write(store)
-    inputs = load_inputs(store)
-    params = {k: v for k, v in change.items() if k in ("tau", "policy")}
-    fields = {k: v for k, v in change.items() if k not in params}
-    plan = _plan(store, replace(inputs, **fields), **params)
+    plan = _plan(store, **change)
     assert plan.mode == "full" and reason in plan.reason, plan.reason
-    assert plan.commit is not None and plan.old is None
-
-
-def test_an_image_that_left_the_filtered_set_recomputes_in_full(store):
-    run_and_write(store)
-    kept = store.read(FILTERED_IMAGES, shards=["a"])
-    store.replace_shard(FILTERED_IMAGES, "a", kept.head(15))
-    plan = _plan(store)
-    assert plan.mode == "full"
-    assert "5 previously deduplicated images left the filtered set" in plan.reason
-
-
-def test_a_previous_run_over_no_image_is_not_extended(tmp_path):
-    store = DeltaStore(str(tmp_path / "delta"))
-    write_centroids(store)
-    run_and_write(store)  # nothing filtered yet: a committed run over 0 images
-    add_shard(store, "a", vectors(5, 0, seed=3))
-    plan = _plan(store)
-    assert plan.mode == "full" and "covered no image" in plan.reason
+    assert plan.commit is not None and plan.redo == {"a"}
 
 
 def test_outputs_written_after_the_commit_are_recovered_incrementally(store):
@@ -104,4 +109,10 @@ def test_outputs_written_after_the_commit_are_recovered_incrementally(store):
     plan = _plan(store)
     assert plan.torn == [DUPLICATE_PAIRS.name]
     assert plan.mode == "incremental" and "recovering: duplicate_pairs" in plan.reason
-    assert plan.old_pairs is not None and plan.old_pairs.height == first.pairs.height
+
+
+def test_a_full_run_killed_while_laying_out_is_redone_in_full(store):
+    run_and_write(store)
+    reset(store)  # what a full run does first; then it was killed
+    plan = _plan(store)
+    assert plan.mode == "full" and "laying out dedup_members anew" in plan.reason

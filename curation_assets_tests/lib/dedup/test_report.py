@@ -55,18 +55,19 @@ def test_a_clean_run_passes_every_check_but_lists_the_waiting_images(outcome):
     )
     passed, warn, _, meta = checks["every_filtered_image_deduplicated"]
     assert (passed, warn) == (False, True)
-    assert meta == {"pending": {"b (no cluster_assignments_0)": 3}}
+    assert meta == {"pending_shards": 1, "pending": {"b": "3 images lack cluster_assignments_0"}}
     passed, warn, _, meta = checks["pair_recall_target"]
     assert passed and warn and meta["target"] == 0.95 and meta["true_pairs"] == 6
 
 
 def test_broken_groups_pairs_below_tau_and_low_recall_fail(outcome):
-    images = outcome.images.with_columns(
+    members = outcome.members.with_columns(
         kept=pl.when(pl.col("kept").not_()).then(True).otherwise(pl.col("kept"))
     )
     pairs = outcome.pairs.with_columns(similarity=pl.col("similarity") * 0.5)
     recall = {**outcome.recall, "recall": [0.5] * N_CLUSTERINGS}
-    checks = _checks(replace(outcome, images=images, pairs=pairs, recall=recall))
+    merged = replace(outcome.merged, members=members, pairs=pairs)
+    checks = _checks(replace(outcome, merged=merged, recall=recall))
     assert checks["one_kept_per_group"][0] is False
     assert checks["one_kept_per_group"][3]["bad_groups"] == 6
     assert checks["no_pair_below_tau"][0] is False
@@ -81,14 +82,15 @@ def test_figures_chart_and_found_by(outcome):
     figures = dedup_figures(outcome, POLICY)
     assert list(figures)[:4] == ["mode", "mode_reason", "tau", "policy"]
     assert figures["mode"] == "full" and figures["policy"] == "resolution, earliest, smallest_id"
-    assert (figures["kept"], figures["removed"], figures["pending_images"]) == (34, 6, 3)
+    assert (figures["kept"], figures["removed"], figures["pending_shards"]) == (34, 6, 1)
     assert figures["groups_with_duplicates"] == 6 and figures["largest_group"] == 2
     curve = [figures[f"recall_{c}_clusterings"] for c in range(1, N_CLUSTERINGS + 1)]
-    assert curve == sorted(curve) and list(figures)[-1] == f"recall_{N_CLUSTERINGS}_clusterings"
+    assert curve == sorted(curve) and list(figures)[-1] == f"recall_{N_CLUSTERINGS}_stderr"
+    assert "40 queries from all deduplicated rows" in figures["recall_measured_on"]
     chart = recall_chart(outcome)
     assert chart is not None
     title, labels, values = chart
-    assert "(6 true pairs touching 40 sampled images)" in title
+    assert "6 true pairs" in title and "40 queries" in title
     assert labels[0] == "1 clustering(s)" and values == [round(r, 4) for r in curve]
     assert recall_chart(replace(outcome, recall={"recall": []})) is None
     counts = found_by_counts(outcome)

@@ -1,0 +1,217 @@
+"""The cluster-bucketed layout: what makes the pair search a set of independent work units.
+
+Pair search needs, per clustering, the vectors of one cluster together. ``dedup_members`` holds
+every deduplicated image once per clustering (its cluster id, its vector as float16 and the
+keep-policy fields), Delta-partitioned by ``(clustering, bucket)``, where a bucket is a
+contiguous range of that clustering's clusters. A work unit ``(clustering, bucket)`` reads one
+partition and nothing else (:func:`read_unit`), so its memory is the rows of one bucket, and the
+number of buckets is chosen from the memory budget (:func:`choose_layout`): at any N a unit
+holds about a quarter of the budget.
+
+Rows are written one shard at a time (:func:`shard_rows` reads a shard's filtered embeddings,
+its ingest fields and its five assignments, shard-pruned; :func:`write_shard`), so building
+the layout streams the corpus with one shard in memory, and a new shard costs its own rows.
+
+Storage: C copies of each vector at 2·d bytes (5 × 1 KiB per 512-d image), beside
+``image_embeddings``' 4·d bytes. The layout is derived data: a full run rebuilds it.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.cluster import filtered_embeddings
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
+from curation_assets.lib.vectors import embedding_matrix, from_half_bytes, half_bytes, single_model
+
+#: Bytes one member row costs a unit: the float16 vector read, its float32 copy, ids, meta.
+_ROW_OVERHEAD = 160
+
+
+def unit_row_bytes(dim: int) -> int:
+    """Working bytes of one member row inside a unit (float16 as read + float32 + ids)."""
+    return 6 * dim + _ROW_OVERHEAD
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How clusters map to buckets, per clustering.
+
+    Attributes:
+        ks: Clusters of each clustering (from its centroids).
+        buckets: Buckets of each clustering; bucket of cluster ``q`` = ``q · B // k``.
+    """
+
+    ks: tuple[int, ...]
+    buckets: tuple[int, ...]
+
+    def bucket_of(self, c: int, cluster: np.ndarray) -> np.ndarray:
+        """(n,) int32 bucket of each cluster id of clustering ``c``."""
+        return (np.asarray(cluster, np.int64) * self.buckets[c] // self.ks[c]).astype(np.int32)
+
+    def units(self) -> list[tuple[int, int]]:
+        """Every (clustering, bucket)."""
+        return [(c, b) for c, n in enumerate(self.buckets) for b in range(n)]
+
+    def key(self) -> str:
+        """A stable text form (recorded with the commit; a change means a full rebuild)."""
+        return json.dumps({"ks": list(self.ks), "buckets": list(self.buckets)})
+
+    @classmethod
+    def from_key(cls, key: str) -> "Layout":
+        """Inverse of :meth:`key`."""
+        raw = json.loads(key)
+        return cls(tuple(raw["ks"]), tuple(raw["buckets"]))
+
+
+def choose_layout(n_rows: int, dim: int, ks: list[int], budget: MemoryBudget) -> Layout:
+    """Buckets per clustering so that a unit holds about a quarter of ``budget``.
+
+    A quarter leaves room for cluster-size imbalance (a bucket of large clusters), for the
+    corpus to double before the next retrain of the centroids (which rebuilds the layout), and
+    for the search's Gram blocks and pairs.
+
+    Args:
+        n_rows: Images to lay out (the filtered set, counted from the Delta log).
+        dim: Embedding dimension.
+        ks: Clusters per clustering.
+        budget: The step's memory budget.
+    """
+    per_unit = budget.rows(unit_row_bytes(max(dim, 1)), share=0.25, minimum=64)
+    wanted = max(1, math.ceil(n_rows / per_unit))
+    return Layout(tuple(ks), tuple(min(k, wanted) for k in ks))
+
+
+@dataclass
+class ShardRows:
+    """One shard's deduplicated images, ready to lay out (or why it is not ready).
+
+    Attributes:
+        shard: The shard.
+        frame: image_id, shard, width, height, ingested_at, ``c0``..``c{C-1}`` cluster ids,
+            sorted by image_id (empty when not ready).
+        x: (n, d) float32 embeddings aligned with ``frame``.
+        model_id: Embedding model ('' when the shard has no filtered image).
+        why: None when ready; otherwise why the shard waits (missing or stale assignments).
+    """
+
+    shard: str
+    frame: pl.DataFrame
+    x: np.ndarray
+    model_id: str
+    why: str | None = None
+
+
+def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
+    """Read one shard's filtered embeddings, ingest fields and assignments (shard-pruned).
+
+    A shard is ready when every filtered image with an embedding has an assignment in every
+    clustering, made with the centroids in force (``versions``); otherwise it waits whole
+    (``why``), and a later run picks it up once it is assigned.
+
+    Memory: one shard's rows.
+    """
+    emb = filtered_embeddings(store, [shard])
+    empty = np.zeros((0, 0), np.float32)
+    if emb.is_empty():
+        return ShardRows(shard, pl.DataFrame(), empty, "")
+    model_id = single_model(emb, before="deduplicating", source=f"shard {shard}'s embeddings")
+    raw = store.read(
+        RAW_IMAGES, shards=[shard], columns=["image_id", "width", "height", "ingested_at"]
+    ).unique("image_id", keep="first")
+    # joins do not keep row order (maintain_order defaults to none): _r restores emb's order
+    frame = emb.select("image_id", "shard").with_row_index("_r")
+    frame = frame.join(raw, on="image_id", how="left")
+    for c, version in enumerate(versions):
+        a = store.read(
+            assignments_spec(c),
+            shards=[shard],
+            columns=["image_id", "cluster", "centroids_version"],
+        )
+        frame = frame.join(
+            a.rename({"cluster": f"c{c}", "centroids_version": f"v{c}"}), on="image_id", how="left"
+        )
+        missing = frame.filter(pl.col(f"c{c}").is_null()).height
+        if missing:
+            why = f"{missing} images lack cluster_assignments_{c}"
+            return ShardRows(shard, pl.DataFrame(), empty, model_id, why)
+        stale = frame.filter(pl.col(f"v{c}") != version).height
+        if stale:
+            why = f"cluster_assignments_{c} made with older centroids ({stale} images)"
+            return ShardRows(shard, pl.DataFrame(), empty, model_id, why)
+        frame = frame.drop(f"v{c}")
+    x = embedding_matrix(emb["embedding"])
+    return ShardRows(shard, frame.sort("_r").drop("_r"), x, model_id)
+
+
+def member_frame(rows: ShardRows, layout: Layout) -> pl.DataFrame:
+    """``dedup_members`` rows of a ready shard: one per image and clustering."""
+    vec = half_bytes(rows.x)
+    parts = []
+    for c in range(len(layout.ks)):
+        cluster = rows.frame[f"c{c}"].to_numpy()
+        parts.append(
+            rows.frame.select(
+                pl.lit(c, pl.Int32).alias("clustering"),
+                pl.Series("bucket", layout.bucket_of(c, cluster)),
+                pl.col(f"c{c}").cast(pl.Int32).alias("cluster"),
+                "image_id",
+                "shard",
+                vec.alias("vector"),
+                "width",
+                "height",
+                "ingested_at",
+            )
+        )
+    return DEDUP_MEMBERS.conform(pl.concat(parts)).sort("clustering", "bucket", "cluster")
+
+
+def write_shard(store: DeltaStore, shard: str, frame: pl.DataFrame | None) -> None:
+    """Replace the shard's rows of ``dedup_members`` (every clustering and bucket at once).
+
+    ``frame`` None or empty removes the shard (it left the filtered set or waits).
+    """
+    data = frame if frame is not None else DEDUP_MEMBERS.empty()
+    if not store.exists(DEDUP_MEMBERS.name) and data.is_empty():
+        return
+    store.replace_where(DEDUP_MEMBERS, "shard", shard, data)
+
+
+def reset(store: DeltaStore) -> None:
+    """Empty ``dedup_members`` (a full run lays the corpus out anew)."""
+    store.replace_table(DEDUP_MEMBERS, DEDUP_MEMBERS.empty())
+
+
+@dataclass
+class UnitRows:
+    """The rows of one work unit.
+
+    Attributes:
+        frame: cluster, image_id, shard, width, height, ingested_at, sorted by
+            (image_id, shard) — the canonical row order.
+        x: (n, d) float32 vectors aligned with ``frame``.
+    """
+
+    frame: pl.DataFrame
+    x: np.ndarray
+
+
+def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) -> UnitRows:
+    """Rows of unit ``(c, b)``: one Delta partition of ``dedup_members``.
+
+    Memory: the bucket's rows (≈ a quarter of the budget the layout was chosen for).
+    """
+    frame = (
+        store.scan(DEDUP_MEMBERS, version=version)
+        .filter((pl.col("clustering") == c) & (pl.col("bucket") == b))
+        .drop("clustering", "bucket")
+        .collect()
+        .sort("image_id", "shard")
+    )
+    x = from_half_bytes(frame["vector"])
+    return UnitRows(frame.drop("vector"), x)

@@ -1,0 +1,221 @@
+"""The merge: union of the units' pairs, connected components, the keep policy.
+
+Its whole state is the pair graph: ``duplicate_pairs`` (one row per pair, ``found_by`` bits)
+and ``duplicate_members`` (one row per image on a pair: vector, keep-policy fields, decision).
+Images on no pair are kept, alone in their group, and never enter the merge, so its memory
+grows with the number of pairs, not of images.
+
+Incremental: the old rows of the shards being redone (new, changed or gone) are dropped with
+every pair touching them, the units' new pairs are added (they all touch a redone shard, so
+they share no pair with the old ones), and components and decisions are recomputed over the
+graph (cheap: O(pairs)). The result depends only on the final set of pairs, so full,
+incremental and any order of units give the same pairs and decisions (tested).
+
+Row order inside the merge is canonical — sorted by (image_id, shard) — so the keep policy's
+last tie-break ("lowest row") is the smallest image_id.
+"""
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.dedup.keep import ImageMeta, choose, component_sizes, connected_components
+from curation_assets.lib.dedup.pairs import Pairs, Rows, popcount
+from curation_assets.lib.dedup.units import ENDPOINT_SCHEMA, UNIT_PAIR_SCHEMA
+from curation_assets.lib.tables import DUPLICATE_MEMBERS, DUPLICATE_PAIRS
+from curation_assets.lib.vectors import from_half_bytes
+
+_DECISION = ["kept", "duplicate_of", "similarity", "component_id", "component_size"]
+
+
+@dataclass
+class Merged:
+    """The pair graph after a merge, and what changed.
+
+    Attributes:
+        pairs: ``duplicate_pairs`` rows, sorted.
+        members: ``duplicate_members`` rows with their decisions, sorted by image_id.
+        changed_shards: Shards holding an image whose decision differs from before (or that
+            left or joined the graph): their ``deduplicated_images`` rows must be rewritten.
+        stats: pairs, new_pairs, images_on_pairs, removed, components_with_duplicates,
+            largest_component, removed_below_tau, previously_kept_now_removed,
+            found_by_count, pairs_per_clustering.
+    """
+
+    pairs: pl.DataFrame
+    members: pl.DataFrame
+    changed_shards: set[str]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def unite(unit_pairs: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """One row per pair over the units' rows, ``found_by`` = the clusterings that found it.
+
+    A pair's similarity is the same whichever unit found it (a per-pair dot product of the
+    same two vectors), so the first is taken.
+    """
+    frames = [p for p in unit_pairs if p.height]
+    if not frames:
+        return DUPLICATE_PAIRS.empty()
+    rows = pl.concat([p.select(list(UNIT_PAIR_SCHEMA)) for p in frames])
+    united = rows.group_by("image_id_a", "image_id_b").agg(
+        pl.first("shard_a"),
+        pl.first("shard_b"),
+        pl.first("similarity"),
+        # one row per clustering that found the pair: the sum of distinct bits is their OR
+        pl.lit(2, pl.Int32).pow(pl.col("clustering")).sum().cast(pl.Int32).alias("found_by"),
+    )
+    return _with_names(united)
+
+
+def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Add the ``clusterings`` text ('0,2,3') and conform to ``duplicate_pairs``."""
+    bits = pairs["found_by"].to_numpy()
+    width = int(bits.max()).bit_length() if bits.size else 0
+    names = [",".join(str(c) for c in range(width) if (v >> c) & 1) for v in bits.tolist()]
+    return DUPLICATE_PAIRS.conform(
+        pairs.with_columns(clusterings=pl.Series(names, dtype=pl.String))
+    ).sort("image_id_a", "image_id_b")
+
+
+def merge(
+    old_pairs: pl.DataFrame,
+    old_members: pl.DataFrame,
+    unit_pairs: Sequence[pl.DataFrame],
+    unit_endpoints: Sequence[pl.DataFrame],
+    *,
+    redone: Collection[str],
+    policy: Sequence[str],
+    tau: float,
+    n_clusterings: int,
+) -> Merged:
+    """Merge new pairs into the pair graph and re-decide every group.
+
+    Args:
+        old_pairs: The committed ``duplicate_pairs`` (empty for a full run).
+        old_members: The committed ``duplicate_members``.
+        unit_pairs: The units' pairs (:class:`~curation_assets.lib.dedup.units.UnitResult`).
+        unit_endpoints: The units' rows on those pairs.
+        redone: Shards whose old rows are replaced (new, changed, gone or waiting): their
+            pairs and members are dropped before the new pairs are added.
+        policy: Keep policy.
+        tau: Cosine threshold (for the ``removed_below_tau`` count).
+        n_clusterings: Clusterings (for the per-clustering counts).
+
+    Returns:
+        A :class:`Merged`.
+
+    Raises:
+        RuntimeError: If a new pair was already an old pair (a unit searched an old pair: the
+            redone shards were not dropped; a bug, not data).
+
+    Memory: the pairs and the rows on them (vectors included), never the other images.
+    """
+    gone = sorted(redone)
+    keep_pair = ~(pl.col("shard_a").is_in(gone) | pl.col("shard_b").is_in(gone))
+    base_pairs = old_pairs.filter(keep_pair) if old_pairs.height else DUPLICATE_PAIRS.empty()
+    base_members = (
+        old_members.filter(~pl.col("shard").is_in(gone))
+        if old_members.height
+        else DUPLICATE_MEMBERS.empty()
+    )
+    new_pairs = unite(unit_pairs)
+    clash = new_pairs.join(base_pairs, on=["image_id_a", "image_id_b"], how="semi").height
+    if clash:
+        msg = f"{clash} new pairs were already committed pairs; the redone shards were not dropped"
+        raise RuntimeError(msg)
+    pairs = pl.concat([base_pairs, new_pairs]).sort("image_id_a", "image_id_b")
+    endpoints = [e.select(list(ENDPOINT_SCHEMA)) for e in unit_endpoints if e.height]
+    nodes = pl.concat(
+        [base_members.select(list(ENDPOINT_SCHEMA)), *endpoints], how="vertical_relaxed"
+    ).unique("image_id", keep="first")
+    on_graph = pl.concat([pairs["image_id_a"], pairs["image_id_b"]]).unique()
+    nodes = nodes.filter(pl.col("image_id").is_in(on_graph.implode())).sort("image_id", "shard")
+    members = _decide(nodes, pairs, policy)
+    stats = _stats(pairs, new_pairs, members, tau, n_clusterings)
+    changed, was_kept_now_removed = _changes(old_members, members, gone)
+    stats["previously_kept_now_removed"] = was_kept_now_removed
+    return Merged(pairs, members, changed, stats)
+
+
+def _decide(nodes: pl.DataFrame, pairs: pl.DataFrame, policy: Sequence[str]) -> pl.DataFrame:
+    """Components and keep decisions of the graph's rows (``nodes`` sorted by image_id)."""
+    n = nodes.height
+    if n == 0:
+        return DUPLICATE_MEMBERS.empty()
+    row_of = nodes.select("image_id").with_row_index("_row")
+    ij = (
+        pairs.select("image_id_a", "image_id_b")
+        .join(row_of.rename({"image_id": "image_id_a", "_row": "i"}), on="image_id_a")
+        .join(row_of.rename({"image_id": "image_id_b", "_row": "j"}), on="image_id_b")
+    )
+    if ij.height != pairs.height:
+        msg = f"{pairs.height - ij.height} pairs name an image with no vector; state is torn"
+        raise RuntimeError(msg)
+    i = ij["i"].to_numpy().astype(np.int64)
+    j = ij["j"].to_numpy().astype(np.int64)
+    graph = Pairs(np.minimum(i, j), np.maximum(i, j), np.zeros(i.size, np.float32))
+    comp = connected_components(n, graph)
+    x = from_half_bytes(nodes["vector"])
+    ids = nodes["image_id"].to_numpy()
+    choice = choose(Rows([x]), np.arange(n), comp, ImageMeta.of(nodes), ids, policy)
+    keeper = np.where(choice.kept, np.arange(n), choice.duplicate_of)
+    dup = pl.Series("duplicate_of", ids[np.maximum(choice.duplicate_of, 0)])
+    dup = dup.scatter(np.flatnonzero(choice.kept), None)
+    return DUPLICATE_MEMBERS.conform(
+        nodes.with_columns(
+            kept=pl.Series(choice.kept),
+            duplicate_of=dup,
+            similarity=pl.Series(choice.similarity).fill_nan(None),
+            component_id=pl.Series(ids[keeper]),
+            component_size=pl.Series(component_sizes(comp)),
+        )
+    )
+
+
+def _stats(
+    pairs: pl.DataFrame,
+    new_pairs: pl.DataFrame,
+    members: pl.DataFrame,
+    tau: float,
+    n_clusterings: int,
+) -> dict[str, Any]:
+    bits = pairs["found_by"].to_numpy().astype(np.int64)
+    removed = members.filter(~pl.col("kept"))
+    count = np.bincount(popcount(bits), minlength=n_clusterings + 1)[1:] if bits.size else []
+    return {
+        "pairs": pairs.height,
+        "new_pairs": new_pairs.height,
+        "images_on_pairs": members.height,
+        "removed": removed.height,
+        "components_with_duplicates": int(members["component_id"].n_unique())
+        if members.height
+        else 0,
+        "largest_component": int(members["component_size"].to_numpy().max(initial=0)),
+        "removed_below_tau": removed.filter(pl.col("similarity") < tau).height,
+        "found_by_count": [int(v) for v in count],
+        "pairs_per_clustering": [int(((bits >> c) & 1).sum()) for c in range(n_clusterings)],
+    }
+
+
+def _changes(
+    old_members: pl.DataFrame, members: pl.DataFrame, gone: list[str]
+) -> tuple[set[str], int]:
+    """Shards whose rows' decisions changed, and how many kept images became duplicates.
+
+    Redone shards are rewritten anyway; among the others an image changes when it joins the
+    graph, leaves it (its partners' shard was redone) or its decision differs.
+    """
+    old = old_members.filter(~pl.col("shard").is_in(gone)).select("image_id", "shard", *_DECISION)
+    new = members.filter(~pl.col("shard").is_in(gone)).select("image_id", "shard", *_DECISION)
+    both = old.join(new, on=["image_id", "shard"], how="full", coalesce=True, suffix="_new")
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_new")) for c in _DECISION])
+    changed = both.filter(differs)
+    # kept before: an old member kept, or an image on no pair (always kept)
+    was_kept = pl.col("kept").fill_null(True)
+    now_removed = pl.col("kept_new").fill_null(True).not_()
+    flipped = changed.filter(was_kept & now_removed).height
+    return set(changed["shard"].to_list()), flipped

@@ -1,0 +1,145 @@
+"""One work unit of the pair search: a (clustering, bucket) of the bucketed layout.
+
+:func:`search_unit` reads one partition of ``dedup_members`` (:func:`.layout.read_unit`), finds
+every pair with cosine ≥ τ inside each cluster of the bucket (blockwise, never an n×n matrix;
+:func:`~curation_assets.lib.dedup.pairs.within_clusters`) and returns the pairs by image_id,
+with the rows on them (their vectors and keep-policy fields: all the merge will need).
+
+With ``query_shards`` (an incremental run) only pairs touching a row of those shards are
+searched: each new row against every row of its cluster. Units are independent of each
+other: run them in any order, in one process or on many workers, and the union of their
+pairs is the same. A unit is a plain function of the Delta tables (picklable inputs), so an
+engine can dispatch it as it is.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.dedup.layout import read_unit
+from curation_assets.lib.dedup.pairs import Rows, within_clusters
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.vectors import half_bytes
+
+#: Columns of a unit's pairs (one row per pair and clustering that found it).
+UNIT_PAIR_SCHEMA = pl.Schema(
+    {
+        "image_id_a": pl.String,
+        "image_id_b": pl.String,
+        "shard_a": pl.String,
+        "shard_b": pl.String,
+        "similarity": pl.Float32,
+        "clustering": pl.Int32,
+    }
+)
+#: Columns of the rows on a unit's pairs.
+ENDPOINT_SCHEMA = pl.Schema(
+    {
+        "image_id": pl.String,
+        "shard": pl.String,
+        "vector": pl.Binary,
+        "width": pl.Int32,
+        "height": pl.Int32,
+        "ingested_at": pl.Datetime("us", "UTC"),
+    }
+)
+
+
+@dataclass
+class UnitResult:
+    """What one unit found.
+
+    Attributes:
+        clustering: The clustering.
+        bucket: The bucket.
+        pairs: :data:`UNIT_PAIR_SCHEMA` rows, ``image_id_a < image_id_b``.
+        endpoints: :data:`ENDPOINT_SCHEMA` rows of every image on a pair.
+        stats: rows, queries, clusters_searched, largest_cluster, comparisons, pairs, seconds.
+    """
+
+    clustering: int
+    bucket: int
+    pairs: pl.DataFrame
+    endpoints: pl.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def search_unit(
+    store: DeltaStore,
+    c: int,
+    b: int,
+    tau: float,
+    *,
+    query_shards: set[str] | None = None,
+    block: int = 2048,
+    version: int | None = None,
+) -> UnitResult:
+    """Every pair with cosine ≥ ``tau`` inside the clusters of unit ``(c, b)``.
+
+    Args:
+        store: Where ``dedup_members`` lives.
+        c: Clustering.
+        b: Bucket.
+        tau: Cosine threshold.
+        query_shards: Only pairs touching a row of these shards (None = all pairs).
+        block: Tile edge of the within-cluster search.
+        version: Read ``dedup_members`` as of this Delta version (None = latest).
+
+    Returns:
+        A :class:`UnitResult`.
+
+    Memory: the bucket's rows (float16 as read, float32 to compute: 6·d bytes a row) + one
+    ``block × block`` Gram tile + the pairs.
+    """
+    t0 = time.perf_counter()
+    rows = read_unit(store, c, b, version=version)
+    n = rows.frame.height
+    is_query = None
+    if query_shards is not None:
+        is_query = rows.frame["shard"].is_in(sorted(query_shards)).to_numpy()
+    stats: dict[str, Any] = {
+        "rows": n,
+        "queries": n if is_query is None else int(is_query.sum()),
+    }
+    if n < 2 or (is_query is not None and not is_query.any()):
+        stats.update(comparisons=0, pairs=0, seconds=time.perf_counter() - t0)
+        return UnitResult(
+            c, b, pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), stats
+        )
+    src = Rows([rows.x])
+    found = within_clusters(
+        src, rows.frame["cluster"].to_numpy()[:, None], tau, block=block, is_query=is_query
+    )
+    ids = rows.frame["image_id"].to_numpy()
+    shards = rows.frame["shard"].to_numpy()
+    # rows are sorted by image_id, so i < j means image_id[i] < image_id[j]
+    pairs = pl.DataFrame(
+        {
+            "image_id_a": ids[found.i],
+            "image_id_b": ids[found.j],
+            "shard_a": shards[found.i],
+            "shard_b": shards[found.j],
+            "similarity": found.sim.astype(np.float32),
+            "clustering": np.full(len(found), c, np.int32),
+        },
+        schema=UNIT_PAIR_SCHEMA,
+    )
+    on_pair = np.unique(np.concatenate([found.i, found.j]))
+    endpoints = (
+        rows.frame[on_pair]
+        .select("image_id", "shard", "width", "height", "ingested_at")
+        .with_columns(vector=half_bytes(rows.x[on_pair]))
+        .select(list(ENDPOINT_SCHEMA))
+    )
+    s = found.stats or {}
+    stats.update(
+        clusters_searched=int(s.get("clusters_searched", 0)),
+        largest_cluster=int(s.get("largest_cluster", 0)),
+        comparisons=int(s.get("comparisons", 0)),
+        pairs=len(found),
+        seconds=time.perf_counter() - t0,
+    )
+    return UnitResult(c, b, pairs, endpoints, stats)

@@ -1,0 +1,191 @@
+"""The bucketed dedup: full, incremental, bucketed, unit-by-unit and in-memory runs agree.
+
+Pair for pair (ids, similarity, found_by) and decision for decision (kept, duplicate_of,
+similarity, group), on a corpus with planted near-duplicates spread across shards.
+"""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curation_assets.lib.cluster import centroids_frame, train_clusterings
+from curation_assets.lib.dedup import dedup
+from curation_assets.lib.dedup.layout import choose_layout, read_unit
+from curation_assets.lib.dedup.merge import merge
+from curation_assets.lib.dedup.units import search_unit
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    DEDUP_MEMBERS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_MEMBERS,
+    DUPLICATE_PAIRS,
+    FILTERED_IMAGES,
+    N_CLUSTERINGS,
+    centroids_spec,
+)
+from curation_assets.tools.synthetic import clip_like_embeddings
+from curation_assets_tests.lib.dedup.helpers import MODEL, POLICY, add_shard, run_and_write
+
+N_SHARDS, PER_SHARD, DIM = 6, 150, 16
+TAU = 0.95
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[np.ndarray, list]:
+    """900 rows, 30 % in planted groups scattered over every shard; five trained clusterings."""
+    x, _ = clip_like_embeddings(N_SHARDS * PER_SHARD, DIM, dup_fraction=0.3, seed=5)
+    models = train_clusterings(x, 8, niter=5)
+    return x, models
+
+
+def _store(root, corpus) -> DeltaStore:
+    x, models = corpus
+    store = DeltaStore(str(root))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for c, model in enumerate(models):
+        store.replace_table(centroids_spec(c), centroids_frame(model, MODEL, now))
+    return store
+
+
+def _add(store: DeltaStore, corpus, shards) -> None:
+    x, _ = corpus
+    for s in shards:
+        rows = x[s * PER_SHARD : (s + 1) * PER_SHARD]
+        add_shard(store, f"s{s}", rows, start=100 * s)
+
+
+def _tables(store: DeltaStore) -> tuple[pl.DataFrame, pl.DataFrame]:
+    images = store.read(DEDUPLICATED_IMAGES).sort("image_id")
+    pairs = store.read(DUPLICATE_PAIRS).sort("image_id_a", "image_id_b")
+    return images, pairs
+
+
+def _assert_same(a, b) -> None:
+    for left, right, name in zip(a, b, ("deduplicated_images", "duplicate_pairs"), strict=True):
+        assert left.height == right.height, name
+        assert left.equals(right), name
+
+
+def test_incremental_equals_full_pair_for_pair_and_decision_for_decision(tmp_path, corpus):
+    full = _store(tmp_path / "full", corpus)
+    _add(full, corpus, range(N_SHARDS))
+    out = run_and_write(full)
+    assert out.plan.mode == "full" and out.stats["pairs"] > 50 and out.stats["removed"] > 50
+    expected = _tables(full)
+
+    inc = _store(tmp_path / "inc", corpus)
+    _add(inc, corpus, range(3))
+    run_and_write(inc)
+    _add(inc, corpus, [3])
+    step = run_and_write(inc)
+    assert step.plan.mode == "incremental" and step.stats["new_rows"] == PER_SHARD
+    _add(inc, corpus, [4, 5])  # two shards in one update
+    step = run_and_write(inc)
+    assert step.plan.mode == "incremental" and step.stats["new_rows"] == 2 * PER_SHARD
+    assert step.stats["previously_kept_now_removed"] >= 0
+    _assert_same(_tables(inc), expected)
+    assert run_and_write(inc).plan.mode == "current"
+
+
+def test_a_refiltered_shard_is_redone_incrementally_and_matches_a_full_run(tmp_path, corpus):
+    inc = _store(tmp_path / "inc", corpus)
+    _add(inc, corpus, range(4))
+    run_and_write(inc)
+    kept = inc.read(FILTERED_IMAGES, shards=["s1"])
+    inc.replace_shard(FILTERED_IMAGES, "s1", kept.head(90))  # a classifier retrain drops 60
+    step = run_and_write(inc)
+    assert step.plan.mode == "incremental" and "1 changed" in step.plan.reason
+    assert step.stats["images"] == 3 * PER_SHARD + 90
+
+    full = _store(tmp_path / "full", corpus)
+    _add(full, corpus, range(4))
+    full.replace_shard(FILTERED_IMAGES, "s1", kept.head(90))
+    run_and_write(full)
+    _assert_same(_tables(inc), _tables(full))
+
+
+def test_many_small_buckets_equal_one_bucket(tmp_path, corpus):
+    one = _store(tmp_path / "one", corpus)
+    _add(one, corpus, range(N_SHARDS))
+    run_and_write(one)
+    many = _store(tmp_path / "many", corpus)
+    _add(many, corpus, range(N_SHARDS))
+    small = MemoryBudget(0.05)  # 52 KiB: a few hundred rows a unit
+    out = run_and_write(many, budget=small)
+    assert min(out.layout.buckets) > 1 and out.stats["units"] == sum(out.layout.buckets)
+    per_unit = max(u["rows"] for u in out.units)
+    assert per_unit < N_SHARDS * PER_SHARD / 2, per_unit
+    _assert_same(_tables(many), _tables(one))
+
+
+def test_units_in_any_order_merge_to_the_same_graph(tmp_path, corpus):
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(N_SHARDS))
+    out = run_and_write(store, budget=MemoryBudget(0.05))
+    units = out.layout.units()
+    results = [search_unit(store, c, b, TAU) for c, b in reversed(units)]
+    merged = merge(
+        DUPLICATE_PAIRS.empty(),
+        DUPLICATE_MEMBERS.empty(),
+        [r.pairs for r in results],
+        [r.endpoints for r in results],
+        redone=set(),
+        policy=POLICY,
+        tau=TAU,
+        n_clusterings=N_CLUSTERINGS,
+    )
+    assert merged.pairs.equals(out.pairs)
+    assert merged.members.equals(out.members)
+
+
+def test_equals_the_in_memory_library_on_the_same_vectors(tmp_path, corpus):
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(N_SHARDS))
+    run_and_write(store)
+    images, pairs = _tables(store)
+    # what dedup compares: the float16 vectors of dedup_members, rows sorted by image_id
+    rows = read_unit(store, 0, 0)
+    order = np.argsort(rows.frame["image_id"].to_numpy())
+    frame = rows.frame[order]
+    x = rows.x[order]
+    assignments = []
+    for c in range(N_CLUSTERINGS):
+        unit = read_unit(store, c, 0).frame.select("image_id", "cluster")
+        a = frame.select("image_id").join(unit, on="image_id", how="left", maintain_order="left")
+        assignments.append(a["cluster"].to_numpy())
+    lib = dedup(x, frame["image_id"].to_numpy(), frame, assignments, TAU, POLICY)
+    lib_images = lib.images_frame().sort("image_id")
+    assert lib_images["kept"].to_list() == images["kept"].to_list()
+    assert lib_images["duplicate_of"].to_list() == images["duplicate_of"].to_list()
+    np.testing.assert_array_equal(
+        lib_images["similarity"].to_numpy(), images["similarity"].to_numpy()
+    )
+    lib_pairs = lib.pairs_frame()
+    got = set(pairs.select("image_id_a", "image_id_b", "found_by").rows())
+    want = set(lib_pairs.select("image_id_i", "image_id_j", "found_by").rows())
+    assert got == want and len(got) == pairs.height
+
+
+def test_layout_buckets_follow_the_budget():
+    small = choose_layout(1_000_000, 512, [1024] * 5, MemoryBudget(64))
+    large = choose_layout(1_000_000, 512, [1024] * 5, MemoryBudget(4096))
+    assert small.buckets[0] > large.buckets[0] >= 1
+    rows_per_unit = 1_000_000 / small.buckets[0]
+    assert rows_per_unit * (6 * 512 + 160) <= 64 * 2**20 * 0.25 * 1.01
+    assert choose_layout(10, 16, [4] * 5, MemoryBudget(1)).buckets == (1,) * 5
+    assert small.bucket_of(0, np.array([0, 1023])).tolist() == [0, small.buckets[0] - 1]
+
+
+def test_a_unit_reads_only_its_partition(tmp_path, corpus):
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(2))
+    out = run_and_write(store, budget=MemoryBudget(0.05))
+    members = store.read(DEDUP_MEMBERS)
+    assert members.height == 2 * PER_SHARD * N_CLUSTERINGS
+    for c, b in out.layout.units()[:3]:
+        unit = read_unit(store, c, b)
+        want = members.filter((pl.col("clustering") == c) & (pl.col("bucket") == b))
+        assert unit.frame.height == want.height and unit.x.shape == (want.height, DIM)
