@@ -11,9 +11,8 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
-from curation_assets.lib.delta_log import rows_per_shard
 from curation_assets.lib.export import DEFAULT_PENALTY, DEFAULT_SHARD_SIZE
-from curation_assets.lib.export.run import ExportOutcome, export_root, run_export
+from curation_assets.lib.export.run import ExportOutcome, export_root, rows_per_shard, run_export
 from curation_assets.lib.export.shards import manifest_glob
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import CURATED_DATASET

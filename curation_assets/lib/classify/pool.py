@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.delta_log import rows_per_shard
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -186,7 +185,7 @@ def candidate_pool(
     if max_rows < 1:
         msg = f"max_rows={max_rows}: expected at least 1 candidate"
         raise ValueError(msg)
-    counts = rows_per_shard(store, IMAGE_EMBEDDINGS.name)
+    counts = {k: v for k, v in store.shard_row_counts(IMAGE_EMBEDDINGS.name).items() if v}
     order = [str(k) for k in np.random.default_rng(seed).permutation(sorted(counts))]
     chosen, total = [], 0
     for key in order:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from deltalake import DeltaTable
 
 from curation_assets.lib.commits import (
     Commit,
@@ -37,7 +38,6 @@ from curation_assets.lib.commits import (
     last_commit,
     record_commit,
 )
-from curation_assets.lib.delta_log import partitioned_by_shard, rows_per_shard
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.export.manifest import curated_rows, one_row_per_kept_image
 from curation_assets.lib.export.publish import file_stamps, files_unchanged, write_file_atomic
@@ -82,6 +82,19 @@ MAX_FAILURE_EXAMPLES = 50
 def export_root(export_dir: str) -> Path:
     """The export folder: ``export_dir``, or ``$CURATION_HOME/export`` when it is empty."""
     return Path(export_dir) if export_dir else resolve_paths().home / "export"
+
+
+def partitioned_by_shard(store: DeltaStore, name: str) -> bool:
+    """Whether table ``name`` exists and is Delta-partitioned by ``shard`` (reads the log)."""
+    if not store.exists(name):
+        return False
+    dt = DeltaTable(store.uri(name), storage_options=store.storage_options or None)
+    return list(dt.metadata().partition_columns) == ["shard"]
+
+
+def rows_per_shard(store: DeltaStore, name: str) -> dict[str, int]:
+    """Rows of each non-empty shard of a shard-partitioned table (Delta log statistics)."""
+    return {k: v for k, v in store.shard_row_counts(name).items() if v}
 
 
 def kept_images(store: DeltaStore, shards: Iterable[str] | None = None) -> pl.DataFrame:

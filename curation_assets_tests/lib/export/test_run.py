@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.delta_log import rows_per_shard
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.export.manifest import curated_rows, one_row_per_kept_image
 from curation_assets.lib.export.run import (
@@ -18,6 +17,7 @@ from curation_assets.lib.export.run import (
     export_shards,
     kept_images,
     plan_export,
+    rows_per_shard,
     run_export,
     shard_batches,
     totals,

@@ -1,11 +1,11 @@
-"""Per-shard figures of a Delta table from its log alone."""
+"""Delta I/O the export relies on: per-shard figures from the log, shards replaced at once."""
 
 from dataclasses import replace
 
 import polars as pl
 import pytest
 
-from curation_assets.lib.delta_log import partitioned_by_shard, rows_per_shard
+from curation_assets.lib.export.run import partitioned_by_shard, rows_per_shard
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import CURATED_DATASET
 
