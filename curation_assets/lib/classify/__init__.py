@@ -13,6 +13,8 @@ The classifier room, one module per seam:
 * :mod:`.scorers` — pretrained image scorers (open_nsfw) that add score columns;
 * :mod:`.score` — images scored by every classifier: the ``classifier_scores`` table;
 * :mod:`.active` — the active-learning label queue;
+* :mod:`.pool` — what the queue and training read: a bounded, seeded candidate pool and the
+  labelled images' embeddings from their own shards (never every embedding);
 * :mod:`.label_files` — label files (CSV, Label Studio) parsed into rows;
 * :mod:`.labels` — the labels table: rows validated and imported all-or-nothing;
 * :mod:`.queue_export` — the label queue as a CSV, Label Studio tasks, an HTML sheet.
