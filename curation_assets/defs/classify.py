@@ -44,7 +44,6 @@ from curation_assets.lib.tables import (
     LABELS,
     SAFETY_CLASSIFIERS,
 )
-from curation_assets.lib.vectors import embedding_matrix
 
 GROUP = "classify"
 
@@ -227,12 +226,7 @@ def label_queue(
             seed=config.seed,
         )
         pool_figures = pool.summary()
-        queue = build_label_queues(
-            embedding_matrix(pool.frame["embedding"]),
-            pool.frame["image_id"].to_list(),
-            labels,
-            classifiers,
-        )
+        queue = build_label_queues(pool.x, pool.ids, labels, classifiers)
     store.replace_table(LABEL_QUEUE, queue)
     reasons = queue_reasons(queue)
     context.log.info(

@@ -26,6 +26,7 @@ from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
+from curation_assets.lib.vectors import embedding_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +114,20 @@ class CandidatePool:
     """The embeddings active learning chooses from, and what they cover.
 
     Attributes:
-        frame: ``image_id``, ``embedding``; one row per image, sorted by image_id.
+        ids: (n,) image ids, sorted, unique.
+        x: (n, d) float32, L2-normalized embeddings aligned with ``ids``.
         max_rows: The cap on sampled candidates it was built with.
         seed: Seed of the shard order and the subsample.
         corpus_rows: Embedded rows of the corpus (Delta log).
         corpus_shards: Shards of the corpus.
         shards_read: Shards sampled, in the order they were chosen.
         sampled_rows: Candidates from the sampled shards.
-        labelled_rows: Labelled images added (read from their own shards).
+        labelled_rows: Labelled images found (read from their own shards).
+        subsampled: The sampled shards held more than ``max_rows`` images.
     """
 
-    frame: pl.DataFrame
+    ids: list[str]
+    x: np.ndarray
     max_rows: int
     seed: int
     corpus_rows: int
@@ -141,7 +145,7 @@ class CandidatePool:
     def summary(self) -> dict[str, object]:
         """Figures for metadata: pool size, sample, corpus, seed."""
         return {
-            "pool_rows": self.frame.height,
+            "pool_rows": len(self.ids),
             "sampled_rows": self.sampled_rows,
             "labelled_rows": self.labelled_rows,
             "max_pool_rows": self.max_rows,
@@ -153,13 +157,30 @@ class CandidatePool:
         }
 
 
-def _one_per_image(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per image (first by shard: canonical), sorted by image_id."""
-    return (
-        frame.sort("image_id", "shard")
-        .unique("image_id", keep="first", maintain_order=True)
-        .select("image_id", "embedding")
-    )
+def _one_per_image(
+    frame: pl.DataFrame, max_rows: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One vector per image (first by shard: canonical), sorted by image_id, ≤ ``max_rows``.
+
+    When more images than ``max_rows`` remain, ``max_rows`` of them are kept, uniformly with
+    ``seed``. The vectors become one float32 matrix first and are gathered there (gathering
+    rows of a list column is several times slower).
+
+    Returns:
+        (ids (n,) object, x (n, d) float32, whether it was subsampled).
+    """
+    order = frame.select(pl.arg_sort_by("image_id", "shard")).to_series().to_numpy()
+    ids = frame["image_id"].to_numpy()[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    picks = order[first]
+    subsampled = max_rows is not None and picks.size > max_rows
+    if subsampled:
+        chosen = np.random.default_rng(seed).choice(picks.size, size=max_rows, replace=False)
+        picks = picks[np.sort(chosen)]  # positions in id order: stays sorted by image_id
+    x = embedding_matrix(frame["embedding"])
+    ids_all = frame["image_id"].to_numpy()
+    return ids_all[picks], x[picks] if x.size else x, subsampled
 
 
 def candidate_pool(
@@ -168,7 +189,7 @@ def candidate_pool(
     """A seeded, bounded sample of the embedded images plus every labelled image.
 
     Shards are taken in a seeded random order (of their sorted keys) until their rows reach
-    ``max_rows``; when the last one overshoots, ``max_rows`` rows of the sampled shards are
+    ``max_rows``; when the last one overshoots, ``max_rows`` images of the sampled shards are
     kept (seeded, uniform). The labelled images are then read from their own shards and added.
 
     Args:
@@ -180,7 +201,8 @@ def candidate_pool(
     Returns:
         The :class:`CandidatePool`.
 
-    Memory: ``max_rows`` + one shard's rows read (the shards chosen) + the labelled rows.
+    Memory: the rows of the shards chosen (≤ ``max_rows`` + one shard) as read, their
+    float32 matrix and the kept rows' copy, plus the labelled rows.
     """
     if max_rows < 1:
         msg = f"max_rows={max_rows}: expected at least 1 candidate"
@@ -194,28 +216,31 @@ def candidate_pool(
         chosen.append(key)
         total += counts[key]
     cols = ["image_id", "shard", "embedding"]
-    sampled = (
+    frame = (
         store.read(IMAGE_EMBEDDINGS, shards=chosen, columns=cols)
         if chosen
         else IMAGE_EMBEDDINGS.empty().select(cols)
     )
-    sampled = _one_per_image(sampled)
-    subsampled = sampled.height > max_rows
-    if subsampled:
-        sampled = sampled.sample(max_rows, seed=seed).sort("image_id")
-    labelled = _one_per_image(read_labelled(store, labelled_ids, ["embedding"]))
-    new_labelled = labelled.join(sampled.select("image_id"), on="image_id", how="anti")
-    frame = pl.concat([sampled, new_labelled]).sort("image_id")
+    ids, x, subsampled = _one_per_image(frame, max_rows, seed)
+    del frame
+    lab_ids, lab_x, _ = _one_per_image(read_labelled(store, labelled_ids, ["embedding"]))
+    new = ~np.isin(lab_ids, ids)
+    if new.any():
+        ids = np.concatenate([ids, lab_ids[new]])
+        x = np.concatenate([x.reshape(len(x), -1), lab_x[new]]) if x.size else lab_x[new]
+        canon = np.argsort(ids.astype(str), kind="stable")
+        ids, x = ids[canon], x[canon]
     pool = CandidatePool(
-        frame=frame,
+        ids=[str(i) for i in ids],
+        x=np.ascontiguousarray(x, dtype=np.float32),
         max_rows=max_rows,
         seed=seed,
         corpus_rows=sum(counts.values()),
         corpus_shards=len(counts),
         shards_read=chosen,
-        sampled_rows=sampled.height,
-        labelled_rows=labelled.height,
-        subsampled=subsampled,
+        sampled_rows=len(ids) - int(new.sum()),
+        labelled_rows=len(lab_ids),
+        subsampled=bool(subsampled),
     )
     logger.info(
         "candidate pool: %d sampled from %d of %d shards (%d rows), + %d labelled (seed %d)",

@@ -91,15 +91,15 @@ def test_the_pool_is_bounded_seeded_and_holds_every_labelled_image(corpus, monke
     sampled_call = log.calls[0]
     assert sampled_call is not None and len(sampled_call) == 3  # 3 shards of 40 ≥ 100
     assert pool.sampled_rows == 100 and pool.subsampled and not pool.covers_corpus
-    assert set(labelled) <= set(pool.frame["image_id"])
-    assert pool.frame["image_id"].is_sorted() and pool.frame["image_id"].is_unique().all()
-    assert 100 <= pool.frame.height <= 100 + len(labelled)
+    assert set(labelled) <= set(pool.ids)
+    assert pool.ids == sorted(set(pool.ids)) and pool.x.shape == (len(pool.ids), DIM)
+    assert 100 <= len(pool.ids) <= 100 + len(labelled)
     figures = pool.summary()
     assert figures["corpus_rows"] == N_SHARDS * PER_SHARD and figures["shards_sampled"] == 3
     again = candidate_pool(store, labelled, max_rows=100, seed=3)
-    assert again.frame.equals(pool.frame)
+    assert again.ids == pool.ids and np.array_equal(again.x, pool.x)
     other = candidate_pool(store, labelled, max_rows=100, seed=4)
-    assert not other.frame["image_id"].equals(pool.frame["image_id"])
+    assert other.ids != pool.ids
     with pytest.raises(ValueError, match="max_rows"):
         candidate_pool(store, labelled, max_rows=0)
 
@@ -116,11 +116,10 @@ def test_a_pool_that_fits_the_corpus_gives_the_exhaustive_queue(corpus):
     )
     labels = pl.DataFrame({"image_id": [ids[i] for i in lab_idx], "category": "pos"})
     pool = candidate_pool(store, labels["image_id"].to_list(), max_rows=10_000, seed=0)
-    assert pool.covers_corpus and pool.frame.height == len(ids)
+    assert pool.covers_corpus and pool.ids == ids
+    np.testing.assert_array_equal(pool.x, x_all)
     exhaustive = build_label_queues(x_all, ids, labels, [probe])
-    pooled = build_label_queues(
-        embedding_matrix(pool.frame["embedding"]), pool.frame["image_id"].to_list(), labels, [probe]
-    )
+    pooled = build_label_queues(pool.x, pool.ids, labels, [probe])
     assert pooled.equals(exhaustive)
 
 
@@ -136,17 +135,15 @@ def test_uncertainty_sampling_picks_from_the_pool(corpus):
         x_all[lab_idx], y[lab_idx], category="pos", image_ids=[ids[i] for i in lab_idx]
     )
     pool = candidate_pool(store, labels["image_id"].to_list(), max_rows=120, seed=1)
-    queue = build_label_queues(
-        embedding_matrix(pool.frame["embedding"]), pool.frame["image_id"].to_list(), labels, [probe]
-    )
+    queue = build_label_queues(pool.x, pool.ids, labels, [probe])
     uncertain = queue.filter(pl.col("reason") == "uncertain_near_threshold")
     assert uncertain.height > 0
-    assert set(queue["image_id"]) <= set(pool.frame["image_id"])
+    assert set(queue["image_id"]) <= set(pool.ids)
     assert not set(queue["image_id"]) & set(labels["image_id"])
     # the most uncertain unlabelled image of the pool is queued (an image is queued once)
-    unl = pool.frame.filter(~pl.col("image_id").is_in(labels["image_id"].to_list()))
-    s = probe.score(embedding_matrix(unl["embedding"]))
-    closest = unl["image_id"][int(np.argmin(np.abs(s - probe.threshold)))]
+    unl = ~np.isin(np.asarray(pool.ids), labels["image_id"].to_numpy())
+    s = probe.score(pool.x[unl])
+    closest = np.asarray(pool.ids)[unl][int(np.argmin(np.abs(s - probe.threshold)))]
     assert closest in set(queue["image_id"])  # as uncertain, or first as a neighbour
 
 
