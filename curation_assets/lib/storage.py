@@ -518,31 +518,66 @@ class DeltaStore:
         logger.info("delta %s: replaced %s with %d rows", spec.name, predicate, written)
         return written
 
-    def replace_where(self, spec: TableSpec, column: str, value: str, df: pl.DataFrame) -> int:
-        """Replace the rows whose ``column`` equals ``value`` by ``df``, in one transaction.
+    def replace_rows(
+        self,
+        spec: TableSpec,
+        column: str,
+        values: Iterable[str],
+        frames: pl.DataFrame | Iterable[pl.DataFrame],
+    ) -> int:
+        """Replace the rows whose ``column`` is one of ``values`` by ``frames``: one commit.
 
-        For tables partitioned by something else (e.g. ``dedup_members``, partitioned by
-        clustering and bucket, replaced one shard at a time): Delta rewrites only the files
-        holding such rows (file statistics prune the others).
+        For replacing many shards at once, or shards of a table partitioned by something else
+        (``dedup_members``, partitioned by clustering and bucket): Delta rewrites only the
+        files holding such rows (file statistics prune the others). ``frames`` may be a
+        generator: the frames are streamed into the transaction, so memory is one frame —
+        but it must not read a Delta table itself (deltalake's runtime drives the stream).
 
         Returns:
             The Delta version committed.
 
         Raises:
-            ValueError: If a row of ``df`` has another ``column`` value.
+            ValueError: If a row has a ``column`` value outside ``values``.
         """
-        bad = df.filter(pl.col(column) != value).height
-        if bad:
-            msg = f"{bad} rows for table {spec.name!r} have {column} != {value!r}"
+        wanted = sorted(set(values))
+        if not wanted:
+            msg = f"replace_rows on {spec.name!r}: no {column} value given"
             raise ValueError(msg)
-        version = self._write(
-            spec.name,
-            spec.to_arrow(df),
-            mode="overwrite",
-            partition_by=list(spec.partition_by) or None,
-            predicate=f"{column} = {sql_literal(value)}",
+        predicate = f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})"
+        schema = spec.empty().to_arrow().schema
+        failure: list[BaseException] = []
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for frame in [frames] if isinstance(frames, pl.DataFrame) else frames:
+                    bad = frame.filter(~pl.col(column).is_in(wanted)).height
+                    if bad:
+                        msg = f"{bad} rows for table {spec.name!r} have {column} outside {wanted}"
+                        raise ValueError(msg)
+                    yield from spec.to_arrow(frame).to_batches()
+            except BaseException as exc:  # re-raised below, unwrapped from deltalake's error
+                failure.append(exc)
+                raise
+
+        if isinstance(frames, pl.DataFrame):  # re-readable: the commit can be retried
+            source: Any = pa.Table.from_batches(list(batches()), schema=schema)
+        else:
+            source = pa.RecordBatchReader.from_batches(schema, batches())
+        try:
+            version = self._write(
+                spec.name,
+                source,
+                mode="overwrite",
+                partition_by=list(spec.partition_by) or None,
+                predicate=predicate,
+            )
+        except Exception as exc:
+            if failure:
+                raise failure[0] from exc
+            raise
+        logger.info(
+            "delta %s: replaced %d %s values (v%d)", spec.name, len(wanted), column, version
         )
-        logger.info("delta %s: replaced %s = %s with %d rows", spec.name, column, value, df.height)
         return version
 
     def replace_table(self, spec: TableSpec, df: pl.DataFrame) -> int:
