@@ -202,6 +202,10 @@ _DEDUP_FIGURES = {
     "largest_unit_rows",
     "rewritten_shards",
     "dedup_seconds",
+    "dedup_seconds_layout",
+    "dedup_seconds_search",
+    "dedup_seconds_merge",
+    "dedup_seconds_recall",
 }
 
 

@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 #: Fewest recall queries a run samples (below this a sample says little), and the most.
 RECALL_MIN_QUERIES = 50
 RECALL_MAX_QUERIES = 10_000
+#: Fewest reference rows a recall sample reads (when the corpus has them).
+RECALL_MIN_REFERENCE = 20_000
 
 
 @dataclass
@@ -230,6 +232,7 @@ def run_dedup(
     new_rows = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
     # 5. recall on a budget
+    t_recall = time.perf_counter()
     recall = _recall(
         store,
         plan,
@@ -257,6 +260,7 @@ def run_dedup(
         "seconds_layout": round(t_search - t_layout, 3),
         "seconds_search": round(t_merge - t_search, 3),
         "seconds_merge": round(seconds_merge, 3),
+        "seconds_recall": round(time.perf_counter() - t_recall, 3),
         "seconds": round(seconds, 3),
         "rewritten_shards": len(write),
     }
@@ -357,10 +361,13 @@ def _recall(
 ) -> dict[str, Any]:
     """This run's recall sample (budgeted), pooled with the earlier samples of these centroids.
 
-    Queries: a seeded sample of this run's new rows (every covered row when full). Reference:
-    the query shards plus randomly chosen other covered shards, up to a quarter of the memory
-    budget. The sample's exhaustive search (queries × reference) is capped at ``share`` of the
-    run's own comparisons (at least :data:`RECALL_MIN_QUERIES` queries).
+    Queries: a seeded sample of this run's new rows (of the reference when full). Reference:
+    the query shards plus randomly chosen other covered shards, up to a tenth of the corpus
+    (full) or ten rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
+    and at most a quarter of the memory budget. The sample's exhaustive search (queries ×
+    reference) is capped at ``share`` of the run's own comparisons (at least
+    :data:`RECALL_MIN_QUERIES` queries). The estimate covers pairs whose partner lies in the
+    reference; shards are sampled at random, so it is unbiased for pairs across shards.
     """
     rng = np.random.default_rng(
         [seed, int(hashlib.sha256(",".join(sorted(ready)).encode()).hexdigest()[:8], 16)]
@@ -368,7 +375,15 @@ def _recall(
     sizes = {s: len(ids) for s, ids in ready.items()}
     sizes.update({s: counts.get(s, 0) for s in covered - set(ready)})
     query_shards = sorted(ready)
-    cap = budget.rows(4 * dim + 64, share=0.25, minimum=2_000)
+    total = sum(sizes.get(s, 0) for s in covered)
+    # the reference is read from the per-shard tables: keep that read a small share of the run
+    # (a tenth of the corpus when full, ten rows per new row when incremental), within a
+    # quarter of the memory budget
+    wanted = total // 10 if plan.mode == "full" else 10 * sum(sizes[s] for s in query_shards)
+    cap = min(
+        budget.rows(4 * dim + 64, share=0.25, minimum=2_000),
+        max(RECALL_MIN_REFERENCE, wanted),
+    )
     if plan.mode == "full":  # queries come from the reference itself: sample shards
         order = list(rng.permutation(sorted(s for s in covered if sizes.get(s))))
         query_shards = []
