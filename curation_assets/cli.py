@@ -373,6 +373,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         shards=args.shards,
         dim=args.dim,
         new_share=args.new_share,
+        batch=args.batch,
         seed=args.seed,
         home=args.home,
         jobs=tuple(args.jobs),
@@ -493,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--shards", type=int, default=100, help="base shards")
     bs.add_argument("--dim", type=int, default=512)
     bs.add_argument("--new-share", type=float, default=0.01, help="new shard, share of N")
+    bs.add_argument(
+        "--batch", type=int, default=4, help="then this many new shards in one update (0: skip)"
+    )
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--home", help="work folder (default: a new temporary folder, kept)")
     bs.add_argument(

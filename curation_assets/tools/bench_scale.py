@@ -6,8 +6,10 @@ near-duplicate groups scattered over the shards) straight into the per-shard tab
 each shard is filtered out), then runs the pipeline's own jobs — ``retrain_centroids_job``,
 ``assign_shard_job`` for every shard, ``dedup_job``, ``weights_job`` — each in a fresh process
 whose wall time and peak RSS are measured. Then it lands one new shard of ``new_share`` of N and
-runs what automation would run for it (its assignments, then the global jobs), and prints
-both, with the ratio of the update to the full run and the dedup's mode and recall.
+runs what automation would run for it (its assignments, then the global jobs), then lands
+``batch`` more such shards at once and runs the global jobs once for all of them (how batching
+amortizes the reads over old rows every update pays), and prints all three, with the ratios of
+the updates to the full run and the dedup's modes and recall.
 
 Every job runs in process on an ephemeral Dagster instance (the stages plan from the Delta
 tables, not from Dagster's event log), with the ``compute`` resource's memory budget taken
@@ -83,18 +85,26 @@ def write_shard(
 
 
 def build_corpus(
-    delta_root: str, n: int, shards: int, dim: int, *, new_share: float, seed: int
-) -> tuple[list[str], str, dict[str, Any]]:
-    """Write ``shards`` base shards of ``n`` rows in all, and return the new shard's name.
+    delta_root: str,
+    n: int,
+    shards: int,
+    dim: int,
+    *,
+    new_share: float,
+    new_shards: int,
+    seed: int,
+) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Write ``shards`` base shards of ``n`` rows in all; return them and the new shards' names.
 
-    The new shard's vectors are drawn with the corpus (its planted duplicates have copies in
-    the base shards) but written only by :func:`land_new_shard`.
+    ``new_shards`` new shards of ``new_share`` · n rows each are drawn with the corpus (their
+    planted duplicates have copies in the base shards) but written only by
+    :func:`land_new_shard`.
     """
     from curation_assets.tools.synthetic import clip_like_embeddings
 
     n_new = max(1, round(n * new_share))
     t0 = time.perf_counter()
-    x, group = clip_like_embeddings(n + n_new, dim, dup_fraction=0.1, seed=seed)
+    x, group = clip_like_embeddings(n + n_new * new_shards, dim, dup_fraction=0.1, seed=seed)
     store = DeltaStore(delta_root)
     rng = np.random.default_rng(seed)
     names = [f"base-{s:05d}" for s in range(shards)]
@@ -104,20 +114,23 @@ def build_corpus(
         filtered += write_shard(
             store, name, x[bounds[s] : bounds[s + 1]], filtered_share=0.9, rng=rng
         )
-    np.save(Path(delta_root).parent / "new_shard.npy", x[n:])
+    new = [f"new-{s:05d}" for s in range(new_shards)]
+    for s, name in enumerate(new):
+        start = n + s * n_new
+        np.save(Path(delta_root).parent / f"{name}.npy", x[start : start + n_new])
     info = {
         "rows": n,
         "filtered_rows": filtered,
-        "new_rows": n_new,
+        "rows_per_new_shard": n_new,
         "planted_groups": int(np.unique(group[group >= 0]).size),
         "seconds_write": round(time.perf_counter() - t0, 1),
     }
-    return names, "new-00000", info
+    return names, new, info
 
 
 def land_new_shard(delta_root: str, name: str, seed: int) -> int:
-    """Write the new shard saved by :func:`build_corpus`."""
-    x = np.load(Path(delta_root).parent / "new_shard.npy")
+    """Write a new shard saved by :func:`build_corpus`."""
+    x = np.load(Path(delta_root).parent / f"{name}.npy")
     return write_shard(
         DeltaStore(delta_root), name, x, filtered_share=0.9, rng=np.random.default_rng(seed + 1)
     )
@@ -215,15 +228,23 @@ def bench_scale(
     shards: int = 100,
     dim: int = 512,
     new_share: float = 0.01,
+    batch: int = 4,
     seed: int = 0,
     home: str | None = None,
     jobs: tuple[str, ...] = ("dedup_job", "weights_job"),
 ) -> dict[str, Any]:
-    """Full run, then a new shard of ``new_share`` · N; the figures as a dict (see module doc)."""
+    """Full run, one new shard, then ``batch`` new shards at once; the figures as a dict.
+
+    Each new shard holds ``new_share`` · N rows. The batched update shows how one update over
+    several shards (automation batches what landed between ticks) amortizes the reads over
+    old rows that every update pays (see the module doc). ``batch=0`` skips it.
+    """
     root = Path(home) if home else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     delta_root = str(root / "delta")
-    names, new, info = build_corpus(delta_root, n, shards, dim, new_share=new_share, seed=seed)
+    names, new, info = build_corpus(
+        delta_root, n, shards, dim, new_share=new_share, new_shards=1 + batch, seed=seed
+    )
     report: dict[str, Any] = {
         "n": n,
         "shards": shards,
@@ -236,29 +257,51 @@ def bench_scale(
     full["assign_shard_job"] = run_step(root, "assign_shard_job", names)
     for job in jobs:
         full[job] = run_step(root, job)
-    land_new_shard(delta_root, new, seed)
-    inc: dict[str, Any] = {"assign_shard_job": run_step(root, "assign_shard_job", [new])}
-    for job in jobs:
-        inc[job] = run_step(root, job)
+    inc = _update(root, delta_root, new[:1], jobs, seed)
     report["full"] = full
     report["incremental"] = inc
-    full_global = sum(full[j]["wall_s"] for j in jobs)
-    inc_global = sum(inc[j]["wall_s"] for j in jobs)
+    report["global_steps"] = _ratios(full, inc, jobs)
+    if batch:
+        batched = _update(root, delta_root, new[1:], jobs, seed)
+        report[f"incremental_{batch}_shards"] = batched
+        ratios = _ratios(full, batched, jobs)
+        ratios["per_shard_in_process_s"] = round(ratios["incremental_in_process_s"] / batch, 2)
+        report[f"global_steps_{batch}_shards"] = ratios
+    return report
+
+
+def _update(
+    root: Path, delta_root: str, shards: list[str], jobs: tuple[str, ...], seed: int
+) -> dict[str, Any]:
+    """Land ``shards`` and run what automation would: their assignments, then the global jobs."""
+    for name in shards:
+        land_new_shard(delta_root, name, seed)
+    out: dict[str, Any] = {"assign_shard_job": run_step(root, "assign_shard_job", shards)}
+    for job in jobs:
+        out[job] = run_step(root, job)
+    return out
+
+
+def _ratios(full: dict[str, Any], inc: dict[str, Any], jobs: tuple[str, ...]) -> dict[str, Any]:
+    """The global jobs of an update against the full run: wall and in-process seconds."""
+    full_wall = sum(full[j]["wall_s"] for j in jobs)
+    inc_wall = sum(inc[j]["wall_s"] for j in jobs)
     full_work = sum(full[j]["seconds_in_process"] for j in jobs)
     inc_work = sum(inc[j]["seconds_in_process"] for j in jobs)
-    report["global_steps"] = {
-        "full_wall_s": round(full_global, 2),
-        "incremental_wall_s": round(inc_global, 2),
-        "incremental_over_full": round(inc_global / full_global, 3) if full_global else None,
+    return {
+        "full_wall_s": round(full_wall, 2),
+        "incremental_wall_s": round(inc_wall, 2),
+        "incremental_over_full": round(inc_wall / full_wall, 3) if full_wall else None,
         # without the fresh process's start (imports, definitions): the jobs' own work
         "full_in_process_s": round(full_work, 2),
         "incremental_in_process_s": round(inc_work, 2),
         "incremental_over_full_in_process": round(inc_work / full_work, 3) if full_work else None,
-        "per_job_ratio": {
-            j: round(inc[j]["wall_s"] / full[j]["wall_s"], 3) for j in jobs if full[j]["wall_s"]
+        "per_job_in_process_ratio": {
+            j: round(inc[j]["seconds_in_process"] / full[j]["seconds_in_process"], 3)
+            for j in jobs
+            if full[j]["seconds_in_process"]
         },
     }
-    return report
 
 
 if __name__ == "__main__":  # the fresh process of run_step
