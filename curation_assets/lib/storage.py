@@ -519,62 +519,36 @@ class DeltaStore:
         return written
 
     def replace_rows(
-        self,
-        spec: TableSpec,
-        column: str,
-        values: Iterable[str],
-        frames: pl.DataFrame | Iterable[pl.DataFrame],
+        self, spec: TableSpec, column: str, values: Iterable[str], df: pl.DataFrame
     ) -> int:
-        """Replace the rows whose ``column`` is one of ``values`` by ``frames``: one commit.
+        """Replace the rows whose ``column`` is one of ``values`` by ``df``, in one commit.
 
         For replacing many shards at once, or shards of a table partitioned by something else
         (``dedup_members``, partitioned by clustering and bucket): Delta rewrites only the
-        files holding such rows (file statistics prune the others). ``frames`` may be a
-        generator: the frames are streamed into the transaction, so memory is one frame —
-        but it must not read a Delta table itself (deltalake's runtime drives the stream).
+        files holding such rows (file statistics prune the others). A value with no row in
+        ``df`` has its rows removed.
 
         Returns:
             The Delta version committed.
 
         Raises:
-            ValueError: If a row has a ``column`` value outside ``values``.
+            ValueError: If no value is given, or a row has a ``column`` value outside them.
         """
         wanted = sorted(set(values))
         if not wanted:
             msg = f"replace_rows on {spec.name!r}: no {column} value given"
             raise ValueError(msg)
-        predicate = f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})"
-        schema = spec.empty().to_arrow().schema
-        failure: list[BaseException] = []
-
-        def batches() -> Iterator[pa.RecordBatch]:
-            try:
-                for frame in [frames] if isinstance(frames, pl.DataFrame) else frames:
-                    bad = frame.filter(~pl.col(column).is_in(wanted)).height
-                    if bad:
-                        msg = f"{bad} rows for table {spec.name!r} have {column} outside {wanted}"
-                        raise ValueError(msg)
-                    yield from spec.to_arrow(frame).to_batches()
-            except BaseException as exc:  # re-raised below, unwrapped from deltalake's error
-                failure.append(exc)
-                raise
-
-        if isinstance(frames, pl.DataFrame):  # re-readable: the commit can be retried
-            source: Any = pa.Table.from_batches(list(batches()), schema=schema)
-        else:
-            source = pa.RecordBatchReader.from_batches(schema, batches())
-        try:
-            version = self._write(
-                spec.name,
-                source,
-                mode="overwrite",
-                partition_by=list(spec.partition_by) or None,
-                predicate=predicate,
-            )
-        except Exception as exc:
-            if failure:
-                raise failure[0] from exc
-            raise
+        bad = df.filter(~pl.col(column).is_in(wanted)).height
+        if bad:
+            msg = f"{bad} rows for table {spec.name!r} have a {column} outside the replaced ones"
+            raise ValueError(msg)
+        version = self._write(
+            spec.name,
+            spec.to_arrow(df),
+            mode="overwrite",
+            partition_by=list(spec.partition_by) or None,
+            predicate=f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})",
+        )
         logger.info(
             "delta %s: replaced %d %s values (v%d)", spec.name, len(wanted), column, version
         )
