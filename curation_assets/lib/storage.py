@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -519,9 +519,16 @@ class DeltaStore:
         return written
 
     def replace_rows(
-        self, spec: TableSpec, column: str, values: Iterable[str], df: pl.DataFrame
+        self,
+        spec: TableSpec,
+        column: str,
+        values: Iterable[str],
+        df: pl.DataFrame | Sequence[pl.DataFrame],
     ) -> int:
         """Replace the rows whose ``column`` is one of ``values`` by ``df``, in one commit.
+
+        ``df`` may be a list of frames: they are written as one table without being
+        concatenated first (no copy).
 
         For replacing many shards at once, or shards of a table partitioned by something else
         (``dedup_members``, partitioned by clustering and bucket): Delta rewrites only the
@@ -538,13 +545,18 @@ class DeltaStore:
         if not wanted:
             msg = f"replace_rows on {spec.name!r}: no {column} value given"
             raise ValueError(msg)
-        bad = df.filter(~pl.col(column).is_in(wanted)).height
+        frames = [df] if isinstance(df, pl.DataFrame) else list(df)
+        bad = sum(f.filter(~pl.col(column).is_in(wanted)).height for f in frames)
         if bad:
             msg = f"{bad} rows for table {spec.name!r} have a {column} outside the replaced ones"
             raise ValueError(msg)
+        schema = spec.empty().to_arrow().schema
+        data = (
+            pa.concat_tables([spec.to_arrow(f) for f in frames]) if frames else schema.empty_table()
+        )
         version = self._write(
             spec.name,
-            spec.to_arrow(df),
+            data,
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
             predicate=f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})",

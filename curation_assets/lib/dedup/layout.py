@@ -178,7 +178,7 @@ def lay_out(
     model_id: str,
     layout: Layout,
     *,
-    max_bytes: int = 256 * 2**20,
+    max_bytes: int = 128 * 2**20,
     max_shards: int = 256,
 ) -> tuple[dict[str, list[str]], dict[str, str], set[tuple[int, int]]]:
     """Replace the ``dedup_members`` rows of ``shards``: ready shards laid out, others removed.
@@ -190,7 +190,8 @@ def lay_out(
         ``(ready, waiting, touched)``: the image_ids of each ready shard, why each waiting
         shard waits, and the units (clustering, bucket) the ready shards' rows fall in.
 
-    Memory: one group of shards' member rows (≤ ``max_bytes``, or one shard if larger).
+    Memory: one group of shards' member rows (≤ ``max_bytes``, or one shard if larger) and
+    their Arrow copy while Delta writes them.
     """
     ready: dict[str, list[str]] = {}
     waiting: dict[str, str] = {}
@@ -202,8 +203,7 @@ def lay_out(
     def flush() -> None:
         nonlocal size
         if group:
-            data = pl.concat(frames) if frames else DEDUP_MEMBERS.empty()
-            store.replace_rows(DEDUP_MEMBERS, "shard", group, data)
+            store.replace_rows(DEDUP_MEMBERS, "shard", group, frames)
         group.clear()
         frames.clear()
         size = 0

@@ -182,7 +182,9 @@ def run_dedup(
         layout = plan.layout
     # 1. lay out the redone shards
     t_layout = time.perf_counter()
-    ready, waiting, touched = lay_out(store, sorted(plan.redo), versions, model_id, layout)
+    ready, waiting, touched = lay_out(
+        store, sorted(plan.redo), versions, model_id, layout, max_bytes=budget.bytes // 16
+    )
     pending = sorted(waiting.items())
     say(
         f"laid out {len(ready)} shards ({sum(map(len, ready.values()))} images) in "
@@ -519,8 +521,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             ids.update({s: g["image_id"].to_list() for (s,), g in rows.group_by("shard")})
         # gone, or redone but not ready (it waits): no rows, so its old rows go
         frames = [_shard_decisions(s, ids[s], members) for s in group if s in ids]
-        data = pl.concat(frames) if frames else DEDUPLICATED_IMAGES.empty()
-        store.replace_rows(DEDUPLICATED_IMAGES, "shard", group, data)
+        store.replace_rows(DEDUPLICATED_IMAGES, "shard", group, frames)
     log = DEDUP_RUNS.empty()
     if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:
         old = store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])
