@@ -364,6 +364,24 @@ def cmd_bench_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    """Global stages at corpus scale: full run against a new 1 % shard; print JSON."""
+    from curation_assets.tools.bench_scale import bench_scale
+
+    report = bench_scale(
+        args.n,
+        shards=args.shards,
+        dim=args.dim,
+        new_share=args.new_share,
+        batch=args.batch,
+        seed=args.seed,
+        home=args.home,
+        jobs=tuple(args.jobs),
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _add_shard_split_args(p: argparse.ArgumentParser) -> None:
     """The corpus options of the benchmarks that split a folder into base + new shards."""
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
@@ -468,6 +486,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bd.add_argument("--clothing", help="instead: real photos with planted edits (folder)")
     bd.set_defaults(func=cmd_bench_dedup)
+
+    bs = bench_sub.add_parser(
+        "scale", help="global stages at N synthetic images: full run vs a new 1 %% shard"
+    )
+    bs.add_argument("--n", type=int, default=100_000, help="images in the base corpus")
+    bs.add_argument("--shards", type=int, default=100, help="base shards")
+    bs.add_argument("--dim", type=int, default=512)
+    bs.add_argument("--new-share", type=float, default=0.01, help="new shard, share of N")
+    bs.add_argument(
+        "--batch", type=int, default=4, help="then this many new shards in one update (0: skip)"
+    )
+    bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--home", help="work folder (default: a new temporary folder, kept)")
+    bs.add_argument(
+        "--jobs",
+        nargs="+",
+        default=["dedup_job", "weights_job"],
+        help="global jobs to time after the assignments",
+    )
+    bs.set_defaults(func=cmd_bench_scale)
     return p
 
 

@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -518,31 +518,52 @@ class DeltaStore:
         logger.info("delta %s: replaced %s with %d rows", spec.name, predicate, written)
         return written
 
-    def replace_where(self, spec: TableSpec, column: str, value: str, df: pl.DataFrame) -> int:
-        """Replace the rows whose ``column`` equals ``value`` by ``df``, in one transaction.
+    def replace_rows(
+        self,
+        spec: TableSpec,
+        column: str,
+        values: Iterable[str],
+        df: pl.DataFrame | Sequence[pl.DataFrame],
+    ) -> int:
+        """Replace the rows whose ``column`` is one of ``values`` by ``df``, in one commit.
 
-        For tables partitioned by something else (e.g. ``dedup_members``, partitioned by
-        clustering and bucket, replaced one shard at a time): Delta rewrites only the files
-        holding such rows (file statistics prune the others).
+        ``df`` may be a list of frames: they are written as one table without being
+        concatenated first (no copy).
+
+        For replacing many shards at once, or shards of a table partitioned by something else
+        (``dedup_members``, partitioned by clustering and bucket): Delta rewrites only the
+        files holding such rows (file statistics prune the others). A value with no row in
+        ``df`` has its rows removed.
 
         Returns:
             The Delta version committed.
 
         Raises:
-            ValueError: If a row of ``df`` has another ``column`` value.
+            ValueError: If no value is given, or a row has a ``column`` value outside them.
         """
-        bad = df.filter(pl.col(column) != value).height
-        if bad:
-            msg = f"{bad} rows for table {spec.name!r} have {column} != {value!r}"
+        wanted = sorted(set(values))
+        if not wanted:
+            msg = f"replace_rows on {spec.name!r}: no {column} value given"
             raise ValueError(msg)
+        frames = [df] if isinstance(df, pl.DataFrame) else list(df)
+        bad = sum(f.filter(~pl.col(column).is_in(wanted)).height for f in frames)
+        if bad:
+            msg = f"{bad} rows for table {spec.name!r} have a {column} outside the replaced ones"
+            raise ValueError(msg)
+        schema = spec.empty().to_arrow().schema
+        data = (
+            pa.concat_tables([spec.to_arrow(f) for f in frames]) if frames else schema.empty_table()
+        )
         version = self._write(
             spec.name,
-            spec.to_arrow(df),
+            data,
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
-            predicate=f"{column} = {sql_literal(value)}",
+            predicate=f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})",
         )
-        logger.info("delta %s: replaced %s = %s with %d rows", spec.name, column, value, df.height)
+        logger.info(
+            "delta %s: replaced %d %s values (v%d)", spec.name, len(wanted), column, version
+        )
         return version
 
     def replace_shards(self, spec: TableSpec, shards: Iterable[str], df: pl.DataFrame) -> int:

@@ -125,3 +125,33 @@ def test_a_full_or_read_only_root_is_a_clear_storage_error(tmp_path, monkeypatch
     monkeypatch.setattr(storage, "write_deltalake", other)
     with pytest.raises(DeltaError, match="Schema error"):
         store.replace_shard(SPEC, "a", frame("a", [2]))
+
+
+def test_replace_rows_replaces_many_values_in_one_commit_in_any_partitioning(tmp_path):
+    import polars as pl
+
+    from curation_assets.lib.tables import DEDUP_MEMBERS
+
+    store = DeltaStore(str(tmp_path / "delta"))
+
+    def rows(shard: str, n: int, bucket: int = 0) -> pl.DataFrame:
+        frame = pl.DataFrame(
+            {
+                "clustering": [0] * n,
+                "bucket": [bucket] * n,
+                "image_id": [f"{shard}{i}" for i in range(n)],
+            }
+        ).with_columns(shard=pl.lit(shard))
+        missing = [c for c in DEDUP_MEMBERS.columns if c.name not in frame.columns]
+        return frame.with_columns([pl.lit(None).cast(c.dtype).alias(c.name) for c in missing])
+
+    store.replace_rows(
+        DEDUP_MEMBERS, "shard", ["a", "b"], pl.concat([rows("a", 2), rows("b", 3, 1)])
+    )
+    before = store.version(DEDUP_MEMBERS.name)
+    store.replace_rows(DEDUP_MEMBERS, "shard", ["b", "c"], rows("c", 1, 1))  # b goes, c comes
+    assert store.version(DEDUP_MEMBERS.name) == before + 1
+    got = store.read(DEDUP_MEMBERS).group_by("shard").len().sort("shard")
+    assert got.rows() == [("a", 2), ("c", 1)]
+    with pytest.raises(ValueError, match="outside the replaced ones"):
+        store.replace_rows(DEDUP_MEMBERS, "shard", ["a"], rows("z", 1))

@@ -26,7 +26,7 @@ from curation_assets.lib.tables import (
 PACKAGE = Path(curation_assets.__file__).parent
 REGISTRY_DIR = PACKAGE / "lib" / "tables"
 
-SIDE_TABLES = {"dedup_runs", "stage_commits"}
+SIDE_TABLES = {"dedup_runs", "dedup_members", "duplicate_members", "stage_commits"}
 """Tables written beside an asset (dedup's run log, the multi-table commit log), not assets."""
 
 

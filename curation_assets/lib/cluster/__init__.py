@@ -21,8 +21,10 @@ from curation_assets.lib.cluster.io import (
     centroids_version,
     cluster_size_bars,
     clustering_figures,
+    filtered_count,
     filtered_embeddings,
     load_centroids,
+    training_pool,
 )
 from curation_assets.lib.cluster.kmeans import (
     BLAS_CONFIG,
@@ -39,6 +41,8 @@ from curation_assets.lib.cluster.kmeans import (
 from curation_assets.lib.tables import N_CLUSTERINGS
 
 __all__ = [
+    "filtered_count",
+    "training_pool",
     "BLAS_CONFIG",
     "DEFAULT_SEEDS",
     "N_CLUSTERINGS",

@@ -123,6 +123,53 @@ def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) 
     return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id").collect()
 
 
+def filtered_count(store: DeltaStore) -> int:
+    """Filtered images over all shards, from the Delta log (no data file is read)."""
+    return sum(store.shard_row_counts(FILTERED_IMAGES.name).values())
+
+
+def training_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFrame:
+    """A seeded sample of about ``rows`` filtered images with embeddings, read shard by shard.
+
+    What k-means trains on: it samples at most ``K × max_points_per_centroid`` rows anyway, so
+    reading every embedding (2 GB at 1M × 512, 20 GB at 10M) is never needed. Shards are
+    taken in a seeded random order until they hold twice ``rows`` filtered images (the read
+    is ∝ the sample, not the corpus; web shards such as LAION's tars are random draws, so a
+    random subset of shards is a random sample), then each image is kept when a hash of its
+    id (seeded) falls under the needed share: the pool depends on the ids, not on row order.
+
+    Returns:
+        ``image_id, shard, model_id, embedding`` like :func:`filtered_embeddings`, sorted by
+        shard, image_id; every filtered image when the corpus holds at most ``rows``.
+
+    Memory: the pool (≈ ``rows`` · 4d bytes) plus one shard being read.
+    """
+    counts = {s: n for s, n in store.shard_row_counts(FILTERED_IMAGES.name).items() if n}
+    total = sum(counts.values())
+    if total <= rows:
+        return filtered_embeddings(store)
+    order = np.random.default_rng(seed).permutation(sorted(counts))
+    chosen, held = [], 0
+    for shard in order:
+        chosen.append(str(shard))
+        held += counts[str(shard)]
+        if held >= 2 * rows:
+            break
+    share = min(1.0, rows / held)
+    parts = []
+    for shard in sorted(chosen):
+        emb = filtered_embeddings(store, [shard])
+        keep = _id_hash(emb["image_id"], seed) < share
+        parts.append(emb.filter(pl.Series(keep)))
+    return pl.concat(parts) if parts else filtered_embeddings(store, [])
+
+
+def _id_hash(ids: pl.Series, seed: int) -> np.ndarray:
+    """A uniform [0, 1) value per id, fixed by (id, seed)."""
+    h = ids.hash(seed=seed).to_numpy()
+    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
 # --------------------------------------------------------------------------------------------
 # What the cluster assets report
 # --------------------------------------------------------------------------------------------

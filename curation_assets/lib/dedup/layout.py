@@ -171,15 +171,61 @@ def member_frame(rows: ShardRows, layout: Layout) -> pl.DataFrame:
     return DEDUP_MEMBERS.conform(pl.concat(parts)).sort("clustering", "bucket", "cluster")
 
 
-def write_shard(store: DeltaStore, shard: str, frame: pl.DataFrame | None) -> None:
-    """Replace the shard's rows of ``dedup_members`` (every clustering and bucket at once).
+def lay_out(
+    store: DeltaStore,
+    shards: list[str],
+    versions: list[str],
+    model_id: str,
+    layout: Layout,
+    *,
+    max_bytes: int = 128 * 2**20,
+    max_shards: int = 256,
+) -> tuple[dict[str, list[str]], dict[str, str], set[tuple[int, int]]]:
+    """Replace the ``dedup_members`` rows of ``shards``: ready shards laid out, others removed.
 
-    ``frame`` None or empty removes the shard (it left the filtered set or waits).
+    Shards are gathered into one Delta commit until their rows reach ``max_bytes`` or
+    ``max_shards`` shards, so laying out 10⁵ small shards costs hundreds of commits, not 10⁵.
+
+    Returns:
+        ``(ready, waiting, touched)``: the image_ids of each ready shard, why each waiting
+        shard waits, and the units (clustering, bucket) the ready shards' rows fall in.
+
+    Memory: one group of shards' member rows (≤ ``max_bytes``, or one shard if larger) and
+    their Arrow copy while Delta writes them.
     """
-    data = frame if frame is not None else DEDUP_MEMBERS.empty()
-    if not store.exists(DEDUP_MEMBERS.name) and data.is_empty():
-        return
-    store.replace_where(DEDUP_MEMBERS, "shard", shard, data)
+    ready: dict[str, list[str]] = {}
+    waiting: dict[str, str] = {}
+    touched: set[tuple[int, int]] = set()
+    group: list[str] = []
+    frames: list[pl.DataFrame] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if group:
+            store.replace_rows(DEDUP_MEMBERS, "shard", group, frames)
+        group.clear()
+        frames.clear()
+        size = 0
+
+    for shard in shards:
+        rows = shard_rows(store, shard, versions)
+        why = rows.why
+        if why is None and rows.frame.height and rows.model_id != model_id:
+            why = f"embedded with {rows.model_id}; the centroids are in {model_id}"
+        group.append(shard)
+        if why is not None:
+            waiting[shard] = why
+        if why is None and rows.frame.height:
+            frame = member_frame(rows, layout)
+            touched.update(frame.select("clustering", "bucket").unique().iter_rows())
+            ready[shard] = rows.frame["image_id"].to_list()
+            frames.append(frame)
+            size += int(frame.estimated_size())
+        if size >= max_bytes or len(group) >= max_shards:
+            flush()
+    flush()
+    return ready, waiting, touched
 
 
 def reset(store: DeltaStore) -> None:

@@ -53,6 +53,11 @@ def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any
         "largest_unit_rows": int(stats.get("largest_unit_rows", 0)),
         "rewritten_shards": int(stats.get("rewritten_shards", 0)),
         "dedup_seconds": float(stats.get("seconds", 0.0)),
+        **{
+            f"dedup_seconds_{phase}": float(stats[f"seconds_{phase}"])
+            for phase in ("layout", "search", "merge", "recall")
+            if f"seconds_{phase}" in stats
+        },
         "recall_true_pairs": int(recall.get("true_pairs", 0)),
         "recall_measured_on": str(recall.get("measured_on", "n/a")),
         "recall_seconds_exhaustive": float(

@@ -34,14 +34,7 @@ import polars as pl
 from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, record_commit
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
-from curation_assets.lib.dedup.layout import (
-    Layout,
-    choose_layout,
-    member_frame,
-    reset,
-    shard_rows,
-    write_shard,
-)
+from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset, shard_rows
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
 from curation_assets.lib.dedup.recall import pooled_recall, recall_on_sample
@@ -65,6 +58,8 @@ logger = logging.getLogger(__name__)
 #: Fewest recall queries a run samples (below this a sample says little), and the most.
 RECALL_MIN_QUERIES = 50
 RECALL_MAX_QUERIES = 10_000
+#: Fewest reference rows a recall sample reads (when the corpus has them).
+RECALL_MIN_REFERENCE = 20_000
 
 
 @dataclass
@@ -187,24 +182,10 @@ def run_dedup(
         layout = plan.layout
     # 1. lay out the redone shards
     t_layout = time.perf_counter()
-    touched: set[tuple[int, int]] = set()
-    ready: dict[str, list[str]] = {}
-    pending: list[tuple[str, str]] = []
-    for shard in sorted(plan.redo):
-        rows = shard_rows(store, shard, versions)
-        why = rows.why
-        if why is None and rows.frame.height and rows.model_id != model_id:
-            why = f"embedded with {rows.model_id}; the centroids are in {model_id}"
-        if why is not None or not rows.frame.height:
-            if why is not None:
-                pending.append((shard, why))
-            if not full:
-                write_shard(store, shard, None)
-            continue
-        frame = member_frame(rows, layout)
-        write_shard(store, shard, frame)
-        touched |= set(frame.select("clustering", "bucket").unique().iter_rows())
-        ready[shard] = rows.frame["image_id"].to_list()
+    ready, waiting, touched = lay_out(
+        store, sorted(plan.redo), versions, model_id, layout, max_bytes=budget.bytes // 16
+    )
+    pending = sorted(waiting.items())
     say(
         f"laid out {len(ready)} shards ({sum(map(len, ready.values()))} images) in "
         f"{time.perf_counter() - t_layout:.1f}s; {len(pending)} waiting"
@@ -253,6 +234,7 @@ def run_dedup(
     new_rows = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
     # 5. recall on a budget
+    t_recall = time.perf_counter()
     recall = _recall(
         store,
         plan,
@@ -280,6 +262,7 @@ def run_dedup(
         "seconds_layout": round(t_search - t_layout, 3),
         "seconds_search": round(t_merge - t_search, 3),
         "seconds_merge": round(seconds_merge, 3),
+        "seconds_recall": round(time.perf_counter() - t_recall, 3),
         "seconds": round(seconds, 3),
         "rewritten_shards": len(write),
     }
@@ -380,10 +363,13 @@ def _recall(
 ) -> dict[str, Any]:
     """This run's recall sample (budgeted), pooled with the earlier samples of these centroids.
 
-    Queries: a seeded sample of this run's new rows (every covered row when full). Reference:
-    the query shards plus randomly chosen other covered shards, up to a quarter of the memory
-    budget. The sample's exhaustive search (queries × reference) is capped at ``share`` of the
-    run's own comparisons (at least :data:`RECALL_MIN_QUERIES` queries).
+    Queries: a seeded sample of this run's new rows (of the reference when full). Reference:
+    the query shards plus randomly chosen other covered shards, up to a tenth of the corpus
+    (full) or ten rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
+    and at most a quarter of the memory budget. The sample's exhaustive search (queries ×
+    reference) is capped at ``share`` of the run's own comparisons (at least
+    :data:`RECALL_MIN_QUERIES` queries). The estimate covers pairs whose partner lies in the
+    reference; shards are sampled at random, so it is unbiased for pairs across shards.
     """
     rng = np.random.default_rng(
         [seed, int(hashlib.sha256(",".join(sorted(ready)).encode()).hexdigest()[:8], 16)]
@@ -391,7 +377,15 @@ def _recall(
     sizes = {s: len(ids) for s, ids in ready.items()}
     sizes.update({s: counts.get(s, 0) for s in covered - set(ready)})
     query_shards = sorted(ready)
-    cap = budget.rows(4 * dim + 64, share=0.25, minimum=2_000)
+    total = sum(sizes.get(s, 0) for s in covered)
+    # the reference is read from the per-shard tables: keep that read a small share of the run
+    # (a tenth of the corpus when full, ten rows per new row when incremental), within a
+    # quarter of the memory budget
+    wanted = total // 10 if plan.mode == "full" else 10 * sum(sizes[s] for s in query_shards)
+    cap = min(
+        budget.rows(4 * dim + 64, share=0.25, minimum=2_000),
+        max(RECALL_MIN_REFERENCE, wanted),
+    )
     if plan.mode == "full":  # queries come from the reference itself: sample shards
         order = list(rng.permutation(sorted(s for s in covered if sizes.get(s))))
         query_shards = []
@@ -473,6 +467,9 @@ def _samples_since_full(log: pl.DataFrame, versions: str) -> list[dict[str, Any]
     return out
 
 
+#: Shards of deduplicated_images rewritten per Delta commit (their ids and decisions only).
+_SHARDS_PER_COMMIT = 256
+
 #: Statistics a commit keeps so that a run with nothing to do reports the same figures.
 _COMMITTED_STATS = (
     "images",
@@ -508,15 +505,23 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         return plan.commit.outputs
     members = outcome.members
     committed = _committed(plan, DEDUPLICATED_IMAGES)
-    for shard in outcome.write_shards:
-        ids = outcome.ready.get(shard)
-        if ids is None and (plan.mode == "full" or shard in plan.redo):
-            ids = []  # gone, or redone but not ready (it waits): its rows go
-        if ids is None:  # a covered shard whose decisions changed: same images as committed
-            ids = store.read(
-                DEDUPLICATED_IMAGES, shards=[shard], columns=["image_id"], version=committed
-            )["image_id"].to_list()
-        store.replace_shard(DEDUPLICATED_IMAGES, shard, _shard_decisions(shard, ids, members))
+    shards = outcome.write_shards
+    for start in range(0, len(shards), _SHARDS_PER_COMMIT):
+        group = shards[start : start + _SHARDS_PER_COMMIT]
+        old = [  # covered shards whose decisions changed: the same images as committed
+            s
+            for s in group
+            if s not in outcome.ready and plan.mode != "full" and s not in plan.redo
+        ]
+        ids = dict(outcome.ready)
+        if old:
+            rows = store.read(
+                DEDUPLICATED_IMAGES, shards=old, columns=["image_id", "shard"], version=committed
+            )
+            ids.update({s: g["image_id"].to_list() for (s,), g in rows.group_by("shard")})
+        # gone, or redone but not ready (it waits): no rows, so its old rows go
+        frames = [_shard_decisions(s, ids[s], members) for s in group if s in ids]
+        store.replace_rows(DEDUPLICATED_IMAGES, "shard", group, frames)
     log = DEDUP_RUNS.empty()
     if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:
         old = store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])

@@ -1,5 +1,7 @@
 """The near-duplicate cosine threshold τ per embedding model, and how each was obtained."""
 
+from curation_assets.lib.errors import ConfigError
+
 #: Cosine τ for near-duplicates with open_clip ViT-B-32 image embeddings. NOT calibrated here
 #: (no CLIP weights can be downloaded in this environment): 0.95 is the value commonly used in
 #: practice for near-duplicate (not merely semantic) matches with CLIP ViT-B/32 image
@@ -64,4 +66,4 @@ def calibrated_tau(model_id: str) -> float:
         f"{sorted(_TAU_BY_MODEL_PREFIX)}); pass tau explicitly, calibrated with "
         "curation_assets.tools.bench_dedup.calibrate_tau on photos embedded by this model"
     )
-    raise ValueError(msg)
+    raise ConfigError(msg)

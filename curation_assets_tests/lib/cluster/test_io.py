@@ -102,3 +102,21 @@ def test_figures_and_check_the_assets_report(x):
     )
     assert assignment_check([3, 2], 3, 3)[0] is False
     assert assignment_check([2, 2], 3, 2)[0] is False  # an image without an embedding
+
+
+def test_training_pool_is_a_seeded_bounded_sample_of_few_shards(tmp_path):
+    from curation_assets.lib.cluster import filtered_count, filtered_embeddings, training_pool
+    from curation_assets_tests.lib.dedup.helpers import add_shard, vectors
+
+    store = DeltaStore(str(tmp_path / "delta"))
+    for s in range(8):
+        add_shard(store, f"s{s}", vectors(250, 0, seed=s), assign_rows=False)
+    assert filtered_count(store) == 2000
+    pool = training_pool(store, 300, seed=3)
+    assert 200 <= pool.height <= 400  # ~300: a hash share of two or three shards' rows
+    assert pool["shard"].n_unique() <= 3  # shards are sampled: the read is ∝ the pool
+    every = filtered_embeddings(store)
+    assert pool.join(every, on=["image_id", "shard"], how="anti").is_empty()
+    assert pool.equals(training_pool(store, 300, seed=3))
+    assert not pool["image_id"].equals(training_pool(store, 300, seed=4)["image_id"])
+    assert training_pool(store, 5000).height == 2000  # small corpus: every row

@@ -58,7 +58,8 @@ def test_first_run_is_full_over_every_filtered_shard(store):
 def test_nothing_changed_since_the_commit_is_current(store):
     run_and_write(store)
     plan = _plan(store)
-    assert plan.mode == "current" and "no input changed since the last run (1 shards)" in plan.reason
+    assert plan.mode == "current"
+    assert "no input changed since the last run (1 shards)" in plan.reason
     assert plan.covered == {"a"} and plan.redo == set() and plan.layout is not None
 
 
