@@ -566,41 +566,6 @@ class DeltaStore:
         )
         return version
 
-    def replace_shards(self, spec: TableSpec, shards: Iterable[str], df: pl.DataFrame) -> int:
-        """Replace the rows of several shards of a shard-partitioned table in ONE transaction.
-
-        Shards listed but without rows in ``df`` are emptied. Cost: one commit for many
-        shards (a stage rewriting a batch of shards does not pay one log replay per shard).
-
-        Returns:
-            The Delta version committed.
-
-        Raises:
-            ValueError: If the table is not partitioned by shard, no shard is given, or a row
-                carries a shard not listed.
-        """
-        keys = sorted(set(shards))
-        if spec.partition_by != ("shard",) or not keys:
-            msg = f"replace_shards({spec.name!r}): needs a shard-partitioned table and >= 1 shard"
-            raise ValueError(msg)
-        table = spec.to_arrow(df)
-        stray = set(df["shard"].unique().to_list()) - set(keys)
-        if stray:
-            msg = f"rows for {spec.name!r} carry unlisted shards {sorted(stray)[:5]}"
-            raise ValueError(msg)
-        predicate = f"shard IN ({', '.join(sql_literal(k) for k in keys)})"
-        version = self._write(
-            spec.name, table, mode="overwrite", partition_by=["shard"], predicate=predicate
-        )
-        logger.info(
-            "delta %s: replaced %d shards with %d rows (v%d)",
-            spec.name,
-            len(keys),
-            table.num_rows,
-            version,
-        )
-        return version
-
     def replace_table(self, spec: TableSpec, df: pl.DataFrame) -> int:
         """Overwrite a whole (unpartitioned) table in one transaction.
 

@@ -316,8 +316,7 @@ def export_shards(
             touched = [k for k, (_, r) in rows_of.items() if r.height or k in in_delta]
             if touched:
                 frames = [r for _, r in rows_of.values() if r.height]
-                data = pl.concat(frames) if frames else CURATED_DATASET.empty()
-                store.replace_shards(CURATED_DATASET, touched, data)
+                store.replace_rows(CURATED_DATASET, "shard", touched, frames)
             for key, (_, rows) in rows_of.items():
                 if rows.is_empty() and (remove_shard_files(out, key) or key in in_delta):
                     done.removed.append(key)

@@ -3,7 +3,6 @@
 from dataclasses import replace
 
 import polars as pl
-import pytest
 
 from curation_assets.lib.export.run import partitioned_by_shard, rows_per_shard
 from curation_assets.lib.storage import DeltaStore
@@ -45,19 +44,15 @@ def test_an_unpartitioned_table_has_no_shard_figures(tmp_path):
     assert rows_per_shard(store, CURATED_DATASET.name) == {}
 
 
-def test_replace_shards_is_one_commit_for_several_shards(tmp_path):
+def test_several_shards_replaced_in_one_commit(tmp_path):
+    """The export replaces a batch of shards with ``replace_rows`` (one commit)."""
     store = DeltaStore(str(tmp_path))
     store.replace_shard(CURATED_DATASET, "a", _rows("a", 3))
     store.replace_shard(CURATED_DATASET, "c", _rows("c", 2))
     before = store.version(CURATED_DATASET.name)
-    version = store.replace_shards(
-        CURATED_DATASET, ["a", "b", "x"], pl.concat([_rows("a", 1), _rows("b", 4)])
+    version = store.replace_rows(
+        CURATED_DATASET, "shard", ["a", "b", "x"], [_rows("a", 1), _rows("b", 4)]
     )
     assert before is not None and version == before + 1
     assert rows_per_shard(store, CURATED_DATASET.name) == {"a": 1, "b": 4, "c": 2}
-    store.replace_shards(CURATED_DATASET, ["a"], CURATED_DATASET.empty())  # emptied
-    assert rows_per_shard(store, CURATED_DATASET.name) == {"b": 4, "c": 2}
-    with pytest.raises(ValueError, match="unlisted shards"):
-        store.replace_shards(CURATED_DATASET, ["a"], _rows("b", 1))
-    with pytest.raises(ValueError, match=">= 1 shard"):
-        store.replace_shards(CURATED_DATASET, [], CURATED_DATASET.empty())
+    assert set(store.shard_files(CURATED_DATASET.name)) == {"a", "b", "c"}
