@@ -122,7 +122,7 @@ class CandidatePool:
         corpus_shards: Shards of the corpus.
         shards_read: Shards sampled, in the order they were chosen.
         sampled_rows: Candidates from the sampled shards.
-        labelled_rows: Labelled images found (read from their own shards).
+        labelled_rows: Labelled images in the pool (sampled, or read from their own shards).
         subsampled: The sampled shards held more than ``max_rows`` images.
     """
 
@@ -223,11 +223,13 @@ def candidate_pool(
     )
     ids, x, subsampled = _one_per_image(frame, max_rows, seed)
     del frame
-    lab_ids, lab_x, _ = _one_per_image(read_labelled(store, labelled_ids, ["embedding"]))
-    new = ~np.isin(lab_ids, ids)
-    if new.any():
-        ids = np.concatenate([ids, lab_ids[new]])
-        x = np.concatenate([x.reshape(len(x), -1), lab_x[new]]) if x.size else lab_x[new]
+    in_sample = set(ids.tolist())
+    missing = sorted({i for i in labelled_ids if i not in in_sample})
+    lab_ids, lab_x, _ = _one_per_image(read_labelled(store, missing, ["embedding"]))
+    sampled_rows = len(ids)
+    if len(lab_ids):  # labelled images the sample missed, read from their own shards
+        ids = np.concatenate([ids, lab_ids])
+        x = np.concatenate([x.reshape(len(x), -1), lab_x]) if x.size else lab_x
         canon = np.argsort(ids.astype(str), kind="stable")
         ids, x = ids[canon], x[canon]
     pool = CandidatePool(
@@ -238,8 +240,8 @@ def candidate_pool(
         corpus_rows=sum(counts.values()),
         corpus_shards=len(counts),
         shards_read=chosen,
-        sampled_rows=len(ids) - int(new.sum()),
-        labelled_rows=len(lab_ids),
+        sampled_rows=sampled_rows,
+        labelled_rows=len(set(labelled_ids) & in_sample) + len(lab_ids),
         subsampled=bool(subsampled),
     )
     logger.info(
