@@ -118,6 +118,8 @@ def write_weight_inputs(
         store.replace_shard(
             FILTERED_IMAGES, shard, FILTERED_IMAGES.conform(filtered.filter(shard=shard))
         )
-    store.replace_table(DEDUPLICATED_IMAGES, DEDUPLICATED_IMAGES.conform(dedup))
+        store.replace_shard(
+            DEDUPLICATED_IMAGES, shard, DEDUPLICATED_IMAGES.conform(dedup.filter(shard=shard))
+        )
     kept = dedup.filter("kept")["image_id"].to_list()
     return WeightInputs(ids, filtered["image_id"].to_list(), kept, x)

@@ -7,7 +7,7 @@ import dagster as dg
 from curation_assets.defs.embed import image_embeddings
 from curation_assets.defs.ingest import ingest
 from curation_assets.defs.partitions import SHARDS_PARTITION
-from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
+from curation_assets.defs.resources import Compute, DeltaStorage, ImageEmbedder, ShardSource
 from curation_assets_tests.conftest import TINY_CLIP_CONFIG
 
 
@@ -27,6 +27,7 @@ def resources(tmp_path: Path, source: Path, *, tiny_clip: bool = True) -> dict:
         "delta": DeltaStorage(root_uri=str(tmp_path / "delta")),
         "shard_source": ShardSource(root=str(source), min_age_s=0),
         "embedder": embedder,
+        "compute": Compute(),
     }
 
 
