@@ -4,6 +4,9 @@ The end-to-end run on the demo corpus (real embeddings, after real dedup) is
 ``test_dedup_assets.py::test_weights_audit_and_export_of_the_kept_images``.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -34,7 +37,7 @@ def _materialize(instance, res, **config) -> dg.ExecuteInProcessResult:
     return result
 
 
-def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, Mapping[str, Any]]:
     return {
         m.asset_key.to_user_string(): m.metadata
         for m in result.asset_materializations_for_node("weights_and_audit")

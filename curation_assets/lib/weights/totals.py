@@ -127,6 +127,7 @@ def weight_totals(stats: pl.DataFrame, *, w_min: float, w_max: float) -> dict[st
     sq = math.fsum(s["weight_sq_sum"].to_list())
     counts = np.sum(np.asarray(s["histogram"].to_list(), dtype=np.int64), axis=0)
     ess = total * total / sq if sq > 0 else 0.0
+    clipped = int(s.select((pl.col("n_clipped_low") + pl.col("n_clipped_high")).sum()).item())
     out.update(
         {
             "mean": total / n,
@@ -135,7 +136,7 @@ def weight_totals(stats: pl.DataFrame, *, w_min: float, w_max: float) -> dict[st
             "min": float(s["weight_min"].min()),  # type: ignore[arg-type]
             "max": float(s["weight_max"].max()),  # type: ignore[arg-type]
             "n_bad": int(s["n_bad"].sum()),
-            "clipped_share": int(s["n_clipped_low"].sum() + s["n_clipped_high"].sum()) / n,
+            "clipped_share": clipped / n,
             "raw_ratio_mean": math.fsum(s["raw_ratio_sum"].to_list()) / n,
         }
     )
