@@ -21,7 +21,6 @@ with exactly the committed probe.
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -223,6 +222,7 @@ def fit_sampled_probe(
     per_class: int,
     w_min: float,
     w_max: float,
+    settings: dict[str, Any] | None = None,
 ) -> SampledProbe:
     """Fit the probe on the sample; estimate the normaliser on the sample's kept rows.
 
@@ -230,6 +230,10 @@ def fit_sampled_probe(
     the sampled shards), so the scale that gives them mean 1 is the corpus' up to sampling
     error (``std(w) / √m``); the stage measures the corpus mean from its per-shard sums and
     rescales when it is off by more than its tolerance.
+
+    The probe's id is a hash of everything that determines it (``settings``, the corpus counts,
+    the embedding model and the sample's ids), so a run killed after storing it and re-run
+    finds the same probe instead of storing a second one.
 
     Raises:
         ValueError: On settings the fit rejects.
@@ -254,9 +258,33 @@ def fit_sampled_probe(
     if rows.size:
         log_r = model.log_ratio(np.asarray(sample.x[rows], np.float64), model.fold_of(rows))
         _, _, scale = clip_normalize(np.exp(log_r), w_min, w_max)
+    digest = hashlib.blake2b(digest_size=16)
+    what = [settings or {}, n_reference, n_kept, per_class, sample.model_id, sample.shards]
+    digest.update(json.dumps(what, sort_keys=True, default=str).encode())
+    for image_id in sample.ids:
+        digest.update(image_id.encode() + b"\0")
     return SampledProbe(
-        model, uuid.uuid4().hex, sample.model_id, folds, scale, len(sample.ids), len(sample.shards)
+        model,
+        digest.hexdigest(),
+        sample.model_id,
+        folds,
+        scale,
+        len(sample.ids),
+        len(sample.shards),
     )
+
+
+def store_probe(store: DeltaStore, probe: SampledProbe, settings: dict[str, Any]) -> None:
+    """Append the probe to :data:`WEIGHT_PROBES` unless a run killed before its commit did."""
+    there = (
+        store.scan(WEIGHT_PROBES)
+        .filter(pl.col("probe_id") == probe.probe_id)
+        .select("probe_id")
+        .head(1)
+        .collect()
+    )
+    if there.is_empty():
+        store.append(WEIGHT_PROBES, probe_row(probe, settings))
 
 
 def probe_row(probe: SampledProbe, settings: dict[str, Any]) -> pl.DataFrame:

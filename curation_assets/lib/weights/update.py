@@ -60,7 +60,7 @@ from curation_assets.lib.weights.probe import (
     gather_sample,
     per_class_rows,
     plan_sample,
-    probe_row,
+    store_probe,
 )
 from curation_assets.lib.weights.shards import (
     embedding_dim,
@@ -145,7 +145,7 @@ def update_weights(
     if plan.mode == "full":
         probe = _fit(store, settings, budget, dim, max_rows)
         scale = probe.scale
-        store.append(WEIGHT_PROBES, probe_row(probe, settings_record(settings)))
+        store_probe(store, probe, settings_record(settings))
     assert probe is not None and scale is not None
     encoder, concepts_note = (None, "none configured")
     if plan.shards:
@@ -240,6 +240,7 @@ def _fit(
         per_class=per_class,
         w_min=settings["w_min"],
         w_max=settings["w_max"],
+        settings=settings_record(settings),
     )
     logger.info(
         "weights probe %s: %s on %d sample rows from %d shards (%d per class wanted)",

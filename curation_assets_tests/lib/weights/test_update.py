@@ -18,6 +18,7 @@ from curation_assets.lib.tables import (
     IMAGE_EMBEDDINGS,
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
+    WEIGHT_PROBES,
     WEIGHT_SHARD_STATS,
 )
 from curation_assets.lib.weights import update
@@ -302,3 +303,22 @@ def test_the_probe_sample_is_bounded_by_the_memory_budget(tmp_path):
     assert out.summary["probe_sample_rows"] < 300 < out.totals["n_reference"]
     assert out.summary["probe"]["n_train_per_class"] <= 51
     assert abs(out.totals["mean"] - 1.0) <= SETTINGS["mean_tolerance"]
+
+
+def test_a_full_run_killed_before_its_commit_stores_its_probe_once(tmp_path, monkeypatch):
+    clean = _corpus(tmp_path / "clean")
+    first = _run(clean)
+    torn = _corpus(tmp_path / "torn")
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the commit")
+
+    monkeypatch.setattr(update, "record_commit", die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(torn)
+    monkeypatch.undo()
+    again = _run(torn)
+    assert (again.plan.mode, again.plan.reason) == ("full", "first run")  # nothing committed
+    probes = torn.read(WEIGHT_PROBES)
+    assert probes["probe_id"].to_list() == [first.summary["probe_id"]]  # same data, same id
+    assert _weights(torn).equals(_weights(clean))
