@@ -38,6 +38,7 @@ from curation_assets.lib.dedup import (
     union_pairs,
 )
 from curation_assets.lib.tables import N_CLUSTERINGS
+from curation_assets.tools.bench_ivf import IVF_NPROBE_CAP, compare, ivf_baseline, sgemm_gflops
 from curation_assets.tools.synthetic import clip_like_embeddings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def bench_dedup(
     niter: int = 10,
     max_points_per_centroid: int = 128,
     dup_noise: float = 0.15,
+    ivf: bool = True,
+    ivf_nprobe_cap: int = IVF_NPROBE_CAP,
 ) -> dict[str, Any]:
     """Cluster-based pair search versus exhaustive search on synthetic CLIP-like embeddings.
 
@@ -79,7 +82,16 @@ def bench_dedup(
     of queries). Recall of the cumulative union of 1..C clusterings is measured against the
     exhaustive pairs (on the sampled queries' pairs when sampled).
 
+    Peer baseline (``ivf``, after both): faiss ``IndexIVFFlat`` with ``nlist = k``, trained on
+    clustering 1's sample, every row a query of ``range_search`` at τ, nprobe doubled until
+    its recall on the same true pairs reaches the five clusterings' (see
+    :mod:`curation_assets.tools.bench_ivf`); its search time is extrapolated from the same
+    sampled queries when the exhaustive one is. ``sgemm_gflops`` (numpy float32
+    4096×512 @ 512×4096, median of 3) is measured at the start and end of the run.
+
     Peak RSS is the process peak (``ru_maxrss``): run in a fresh process for a clean number.
+    ``peak_rss_mb`` is taken before the baseline is built; the baseline's index adds about
+    one matrix (``ivf_baseline.index_mb``, ``ivf_baseline.peak_rss_mb``).
 
     Args:
         n: Rows.
@@ -97,6 +109,8 @@ def bench_dedup(
             K = 1024, five clusterings reached the same pair recall (0.994-0.995) with 64,
             128 and 256 points per centroid.
         dup_noise: Edit size of the planted duplicates (see :func:`clip_like_embeddings`).
+        ivf: Also run the IVFFlat peer baseline (``ivf_baseline`` and comparison keys).
+        ivf_nprobe_cap: Largest nprobe the baseline tries.
 
     Returns:
         A JSON-serializable dict, times in seconds: the parameters; ``train_s``,
@@ -107,7 +121,11 @@ def bench_dedup(
         clustering; median per database chunk) and the ratio against a symmetric exhaustive
         search that would compute each pair once (``cluster_over_exhaustive_symmetric``);
         ``recall_by_num_clusterings`` with ``recall_standard_error``, ``true_pairs``;
-        ``matrix_mb``, ``peak_rss_mb`` and ``peak_rss_over_matrix``.
+        ``matrix_mb``, ``peak_rss_mb`` and ``peak_rss_over_matrix``; ``sgemm_gflops``
+        (start) and ``sgemm_gflops_end``; with ``ivf``: ``ivf_baseline`` (see
+        :func:`~curation_assets.tools.bench_ivf.ivf_baseline`, plus its ``peak_rss_mb``),
+        ``faster_at_equal_recall``, ``ivf_over_cluster`` (IVF build + search of all n
+        queries over ``cluster_method_s``), its median-based version and a verdict sentence.
     """
     tau = DEFAULT_TAU if tau is None else tau
     k = default_k(n) if k is None else k
@@ -115,6 +133,7 @@ def bench_dedup(
         exhaustive_queries = n if n <= EXHAUSTIVE_FULL_MAX_ROWS else EXHAUSTIVE_SAMPLE_QUERIES
     exhaustive_queries = min(exhaustive_queries, n)
     rss_start = _peak_rss_mb()
+    gflops_start = sgemm_gflops()
 
     t = time.perf_counter()
     x, group = clip_like_embeddings(n, dim, seed=seed, dup_noise=dup_noise)
@@ -175,6 +194,27 @@ def bench_dedup(
 
     planted_truth = int(((group[truth.i] == group[truth.j]) & (group[truth.i] >= 0)).sum())
     peak = _peak_rss_mb()
+    baseline: dict[str, Any] = {}
+    if ivf:
+        recall_all = recall[-1] if recall else float("nan")
+        ivf_out = ivf_baseline(
+            x,
+            truth,
+            query_idx,
+            nlist=k,
+            tau=tau,
+            seed=seed,
+            niter=niter,
+            max_points_per_centroid=max_points_per_centroid,
+            target_recall=recall_all,
+            nprobe_cap=ivf_nprobe_cap,
+            stop_after_s=exhaustive_measured_s,
+        )
+        ivf_out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        baseline = {
+            "ivf_baseline": ivf_out,
+            **compare(cluster_total_s, cluster_median_s, ivf_out),
+        }
     out: dict[str, Any] = {
         "benchmark": "dedup",
         "n": n,
@@ -238,6 +278,10 @@ def bench_dedup(
         "peak_rss_mb": round(peak, 1),
         "peak_rss_mb_before": round(rss_start, 1),
         "peak_rss_over_matrix": round(peak / matrix_mb, 3),
+        "sgemm_gflops": gflops_start,
+        "sgemm_gflops_end": sgemm_gflops(),
+        "sgemm_note": "numpy float32 (4096x512) @ (512x4096), median of 3, same process",
+        **baseline,
     }
     logger.info(
         "bench_dedup n=%d: cluster %.1fs vs exhaustive %.1fs, recall %s",
