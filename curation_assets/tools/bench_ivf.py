@@ -255,6 +255,7 @@ def ivf_baseline(
 def compare(cluster_s: float, cluster_median_s: float, ivf: dict[str, Any]) -> dict[str, Any]:
     """Which method is faster at the cluster method's recall, and by how much (same run)."""
     ivf_s, ivf_med = float(ivf["total_s"]), float(ivf["total_s_median_based"])
+    cluster_s = max(cluster_s, 1e-9)
     reached = bool(ivf["target_reached"])
     if not reached:
         verdict = (
@@ -278,6 +279,6 @@ def compare(cluster_s: float, cluster_median_s: float, ivf: dict[str, Any]) -> d
     return {
         "faster_at_equal_recall": faster,
         "ivf_over_cluster": round(ivf_s / cluster_s, 3),
-        "ivf_over_cluster_median_based": round(ivf_med / cluster_median_s, 3),
+        "ivf_over_cluster_median_based": round(ivf_med / max(cluster_median_s, 1e-9), 3),
         "equal_recall_verdict": verdict,
     }
