@@ -122,10 +122,12 @@ def bench_dedup(
         search that would compute each pair once (``cluster_over_exhaustive_symmetric``);
         ``recall_by_num_clusterings`` with ``recall_standard_error``, ``true_pairs``;
         ``matrix_mb``, ``peak_rss_mb`` and ``peak_rss_over_matrix``; ``sgemm_gflops``
-        (start) and ``sgemm_gflops_end``; with ``ivf``: ``ivf_baseline`` (see
+        (start), ``sgemm_gflops_end`` and ``sgemm_gflops_by_phase``; process CPU seconds
+        ``cluster_method_cpu_s``, ``exhaustive_cpu_s``; with ``ivf``: ``ivf_baseline`` (see
         :func:`~curation_assets.tools.bench_ivf.ivf_baseline`, plus its ``peak_rss_mb``),
         ``faster_at_equal_recall``, ``ivf_over_cluster`` (IVF build + search of all n
-        queries over ``cluster_method_s``), its median-based version and a verdict sentence.
+        queries over ``cluster_method_s``), its median-based and CPU-time
+        (``ivf_over_cluster_cpu``) versions and a verdict sentence.
     """
     tau = DEFAULT_TAU if tau is None else tau
     k = default_k(n) if k is None else k
@@ -139,7 +141,9 @@ def bench_dedup(
     x, group = clip_like_embeddings(n, dim, seed=seed, dup_noise=dup_noise)
     gen_s = time.perf_counter() - t
     matrix_mb = x.nbytes / 2**20
+    gflops = {"start": gflops_start, "before_cluster_method": sgemm_gflops()}
 
+    cpu0 = time.process_time()
     t = time.perf_counter()
     seeds = tuple(range(seed, seed + n_clusterings))
     models = train_clusterings(
@@ -167,6 +171,8 @@ def bench_dedup(
     comp = connected_components(n, union)
     components_s = time.perf_counter() - t
     cluster_total_s = train_s + assign_s + sum(pair_s) + components_s
+    cluster_cpu_s = time.process_time() - cpu0
+    gflops["before_exhaustive"] = sgemm_gflops()
 
     extrapolated = exhaustive_queries < n
     if extrapolated:
@@ -175,9 +181,11 @@ def bench_dedup(
         )
     else:
         query_idx = None
+    cpu0 = time.process_time()
     t = time.perf_counter()
     truth = exhaustive_pairs(x, tau, query_idx=query_idx)
     exhaustive_measured_s = time.perf_counter() - t
+    exhaustive_cpu_s = (time.process_time() - cpu0) * n / exhaustive_queries
     exhaustive_s = exhaustive_measured_s * n / exhaustive_queries
     exhaustive_median_s = truth.stats["seconds_median_based"] * n / exhaustive_queries
     # Noise-robust cluster-method time: C x (median train + median assign + median pairs).
@@ -196,6 +204,7 @@ def bench_dedup(
     peak = _peak_rss_mb()
     baseline: dict[str, Any] = {}
     if ivf:
+        gflops["before_ivf"] = sgemm_gflops()
         recall_all = recall[-1] if recall else float("nan")
         ivf_out = ivf_baseline(
             x,
@@ -214,7 +223,9 @@ def bench_dedup(
         baseline = {
             "ivf_baseline": ivf_out,
             **compare(cluster_total_s, cluster_median_s, ivf_out),
+            "ivf_over_cluster_cpu": round(ivf_out["total_cpu_s"] / max(cluster_cpu_s, 1e-9), 3),
         }
+    gflops["end"] = sgemm_gflops()
     out: dict[str, Any] = {
         "benchmark": "dedup",
         "n": n,
@@ -278,9 +289,20 @@ def bench_dedup(
         "peak_rss_mb": round(peak, 1),
         "peak_rss_mb_before": round(rss_start, 1),
         "peak_rss_over_matrix": round(peak / matrix_mb, 3),
+        "cluster_method_cpu_s": round(cluster_cpu_s, 2),
+        "exhaustive_cpu_s": round(exhaustive_cpu_s, 2),
+        "cpu_note": (
+            "process CPU seconds (user + sys, all threads) of the same phases: less sensitive "
+            "than wall time to other processes on a shared machine (spin-waits still count); "
+            "exhaustive scaled like exhaustive_s"
+        ),
         "sgemm_gflops": gflops_start,
-        "sgemm_gflops_end": sgemm_gflops(),
-        "sgemm_note": "numpy float32 (4096x512) @ (512x4096), median of 3, same process",
+        "sgemm_gflops_end": gflops["end"],
+        "sgemm_gflops_by_phase": gflops,
+        "sgemm_note": (
+            "numpy float32 (4096x512) @ (512x4096), median of 3, same process; by_phase: "
+            "measured just before each phase (a drop means other load during the run)"
+        ),
         **baseline,
     }
     logger.info(

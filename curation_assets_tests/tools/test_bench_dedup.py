@@ -94,6 +94,16 @@ def _check_ivf(out: dict) -> dict:
     assert rec[0] == pytest.approx(out["recall_by_num_clusterings"][0], abs=0.02)
     assert ivf["total_s"] == pytest.approx(ivf["build_s"] + ivf["search_s"], abs=0.02)
     assert out["sgemm_gflops"] > 0 and out["sgemm_gflops_end"] > 0
+    phases = out["sgemm_gflops_by_phase"]
+    assert list(phases) == [
+        "start",
+        "before_cluster_method",
+        "before_exhaustive",
+        "before_ivf",
+        "end",
+    ]
+    assert ivf["total_cpu_s"] > 0 and out["cluster_method_cpu_s"] > 0
+    assert out["ivf_over_cluster_cpu"] > 0
     return ivf
 
 
