@@ -5,7 +5,8 @@ What a faiss user would run instead of the project's five clusterings: one inver
 trained on the same seeded sample as clustering 1), every row added, then every row searched as
 a query with ``range_search`` at the same threshold as the exhaustive ground truth. ``nprobe``
 (lists scanned per query) is doubled 1, 2, 4, … until the pair recall reaches the cluster
-method's, measured on the same ground-truth pairs.
+method's, measured on the same ground-truth pairs, then bisected between the last two powers
+of two, so the chosen nprobe is the smallest reaching it.
 
 Recall of a full run: a full run searches every row, so a true pair (i, j) is found when i's
 search returns j *or* j's search returns i. When only a sample of queries is timed, the other
@@ -127,7 +128,8 @@ def ivf_baseline(
     Returns:
         A JSON-ready dict: build (train, add) seconds (wall; ``*_cpu_s``: process CPU),
         index size and RSS growth, one entry per nprobe tried (recall, measured and
-        extrapolated search seconds), the chosen nprobe (smallest reaching the target) or
+        extrapolated search seconds; sorted by nprobe, powers of two then the bisection
+        between the last two), the chosen nprobe (smallest reaching the target) or
         ``target_reached: false`` and why it stopped.
     """
     n, d = x.shape
@@ -172,10 +174,7 @@ def ivf_baseline(
     partners = ends[~is_query[ends]]
     truth_keys = truth.keys()
 
-    tried: list[dict[str, Any]] = []
-    chosen: dict[str, Any] | None = None
-    stopped = "nprobe cap reached"
-    for p in _nprobes(nlist, nprobe_cap):
+    def measure(p: int) -> dict[str, Any]:
         index.nprobe = p
         cpu0 = time.process_time()
         found, batch_s = _search(index, x, queries, radius, query_batch)
@@ -192,7 +191,7 @@ def ivf_baseline(
         per_query = [
             s / min(query_batch, queries.size - i * query_batch) for i, s in enumerate(batch_s)
         ]
-        entry = {
+        return {
             "nprobe": p,
             "recall": round(recall, 4),
             "recall_standard_error": round(
@@ -203,21 +202,47 @@ def ivf_baseline(
             "search_s_median_based": round(float(np.median(per_query)) * n, 3),
             "search_cpu_s": round(search_cpu_s, 3),
             "_recall": recall,
+            "_measured_s": measured_s,
         }
+
+    def reaches(e: dict[str, Any]) -> bool:
+        return e["_recall"] >= target_recall - 1e-12
+
+    tried: list[dict[str, Any]] = []
+    chosen: dict[str, Any] | None = None
+    stopped = "nprobe cap reached"
+    for p in _nprobes(nlist, nprobe_cap):
+        entry = measure(p)
         tried.append(entry)
-        if recall >= target_recall - 1e-12:
+        if reaches(entry):
             chosen = entry
             stopped = "target recall reached"
             break
+        measured_s = entry["_measured_s"]
         if stop_after_s is not None and measured_s > max(stop_after_s, STOP_FLOOR_S):
             stopped = (
                 f"search of the timed queries ({measured_s:.1f} s) took longer than exhaustive "
                 f"search of the same queries ({stop_after_s:.1f} s)"
             )
             break
+    if chosen is not None and len(tried) > 1:
+        # Bisect between the last power of two that missed and the one that reached, so the
+        # chosen nprobe is the smallest integer reaching the target (recall grows with nprobe:
+        # the lists probed at p are the first p of those probed at p + 1).
+        lo, hi = tried[-2]["nprobe"], chosen["nprobe"]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            entry = measure(mid)
+            tried.append(entry)
+            if reaches(entry):
+                hi, chosen = mid, entry
+            else:
+                lo = mid
+        tried.sort(key=lambda e: e["nprobe"])
     last = tried[-1]
     for e in tried:
         e.pop("_recall")
+        e.pop("_measured_s")
     return {
         "method": "faiss IndexIVFFlat (METRIC_INNER_PRODUCT, spherical k-means quantizer) "
         "+ range_search; every row a query",

@@ -83,8 +83,12 @@ def _check_ivf(out: dict) -> dict:
     assert all(b >= a for a, b in zip(rec, rec[1:], strict=False))
     assert ivf["target_recall"] == round(out["recall_by_num_clusterings"][-1], 4)
     if ivf["target_reached"]:
-        assert ivf["chosen_nprobe"] == probes[-1] and ivf["recall"] >= ivf["target_recall"]
-        assert all(r < ivf["target_recall"] for r in rec[:-1])
+        # The smallest nprobe reaching the target: every smaller one tried misses it, and
+        # the one just below was tried (doubling, then bisection).
+        c = probes.index(ivf["chosen_nprobe"])
+        assert ivf["recall"] == rec[c] >= ivf["target_recall"]
+        assert all(r <= ivf["target_recall"] for r in rec[:c])
+        assert c == 0 or probes[c - 1] == probes[c] - 1
         assert out["faster_at_equal_recall"] in ("cluster", "ivf")
     else:
         assert ivf["chosen_nprobe"] is None and "NOT reached" in ivf["figures_at"]
