@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import dagster as dg
 
+from curation_assets.defs.partitions import SHARDS_PER_RUN
 from curation_assets.defs.run_health import guard_runs, pool_slots
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
@@ -271,6 +272,30 @@ def was_interrupted(result: Any) -> bool:
     return False
 
 
+def completed_shards(result: Any, shards: Sequence[str]) -> set[str]:
+    """The shards a failed multi-shard run completed: every asset materialized, no check failed.
+
+    A per-shard step reports the shards it finished before one failed
+    (``defs.partitions.ShardLoop``); a shard named by a failed (ERROR) check is not complete.
+    """
+    planned: set[str] = set()
+    made: dict[str, set[str]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION_PLANNED":
+            planned.add(event.asset_key.to_user_string())
+        elif event.event_type_value == "ASSET_MATERIALIZATION":
+            mat = event.event_specific_data.materialization
+            if mat.partition is not None:
+                made.setdefault(mat.partition, set()).add(mat.asset_key.to_user_string())
+    bad: set[str] = set()
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
+            continue
+        named = evaluation.metadata.get("failed_shards")
+        bad.update(str(named.value).split(", ") if named is not None else shards)
+    return {k for k in shards if k not in bad and planned and planned <= made.get(k, set())}
+
+
 class _SignalLatch:
     """Notes SIGINT/SIGTERM arriving while it is open, whoever handles them.
 
@@ -424,6 +449,8 @@ class Runner:
         self.stage_seconds: dict[str, float] = {}
         self.job_seconds: dict[str, float] = {}
         self.failures: dict[str, list[str]] = {}
+        self.last_result: Any = None
+        self.shards_per_run = SHARDS_PER_RUN
 
     def execute(
         self,
@@ -433,6 +460,7 @@ class Runner:
         partition_key: str | None = None,
         asset_selection: Sequence[dg.AssetKey] | None = None,
         run_config: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> bool:
         """Execute ``job`` in process; echo ``label: ok|FAILED in Ns``; True when it succeeded.
 
@@ -450,6 +478,7 @@ class Runner:
                     raise_on_error=False,
                     partition_key=partition_key,
                     asset_selection=asset_selection,
+                    tags=tags,
                     run_config={
                         "loggers": {"console": {"config": {"log_level": self.log_level}}},
                         **(run_config or {}),
@@ -465,6 +494,7 @@ class Runner:
         if interrupted:
             self._stop(label, t0, [result.run_id], ok=result.success)
         self.echo(f"  {label}: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s")
+        self.last_result = result
         if not result.success:
             self.failures.setdefault(label, []).extend(step_errors(result))
         return bool(result.success)
@@ -512,20 +542,41 @@ class Runner:
         selection: Sequence[dg.AssetKey] | None = None,
         done: Callable[[str], bool] | None = None,
         why: str = "",
+        job: str = "per_shard_job",
     ) -> list[str]:
-        """Run ``per_shard_job`` (its ``selection``) for each shard that ``done`` does not skip.
+        """Run ``job`` (its ``selection``) over the shards that ``done`` does not skip.
+
+        The shards share runs: up to ``shards_per_run`` shards adjacent in registration order
+        per run (:func:`~curation_assets.defs.partitions.shard_ranges`). When a run over several
+        shards fails, the shards it did not complete are run again one per run, so that one bad
+        shard fails alone and the others go on (as they would have without batching).
 
         Returns:
             The shards whose work is done: skipped ones and those whose run succeeded.
         """
+        from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags, shard_ranges
+
         todo = [k for k in keys if done is None or not done(k)]
-        ok = {
-            k
-            for k in todo
-            if self.execute(
-                "per_shard_job", f"shard {k}", partition_key=k, asset_selection=selection
-            )
-        }
+        registered = self.instance.get_dynamic_partitions(SHARDS_PARTITION)
+        ok: set[str] = set()
+        for run in shard_ranges(registered, todo, self.shards_per_run):
+            if len(run) == 1:
+                if self.execute(
+                    job, f"shard {run[0]}", partition_key=run[0], asset_selection=selection
+                ):
+                    ok.add(run[0])
+                continue
+            label = f"{len(run)} shards {run[0]} .. {run[-1]}"
+            if self.execute(job, label, asset_selection=selection, tags=range_tags(run)):
+                ok.update(run)
+                continue
+            completed = completed_shards(self.last_result, run)
+            ok.update(completed)
+            for k in run:
+                if k not in completed and self.execute(
+                    job, f"shard {k} (alone)", partition_key=k, asset_selection=selection
+                ):
+                    ok.add(k)
         self._skipped(keys, todo, why)
         return [k for k in keys if k not in todo or k in ok]
 
@@ -561,10 +612,12 @@ class Runner:
         else:
             self.echo("cluster centroids: reused (pass --retrain-centroids to retrain)")
         self.echo("cluster assignments:")
-        todo = [k for k in shards if not self.fresh.assigned(k)]
-        ok = {k for k in todo if self.execute("assign_shard_job", f"shard {k}", partition_key=k)}
-        assigned = [k for k in shards if k not in todo or k in ok]
-        self._skipped(shards, todo, "assigned to the current centroids")
+        assigned = self.per_shard(
+            shards,
+            job="assign_shard_job",
+            done=self.fresh.assigned,
+            why="assigned to the current centroids",
+        )
         if assigned:
             self.echo("dedup:")
             if self.execute("dedup_job", "deduplicated_images"):
