@@ -10,8 +10,13 @@ materializations and pool slots are the ones ``curation dev`` shows). The sequen
 2. :func:`open_runner` opens the instance and fails the runs whose worker died, freeing their
    pool slots (``defs.run_health.guard_runs``, which also watches this process's pool waits);
 3. the shards are registered as partitions;
-4. per shard: ingest + embed; then the classifiers; then per shard: score + filter;
-5. centroids (when missing or asked) → assignments per shard → dedup → weights + export.
+4. ingest + embed of the shards; then the classifiers; then score + filter of the shards;
+5. centroids (when missing or asked) → assignments of the shards → dedup → weights + export.
+
+Per-shard work runs many shards per run (:meth:`Runner.per_shard`): up to
+``CURATION_SHARDS_PER_RUN`` (50) shards adjacent in registration order share a run, which
+loads the model once; a failed multi-shard run is followed by one run per shard it did not
+complete, so that one bad shard fails alone.
 
 Work already done is skipped (:class:`Freshness`). A failed run does not stop the other shards:
 its step errors are collected in :attr:`Runner.failures`. Ctrl-C (or SIGTERM) stops the whole
@@ -272,30 +277,6 @@ def was_interrupted(result: Any) -> bool:
     return False
 
 
-def completed_shards(result: Any, shards: Sequence[str]) -> set[str]:
-    """The shards a failed multi-shard run completed: every asset materialized, no check failed.
-
-    A per-shard step reports the shards it finished before one failed
-    (``defs.partitions.ShardLoop``); a shard named by a failed (ERROR) check is not complete.
-    """
-    planned: set[str] = set()
-    made: dict[str, set[str]] = {}
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_MATERIALIZATION_PLANNED":
-            planned.add(event.asset_key.to_user_string())
-        elif event.event_type_value == "ASSET_MATERIALIZATION":
-            mat = event.event_specific_data.materialization
-            if mat.partition is not None:
-                made.setdefault(mat.partition, set()).add(mat.asset_key.to_user_string())
-    bad: set[str] = set()
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
-            continue
-        named = evaluation.metadata.get("failed_shards")
-        bad.update(str(named.value).split(", ") if named is not None else shards)
-    return {k for k in shards if k not in bad and planned and planned <= made.get(k, set())}
-
-
 class _SignalLatch:
     """Notes SIGINT/SIGTERM arriving while it is open, whoever handles them.
 
@@ -554,7 +535,12 @@ class Runner:
         Returns:
             The shards whose work is done: skipped ones and those whose run succeeded.
         """
-        from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags, shard_ranges
+        from curation_assets.defs.partitions import (
+            SHARDS_PARTITION,
+            completed_shards,
+            range_tags,
+            shard_ranges,
+        )
 
         todo = [k for k in keys if done is None or not done(k)]
         registered = self.instance.get_dynamic_partitions(SHARDS_PARTITION)

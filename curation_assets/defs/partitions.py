@@ -97,6 +97,28 @@ def range_tags(keys: Sequence[str]) -> dict[str, str]:
     return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
 
 
+def completed_shards(result: Any, shards: Sequence[str]) -> set[str]:
+    """The shards a failed multi-shard run completed: every asset materialized, no check failed.
+
+    A per-shard step reports the shards it finished before one failed
+    (``defs.partitions.ShardLoop``); a shard named by a failed (ERROR) check is not complete.
+    """
+    planned = {k.to_user_string() for k in result.job_def.asset_layer.selected_asset_keys}
+    made: dict[str, set[str]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            mat = event.event_specific_data.materialization
+            if mat.partition is not None:
+                made.setdefault(mat.partition, set()).add(mat.asset_key.to_user_string())
+    bad: set[str] = set()
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
+            continue
+        named = evaluation.metadata.get("failed_shards")
+        bad.update(str(named.value).split(", ") if named is not None else shards)
+    return {k for k in shards if k not in bad and planned and planned <= made.get(k, set())}
+
+
 def _plain(value: Any) -> Any:
     """A check metadata value as JSON-ready data."""
     value = getattr(value, "value", value)
