@@ -409,6 +409,8 @@ class Runner:
         stage_seconds: Seconds per step key, summed over every run.
         job_seconds: Wall seconds per job name, summed over every run.
         failures: Step errors per failed run (by its label).
+        last_result: The result of the latest run.
+        shards_per_run: Most shards one per-shard run covers (``CURATION_SHARDS_PER_RUN``).
     """
 
     def __init__(
