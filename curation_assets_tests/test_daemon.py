@@ -14,8 +14,9 @@ everything. Run it alone with ``pytest -m daemon``. What it checks:
    images searched), the export holds it.
 3. **Downtime, no storm.** The automation sensor is stopped; two more shards land and are
    ingested and assigned by ``shard_sensor``'s runs; nothing downstream runs. When the sensor
-   is started again, what became due during the downtime is requested once: one dedup →
-   export run, nothing per shard (the shards were assigned already), nothing for old shards.
+   is started again, what became due during the downtime is requested once: dedup → weights
+   → export (one or two runs), nothing per shard (the shards were assigned already), nothing
+   for old shards.
 """
 
 import shutil
@@ -141,7 +142,10 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
             assert counts[(f"cluster_assignments_{c}", fourth)] == 0
             assert counts[(f"cluster_centroids_{c}", "")] == 0
         global_runs = [r for r in restart.runs if not r["partitions"]]
-        assert len(global_runs) == 1, global_runs  # one dedup → weights → export run
+        # dedup → weights → export, each once (materialized_once); since the shards were
+        # assigned during the downtime, the dedup is due at the first tick after the restart
+        # and was seen to run apart from weights → export (two runs, not one)
+        assert 1 <= len(global_runs) <= 2, global_runs
         new_backfills = [b for b in dev.backfills() if b["id"] not in backfills_before]
         assert len(new_backfills) <= 1 and all(b["numPartitions"] == 2 for b in new_backfills)
         assert last_dedup_run(delta)["mode"] == "incremental"
