@@ -1,15 +1,15 @@
 """Cluster stage: five k-means clusterings (global) → per-shard cluster assignments."""
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from curation_assets.defs.automation import CENTROIDS, eager_on
+from curation_assets.defs.automation import ASSIGNED_TAG, CENTROIDS, updated_on
 from curation_assets.defs.metadata import markdown_bars, table_metadata, table_schema
-from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
@@ -24,6 +24,7 @@ from curation_assets.lib.cluster import (
     filtered_embeddings,
     train_kmeans,
 )
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     FILTERED_IMAGES,
     N_CLUSTERINGS,
@@ -147,7 +148,9 @@ def cluster_centroids(
             ),
             deps=["filtered_images", "image_embeddings", CENTROID_KEYS[c]],
             kinds={"deltalake", "faiss"},
-            automation_condition=eager_on("filtered_images", CENTROID_KEYS[c]),
+            automation_condition=updated_on(
+                "filtered_images", CENTROID_KEYS[c], unless_tag=ASSIGNED_TAG
+            ),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(assignments_spec(c))},
@@ -163,12 +166,30 @@ def cluster_centroids(
         )
     ],
     retry_policy=transient_retry,
+    backfill_policy=shard_backfill_policy,
 )
 @fail_fast
 def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
-    """Assign the shard's filtered images in all five clusterings."""
-    key = context.partition_key
+    """Assign each shard's filtered images in all five clusterings."""
     store = delta.store()
+    shards = ShardLoop(context, ASSIGNMENT_KEYS)
+    yield from shards.run(
+        lambda key: shards.done(key, *_assign_shard_partition(context, store, key))
+    )
+
+
+def _assign_shard_partition(
+    context: dg.AssetExecutionContext, store: DeltaStore, key: str
+) -> tuple[dict[str, dict[str, Any]], list[dg.AssetCheckResult]]:
+    """Assign one shard in all five clusterings and write them; its metadata and check.
+
+    Returns:
+        The metadata of each ``cluster_assignments_<c>`` of the shard, and the result of
+        ``every_filtered_image_assigned``.
+
+    Raises:
+        CentroidsError: When a clustering has no centroids (``fail_fast`` fails the step).
+    """
     emb = filtered_embeddings(store, [key])
     x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
     model_id = (
@@ -178,24 +199,24 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
     )
     n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
     written = []
+    metadata = {}
     for c in CLUSTERINGS:
         frame, cent = assign_shard(store, c, key, emb, x, model_id)  # CentroidsError: fail_fast
         spec = assignments_spec(c)
         store.replace_shard(spec, key, frame)
         written.append(frame.height)
-        yield dg.MaterializeResult(
-            asset_key=ASSIGNMENT_KEYS[c],
-            metadata=table_metadata(
-                spec, delta.uri(spec), frame.height, **assignment_figures(frame, cent.version)
-            ),
+        metadata[ASSIGNMENT_KEYS[c]] = table_metadata(
+            spec, store.uri(spec.name), frame.height, **assignment_figures(frame, cent.version)
         )
-    passed, metadata = assignment_check(written, n_filtered, emb.height)
-    yield dg.AssetCheckResult(
+    context.log.info(f"{key}: assigned {emb.height} filtered images in {N_CLUSTERINGS} clusterings")
+    passed, check_metadata = assignment_check(written, n_filtered, emb.height)
+    check = dg.AssetCheckResult(
         check_name="every_filtered_image_assigned",
         asset_key=ASSIGNMENT_KEYS[0],
         passed=passed,
-        metadata=metadata,
+        metadata=check_metadata,
     )
+    return metadata, [check]
 
 
 retrain_centroids_job = dg.define_asset_job(
