@@ -10,7 +10,7 @@ from pydantic import Field
 from curation_assets.defs.automation import ASSIGNED_TAG, CENTROIDS, updated_on
 from curation_assets.defs.metadata import markdown_bars, table_metadata, table_schema
 from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
-from curation_assets.defs.resources import DeltaStorage
+from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
@@ -21,8 +21,10 @@ from curation_assets.lib.cluster import (
     cluster_size_bars,
     clustering_figures,
     default_k,
+    filtered_count,
     filtered_embeddings,
     train_kmeans,
+    training_pool,
 )
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -33,6 +35,8 @@ from curation_assets.lib.tables import (
 )
 from curation_assets.lib.vectors import embedding_matrix, single_model
 
+#: Bytes a training-pool row may take (a 1280-d float32 vector, the widest embedder here, + ids).
+POOL_ROW_BYTES = 4 * 1280 + 200
 #: The cluster and dedup stages share one asset group in the UI.
 GROUP = "dedup"
 CLUSTERINGS = range(N_CLUSTERINGS)
@@ -84,14 +88,29 @@ class CentroidConfig(dg.Config):
 )
 @fail_fast
 def cluster_centroids(
-    context: dg.AssetExecutionContext, config: CentroidConfig, delta: DeltaStorage
+    context: dg.AssetExecutionContext,
+    config: CentroidConfig,
+    delta: DeltaStorage,
+    compute: Compute,
 ):
-    """Train the five clusterings on all filtered images of every shard."""
+    """Train the five clusterings on a seeded pool of the filtered images of every shard.
+
+    Memory: the training pool, at most ``2 · k · max_points_per_centroid`` rows and half of
+    ``compute.memory_budget_mb`` (:func:`~curation_assets.lib.cluster.training_pool`).
+    """
     if len(config.seeds) != N_CLUSTERINGS or len(set(config.seeds)) != N_CLUSTERINGS:
         msg = f"seeds={config.seeds}: expected {N_CLUSTERINGS} distinct seeds"
         raise dg.Failure(msg, allow_retries=False)
     store = delta.store()
-    emb = filtered_embeddings(store)
+    n_images = filtered_count(store)
+    k = config.k or default_k(max(n_images, 1))
+    # k-means trains on at most k × max_points_per_centroid rows: read a pool of twice that
+    # (each clustering samples its own rows from it), never the whole corpus
+    pool_rows = min(
+        2 * k * config.max_points_per_centroid,
+        compute.budget().rows(POOL_ROW_BYTES, share=0.5, minimum=k),
+    )
+    emb = training_pool(store, pool_rows, seed=config.seeds[0])
     if emb.is_empty():
         msg = "no filtered image has an embedding yet; materialize filtered_images first"
         raise dg.Failure(msg, allow_retries=False)
@@ -99,7 +118,6 @@ def cluster_centroids(
     x = embedding_matrix(emb["embedding"])
     ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
     del emb
-    k = config.k or default_k(x.shape[0])
     gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
     now = datetime.now(UTC)
     for c, seed in enumerate(config.seeds):
@@ -116,7 +134,7 @@ def cluster_centroids(
         frame = centroids_frame(model, model_id, now)
         store.replace_table(spec, frame)
         figures = clustering_figures(
-            model, version=str(frame["version"][0]), model_id=model_id, n_images=x.shape[0]
+            model, version=str(frame["version"][0]), model_id=model_id, n_images=n_images
         )
         context.log.info(
             f"clustering {c}: k={k} seed={seed} mean cos "
