@@ -359,6 +359,8 @@ def cmd_bench_dedup(args: argparse.Namespace) -> int:
             tau=args.tau,
             exhaustive_queries=args.exhaustive_queries,
             top=args.top,
+            ivf=not args.no_ivf,
+            ivf_nprobe_cap=args.ivf_nprobe_cap,
         )
     print(json.dumps(report, indent=2))
     return 0
@@ -484,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="time exhaustive search on this many queries and extrapolate (default: by size)",
     )
+    bd.add_argument(
+        "--ivf-nprobe-cap",
+        type=int,
+        default=256,
+        help="largest nprobe the IndexIVFFlat baseline tries (1, 2, 4, ...; default 256)",
+    )
+    bd.add_argument("--no-ivf", action="store_true", help="skip the IndexIVFFlat peer baseline")
     bd.add_argument("--clothing", help="instead: real photos with planted edits (folder)")
     bd.set_defaults(func=cmd_bench_dedup)
 

@@ -10,8 +10,13 @@ materializations and pool slots are the ones ``curation dev`` shows). The sequen
 2. :func:`open_runner` opens the instance and fails the runs whose worker died, freeing their
    pool slots (``defs.run_health.guard_runs``, which also watches this process's pool waits);
 3. the shards are registered as partitions;
-4. per shard: ingest + embed; then the classifiers; then per shard: score + filter;
-5. centroids (when missing or asked) → assignments per shard → dedup → weights + export.
+4. ingest + embed of the shards; then the classifiers; then score + filter of the shards;
+5. centroids (when missing or asked) → assignments of the shards → dedup → weights + export.
+
+Per-shard work runs many shards per run (:meth:`Runner.per_shard`): up to
+``CURATION_SHARDS_PER_RUN`` (50) shards adjacent in registration order share a run, which
+loads the model once; a failed multi-shard run is followed by one run per shard it did not
+complete, so that one bad shard fails alone.
 
 Work already done is skipped (:class:`Freshness`). A failed run does not stop the other shards:
 its step errors are collected in :attr:`Runner.failures`. Ctrl-C (or SIGTERM) stops the whole
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import dagster as dg
 
+from curation_assets.defs.partitions import SHARDS_PER_RUN
 from curation_assets.defs.run_health import guard_runs, pool_slots
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
@@ -403,6 +409,8 @@ class Runner:
         stage_seconds: Seconds per step key, summed over every run.
         job_seconds: Wall seconds per job name, summed over every run.
         failures: Step errors per failed run (by its label).
+        last_result: The result of the latest run.
+        shards_per_run: Most shards one per-shard run covers (``CURATION_SHARDS_PER_RUN``).
     """
 
     def __init__(
@@ -424,6 +432,8 @@ class Runner:
         self.stage_seconds: dict[str, float] = {}
         self.job_seconds: dict[str, float] = {}
         self.failures: dict[str, list[str]] = {}
+        self.last_result: Any = None
+        self.shards_per_run = SHARDS_PER_RUN
 
     def execute(
         self,
@@ -433,6 +443,7 @@ class Runner:
         partition_key: str | None = None,
         asset_selection: Sequence[dg.AssetKey] | None = None,
         run_config: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> bool:
         """Execute ``job`` in process; echo ``label: ok|FAILED in Ns``; True when it succeeded.
 
@@ -450,6 +461,7 @@ class Runner:
                     raise_on_error=False,
                     partition_key=partition_key,
                     asset_selection=asset_selection,
+                    tags=tags,
                     run_config={
                         "loggers": {"console": {"config": {"log_level": self.log_level}}},
                         **(run_config or {}),
@@ -465,6 +477,7 @@ class Runner:
         if interrupted:
             self._stop(label, t0, [result.run_id], ok=result.success)
         self.echo(f"  {label}: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s")
+        self.last_result = result
         if not result.success:
             self.failures.setdefault(label, []).extend(step_errors(result))
         return bool(result.success)
@@ -512,20 +525,46 @@ class Runner:
         selection: Sequence[dg.AssetKey] | None = None,
         done: Callable[[str], bool] | None = None,
         why: str = "",
+        job: str = "per_shard_job",
     ) -> list[str]:
-        """Run ``per_shard_job`` (its ``selection``) for each shard that ``done`` does not skip.
+        """Run ``job`` (its ``selection``) over the shards that ``done`` does not skip.
+
+        The shards share runs: up to ``shards_per_run`` shards adjacent in registration order
+        per run (:func:`~curation_assets.defs.partitions.shard_ranges`). When a run over several
+        shards fails, the shards it did not complete are run again one per run, so that one bad
+        shard fails alone and the others go on (as they would have without batching).
 
         Returns:
             The shards whose work is done: skipped ones and those whose run succeeded.
         """
+        from curation_assets.defs.partitions import (
+            SHARDS_PARTITION,
+            completed_shards,
+            range_tags,
+            shard_ranges,
+        )
+
         todo = [k for k in keys if done is None or not done(k)]
-        ok = {
-            k
-            for k in todo
-            if self.execute(
-                "per_shard_job", f"shard {k}", partition_key=k, asset_selection=selection
-            )
-        }
+        registered = self.instance.get_dynamic_partitions(SHARDS_PARTITION)
+        ok: set[str] = set()
+        for run in shard_ranges(registered, todo, self.shards_per_run):
+            if len(run) == 1:
+                if self.execute(
+                    job, f"shard {run[0]}", partition_key=run[0], asset_selection=selection
+                ):
+                    ok.add(run[0])
+                continue
+            label = f"{len(run)} shards {run[0]} .. {run[-1]}"
+            if self.execute(job, label, asset_selection=selection, tags=range_tags(run)):
+                ok.update(run)
+                continue
+            completed = completed_shards(self.last_result, run)
+            ok.update(completed)
+            for k in run:
+                if k not in completed and self.execute(
+                    job, f"shard {k} (alone)", partition_key=k, asset_selection=selection
+                ):
+                    ok.add(k)
         self._skipped(keys, todo, why)
         return [k for k in keys if k not in todo or k in ok]
 
@@ -561,10 +600,12 @@ class Runner:
         else:
             self.echo("cluster centroids: reused (pass --retrain-centroids to retrain)")
         self.echo("cluster assignments:")
-        todo = [k for k in shards if not self.fresh.assigned(k)]
-        ok = {k for k in todo if self.execute("assign_shard_job", f"shard {k}", partition_key=k)}
-        assigned = [k for k in shards if k not in todo or k in ok]
-        self._skipped(shards, todo, "assigned to the current centroids")
+        assigned = self.per_shard(
+            shards,
+            job="assign_shard_job",
+            done=self.fresh.assigned,
+            why="assigned to the current centroids",
+        )
         if assigned:
             self.echo("dedup:")
             if self.execute("dedup_job", "deduplicated_images"):

@@ -69,7 +69,7 @@ def test_automation_conditions():
     assert label("classifier_scores") == "updated on safety_classifiers"
     assert label("safety_classifiers") == "eager on labels"
     assert label("cluster_centroids_0") == "weekly retrain or missing"
-    assert label("cluster_assignments_3").startswith("eager on filtered_images")
+    assert label("cluster_assignments_3") == "updated on filtered_images, cluster_centroids_3"
     assert label("deduplicated_images").startswith("eager on cluster_assignments_0")
     assert label("curated_dataset") == "eager on sample_weights"
     sensor = defs.resolve_sensor_def("curation_automation")
@@ -78,6 +78,27 @@ def test_automation_conditions():
     from curation_assets.defs.automation import PER_SHARD_TAG
 
     assert defs.resolve_job_def("per_shard_job").tags[PER_SHARD_TAG] == "true"
+    # per_shard_assign_job's runs also carry the tag that keeps them from re-assigning
+    from curation_assets.defs.automation import ASSIGNED_TAG
+
+    assign = defs.resolve_job_def("per_shard_assign_job")
+    assert assign.tags[PER_SHARD_TAG] == "true" and assign.tags[ASSIGNED_TAG] == "true"
+    assert ASSIGNED_TAG not in defs.resolve_job_def("per_shard_job").tags
+
+
+def test_per_shard_assets_share_one_multi_shard_backfill_policy():
+    """Dagster groups assets into one run only when their backfill policies are equal."""
+    from curation_assets.defs.partitions import SHARDS_PER_RUN
+
+    graph = defs.resolve_asset_graph()
+    partitioned = [
+        graph.get(k) for k in graph.materializable_asset_keys if graph.get(k).is_partitioned
+    ]
+    assert len(partitioned) == 4 + 1 + 1 + 2 + N_CLUSTERINGS
+    assert {n.backfill_policy for n in partitioned} == {
+        dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN)
+    }
+    assert SHARDS_PER_RUN > 1
 
 
 def _table_specs() -> Mapping[str, TableSpec]:
@@ -143,13 +164,16 @@ def test_checks_are_declared_and_blocking():
 
 def test_sensor_job_and_resources():
     sensor = defs.resolve_sensor_def("shard_sensor")
-    assert sensor.job_name == "per_shard_job"
+    assert {j.name for j in sensor.jobs} == {"per_shard_job", "per_shard_assign_job"}
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     job = defs.resolve_job_def("per_shard_job")
     assert job.partitions_def is not None and job.partitions_def.name == "shards"
     assert {"delta", "shard_source", "embedder", "categories"} <= set(defs.resources or {})
     selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert selected == PER_SHARD
+    assign = defs.resolve_job_def("per_shard_assign_job")
+    selected = {k.to_user_string() for k in assign.asset_layer.selected_asset_keys}
+    assert selected == PER_SHARD | {f"cluster_assignments_{c}" for c in range(N_CLUSTERINGS)}
     classifiers = defs.resolve_job_def("classifiers_job")
     assert {k.to_user_string() for k in classifiers.asset_layer.selected_asset_keys} == {
         "safety_classifiers",

@@ -47,6 +47,9 @@ def test_step_errors_name_the_step_and_the_user_codes_own_error(tmp_path):
     ]
 
 
+RANGE_END = "dagster/asset_partition_range_end"
+
+
 def _run_records(home: Path) -> list[dg.DagsterRun]:
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         return list(instance.get_runs())
@@ -54,7 +57,7 @@ def _run_records(home: Path) -> list[dg.DagsterRun]:
 
 @pytest.mark.timeout(180)
 def test_ctrl_c_stops_the_whole_sequence_and_frees_the_pool_slot(tmp_path):
-    """SIGINT while shard a embeds: no run for shard b, exit 130, one line, no slot held."""
+    """SIGINT while shards a and b embed (one run): no further run, exit 130, no slot held."""
     src = tmp_path / "src"
     write_images(src / "a", 60)
     write_images(src / "b", 10, start=500)
@@ -85,11 +88,63 @@ def test_ctrl_c_stops_the_whole_sequence_and_frees_the_pool_slot(tmp_path):
     finally:
         proc.kill()
     stdout_text, stderr_lines = out.read_text(), err.read_text().strip().splitlines()
-    assert stderr_lines[-1].startswith("interrupted during shard a (run "), stderr_lines
+    assert stderr_lines[-1].startswith("interrupted during 2 shards a .. b (run "), stderr_lines
     assert stderr_lines[-1].endswith("; no further run started"), stderr_lines
-    assert "shard b" not in stdout_text and "classifiers:" not in stdout_text, stdout_text
+    assert "classifiers:" not in stdout_text, stdout_text
     runs = _run_records(home)
-    assert [(r.job_name, r.tags.get("dagster/partition")) for r in runs] == [("per_shard_job", "a")]
+    assert [
+        (r.job_name, r.tags["dagster/asset_partition_range_start"], r.tags[RANGE_END]) for r in runs
+    ] == [("per_shard_job", "a", "b")]
     assert runs[0].is_finished, runs[0].status
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert pool_slots(instance) == []
+
+
+def test_shards_share_runs_and_a_bad_shard_fails_alone(tmp_path, monkeypatch):
+    """Three shards, one run; the broken manifest in the middle fails it, then fails alone.
+
+    The shards around it get runs of their own (the one before it was ingested in the shared
+    run, but its embedding step never ran: the ingest step failed) and succeed.
+    """
+    import polars as pl
+
+    from curation_assets.definitions import build_defs
+    from curation_assets.runner import EMBED, Runner, prepare_home
+
+    for var in ("CURATION_HOME", "DAGSTER_HOME"):  # prepare_home sets them; restored after
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    src = tmp_path / "src"
+    write_images(src / "a", 3)
+    write_images(src / "c", 2, start=20)
+    (src / "m.csv").write_text("filename\nx.jpg\n")
+    paths = prepare_home(str(tmp_path / "home"), source=str(src))
+    lines: list[str] = []
+    keys = ["a", "m.csv", "c"]
+    with dg.instance_for_test() as instance:
+        runner = Runner(instance, build_defs(str(paths.home)), paths.delta_root, echo=lines.append)
+        runner.register(keys)
+        assert runner.per_shard(keys, selection=EMBED) == ["a", "c"]
+        runs = list(reversed(instance.get_runs()))  # oldest first
+        summary = [
+            (
+                r.tags.get("dagster/partition")
+                or r.tags["dagster/asset_partition_range_start"]
+                + ".."
+                + r.tags["dagster/asset_partition_range_end"],
+                r.status.value,
+            )
+            for r in runs
+        ]
+    assert summary == [
+        ("a..c", "FAILURE"),
+        ("a", "SUCCESS"),
+        ("m.csv", "FAILURE"),
+        ("c", "SUCCESS"),
+    ]
+    assert list(runner.failures) == ["3 shards a .. c", "shard m.csv (alone)"]
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import IMAGE_EMBEDDINGS
+
+    emb = DeltaStore(paths.delta_root).read(IMAGE_EMBEDDINGS)
+    assert dict(emb.group_by("shard").len().iter_rows()) == {"a": 3, "c": 2}
+    assert pl.Series(lines).str.contains("a .. c: FAILED").any()

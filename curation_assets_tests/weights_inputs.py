@@ -45,21 +45,35 @@ class WeightInputs:
 
 
 def write_weight_inputs(
-    store: DeltaStore, folder: Path, n: int = 400, seed: int = 0
+    store: DeltaStore,
+    folder: Path,
+    n: int = 400,
+    seed: int = 0,
+    *,
+    shards: tuple[str, ...] = SHARDS,
+    images: bool = True,
+    filter_shift: float = 0.0,
 ) -> WeightInputs:
     """Write raw_images, image_embeddings, filtered_images and deduplicated_images.
+
+    Each shard is written with ``replace_shard`` (the others are untouched), so calling this
+    again with other ``shards`` and another ``seed`` adds shards to the corpus.
 
     Args:
         store: Where to write.
         folder: Where the image files go (one small JPEG per image).
-        n: Images in all (split over :data:`SHARDS`).
-        seed: Seed of the embeddings, captions and filter.
+        n: Images in all (split over ``shards``).
+        seed: Seed of the ids, embeddings, captions and filter.
+        shards: The shards written.
+        images: Write the image files (False: only the paths, for tests that never read
+            them).
+        filter_shift: Added to the filter's removal logit (> 0: these shards lose more).
     """
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, DIM))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     ids = [f"{h:016x}" for h in rng.choice(2**62, size=n, replace=False)]
-    shards = [SHARDS[i % len(SHARDS)] for i in range(n)]
+    shard_of = [shards[i % len(shards)] for i in range(n)]
     woman = rng.random(n) < 1.0 / (1.0 + np.exp(-8.0 * x[:, 1]))  # the embedding shows it
     captions = [
         None if i % 7 == 0 else ("a woman outdoors" if w else "a man outdoors")
@@ -69,14 +83,15 @@ def write_weight_inputs(
     uris = []
     for i, image_id in enumerate(ids):
         path = folder / f"{image_id}.jpg"
-        path.write_bytes(image_bytes(i, size=(32, 24 + 8 * (i % 3))))
+        if images:
+            path.write_bytes(image_bytes(i, size=(32, 24 + 8 * (i % 3))))
         uris.append(str(path))
-    p_removed = 1.0 / (1.0 + np.exp(-(2.5 * x[:, 0] + 1.0 * woman - 1.5)))
+    p_removed = 1.0 / (1.0 + np.exp(-(2.5 * x[:, 0] + 1.0 * woman - 1.5 + filter_shift)))
     passed = rng.random(n) >= p_removed
     base = pl.DataFrame(
         {
             "image_id": ids,
-            "shard": shards,
+            "shard": shard_of,
             "source_uri": uris,
             "caption": captions,
             "width": np.full(n, 32, np.int32),
@@ -110,7 +125,7 @@ def write_weight_inputs(
         component_size=pl.lit(1, pl.Int64),
         row=pl.int_range(pl.len(), dtype=pl.Int64),
     )
-    for shard in SHARDS:
+    for shard in shards:
         store.replace_shard(RAW_IMAGES, shard, RAW_IMAGES.conform(raw.filter(shard=shard)))
         store.replace_shard(
             IMAGE_EMBEDDINGS, shard, IMAGE_EMBEDDINGS.conform(emb.filter(shard=shard))
@@ -118,6 +133,8 @@ def write_weight_inputs(
         store.replace_shard(
             FILTERED_IMAGES, shard, FILTERED_IMAGES.conform(filtered.filter(shard=shard))
         )
-    store.replace_table(DEDUPLICATED_IMAGES, DEDUPLICATED_IMAGES.conform(dedup))
+        store.replace_shard(
+            DEDUPLICATED_IMAGES, shard, DEDUPLICATED_IMAGES.conform(dedup.filter(shard=shard))
+        )
     kept = dedup.filter("kept")["image_id"].to_list()
     return WeightInputs(ids, filtered["image_id"].to_list(), kept, x)

@@ -1,13 +1,17 @@
 """How the pipeline keeps itself current: which asset updates when, and why.
 
 * **New shards** are found by ``shard_sensor`` (``defs/sensors.py``), which registers each ready
-  shard once and runs ``per_shard_job`` for it: ingest → embed → score → filter, one run per
-  shard. That sensor, not an automation condition, owns new shards because a shard must first
-  be *registered* as a partition, and because it alone knows when a shard is complete.
+  shard once and runs ingest → embed → score → filter for it, and the assignment to the
+  centroids too when they exist (``per_shard_assign_job``, else ``per_shard_job``): one run per
+  up to ``SHARDS_PER_RUN`` shards registered in the same tick. That sensor, not an automation
+  condition, owns new shards because a shard must first be *registered* as a partition, and
+  because it alone knows when a shard is complete.
 * **Per-shard follow-ups** (``classifier_scores``, ``filtered_images``, ``filter_rejections``,
-  ``cluster_assignments_<c>``) are *eager*: they re-run for a shard when something they read
-  changed — a retrained classifier re-scores every shard (until then the UI marks the old
-  scores stale), new centroids re-assign every shard. A shard whose inputs did not change is
+  ``cluster_assignments_<c>``) re-run for a shard when something they read changed — a
+  retrained classifier re-scores every shard (until then the UI marks the old scores stale),
+  new centroids re-assign every shard, a shard filtered without an assignment (its run found
+  no centroids) is assigned. Updates made by the per-shard runs themselves trigger nothing
+  that the same run already did (:func:`updated_on`). A shard whose inputs did not change is
   never recomputed.
 * **Global assets** that are cheap and incremental (``label_queue``, ``deduplicated_images``,
   ``duplicate_pairs``, ``sample_weights``, ``curated_dataset``) are *eager* on the updates
@@ -22,7 +26,8 @@
 
 No storm after downtime: unpartitioned assets can only ever be requested once per tick. For
 per-shard assets the automation sensor emits one *backfill* per tick when several partitions
-of an asset are due (``emit_backfills=True``) instead of one run per shard, and the run queue
+of an asset are due (``emit_backfills=True``) instead of one run per shard; the backfill runs
+them ``SHARDS_PER_RUN`` adjacent shards per run (``defs/partitions.py``), and the run queue
 (``dagster.yaml``: at most 4 concurrent runs, the ``gpu`` pool limit 1) bounds what executes.
 Before re-enabling a sensor after a long pause, its target preview in the UI (Automation →
 curation_automation) shows what would be requested.
@@ -75,9 +80,12 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
 PER_SHARD_TAG = "curation/per_shard_job"
 """Tag on every run of ``per_shard_job`` (job tag): its updates are complete by construction."""
 
+ASSIGNED_TAG = "curation/per_shard_assigned"
+"""Tag on the runs of ``per_shard_assign_job``: they also assigned their shards to the centroids."""
 
-def updated_on(*keys: str) -> dg.AutomationCondition:
-    """Run when one of ``keys`` was updated by anything but ``per_shard_job``.
+
+def updated_on(*keys: str, unless_tag: str = PER_SHARD_TAG) -> dg.AutomationCondition:
+    """Run when one of ``keys`` was updated by anything but a run tagged ``unless_tag``.
 
     For the per-shard follow-ups of the classifiers (``filtered_images``, ``filter_rejections``
     after ``classifier_scores``): ``per_shard_job`` materializes them together with their
@@ -87,11 +95,15 @@ def updated_on(*keys: str) -> dg.AutomationCondition:
     ``curation bench daemon``). Updates from automation runs (a retrained classifier re-scores
     every shard) and from manual runs still trigger it, and a newly added partition alone
     does not (new shards are ``per_shard_job``'s).
+
+    For ``cluster_assignments_<c>`` (``unless_tag=ASSIGNED_TAG``): a shard filtered by
+    ``per_shard_assign_job`` was assigned in the same run; one filtered by ``per_shard_job``
+    (no centroids when its run was requested) or re-filtered by automation is assigned again.
     """
     not_per_shard = (
         AC.newly_updated()
         & ~AC.executed_with_root_target()  # the run that updated it also ran this asset
-        & ~AC.all_new_updates_have_run_tags(tag_keys={PER_SHARD_TAG})
+        & ~AC.all_new_updates_have_run_tags(tag_keys={unless_tag})
     )
     return (
         AC.any_deps_match(not_per_shard | AC.will_be_requested())

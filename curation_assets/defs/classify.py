@@ -8,7 +8,7 @@ from pydantic import Field
 
 from curation_assets.defs.automation import eager_on, updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
-from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import (
     Categories,
     Compute,
@@ -272,6 +272,7 @@ class ScoreConfig(dg.Config):
     automation_condition=updated_on("safety_classifiers"),
     group_name=GROUP,
     retry_policy=transient_retry,
+    backfill_policy=shard_backfill_policy,
     metadata={"dagster/column_schema": table_schema(CLASSIFIER_SCORES)},
     check_specs=[
         dg.AssetCheckSpec(
@@ -293,39 +294,40 @@ def classifier_scores(
     config: ScoreConfig,
     delta: DeltaStorage,
     shard_source: ShardSource,
-) -> dg.MaterializeResult:
-    """Score the shard's embeddings with the classifiers in force."""
-    key = context.partition_key
+):
+    """Score each shard's embeddings with the classifiers in force (read once per run)."""
     store = delta.store()
-    emb = store.read(
-        IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
-    ).sort("image_id")
     classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
-    frames = [score_shard(classifiers, emb, key)]
-    for name in config.pretrained_scorers:
-        frames.append(
-            pretrained_scores(
-                get_scorer(name),
-                shard_source.items(shard_source.shard(key)),
-                set(emb["image_id"].to_list()),
-                key,
-                threshold=config.pretrained_thresholds.get(name),
-                batch_size=config.batch_size,
-            )
-        )
-    scores = pl.concat(frames)
-    store.replace_shard(CLASSIFIER_SCORES, key, scores)
     n_scorers = len(classifiers) + len(config.pretrained_scorers)
-    return dg.MaterializeResult(
-        metadata=table_metadata(
+    scorers = ", ".join([c.category for c in classifiers] + config.pretrained_scorers) or "none"
+    shards = ShardLoop(context, ["classifier_scores"])
+
+    def score_one(key: str) -> None:
+        emb = store.read(
+            IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
+        ).sort("image_id")
+        frames = [score_shard(classifiers, emb, key)]
+        for name in config.pretrained_scorers:
+            frames.append(
+                pretrained_scores(
+                    get_scorer(name),
+                    shard_source.items(shard_source.shard(key)),
+                    set(emb["image_id"].to_list()),
+                    key,
+                    threshold=config.pretrained_thresholds.get(name),
+                    batch_size=config.batch_size,
+                )
+            )
+        scores = pl.concat(frames)
+        store.replace_shard(CLASSIFIER_SCORES, key, scores)
+        metadata = table_metadata(
             CLASSIFIER_SCORES,
             delta.uri(CLASSIFIER_SCORES),
             scores.height,
-            scorers=", ".join([c.category for c in classifiers] + config.pretrained_scorers)
-            or "none",
+            scorers=scorers,
             mean_score=dg.MetadataValue.json(mean_scores(scores)),
-        ),
-        check_results=[
+        )
+        checks = [
             dg.AssetCheckResult(
                 check_name="classifiers_available",
                 passed=bool(classifiers),
@@ -339,8 +341,10 @@ def classifier_scores(
                 passed=scores_complete(scores, n_images=emb.height, n_scorers=n_scorers),
                 metadata={"images": emb.height, "scorers": n_scorers, "rows": scores.height},
             ),
-        ],
-    )
+        ]
+        shards.done(key, {"classifier_scores": metadata}, checks)
+
+    yield from shards.run(score_one)
 
 
 classifiers_job = dg.define_asset_job(

@@ -1,16 +1,16 @@
 """Cluster stage: five k-means clusterings (global) → per-shard cluster assignments."""
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from curation_assets.defs.automation import CENTROIDS, eager_on
+from curation_assets.defs.automation import ASSIGNED_TAG, CENTROIDS, updated_on
 from curation_assets.defs.metadata import markdown_bars, table_metadata, table_schema
-from curation_assets.defs.partitions import shards_partitions
-from curation_assets.defs.resources import DeltaStorage
+from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
+from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
@@ -21,9 +21,12 @@ from curation_assets.lib.cluster import (
     cluster_size_bars,
     clustering_figures,
     default_k,
+    filtered_count,
     filtered_embeddings,
     train_kmeans,
+    training_pool,
 )
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     FILTERED_IMAGES,
     N_CLUSTERINGS,
@@ -32,6 +35,8 @@ from curation_assets.lib.tables import (
 )
 from curation_assets.lib.vectors import embedding_matrix, single_model
 
+#: Bytes a training-pool row may take (a 1280-d float32 vector, the widest embedder here, + ids).
+POOL_ROW_BYTES = 4 * 1280 + 200
 #: The cluster and dedup stages share one asset group in the UI.
 GROUP = "dedup"
 CLUSTERINGS = range(N_CLUSTERINGS)
@@ -83,14 +88,29 @@ class CentroidConfig(dg.Config):
 )
 @fail_fast
 def cluster_centroids(
-    context: dg.AssetExecutionContext, config: CentroidConfig, delta: DeltaStorage
+    context: dg.AssetExecutionContext,
+    config: CentroidConfig,
+    delta: DeltaStorage,
+    compute: Compute,
 ):
-    """Train the five clusterings on all filtered images of every shard."""
+    """Train the five clusterings on a seeded pool of the filtered images of every shard.
+
+    Memory: the training pool, at most ``2 · k · max_points_per_centroid`` rows and half of
+    ``compute.memory_budget_mb`` (:func:`~curation_assets.lib.cluster.training_pool`).
+    """
     if len(config.seeds) != N_CLUSTERINGS or len(set(config.seeds)) != N_CLUSTERINGS:
         msg = f"seeds={config.seeds}: expected {N_CLUSTERINGS} distinct seeds"
         raise dg.Failure(msg, allow_retries=False)
     store = delta.store()
-    emb = filtered_embeddings(store)
+    n_images = filtered_count(store)
+    k = config.k or default_k(max(n_images, 1))
+    # k-means trains on at most k × max_points_per_centroid rows: read a pool of twice that
+    # (each clustering samples its own rows from it), never the whole corpus
+    pool_rows = min(
+        2 * k * config.max_points_per_centroid,
+        compute.budget().rows(POOL_ROW_BYTES, share=0.5, minimum=k),
+    )
+    emb = training_pool(store, pool_rows, seed=config.seeds[0])
     if emb.is_empty():
         msg = "no filtered image has an embedding yet; materialize filtered_images first"
         raise dg.Failure(msg, allow_retries=False)
@@ -98,7 +118,6 @@ def cluster_centroids(
     x = embedding_matrix(emb["embedding"])
     ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
     del emb
-    k = config.k or default_k(x.shape[0])
     gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
     now = datetime.now(UTC)
     for c, seed in enumerate(config.seeds):
@@ -115,7 +134,7 @@ def cluster_centroids(
         frame = centroids_frame(model, model_id, now)
         store.replace_table(spec, frame)
         figures = clustering_figures(
-            model, version=str(frame["version"][0]), model_id=model_id, n_images=x.shape[0]
+            model, version=str(frame["version"][0]), model_id=model_id, n_images=n_images
         )
         context.log.info(
             f"clustering {c}: k={k} seed={seed} mean cos "
@@ -147,7 +166,9 @@ def cluster_centroids(
             ),
             deps=["filtered_images", "image_embeddings", CENTROID_KEYS[c]],
             kinds={"deltalake", "faiss"},
-            automation_condition=eager_on("filtered_images", CENTROID_KEYS[c]),
+            automation_condition=updated_on(
+                "filtered_images", CENTROID_KEYS[c], unless_tag=ASSIGNED_TAG
+            ),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(assignments_spec(c))},
@@ -163,12 +184,30 @@ def cluster_centroids(
         )
     ],
     retry_policy=transient_retry,
+    backfill_policy=shard_backfill_policy,
 )
 @fail_fast
 def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
-    """Assign the shard's filtered images in all five clusterings."""
-    key = context.partition_key
+    """Assign each shard's filtered images in all five clusterings."""
     store = delta.store()
+    shards = ShardLoop(context, ASSIGNMENT_KEYS)
+    yield from shards.run(
+        lambda key: shards.done(key, *_assign_shard_partition(context, store, key))
+    )
+
+
+def _assign_shard_partition(
+    context: dg.AssetExecutionContext, store: DeltaStore, key: str
+) -> tuple[dict[str, dict[str, Any]], list[dg.AssetCheckResult]]:
+    """Assign one shard in all five clusterings and write them; its metadata and check.
+
+    Returns:
+        The metadata of each ``cluster_assignments_<c>`` of the shard, and the result of
+        ``every_filtered_image_assigned``.
+
+    Raises:
+        CentroidsError: When a clustering has no centroids (``fail_fast`` fails the step).
+    """
     emb = filtered_embeddings(store, [key])
     x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
     model_id = (
@@ -178,24 +217,24 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
     )
     n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
     written = []
+    metadata = {}
     for c in CLUSTERINGS:
         frame, cent = assign_shard(store, c, key, emb, x, model_id)  # CentroidsError: fail_fast
         spec = assignments_spec(c)
         store.replace_shard(spec, key, frame)
         written.append(frame.height)
-        yield dg.MaterializeResult(
-            asset_key=ASSIGNMENT_KEYS[c],
-            metadata=table_metadata(
-                spec, delta.uri(spec), frame.height, **assignment_figures(frame, cent.version)
-            ),
+        metadata[ASSIGNMENT_KEYS[c]] = table_metadata(
+            spec, store.uri(spec.name), frame.height, **assignment_figures(frame, cent.version)
         )
-    passed, metadata = assignment_check(written, n_filtered, emb.height)
-    yield dg.AssetCheckResult(
+    context.log.info(f"{key}: assigned {emb.height} filtered images in {N_CLUSTERINGS} clusterings")
+    passed, check_metadata = assignment_check(written, n_filtered, emb.height)
+    check = dg.AssetCheckResult(
         check_name="every_filtered_image_assigned",
         asset_key=ASSIGNMENT_KEYS[0],
         passed=passed,
-        metadata=metadata,
+        metadata=check_metadata,
     )
+    return metadata, [check]
 
 
 retrain_centroids_job = dg.define_asset_job(

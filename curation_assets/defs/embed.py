@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from curation_assets.defs.metadata import check_result, table_metadata, table_schema
-from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.embed import EmbedStats, default_batch_size, embed_shard, embedding_checks
@@ -40,6 +40,7 @@ class EmbedConfig(dg.Config):
     group_name=GROUP,
     pool="gpu",
     retry_policy=transient_retry,
+    backfill_policy=shard_backfill_policy,
     metadata={"dagster/column_schema": table_schema(IMAGE_EMBEDDINGS)},
     check_specs=[
         dg.AssetCheckSpec(
@@ -63,36 +64,41 @@ def image_embeddings(
     delta: DeltaStorage,
     shard_source: ShardSource,
     embedder: ImageEmbedder,
-) -> dg.MaterializeResult:
-    """Decode each ingested image again (overlapped with the forward pass) and embed it."""
-    key = context.partition_key
+):
+    """Decode each ingested image again (overlapped with the forward pass) and embed it.
+
+    The model is loaded once per run, whatever the number of shards it covers.
+    """
     store = delta.store()
     model = embedder.load()
-    shard = shard_source.shard(key)
-    stats = EmbedStats()
     batch_size = config.batch_size or default_batch_size(model.device)
+    shards = ShardLoop(context, ["image_embeddings"])
 
-    def progress(s: EmbedStats) -> None:
-        context.log.info(f"{key}: embedded {s.embedded}/{s.wanted} ({s.images_per_s:.1f} images/s)")
+    def embed_one(key: str) -> None:
+        stats = EmbedStats()
 
-    rows, failures = embed_shard(
-        store,
-        key,
-        model,
-        shard_source.items(shard),
-        batch_size=batch_size,
-        workers=config.decode_workers,
-        stats=stats,
-        on_progress=progress,
-        progress_every_s=config.progress_every_s,
-    )
-    context.log.info(
-        f"{key}: {rows} embeddings ({model.model_id}, dim {model.dim}) in {stats.seconds:.1f}s "
-        f"= {stats.images_per_s:.1f} images/s; forward {stats.forward_seconds:.1f}s; "
-        f"{failures.height} failed"
-    )
-    return dg.MaterializeResult(
-        metadata=table_metadata(
+        def progress(s: EmbedStats) -> None:
+            context.log.info(
+                f"{key}: embedded {s.embedded}/{s.wanted} ({s.images_per_s:.1f} images/s)"
+            )
+
+        rows, failures = embed_shard(
+            store,
+            key,
+            model,
+            shard_source.items(shard_source.shard(key)),
+            batch_size=batch_size,
+            workers=config.decode_workers,
+            stats=stats,
+            on_progress=progress,
+            progress_every_s=config.progress_every_s,
+        )
+        context.log.info(
+            f"{key}: {rows} embeddings ({model.model_id}, dim {model.dim}) in "
+            f"{stats.seconds:.1f}s = {stats.images_per_s:.1f} images/s; forward "
+            f"{stats.forward_seconds:.1f}s; {failures.height} failed"
+        )
+        metadata = table_metadata(
             IMAGE_EMBEDDINGS,
             delta.uri(IMAGE_EMBEDDINGS),
             rows,
@@ -104,12 +110,11 @@ def image_embeddings(
             seconds=round(stats.seconds, 3),
             images_per_s=round(stats.images_per_s, 1),
             forward_share=round(stats.forward_seconds / stats.seconds, 3) if stats.seconds else 0,
-        ),
-        check_results=[
-            check_result(c)
-            for c in embedding_checks(store, key, model.dim, model.model_id, config.norm_tolerance)
-        ],
-    )
+        )
+        checks = embedding_checks(store, key, model.dim, model.model_id, config.norm_tolerance)
+        shards.done(key, {"image_embeddings": metadata}, [check_result(c) for c in checks])
+
+    yield from shards.run(embed_one)
 
 
 defs = dg.Definitions(assets=[image_embeddings])

@@ -4,7 +4,7 @@ import dagster as dg
 
 from curation_assets.defs.automation import updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
-from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.filter import (
@@ -59,6 +59,7 @@ GROUP = "classify"
         )
     ],
     retry_policy=transient_retry,
+    backfill_policy=shard_backfill_policy,
 )
 @fail_fast
 def filter_shard(
@@ -67,53 +68,50 @@ def filter_shard(
     categories: Categories,
     embedder: ImageEmbedder,
 ):
-    """Split the shard into filtered_images and filter_rejections."""
-    key = context.partition_key
+    """Split each shard of the run into filtered_images and filter_rejections."""
     store = delta.store()
-    raw = store.read(RAW_IMAGES, shards=[key])
-    scores = store.read(CLASSIFIER_SCORES, shards=[key])
     floor = clip_score_floor(categories.load())
-    clip = clip_floor_scores(store, key, raw, floor, embedder.load)
-    if clip.unavailable:
-        context.log.warning(f"min_clip_score {floor} {clip.note}")
-    kept, rejections = split_by_scores(raw, scores, clip_scores=clip.scores, clip_floor=floor)
-    store.replace_shard(FILTERED_IMAGES, key, kept)
-    store.replace_shard(FILTER_REJECTIONS, key, rejections)
-    summary = filter_summary(raw, kept, rejections)
-    context.log.info(f"{key}: kept {kept.height}, removed {summary.removed} {summary.by_category}")
-    yield dg.MaterializeResult(
-        asset_key="filtered_images",
-        metadata=table_metadata(
-            FILTERED_IMAGES,
-            delta.uri(FILTERED_IMAGES),
-            kept.height,
-            removed=summary.removed,
-            removed_share=summary.removed_share,
-            clip_score_floor=clip.note,
-        ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="every_image_kept_or_rejected",
-                asset_key="filtered_images",
-                passed=summary.every_image_kept_or_rejected,
-                metadata={
-                    "raw_images": raw.height,
-                    "kept": kept.height,
-                    "removed": summary.removed,
-                },
-            )
-        ],
-    )
-    yield dg.MaterializeResult(
-        asset_key="filter_rejections",
-        metadata=table_metadata(
-            FILTER_REJECTIONS,
-            delta.uri(FILTER_REJECTIONS),
-            rejections.height,
-            by_category=dg.MetadataValue.json(summary.by_category),
-            preview=markdown_preview(rejections),
-        ),
-    )
+    shards = ShardLoop(context, ["filtered_images", "filter_rejections"])
+
+    def filter_one(key: str) -> None:
+        raw = store.read(RAW_IMAGES, shards=[key])
+        scores = store.read(CLASSIFIER_SCORES, shards=[key])
+        clip = clip_floor_scores(store, key, raw, floor, embedder.load)
+        if clip.unavailable:
+            context.log.warning(f"min_clip_score {floor} {clip.note}")
+        kept, rejections = split_by_scores(raw, scores, clip_scores=clip.scores, clip_floor=floor)
+        store.replace_shard(FILTERED_IMAGES, key, kept)
+        store.replace_shard(FILTER_REJECTIONS, key, rejections)
+        summary = filter_summary(raw, kept, rejections)
+        context.log.info(
+            f"{key}: kept {kept.height}, removed {summary.removed} {summary.by_category}"
+        )
+        metadata = {
+            "filtered_images": table_metadata(
+                FILTERED_IMAGES,
+                delta.uri(FILTERED_IMAGES),
+                kept.height,
+                removed=summary.removed,
+                removed_share=summary.removed_share,
+                clip_score_floor=clip.note,
+            ),
+            "filter_rejections": table_metadata(
+                FILTER_REJECTIONS,
+                delta.uri(FILTER_REJECTIONS),
+                rejections.height,
+                by_category=dg.MetadataValue.json(summary.by_category),
+                preview=markdown_preview(rejections),
+            ),
+        }
+        check = dg.AssetCheckResult(
+            check_name="every_image_kept_or_rejected",
+            asset_key="filtered_images",
+            passed=summary.every_image_kept_or_rejected,
+            metadata={"raw_images": raw.height, "kept": kept.height, "removed": summary.removed},
+        )
+        shards.done(key, metadata, [check])
+
+    yield from shards.run(filter_one)
 
 
 defs = dg.Definitions(assets=[filter_shard])

@@ -12,7 +12,7 @@ from curation_assets.defs.metadata import (
     table_metadata,
     table_schema,
 )
-from curation_assets.defs.partitions import shards_partitions
+from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.ingest import (
@@ -23,6 +23,7 @@ from curation_assets.lib.ingest import (
     write_ingest,
 )
 from curation_assets.lib.shards import source_fingerprint
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     DUPLICATE_FILES,
     INGEST_NOTES,
@@ -32,6 +33,7 @@ from curation_assets.lib.tables import (
 )
 
 GROUP = "ingest"
+ASSET_KEYS = ["raw_images", "quarantine", "exact_duplicates", "ingest_notes"]
 
 
 class IngestConfig(dg.Config):
@@ -118,6 +120,7 @@ class IngestConfig(dg.Config):
     ],
     pool="ingest",
     retry_policy=transient_retry,
+    backfill_policy=shard_backfill_policy,
 )
 @fail_fast
 def ingest(
@@ -126,8 +129,7 @@ def ingest(
     delta: DeltaStorage,
     shard_source: ShardSource,
 ):
-    """Enumerate a shard, hash and safely decode every input, and write the three tables."""
-    key = context.partition_key
+    """Enumerate each shard of the run, hash and safely decode every input, write the tables."""
     store = delta.store()
     limits = DecodeLimits(
         config.max_pixels,
@@ -135,6 +137,23 @@ def ingest(
         shard_source.max_file_bytes,
         shard_source.max_caption_bytes,
     )
+    shards = ShardLoop(context, ASSET_KEYS)
+    yield from shards.run(
+        lambda key: _ingest_shard(context, delta, shard_source, store, limits, config, shards, key)
+    )
+
+
+def _ingest_shard(
+    context: dg.AssetExecutionContext,
+    delta: DeltaStorage,
+    shard_source: ShardSource,
+    store: DeltaStore,
+    limits: DecodeLimits,
+    config: IngestConfig,
+    shards: ShardLoop,
+    key: str,
+) -> None:
+    """Ingest one shard and record its metadata and checks with ``shards``."""
     shard = shard_source.shard(key)
     fingerprint = source_fingerprint(shard.path)
     # One ingest at a time per Delta root, across processes and Dagster instances: which shard
@@ -158,55 +177,51 @@ def ingest(
         f"{result.duplicates.height} exact duplicates, in {seconds:.1f}s"
     )
     formats = dict(result.raw.group_by("format").len().sort("format").iter_rows())
-    yield dg.MaterializeResult(
-        asset_key="raw_images",
-        metadata=table_metadata(
-            RAW_IMAGES,
-            delta.uri(RAW_IMAGES),
-            result.raw.height,
-            shard_kind=shard.kind,
-            source=str(shard.path),
-            source_fingerprint=fingerprint,
-            enumerated=result.n_enumerated,
-            quarantined=result.quarantine.height,
-            exact_duplicates=result.duplicates.height,
-            formats=dg.MetadataValue.json(formats),
-            seconds=round(seconds, 3),
-            inputs_per_s=round(result.n_enumerated / seconds, 1) if seconds else 0.0,
-            preview=markdown_preview(
-                result.raw.select("image_id", "source_uri", "width", "height", "format", "caption")
+    raw_meta = table_metadata(
+        RAW_IMAGES,
+        delta.uri(RAW_IMAGES),
+        result.raw.height,
+        shard_kind=shard.kind,
+        source=str(shard.path),
+        source_fingerprint=fingerprint,
+        enumerated=result.n_enumerated,
+        quarantined=result.quarantine.height,
+        exact_duplicates=result.duplicates.height,
+        formats=dg.MetadataValue.json(formats),
+        seconds=round(seconds, 3),
+        inputs_per_s=round(result.n_enumerated / seconds, 1) if seconds else 0.0,
+        preview=markdown_preview(
+            result.raw.select("image_id", "source_uri", "width", "height", "format", "caption")
+        ),
+    )
+    shards.done(
+        key,
+        {
+            "raw_images": raw_meta,
+            "quarantine": table_metadata(
+                QUARANTINE,
+                delta.uri(QUARANTINE),
+                result.quarantine.height,
+                reasons=dg.MetadataValue.json(result.reasons),
+                preview=markdown_preview(
+                    result.quarantine.select("source_uri", "reason", "detail")
+                ),
             ),
-        ),
-        check_results=[check_result(c) for c in ingest_checks(store, key, result.n_enumerated)],
-    )
-    yield dg.MaterializeResult(
-        asset_key="quarantine",
-        metadata=table_metadata(
-            QUARANTINE,
-            delta.uri(QUARANTINE),
-            result.quarantine.height,
-            reasons=dg.MetadataValue.json(result.reasons),
-            preview=markdown_preview(result.quarantine.select("source_uri", "reason", "detail")),
-        ),
-    )
-    yield dg.MaterializeResult(
-        asset_key="exact_duplicates",
-        metadata=table_metadata(
-            DUPLICATE_FILES,
-            delta.uri(DUPLICATE_FILES),
-            result.duplicates.height,
-            within_shard=result.n_duplicates_within,
-            against_other_shards=result.duplicates.height - result.n_duplicates_within,
-        ),
-    )
-    yield dg.MaterializeResult(
-        asset_key="ingest_notes",
-        metadata=table_metadata(
-            INGEST_NOTES,
-            delta.uri(INGEST_NOTES),
-            notes.height,
-            preview=markdown_preview(notes.select("source_uri", "note")),
-        ),
+            "exact_duplicates": table_metadata(
+                DUPLICATE_FILES,
+                delta.uri(DUPLICATE_FILES),
+                result.duplicates.height,
+                within_shard=result.n_duplicates_within,
+                against_other_shards=result.duplicates.height - result.n_duplicates_within,
+            ),
+            "ingest_notes": table_metadata(
+                INGEST_NOTES,
+                delta.uri(INGEST_NOTES),
+                notes.height,
+                preview=markdown_preview(notes.select("source_uri", "note")),
+            ),
+        },
+        [check_result(c) for c in ingest_checks(store, key, result.n_enumerated)],
     )
 
 

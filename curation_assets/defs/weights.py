@@ -3,7 +3,6 @@
 from typing import Literal
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import eager_on
@@ -13,9 +12,8 @@ from curation_assets.defs.metadata import (
     table_metadata,
     table_schema,
 )
-from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
+from curation_assets.defs.resources import Compute, DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.commits import current_commit, input_versions, record_commit
 from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
 from curation_assets.lib.weights import (
     DEFAULT_C,
@@ -23,22 +21,17 @@ from curation_assets.lib.weights import (
     DEFAULT_PCA_DIM,
     DEFAULT_W_MAX,
     DEFAULT_W_MIN,
-    audit_attributes,
     audit_markdown,
-    bias_audit,
     flag_shifts,
-    weight_checks,
 )
-from curation_assets.lib.weights.run import (
-    WEIGHTS_INPUTS,
-    WEIGHTS_STAGE,
-    concept_encoder,
-    fit_weights,
-    load_weight_inputs,
-    weight_histogram,
-    weights_summary,
-    write_weights,
+from curation_assets.lib.weights.plan import (
+    DEFAULT_MEAN_TOLERANCE,
+    DEFAULT_REFIT_GROWTH,
+    DEFAULT_REFIT_PRIOR_SHIFT,
 )
+from curation_assets.lib.weights.run import concept_encoder, weight_histogram
+from curation_assets.lib.weights.totals import total_checks
+from curation_assets.lib.weights.update import WeightsOutcome, update_weights
 
 GROUP = "weights"
 
@@ -81,6 +74,25 @@ class WeightsConfig(dg.Config):
     min_support: int = Field(
         default=100, description="Audit check ignores values held by fewer unfiltered images."
     )
+    mode: Literal["auto", "full"] = Field(
+        default="auto",
+        description="auto: score only new or changed shards with the committed probe unless "
+        "a drift rule asks for a refit (see refit_*); full: refit and re-score every shard.",
+    )
+    mean_tolerance: float = Field(
+        default=DEFAULT_MEAN_TOLERANCE,
+        description="Largest |mean weight − 1| over the kept set a run may leave; beyond it "
+        "every shard is rescaled (re-scored with the corrected normaliser).",
+    )
+    refit_growth: float = Field(
+        default=DEFAULT_REFIT_GROWTH,
+        description="Refit the probe when the reference set changed by more than this share "
+        "of its size at the fit (1.0: when it doubled).",
+    )
+    refit_prior_shift: float = Field(
+        default=DEFAULT_REFIT_PRIOR_SHIFT,
+        description="Refit the probe when the kept share moved more than this since the fit.",
+    )
 
 
 @dg.multi_asset(
@@ -91,7 +103,9 @@ class WeightsConfig(dg.Config):
                 "One training weight per kept image (filtered and deduplicated): the density "
                 "ratio p_unfiltered(x)/p_filtered(x) from a deliberately weak, calibrated "
                 "linear probe on the embeddings (DALL·E 2's fix for the bias a filter "
-                "introduces), clipped to [w_min, w_max] and scaled to mean 1."
+                "introduces), clipped to [w_min, w_max] and scaled to mean 1 (within "
+                "mean_tolerance). Partitioned by shard: a new shard is scored with the "
+                "committed probe without touching the others."
             ),
             deps=["deduplicated_images", "image_embeddings", "raw_images"],
             kinds={"deltalake", "scikitlearn"},
@@ -124,7 +138,7 @@ class WeightsConfig(dg.Config):
             "weights_mean_one",
             asset="sample_weights",
             blocking=True,
-            description="Weights average exactly 1.",
+            description="Weights average 1 within mean_tolerance (from per-shard sums).",
         ),
         dg.AssetCheckSpec(
             "weights_within_bounds",
@@ -152,103 +166,80 @@ def weights_and_audit(
     config: WeightsConfig,
     delta: DeltaStorage,
     embedder: ImageEmbedder,
+    compute: Compute,
 ):
-    """Fit the probe, weight the kept images, audit the attribute shares.
+    """Fit the probe on a bounded sample, weight the kept images shard by shard, audit.
 
-    Nothing is written when neither the inputs nor the configuration changed since the last
-    commit: the committed tables are re-checked and their figures re-reported.
+    Only new or changed shards are scored unless a drift rule (or config) asks for a refit;
+    nothing is written when no shard and no setting changed since the last commit (the
+    committed tables are re-checked from their per-shard sums and their figures re-reported).
+
+    Memory: the compute budget — the probe's sample (half of it) or one group of shards being
+    scored (half of it), never the whole corpus; plus one stats row and ~50 audit-count rows per
+    shard.
     """
     store = delta.store()
-    inputs = input_versions(store, WEIGHTS_INPUTS)
     settings = config.model_dump()
-    done = current_commit(store, WEIGHTS_STAGE, inputs=inputs, config=settings)
-    if done is not None:
-        context.log.info(
-            f"weights: inputs and config unchanged since the commit of {done.committed_at}; "
-            "nothing to do"
-        )
-        yield from _weight_results(delta, config, done.summary, up_to_date=True)
-        return
-    frame, x, kept = load_weight_inputs(store, config.correct_for)
-    if not kept.any():
-        msg = "no kept image: materialize deduplicated_images first"
-        raise dg.Failure(msg, allow_retries=False)
-    fitted = fit_weights(
-        frame,
-        x,
-        kept,
-        method=config.method,
-        C=config.C,
-        pca_dim=config.pca_dim or None,
-        seed=config.seed,
-        w_min=config.w_min,
-        w_max=config.w_max,
-    )
-    model, stats = fitted.model, fitted.weights.stats
+
+    def encoder():
+        return concept_encoder(config.concepts, embedder.load)
+
+    try:
+        outcome = update_weights(store, settings, compute.budget(), encoder)
+    except ValueError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    summary = outcome.summary
     context.log.info(
-        f"weights: probe {model.status} AUC {model.auc}, ESS ratio {stats['ess_ratio']:.3f}, "
-        f"clipped {stats['clipped_share']:.3%}"
+        f"weights: {outcome.plan.mode} — {outcome.plan.reason}; probe "
+        f"{summary['probe_status']} AUC {summary['probe_auc']}, ESS ratio "
+        f"{summary['ess_ratio']:.3f}, {outcome.written} shards scored"
     )
-    encoder, concept_note = concept_encoder(config.concepts, embedder.load)
-    if config.concepts and encoder is None:
-        context.log.warning(f"zero-shot concepts {concept_note}")
-    attributes = audit_attributes(
-        frame, x, keywords=config.keywords, concepts=config.concepts, text_encoder=encoder
-    )
-    audit = bias_audit(attributes, fitted.frame.select("image_id", "weight"))
-    outputs = write_weights(store, fitted.frame, audit)
-    summary = weights_summary(fitted, correct_for=config.correct_for, concepts=concept_note)
-    summary["weight_distribution"] = "Kept images by weight (log-spaced bins):\n\n" + markdown_bars(
-        *weight_histogram(stats), header=("weight", "images")
-    )
-    record_commit(
-        store, WEIGHTS_STAGE, inputs=inputs, outputs=outputs, config=settings, summary=summary
-    )
-    yield from _weight_results(delta, config, summary, weights=fitted.frame, audit=audit)
+    if config.concepts and summary["concepts"].startswith("skipped"):
+        context.log.warning(f"zero-shot concepts {summary['concepts']}")
+    yield from _weight_results(delta, config, outcome, compute)
 
 
 def _weight_results(
-    delta: DeltaStorage,
-    config: WeightsConfig,
-    summary: dict,
-    *,
-    weights: pl.DataFrame | None = None,
-    audit: pl.DataFrame | None = None,
-    up_to_date: bool = False,
+    delta: DeltaStorage, config: WeightsConfig, outcome: WeightsOutcome, compute: Compute
 ):
-    """The two materializations and their checks, from a run's summary and its tables.
+    """The two materializations and their checks, from a run's outcome.
 
-    The checks always run on the tables themselves (read back when not given), so a run
-    with nothing to do still verifies what is stored.
+    The weight checks run on the per-shard sums of the committed (or just written) tables;
+    the audit check on the audit table.
     """
-    store = delta.store()
-    if weights is None:
-        weights = store.read(SAMPLE_WEIGHTS)
-    if audit is None:
-        audit = store.read(BIAS_AUDIT)
+    summary, totals, audit = outcome.summary, outcome.totals, outcome.audit
+    up_to_date = outcome.plan.mode == "current"
     flagged = flag_shifts(audit, max_shift_pts=config.max_shift_pts, min_support=config.min_support)
     checks = {
         c.name: c
-        for c in weight_checks(
-            weights["weight"].to_numpy(),
+        for c in total_checks(
+            totals,
             min_ess_ratio=config.min_ess_ratio,
             w_min=config.w_min,
             w_max=config.w_max,
+            mean_tolerance=config.mean_tolerance,
         )
     }
-    plain = {
-        k: v for k, v in summary.items() if k not in ("probe", "weight_distribution", "concepts")
-    }
+    hidden = ("probe", "concepts", "reason", "mode")
+    plain = {k: v for k, v in summary.items() if k not in hidden}
     yield dg.MaterializeResult(
         asset_key="sample_weights",
         metadata=table_metadata(
             SAMPLE_WEIGHTS,
             delta.uri(SAMPLE_WEIGHTS),
-            weights.height,
+            int(totals["n"]),
             up_to_date=up_to_date,
             **plain,
+            mode=outcome.plan.mode,
+            reason=outcome.plan.reason,
+            committed_mode=summary["mode"],
+            memory_budget_mb=compute.memory_budget_mb,
             probe=dg.MetadataValue.json(summary["probe"]),
-            weight_distribution=dg.MetadataValue.md(summary["weight_distribution"]),
+            weight_distribution=dg.MetadataValue.md(
+                "Kept images by weight (log-spaced bins over [w_min, w_max], from per-shard "
+                "histograms):\n\n"
+                + markdown_bars(*weight_histogram(totals), header=("weight", "images"))
+            ),
         ),
         check_results=[
             dg.AssetCheckResult(

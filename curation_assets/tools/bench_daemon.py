@@ -65,7 +65,7 @@ class Phase:
 
     def partitions(self) -> set[str]:
         """The partitions the phase's runs materialized (unpartitioned runs excluded)."""
-        return {r["partition"] for r in self.runs if r["partition"]}
+        return {p for r in self.runs for p in r["partitions"]}
 
     def report(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -103,15 +103,28 @@ def job_assets(job: str) -> list[str]:
     return sorted(k.to_user_string() for k in keys)
 
 
-def _run_row(r: dict[str, Any], since: float) -> dict[str, Any]:
+def run_partitions(tags: dict[str, str], order: list[str]) -> list[str]:
+    """The partitions a run covers: its partition, or its range resolved in ``order``."""
+    if "dagster/partition" in tags:
+        return [tags["dagster/partition"]]
+    start = tags.get("dagster/asset_partition_range_start")
+    end = tags.get("dagster/asset_partition_range_end")
+    if start is None or end is None:
+        return []
+    return order[order.index(start) : order.index(end) + 1]
+
+
+def _run_row(r: dict[str, Any], since: float, order: list[str]) -> dict[str, Any]:
     tags = r["tags"]
     trigger = tags.get("dagster/sensor_name") or (
         f"backfill {tags['dagster/backfill']}" if "dagster/backfill" in tags else "manual"
     )
     start, end = r.get("startTime"), r.get("endTime")
+    partitions = run_partitions(tags, order)
     return {
         "job": r["jobName"],
-        "partition": tags.get("dagster/partition", ""),
+        "partition": ",".join(partitions),
+        "partitions": partitions,
         "assets": r["assets"] or job_assets(r["jobName"]),
         "trigger": trigger,
         "status": r["status"],
@@ -131,8 +144,13 @@ def _run_row(r: dict[str, Any], since: float) -> dict[str, Any]:
 
 
 def runs_since(dev: DagsterDev, since: float) -> list[dict[str, Any]]:
-    """Runs created at or after ``since`` (epoch s), oldest first, summarised."""
-    rows = [_run_row(r, since) for r in dev.runs() if r["creationTime"] >= since]
+    """Runs created at or after ``since`` (epoch s), oldest first, summarised.
+
+    A run over a range of shards lists each of them in ``partitions`` (``partition`` joins
+    them with commas).
+    """
+    order = dev.partition_keys()
+    rows = [_run_row(r, since, order) for r in dev.runs() if r["creationTime"] >= since]
     return sorted(rows, key=lambda r: r["created"])
 
 

@@ -38,6 +38,7 @@ from curation_assets.lib.dedup import (
     union_pairs,
 )
 from curation_assets.lib.tables import N_CLUSTERINGS
+from curation_assets.tools.bench_ivf import IVF_NPROBE_CAP, compare, ivf_baseline, sgemm_gflops
 from curation_assets.tools.synthetic import clip_like_embeddings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def bench_dedup(
     niter: int = 10,
     max_points_per_centroid: int = 128,
     dup_noise: float = 0.15,
+    ivf: bool = True,
+    ivf_nprobe_cap: int = IVF_NPROBE_CAP,
 ) -> dict[str, Any]:
     """Cluster-based pair search versus exhaustive search on synthetic CLIP-like embeddings.
 
@@ -79,7 +82,16 @@ def bench_dedup(
     of queries). Recall of the cumulative union of 1..C clusterings is measured against the
     exhaustive pairs (on the sampled queries' pairs when sampled).
 
+    Peer baseline (``ivf``, after both): faiss ``IndexIVFFlat`` with ``nlist = k``, trained on
+    clustering 1's sample, every row a query of ``range_search`` at τ, nprobe doubled until
+    its recall on the same true pairs reaches the five clusterings' (see
+    :mod:`curation_assets.tools.bench_ivf`); its search time is extrapolated from the same
+    sampled queries when the exhaustive one is. ``sgemm_gflops`` (numpy float32
+    4096×512 @ 512×4096, median of 3) is measured at the start and end of the run.
+
     Peak RSS is the process peak (``ru_maxrss``): run in a fresh process for a clean number.
+    ``peak_rss_mb`` is taken before the baseline is built; the baseline's index adds about
+    one matrix (``ivf_baseline.index_mb``, ``ivf_baseline.peak_rss_mb``).
 
     Args:
         n: Rows.
@@ -97,6 +109,8 @@ def bench_dedup(
             K = 1024, five clusterings reached the same pair recall (0.994-0.995) with 64,
             128 and 256 points per centroid.
         dup_noise: Edit size of the planted duplicates (see :func:`clip_like_embeddings`).
+        ivf: Also run the IVFFlat peer baseline (``ivf_baseline`` and comparison keys).
+        ivf_nprobe_cap: Largest nprobe the baseline tries.
 
     Returns:
         A JSON-serializable dict, times in seconds: the parameters; ``train_s``,
@@ -107,7 +121,13 @@ def bench_dedup(
         clustering; median per database chunk) and the ratio against a symmetric exhaustive
         search that would compute each pair once (``cluster_over_exhaustive_symmetric``);
         ``recall_by_num_clusterings`` with ``recall_standard_error``, ``true_pairs``;
-        ``matrix_mb``, ``peak_rss_mb`` and ``peak_rss_over_matrix``.
+        ``matrix_mb``, ``peak_rss_mb`` and ``peak_rss_over_matrix``; ``sgemm_gflops``
+        (start), ``sgemm_gflops_end`` and ``sgemm_gflops_by_phase``; process CPU seconds
+        ``cluster_method_cpu_s``, ``exhaustive_cpu_s``; with ``ivf``: ``ivf_baseline`` (see
+        :func:`~curation_assets.tools.bench_ivf.ivf_baseline`, plus its ``peak_rss_mb``),
+        ``faster_at_equal_recall``, ``ivf_over_cluster`` (IVF build + search of all n
+        queries over ``cluster_method_s``), its median-based and CPU-time
+        (``ivf_over_cluster_cpu``) versions and a verdict sentence.
     """
     tau = DEFAULT_TAU if tau is None else tau
     k = default_k(n) if k is None else k
@@ -115,12 +135,15 @@ def bench_dedup(
         exhaustive_queries = n if n <= EXHAUSTIVE_FULL_MAX_ROWS else EXHAUSTIVE_SAMPLE_QUERIES
     exhaustive_queries = min(exhaustive_queries, n)
     rss_start = _peak_rss_mb()
+    gflops_start = sgemm_gflops()
 
     t = time.perf_counter()
     x, group = clip_like_embeddings(n, dim, seed=seed, dup_noise=dup_noise)
     gen_s = time.perf_counter() - t
     matrix_mb = x.nbytes / 2**20
+    gflops = {"start": gflops_start, "before_cluster_method": sgemm_gflops()}
 
+    cpu0 = time.process_time()
     t = time.perf_counter()
     seeds = tuple(range(seed, seed + n_clusterings))
     models = train_clusterings(
@@ -148,6 +171,8 @@ def bench_dedup(
     comp = connected_components(n, union)
     components_s = time.perf_counter() - t
     cluster_total_s = train_s + assign_s + sum(pair_s) + components_s
+    cluster_cpu_s = time.process_time() - cpu0
+    gflops["before_exhaustive"] = sgemm_gflops()
 
     extrapolated = exhaustive_queries < n
     if extrapolated:
@@ -156,9 +181,11 @@ def bench_dedup(
         )
     else:
         query_idx = None
+    cpu0 = time.process_time()
     t = time.perf_counter()
     truth = exhaustive_pairs(x, tau, query_idx=query_idx)
     exhaustive_measured_s = time.perf_counter() - t
+    exhaustive_cpu_s = (time.process_time() - cpu0) * n / exhaustive_queries
     exhaustive_s = exhaustive_measured_s * n / exhaustive_queries
     exhaustive_median_s = truth.stats["seconds_median_based"] * n / exhaustive_queries
     # Noise-robust cluster-method time: C x (median train + median assign + median pairs).
@@ -175,6 +202,30 @@ def bench_dedup(
 
     planted_truth = int(((group[truth.i] == group[truth.j]) & (group[truth.i] >= 0)).sum())
     peak = _peak_rss_mb()
+    baseline: dict[str, Any] = {}
+    if ivf:
+        gflops["before_ivf"] = sgemm_gflops()
+        recall_all = recall[-1] if recall else float("nan")
+        ivf_out = ivf_baseline(
+            x,
+            truth,
+            query_idx,
+            nlist=k,
+            tau=tau,
+            seed=seed,
+            niter=niter,
+            max_points_per_centroid=max_points_per_centroid,
+            target_recall=recall_all,
+            nprobe_cap=ivf_nprobe_cap,
+            stop_after_s=exhaustive_measured_s,
+        )
+        ivf_out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        baseline = {
+            "ivf_baseline": ivf_out,
+            **compare(cluster_total_s, cluster_median_s, ivf_out),
+            "ivf_over_cluster_cpu": round(ivf_out["total_cpu_s"] / max(cluster_cpu_s, 1e-9), 3),
+        }
+    gflops["end"] = sgemm_gflops()
     out: dict[str, Any] = {
         "benchmark": "dedup",
         "n": n,
@@ -238,6 +289,21 @@ def bench_dedup(
         "peak_rss_mb": round(peak, 1),
         "peak_rss_mb_before": round(rss_start, 1),
         "peak_rss_over_matrix": round(peak / matrix_mb, 3),
+        "cluster_method_cpu_s": round(cluster_cpu_s, 2),
+        "exhaustive_cpu_s": round(exhaustive_cpu_s, 2),
+        "cpu_note": (
+            "process CPU seconds (user + sys, all threads) of the same phases: less sensitive "
+            "than wall time to other processes on a shared machine (spin-waits still count); "
+            "exhaustive scaled like exhaustive_s"
+        ),
+        "sgemm_gflops": gflops_start,
+        "sgemm_gflops_end": gflops["end"],
+        "sgemm_gflops_by_phase": gflops,
+        "sgemm_note": (
+            "numpy float32 (4096x512) @ (512x4096), median of 3, same process; by_phase: "
+            "measured just before each phase (a drop means other load during the run)"
+        ),
+        **baseline,
     }
     logger.info(
         "bench_dedup n=%d: cluster %.1fs vs exhaustive %.1fs, recall %s",

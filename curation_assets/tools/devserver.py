@@ -55,6 +55,11 @@ query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { ... on Asset 
   assetMaterializations(limit: 1) { timestamp runId partition } } } }
 """
 
+PARTITION_KEYS_QUERY = """
+query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) {
+  ... on AssetNode { partitionKeys } } }
+"""
+
 SENSOR_QUERY = """
 query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) {
   ... on Sensor { id sensorState { id status ticks(limit: 50) {
@@ -130,6 +135,11 @@ class DagsterDev:
             r["assets"] = sorted("/".join(a["path"]) for a in r.pop("assetSelection") or [])
             out.append(r)
         return out
+
+    def partition_keys(self, asset: str = "raw_images") -> list[str]:
+        """The partition keys of ``asset`` in Dagster's order (dynamic: registration order)."""
+        node = self.query(PARTITION_KEYS_QUERY, {"path": asset.split("/")})["assetNodeOrError"]
+        return list(node.get("partitionKeys") or [])
 
     def backfills(self) -> list[dict[str, Any]]:
         """Every asset backfill (newest first)."""

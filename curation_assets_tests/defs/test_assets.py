@@ -160,3 +160,83 @@ def test_shard_source_limits_reach_every_stage(tmp_path, instance):
     assert notes["source_uri"][0] == str(photos[0]) and "truncated" in notes["note"][0]
     raw = store.read(RAW_IMAGES)
     assert raw.filter(pl.col("image_id") == notes["image_id"][0])["caption"][0] == "x" * 100
+
+
+def _materializations(result, node: str, asset: str) -> dict[str, dict]:
+    return {
+        m.partition: m.metadata
+        for m in result.asset_materializations_for_node(node)
+        if m.asset_key.to_user_string() == asset
+    }
+
+
+def test_one_run_covers_many_shards_with_metadata_per_shard(tmp_path, instance):
+    from curation_assets.defs.embed import image_embeddings
+    from curation_assets.defs.ingest import ingest
+    from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags
+
+    src = tmp_path / "src"
+    sizes = {"a": 2, "b": 4, "c": 3}
+    for i, (name, n) in enumerate(sizes.items()):
+        write_images(src / name, n, start=100 * i)
+    instance.add_dynamic_partitions(SHARDS_PARTITION, list(sizes))
+    result = dg.materialize(
+        [ingest, image_embeddings],
+        instance=instance,
+        resources=resources(tmp_path, src),
+        tags=range_tags(list(sizes)),
+    )
+    assert result.success and len(instance.get_runs()) == 1
+    raw = _materializations(result, "ingest", "raw_images")
+    assert {k: m["dagster/row_count"].value for k, m in raw.items()} == sizes
+    assert {k: m["enumerated"].value for k, m in raw.items()} == sizes
+    assert set(_materializations(result, "ingest", "quarantine")) == set(sizes)
+    emb = _materializations(result, "image_embeddings", "image_embeddings")
+    assert {k: m["dagster/row_count"].value for k, m in emb.items()} == sizes
+    store = DeltaStore(str(tmp_path / "delta"))
+    assert dict(store.read(IMAGE_EMBEDDINGS).group_by("shard").len().iter_rows()) == sizes
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    accounted = evaluations["every_input_accounted_for"]
+    assert accounted.passed and accounted.metadata["shards"].value == 3
+    assert set(accounted.metadata["by_shard"].value) == set(sizes)
+    assert all(e.passed for e in evaluations.values())
+
+
+def test_a_shard_failing_mid_run_leaves_complete_shards_and_a_rerun_converges(tmp_path, instance):
+    """A broken shard between two good ones: the first is complete and reported, the last untouched.
+
+    Once the manifest is fixed, the same run converges to every shard once.
+    """
+    from curation_assets.defs.ingest import ingest
+    from curation_assets.defs.partitions import SHARDS_PARTITION, completed_shards, range_tags
+
+    src = tmp_path / "src"
+    write_images(src / "a", 3)
+    photos = write_images(tmp_path / "photos", 2, start=50)
+    write_images(src / "c", 2, start=80)
+    (src / "m.csv").write_text("filename\nx.jpg\n")
+    keys = ["a", "m.csv", "c"]
+    instance.add_dynamic_partitions(SHARDS_PARTITION, keys)
+    res = resources(tmp_path, src)
+    res["shard_source"] = res["shard_source"].model_copy(
+        update={"allowed_roots": [str(tmp_path / "photos")]}
+    )
+    first = dg.materialize(
+        [ingest], instance=instance, resources=res, tags=range_tags(keys), raise_on_error=False
+    )
+    assert not first.success
+    (error,) = step_errors(first)
+    assert "add a 'path' column" in error
+    store = DeltaStore(str(tmp_path / "delta"))
+    raw = store.read(RAW_IMAGES)
+    assert dict(raw.group_by("shard").len().iter_rows()) == {"a": 3}  # complete, nothing else
+    assert set(_materializations(first, "ingest", "raw_images")) == {"a"}
+    assert completed_shards(first, keys) == {"a"}
+
+    pl.DataFrame({"path": [str(p) for p in photos]}).write_csv(src / "m.csv")
+    again = dg.materialize([ingest], instance=instance, resources=res, tags=range_tags(keys))
+    assert again.success
+    raw = store.read(RAW_IMAGES)
+    assert dict(raw.group_by("shard").len().iter_rows()) == {"a": 3, "m.csv": 2, "c": 2}
+    assert raw["image_id"].n_unique() == raw.height
+    assert set(_materializations(again, "ingest", "raw_images")) == set(keys)

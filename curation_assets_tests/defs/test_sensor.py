@@ -53,3 +53,102 @@ def test_a_shard_being_written_waits_until_it_is_quiet(tmp_path):
             os.utime(p, (past, past))
         result = _tick(instance, tmp_path)
         assert [r.partition_key for r in result.run_requests] == ["busy"]
+
+
+def test_shards_of_one_tick_share_a_run_that_assigns_them_once_centroids_exist(tmp_path):
+    from curation_assets.defs.cluster import CENTROID_KEYS
+    from curation_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, shard_ranges
+
+    with dg.instance_for_test() as instance:
+        for name in ("s-1", "s-2", "s-3"):
+            write_images(tmp_path / name, 1, start=len(name))
+            age(tmp_path / name)
+        first = _tick(instance, tmp_path)
+        (run,) = first.run_requests  # three shards, one run over their range
+        assert run.job_name == "per_shard_job" and run.partition_key is None
+        assert (run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG]) == ("s-1", "s-3")
+        assert instance.get_dynamic_partitions(SHARDS_PARTITION) == ["s-1", "s-2", "s-3"]
+        # once every clustering has centroids, new shards are assigned in their own run
+        for key in CENTROID_KEYS:
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        write_images(tmp_path / "s-4", 1, start=99)
+        age(tmp_path / "s-4")
+        (run,) = _tick(instance, tmp_path).run_requests
+        assert run.job_name == "per_shard_assign_job" and run.partition_key == "s-4"
+    # Dagster's own split: adjacent in registration order, chunked
+    order = ["a", "b", "c", "d", "e"]
+    assert shard_ranges(order, ["e", "a", "b", "d"], 2) == [["a", "b"], ["d", "e"]]
+    assert shard_ranges(order, ["a", "c", "e"], 50) == [["a"], ["c"], ["e"]]
+    assert shard_ranges(order, order, 2) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path):
+    """per_shard_assign_job assigns in the run; a shard filtered by per_shard_job still is.
+
+    Automation evaluated as the daemon would, after shard b ran per_shard_assign_job and shard
+    c ran per_shard_job (no centroids when its run was requested): only c's assignment is due.
+    """
+    from curation_assets.defs.classify import classifier_scores
+    from curation_assets.defs.cluster import ASSIGNMENT_KEYS, cluster_assignments, cluster_centroids
+    from curation_assets.defs.embed import image_embeddings
+    from curation_assets.defs.filter import filter_shard
+    from curation_assets.defs.ingest import ingest
+    from curation_assets.defs.resources import Categories
+    from curation_assets.defs.sensors import centroids_exist, per_shard_assign_job, per_shard_job
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import assignments_spec
+    from curation_assets_tests.defs.helpers import resources
+
+    src = tmp_path / "src"
+    for i, name in enumerate(("a", "b", "c")):
+        write_images(src / name, 6, start=10 * i)
+    res = {**resources(tmp_path, src), "categories": Categories()}
+    assets = [ingest, image_embeddings, classifier_scores, filter_shard]
+    defs = dg.Definitions(
+        assets=[*assets, cluster_centroids, cluster_assignments],
+        jobs=[per_shard_job, per_shard_assign_job],
+        resources=res,
+    )
+    assignments = dg.AssetSelection.assets(*ASSIGNMENT_KEYS)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS_PARTITION, ["a", "b", "c"])
+
+        def run(job: str, shard: str) -> None:
+            result = defs.resolve_job_def(job).execute_in_process(
+                instance=instance, partition_key=shard
+            )
+            assert result.success
+
+        run("per_shard_job", "a")
+        assert not centroids_exist(instance)
+        ticks = [dg.evaluate_automation_conditions(defs, instance, asset_selection=assignments)]
+        assert ticks[0].total_requested == 0  # no centroids yet
+
+        def tick() -> dg.EvaluateAutomationConditionsResult:
+            ticks.append(
+                dg.evaluate_automation_conditions(
+                    defs, instance, asset_selection=assignments, cursor=ticks[-1].cursor
+                )
+            )
+            return ticks[-1]
+
+        centroids = dg.materialize(
+            [cluster_centroids],
+            instance=instance,
+            resources=res,
+            run_config={"ops": {"cluster_centroids": {"config": {"k": 2}}}},
+        )
+        assert centroids.success and centroids_exist(instance)
+        first = tick()
+        # the new centroids make a's assignment due (it was filtered by per_shard_job)
+        assert first.get_requested_partitions(dg.AssetKey(ASSIGNMENT_KEYS[0])) == {"a"}
+        assert dg.materialize(
+            [cluster_assignments], instance=instance, resources=res, partition_key="a"
+        ).success
+        run("per_shard_assign_job", "b")
+        run("per_shard_job", "c")
+        second = tick()
+        for key in ASSIGNMENT_KEYS:
+            assert second.get_requested_partitions(dg.AssetKey(key)) == {"c"}
+        store = DeltaStore(str(tmp_path / "delta"))
+        assert set(store.read(assignments_spec(0))["shard"]) == {"a", "b"}

@@ -4,11 +4,14 @@ The end-to-end run on the demo corpus (real embeddings, after real dedup) is
 ``test_dedup_assets.py::test_weights_audit_and_export_of_the_kept_images``.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 import numpy as np
 import pytest
 
-from curation_assets.defs.resources import DeltaStorage, ImageEmbedder
+from curation_assets.defs.resources import Compute, DeltaStorage, ImageEmbedder
 from curation_assets.defs.weights import weights_and_audit
 from curation_assets.lib.commits import last_commit
 from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
@@ -34,7 +37,7 @@ def _materialize(instance, res, **config) -> dg.ExecuteInProcessResult:
     return result
 
 
-def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, Mapping[str, Any]]:
     return {
         m.asset_key.to_user_string(): m.metadata
         for m in result.asset_materializations_for_node("weights_and_audit")
@@ -47,7 +50,7 @@ def world(tmp_path_factory):
     delta = DeltaStorage(root_uri=str(tmp / "delta"))
     inputs = write_weight_inputs(delta.store(), tmp / "images")
     with dg.instance_for_test() as instance:
-        yield instance, {"delta": delta, "embedder": ImageEmbedder()}, inputs
+        yield instance, {"delta": delta, "embedder": ImageEmbedder(), "compute": Compute()}, inputs
 
 
 def test_weights_and_audit_write_both_tables_check_them_and_commit(world):
@@ -60,6 +63,12 @@ def test_weights_and_audit_write_both_tables_check_them_and_commit(world):
     meta = _metadata(result)
     sw, audit = meta["sample_weights"], meta["bias_audit"]
     assert sw["probe_status"].value == "fitted" and sw["up_to_date"].value is False
+    assert sw["mode"].value == "full" and sw["reason"].value == "first run"
+    assert sw["probe_sample_rows"].value == len(inputs.ids) - (
+        len(inputs.filtered) - len(inputs.kept)
+    )  # a small corpus: the sample is every reference image
+    assert sw["memory_budget_mb"].value == Compute().memory_budget_mb
+    assert sw["shards_scored"].value == 2
     assert sw["kept_images"].value == len(inputs.kept) == sw["dagster/row_count"].value
     assert "Kept images by weight" in sw["weight_distribution"].value
     assert sw["probe"].value["method"] == "kept_vs_removed"
@@ -69,10 +78,12 @@ def test_weights_and_audit_write_both_tables_check_them_and_commit(world):
     weights = store.read(SAMPLE_WEIGHTS)
     assert sorted(weights["image_id"]) == sorted(inputs.kept)
     assert weights["weight"].mean() == pytest.approx(1.0, abs=1e-9)
+    assert sw["weight_mean"].value == pytest.approx(weights["weight"].mean(), abs=1e-12)
     assert audit["dagster/row_count"].value == store.read(BIAS_AUDIT).height
     commit = last_commit(store, WEIGHTS_STAGE)
     assert commit is not None and commit.summary["kept_images"] == len(inputs.kept)
-    assert commit.summary["weight_distribution"] == sw["weight_distribution"].value
+    assert commit.summary["mode"] == "full" and commit.summary["probe_id"]
+    assert "Kept images by weight" in sw["weight_distribution"].value
 
 
 def test_a_rerun_with_nothing_new_writes_nothing_and_reports_the_same(world):
@@ -83,12 +94,34 @@ def test_a_rerun_with_nothing_new_writes_nothing_and_reports_the_same(world):
     again = _materialize(instance, res, pca_dim=4, min_support=10)
     assert {t: store.version(t) for t in versions} == versions
     a, b = _metadata(first)["sample_weights"], _metadata(again)["sample_weights"]
-    assert b["up_to_date"].value is True
+    assert b["up_to_date"].value is True and b["mode"].value == "current"
     for key in ("probe_status", "probe_auc", "ess_ratio", "kept_images", "weight_max"):
         assert b[key].value == a[key].value, key
     assert check_results(again) == check_results(first)
     # another configuration is another run: the weights are refitted and rewritten
     other = _materialize(instance, res, pca_dim=4, min_support=10, w_max=2.0)
-    assert _metadata(other)["sample_weights"]["up_to_date"].value is False
+    meta = _metadata(other)["sample_weights"]
+    assert meta["up_to_date"].value is False and meta["mode"].value == "full"
+    assert meta["reason"].value == "probe settings changed: w_max 10.0 → 2.0"
     assert store.version(SAMPLE_WEIGHTS.name) != versions[SAMPLE_WEIGHTS.name]
     assert np.all(store.read(SAMPLE_WEIGHTS)["weight"].to_numpy() <= 2.0)
+
+
+def test_a_check_only_setting_changes_nothing_and_a_bad_setting_fails_clearly(world):
+    instance, res, _ = world
+    store = res["delta"].store()
+    _materialize(instance, res, pca_dim=4, min_support=10)
+    version = store.version(SAMPLE_WEIGHTS.name)
+    relaxed = _materialize(instance, res, pca_dim=4, min_support=50, max_shift_pts=5.0)
+    assert _metadata(relaxed)["sample_weights"]["mode"].value == "current"
+    assert store.version(SAMPLE_WEIGHTS.name) == version
+    result = dg.materialize(
+        [weights_and_audit],
+        instance=instance,
+        resources=res,
+        run_config=dg.RunConfig(ops={"weights_and_audit": {"config": {"C": -1.0}}}),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "C=-1.0" in failure.message

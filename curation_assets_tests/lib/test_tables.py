@@ -26,8 +26,17 @@ from curation_assets.lib.tables import (
 PACKAGE = Path(curation_assets.__file__).parent
 REGISTRY_DIR = PACKAGE / "lib" / "tables"
 
-SIDE_TABLES = {"dedup_runs", "dedup_members", "duplicate_members", "stage_commits"}
-"""Tables written beside an asset (dedup's run log, the multi-table commit log), not assets."""
+SIDE_TABLES = {
+    "dedup_runs",
+    "dedup_members",
+    "duplicate_members",
+    "stage_commits",
+    "weight_shard_stats",
+    "audit_shard_counts",
+    "weight_probes",
+}
+"""Tables written beside an asset (dedup's run log, the multi-table commit log, the weights'
+per-shard sums and probes), not assets."""
 
 
 def test_names_are_unique_and_equal_to_the_spec_names():

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,6 +81,8 @@ class DedupOutcome:
         write_shards: Shards whose ``deduplicated_images`` rows are rewritten.
         ready: Ready image_ids of each redone shard (the rows it is written with).
         units: Each searched unit's statistics.
+        recommit: A ``current`` run that redid shards whose rows had not changed: only its
+            commit is written (new input versions, the same outputs).
     """
 
     plan: DedupPlan
@@ -95,6 +97,7 @@ class DedupOutcome:
     write_shards: list[str] = field(default_factory=list)
     ready: dict[str, list[str]] = field(default_factory=dict, repr=False)
     units: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    recommit: bool = False
 
     @property
     def pairs(self) -> pl.DataFrame:
@@ -233,6 +236,18 @@ def run_dedup(
         )
     new_rows = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
+    if plan.mode == "incremental" and _unchanged(store, plan, ready, waiting, merged, old_pairs):
+        # e.g. a second instance re-ingested the same shards: files changed, rows did not
+        return replace(
+            _current(store, plan, read_versions, tau),
+            plan=replace(
+                plan,
+                mode="current",
+                reason=f"{len(plan.redo)} shards were rewritten upstream with the same rows: "
+                "nothing changed (the commit records the new input versions)",
+            ),
+            recommit=True,
+        )
     # 5. recall on a budget
     t_recall = time.perf_counter()
     recall = _recall(
@@ -283,7 +298,10 @@ def run_dedup(
             "recall": json.dumps(recall["recall"]),
             "seconds": float(seconds),
             "units": len(units),
-            "recall_sample": json.dumps(recall["sample"]),
+            # timings stay out of the table: a re-run after a kill must write the same rows
+            "recall_sample": json.dumps(
+                {k: v for k, v in recall["sample"].items() if not k.startswith("seconds")}
+            ),
         },
         schema=DEDUP_RUNS.schema,
     )
@@ -306,6 +324,33 @@ def run_dedup(
 def _committed(plan: DedupPlan, spec: Any) -> int | None:
     """The version of ``spec`` the last commit recorded (None when there is none)."""
     return None if plan.commit is None else plan.commit.outputs.get(spec.name)
+
+
+def _unchanged(
+    store: DeltaStore,
+    plan: DedupPlan,
+    ready: dict[str, list[str]],
+    waiting: dict[str, str],
+    merged: Merged,
+    old_pairs: pl.DataFrame,
+) -> bool:
+    """Whether redoing ``plan.redo`` left every output as committed (rows, pairs, decisions)."""
+    if plan.torn or merged.changed_shards or set(waiting) & plan.covered:
+        return False
+    if set(ready) - plan.covered or (plan.redo & plan.covered) - set(ready):
+        return False  # a shard arrived, or a covered one has no ready row any more
+    redone = sorted(set(ready))
+    if redone:
+        old = store.read(
+            DEDUPLICATED_IMAGES,
+            shards=redone,
+            columns=["image_id", "shard"],
+            version=_committed(plan, DEDUPLICATED_IMAGES),
+        )
+        before = {s: sorted(g["image_id"].to_list()) for (s,), g in old.group_by("shard")}
+        if any(before.get(s) != sorted(ready[s]) for s in redone):
+            return False
+    return merged.pairs.equals(old_pairs.sort("image_id_a", "image_id_b"))
 
 
 def _committed_graph(store: DeltaStore, plan: DedupPlan) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -502,7 +547,18 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     plan = outcome.plan
     if plan.mode == "current" or outcome.run is None:
         assert plan.commit is not None
-        return plan.commit.outputs
+        if not outcome.recommit:
+            return plan.commit.outputs
+        outputs = {**plan.commit.outputs, DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS)}
+        record_commit(
+            store,
+            DEDUP_STAGE,
+            inputs=outcome.input_versions,
+            outputs=outputs,
+            config=plan.commit.config,
+            summary=plan.commit.summary,
+        )
+        return outputs
     members = outcome.members
     committed = _committed(plan, DEDUPLICATED_IMAGES)
     shards = outcome.write_shards

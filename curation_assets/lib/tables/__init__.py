@@ -14,7 +14,8 @@ the module of its stage:
   ``cluster_assignments_<c>`` for c < :data:`N_CLUSTERINGS`
 * :mod:`~curation_assets.lib.tables.dedup`: ``deduplicated_images``, ``duplicate_pairs``,
   ``duplicate_members``, ``dedup_members``, ``dedup_runs``
-* :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``
+* :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``,
+  ``weight_shard_stats``, ``audit_shard_counts``, ``weight_probes``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
 * :mod:`~curation_assets.lib.tables.commits`: ``stage_commits``
 
@@ -62,7 +63,13 @@ from curation_assets.lib.tables.ingest import (
     REASON_CODES,
 )
 from curation_assets.lib.tables.spec import UTC_TIMESTAMP, Column, TableSpec
-from curation_assets.lib.tables.weights import BIAS_AUDIT, SAMPLE_WEIGHTS
+from curation_assets.lib.tables.weights import (
+    AUDIT_SHARD_COUNTS,
+    BIAS_AUDIT,
+    SAMPLE_WEIGHTS,
+    WEIGHT_PROBES,
+    WEIGHT_SHARD_STATS,
+)
 
 
 def _registry(*specs: TableSpec) -> Mapping[str, TableSpec]:
@@ -95,6 +102,9 @@ TABLES: Mapping[str, TableSpec] = _registry(
     DEDUP_RUNS,
     SAMPLE_WEIGHTS,
     BIAS_AUDIT,
+    WEIGHT_SHARD_STATS,
+    AUDIT_SHARD_COUNTS,
+    WEIGHT_PROBES,
     CURATED_DATASET,
     STAGE_COMMITS,
 )
@@ -115,6 +125,7 @@ def table(name: str) -> TableSpec:
 
 
 __all__ = [
+    "AUDIT_SHARD_COUNTS",
     "BIAS_AUDIT",
     "CLASSIFIER_SCORES",
     "CLUSTER_ASSIGNMENTS",
@@ -141,6 +152,8 @@ __all__ = [
     "STAGE_COMMITS",
     "TABLES",
     "UTC_TIMESTAMP",
+    "WEIGHT_PROBES",
+    "WEIGHT_SHARD_STATS",
     "Column",
     "TableSpec",
     "assignments_spec",

@@ -3,14 +3,20 @@
 * :mod:`.fit` — the weak, calibrated, cross-fitted probe estimating
   ``p_unfiltered(x) / p_filtered(x)`` (:func:`fit_density_ratio`).
 * :mod:`.scale` — its ratios as weights within ``[w_min, w_max]`` with mean exactly 1
-  (:func:`sample_weights`, the ``sample_weights`` table
-  :data:`~curation_assets.lib.tables.SAMPLE_WEIGHTS`), their
-  statistics and the checks (:func:`weight_checks`).
+  (:func:`sample_weights`, :func:`clip_normalize`), their statistics and the checks
+  (:func:`weight_checks`) for weights held in memory.
 * :mod:`.audit` — attribute shares unfiltered / filtered / weighted (:func:`bias_audit`, the
   ``bias_audit`` table :data:`~curation_assets.lib.tables.BIAS_AUDIT`).
-* :mod:`.run` — the stage over Delta: load the inputs, fit, write, summarize. Imported by its
-  path (it reads and writes Delta through :mod:`curation_assets.lib.storage`; the upstream
-  tables' specs come from :mod:`curation_assets.lib.tables`, so it imports no torch).
+* :mod:`.update` — the stage over Delta, shard by shard: :mod:`.plan` (full / rescore /
+  incremental / current and why, the drift rules), :mod:`.probe` (the probe on a bounded,
+  seeded sample; kept in ``weight_probes``), :mod:`.shards` (read and score one shard),
+  :mod:`.totals` (per-shard sums → the mean-1 normaliser, ESS, checks and the audit).
+* :mod:`.run` — the concept encoder, the histogram helper, and the whole-corpus in-memory
+  reference path (:func:`~.run.load_weight_inputs`, :func:`~.run.fit_weights`).
+
+The Delta modules are imported by their path (they read and write Delta through
+:mod:`curation_assets.lib.storage`; the upstream tables' specs come from
+:mod:`curation_assets.lib.tables`, so they import no torch).
 """
 
 from curation_assets.lib.weights.audit import (

@@ -1,12 +1,15 @@
-"""The weights stage over Delta: load the inputs, fit, weigh, write, summarize (stage 7).
+"""Helpers of the weights stage around the shard-by-shard update (stage 7).
 
-The ``weights_and_audit`` asset runs, in order: :func:`load_weight_inputs` (the reference
-images, their embeddings and which were kept), :func:`fit_weights` (the probe of
-:mod:`.fit` and the weights of :mod:`.scale`), :func:`concept_encoder` and
-:func:`~curation_assets.lib.weights.audit.audit_attributes` /
-:func:`~curation_assets.lib.weights.audit.bias_audit` (the audit), :func:`write_weights` (both
-tables, before the stage's commit row in ``stage_commits``) and :func:`weights_summary` (the
-figures reported and recorded with that commit).
+The ``weights_and_audit`` asset runs :func:`~curation_assets.lib.weights.update.update_weights`
+(shard by shard, bounded memory); from here it takes :func:`concept_encoder` (the audit's
+zero-shot concepts) and :func:`weight_histogram` (the metadata plot).
+
+:func:`load_weight_inputs` and :func:`fit_weights` are the whole-corpus, in-memory path: every
+reference image and embedding at once, the probe fitted and the weights normalised exactly
+over all of them. The stage no longer runs it (its memory grows with the corpus); it stays the
+reference the shard-by-shard update is tested against, and the way to weight a table that fits
+in memory from a notebook or a test. Memory: the whole corpus' embeddings (n · d · 4 bytes)
+plus the frame.
 """
 
 from collections.abc import Callable, Mapping
@@ -17,25 +20,25 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import (
-    BIAS_AUDIT,
-    DEDUPLICATED_IMAGES,
-    IMAGE_EMBEDDINGS,
-    RAW_IMAGES,
-    SAMPLE_WEIGHTS,
-)
+from curation_assets.lib.tables import DEDUPLICATED_IMAGES, IMAGE_EMBEDDINGS, RAW_IMAGES
 from curation_assets.lib.vectors import embedding_matrix
 from curation_assets.lib.weights.audit import TextEncoder
 from curation_assets.lib.weights.fit import DensityRatioModel, Method, fit_density_ratio
+from curation_assets.lib.weights.plan import WEIGHTS_INPUTS, WEIGHTS_STAGE
 from curation_assets.lib.weights.scale import SampleWeights, sample_weights
 
 if TYPE_CHECKING:  # torch, only for the annotation: loading a model is the caller's
     from curation_assets.lib.embed import Embedder
 
-WEIGHTS_STAGE = "weights"
-"""The stage's name in ``stage_commits``."""
-WEIGHTS_INPUTS = (DEDUPLICATED_IMAGES.name, IMAGE_EMBEDDINGS.name, RAW_IMAGES.name)
-"""The tables whose versions the stage's commit records."""
+__all__ = [
+    "WEIGHTS_INPUTS",
+    "WEIGHTS_STAGE",
+    "FittedWeights",
+    "concept_encoder",
+    "fit_weights",
+    "load_weight_inputs",
+    "weight_histogram",
+]
 
 
 def load_weight_inputs(
@@ -142,53 +145,9 @@ def concept_encoder(
     return model.encode_text, ", ".join(concepts)
 
 
-def write_weights(store: DeltaStore, weights: pl.DataFrame, audit: pl.DataFrame) -> dict[str, int]:
-    """Replace both tables; returns the Delta version written of each, for the commit row.
-
-    Weights, then audit, then (by the caller) the commit row: a kill in between leaves
-    outputs no commit records, and the re-run rewrites them.
-    """
-    return {
-        SAMPLE_WEIGHTS.name: store.replace_table(SAMPLE_WEIGHTS, weights),
-        BIAS_AUDIT.name: store.replace_table(BIAS_AUDIT, audit),
-    }
-
-
 def weight_histogram(stats: Mapping[str, Any]) -> tuple[list[str], list[int]]:
     """Bin labels (``a–b``) and counts of the weights' log-spaced histogram (``weight_stats``)."""
     hist = stats["histogram"]
     edges = hist["edges"]
     labels = [f"{a:.2f}–{b:.2f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
     return labels, list(hist["counts"])
-
-
-def _float_or_nan(value: float | None) -> float:
-    return float(value) if value is not None else float("nan")
-
-
-def weights_summary(fitted: FittedWeights, *, correct_for: str, concepts: str) -> dict[str, Any]:
-    """The figures the stage reports and records with its commit (JSON-compatible).
-
-    The caller adds ``weight_distribution`` (the histogram of :func:`weight_histogram`,
-    rendered as markdown).
-    """
-    model, stats = fitted.model, fitted.weights.stats
-    return {
-        "probe_status": model.status,
-        "probe_reason": model.reason,
-        "probe_auc": _float_or_nan(model.auc),
-        "probe_ece": _float_or_nan(model.ece),
-        "probe": {
-            k: v for k, v in model.summary().items() if not isinstance(v, float) or np.isfinite(v)
-        },
-        "unfiltered_images": fitted.n_unfiltered,
-        "kept_images": fitted.n_kept,
-        "ess": float(stats["ess"]),
-        "ess_ratio": float(stats["ess_ratio"]),
-        "clipped_share": float(stats["clipped_share"] or 0.0),
-        "weight_min": float(stats["min"]),
-        "weight_max": float(stats["max"]),
-        "weight_p50": float(stats["p50"]),
-        "correct_for": correct_for,
-        "concepts": concepts,
-    }

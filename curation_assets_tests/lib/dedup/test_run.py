@@ -122,3 +122,19 @@ def test_kill_between_writes_converges_to_the_clean_result(tmp_path, monkeypatch
     assert s.read(DEDUP_RUNS).sort("run_at")["mode"].to_list() == ["full", "incremental"]
     assert s.read(STAGE_COMMITS).height == 2
     assert run_and_write(s).plan.mode == "current"
+
+
+def test_a_shard_rewritten_with_the_same_rows_changes_nothing(store):
+    """Another instance re-ingests a shard: new files, the same rows. No log row, no rewrite."""
+    x = vectors(30, 4, seed=8)
+    add_shard(store, "a", x)
+    run_and_write(store)
+    before, versions = dedup_tables(store), table_versions(store)
+    add_shard(store, "a", x)  # the same rows, written again
+    again = run_and_write(store)
+    assert again.plan.mode == "current" and "same rows" in again.plan.reason
+    assert store.read(DEDUP_RUNS).height == 1
+    for name, df in dedup_tables(store).items():
+        assert df.equals(before[name]), name
+    assert table_versions(store)["stage_commits"] == versions["stage_commits"] + 1
+    assert run_and_write(store).plan.mode == "current"  # the commit records the new inputs

@@ -1,0 +1,290 @@
+"""One shard at a time: read its reference images, score them, sum what the stage reports.
+
+:func:`read_shards` reads the reference ("unfiltered") images of some shards with their
+embeddings and dedup decision (the Delta reads prune by shard: nothing else is opened);
+:func:`score_shard` turns one shard into its :data:`SAMPLE_WEIGHTS` rows, its
+:data:`WEIGHT_SHARD_STATS` row and its :data:`AUDIT_SHARD_COUNTS` rows, with a given probe and
+normaliser; :func:`shard_sizes` counts rows per shard (plans batches and the probe sample);
+:func:`shard_batches` groups shards into reads that fit the memory budget.
+
+Which rows are the reference follows :func:`~curation_assets.lib.weights.run.load_weight_inputs`
+(``correct_for``): every embedded image, less the near duplicates dedup removed unless
+``correct_for="filter_and_dedup"``; kept = dedup kept it (an image dedup has not seen yet
+counts as not kept, as before).
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    AUDIT_SHARD_COUNTS,
+    DEDUPLICATED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    RAW_IMAGES,
+    SAMPLE_WEIGHTS,
+)
+from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.weights.audit import TextEncoder, audit_attributes
+from curation_assets.lib.weights.fit import DensityRatioModel, sigmoid
+from curation_assets.lib.weights.scale import _check_bounds
+from curation_assets.lib.weights.totals import shard_audit_counts, shard_weight_stats
+
+RAW_COLUMNS = ["image_id", "shard", "source_uri", "caption", "width", "height", "format"]
+BYTES_PER_VALUE = 4
+ROW_OVERHEAD = 400
+"""Bytes per row beside the embedding: ids, caption, the polars list offsets, attributes."""
+
+
+def row_bytes(dim: int) -> int:
+    """Working bytes of one reference row while its shard is scored.
+
+    Its d float32 values are held in the polars list column and the numpy matrix, and may be
+    gathered as float64 for a scoring batch; plus :data:`ROW_OVERHEAD` for the rest.
+    """
+    return 4 * dim * BYTES_PER_VALUE + ROW_OVERHEAD
+
+
+def embedding_dim(store: DeltaStore) -> int | None:
+    """The embedding dimension (from one row of ``image_embeddings``), None without rows."""
+    row = store.scan(IMAGE_EMBEDDINGS).select("dim").head(1).collect()
+    return int(row["dim"][0]) if row.height else None
+
+
+def shard_sizes(
+    store: DeltaStore, correct_for: str, shards: Iterable[str] | None = None
+) -> pl.DataFrame:
+    """Reference and kept images per shard, counted without reading an embedding.
+
+    Args:
+        store: Delta store.
+        correct_for: ``filter`` or ``filter_and_dedup`` (see the module docstring).
+        shards: Only these shards (None: every shard with embeddings).
+
+    Returns:
+        ``shard, n_reference, n_kept`` sorted by shard. ``n_reference`` counts embedded rows
+        (less dedup-removed ones for ``filter``); images without a ``raw_images`` row, which
+        :func:`read_shards` drops, are not subtracted: this is a plan, the scores count exactly.
+    """
+    emb = store.scan(IMAGE_EMBEDDINGS).select("shard")
+    dedup = store.scan(DEDUPLICATED_IMAGES).select("shard", "kept")
+    if shards is not None:
+        wanted = sorted(set(shards))
+        emb = emb.filter(pl.col("shard").is_in(wanted))
+        dedup = dedup.filter(pl.col("shard").is_in(wanted))
+    n_emb = emb.group_by("shard").agg(pl.len().alias("n_embedded")).collect()
+    decided = (
+        dedup.group_by("shard")
+        .agg(
+            pl.col("kept").sum().cast(pl.Int64).alias("n_kept"),
+            (~pl.col("kept")).sum().cast(pl.Int64).alias("n_dup"),
+        )
+        .collect()
+    )
+    out = n_emb.join(decided, on="shard", how="left").with_columns(
+        pl.col("n_kept").fill_null(0), pl.col("n_dup").fill_null(0)
+    )
+    removed = pl.col("n_dup") if correct_for == "filter" else pl.lit(0)
+    return out.select(
+        "shard",
+        (pl.col("n_embedded").cast(pl.Int64) - removed).alias("n_reference"),
+        pl.col("n_kept").cast(pl.Int64),
+    ).sort("shard")
+
+
+def shard_batches(
+    sizes: Mapping[str, int], shards: Sequence[str], max_rows: int
+) -> list[list[str]]:
+    """Consecutive groups of ``shards`` of at most ``max_rows`` rows (a bigger shard alone)."""
+    batches: list[list[str]] = []
+    rows = 0
+    for shard in shards:
+        n = int(sizes.get(shard, 0))
+        if batches and rows + n <= max_rows:
+            batches[-1].append(shard)
+            rows += n
+        else:
+            batches.append([shard])
+            rows = n
+    return batches
+
+
+def read_shards(
+    store: DeltaStore, shards: Sequence[str], correct_for: str
+) -> dict[str, tuple[pl.DataFrame, np.ndarray, str]]:
+    """The reference images of ``shards``, their embeddings and model, one entry per shard.
+
+    One pruned read per input table for the whole group (the caller sizes the group from the
+    memory budget: :func:`shard_batches`).
+
+    Returns:
+        shard → ``(frame, x, model_id)``: frame has the :data:`RAW_COLUMNS` and ``kept``, sorted
+        by image_id (the canonical order); x is (n, d) float32 aligned with it; model_id the
+        shard's embedding model ("" for an empty shard). Shards without rows map to empty
+        frames.
+
+    Raises:
+        ValueError: If a shard mixes embedding models.
+    """
+    wanted = list(shards)
+    raw = store.read(RAW_IMAGES, shards=wanted, columns=RAW_COLUMNS)
+    emb = store.read(
+        IMAGE_EMBEDDINGS, shards=wanted, columns=["image_id", "shard", "embedding", "model_id"]
+    )
+    dedup = store.read(DEDUPLICATED_IMAGES, shards=wanted, columns=["image_id", "shard", "kept"])
+    frame = raw.join(emb, on=["image_id", "shard"], how="inner").join(
+        dedup.rename({"kept": "dedup_kept"}), on=["image_id", "shard"], how="left"
+    )
+    if correct_for == "filter":
+        frame = frame.filter(pl.col("dedup_kept").is_null() | pl.col("dedup_kept"))
+    frame = frame.with_columns(kept=pl.col("dedup_kept").fill_null(False)).drop("dedup_kept")
+    out: dict[str, tuple[pl.DataFrame, np.ndarray, str]] = {}
+    parts = {k[0]: v for k, v in frame.partition_by("shard", as_dict=True).items()}
+    for shard in wanted:
+        part = parts.get(shard)
+        if part is None or part.is_empty():
+            out[shard] = (
+                frame.clear().drop("embedding", "model_id"),
+                np.zeros((0, 1), np.float32),
+                "",
+            )
+            continue
+        part = part.sort("image_id")
+        models = part["model_id"].unique().to_list()
+        if len(models) != 1:
+            msg = (
+                f"shard {shard!r} has embeddings of {len(models)} models {models}; re-embed it "
+                "so that every image of the shard has the same model"
+            )
+            raise ValueError(msg)
+        x = embedding_matrix(part["embedding"])
+        out[shard] = (part.drop("embedding", "model_id"), x, str(models[0]))
+    return out
+
+
+@dataclass(frozen=True)
+class ShardScore:
+    """What scoring one shard produced.
+
+    Attributes:
+        weights: Its :data:`SAMPLE_WEIGHTS` rows (kept images, by image_id).
+        stats: Its :data:`WEIGHT_SHARD_STATS` row.
+        counts: Its :data:`AUDIT_SHARD_COUNTS` rows.
+    """
+
+    weights: pl.DataFrame
+    stats: dict[str, Any]
+    counts: pl.DataFrame
+
+
+def score_shard(
+    shard: str,
+    frame: pl.DataFrame,
+    x: np.ndarray,
+    model: DensityRatioModel,
+    *,
+    model_id: str,
+    probe_id: str,
+    train_folds: Mapping[str, int],
+    scale: float,
+    w_min: float,
+    w_max: float,
+    batch_size: int,
+    keywords: Sequence[str] = (),
+    concepts: Mapping[str, str] | None = None,
+    text_encoder: TextEncoder | None = None,
+) -> ShardScore:
+    """Weights, stats and audit counts of one shard with a fitted probe and a fixed scale.
+
+    A row that was in the probe's training sample (``train_folds``) is scored by the fold
+    probe that did not see it; every other row by the mean of the fold probes. ``weight =
+    clip(scale · ratio, w_min, w_max)`` — the scale is global (the stage's), so every shard
+    scored with the same probe and scale gets the weights a single pass would give.
+
+    Args:
+        shard: The shard.
+        frame: Its reference rows (:func:`read_shards`), sorted by image_id, with ``kept``.
+        x: (n, d) float32 embeddings aligned with ``frame``.
+        model: The probe.
+        model_id: The shard's embedding model (recorded in its stats row).
+        probe_id: The probe's id (recorded in its stats row).
+        train_folds: image_id → fold of the probe's training rows.
+        scale: The normaliser.
+        w_min: Lower weight bound, in (0, 1].
+        w_max: Upper weight bound, ≥ 1.
+        batch_size: Rows scored at once (memory ``batch_size · d · 8`` bytes).
+        keywords: Extra caption keywords for the audit.
+        concepts: Zero-shot concepts for the audit (with ``text_encoder``).
+        text_encoder: The image model's text tower, or None.
+
+    Raises:
+        ValueError: On non-finite embeddings, a dimension the probe does not expect, or bounds
+            that do not bracket 1.
+
+    Memory: the shard's rows (given) plus ``batch_size · d · 8`` bytes.
+    """
+    _check_bounds(w_min, w_max)
+    if model.status == "fitted" and frame.height and x.shape[1] != model.dim:
+        msg = (
+            f"shard {shard!r} has embeddings of dim {x.shape[1]} but the probe expects "
+            f"{model.dim}: the embedding model changed; re-run with config mode=full"
+        )
+        raise ValueError(msg)
+    kept = frame["kept"].to_numpy().astype(bool) if frame.height else np.zeros(0, bool)
+    rows = np.flatnonzero(kept)
+    ids = frame["image_id"].to_list()
+    log_r = np.zeros(rows.size)
+    fold = np.array([train_folds.get(ids[i], -1) for i in rows], dtype=np.int64)
+    for start in range(0, rows.size, max(1, batch_size)):
+        idx = rows[start : start + batch_size]
+        xb = np.asarray(x[idx], dtype=np.float64)
+        if not np.isfinite(xb).all():
+            msg = f"shard {shard!r} has non-finite embeddings; re-embed it"
+            raise ValueError(msg)
+        log_r[start : start + idx.size] = model.log_ratio(xb, fold[start : start + idx.size])
+    raw = np.exp(log_r)
+    scaled = scale * raw
+    low, high = scaled < w_min, scaled > w_max
+    weight = np.clip(scaled, w_min, w_max)
+    kept_frame = frame.filter(pl.col("kept"))
+    weights = SAMPLE_WEIGHTS.conform(
+        pl.DataFrame(
+            {
+                "image_id": kept_frame["image_id"],
+                "shard": [shard] * kept_frame.height,
+                "weight": weight,
+                "raw_ratio": raw,
+                "p_unfiltered": sigmoid(log_r),
+                "p_kept": np.minimum(1.0, model.prior_kept / raw) if raw.size else raw,
+                "clipped": low | high,
+            },
+            schema_overrides={"image_id": pl.String, "shard": pl.String},
+        )
+    )
+    stats = shard_weight_stats(
+        shard,
+        weight=weight,
+        raw_ratio=raw,
+        clipped_low=low,
+        clipped_high=high,
+        n_reference=frame.height,
+        scale=scale,
+        w_min=w_min,
+        w_max=w_max,
+        probe_id=probe_id,
+        model_id=model_id,
+    )
+    if frame.height:
+        attributes = audit_attributes(
+            frame, x, keywords=keywords, concepts=concepts, text_encoder=text_encoder
+        )
+        full_w = np.zeros(frame.height)
+        full_w[rows] = weight
+        counts = shard_audit_counts(shard, attributes, kept, full_w)
+    else:
+        counts = AUDIT_SHARD_COUNTS.empty()
+    return ShardScore(weights, stats, counts)

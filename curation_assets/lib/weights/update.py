@@ -1,0 +1,342 @@
+"""The weights stage over Delta, shard by shard: plan, fit on a sample, score, sum, commit.
+
+:func:`update_weights` is what the ``weights_and_audit`` asset runs:
+
+1. :func:`~curation_assets.lib.weights.plan.plan_weights` — full, rescore, incremental or
+   current, and why.
+2. full: :func:`~curation_assets.lib.weights.probe.plan_sample` /
+   :func:`~curation_assets.lib.weights.probe.gather_sample` /
+   :func:`~curation_assets.lib.weights.probe.fit_sampled_probe` — a probe on a bounded,
+   seeded sample, appended to ``weight_probes``.
+3. The shards to score, a budget-sized group at a time (:func:`~.shards.read_shards`), each
+   :func:`~.shards.score_shard`-ed and written with ``replace_shard`` (one transaction per
+   shard); rows of shards that are gone are deleted.
+4. The per-shard stats and audit counts (small tables, rewritten in one commit each), the
+   totals from their sums; if the mean weight is off by more than ``mean_tolerance``, every
+   shard is re-scored with the closed-form scale (reason says so).
+5. ``bias_audit`` from the summed counts, then the commit row (``stage_commits``), last.
+
+Weights: ``weight = clip(scale · ratio(x), w_min, w_max)`` with ONE probe and ONE scale for the
+whole table, both recorded (``weight_probes``, the commit's summary, every stats row). A shard
+scored incrementally therefore gets exactly the weights a full re-score with that probe and
+scale would give; the mean over the kept set is 1 within ``mean_tolerance``.
+
+Memory: the larger of (a) the probe's sample, ``2 · per_class`` rows of d values
+(:func:`~.probe.per_class_rows`, half the budget) and (b) one group of shards
+(``budget / 2 / row_bytes(d)`` rows, a bigger shard alone), plus the per-shard tables (one
+stats row and ~50 count rows per shard). Never the whole corpus.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from curation_assets.lib.commits import input_versions, record_commit
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    AUDIT_SHARD_COUNTS,
+    BIAS_AUDIT,
+    SAMPLE_WEIGHTS,
+    WEIGHT_PROBES,
+    WEIGHT_SHARD_STATS,
+)
+from curation_assets.lib.weights.audit import TextEncoder
+from curation_assets.lib.weights.plan import (
+    WEIGHTS_INPUTS,
+    WEIGHTS_STAGE,
+    WeightsPlan,
+    mean_off,
+    plan_weights,
+    settings_record,
+)
+from curation_assets.lib.weights.probe import (
+    SampledProbe,
+    fit_sampled_probe,
+    gather_sample,
+    per_class_rows,
+    plan_sample,
+    store_probe,
+)
+from curation_assets.lib.weights.shards import (
+    embedding_dim,
+    read_shards,
+    row_bytes,
+    score_shard,
+    shard_batches,
+    shard_sizes,
+)
+from curation_assets.lib.weights.totals import (
+    audit_from_counts,
+    rescale_factor,
+    stats_frame,
+    weight_totals,
+)
+
+logger = logging.getLogger(__name__)
+
+SCORE_SHARE = 0.5
+"""Share of the memory budget one group of shards may hold while it is scored."""
+SCORE_BATCH_SHARE = 0.05
+"""Share of the budget of one scoring batch (float64 rows)."""
+
+
+@dataclass
+class WeightsOutcome:
+    """What a run did and the figures it reports.
+
+    Attributes:
+        plan: The plan it followed (mode, reason; ``rescaled`` runs say so in the reason).
+        totals: :func:`~.totals.weight_totals` of the whole kept set.
+        audit: The ``bias_audit`` table.
+        summary: The figures recorded with the commit (JSON-compatible).
+        written: Shards whose weights were written in this run.
+    """
+
+    plan: WeightsPlan
+    totals: dict[str, Any]
+    audit: pl.DataFrame
+    summary: dict[str, Any]
+    written: int
+
+
+def update_weights(
+    store: DeltaStore,
+    settings: Mapping[str, Any],
+    budget: MemoryBudget,
+    load_encoder: Callable[[], tuple[TextEncoder | None, str]],
+) -> WeightsOutcome:
+    """Bring ``sample_weights``, its per-shard tables and ``bias_audit`` up to date.
+
+    Args:
+        store: Delta store.
+        settings: ``WeightsConfig`` as a dict (see :mod:`~.plan` for the fields it reads).
+        budget: The step's memory budget (probe sample, rows held at once).
+        load_encoder: Returns the concept text encoder and a note (called only if a shard is
+            scored).
+
+    Raises:
+        ValueError: When there is no kept image, or on inputs the probe cannot use.
+
+    Memory: see the module docstring.
+    """
+    started = time.monotonic()
+    inputs = input_versions(store, WEIGHTS_INPUTS)
+    plan = plan_weights(store, settings)
+    logger.info("weights: %s — %s", plan.mode, plan.reason)
+    if plan.mode == "current":
+        assert plan.commit is not None  # current needs a commit
+        stats = store.read(WEIGHT_SHARD_STATS, version=plan.commit.outputs[WEIGHT_SHARD_STATS.name])
+        totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
+        audit = store.read(BIAS_AUDIT, version=plan.commit.outputs[BIAS_AUDIT.name])
+        return WeightsOutcome(plan, totals, audit, dict(plan.commit.summary), 0)
+
+    dim = embedding_dim(store)
+    if dim is None:
+        msg = "no image embeddings: materialize image_embeddings and deduplicated_images first"
+        raise ValueError(msg)
+    max_rows = budget.rows(row_bytes(dim), share=SCORE_SHARE)
+    batch = budget.rows(dim * 8, share=SCORE_BATCH_SHARE)
+    probe, scale = plan.probe, plan.scale
+    if plan.mode == "full":
+        probe = _fit(store, settings, budget, dim, max_rows)
+        scale = probe.scale
+        store_probe(store, probe, settings_record(settings))
+    assert probe is not None and scale is not None
+    encoder, concepts_note = (None, "none configured")
+    if plan.shards:
+        encoder, concepts_note = load_encoder()
+    stats_rows, counts = _score(
+        store, plan.shards, probe, scale, settings, max_rows, batch, encoder
+    )
+    for shard in plan.removed:
+        store.replace_shard(SAMPLE_WEIGHTS, shard, SAMPLE_WEIGHTS.empty())
+    new_shards = set(plan.shards) | set(plan.removed)
+    old_counts = (
+        store.read(AUDIT_SHARD_COUNTS, version=plan.commit.outputs.get(AUDIT_SHARD_COUNTS.name))
+        if plan.mode == "incremental" and plan.commit is not None
+        else AUDIT_SHARD_COUNTS.empty()
+    )
+    old_counts = old_counts.filter(~pl.col("shard").is_in(sorted(new_shards)))
+    keep = plan.kept_stats if plan.kept_stats is not None else WEIGHT_SHARD_STATS.empty()
+    stats = pl.concat([keep, stats_frame(stats_rows)]).sort("shard")
+    all_counts = pl.concat([old_counts, *counts]).sort("shard", "attribute", "value", "hit")
+    totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
+    reason = plan.reason
+    written = len(plan.shards)
+    if mean_off(totals, settings["mean_tolerance"]):
+        new_scale = rescale_factor(stats, w_min=settings["w_min"], w_max=settings["w_max"])
+        if new_scale is not None:
+            reason += (
+                f"; rescaled every shard: mean weight {totals['mean']:.6f} was off by more than "
+                f"mean_tolerance={settings['mean_tolerance']:g} (scale {scale:.6g} → "
+                f"{new_scale:.6g})"
+            )
+            scale = new_scale
+            stats_rows, counts = _score(
+                store, plan.present, probe, scale, settings, max_rows, batch, encoder
+            )
+            stats = stats_frame(stats_rows).sort("shard")
+            all_counts = pl.concat(counts).sort("shard", "attribute", "value", "hit")
+            totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
+            written += len(plan.present)
+    outputs = {
+        WEIGHT_SHARD_STATS.name: store.replace_table(WEIGHT_SHARD_STATS, stats),
+        AUDIT_SHARD_COUNTS.name: store.replace_table(AUDIT_SHARD_COUNTS, all_counts),
+    }
+    audit = audit_from_counts(all_counts)
+    outputs[BIAS_AUDIT.name] = store.replace_table(BIAS_AUDIT, audit)
+    for table in (SAMPLE_WEIGHTS.name, WEIGHT_PROBES.name):
+        version = store.version(table)
+        if version is not None:
+            outputs[table] = version
+    summary = _summary(plan, reason, probe, scale, totals, settings, concepts_note, written)
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    record_commit(
+        store,
+        WEIGHTS_STAGE,
+        inputs=inputs,
+        outputs=outputs,
+        config=settings_record(settings),
+        summary=summary,
+    )
+    plan.reason = reason
+    return WeightsOutcome(plan, totals, audit, summary, written)
+
+
+def _fit(
+    store: DeltaStore, settings: Mapping[str, Any], budget: MemoryBudget, dim: int, max_rows: int
+) -> SampledProbe:
+    """A probe on a bounded sample of the corpus, with the corpus' counts as its prior."""
+    sizes = shard_sizes(store, settings["correct_for"])
+    n_ref, n_kept = int(sizes["n_reference"].sum()), int(sizes["n_kept"].sum())
+    if n_kept == 0:
+        msg = "no kept image: materialize deduplicated_images first"
+        raise ValueError(msg)
+    per_class = per_class_rows(budget, dim)
+    sample_plan = plan_sample(
+        sizes, per_class=per_class, seed=settings["seed"], method=settings["method"]
+    )
+    sample = gather_sample(
+        store,
+        sample_plan,
+        correct_for=settings["correct_for"],
+        seed=settings["seed"],
+        sizes=dict(zip(sizes["shard"], sizes["n_reference"], strict=True)),
+        max_rows=max_rows,
+    )
+    probe = fit_sampled_probe(
+        sample,
+        n_reference=n_ref,
+        n_kept=n_kept,
+        method=settings["method"],
+        C=settings["C"],
+        pca_dim=settings["pca_dim"] or None,
+        seed=settings["seed"],
+        per_class=per_class,
+        w_min=settings["w_min"],
+        w_max=settings["w_max"],
+        settings=settings_record(settings),
+    )
+    logger.info(
+        "weights probe %s: %s on %d sample rows from %d shards (%d per class wanted)",
+        probe.probe_id,
+        probe.model.status,
+        probe.sample_rows,
+        probe.sample_shards,
+        per_class,
+    )
+    return probe
+
+
+def _score(
+    store: DeltaStore,
+    shards: list[str],
+    probe: SampledProbe,
+    scale: float,
+    settings: Mapping[str, Any],
+    max_rows: int,
+    batch: int,
+    encoder: TextEncoder | None,
+) -> tuple[list[dict[str, Any]], list[pl.DataFrame]]:
+    """Score and write ``shards`` a budget-sized group at a time; their stats and counts."""
+    if not shards:
+        return [], []
+    sizes = shard_sizes(store, settings["correct_for"], shards)
+    by_shard = dict(zip(sizes["shard"], sizes["n_reference"], strict=True))
+    stats: list[dict[str, Any]] = []
+    counts: list[pl.DataFrame] = []
+    for group in shard_batches(by_shard, shards, max_rows):
+        for shard, (frame, x, model_id) in read_shards(
+            store, group, settings["correct_for"]
+        ).items():
+            scored = score_shard(
+                shard,
+                frame,
+                x,
+                probe.model,
+                model_id=model_id,
+                probe_id=probe.probe_id,
+                train_folds=probe.train_folds,
+                scale=scale,
+                w_min=settings["w_min"],
+                w_max=settings["w_max"],
+                batch_size=batch,
+                keywords=settings["keywords"],
+                concepts=settings["concepts"],
+                text_encoder=encoder,
+            )
+            store.replace_shard(SAMPLE_WEIGHTS, shard, scored.weights)
+            stats.append(scored.stats)
+            counts.append(scored.counts)
+    return stats, counts
+
+
+def _summary(
+    plan: WeightsPlan,
+    reason: str,
+    probe: SampledProbe,
+    scale: float,
+    totals: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    concepts: str,
+    written: int,
+) -> dict[str, Any]:
+    """The figures the stage reports and records with its commit (JSON-compatible)."""
+    model = probe.model
+    summary_probe = {
+        k: v
+        for k, v in model.summary().items()
+        if not isinstance(v, float) or v == v  # drop NaN
+    }
+    return {
+        "mode": plan.mode,
+        "reason": reason,
+        "probe_id": probe.probe_id,
+        "probe_status": model.status,
+        "probe_reason": model.reason,
+        "probe_auc": float("nan") if model.auc is None else float(model.auc),
+        "probe_ece": float("nan") if model.ece is None else float(model.ece),
+        "probe": summary_probe,
+        "probe_sample_rows": probe.sample_rows,
+        "probe_sample_shards": probe.sample_shards,
+        "scale": scale,
+        "shards": len(plan.present),
+        "shards_scored": written,
+        "shards_removed": len(plan.removed),
+        "unfiltered_images": int(totals["n_reference"]),
+        "kept_images": int(totals["n"]),
+        "weight_mean": float("nan") if totals["mean"] is None else float(totals["mean"]),
+        "ess": float(totals["ess"] or 0.0),
+        "ess_ratio": float(totals["ess_ratio"] or 0.0),
+        "clipped_share": float(totals["clipped_share"] or 0.0),
+        "weight_min": float(totals["min"] or 0.0),
+        "weight_max": float(totals["max"] or 0.0),
+        "weight_p50": float(totals["p50"] or 0.0),
+        "correct_for": settings["correct_for"],
+        "concepts": concepts,
+    }
