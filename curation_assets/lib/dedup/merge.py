@@ -28,7 +28,9 @@ from curation_assets.lib.dedup.units import ENDPOINT_SCHEMA, UNIT_PAIR_SCHEMA
 from curation_assets.lib.tables import DUPLICATE_MEMBERS, DUPLICATE_PAIRS
 from curation_assets.lib.vectors import from_half_bytes
 
-_DECISION = ["kept", "duplicate_of", "similarity", "component_id", "component_size"]
+#: What ``deduplicated_images`` holds of a decision (a group's size lives in
+#: ``duplicate_members`` only: a group that grows does not rewrite its old members' shards).
+_DECISION = ["kept", "duplicate_of", "similarity", "component_id"]
 
 
 @dataclass
@@ -201,21 +203,30 @@ def _stats(
     }
 
 
+def _as_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select("image_id", "shard", *_DECISION)
+
+
 def _changes(
     old_members: pl.DataFrame, members: pl.DataFrame, gone: list[str]
 ) -> tuple[set[str], int]:
     """Shards whose rows' decisions changed, and how many kept images became duplicates.
 
-    Redone shards are rewritten anyway; among the others an image changes when it joins the
-    graph, leaves it (its partners' shard was redone) or its decision differs.
+    Redone shards are rewritten anyway; among the others an image changes when its decision
+    differs, counting an image off the graph as kept and alone.
     """
-    old = old_members.filter(~pl.col("shard").is_in(gone)).select("image_id", "shard", *_DECISION)
-    new = members.filter(~pl.col("shard").is_in(gone)).select("image_id", "shard", *_DECISION)
+    old = _as_rows(old_members.filter(~pl.col("shard").is_in(gone)))
+    new = _as_rows(members.filter(~pl.col("shard").is_in(gone)))
     both = old.join(new, on=["image_id", "shard"], how="full", coalesce=True, suffix="_new")
+    # an image off the graph is kept, alone (duplicate_of and similarity null): joining a
+    # group it keeps, or leaving one it kept, changes nothing in its deduplicated_images row
+    both = both.with_columns(
+        [
+            pl.col(c).fill_null(pl.lit(True) if c.startswith("kept") else pl.col("image_id"))
+            for c in ("kept", "kept_new", "component_id", "component_id_new")
+        ]
+    )
     differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_new")) for c in _DECISION])
     changed = both.filter(differs)
-    # kept before: an old member kept, or an image on no pair (always kept)
-    was_kept = pl.col("kept").fill_null(True)
-    now_removed = pl.col("kept_new").fill_null(True).not_()
-    flipped = changed.filter(was_kept & now_removed).height
+    flipped = changed.filter(pl.col("kept") & ~pl.col("kept_new")).height
     return set(changed["shard"].to_list()), flipped

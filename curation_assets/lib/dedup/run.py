@@ -629,7 +629,7 @@ def _shard_decisions(shard: str, ids: list[str], members: pl.DataFrame) -> pl.Da
     """``deduplicated_images`` rows of one shard: its graph rows' decisions, the rest kept."""
     base = pl.DataFrame({"image_id": ids}, schema={"image_id": pl.String}).sort("image_id")
     graph = members.filter(pl.col("shard") == shard).select(
-        "image_id", "kept", "duplicate_of", "similarity", "component_id", "component_size"
+        "image_id", "kept", "duplicate_of", "similarity", "component_id"
     )
     rows = base.join(graph, on="image_id", how="left")
     return DEDUPLICATED_IMAGES.conform(
@@ -637,6 +637,5 @@ def _shard_decisions(shard: str, ids: list[str], members: pl.DataFrame) -> pl.Da
             shard=pl.lit(shard),
             kept=pl.col("kept").fill_null(True),
             component_id=pl.col("component_id").fill_null(pl.col("image_id")),
-            component_size=pl.col("component_size").fill_null(1),
         )
     ).sort("image_id")

@@ -36,7 +36,6 @@ DEDUPLICATED_IMAGES = TableSpec(
         Column("duplicate_of", pl.String, "image_id of the kept image (null when kept)."),
         Column("similarity", pl.Float32, "Cosine to the kept image (null when kept)."),
         Column("component_id", pl.String, "The group: image_id of its kept image."),
-        Column("component_size", pl.Int64, "Images in the group (1 = no near duplicate)."),
     ),
 )
 

@@ -138,3 +138,17 @@ def test_a_shard_rewritten_with_the_same_rows_changes_nothing(store):
         assert df.equals(before[name]), name
     assert table_versions(store)["stage_commits"] == versions["stage_commits"] + 1
     assert run_and_write(store).plan.mode == "current"  # the commit records the new inputs
+
+
+def test_copies_that_lose_rewrite_only_their_own_shard(store):
+    """New copies of old images join their groups without winning: old shards stay as they are."""
+    x = vectors(30, 0, seed=9)
+    add_shard(store, "a", x)
+    run_and_write(store)
+    files = store.shard_files("deduplicated_images")["a"]
+    copies = x[:5] + 0.001  # near copies, ingested later: the old images stay kept
+    add_shard(store, "b", copies / np.linalg.norm(copies, axis=1, keepdims=True), start=100)
+    inc = run_and_write(store)
+    assert inc.plan.mode == "incremental" and inc.stats["removed"] == 5
+    assert inc.write_shards == ["b"] and inc.stats["previously_kept_now_removed"] == 0
+    assert store.shard_files("deduplicated_images")["a"] == files
