@@ -163,13 +163,13 @@ def _child(home: str, job: str, partitions_file: str | None) -> None:
     defs = build_defs(home)
     target = defs.resolve_job_def(job)
     baseline = _rss_mb()
-    partitions = json.loads(Path(partitions_file).read_text()) if partitions_file else [None]
+    keys: list[str] = json.loads(Path(partitions_file).read_text()) if partitions_file else []
     t0 = time.perf_counter()
     metadata: dict[str, Any] = {}
     with dg.DagsterInstance.ephemeral() as instance:
-        if partitions[0] is not None:
-            instance.add_dynamic_partitions("shards", partitions)
-        for key in partitions:
+        if keys:
+            instance.add_dynamic_partitions("shards", keys)
+        for key in keys or [None]:
             result = target.execute_in_process(
                 instance=instance,
                 partition_key=key,
@@ -189,7 +189,7 @@ def _child(home: str, job: str, partitions_file: str | None) -> None:
         json.dumps(
             {
                 "job": job,
-                "runs": len(partitions),
+                "runs": max(1, len(keys)),
                 "seconds_in_process": round(time.perf_counter() - t0, 2),
                 "baseline_rss_mb": round(baseline, 1),
                 "peak_rss_mb": round(peak, 1),
