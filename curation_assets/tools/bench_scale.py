@@ -18,7 +18,6 @@ from ``$CURATION_MEMORY_BUDGET_MB``.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,10 +35,15 @@ from curation_assets.lib.tables import FILTERED_IMAGES, IMAGE_EMBEDDINGS, RAW_IM
 MODEL_ID = "synthetic:clip-like@bench"
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (``VmRSS``) or its peak since exec (``VmHWM``), MiB.
+
+    ``ru_maxrss`` is not used: Linux carries it across fork and exec, so a child started by a
+    parent holding the corpus would report the parent's peak.
+    """
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -184,7 +188,7 @@ def _child(home: str, job: str, partitions_file: str | None) -> None:
                         for k, v in mat.metadata.items()
                         if k in _DEDUP_FIGURES or (k.startswith("recall_") and k != "recall_curve")
                     }
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _rss_mb("VmHWM")
     sys.stdout.write(
         json.dumps(
             {
