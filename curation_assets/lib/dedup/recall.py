@@ -233,11 +233,13 @@ def recall_on_sample(
 
 
 def pooled_recall(samples: Sequence[dict[str, Any]], n_clusterings: int) -> dict[str, Any]:
-    """Recall of 1..C clusterings pooled over samples, with binomial standard errors.
+    """Recall of 1..C clusterings pooled over samples, with standard errors.
 
     Pooling the samples of several runs (each on its new rows) gives the recall of the
-    current clusterings a precision no single small sample has; the standard error
-    ``sqrt(r(1 − r)/t)`` treats the t true pairs as independent (pairs inside one
+    current clusterings a precision no single small sample has. The standard error is the
+    Agresti–Coull one, ``sqrt(p(1 − p)/(t + 4))`` with ``p = (found + 2)/(t + 4)``: unlike
+    ``sqrt(r(1 − r)/t)`` it is not 0 when every one of few true pairs was found (41 of 41
+    gives ±0.03, not ±0). It treats the t true pairs as independent (pairs inside one
     near-duplicate group are not, so it is a lower bound).
 
     Returns:
@@ -258,9 +260,10 @@ def pooled_recall(samples: Sequence[dict[str, Any]], n_clusterings: int) -> dict
             "queries": sum(int(s.get("queries", 0)) for s in samples),
         }
     r = found / true
+    p = (found + 2) / (true + 4)
     return {
         "recall": [round(float(v), 4) for v in r],
-        "stderr": [round(float(np.sqrt(v * (1 - v) / true)), 4) for v in r],
+        "stderr": [round(float(np.sqrt(v * (1 - v) / (true + 4))), 4) for v in p],
         "true_pairs": true,
         "samples": len(samples),
         "queries": sum(int(s.get("queries", 0)) for s in samples),

@@ -36,3 +36,16 @@ def test_recall_by_num_clusterings_is_non_decreasing_and_exact_with_one_cluster(
     json.dumps(out)
     ones = [np.zeros(len(x), np.int32)] * 2
     assert recall_by_num_clusterings(x, ones, TAU, sample_size=500)["recall"] == [1.0, 1.0]
+
+
+def test_pooled_recall_sums_samples_and_never_claims_zero_error():
+    from curation_assets.lib.dedup.recall import pooled_recall
+
+    a = {"true_pairs": 41, "found": [30, 38, 41, 41, 41], "queries": 100}
+    b = {"true_pairs": 9, "found": [9, 9, 9, 9, 9], "queries": 50}
+    one = pooled_recall([a], 5)
+    assert one["recall"][-1] == 1.0 and 0.02 < one["stderr"][-1] < 0.05  # 41/41: not ±0
+    both = pooled_recall([a, b], 5)
+    assert both["true_pairs"] == 50 and both["queries"] == 150 and both["samples"] == 2
+    assert both["recall"][0] == round(39 / 50, 4) and both["stderr"][0] > both["stderr"][-1]
+    assert pooled_recall([{"true_pairs": 0, "found": []}], 5)["recall"] == []
