@@ -20,10 +20,15 @@ gap. :func:`shard_ranges` does the same for ``shard_sensor`` and the headless ru
 """
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+
+# Every per-shard asset takes a backfill policy (many shards per run); Dagster 1.13 marks the
+# parameter beta and would print that at every import. The behaviour is tested here.
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
 SHARDS_PARTITION = "shards"
 
