@@ -180,25 +180,31 @@ class DeltaStore:
         dt = self._table(table)
         return None if dt is None else dt.version()
 
+    def _shard_actions(self, table: str, version: int | None, column: str) -> list[tuple[str, Any]]:
+        """(shard, ``column``) of every data file of a shard-partitioned table: log only."""
+        dt = self._table(table)
+        if dt is None:
+            return []
+        if version is not None:
+            dt.load_as_version(version)
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        if "partition.shard" not in actions.column_names:
+            return []
+        return list(
+            zip(
+                actions.column("partition.shard").to_pylist(),
+                actions.column(column).to_pylist(),
+                strict=True,
+            )
+        )
+
     def shard_files(self, table: str, version: int | None = None) -> dict[str, frozenset[str]]:
         """The data files of each shard of a shard-partitioned table (at ``version``).
 
         Reads only the Delta log (no data file): cost ∝ files, not rows.
         """
-        dt = self._table(table)
-        if dt is None:
-            return {}
-        if version is not None:
-            dt.load_as_version(version)
-        actions = pa.table(dt.get_add_actions(flatten=True))
-        if "partition.shard" not in actions.column_names:
-            return {}
         files: dict[str, set[str]] = {}
-        for shard, path in zip(
-            actions.column("partition.shard").to_pylist(),
-            actions.column("path").to_pylist(),
-            strict=True,
-        ):
+        for shard, path in self._shard_actions(table, version, "path"):
             files.setdefault(shard, set()).add(path)
         return {s: frozenset(p) for s, p in files.items()}
 
@@ -215,20 +221,8 @@ class DeltaStore:
 
     def shard_row_counts(self, table: str, version: int | None = None) -> dict[str, int]:
         """Rows of each shard of a shard-partitioned table, from the Delta log's file stats."""
-        dt = self._table(table)
-        if dt is None:
-            return {}
-        if version is not None:
-            dt.load_as_version(version)
-        actions = pa.table(dt.get_add_actions(flatten=True))
-        if "partition.shard" not in actions.column_names:
-            return {}
         counts: dict[str, int] = {}
-        for shard, n in zip(
-            actions.column("partition.shard").to_pylist(),
-            actions.column("num_records").to_pylist(),
-            strict=True,
-        ):
+        for shard, n in self._shard_actions(table, version, "num_records"):
             counts[shard] = counts.get(shard, 0) + int(n or 0)
         return counts
 
