@@ -33,9 +33,9 @@ Before re-enabling a sensor after a long pause, its target preview in the UI (Au
 curation_automation) shows what would be requested.
 """
 
-import os
-
 import dagster as dg
+
+from curation_assets.lib.settings import positive_int_env
 
 AC = dg.AutomationCondition
 
@@ -47,14 +47,7 @@ def sensor_interval_s() -> int:
     every condition in about 0.2 s here, so 10 s is affordable; most of a new shard's latency
     to the export is these waits (``curation bench daemon`` reports it).
     """
-    raw = os.environ.get("CURATION_SENSOR_INTERVAL_S", "30")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"CURATION_SENSOR_INTERVAL_S={raw!r}: expected a whole number >= 1")
-    return value
+    return positive_int_env("CURATION_SENSOR_INTERVAL_S", 30)
 
 
 SENSOR_INTERVAL_S = sensor_interval_s()

@@ -19,12 +19,13 @@ that order (``DefaultPartitionsSubset.get_partition_key_ranges``), then chunk ea
 gap. :func:`shard_ranges` does the same for ``shard_sensor`` and the headless runner.
 """
 
-import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+
+from curation_assets.lib.settings import positive_int_env
 
 # Every per-shard asset takes a backfill policy (many shards per run); Dagster 1.13 marks the
 # parameter beta and would print that at every import. The behaviour is tested here.
@@ -45,14 +46,7 @@ def shards_per_run() -> int:
     A run then costs one process start and one model load per 50 shards instead of per shard;
     a run that fails or is killed redoes at most this many shards.
     """
-    raw = os.environ.get("CURATION_SHARDS_PER_RUN", "50")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"CURATION_SHARDS_PER_RUN={raw!r}: expected a whole number >= 1")
-    return value
+    return positive_int_env("CURATION_SHARDS_PER_RUN", 50)
 
 
 SHARDS_PER_RUN = shards_per_run()

@@ -20,7 +20,7 @@ from curation_assets.lib.embed import (
     load_embedder,
 )
 from curation_assets.lib.memory import DEFAULT_MEMORY_BUDGET_MB, MemoryBudget
-from curation_assets.lib.settings import resolve_paths
+from curation_assets.lib.settings import positive_int_env, resolve_paths
 from curation_assets.lib.shards import (
     DEFAULT_MAX_CAPTION_BYTES,
     DEFAULT_MAX_FILE_BYTES,
@@ -208,8 +208,6 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
         "embedder": ImageEmbedder(),
         "categories": Categories(path=os.environ.get("CURATION_CATEGORIES", "")),
         "compute": Compute(
-            memory_budget_mb=int(
-                os.environ.get("CURATION_MEMORY_BUDGET_MB", DEFAULT_MEMORY_BUDGET_MB)
-            )
+            memory_budget_mb=positive_int_env("CURATION_MEMORY_BUDGET_MB", DEFAULT_MEMORY_BUDGET_MB)
         ),
     }

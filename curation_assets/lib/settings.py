@@ -62,3 +62,19 @@ def save_settings(home: Path, **values: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     merged = {**read_settings(home), **values}
     (home / SETTINGS_FILE).write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+
+
+def positive_int_env(name: str, default: int) -> int:
+    """The whole number >= 1 in environment variable ``name`` (``default`` when unset).
+
+    Raises:
+        ValueError: If it is set to anything else (the message names the variable).
+    """
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={raw!r}: expected a whole number >= 1")
+    return value

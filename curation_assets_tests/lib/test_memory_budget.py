@@ -39,3 +39,16 @@ def test_changed_shards_follows_the_log(tmp_path):
     store.replace_shard(TABLE, "c", _shard_rows("c", 1))
     assert store.changed_shards(TABLE.name, v) == {"b", "c"}
     assert set(store.shard_files(TABLE.name, v)) == {"a", "b"}
+
+
+def test_positive_int_env_names_the_variable(monkeypatch):
+    from curation_assets.lib.settings import positive_int_env
+
+    monkeypatch.delenv("CURATION_TEST_N", raising=False)
+    assert positive_int_env("CURATION_TEST_N", 7) == 7
+    monkeypatch.setenv("CURATION_TEST_N", "12")
+    assert positive_int_env("CURATION_TEST_N", 7) == 12
+    for bad in ("0", "-3", "two"):
+        monkeypatch.setenv("CURATION_TEST_N", bad)
+        with pytest.raises(ValueError, match=r"CURATION_TEST_N=.*expected a whole number >= 1"):
+            positive_int_env("CURATION_TEST_N", 7)
