@@ -239,7 +239,7 @@ def run_dedup(
     if plan.mode == "incremental" and _unchanged(store, plan, ready, waiting, merged, old_pairs):
         # e.g. a second instance re-ingested the same shards: files changed, rows did not
         return replace(
-            _current(store, plan, read_versions, tau),
+            _current(store, plan, read_versions, tau, (old_pairs, old_members)),
             plan=replace(
                 plan,
                 mode="current",
@@ -365,11 +365,18 @@ def _committed_graph(store: DeltaStore, plan: DedupPlan) -> tuple[pl.DataFrame, 
 
 
 def _current(
-    store: DeltaStore, plan: DedupPlan, read_versions: dict[str, int | None], tau: float
+    store: DeltaStore,
+    plan: DedupPlan,
+    read_versions: dict[str, int | None],
+    tau: float,
+    graph: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> DedupOutcome:
-    """The committed state as an outcome: nothing to write."""
+    """The committed state as an outcome: nothing to write.
+
+    ``graph``: the committed pairs and members when the caller has read them already.
+    """
     assert plan.commit is not None
-    pairs, members = _committed_graph(store, plan)
+    pairs, members = graph if graph is not None else _committed_graph(store, plan)
     summary = plan.commit.summary
     stats = {**summary.get("stats", {}), "new_rows": 0, "previously_kept_now_removed": 0}
     stats.setdefault("images", summary.get("images", 0))
