@@ -187,9 +187,46 @@ def wait_for_export(
         if time.time() > deadline:
             raise TimeoutError(
                 f"{phase.name}: after {timeout_s:.0f}s the export lacks {sorted(missing)}; "
-                f"{len(active)} runs and {len(in_flight)} backfills active\n{dev.log_tail()}"
+                f"{len(active)} runs and {len(in_flight)} backfills active\n"
+                + diagnosis(dev, phase.started)
             )
         time.sleep(poll_s)
+
+
+def diagnosis(dev: DagsterDev, since: float, *, log_lines: int = 60) -> str:
+    """What the server did since ``since``: for the message of a phase that timed out.
+
+    The runs (job, trigger, status, partitions), the backfills and their status, the automation
+    sensor's recent ticks (what each requested) and the tail of the server log: enough to tell
+    a stuck condition from a slow run without the log file, which CI does not keep.
+    """
+    from curation_assets.defs.automation import automation_sensor
+
+    lines = ["runs since the phase began:"]
+    for r in runs_since(dev, since):
+        lines.append(
+            f"  +{r['created_after_s']}s {r['job']} [{r['trigger']}] {r['status']} "
+            f"partitions={r['partition'] or '-'} assets={len(r['assets'])} took={r['seconds']}s"
+        )
+    lines.append("backfills:")
+    for b in dev.backfills()[:10]:
+        assets = ",".join("/".join(a["path"]) for a in b.get("assetSelection") or [])
+        lines.append(
+            f"  {b['id']} {b['status']} at={b['timestamp']} n={b['numPartitions']} {assets}"
+        )
+    try:
+        ticks = dev.sensor(automation_sensor.name)["sensorState"]
+        lines.append(f"{automation_sensor.name}: {ticks['status']}, last ticks:")
+        for t in ticks["ticks"][:12]:
+            lines.append(
+                f"  {t['timestamp']} {t['status']} runs={len(t['runIds'])} "
+                f"requested={t['requestedAssetMaterializationCount']}"
+            )
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the timeout
+        lines.append(f"(sensor state unavailable: {exc})")
+    lines.append(f"server log, last {log_lines} lines:")
+    lines.append(dev.log_tail(log_lines))
+    return "\n".join(lines)
 
 
 def drop(shard: Path, sources: Path) -> float:
