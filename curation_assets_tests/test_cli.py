@@ -1,5 +1,6 @@
 """The `curation` command end to end, as a user runs it (subprocess, its own home)."""
 
+import json
 import os
 import re
 import subprocess
@@ -74,6 +75,19 @@ def test_run_on_the_demo_corpus_accounts_for_every_planted_input(tmp_path):
     assert queue.height > 0 and set(queue["category"]) == {"demo_photograph"}
     assert (out / "label_studio_tasks.json").stat().st_size > 0
     assert "data:image/jpeg;base64," in (out / "contact_sheet.html").read_text()
+    # τ: the sweep from the stored pairs (with the demo's ground truth), then a retune to a row
+    proc = curation("dedup", "sweep", "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    sweep = json.loads(proc.stdout)
+    assert sweep["truth"] and sweep["tau_min"] == pytest.approx(sweep["tau"] - 0.05)
+    row = next(r for r in sweep["sweep"] if r["tau"] == pytest.approx(0.9))
+    assert 0 < row["precision"] <= 1 and 0 < row["recall"] <= 1
+    proc = curation("dedup", "retune", "--tau", "0.9", home=home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^dedup retune: .*no search", proc.stdout, re.M), proc.stdout
+    assert f"{row['removed']} of" in proc.stdout and f"{row['pairs']} pairs" in proc.stdout
+    kept = pl.read_delta(str(home / "delta" / "deduplicated_images"))
+    assert kept.height - kept["kept"].sum() == row["removed"]
 
 
 def test_a_failing_shard_fails_the_command_but_not_the_other_shards(tmp_path):

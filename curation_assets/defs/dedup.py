@@ -1,5 +1,6 @@
 """Dedup stage: near-duplicate removal within the clusters of the five clusterings."""
 
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -22,11 +23,20 @@ from curation_assets.lib.dedup import (
     dedup_figures,
     found_by_counts,
     group_thumbnails,
+    pair_thumbnails,
+    pairs_at,
+    read_truth,
     recall_chart,
     run_dedup,
+    sweep_grid,
+    sweep_markdown,
+    tau_sweep,
     write_dedup,
 )
 from curation_assets.lib.tables import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
+
+#: τ − τ_min when the config leaves τ_min at 0: the candidate band stored for retuning.
+TAU_BAND = 0.05
 
 
 class DedupConfig(dg.Config):
@@ -34,9 +44,26 @@ class DedupConfig(dg.Config):
 
     tau: float = Field(
         default=0.0,
-        description="Cosine threshold; 0 = the calibrated value for the embedding model "
-        "(0.86 EfficientNet-Lite0, calibrated on real photos with planted edits; 0.95 "
-        "open_clip ViT-B-32, from practice).",
+        description="Cosine threshold; 0 = the last run's τ (a retune sticks: automation keeps "
+        "it), or on the first run the calibrated value for the embedding model (0.86 "
+        "EfficientNet-Lite0, calibrated on real photos with planted edits; 0.95 open_clip "
+        "ViT-B-32, from practice).",
+    )
+    tau_min: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Floor of the stored candidate pairs; 0 = the last run's floor when it is "
+        "≤ τ, else τ − 0.05. Pairs in [τ_min, τ) are "
+        "kept in candidate_pairs, so a later τ anywhere in [τ_min, 1] is a retune (groups and "
+        "decisions re-derived from stored pairs in seconds, no search); a τ or τ_min below "
+        "the stored floor is a full run.",
+    )
+    truth_file: str = Field(
+        default="",
+        description="Optional ground truth of near-duplicate groups (CSV: group + image_id or "
+        "source_uri; or the demo's ground_truth.json): the τ sweep then shows pair precision "
+        "and recall at each τ.",
     )
     policy: list[str] = Field(
         default=list(POLICY_CRITERIA),
@@ -138,6 +165,8 @@ def deduplicate(
         tau=config.tau or None,
         policy=config.policy,
         force_full=config.mode == "full",
+        tau_min=config.tau_min or None,
+        band=TAU_BAND,
         budget=compute.budget(),
         recall_share=config.recall_share,
         seed=config.seed,
@@ -159,6 +188,20 @@ def deduplicate(
         title, labels, values = chart
         figures["recall_curve"] = dg.MetadataValue.md(title + markdown_bars(labels, values))
     thumbs = group_thumbnails(store, outcome.members, n_groups=config.thumbnail_groups)
+    stored = outcome.merged.stored
+    floor = float(outcome.run["tau_min"][0]) if outcome.run is not None else outcome.tau
+    if outcome.plan.commit is not None and outcome.run is None:
+        floor = float(outcome.plan.commit.config.get("tau_min", outcome.tau))
+    truth = read_truth(Path(config.truth_file), store) if config.truth_file else None
+    sweep = tau_sweep(stored, sweep_grid(floor, outcome.tau, step=0.01), truth)
+    figures["tau_min"] = floor
+    figures["candidate_pairs"] = outcome.merged.band.height
+    figures["tau_sweep"] = dg.MetadataValue.md(sweep_markdown(sweep, outcome.tau, floor))
+    figures["pairs_at_tau"] = dg.MetadataValue.md(
+        pair_thumbnails(
+            store, pairs_at(stored, outcome.tau, n=config.thumbnail_groups), outcome.tau
+        )
+    )
     checks = dedup_checks(outcome, config.recall_target)
     yield dg.MaterializeResult(
         asset_key="deduplicated_images",

@@ -105,11 +105,26 @@ def test_new_shard_is_assigned_to_existing_centroids_and_dedup_is_incremental(pi
     ).height
 
 
-def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
+def test_tau_is_retuned_from_stored_pairs_or_recomputed_below_the_floor(pipeline):
     instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
+    before = store.read(DEDUP_RUNS).sort("run_at").row(-1, named=True)
+    floor = before["tau_min"]
+    assert floor == pytest.approx(before["tau"] - 0.05)
     result = dedup(instance, res, tau=0.9)
     meta = result.asset_materializations_for_node("deduplicate")[0].metadata
-    assert meta["mode"].value == "full" and "tau changed" in meta["mode_reason"].value
+    assert meta["mode"].value == "retune", meta["mode_reason"].value
+    assert "no search" in meta["mode_reason"].value
+    assert "← τ" in meta["tau_sweep"].value and meta["tau_min"].value == pytest.approx(floor)
+    sweep_row = [r for r in meta["tau_sweep"].value.splitlines() if r.startswith("| 0.900")]
+    assert sweep_row and f"| {meta['removed'].value} |" in sweep_row[0]
+    # τ sticks: the next run with the default config keeps 0.9 and has nothing to do
+    again = dedup(instance, res).asset_materializations_for_node("deduplicate")[0].metadata
+    assert again["mode"].value == "current"
+    # below the stored floor: a full run that says why
+    low = dedup(instance, res, tau=floor - 0.02, tau_min=floor - 0.02)
+    meta = low.asset_materializations_for_node("deduplicate")[0].metadata
+    assert meta["mode"].value == "full" and "below the stored floor" in meta["mode_reason"].value
+    dedup(instance, res, tau=0.9)
     pairs = store.read(DUPLICATE_PAIRS)
     assert pairs.height == 0 or pairs["similarity"].min() >= 0.9
     # similarities are exact dot products of the stored embeddings rounded to float16 (the
@@ -120,7 +135,8 @@ def test_changing_tau_recomputes_in_full_with_the_reason(pipeline):
         half_a, half_b = (vec[k].astype(np.float16).astype(np.float32) for k in (a, b))
         assert float(half_a @ half_b) == pytest.approx(s, abs=1e-5)
         assert float(vec[a] @ vec[b]) == pytest.approx(s, abs=5e-4)
-    dedup(instance, res)  # back to the calibrated tau for other tests
+    # back to the calibrated τ and its floor for other tests (raising the floor is a retune)
+    dedup(instance, res, tau=before["tau"], tau_min=floor)
 
 
 def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):

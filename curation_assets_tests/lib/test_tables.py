@@ -30,13 +30,14 @@ SIDE_TABLES = {
     "dedup_runs",
     "dedup_members",
     "duplicate_members",
+    "candidate_pairs",
     "stage_commits",
     "weight_shard_stats",
     "audit_shard_counts",
     "weight_probes",
 }
-"""Tables written beside an asset (dedup's run log, the multi-table commit log, the weights'
-per-shard sums and probes), not assets."""
+"""Tables written beside an asset (dedup's run log and candidate pairs, the multi-table commit
+log, the weights' per-shard sums and probes), not assets."""
 
 
 def test_names_are_unique_and_equal_to_the_spec_names():

@@ -23,7 +23,9 @@ Modules, in the order data flows through them:
 * :mod:`~curation_assets.lib.dedup.units`: one work unit (clustering, bucket) of the search.
 * :mod:`~curation_assets.lib.dedup.merge`: union of pairs, components, keep policy (∝ pairs).
 * :mod:`~curation_assets.lib.dedup.run`: a run over the tables, written and committed.
+* :mod:`~curation_assets.lib.dedup.sampling`: pair recall on a budget, pooled over runs.
 * :mod:`~curation_assets.lib.dedup.report`: the figures, checks and thumbnails the assets show.
+* :mod:`~curation_assets.lib.dedup.sweep`: what each τ would remove, from the stored pairs.
 """
 
 from curation_assets.lib.dedup.full import DedupResult, dedup
@@ -52,10 +54,19 @@ from curation_assets.lib.dedup.report import (
     duplicate_groups_markdown,
     found_by_counts,
     group_thumbnails,
+    pair_thumbnails,
     pick_groups,
     recall_chart,
+    sweep_markdown,
 )
 from curation_assets.lib.dedup.run import DedupOutcome, run_dedup, write_dedup
+from curation_assets.lib.dedup.sweep import (
+    committed_sweep,
+    pairs_at,
+    read_truth,
+    sweep_grid,
+    tau_sweep,
+)
 from curation_assets.lib.dedup.tau import (
     DEFAULT_TAU,
     TAU_EFFICIENTNET_LITE0,
@@ -101,4 +112,11 @@ __all__ = [
     "run_dedup",
     "union_pairs",
     "write_dedup",
+    "pair_thumbnails",
+    "sweep_markdown",
+    "pairs_at",
+    "committed_sweep",
+    "read_truth",
+    "sweep_grid",
+    "tau_sweep",
 ]

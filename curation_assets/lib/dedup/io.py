@@ -3,12 +3,13 @@
 * Inputs (their versions are recorded with each commit; the next run redoes the shards that
   changed since): ``filtered_images``, ``image_embeddings``, ``raw_images``, every
   ``cluster_centroids_<c>`` and ``cluster_assignments_<c>``.
-* Outputs: ``dedup_members`` (the bucketed layout, :mod:`.layout`), ``duplicate_pairs`` and
-  ``duplicate_members`` (the pair graph, :mod:`.merge`), ``deduplicated_images`` (per shard)
-  and ``dedup_runs``.
+* Outputs: ``dedup_members`` (the bucketed layout, :mod:`.layout`), ``duplicate_pairs``,
+  ``candidate_pairs`` and ``duplicate_members`` (the pair graph, :mod:`.merge`),
+  ``deduplicated_images`` (per shard) and ``dedup_runs``.
 """
 
 from curation_assets.lib.tables import (
+    CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
@@ -23,7 +24,14 @@ from curation_assets.lib.tables import (
 
 #: Stage name of dedup's commit records (:mod:`curation_assets.lib.commits`).
 DEDUP_STAGE = "dedup"
-DEDUP_OUTPUTS = (DEDUP_MEMBERS, DUPLICATE_PAIRS, DUPLICATE_MEMBERS, DEDUPLICATED_IMAGES, DEDUP_RUNS)
+DEDUP_OUTPUTS = (
+    DEDUP_MEMBERS,
+    DUPLICATE_PAIRS,
+    CANDIDATE_PAIRS,
+    DUPLICATE_MEMBERS,
+    DEDUPLICATED_IMAGES,
+    DEDUP_RUNS,
+)
 
 
 def input_tables(n_clusterings: int) -> list[str]:

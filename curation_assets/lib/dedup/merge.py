@@ -1,9 +1,12 @@
 """The merge: union of the units' pairs, connected components, the keep policy.
 
-Its whole state is the pair graph: ``duplicate_pairs`` (one row per pair, ``found_by`` bits)
-and ``duplicate_members`` (one row per image on a pair: vector, keep-policy fields, decision).
-Images on no pair are kept, alone in their group, and never enter the merge, so its memory
-grows with the number of pairs, not of images.
+Its whole state is the pair graph: every pair with cosine ≥ the floor τ_min — ``duplicate_pairs``
+(≥ τ) and ``candidate_pairs`` (the band [τ_min, τ)), one row per pair with ``found_by`` bits —
+and ``duplicate_members`` (one row per image on a stored pair: vector, keep-policy fields,
+decision). Groups and decisions come from the pairs ≥ τ only, so changing τ within
+[τ_min, 1] re-decides from the stored graph without searching (:func:`merge` with no new
+pairs). Images on no pair are kept, alone in their group, and never enter the merge, so its
+memory grows with the number of pairs, not of images.
 
 Incremental: the old rows of the shards being redone (new, changed or gone) are dropped with
 every pair touching them, the units' new pairs are added (they all touch a redone shard, so
@@ -38,7 +41,7 @@ class Merged:
     """The pair graph after a merge, and what changed.
 
     Attributes:
-        pairs: ``duplicate_pairs`` rows, sorted.
+        pairs: ``duplicate_pairs`` rows (cosine ≥ τ), sorted.
         members: ``duplicate_members`` rows with their decisions, sorted by image_id.
         changed_shards: Shards holding an image whose decision differs from before (or that
             left or joined the graph): their ``deduplicated_images`` rows must be rewritten.
@@ -51,6 +54,13 @@ class Merged:
     members: pl.DataFrame
     changed_shards: set[str]
     stats: dict[str, Any] = field(default_factory=dict)
+    band: pl.DataFrame = field(default_factory=DUPLICATE_PAIRS.empty)
+    """``candidate_pairs`` rows: τ_min ≤ cosine < τ, sorted."""
+
+    @property
+    def stored(self) -> pl.DataFrame:
+        """Every stored pair (≥ τ_min), sorted: the graph a later merge starts from."""
+        return pl.concat([self.pairs, self.band]).sort("image_id_a", "image_id_b")
 
 
 def unite(unit_pairs: Sequence[pl.DataFrame]) -> pl.DataFrame:
@@ -93,19 +103,23 @@ def merge(
     policy: Sequence[str],
     tau: float,
     n_clusterings: int,
+    floor: float | None = None,
 ) -> Merged:
     """Merge new pairs into the pair graph and re-decide every group.
 
     Args:
-        old_pairs: The committed ``duplicate_pairs`` (empty for a full run).
+        old_pairs: Every committed stored pair, ``duplicate_pairs`` and ``candidate_pairs``
+            (empty for a full run).
         old_members: The committed ``duplicate_members``.
         unit_pairs: The units' pairs (:class:`~curation_assets.lib.dedup.units.UnitResult`).
         unit_endpoints: The units' rows on those pairs.
         redone: Shards whose old rows are replaced (new, changed, gone or waiting): their
             pairs and members are dropped before the new pairs are added.
         policy: Keep policy.
-        tau: Cosine threshold (for the ``removed_below_tau`` count).
+        tau: Cosine threshold: groups are the components of the pairs ≥ τ.
         n_clusterings: Clusterings (for the per-clustering counts).
+        floor: τ_min: pairs below it are dropped (None = τ: no candidate band). Units search
+            at the floor, so the stored graph holds every pair ≥ τ_min.
 
     Returns:
         A :class:`Merged`.
@@ -129,18 +143,25 @@ def merge(
     if clash:
         msg = f"{clash} new pairs were already committed pairs; the redone shards were not dropped"
         raise RuntimeError(msg)
-    pairs = pl.concat([base_pairs, new_pairs]).sort("image_id_a", "image_id_b")
+    floor = tau if floor is None else floor
+    every = pl.concat([base_pairs, new_pairs]).filter(pl.col("similarity") >= floor)
+    every = every.sort("image_id_a", "image_id_b")
+    pairs = every.filter(pl.col("similarity") >= tau)
     endpoints = [e.select(list(ENDPOINT_SCHEMA)) for e in unit_endpoints if e.height]
     nodes = pl.concat(
         [base_members.select(list(ENDPOINT_SCHEMA)), *endpoints], how="vertical_relaxed"
     ).unique("image_id", keep="first")
-    on_graph = pl.concat([pairs["image_id_a"], pairs["image_id_b"]]).unique()
+    on_graph = pl.concat([every["image_id_a"], every["image_id_b"]]).unique()
     nodes = nodes.filter(pl.col("image_id").is_in(on_graph.implode())).sort("image_id", "shard")
     members = _decide(nodes, pairs, policy)
-    stats = _stats(pairs, new_pairs, members, tau, n_clusterings)
+    band = every.filter(pl.col("similarity") < tau)
+    stats = _stats(
+        pairs, new_pairs.filter(pl.col("similarity") >= tau), members, tau, n_clusterings
+    )
+    stats["candidate_pairs"] = band.height
     changed, was_kept_now_removed = _changes(old_members, members, gone)
     stats["previously_kept_now_removed"] = was_kept_now_removed
-    return Merged(pairs, members, changed, stats)
+    return Merged(pairs, members, changed, stats, band)
 
 
 def _decide(nodes: pl.DataFrame, pairs: pl.DataFrame, policy: Sequence[str]) -> pl.DataFrame:
@@ -187,6 +208,7 @@ def _stats(
 ) -> dict[str, Any]:
     bits = pairs["found_by"].to_numpy().astype(np.int64)
     removed = members.filter(~pl.col("kept"))
+    members = members.filter(pl.col("component_size") > 1)  # not the candidate-only images
     count = np.bincount(popcount(bits), minlength=n_clusterings + 1)[1:] if bits.size else []
     return {
         "pairs": pairs.height,

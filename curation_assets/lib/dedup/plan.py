@@ -1,15 +1,18 @@
 """Full, incremental or current: what a dedup run has to do, and why — decided from the Delta log.
 
-Incremental rule (:func:`plan_dedup`): a run extends the last commit when it used the same τ,
-keep policy, embedding model, centroid versions and layout. The shards to redo are those whose
-inputs (filtered_images, image_embeddings, raw_images, any cluster_assignments) changed since
-the versions that commit recorded — found from the Delta log alone
+Incremental rule (:func:`plan_dedup`): a run extends the last commit when it used the same
+keep policy, embedding model, centroid versions and layout, and the stored pair graph reaches
+low enough: the commit stored every pair down to its floor τ_min, so any τ and τ_min at or
+above that floor are served from it. A new τ with nothing else to do is a ``retune``: groups
+and decisions are re-derived from the stored pairs, no vector is read. The shards to redo are
+those whose inputs (filtered_images, image_embeddings, raw_images, any cluster_assignments)
+changed since the versions that commit recorded — found from the Delta log alone
 (:meth:`~curation_assets.lib.storage.DeltaStore.changed_shards`), so planning costs the number
 of files, not of images. A redone shard's old rows and pairs are dropped and it is searched
 again: new shards, re-filtered shards and shards that lost their assignments are all handled
-without a full recompute. Anything else (a retrain of the centroids, a new τ, policy or model, a
-full run that did not finish) makes it a full run, and the reason is recorded. When nothing
-changed the run is ``current``: nothing is written.
+without a full recompute. Anything else (a retrain of the centroids, a new policy or model, a
+full run that did not finish, τ or τ_min below the stored floor) makes it a full run, and the
+reason is recorded. When nothing changed the run is ``current``: nothing is written.
 """
 
 from collections.abc import Sequence
@@ -27,7 +30,8 @@ class DedupPlan:
     """Full, incremental or current (nothing to do), and why.
 
     Attributes:
-        mode: ``full``, ``incremental`` or ``current``.
+        mode: ``full``, ``incremental``, ``retune`` (only τ or τ_min changed: re-decide from
+            the stored pairs) or ``current``.
         reason: One sentence.
         commit: The last committed dedup run (None before the first).
         redo: Shards to lay out and search again (every shard with filtered images when full).
@@ -53,6 +57,7 @@ def plan_dedup(
     model_id: str,
     versions: Sequence[str],
     force_full: bool = False,
+    tau_min: float | None = None,
 ) -> DedupPlan:
     """Decide whether the committed run can be extended (see the module doc).
 
@@ -76,8 +81,18 @@ def plan_dedup(
     if commit is None:
         return full("first run")
     last = commit.config
+    floor = float(last.get("tau_min", last.get("tau", 1.0)))  # before τ_min: the floor was τ
+    tau_min = tau if tau_min is None else tau_min
     checks = [
-        (last.get("tau") == tau, f"tau changed {last.get('tau')} → {tau}"),
+        (
+            tau >= floor,
+            f"τ = {tau} is below the stored floor τ_min = {floor}: pairs under it were never "
+            "stored, so every unit is searched again",
+        ),
+        (
+            tau_min >= floor,
+            f"τ_min lowered {floor} → {tau_min}: pairs under the stored floor are searched again",
+        ),
         (last.get("policy") == ",".join(policy), f"policy changed {last.get('policy')} → {policy}"),
         (last.get("model_id") == model_id, "embedding model changed"),
         (
@@ -102,6 +117,17 @@ def plan_dedup(
         store.shard_files(DEDUPLICATED_IMAGES.name, commit.outputs[DEDUPLICATED_IMAGES.name])
     )
     layout = Layout.from_key(last["layout"])
+    retuned = (last.get("tau"), last.get("tau_min", last.get("tau"))) != (tau, tau_min)
+    tuning = f"τ {last.get('tau')} → {tau}, τ_min {floor} → {tau_min}"
+    if not redo and not torn and retuned:
+        return DedupPlan(
+            "retune",
+            f"{tuning}: groups and decisions re-derived from the stored pairs (no search)",
+            commit,
+            set(),
+            covered,
+            layout,
+        )
     if not redo and not torn:
         return DedupPlan(
             "current",
@@ -115,7 +141,9 @@ def plan_dedup(
     changed = len(redo & covered)
     return DedupPlan(
         "incremental",
-        f"extends the last run ({len(covered)} shards): {new} new shards, {changed} changed" + note,
+        f"extends the last run ({len(covered)} shards): {new} new shards, {changed} changed"
+        + (f"; {tuning} from the stored pairs" if retuned else "")
+        + note,
         commit,
         redo,
         covered,

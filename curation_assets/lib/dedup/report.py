@@ -261,3 +261,58 @@ def duplicate_groups_markdown(
         out.append("| " + " | ".join(captions) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def sweep_markdown(sweep: pl.DataFrame, tau: float, floor: float, *, width: int = 24) -> str:
+    """The τ sweep as a markdown table: pairs, groups, removed (with a bar), precision/recall.
+
+    The row of the τ in force is marked; rows below the floor cannot exist (never stored).
+    """
+    if sweep.is_empty():
+        return "_no stored pairs_"
+    truth = sweep["precision"].is_not_null().any() or sweep["recall"].is_not_null().any()
+    top = max(1, int(sweep["removed"].to_numpy().max(initial=0)))
+    head = "| τ | pairs | groups | removed | |" + (" precision | recall |" if truth else "")
+    lines = [
+        f"Stored pairs reach τ_min = {floor:g}: any τ in [{floor:g}, 1] is a retune (seconds, "
+        "no search); below it a full run.\n",
+        head,
+        "|---:|---:|---:|---:|---|" + ("---:|---:|" if truth else ""),
+    ]
+    for r in sweep.iter_rows(named=True):
+        mark = " **← τ**" if abs(r["tau"] - tau) < 1e-9 else ""
+        bar = "█" * round(width * r["removed"] / top)
+        row = f"| {r['tau']:.3f}{mark} | {r['pairs']} | {r['groups']} | {r['removed']} | `{bar}` |"
+        if truth:
+            p, rc = r["precision"], r["recall"]
+            row += f" {'-' if p is None else f'{p:.3f}'} | {'-' if rc is None else f'{rc:.3f}'} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def pair_thumbnails(store: DeltaStore, pairs: pl.DataFrame, tau: float, *, px: int = 80) -> str:
+    """Thumbnails of stored pairs (image a, image b, cosine, side of τ) as markdown.
+
+    Only the shown pairs' shards of ``raw_images`` are read.
+    """
+    if pairs.is_empty():
+        return "_no stored pairs near τ_"
+    shards = sorted(set(pairs["shard_a"].to_list()) | set(pairs["shard_b"].to_list()))
+    uris = store.read(RAW_IMAGES, shards=shards, columns=["image_id", "source_uri"])
+    where = dict(zip(uris["image_id"].to_list(), uris["source_uri"].to_list(), strict=True))
+    lines = ["| a | b | cosine | at τ |", "|---|---|---:|---|"]
+    with SourceReader() as reader:
+        for r in pairs.iter_rows(named=True):
+            cells = []
+            for key in ("image_id_a", "image_id_b"):
+                try:
+                    thumb = make_thumbnail(reader.read(where[r[key]]), px, quality=70)
+                    cells.append(
+                        f"![{r[key][:8]}](data:image/jpeg;base64,"
+                        f"{base64.b64encode(thumb).decode('ascii')})"
+                    )
+                except Exception as exc:  # one unreadable image must not hide the others
+                    cells.append(f"unreadable: {type(exc).__name__}")
+            side = "duplicate" if r["similarity"] >= tau else "candidate (kept apart)"
+            lines.append(f"| {cells[0]} | {cells[1]} | {r['similarity']:.4f} | {side} |")
+    return "\n".join(lines)

@@ -19,7 +19,6 @@ the run log, then the commit. Full, incremental and unit-by-unit runs give the s
 decisions (tested).
 """
 
-import hashlib
 import json
 import logging
 import time
@@ -28,22 +27,22 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from curation_assets.lib.cluster import load_centroids
-from curation_assets.lib.commits import input_versions, record_commit
+from curation_assets.lib.commits import input_versions, last_commit, record_commit
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
-from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset, shard_rows
+from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
-from curation_assets.lib.dedup.recall import pooled_recall, recall_on_sample
+from curation_assets.lib.dedup.sampling import budgeted_recall
 from curation_assets.lib.dedup.tau import calibrated_tau
 from curation_assets.lib.dedup.units import UnitResult, search_unit
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
+    CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
@@ -54,12 +53,6 @@ from curation_assets.lib.tables import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: Fewest recall queries a run samples (below this a sample says little), and the most.
-RECALL_MIN_QUERIES = 50
-RECALL_MAX_QUERIES = 10_000
-#: Fewest reference rows a recall sample reads (when the corpus has them).
-RECALL_MIN_REFERENCE = 20_000
 
 
 @dataclass
@@ -133,6 +126,8 @@ def run_dedup(
     tau: float | None,
     policy: Sequence[str],
     force_full: bool = False,
+    tau_min: float | None = None,
+    band: float = 0.0,
     n_clusterings: int = N_CLUSTERINGS,
     budget: MemoryBudget | None = None,
     recall_share: float = 0.1,
@@ -144,10 +139,15 @@ def run_dedup(
 
     Args:
         store: Where the tables live.
-        tau: Cosine threshold; None = :func:`~curation_assets.lib.dedup.calibrated_tau` of the
-            embedding model.
+        tau: Cosine threshold; None = the last committed run's (a retune sticks) when it used
+            this embedding model, else :func:`~curation_assets.lib.dedup.calibrated_tau`.
         policy: Keep policy criteria in order.
         force_full: Recompute everything even when an incremental run is possible.
+        tau_min: Floor of the stored pairs (≤ τ; None = the committed floor when it is ≤ τ and
+            the model is the same, else τ − ``band``): units search at τ_min,
+            pairs in [τ_min, τ) go to ``candidate_pairs``, so a later τ ≥ the floor is a
+            ``retune``.
+        band: τ − τ_min when ``tau_min`` is None (0: store no candidate band).
         n_clusterings: Clusterings to read.
         budget: Memory budget (sizes the buckets of a full run and the recall reference).
         recall_share: The recall sample's exhaustive search costs at most this share of the
@@ -167,10 +167,16 @@ def run_dedup(
     t0 = time.perf_counter()
     read_versions = input_versions(store, input_tables(n_clusterings))
     versions, ks, dim, model_id = _centroids(store, n_clusterings)
-    tau = float(tau if tau is not None else calibrated_tau(model_id))
+    tau, floor = _thresholds(store, model_id, tau, tau_min, band)
     policy = tuple(policy)
     plan = plan_dedup(
-        store, tau=tau, policy=policy, model_id=model_id, versions=versions, force_full=force_full
+        store,
+        tau=tau,
+        policy=policy,
+        model_id=model_id,
+        versions=versions,
+        force_full=force_full,
+        tau_min=floor,
     )
     if plan.mode == "current":
         return _current(store, plan, read_versions, tau)
@@ -199,7 +205,7 @@ def run_dedup(
     query = None if full else set(ready)
     results: list[UnitResult] = []
     for c, b in units:
-        results.append(search_unit(store, c, b, tau, query_shards=query, block=block))
+        results.append(search_unit(store, c, b, floor, query_shards=query, block=block))
     comparisons = sum(int(r.stats.get("comparisons", 0)) for r in results)
     say(
         f"searched {len(units)} units ({comparisons:,} comparisons) in "
@@ -217,13 +223,14 @@ def run_dedup(
         policy=policy,
         tau=tau,
         n_clusterings=n_clusterings,
+        floor=floor,
     )
     seconds_merge = time.perf_counter() - t_merge
     # 4. what to rewrite, and the totals
     covered = set(plan.covered) - plan.redo | set(ready)
     counts = (
         store.shard_row_counts(DEDUPLICATED_IMAGES.name, _committed(plan, DEDUPLICATED_IMAGES))
-        if plan.mode == "incremental"
+        if plan.mode != "full"
         else {}
     )
     images = sum(counts.get(s, 0) for s in covered - set(ready)) + sum(map(len, ready.values()))
@@ -236,7 +243,13 @@ def run_dedup(
         )
     new_rows = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
-    if plan.mode == "incremental" and _unchanged(store, plan, ready, waiting, merged, old_pairs):
+    config = plan.commit.config if plan.commit is not None else {}
+    same_tau = (config.get("tau"), _floor(config)) == (tau, floor)
+    if (
+        plan.mode == "incremental"
+        and same_tau
+        and _unchanged(store, plan, ready, waiting, merged, old_pairs)
+    ):
         # e.g. a second instance re-ingested the same shards: files changed, rows did not
         return replace(
             _current(store, plan, read_versions, tau, (old_pairs, old_members)),
@@ -250,7 +263,7 @@ def run_dedup(
         )
     # 5. recall on a budget
     t_recall = time.perf_counter()
-    recall = _recall(
+    recall = budgeted_recall(
         store,
         plan,
         ready,
@@ -287,6 +300,7 @@ def run_dedup(
             "mode": plan.mode,
             "reason": plan.reason,
             "tau": tau,
+            "tau_min": floor,
             "policy": ",".join(policy),
             "centroids_versions": ",".join(versions),
             "model_id": model_id,
@@ -321,6 +335,28 @@ def run_dedup(
     )
 
 
+def _thresholds(
+    store: DeltaStore, model_id: str, tau: float | None, tau_min: float | None, band: float
+) -> tuple[float, float]:
+    """τ and τ_min of this run: as given, else the committed run's, else calibrated − band."""
+    commit = last_commit(store, DEDUP_STAGE)
+    last = commit.config if commit is not None and commit.config.get("model_id") == model_id else {}
+    if tau is None:
+        tau = float(last["tau"]) if "tau" in last else calibrated_tau(model_id)
+    floor = _floor(last)
+    if tau_min is None:
+        tau_min = floor if floor is not None and floor <= tau else tau - band
+    tau_min = round(float(tau_min), 6)
+    if not 0.0 < tau_min <= tau:
+        raise ConfigError(f"tau_min = {tau_min} must be in (0, τ = {tau}]")
+    return float(tau), tau_min
+
+
+def _floor(config: dict[str, Any]) -> float | None:
+    """The τ_min a commit stored pairs down to (commits before τ_min: their τ)."""
+    return config.get("tau_min", config.get("tau"))
+
+
 def _committed(plan: DedupPlan, spec: Any) -> int | None:
     """The version of ``spec`` the last commit recorded (None when there is none)."""
     return None if plan.commit is None else plan.commit.outputs.get(spec.name)
@@ -350,16 +386,22 @@ def _unchanged(
         before = {s: sorted(g["image_id"].to_list()) for (s,), g in old.group_by("shard")}
         if any(before.get(s) != sorted(ready[s]) for s in redone):
             return False
-    return merged.pairs.equals(old_pairs.sort("image_id_a", "image_id_b"))
+    return merged.stored.equals(old_pairs.sort("image_id_a", "image_id_b"))
 
 
 def _committed_graph(store: DeltaStore, plan: DedupPlan) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The committed pair graph (empty for a full run): read as of the commit's versions."""
+    """The committed pair graph (empty for a full run): read as of the commit's versions.
+
+    Returns every stored pair (``duplicate_pairs`` and ``candidate_pairs``) and the members.
+    """
     if plan.mode == "full" or plan.commit is None:
         return DUPLICATE_PAIRS.empty(), DUPLICATE_MEMBERS.empty()
     out = plan.commit.outputs
+    pairs = [store.read(DUPLICATE_PAIRS, version=out[DUPLICATE_PAIRS.name])]
+    if CANDIDATE_PAIRS.name in out:  # commits before τ_min stored no band
+        pairs.append(store.read(CANDIDATE_PAIRS, version=out[CANDIDATE_PAIRS.name]))
     return (
-        store.read(DUPLICATE_PAIRS, version=out[DUPLICATE_PAIRS.name]),
+        pl.concat(pairs).sort("image_id_a", "image_id_b"),
         store.read(DUPLICATE_MEMBERS, version=out[DUPLICATE_MEMBERS.name]),
     )
 
@@ -376,14 +418,15 @@ def _current(
     ``graph``: the committed pairs and members when the caller has read them already.
     """
     assert plan.commit is not None
-    pairs, members = graph if graph is not None else _committed_graph(store, plan)
+    stored, members = graph if graph is not None else _committed_graph(store, plan)
+    strong = pl.col("similarity") >= tau
     summary = plan.commit.summary
     stats = {**summary.get("stats", {}), "new_rows": 0, "previously_kept_now_removed": 0}
     stats.setdefault("images", summary.get("images", 0))
     pending = store.shard_files(FILTERED_IMAGES.name).keys() - plan.covered
     return DedupOutcome(
         plan,
-        Merged(pairs, members, set(), stats),
+        Merged(stored.filter(strong), members, set(), stats, stored.filter(~strong)),
         None,
         stats,
         summary.get("recall", {"recall": [], "stderr": [], "true_pairs": 0, "sample": {}}),
@@ -398,127 +441,6 @@ def _current(
     )
 
 
-def _recall(
-    store: DeltaStore,
-    plan: DedupPlan,
-    ready: dict[str, list[str]],
-    covered: set[str],
-    counts: dict[str, int],
-    *,
-    versions: list[str],
-    tau: float,
-    comparisons: int,
-    share: float,
-    budget: MemoryBudget,
-    dim: int,
-    seed: int,
-) -> dict[str, Any]:
-    """This run's recall sample (budgeted), pooled with the earlier samples of these centroids.
-
-    Queries: a seeded sample of this run's new rows (of the reference when full). Reference:
-    the query shards plus randomly chosen other covered shards, up to a tenth of the corpus
-    (full) or ten rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
-    and at most a quarter of the memory budget. The sample's exhaustive search (queries ×
-    reference) is capped at ``share`` of the run's own comparisons (at least
-    :data:`RECALL_MIN_QUERIES` queries). The estimate covers pairs whose partner lies in the
-    reference; shards are sampled at random, so it is unbiased for pairs across shards.
-    """
-    rng = np.random.default_rng(
-        [seed, int(hashlib.sha256(",".join(sorted(ready)).encode()).hexdigest()[:8], 16)]
-    )
-    sizes = {s: len(ids) for s, ids in ready.items()}
-    sizes.update({s: counts.get(s, 0) for s in covered - set(ready)})
-    query_shards = sorted(ready)
-    total = sum(sizes.get(s, 0) for s in covered)
-    # the reference is read from the per-shard tables: keep that read a small share of the run
-    # (a tenth of the corpus when full, ten rows per new row when incremental), within a
-    # quarter of the memory budget
-    wanted = total // 10 if plan.mode == "full" else 10 * sum(sizes[s] for s in query_shards)
-    cap = min(
-        budget.rows(4 * dim + 64, share=0.25, minimum=2_000),
-        max(RECALL_MIN_REFERENCE, wanted),
-    )
-    if plan.mode == "full":  # queries come from the reference itself: sample shards
-        order = list(rng.permutation(sorted(s for s in covered if sizes.get(s))))
-        query_shards = []
-    else:
-        others = sorted(s for s in covered - set(ready) if sizes.get(s))
-        order = [*query_shards, *(others[i] for i in rng.permutation(len(others)))]
-    reference, rows = [], 0
-    for s in order:
-        if rows >= cap and reference:
-            break
-        reference.append(s)
-        rows += sizes.get(s, 0)
-    sample: dict[str, Any] = {"queries": 0, "true_pairs": 0, "found": []}
-    if rows >= 2 and (plan.mode == "full" or query_shards):
-        sample = _sample(
-            store, reference, query_shards or reference, versions, tau, comparisons, share, rng
-        )
-    pooled_from = [sample]
-    if plan.mode != "full" and plan.commit is not None:
-        log = store.read(DEDUP_RUNS, version=plan.commit.outputs.get(DEDUP_RUNS.name))
-        pooled_from = [*_samples_since_full(log, ",".join(versions)), sample]
-    pooled = pooled_recall(pooled_from, len(versions))
-    what = "all deduplicated rows" if plan.mode == "full" else "this run's new rows"
-    pooled["sample"] = sample
-    pooled["measured_on"] = (
-        f"{sample.get('queries', 0)} queries from {what} searched exhaustively against "
-        f"{sample.get('reference_rows', 0)} rows of {len(reference)} shards (this run); pooled "
-        f"with {len(pooled_from) - 1} earlier runs on these centroids: "
-        f"{pooled['true_pairs']} true pairs"
-    )
-    return pooled
-
-
-def _sample(
-    store: DeltaStore,
-    reference: list[str],
-    query_shards: list[str],
-    versions: list[str],
-    tau: float,
-    comparisons: int,
-    share: float,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    frames, xs = [], []
-    for s in reference:
-        rows = shard_rows(store, s, versions)
-        if rows.why is None and rows.frame.height:
-            frames.append(rows.frame)
-            xs.append(rows.x)
-    if not frames:
-        return {"queries": 0, "true_pairs": 0, "found": []}
-    frame = pl.concat(frames)
-    # the vectors dedup compares are float16-rounded (dedup_members): measure on the same
-    x = np.concatenate(xs).astype(np.float16).astype(np.float32)
-    candidates = np.flatnonzero(frame["shard"].is_in(query_shards).to_numpy())
-    wanted = int(share * comparisons / max(1, x.shape[0]))
-    q = int(min(candidates.size, RECALL_MAX_QUERIES, max(RECALL_MIN_QUERIES, wanted)))
-    query_idx = np.sort(rng.choice(candidates, size=q, replace=False))
-    assignments = [frame[f"c{c}"].to_numpy() for c in range(len(versions))]
-    sample = recall_on_sample(x, assignments, tau, query_idx)
-    sample["reference_shards"] = len(reference)
-    return sample
-
-
-def _samples_since_full(log: pl.DataFrame, versions: str) -> list[dict[str, Any]]:
-    """The recall samples of the runs since the last full run on these centroids."""
-    if log.is_empty() or "recall_sample" not in log.columns:
-        return []
-    rows = log.sort("run_at").to_dicts()
-    out: list[dict[str, Any]] = []
-    for row in rows:
-        if row.get("centroids_versions") != versions:
-            out = []
-            continue
-        if row.get("mode") == "full":
-            out = []
-        if row.get("recall_sample"):
-            out.append(json.loads(row["recall_sample"]))
-    return out
-
-
 #: Shards of deduplicated_images rewritten per Delta commit (their ids and decisions only).
 _SHARDS_PER_COMMIT = 256
 
@@ -528,6 +450,7 @@ _COMMITTED_STATS = (
     "kept",
     "removed",
     "pairs",
+    "candidate_pairs",
     "components_with_duplicates",
     "largest_component",
     "removed_below_tau",
@@ -597,6 +520,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         )
     outputs = {
         DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
+        CANDIDATE_PAIRS.name: store.replace_table(CANDIDATE_PAIRS, outcome.merged.band),
         DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, members),
         DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
         DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
@@ -613,7 +537,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         inputs=outcome.input_versions,
         outputs=outputs,
         config={
-            **{k: run[k] for k in ("tau", "policy", "model_id", "centroids_versions")},
+            **{k: run[k] for k in ("tau", "tau_min", "policy", "model_id", "centroids_versions")},
             "layout": outcome.layout.key(),
         },
         summary={

@@ -13,7 +13,7 @@ the module of its stage:
 * :mod:`~curation_assets.lib.tables.cluster`: ``cluster_centroids_<c>``,
   ``cluster_assignments_<c>`` for c < :data:`N_CLUSTERINGS`
 * :mod:`~curation_assets.lib.tables.dedup`: ``deduplicated_images``, ``duplicate_pairs``,
-  ``duplicate_members``, ``dedup_members``, ``dedup_runs``
+  ``candidate_pairs``, ``duplicate_members``, ``dedup_members``, ``dedup_runs``
 * :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``,
   ``weight_shard_stats``, ``audit_shard_counts``, ``weight_probes``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
@@ -46,6 +46,7 @@ from curation_assets.lib.tables.cluster import (
 )
 from curation_assets.lib.tables.commits import STAGE_COMMITS
 from curation_assets.lib.tables.dedup import (
+    CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
@@ -97,6 +98,7 @@ TABLES: Mapping[str, TableSpec] = _registry(
     *CLUSTER_ASSIGNMENTS,
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
+    CANDIDATE_PAIRS,
     DUPLICATE_MEMBERS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
@@ -127,6 +129,7 @@ def table(name: str) -> TableSpec:
 __all__ = [
     "AUDIT_SHARD_COUNTS",
     "BIAS_AUDIT",
+    "CANDIDATE_PAIRS",
     "CLASSIFIER_SCORES",
     "CLUSTER_ASSIGNMENTS",
     "CLUSTER_CENTROIDS",

@@ -54,10 +54,19 @@ DUPLICATE_PAIRS = TableSpec(
     ),
 )
 
+CANDIDATE_PAIRS = TableSpec(
+    name="candidate_pairs",
+    description="Pairs found in the band τ_min ≤ cosine < τ: kept so that τ can be raised, or "
+    "lowered down to τ_min, by re-deciding the groups from stored pairs (no search).",
+    partition_by=(),
+    columns=DUPLICATE_PAIRS.columns,
+)
+
 DUPLICATE_MEMBERS = TableSpec(
     name="duplicate_members",
-    description="Every image on at least one duplicate pair: its vector, keep-policy fields "
-    "and decision (the merge's whole state: ∝ pairs, never ∝ images).",
+    description="Every image on at least one stored pair (duplicate or candidate): its vector, "
+    "keep-policy fields and decision (the merge's whole state: ∝ pairs, never ∝ images). An "
+    "image on candidate pairs only is kept, alone (component_size 1).",
     partition_by=(),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
@@ -68,7 +77,7 @@ DUPLICATE_MEMBERS = TableSpec(
         Column("duplicate_of", pl.String, "image_id of its group's kept image (null when kept)."),
         Column("similarity", pl.Float32, "Cosine to the kept image (null when kept)."),
         Column("component_id", pl.String, "The group: image_id of its kept image."),
-        Column("component_size", pl.Int64, "Images in the group (≥ 2)."),
+        Column("component_size", pl.Int64, "Images in the group (1: on candidate pairs only)."),
     ),
 )
 
@@ -94,9 +103,10 @@ DEDUP_RUNS = TableSpec(
     partition_by=(),
     columns=(
         Column("run_at", UTC_TIMESTAMP, "When the run finished (UTC)."),
-        Column("mode", pl.String, "full or incremental."),
+        Column("mode", pl.String, "full, incremental or retune (τ re-decided from stored pairs)."),
         Column("reason", pl.String, "Why this mode."),
         Column("tau", pl.Float64, "Cosine threshold."),
+        Column("tau_min", pl.Float64, "Floor of the stored candidate pairs (≤ τ)."),
         Column("policy", pl.String, "Keep policy, criteria in order."),
         Column("centroids_versions", pl.String, "Centroid version of each clustering."),
         Column("model_id", pl.String, "Embedding model."),

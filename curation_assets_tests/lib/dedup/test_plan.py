@@ -91,7 +91,8 @@ def test_mode_full_is_obeyed(store):
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"tau": 0.9}, "tau changed 0.95 → 0.9"),
+        ({"tau": 0.9}, "τ = 0.9 is below the stored floor τ_min = 0.95"),
+        ({"tau": 0.97, "tau_min": 0.9}, "τ_min lowered 0.95 → 0.9"),
         ({"policy": ("earliest", "resolution")}, "policy changed resolution,earliest,"),
         ({"model_id": "other:model@x"}, "embedding model changed"),
         ({"versions": ["x"] * N_CLUSTERINGS}, "centroids were retrained since the last run"),

@@ -1,0 +1,152 @@
+"""Pair recall on a budget, over the tables: the sample a dedup run measures and pools.
+
+Split from :mod:`~curation_assets.lib.dedup.run` (which calls :func:`budgeted_recall`); the
+in-memory measures (exhaustive pairs, recall by number of clusterings) are
+:mod:`~curation_assets.lib.dedup.recall`.
+"""
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation_assets.lib.dedup.layout import shard_rows
+from curation_assets.lib.dedup.plan import DedupPlan
+from curation_assets.lib.dedup.recall import pooled_recall, recall_on_sample
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DEDUP_RUNS
+
+#: Fewest recall queries a run samples (below this a sample says little), and the most.
+RECALL_MIN_QUERIES = 50
+RECALL_MAX_QUERIES = 10_000
+#: Fewest reference rows a recall sample reads (when the corpus has them).
+RECALL_MIN_REFERENCE = 20_000
+
+
+def budgeted_recall(
+    store: DeltaStore,
+    plan: DedupPlan,
+    ready: dict[str, list[str]],
+    covered: set[str],
+    counts: dict[str, int],
+    *,
+    versions: list[str],
+    tau: float,
+    comparisons: int,
+    share: float,
+    budget: MemoryBudget,
+    dim: int,
+    seed: int,
+) -> dict[str, Any]:
+    """This run's recall sample (budgeted), pooled with the earlier samples of these centroids.
+
+    Queries: a seeded sample of this run's new rows (of the reference when full). Reference:
+    the query shards plus randomly chosen other covered shards, up to a tenth of the corpus
+    (full) or ten rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
+    and at most a quarter of the memory budget. The sample's exhaustive search (queries ×
+    reference) is capped at ``share`` of the run's own comparisons (at least
+    :data:`RECALL_MIN_QUERIES` queries). The estimate covers pairs whose partner lies in the
+    reference; shards are sampled at random, so it is unbiased for pairs across shards.
+    """
+    rng = np.random.default_rng(
+        [seed, int(hashlib.sha256(",".join(sorted(ready)).encode()).hexdigest()[:8], 16)]
+    )
+    sizes = {s: len(ids) for s, ids in ready.items()}
+    sizes.update({s: counts.get(s, 0) for s in covered - set(ready)})
+    query_shards = sorted(ready)
+    total = sum(sizes.get(s, 0) for s in covered)
+    # the reference is read from the per-shard tables: keep that read a small share of the run
+    # (a tenth of the corpus when full, ten rows per new row when incremental), within a
+    # quarter of the memory budget
+    wanted = total // 10 if plan.mode == "full" else 10 * sum(sizes[s] for s in query_shards)
+    cap = min(
+        budget.rows(4 * dim + 64, share=0.25, minimum=2_000),
+        max(RECALL_MIN_REFERENCE, wanted),
+    )
+    if plan.mode == "full":  # queries come from the reference itself: sample shards
+        order = list(rng.permutation(sorted(s for s in covered if sizes.get(s))))
+        query_shards = []
+    else:
+        others = sorted(s for s in covered - set(ready) if sizes.get(s))
+        order = [*query_shards, *(others[i] for i in rng.permutation(len(others)))]
+    reference, rows = [], 0
+    for s in order:
+        if rows >= cap and reference:
+            break
+        reference.append(s)
+        rows += sizes.get(s, 0)
+    sample: dict[str, Any] = {"queries": 0, "true_pairs": 0, "found": []}
+    if rows >= 2 and (plan.mode == "full" or query_shards):
+        sample = _sample(
+            store, reference, query_shards or reference, versions, tau, comparisons, share, rng
+        )
+    pooled_from = [sample]
+    if plan.mode != "full" and plan.commit is not None:
+        log = store.read(DEDUP_RUNS, version=plan.commit.outputs.get(DEDUP_RUNS.name))
+        pooled_from = [*_samples_since_full(log, ",".join(versions), tau), sample]
+    pooled = pooled_recall(pooled_from, len(versions))
+    what = {"full": "all deduplicated rows", "retune": "no rows (a retune searches nothing)"}.get(
+        plan.mode, "this run's new rows"
+    )
+    pooled["sample"] = sample
+    pooled["measured_on"] = (
+        f"{sample.get('queries', 0)} queries from {what} searched exhaustively against "
+        f"{sample.get('reference_rows', 0)} rows of {len(reference)} shards (this run); pooled "
+        f"with {len(pooled_from) - 1} earlier runs on these centroids: "
+        f"{pooled['true_pairs']} true pairs"
+    )
+    return pooled
+
+
+def _sample(
+    store: DeltaStore,
+    reference: list[str],
+    query_shards: list[str],
+    versions: list[str],
+    tau: float,
+    comparisons: int,
+    share: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    frames, xs = [], []
+    for s in reference:
+        rows = shard_rows(store, s, versions)
+        if rows.why is None and rows.frame.height:
+            frames.append(rows.frame)
+            xs.append(rows.x)
+    if not frames:
+        return {"queries": 0, "true_pairs": 0, "found": []}
+    frame = pl.concat(frames)
+    # the vectors dedup compares are float16-rounded (dedup_members): measure on the same
+    x = np.concatenate(xs).astype(np.float16).astype(np.float32)
+    candidates = np.flatnonzero(frame["shard"].is_in(query_shards).to_numpy())
+    wanted = int(share * comparisons / max(1, x.shape[0]))
+    q = int(min(candidates.size, RECALL_MAX_QUERIES, max(RECALL_MIN_QUERIES, wanted)))
+    query_idx = np.sort(rng.choice(candidates, size=q, replace=False))
+    assignments = [frame[f"c{c}"].to_numpy() for c in range(len(versions))]
+    sample = recall_on_sample(x, assignments, tau, query_idx)
+    sample["reference_shards"] = len(reference)
+    return sample
+
+
+def _samples_since_full(log: pl.DataFrame, versions: str, tau: float) -> list[dict[str, Any]]:
+    """The recall samples at ``tau`` of the runs since the last full run on these centroids.
+
+    A sample measured at another τ (before a retune) counts other pairs: it is not pooled.
+    """
+    if log.is_empty() or "recall_sample" not in log.columns:
+        return []
+    rows = log.sort("run_at").to_dicts()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get("centroids_versions") != versions:
+            out = []
+            continue
+        if row.get("mode") == "full":
+            out = []
+        if row.get("recall_sample") and row.get("tau") == tau:
+            out.append(json.loads(row["recall_sample"]))
+    return out
