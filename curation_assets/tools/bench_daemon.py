@@ -224,6 +224,18 @@ def diagnosis(dev: DagsterDev, since: float, *, log_lines: int = 60) -> str:
             )
     except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the timeout
         lines.append(f"(sensor state unavailable: {exc})")
+    for asset in ("deduplicated_images", EXPORT_ASSET):
+        try:
+            for ev in dev.condition_evaluations(asset, limit=2):
+                lines.append(
+                    f"{asset} evaluation {ev['evaluationId']} at {ev['timestamp']}: "
+                    f"requested {ev['numRequested']}"
+                )
+                for node in ev["evaluationNodes"]:
+                    label = node.get("userLabel") or " ".join(node.get("expandedLabel") or [])
+                    lines.append(f"    {node['numTrue']} true: {label[:110]}")
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the timeout
+            lines.append(f"({asset} evaluations unavailable: {exc})")
     lines.append(f"server log, last {log_lines} lines:")
     lines.append(dev.log_tail(log_lines))
     return "\n".join(lines)

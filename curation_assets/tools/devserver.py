@@ -77,6 +77,14 @@ mutation($id: String) { stopSensor(id: $id) {
   ... on PythonError { message } } }
 """
 
+EVALUATIONS_QUERY = """
+query($key: AssetKeyInput!, $limit: Int!) {
+  assetConditionEvaluationRecordsOrError(assetKey: $key, limit: $limit) {
+    ... on AssetConditionEvaluationRecords { records {
+      evaluationId timestamp numRequested
+      evaluationNodes { uniqueId userLabel expandedLabel numTrue childUniqueIds } } } } }
+"""
+
 ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 """Run statuses of a run that has not finished."""
 
@@ -155,6 +163,15 @@ class DagsterDev:
         """A sensor's id, status and its last 50 ticks (newest first)."""
         sel = {**REPOSITORY_SELECTOR, "sensorName": name}
         return self.query(SENSOR_QUERY, {"sel": sel})["sensorOrError"]
+
+    def condition_evaluations(self, asset: str, limit: int = 3) -> list[dict[str, Any]]:
+        """The automation condition's last ``limit`` evaluations of ``asset`` (newest first).
+
+        Each has ``evaluationId``, ``timestamp``, ``numRequested`` and ``evaluationNodes``
+        (every sub-condition: its label and how many partitions it was true for).
+        """
+        found = self.query(EVALUATIONS_QUERY, {"key": {"path": asset.split("/")}, "limit": limit})
+        return (found["assetConditionEvaluationRecordsOrError"] or {}).get("records") or []
 
     def stop_sensor(self, name: str) -> None:
         """Stop a sensor as the UI's toggle does."""
