@@ -13,8 +13,8 @@ Why this shape (the corpus is 10⁸–10⁹ images, and a new shard must cost wh
   *filtered* images, and uniqueness is meant to become a filter signal, which would make the
   graph cyclic (filter → centroids → index → uniqueness → filter).
 * **Files hold only the inverted lists.** The quantizer is swapped for an empty one before
-  writing (a 32k × 512 quantizer would otherwise add 64 MB to every shard file) and attached
-  again at load time.
+  writing (a 32k × 512 quantizer would otherwise add 64 MB to every shard file); searches
+  compute the coarse assignment with the shared quantizer and pass it in.
 * **Memory-mapped reads.** Files are opened with ``IO_FLAG_MMAP`` (faiss ``OnDiskInvertedLists``),
   so a search pages in only the ``nprobe`` lists it scans, not the whole file: memory per
   open shard is the pages touched, and shards are searched one at a time with a running
@@ -200,7 +200,11 @@ def build_ivf(x: np.ndarray, quantizer: Quantizer) -> "faiss.IndexIVFFlat":
     index.is_trained = True  # the lists are the shared quantizer's: nothing to train
     if x.shape[0]:
         index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.arange(x.shape[0]))
-    index.quantizer = faiss.IndexFlatIP(d)  # the file holds the lists only (see module doc)
+    # the file holds the lists only (see module doc); faiss keeps raw pointers, so the Python
+    # objects that own both quantizers stay referenced by the index
+    empty = faiss.IndexFlatIP(d)
+    index.quantizer = empty
+    index.referenced_objects = [flat, empty]
     return index
 
 
@@ -320,10 +324,17 @@ def manifest(store: DeltaStore) -> pl.DataFrame:
     return store.scan(SIMILARITY_INDEX).select(cols).sort("shard").collect()
 
 
-def open_shard_file(path: str, quantizer_index: "faiss.Index") -> "faiss.IndexIVFFlat":
-    """Memory-map one shard's file and attach the shared quantizer."""
-    index = faiss.extract_index_ivf(faiss.read_index(path, faiss.IO_FLAG_MMAP))
-    index.quantizer = quantizer_index  # the caller keeps quantizer_index alive
+def open_shard_file(path: str) -> "faiss.IndexIVFFlat":
+    """Memory-map one shard's file (lists only: search it with ``search_preassigned``).
+
+    The file's quantizer is an empty placeholder; :func:`search` computes the coarse
+    assignment once with the shared quantizer and hands it to every shard file, so the
+    placeholder is never consulted (an IVFFlat scan with inner product needs no residuals).
+    """
+    index = faiss.read_index(path, faiss.IO_FLAG_MMAP)
+    if not isinstance(index, faiss.IndexIVFFlat):
+        msg = f"{path} holds a {type(index).__name__}, not the IndexIVFFlat this index writes"
+        raise SimilarityIndexError(msg)
     return index
 
 
@@ -388,7 +399,7 @@ def search(
             continue
         if not rec["n_vectors"]:
             continue
-        index = open_shard_file(rec["file"], flat)
+        index = open_shard_file(rec["file"])
         index.nprobe = nprobe
         sims, pos = index.search_preassigned(q, k, coarse_i, coarse_d)
         del index
