@@ -125,6 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             after_embed=after_embed,
             weights_config=DEMO_WEIGHTS_CONFIG if demo else None,
         )
+        from curation_assets.similar_run import run_similarity
+
+        run_similarity(runner, [s.key for s in shards])
     _print_summary(paths, runner.stage_seconds, demo=demo)
     if runner.failures:
         for what, errors in runner.failures.items():
@@ -392,6 +395,55 @@ def _add_shard_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use at most this many images")
 
 
+def cmd_similar(args: argparse.Namespace) -> int:
+    """`curation similar TARGET`: nearest images of a path, an image id or a text query."""
+    import re
+
+    from curation_assets.defs.resources import ImageEmbedder
+    from curation_assets.lib.embed import load_embedder
+    from curation_assets.lib.similar.query import (
+        resolve_target,
+        similar_images,
+        write_contact_sheet,
+    )
+    from curation_assets.lib.storage import DeltaStore
+
+    paths = resolve_paths(args.home)
+    store = DeltaStore(paths.delta_root)
+    spec = ImageEmbedder(
+        backend=args.backend,
+        model_name=args.model or "",
+        pretrained=args.pretrained or "",
+        model_config_path=args.model_config or "",
+    ).spec()
+    target = resolve_target(store, args.target, lambda: load_embedder(spec))
+    results = similar_images(store, target, args.k, nprobe=args.nprobe)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.target).name)[:40].strip("_") or "query"
+    sheet = Path(args.html) if args.html else paths.home / "similar" / f"{slug}.html"
+    write_contact_sheet(target, results, sheet)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "target": args.target,
+                    "kind": target.kind,
+                    "html": str(sheet),
+                    "results": results.to_dicts(),
+                },
+                default=str,
+            )
+        )
+        return 0
+    print(f"{results.height} images most similar to {args.target!r} ({target.kind}):")
+    for rec in results.iter_rows(named=True):
+        print(
+            f"{rec['rank']:>3}  {rec['similarity']:.4f}  {rec['image_id'][:12]}  "
+            f"{rec['source_uri']}"
+        )
+    print(f"contact sheet: {sheet}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``curation``."""
     p = argparse.ArgumentParser(prog="curation", description=__doc__)
@@ -443,6 +495,26 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--out", help="folder (default <home>/label_queue)")
     le.add_argument("--max-items", type=int, default=200, help="cards in the HTML sheet")
     le.set_defaults(func=cmd_labels_export)
+
+    sim = sub.add_parser(
+        "similar", help="nearest images of an image file, an image id or a text query"
+    )
+    sim.add_argument("target", help="image path, image_id (or 8+ hex prefix), or text")
+    sim.add_argument("-k", type=int, default=20, help="neighbours (default 20)")
+    sim.add_argument("--home")
+    sim.add_argument("--html", help="contact sheet path (default <home>/similar/<target>.html)")
+    sim.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sim.add_argument("--nprobe", type=int, default=32, help="inverted lists searched")
+    sim.add_argument(
+        "--backend",
+        choices=["timm", "open_clip"],
+        default="timm",
+        help="embedder for new files and text (must be the index's model)",
+    )
+    sim.add_argument("--model", help="model name (default per backend)")
+    sim.add_argument("--pretrained", help="pretrained tag/path ('random' = random weights)")
+    sim.add_argument("--model-config", help="open_clip model config JSON")
+    sim.set_defaults(func=cmd_similar)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
