@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from curation_assets.defs.similar import image_uniqueness, similarity_index, similarity_quantizer
+from curation_assets.lib.embed import Embedder
 from curation_assets.lib.ingest import sha256_hex
 from curation_assets.lib.similar import load_quantizer
 from curation_assets.lib.similar.query import resolve_target, similar_images
@@ -49,8 +50,12 @@ def test_near_duplicate_pair_are_each_others_top_neighbours(tmp_path, clothing_d
     a, b = sha256_hex(original), sha256_hex(buf.getvalue())
     q = load_quantizer(store)
     assert q is not None
+
+    def no_embedder() -> Embedder:
+        raise AssertionError("corpus images use their stored embedding")
+
     for one, other in [(a, b), (b, a)]:
-        hits = similar_images(store, resolve_target(store, one, lambda: None), 3, nprobe=q.nlist)
+        hits = similar_images(store, resolve_target(store, one, no_embedder), 3, nprobe=q.nlist)
         assert hits["image_id"][0] == other
     scores = store.read(IMAGE_UNIQUENESS).sort("uniqueness")
     assert set(scores["image_id"].head(2)) == {a, b}  # k = 1: the pair is the least unique

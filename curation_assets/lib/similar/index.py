@@ -204,7 +204,7 @@ def build_ivf(x: np.ndarray, quantizer: Quantizer) -> "faiss.IndexIVFFlat":
     # objects that own both quantizers stay referenced by the index
     empty = faiss.IndexFlatIP(d)
     index.quantizer = empty
-    index.referenced_objects = [flat, empty]
+    index.referenced_objects = [flat, empty]  # pyright: ignore[reportAttributeAccessIssue]
     return index
 
 
