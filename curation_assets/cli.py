@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from curation_assets.cli_dedup import add_dedup_parser
 from curation_assets.lib.settings import Paths, resolve_paths
 from curation_assets.runner import (
     Runner,
@@ -94,73 +95,6 @@ DEMO_WEIGHTS_CONFIG = {"weights_and_audit": {"config": {"keywords": ["warm", "co
 """The demo's captions name the palette: its bias audit takes them as keywords."""
 
 
-def cmd_dedup_sweep(args: argparse.Namespace) -> int:
-    """`curation dedup sweep`: removed images and groups at each τ, from the stored pairs."""
-    from curation_assets.lib.dedup import committed_sweep, read_truth
-    from curation_assets.lib.errors import ConfigError
-    from curation_assets.lib.storage import DeltaStore
-
-    paths = resolve_paths(args.home)
-    store = DeltaStore(paths.delta_root)
-    truth_path = Path(args.truth) if args.truth else paths.source_root / "ground_truth.json"
-    try:
-        truth = read_truth(truth_path, store) if args.truth or truth_path.is_file() else None
-        sweep, about = committed_sweep(store, truth=truth, step=args.step)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    **about,
-                    "truth": str(truth_path) if truth is not None else None,
-                    "sweep": sweep.to_dicts(),
-                }
-            )
-        )
-        return 0
-    print(
-        f"τ = {about['tau']:g} (stored pairs down to τ_min = {about['tau_min']:g}: "
-        f"{about['pairs']} duplicate + {about['candidate_pairs']} candidate pairs)"
-        + (f"; truth: {truth_path}" if truth is not None else "")
-    )
-    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        print(sweep.drop([] if truth is not None else ["true_pairs_found", "precision", "recall"]))
-    print("retune: curation dedup retune --tau X (X ≥ τ_min: seconds, no search)")
-    return 0
-
-
-def cmd_dedup_retune(args: argparse.Namespace) -> int:
-    """`curation dedup retune --tau X`: re-decide the groups at τ = X, then weights and export."""
-    paths = prepare_home(args.home)
-    config: dict[str, float] = {"tau": args.tau}
-    if args.tau_min is not None:
-        config["tau_min"] = args.tau_min
-    with open_runner(paths, echo=print, verbose=args.verbose) as runner:
-        ok = runner.execute(
-            "dedup_job",
-            "deduplicated_images",
-            run_config={"ops": {"deduplicate": {"config": config}}},
-        )
-        if ok:
-            runner.execute("weights_job", "sample_weights, bias_audit, curated_dataset")
-    if runner.failures:
-        for what, errors in runner.failures.items():
-            for err in errors or ["run failed"]:
-                print(f"error: {what}: {err}", file=sys.stderr)
-        return 1
-    from curation_assets.lib.storage import DeltaStore
-    from curation_assets.lib.tables import DEDUP_RUNS
-
-    last = DeltaStore(paths.delta_root).read(DEDUP_RUNS).sort("run_at").row(-1, named=True)
-    print(
-        f"dedup {last['mode']}: {last['reason']}; τ = {last['tau']:g}, {last['pairs']} pairs, "
-        f"{last['removed']} of {last['images']} images removed in {last['seconds']:.2f}s"
-    )
-    return 0
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialize every asset for every shard and print a summary."""
     paths = prepare_home(args.home, args.source)
@@ -192,6 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             after_embed=after_embed,
             weights_config=DEMO_WEIGHTS_CONFIG if demo else None,
         )
+        from curation_assets.similar_run import run_similarity
+
+        run_similarity(runner, [s.key for s in shards])
     _print_summary(paths, runner.stage_seconds, demo=demo)
     if runner.failures:
         for what, errors in runner.failures.items():
@@ -459,6 +396,55 @@ def _add_shard_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use at most this many images")
 
 
+def cmd_similar(args: argparse.Namespace) -> int:
+    """`curation similar TARGET`: nearest images of a path, an image id or a text query."""
+    import re
+
+    from curation_assets.defs.resources import ImageEmbedder
+    from curation_assets.lib.embed import load_embedder
+    from curation_assets.lib.similar.query import (
+        resolve_target,
+        similar_images,
+        write_contact_sheet,
+    )
+    from curation_assets.lib.storage import DeltaStore
+
+    paths = resolve_paths(args.home)
+    store = DeltaStore(paths.delta_root)
+    spec = ImageEmbedder(
+        backend=args.backend,
+        model_name=args.model or "",
+        pretrained=args.pretrained or "",
+        model_config_path=args.model_config or "",
+    ).spec()
+    target = resolve_target(store, args.target, lambda: load_embedder(spec))
+    results = similar_images(store, target, args.k, nprobe=args.nprobe)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.target).name)[:40].strip("_") or "query"
+    sheet = Path(args.html) if args.html else paths.home / "similar" / f"{slug}.html"
+    write_contact_sheet(target, results, sheet)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "target": args.target,
+                    "kind": target.kind,
+                    "html": str(sheet),
+                    "results": results.to_dicts(),
+                },
+                default=str,
+            )
+        )
+        return 0
+    print(f"{results.height} images most similar to {args.target!r} ({target.kind}):")
+    for rec in results.iter_rows(named=True):
+        print(
+            f"{rec['rank']:>3}  {rec['similarity']:.4f}  {rec['image_id'][:12]}  "
+            f"{rec['source_uri']}"
+        )
+    print(f"contact sheet: {sheet}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``curation``."""
     p = argparse.ArgumentParser(prog="curation", description=__doc__)
@@ -511,27 +497,27 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--max-items", type=int, default=200, help="cards in the HTML sheet")
     le.set_defaults(func=cmd_labels_export)
 
-    dd = sub.add_parser("dedup", help="the near-duplicate threshold: sweep it, retune it")
-    dd_sub = dd.add_subparsers(dest="dedup", required=True)
-    dsw = dd_sub.add_parser(
-        "sweep", help="pairs, groups and removed images at each τ, from the stored pairs"
+    add_dedup_parser(sub)
+
+    sim = sub.add_parser(
+        "similar", help="nearest images of an image file, an image id or a text query"
     )
-    dsw.add_argument("--home", help="curation home (default $CURATION_HOME or ./.curation)")
-    dsw.add_argument(
-        "--truth",
-        help="ground truth of duplicate groups (CSV group + image_id|source_uri, or the demo's "
-        "ground_truth.json; default: the source root's ground_truth.json when present)",
+    sim.add_argument("target", help="image path, image_id (or 8+ hex prefix), or text")
+    sim.add_argument("-k", type=int, default=20, help="neighbours (default 20)")
+    sim.add_argument("--home")
+    sim.add_argument("--html", help="contact sheet path (default <home>/similar/<target>.html)")
+    sim.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sim.add_argument("--nprobe", type=int, default=32, help="inverted lists searched")
+    sim.add_argument(
+        "--backend",
+        choices=["timm", "open_clip"],
+        default="timm",
+        help="embedder for new files and text (must be the index's model)",
     )
-    dsw.add_argument("--step", type=float, default=0.01, help="τ step (default 0.01)")
-    dsw.add_argument("--json", action="store_true", help="print JSON")
-    dsw.set_defaults(func=cmd_dedup_sweep)
-    drt = dd_sub.add_parser(
-        "retune", help="re-decide groups at a new τ from the stored pairs, then weights + export"
-    )
-    drt.add_argument("--home", help="curation home (default $CURATION_HOME or ./.curation)")
-    drt.add_argument("--tau", type=float, required=True, help="the new cosine threshold")
-    drt.add_argument("--tau-min", type=float, help="new floor of the stored pairs (default: kept)")
-    drt.set_defaults(func=cmd_dedup_retune)
+    sim.add_argument("--model", help="model name (default per backend)")
+    sim.add_argument("--pretrained", help="pretrained tag/path ('random' = random weights)")
+    sim.add_argument("--model-config", help="open_clip model config JSON")
+    sim.set_defaults(func=cmd_similar)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -20,6 +20,7 @@ PER_SHARD = {
     "filtered_images",
     "filter_rejections",
 }
+SIMILAR = {"similarity_index", "image_uniqueness"}
 ASSIGNMENTS = {f"cluster_assignments_{c}" for c in range(N_CLUSTERINGS)}
 CENTROIDS = {f"cluster_centroids_{c}" for c in range(N_CLUSTERINGS)}
 GLOBAL = {
@@ -32,18 +33,25 @@ GLOBAL = {
     "sample_weights",
     "bias_audit",
     "curated_dataset",
+    "similarity_quantizer",
 }
 
 
 def test_asset_keys_partitions_and_dependencies():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == PER_SHARD | ASSIGNMENTS | GLOBAL
-    for key in PER_SHARD | ASSIGNMENTS:
+    assert keys == PER_SHARD | ASSIGNMENTS | SIMILAR | GLOBAL
+    for key in PER_SHARD | ASSIGNMENTS | SIMILAR:
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
         assert node.partitions_def.name == "shards"
-        assert node.description and node.group_name in {"ingest", "embed", "classify", "dedup"}
+        assert node.description and node.group_name in {
+            "ingest",
+            "embed",
+            "classify",
+            "dedup",
+            "similar",
+        }
     for key in GLOBAL:
         node = graph.get(dg.AssetKey(key))
         assert node.partitions_def is None and node.description
@@ -55,6 +63,11 @@ def test_asset_keys_partitions_and_dependencies():
     for c in range(N_CLUSTERINGS):
         assert f"cluster_centroids_{c}" in parents[f"cluster_assignments_{c}"]
     assert ASSIGNMENTS <= parents["deduplicated_images"]
+    # the index's quantizer is trained on all embeddings, not on the filtered images, so
+    # uniqueness can become a filter signal without a cycle
+    assert parents["similarity_quantizer"] == {"image_embeddings"}
+    assert parents["similarity_index"] == {"image_embeddings", "similarity_quantizer"}
+    assert parents["image_uniqueness"] == {"similarity_index"}
 
 
 def test_automation_conditions():
@@ -72,6 +85,9 @@ def test_automation_conditions():
     assert label("cluster_assignments_3") == "updated on filtered_images, cluster_centroids_3"
     assert label("deduplicated_images").startswith("eager on cluster_assignments_0")
     assert label("curated_dataset") == "eager on sample_weights"
+    assert label("similarity_quantizer") == "weekly retrain or missing"
+    assert label("similarity_index") == "eager on image_embeddings, similarity_quantizer"
+    assert label("image_uniqueness") == "eager on similarity_index"
     sensor = defs.resolve_sensor_def("curation_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     # per_shard_job's runs carry the tag that keeps them from re-triggering the filter
@@ -94,7 +110,7 @@ def test_per_shard_assets_share_one_multi_shard_backfill_policy():
     partitioned = [
         graph.get(k) for k in graph.materializable_asset_keys if graph.get(k).is_partitioned
     ]
-    assert len(partitioned) == 4 + 1 + 1 + 2 + N_CLUSTERINGS
+    assert len(partitioned) == 4 + 1 + 1 + 2 + N_CLUSTERINGS + 2
     assert {n.backfill_policy for n in partitioned} == {
         dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN)
     }
@@ -159,6 +175,8 @@ def test_checks_are_declared_and_blocking():
         ("bias_audit", "weighted_shares_near_unfiltered"),
         ("curated_dataset", "one_row_per_kept_image"),
         ("curated_dataset", "every_image_exported"),
+        ("similarity_index", "every_embedding_indexed"),
+        ("image_uniqueness", "every_image_scored"),
     }
 
 

@@ -17,6 +17,8 @@ the module of its stage:
 * :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``,
   ``weight_shard_stats``, ``audit_shard_counts``, ``weight_probes``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
+* :mod:`~curation_assets.lib.tables.similar`: ``similarity_quantizer``, ``similarity_index``,
+  ``image_uniqueness``
 * :mod:`~curation_assets.lib.tables.commits`: ``stage_commits``
 
 :data:`TABLES` lists them all. Writers and readers (``DeltaStore``), the Dagster column
@@ -63,6 +65,11 @@ from curation_assets.lib.tables.ingest import (
     RAW_IMAGES,
     REASON_CODES,
 )
+from curation_assets.lib.tables.similar import (
+    IMAGE_UNIQUENESS,
+    SIMILARITY_INDEX,
+    SIMILARITY_QUANTIZER,
+)
 from curation_assets.lib.tables.spec import UTC_TIMESTAMP, Column, TableSpec
 from curation_assets.lib.tables.weights import (
     AUDIT_SHARD_COUNTS,
@@ -108,6 +115,9 @@ TABLES: Mapping[str, TableSpec] = _registry(
     AUDIT_SHARD_COUNTS,
     WEIGHT_PROBES,
     CURATED_DATASET,
+    SIMILARITY_QUANTIZER,
+    SIMILARITY_INDEX,
+    IMAGE_UNIQUENESS,
     STAGE_COMMITS,
 )
 """Every Delta table of the pipeline, by name, in pipeline order (read-only)."""
@@ -143,6 +153,7 @@ __all__ = [
     "FILTERED_IMAGES",
     "FILTER_REJECTIONS",
     "IMAGE_EMBEDDINGS",
+    "IMAGE_UNIQUENESS",
     "INGEST_NOTES",
     "LABELS",
     "LABEL_QUEUE",
@@ -152,6 +163,8 @@ __all__ = [
     "REASON_CODES",
     "SAFETY_CLASSIFIERS",
     "SAMPLE_WEIGHTS",
+    "SIMILARITY_INDEX",
+    "SIMILARITY_QUANTIZER",
     "STAGE_COMMITS",
     "TABLES",
     "UTC_TIMESTAMP",
