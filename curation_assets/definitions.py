@@ -21,6 +21,7 @@ STAGES = (
     "dedup",
     "weights",
     "export",
+    "explain",
     "sensors",
     "automation",
 )
