@@ -34,11 +34,14 @@ GLOBAL = {
     "curated_dataset",
 }
 
+ON_DEMAND = {"image_explanation"}
+"""Assets a person launches with config; never automated, no Delta table of their own."""
+
 
 def test_asset_keys_partitions_and_dependencies():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == PER_SHARD | ASSIGNMENTS | GLOBAL
+    assert keys == PER_SHARD | ASSIGNMENTS | GLOBAL | ON_DEMAND
     for key in PER_SHARD | ASSIGNMENTS:
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
@@ -72,6 +75,7 @@ def test_automation_conditions():
     assert label("cluster_assignments_3") == "updated on filtered_images, cluster_centroids_3"
     assert label("deduplicated_images").startswith("eager on cluster_assignments_0")
     assert label("curated_dataset") == "eager on sample_weights"
+    assert label("image_explanation") is None  # launched by a person, never by the sensor
     sensor = defs.resolve_sensor_def("curation_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     # per_shard_job's runs carry the tag that keeps them from re-triggering the filter
@@ -159,6 +163,7 @@ def test_checks_are_declared_and_blocking():
         ("bias_audit", "weighted_shares_near_unfiltered"),
         ("curated_dataset", "one_row_per_kept_image"),
         ("curated_dataset", "every_image_exported"),
+        ("image_explanation", "tables_agree_on_the_image"),
     }
 
 
