@@ -214,4 +214,6 @@ def test_the_asset_shows_the_trace_as_markdown(demo):
     assert "data:image/jpeg;base64," in md
     (check,) = result.get_asset_check_evaluations()
     assert check.passed
-    assert render_text(trace_from_json(mat.metadata["trace"].value)).startswith(target)
+    data = mat.metadata["trace"].value
+    assert isinstance(data, dict)
+    assert render_text(trace_from_json(data)).startswith(target)
