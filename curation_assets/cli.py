@@ -240,6 +240,39 @@ def _print_dedup(paths: Paths, gt: pl.DataFrame) -> None:
             print(f"  {k:<38} {v}")
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """`curation explain TARGET`: every decision about one input, from the Delta tables."""
+    from curation_assets.lib.explain import (
+        AsOfError,
+        TargetError,
+        explain,
+        parse_as_of,
+        render_text,
+    )
+    from curation_assets.lib.storage import DeltaStore
+
+    paths = resolve_paths(args.home)
+    try:
+        as_of = parse_as_of(args.as_of)
+        trace = explain(
+            DeltaStore(paths.delta_root),
+            args.target,
+            source_root=paths.source_root,
+            as_of=as_of,
+            export_dir=paths.home / "export",
+        )
+    except AsOfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TargetError as exc:
+        if args.json:
+            print(json.dumps({"error": "not_found", "target": args.target, "message": str(exc)}))
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(trace.to_json(), indent=2) if args.json else render_text(trace))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run ``dagster dev`` (webserver + daemon) on the curation home."""
     paths = prepare_home(args.home)
@@ -475,6 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=cmd_dev)
+
+    ex = sub.add_parser(
+        "explain",
+        help="why is this image where it is? every decision about one input (0 ok, 3 unknown)",
+    )
+    ex.add_argument("target", help="a path (file, <tar>#<member>) or an image id (8+ hex chars)")
+    ex.add_argument("--json", action="store_true", help="print the trace as JSON")
+    ex.add_argument(
+        "--as-of",
+        action="append",
+        default=[],
+        metavar="WHEN",
+        help="ISO timestamp (UTC if no zone) for every table, and/or TABLE=VERSION (repeatable)",
+    )
+    ex.add_argument("--home", help="curation home (default $CURATION_HOME or ./.curation)")
+    ex.set_defaults(func=cmd_explain)
 
     demo = sub.add_parser("demo", help="build the demo corpus (shards + ground_truth.json)")
     demo.add_argument("--home")

@@ -22,6 +22,7 @@ STAGES = (
     "weights",
     "export",
     "similar",
+    "explain",
     "sensors",
     "automation",
 )

@@ -36,11 +36,14 @@ GLOBAL = {
     "similarity_quantizer",
 }
 
+ON_DEMAND = {"image_explanation"}
+"""Assets a person launches with config; never automated, no Delta table of their own."""
+
 
 def test_asset_keys_partitions_and_dependencies():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == PER_SHARD | ASSIGNMENTS | SIMILAR | GLOBAL
+    assert keys == PER_SHARD | ASSIGNMENTS | SIMILAR | GLOBAL | ON_DEMAND
     for key in PER_SHARD | ASSIGNMENTS | SIMILAR:
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
@@ -88,6 +91,7 @@ def test_automation_conditions():
     assert label("similarity_quantizer") == "weekly retrain or missing"
     assert label("similarity_index") == "eager on image_embeddings, similarity_quantizer"
     assert label("image_uniqueness") == "eager on similarity_index"
+    assert label("image_explanation") is None  # launched by a person, never by the sensor
     sensor = defs.resolve_sensor_def("curation_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     # per_shard_job's runs carry the tag that keeps them from re-triggering the filter
@@ -177,6 +181,7 @@ def test_checks_are_declared_and_blocking():
         ("curated_dataset", "every_image_exported"),
         ("similarity_index", "every_embedding_indexed"),
         ("image_uniqueness", "every_image_scored"),
+        ("image_explanation", "tables_agree_on_the_image"),
     }
 
 
