@@ -438,7 +438,10 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     """`curation bench quality`: per-image µs of the signals vs the decode, as JSON."""
     from curation_assets.tools.bench_quality import bench_quality
 
-    print(json.dumps(bench_quality(Path(args.images), limit=args.limit), indent=2))
+    result = bench_quality(
+        Path(args.images), limit=args.limit, repeats=args.repeats, resize=args.resize
+    )
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -596,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     bq = bench_sub.add_parser("quality", help="pixel-quality signals' cost against the decode")
     bq.add_argument("--images", required=True, help="folder, tar or manifest of images")
     bq.add_argument("--limit", type=int, help="use only the first N inputs")
+    bq.add_argument("--repeats", type=int, default=3, help="timings per image (fastest kept)")
+    bq.add_argument("--resize", type=int, help="re-encode with this longer side first (px)")
     bq.set_defaults(func=cmd_bench_quality)
     return p
 

@@ -172,5 +172,6 @@ def test_demo_corpus_every_ingested_image_has_signals(pipeline):
     assert store.shard_row_counts(IMAGE_QUALITY.name) == raw and set(raw) == set(SHARDS)
     stats, read = corpus_stats(store, k=3)
     assert stats.n == sum(raw.values()) and sorted(read) == sorted(SHARDS)
-    # the demo's procedural images include flat fills: the report finds some low-entropy ones
+    # the demo's procedural images include flat fills and smooth gradients: both are flagged
+    assert stats.flags["low_entropy"] > 0 and stats.flags["blurry"] > 0
     assert stats.worst.filter(pl.col("check") == "low_entropy").height == 3

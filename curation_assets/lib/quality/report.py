@@ -79,14 +79,47 @@ def approx_quantiles(stats: QualityStats) -> dict[str, dict[str, float]]:
     }
 
 
-def _thumb(read: Callable[[str], bytes], uri: str | None, px: int) -> str:
+def _thumb(read: Callable[[str], bytes], uri: str | None, px: int) -> str | None:
+    """Base64 JPEG thumbnail of ``uri``, or None when it cannot be read."""
     if uri is None:
-        return "no source_uri"
+        return None
     try:
-        data = base64.b64encode(make_thumbnail(read(uri), px, quality=70)).decode("ascii")
-    except Exception as exc:  # a moved file must not hide the other examples
-        return f"unreadable: {type(exc).__name__}"
-    return f"![thumbnail](data:image/jpeg;base64,{data})"
+        return base64.b64encode(make_thumbnail(read(uri), px, quality=70)).decode("ascii")
+    except Exception:  # a moved file must not hide the other examples
+        return None
+
+
+def worst_examples(
+    worst: pl.DataFrame,
+    uris: pl.DataFrame,
+    read: Callable[[str], bytes],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    px: int = 80,
+) -> list[tuple[str, str, list[tuple[str | None, str]]]]:
+    """The most extreme images per check: ``(check, rule, [(thumbnail b64 | None, caption)])``.
+
+    Args:
+        worst: :attr:`QualityStats.worst` rows (``check``, ``image_id``, ``value``).
+        uris: ``image_id, source_uri`` of those images.
+        read: ``source_uri -> bytes``.
+        thresholds: Thresholds by check, to mark which examples are flagged (``✗``).
+        px: Longest side of a thumbnail.
+    """
+    rows = worst.join(uris.unique("image_id"), on="image_id", how="left", maintain_order="left")
+    out = []
+    for name, c in CHECKS.items():
+        mine = rows.filter(pl.col("check") == name)
+        if mine.is_empty():
+            continue
+        limit = (thresholds or {}).get(name, c.default)
+        cells = []
+        for rec in mine.iter_rows(named=True):
+            flagged = rec["value"] < limit if c.direction == "below" else rec["value"] > limit
+            caption = f"{rec['value']:.4g}{' ✗' if flagged else ''} {rec['image_id'][:8]}"
+            cells.append((_thumb(read, rec["source_uri"], px), caption))
+        out.append((name, c.describe(limit), cells))
+    return out
 
 
 def worst_markdown(
@@ -97,35 +130,20 @@ def worst_markdown(
     thresholds: Mapping[str, float] | None = None,
     px: int = 80,
 ) -> str:
-    """The most extreme images per check as rows of thumbnails (inline base64 JPEG).
+    """:func:`worst_examples` as markdown (thumbnails as inline base64 JPEG).
 
-    Args:
-        worst: :attr:`QualityStats.worst` rows (``check``, ``image_id``, ``value``).
-        uris: ``image_id, source_uri`` of those images.
-        read: ``source_uri -> bytes``.
-        thresholds: Thresholds by check, to mark which examples are flagged (``✗``).
-        px: Longest side of a thumbnail.
-
-    Returns:
-        Markdown: per check, a table of thumbnails with each value under it.
+    Per check, a row of thumbnails over each image's value (flagged ones marked) and id.
     """
     if worst.is_empty():
         return "_no images_"
-    rows = worst.join(uris.unique("image_id"), on="image_id", how="left", maintain_order="left")
     out = []
-    for name, c in CHECKS.items():
-        mine = rows.filter(pl.col("check") == name)
-        if mine.is_empty():
-            continue
-        limit = (thresholds or {}).get(name, c.default)
-        cells, captions = [], []
-        for rec in mine.iter_rows(named=True):
-            cells.append(_thumb(read, rec["source_uri"], px))
-            flagged = rec["value"] < limit if c.direction == "below" else rec["value"] > limit
-            captions.append(f"{rec['value']:.4g}{' ✗' if flagged else ''} `{rec['image_id'][:8]}`")
-        out += [f"**{name}** (`{c.describe(limit)}` is flagged ✗)", ""]
-        out += ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
-        out += ["| " + " | ".join(captions) + " |", ""]
+    for name, rule, cells in worst_examples(worst, uris, read, thresholds=thresholds, px=px):
+        images = [
+            f"![{name}](data:image/jpeg;base64,{b64})" if b64 else "unreadable" for b64, _ in cells
+        ]
+        out += [f"**{name}** (`{rule}` is flagged ✗)", ""]
+        out += ["| " + " | ".join(images) + " |", "|" + "---|" * len(images)]
+        out += ["| " + " | ".join(caption for _, caption in cells) + " |", ""]
     return "\n".join(out)
 
 
@@ -201,33 +219,21 @@ def quality_html(stats: QualityStats, uris: pl.DataFrame, path: Path, *, px: int
         ``path``, written (its folder is created).
     """
     with SourceReader() as read:
-        body = worst_markdown(stats.worst, uris, read, thresholds=stats.thresholds, px=px)
-    parts = ["<!doctype html><meta charset='utf-8'><title>image quality</title>"]
-    parts.append(f"<h1>image_quality: {stats.n} images</h1>")
-    for block in body.split("\n\n"):
-        lines = [ln for ln in block.splitlines() if ln.strip()]
-        if not lines:
-            continue
-        if not lines[0].startswith("|"):
-            parts.append(f"<h2>{html.escape(lines[0].replace('`', ''))}</h2>")
-            lines = lines[1:]
-        rows = [ln.strip("|").split(" | ") for ln in lines if not ln.startswith("|---")]
-        parts.append("<table><tr>")
-        for cells in rows:
-            tds = "".join(f"<td>{_html_cell(cell)}</td>" for cell in cells)
-            parts.append(f"<tr>{tds}</tr>")
-        parts.append("</table>")
+        examples = worst_examples(stats.worst, uris, read, thresholds=stats.thresholds, px=px)
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>image quality</title>",
+        "<style>figure{display:inline-block;margin:6px;font:12px sans-serif}</style>",
+        f"<h1>image_quality: {stats.n} images</h1>",
+    ]
+    for name, rule, cells in examples:
+        flagged = stats.flags[name]
+        parts.append(f"<h2>{html.escape(name)}: {html.escape(rule)} ({flagged} flagged)</h2>")
+        for b64, caption in cells:
+            img = f"<img src='data:image/jpeg;base64,{b64}'>" if b64 else "unreadable"
+            parts.append(f"<figure>{img}<figcaption>{html.escape(caption)}</figcaption></figure>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
-
-
-def _html_cell(cell: str) -> str:
-    cell = cell.strip()
-    if cell.startswith("![") and "(data:image" in cell:
-        src = cell[cell.index("(") + 1 : -1]
-        return f"<img src='{src}'>"
-    return html.escape(cell.replace("`", ""))
 
 
 __all__ = [
@@ -237,6 +243,7 @@ __all__ = [
     "quality_text",
     "quantile_markdown",
     "stats_markdown",
+    "worst_examples",
     "worst_markdown",
     "worst_uris",
 ]
