@@ -16,6 +16,7 @@ from curation_assets.lib.filter import (
     split_by_scores,
 )
 from curation_assets.lib.quality.signals import CHECKS, quality_rejections, resolve_thresholds
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
     FILTER_REJECTIONS,
@@ -151,7 +152,11 @@ def filter_shard(
 
 
 def _quality_rejections(
-    store, key: str, raw: pl.DataFrame, config: FilterConfig, thresholds: dict[str, float]
+    store: DeltaStore,
+    key: str,
+    raw: pl.DataFrame,
+    config: FilterConfig,
+    thresholds: dict[str, float],
 ) -> tuple[pl.DataFrame | None, int]:
     """The enabled quality checks' rejections of shard ``key`` and the images without signals.
 
