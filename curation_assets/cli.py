@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from curation_assets.cli_dedup import add_dedup_parser
+from curation_assets.cli_quality import add_quality_parsers
 from curation_assets.lib.settings import Paths, resolve_paths
 from curation_assets.runner import (
     Runner,
@@ -421,6 +422,17 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    """`curation bench quality`: per-image µs of the signals vs the decode, as JSON."""
+    from curation_assets.tools.bench_quality import bench_quality
+
+    result = bench_quality(
+        Path(args.images), limit=args.limit, repeats=args.repeats, resize=args.resize
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _add_shard_split_args(p: argparse.ArgumentParser) -> None:
     """The corpus options of the benchmarks that split a folder into base + new shards."""
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
@@ -567,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pretrained", help="pretrained tag/path ('random' = random weights)")
     sim.add_argument("--model-config", help="open_clip model config JSON")
     sim.set_defaults(func=cmd_similar)
+    add_quality_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -639,6 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="global jobs to time after the assignments",
     )
     bs.set_defaults(func=cmd_bench_scale)
+    bq = bench_sub.add_parser("quality", help="pixel-quality signals' cost against the decode")
+    bq.add_argument("--images", required=True, help="folder, tar or manifest of images")
+    bq.add_argument("--limit", type=int, help="use only the first N inputs")
+    bq.add_argument("--repeats", type=int, default=3, help="timings per image (fastest kept)")
+    bq.add_argument("--resize", type=int, help="re-encode with this longer side first (px)")
+    bq.set_defaults(func=cmd_bench_quality)
     return p
 
 

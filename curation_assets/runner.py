@@ -60,6 +60,7 @@ EMBED = [
     dg.AssetKey("quarantine"),
     dg.AssetKey("exact_duplicates"),
     dg.AssetKey("ingest_notes"),
+    dg.AssetKey("image_quality"),
     dg.AssetKey("image_embeddings"),
 ]
 """The ingest + embed part of ``per_shard_job``."""

@@ -15,6 +15,7 @@ PER_SHARD = {
     "quarantine",
     "exact_duplicates",
     "ingest_notes",
+    "image_quality",
     "image_embeddings",
     "classifier_scores",
     "filtered_images",
@@ -62,7 +63,7 @@ def test_asset_keys_partitions_and_dependencies():
     assert parents["image_embeddings"] == {"raw_images"}
     assert parents["safety_classifiers"] == {"labels", "image_embeddings"}
     assert parents["classifier_scores"] == {"image_embeddings", "safety_classifiers"}
-    assert parents["filtered_images"] == {"classifier_scores", "raw_images"}
+    assert parents["filtered_images"] == {"classifier_scores", "raw_images", "image_quality"}
     for c in range(N_CLUSTERINGS):
         assert f"cluster_centroids_{c}" in parents[f"cluster_assignments_{c}"]
     assert ASSIGNMENTS <= parents["deduplicated_images"]
@@ -114,7 +115,7 @@ def test_per_shard_assets_share_one_multi_shard_backfill_policy():
     partitioned = [
         graph.get(k) for k in graph.materializable_asset_keys if graph.get(k).is_partitioned
     ]
-    assert len(partitioned) == 4 + 1 + 1 + 2 + N_CLUSTERINGS + 2
+    assert len(partitioned) == 5 + 1 + 1 + 2 + N_CLUSTERINGS + 2
     assert {n.backfill_policy for n in partitioned} == {
         dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN)
     }
@@ -160,6 +161,7 @@ def test_checks_are_declared_and_blocking():
     assert checks == {
         ("raw_images", "every_input_accounted_for"),
         ("raw_images", "image_ids_unique"),
+        ("image_quality", "every_image_measured"),
         ("image_embeddings", "dims_and_norms"),
         ("image_embeddings", "every_image_embedded"),
         ("safety_classifiers", "every_category_has_a_classifier"),

@@ -36,6 +36,7 @@ from curation_assets.lib.classify import (
     text_encoder_for,
     train_classifiers,
 )
+from curation_assets.lib.classify.heads import load_head
 from curation_assets.lib.classify.pool import candidate_pool, check_labelled_fit, pool_rows_for
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
@@ -259,12 +260,20 @@ class ScoreConfig(dg.Config):
         default_factory=dict, description="Optional threshold per pretrained scorer name."
     )
     batch_size: int = Field(default=32, description="Images per pretrained-scorer batch.")
+    embedding_heads: list[str] = Field(
+        default_factory=list,
+        description="Safetensors files of MLP heads over the stored embeddings (e.g. LAION's "
+        "aesthetic predictor converted to safetensors; the README says how). Each adds a score "
+        "named by its metadata; a threshold in pretrained_thresholds makes it filter. A head "
+        "trained on another embedding model or dimension is refused.",
+    )
 
 
 @dg.asset(
     description=(
         "Per shard, one score per image and classifier (long format: image_id, category, "
-        "score, threshold), plus pretrained scorers such as open_nsfw when configured."
+        "score, threshold), plus pretrained scorers such as open_nsfw and MLP heads over the "
+        "embeddings (e.g. an aesthetic predictor) when configured."
     ),
     partitions_def=shards_partitions,
     deps=["image_embeddings", "safety_classifiers"],
@@ -298,8 +307,10 @@ def classifier_scores(
     """Score each shard's embeddings with the classifiers in force (read once per run)."""
     store = delta.store()
     classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
-    n_scorers = len(classifiers) + len(config.pretrained_scorers)
-    scorers = ", ".join([c.category for c in classifiers] + config.pretrained_scorers) or "none"
+    heads = [load_head(path) for path in config.embedding_heads]  # errors before any shard
+    n_scorers = len(classifiers) + len(config.pretrained_scorers) + len(heads)
+    names = [c.category for c in classifiers] + config.pretrained_scorers
+    scorers = ", ".join(names + [h.model_id for h in heads]) or "none"
     shards = ShardLoop(context, ["classifier_scores"])
 
     def score_one(key: str) -> None:
@@ -307,6 +318,10 @@ def classifier_scores(
             IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
         ).sort("image_id")
         frames = [score_shard(classifiers, emb, key)]
+        frames += [
+            h.score_shard(emb, key, threshold=config.pretrained_thresholds.get(h.name))
+            for h in heads
+        ]
         for name in config.pretrained_scorers:
             frames.append(
                 pretrained_scores(

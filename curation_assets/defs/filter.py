@@ -1,6 +1,8 @@
 """Filter stage: per shard, classifier_scores → filtered_images + filter_rejections."""
 
 import dagster as dg
+import polars as pl
+from pydantic import Field
 
 from curation_assets.defs.automation import updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
@@ -13,15 +15,36 @@ from curation_assets.lib.filter import (
     filter_summary,
     split_by_scores,
 )
+from curation_assets.lib.quality.signals import CHECKS, quality_rejections, resolve_thresholds
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
     FILTER_REJECTIONS,
     FILTERED_IMAGES,
     RAW_IMAGES,
 )
+from curation_assets.lib.tables.quality import IMAGE_QUALITY
 
 GROUP = "classify"
 """The filter assets stay in the classify group of the UI, where they have always been."""
+
+_CHECKS_DOC = "; ".join(f"{n}: {c.describe()}" for n, c in CHECKS.items())
+
+
+class FilterConfig(dg.Config):
+    """Which pixel-quality checks drop images (none by default: they are only reported)."""
+
+    quality_drop: list[str] = Field(
+        default_factory=list,
+        description="Pixel-quality checks that remove the images they flag, e.g. "
+        f"['blurry', 'tiny']. Checks and default rules: {_CHECKS_DOC}. A removed image's "
+        "filter_rejections row has category quality_<check>, its value and the threshold.",
+    )
+    quality_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Threshold overrides by check name, e.g. {'blurry': 50}; the direction of "
+        "each check stays as documented.",
+    )
 
 
 @dg.multi_asset(
@@ -32,7 +55,7 @@ GROUP = "classify"
                 "Images of the shard that no category removes: every score below its "
                 "threshold (and image–caption similarity above the floor, when set)."
             ),
-            deps=["classifier_scores", "raw_images"],
+            deps=["classifier_scores", "raw_images", "image_quality"],
             kinds={"deltalake", "polars"},
             automation_condition=updated_on("classifier_scores"),
             group_name=GROUP,
@@ -41,8 +64,9 @@ GROUP = "classify"
         ),
         dg.AssetSpec(
             "filter_rejections",
-            description="Why each removed image was removed: category, score and threshold.",
-            deps=["classifier_scores", "raw_images"],
+            description="Why each removed image was removed: category (or quality_<check> "
+            "for an enabled pixel-quality check), score and threshold.",
+            deps=["classifier_scores", "raw_images", "image_quality"],
             kinds={"deltalake", "polars"},
             automation_condition=updated_on("classifier_scores"),
             group_name=GROUP,
@@ -64,6 +88,7 @@ GROUP = "classify"
 @fail_fast
 def filter_shard(
     context: dg.AssetExecutionContext,
+    config: FilterConfig,
     delta: DeltaStorage,
     categories: Categories,
     embedder: ImageEmbedder,
@@ -71,6 +96,8 @@ def filter_shard(
     """Split each shard of the run into filtered_images and filter_rejections."""
     store = delta.store()
     floor = clip_score_floor(categories.load())
+    thresholds = resolve_thresholds(config.quality_thresholds, config.quality_drop)
+    rules = [CHECKS[n].describe(thresholds[n]) for n in config.quality_drop]
     shards = ShardLoop(context, ["filtered_images", "filter_rejections"])
 
     def filter_one(key: str) -> None:
@@ -79,7 +106,15 @@ def filter_shard(
         clip = clip_floor_scores(store, key, raw, floor, embedder.load)
         if clip.unavailable:
             context.log.warning(f"min_clip_score {floor} {clip.note}")
-        kept, rejections = split_by_scores(raw, scores, clip_scores=clip.scores, clip_floor=floor)
+        quality, unmeasured = _quality_rejections(store, key, raw, config, thresholds)
+        if unmeasured:
+            context.log.warning(
+                f"{key}: {unmeasured} images have no image_quality row (ingested before the "
+                "signals existed): the quality checks keep them; re-materialize raw_images"
+            )
+        kept, rejections = split_by_scores(
+            raw, scores, clip_scores=clip.scores, clip_floor=floor, quality=quality
+        )
         store.replace_shard(FILTERED_IMAGES, key, kept)
         store.replace_shard(FILTER_REJECTIONS, key, rejections)
         summary = filter_summary(raw, kept, rejections)
@@ -94,6 +129,8 @@ def filter_shard(
                 removed=summary.removed,
                 removed_share=summary.removed_share,
                 clip_score_floor=clip.note,
+                quality_checks_dropping=", ".join(rules) or "none (reported only)",
+                quality_unmeasured=unmeasured,
             ),
             "filter_rejections": table_metadata(
                 FILTER_REJECTIONS,
@@ -112,6 +149,25 @@ def filter_shard(
         shards.done(key, metadata, [check])
 
     yield from shards.run(filter_one)
+
+
+def _quality_rejections(
+    store: DeltaStore,
+    key: str,
+    raw: pl.DataFrame,
+    config: FilterConfig,
+    thresholds: dict[str, float],
+) -> tuple[pl.DataFrame | None, int]:
+    """The enabled quality checks' rejections of shard ``key`` and the images without signals.
+
+    Reads ``image_quality`` only when a check is enabled.
+    """
+    if not config.quality_drop:
+        return None, 0
+    rows = store.read(IMAGE_QUALITY, shards=[key]).join(
+        raw.select("image_id"), on="image_id", how="semi"
+    )
+    return quality_rejections(rows, config.quality_drop, thresholds), raw.height - rows.height
 
 
 defs = dg.Definitions(assets=[filter_shard])

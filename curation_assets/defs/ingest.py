@@ -1,7 +1,8 @@
-"""Ingest stage, per shard: raw_images, quarantine, exact_duplicates and ingest_notes."""
+"""Ingest stage, per shard: raw_images, quarantine, exact_duplicates, notes, image_quality."""
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -15,13 +16,18 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import DeltaStorage, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
+from curation_assets.lib.images import SourceReader
 from curation_assets.lib.ingest import (
     DecodeLimits,
+    IngestResult,
     existing_lookup,
     ingest_checks,
     ingest_shard,
+    quality_check,
     write_ingest,
 )
+from curation_assets.lib.quality.report import quantile_markdown, stats_markdown, worst_markdown
+from curation_assets.lib.quality.signals import quality_stats
 from curation_assets.lib.shards import source_fingerprint
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -31,9 +37,10 @@ from curation_assets.lib.tables import (
     RAW_IMAGES,
     REASON_CODES,
 )
+from curation_assets.lib.tables.quality import IMAGE_QUALITY
 
 GROUP = "ingest"
-ASSET_KEYS = ["raw_images", "quarantine", "exact_duplicates", "ingest_notes"]
+ASSET_KEYS = ["raw_images", "quarantine", "exact_duplicates", "ingest_notes", "image_quality"]
 
 
 class IngestConfig(dg.Config):
@@ -52,6 +59,11 @@ class IngestConfig(dg.Config):
         default=1, description="Images whose shorter side is below this are quarantined."
     )
     decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
+    quality_examples: int = Field(
+        default=4,
+        description="Most extreme images shown per quality check (thumbnails) in "
+        "image_quality's metadata; 0 shows none (no image is read back).",
+    )
 
 
 @dg.multi_asset(
@@ -103,8 +115,30 @@ class IngestConfig(dg.Config):
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(INGEST_NOTES)},
         ),
+        dg.AssetSpec(
+            "image_quality",
+            description=(
+                "Pixel-quality signals of every ingested image, measured on the image ingest "
+                "decoded (no second decode): sharpness (variance of Laplacian), brightness, "
+                "entropy, chroma, aspect ratio, shorter side. The metadata shows their "
+                "distribution, how many images each check flags at its default threshold "
+                "(blurry, too_dark, too_bright, low_entropy, odd_aspect, tiny, grayscale) and "
+                "the most extreme images as thumbnails. Reported always; the filter drops on a "
+                "check only when its config enables it (filter_shard: quality_drop)."
+            ),
+            kinds={"deltalake", "polars"},
+            group_name=GROUP,
+            partitions_def=shards_partitions,
+            metadata={"dagster/column_schema": table_schema(IMAGE_QUALITY)},
+        ),
     ],
     check_specs=[
+        dg.AssetCheckSpec(
+            "every_image_measured",
+            asset="image_quality",
+            blocking=True,
+            description="One row of finite signals per raw_images row of the shard, no other.",
+        ),
         dg.AssetCheckSpec(
             "every_input_accounted_for",
             asset="raw_images",
@@ -220,8 +254,35 @@ def _ingest_shard(
                 notes.height,
                 preview=markdown_preview(notes.select("source_uri", "note")),
             ),
+            "image_quality": _quality_metadata(delta, shard_source, result, config),
         },
-        [check_result(c) for c in ingest_checks(store, key, result.n_enumerated)],
+        [
+            check_result(c)
+            for c in [
+                *ingest_checks(store, key, result.n_enumerated),
+                quality_check(store, key, result.raw.height),
+            ]
+        ],
+    )
+
+
+def _quality_metadata(
+    delta: DeltaStorage, shard_source: ShardSource, result: IngestResult, config: IngestConfig
+) -> dict[str, Any]:
+    """image_quality's metadata: flag counts, distributions and the most extreme images."""
+    stats = quality_stats(result.quality, k=config.quality_examples)
+    uris = result.raw.select("image_id", "source_uri")
+    with SourceReader(max_bytes=shard_source.max_file_bytes) as read:
+        worst = worst_markdown(stats.worst, uris, read) if config.quality_examples else ""
+    return table_metadata(
+        IMAGE_QUALITY,
+        delta.uri(IMAGE_QUALITY),
+        result.quality.height,
+        flagged_at_defaults=dg.MetadataValue.json(stats.flags),
+        **{f"flagged_{name}": n for name, n in stats.flags.items()},
+        quantiles=dg.MetadataValue.md(quantile_markdown(result.quality)),
+        distribution=dg.MetadataValue.md(stats_markdown(stats)),
+        worst_examples=dg.MetadataValue.md(worst or "_not shown (quality_examples = 0)_"),
     )
 
 

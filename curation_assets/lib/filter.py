@@ -1,9 +1,10 @@
 """Filter: split a shard into kept and rejected images, one reason per removal (stage 4).
 
 An image is removed when a classifier's score reaches its threshold (the scores come from the
-classify stage's ``classifier_scores``) or when its image–caption cosine is below the category
-spec's ``min_clip_score`` floor. :func:`split_by_scores` returns the kept rows
-(:data:`FILTERED_IMAGES`) and one rejection row per image and reason
+classify stage's ``classifier_scores``), when its image–caption cosine is below the category
+spec's ``min_clip_score`` floor, or when a pixel-quality check the filter's config enables
+flags it (``image_quality``; none is enabled by default). :func:`split_by_scores` returns the
+kept rows (:data:`FILTERED_IMAGES`) and one rejection row per image and reason
 (:data:`FILTER_REJECTIONS`); :func:`filter_summary` gives the counts the asset's check needs.
 
 Determinism: :func:`split_by_scores` returns both tables sorted by image_id, whatever order the
@@ -38,6 +39,7 @@ def split_by_scores(
     *,
     clip_scores: pl.DataFrame | None = None,
     clip_floor: float | None = None,
+    quality: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a shard's images into kept and rejected.
 
@@ -51,6 +53,8 @@ def split_by_scores(
         scores: :data:`CLASSIFIER_SCORES` rows of the shard.
         clip_scores: ``image_id, clip_score`` for captioned images (optional).
         clip_floor: Minimum image–caption cosine (optional).
+        quality: Rejection rows of the enabled pixel-quality checks
+            (:func:`~curation_assets.lib.quality.signals.quality_rejections`), optional.
 
     Returns:
         ``(filtered_images rows, filter_rejections rows)``.
@@ -67,6 +71,8 @@ def split_by_scores(
             threshold=pl.lit(clip_floor, dtype=pl.Float64),
         )
         hits = pl.concat([hits, low], how="vertical_relaxed")
+    if quality is not None and quality.height:
+        hits = pl.concat([FILTER_REJECTIONS.conform(hits), quality], how="vertical_relaxed")
     rejections = FILTER_REJECTIONS.conform(hits).sort("image_id", "category")
     kept = raw.join(rejections.select("image_id").unique(), on="image_id", how="anti")
     return FILTERED_IMAGES.conform(kept).sort("image_id"), rejections

