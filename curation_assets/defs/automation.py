@@ -54,15 +54,29 @@ SENSOR_INTERVAL_S = sensor_interval_s()
 
 
 def eager_on(*keys: str) -> dg.AutomationCondition:
-    """``AutomationCondition.eager()`` where only updates of ``keys`` trigger a run.
+    """Run when one of ``keys`` was updated after this asset was last requested and updated.
 
     The other dependencies still gate it (never run while one is missing or in progress).
+
+    Built so that a dependency's update is never lost when it lands in the same tick as this
+    asset's own request or materialization — as it does when the automation sensor was paused
+    right after requesting this asset, and the dependency was updated during the pause
+    (``test_daemon``'s downtime phase, where ``AutomationCondition.eager()``-style
+    ``any_deps_updated().since_last_handled()`` lost the update: its trigger and reset were both
+    true on the first tick after the restart, and an OR of conditions carries no timestamps, so
+    the reset won). Here trigger and resets are single timed conditions — a dependency's
+    ``newly_updated`` (when it materialized), this asset's ``newly_requested`` (the tick that
+    requested it) and ``newly_updated`` (when it materialized) — and ``since`` keeps the trigger
+    when it is the later one. A run that fails is not retried every tick: it was requested, so
+    only a new update of ``keys`` requests it again.
     """
+    updated = AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*keys))
+    # two latches, both needed: new data since the last request (no duplicate request, no retry
+    # every tick after a failure) and since the last materialization (not already consumed)
+    pending = updated.since(AC.newly_requested()) & updated.since(AC.newly_updated())
     return (
         AC.in_latest_time_window()
-        & (  # pyright cannot infer the key type of this union; it is AssetKey
-            AC.newly_missing() | AC.any_deps_updated().allow(dg.AssetSelection.assets(*keys))
-        ).since_last_handled()  # type: ignore[attr-defined]
+        & (pending | AC.newly_missing().since_last_handled())
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
