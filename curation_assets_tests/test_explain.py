@@ -217,3 +217,22 @@ def test_the_asset_shows_the_trace_as_markdown(demo):
     data = mat.metadata["trace"].value
     assert isinstance(data, dict)
     assert render_text(trace_from_json(data)).startswith(target)
+
+
+def test_a_kept_image_with_a_candidate_below_tau_names_its_near_miss(demo):
+    store = demo["store"]
+    band = pl.read_delta(store.uri("candidate_pairs"))
+    pairs = pl.read_delta(store.uri("duplicate_pairs"))
+    on_pairs = set(pairs["image_id_a"]) | set(pairs["image_id_b"])
+    loners = sorted((set(band["image_id_a"]) | set(band["image_id_b"])) - on_pairs)
+    assert loners, "the demo has candidate pairs in [τ_min, τ) between otherwise unique images"
+    trace = _explain(demo, loners[0])
+    dedup = trace.stage("dedup")
+    assert dedup.outcome == "unique" and "Closest candidate below τ" in dedup.summary
+    best = dedup.details["candidates_below_tau"][0]
+    row = band.filter(
+        ((pl.col("image_id_a") == loners[0]) & (pl.col("image_id_b") == best["other"]))
+        | ((pl.col("image_id_b") == loners[0]) & (pl.col("image_id_a") == best["other"]))
+    )
+    assert row.height == 1 and best["similarity"] == pytest.approx(row["similarity"][0])
+    assert best["similarity"] == max(d["similarity"] for d in dedup.details["candidates_below_tau"])

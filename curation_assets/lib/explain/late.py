@@ -25,6 +25,7 @@ from curation_assets.lib.explain.model import Stage
 from curation_assets.lib.explain.snapshot import Source
 from curation_assets.lib.tables import (
     BIAS_AUDIT,
+    CANDIDATE_PAIRS,
     CURATED_DATASET,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
@@ -108,8 +109,21 @@ def dedup_stage(ctx: Context) -> Stage:
         where=[[("image_id_a", "=", ctx.image_id)], [("image_id_b", "=", ctx.image_id)]],
         scope="image_id_a or image_id_b",
     )
+    band, bsrc = ctx.snap.read(
+        CANDIDATE_PAIRS,
+        where=[[("image_id_a", "=", ctx.image_id)], [("image_id_b", "=", ctx.image_id)]],
+        scope="image_id_a or image_id_b",
+    )
     runs, rsrc = ctx.snap.read(DEDUP_RUNS, columns=["run_at", "mode", "tau"], scope="all")
-    sources += [msrc, psrc, rsrc]
+    sources += [msrc, psrc, bsrc, rsrc]
+    near_misses = [
+        {
+            "other": r["image_id_b"] if r["image_id_a"] == ctx.image_id else r["image_id_a"],
+            "similarity": float(r["similarity"]),
+            "clusterings": r["clusterings"],
+        }
+        for r in band.sort("similarity", descending=True).iter_rows(named=True)
+    ]
     tau = float(runs.sort("run_at")["tau"][-1]) if runs.height else None
     direct = [
         {
@@ -125,11 +139,18 @@ def dedup_stage(ctx: Context) -> Stage:
         "tau": tau,
         "group_size": members.height or 1,
         "pairs": direct,
+        "candidates_below_tau": near_misses,
     }
+    miss = (
+        f" Closest candidate below τ: {near_misses[0]['other'][:12]} at cosine "
+        f"{near_misses[0]['similarity']:.3f} (a retune to τ ≤ that would join them)."
+        if near_misses
+        else ""
+    )
     if row["kept"]:
         if members.height <= 1:
             summary = "Kept: no other image in any of its clusters is within the threshold."
-            return Stage("dedup", "unique", summary, details, sources)
+            return Stage("dedup", "unique", summary + miss, details, sources)
         summary = (
             f"Kept for its near-duplicate group of {members.height} (the keep policy chose it); "
             f"{len(direct)} direct pair(s)."
