@@ -57,6 +57,7 @@ def explain_in_ui(home: Path, image: str) -> None:
 
 def take(home: Path, out: Path, image: str) -> list[Path]:
     """Screenshots of :data:`VIEWS`; returns the files written."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from curation_assets.tools.devserver import dagster_dev
@@ -76,7 +77,13 @@ def take(home: Path, out: Path, image: str) -> list[Path]:
             if partition:
                 url += f"?partition={partition}"
             page.goto(url)
-            row = page.locator("tr", has_text=re.compile(rf"^\s*{re.escape(key)}\b"))
+            skip = page.get_by_role("button", name="Skip")  # "Join the Dagster community"
+            try:
+                skip.click(timeout=5_000)
+            except PlaywrightTimeout:
+                pass
+            # a row's text runs on into its timestamp ("explanationNov 30, …"): no \b
+            row = page.locator("tr", has_text=re.compile(rf"^\s*{re.escape(key)}(?![a-z0-9_])"))
             row.first.wait_for(timeout=60_000)
             row.first.get_by_text("Show Markdown").click()
             dialog = page.get_by_role("dialog")

@@ -101,7 +101,7 @@ def render_markdown(trace: Trace, thumbnail: str | None = None) -> str:
         what = _md(s.summary)
         extra = _detail_lines(s)
         if extra:
-            what += "<br>" + "<br>".join(_md(x) for x in extra)
+            what += " · " + " · ".join(_md(x) for x in extra)  # the UI drops <br>
         rows.append(f"| {s.stage} | **{s.outcome}** | {what} | {_md(_sources(s))} |")
     tail = ["", "**conflicts**: " + (_md("; ".join(trace.conflicts)) or "none")]
     return "\n".join(head + rows + tail)
