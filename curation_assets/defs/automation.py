@@ -68,15 +68,20 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
     ``newly_updated`` (when it materialized), this asset's ``newly_requested`` (the tick that
     requested it) and ``newly_updated`` (when it materialized) — and ``since`` keeps the trigger
     when it is the later one. A run that fails is not retried every tick: it was requested, so
-    only a new update of ``keys`` requests it again.
+    only a new update of ``keys`` requests it again. An asset whose dependency in ``keys`` is
+    requested in the same tick joins that run (``will_be_requested``), so dedup → weights →
+    export is one run, not one per tick.
     """
-    updated = AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*keys))
+    allowed = dg.AssetSelection.assets(*keys)
+    updated = AC.any_deps_match(AC.newly_updated()).allow(allowed)
+    # a dependency requested in this very tick: join its run (dedup → weights → export in one)
+    joins = AC.any_deps_match(AC.will_be_requested()).allow(allowed)
     # two latches, both needed: new data since the last request (no duplicate request, no retry
     # every tick after a failure) and since the last materialization (not already consumed)
     pending = updated.since(AC.newly_requested()) & updated.since(AC.newly_updated())
     return (
         AC.in_latest_time_window()
-        & (pending | AC.newly_missing().since_last_handled())
+        & (pending | joins | AC.newly_missing().since_last_handled())
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()

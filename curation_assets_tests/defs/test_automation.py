@@ -19,7 +19,12 @@ def downstream() -> None:
     """Stands for deduplicated_images."""
 
 
-DEFS = dg.Definitions(assets=[upstream, downstream])
+@dg.asset(deps=[downstream], automation_condition=eager_on("downstream"))
+def further() -> None:
+    """Stands for sample_weights (after deduplicated_images)."""
+
+
+DEFS = dg.Definitions(assets=[upstream, downstream, further])
 
 
 class Ticks:
@@ -30,7 +35,8 @@ class Ticks:
     def requested(self) -> int:
         result = dg.evaluate_automation_conditions(DEFS, self.instance, cursor=self.cursor)
         self.cursor = result.cursor
-        return result.total_requested
+        self.keys = {r.key.to_user_string() for r in result.results if r.true_subset.size}
+        return len(self.keys & {"downstream"})
 
 
 def _materialize(instance: dg.DagsterInstance, *assets: dg.AssetsDefinition) -> None:
@@ -39,25 +45,25 @@ def _materialize(instance: dg.DagsterInstance, *assets: dg.AssetsDefinition) -> 
 
 def test_an_update_during_a_pause_right_after_a_request_is_not_lost():
     with dg.instance_for_test() as instance:
-        _materialize(instance, upstream, downstream)
+        _materialize(instance, upstream, downstream, further)
         ticks = Ticks(instance)
         assert ticks.requested() == 0  # first tick: nothing new
         _materialize(instance, upstream)
         assert ticks.requested() == 1  # new data upstream
         # the sensor is paused now: the requested run lands, then new data arrives upstream
-        _materialize(instance, downstream)
+        _materialize(instance, downstream, further)
         _materialize(instance, upstream)
         # first tick after the pause: the run's own update and the request are older than the
         # new data, so it is requested again (an OR of resets without timestamps lost it)
         assert ticks.requested() == 1
-        _materialize(instance, downstream)
-        assert ticks.requested() == 0
-        assert ticks.requested() == 0
+        _materialize(instance, downstream, further)
+        assert ticks.requested() == 0 and not ticks.keys
+        assert ticks.requested() == 0 and not ticks.keys
 
 
 def test_no_second_request_while_nothing_new_and_no_retry_storm_after_a_failure():
     with dg.instance_for_test() as instance:
-        _materialize(instance, upstream, downstream)
+        _materialize(instance, upstream, downstream, further)
         ticks = Ticks(instance)
         ticks.requested()
         _materialize(instance, upstream)
@@ -72,8 +78,21 @@ def test_no_second_request_while_nothing_new_and_no_retry_storm_after_a_failure(
 
 def test_a_run_that_updated_both_does_not_request_downstream_again():
     with dg.instance_for_test() as instance:
-        _materialize(instance, upstream, downstream)
+        _materialize(instance, upstream, downstream, further)
         ticks = Ticks(instance)
         ticks.requested()
-        _materialize(instance, upstream, downstream)  # one run, upstream first
-        assert ticks.requested() == 0
+        _materialize(instance, upstream, downstream, further)  # one run, upstream first
+        assert ticks.requested() == 0 and not ticks.keys
+
+
+def test_a_chain_is_requested_in_one_tick():
+    with dg.instance_for_test() as instance:
+        _materialize(instance, upstream, downstream, further)
+        ticks = Ticks(instance)
+        ticks.requested()
+        _materialize(instance, upstream)
+        ticks.requested()
+        assert ticks.keys == {"downstream", "further"}  # one run, not one per tick
+        _materialize(instance, downstream, further)
+        ticks.requested()
+        assert not ticks.keys
