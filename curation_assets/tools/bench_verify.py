@@ -224,11 +224,12 @@ def calibrate_verify(
     sweep = []
     for mi in CALIBRATION_MIN_INLIERS:
         for ma in CALIBRATION_MIN_AGREEMENT:
-            ok = np.asarray(
+            passes = (
                 (m[:, :, 0] >= mi)
                 & (m[:, :, 0] >= base.min_inlier_ratio * m[:, :, 1])
                 & (m[:, :, 2] >= ma)
-            ).any(axis=1)
+            )
+            ok = np.asarray(passes.any(axis=1), dtype=bool)
             sweep.append(
                 {
                     "min_inliers": mi,
