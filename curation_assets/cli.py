@@ -18,6 +18,7 @@ import polars as pl
 
 from curation_assets.cli_dedup import add_dedup_parser
 from curation_assets.cli_quality import add_quality_parsers
+from curation_assets.cli_verify import add_bench_verify_parser
 from curation_assets.lib.settings import Paths, resolve_paths
 from curation_assets.runner import (
     Runner,
@@ -632,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--no-ivf", action="store_true", help="skip the IndexIVFFlat peer baseline")
     bd.add_argument("--clothing", help="instead: real photos with planted edits (folder)")
     bd.set_defaults(func=cmd_bench_dedup)
+    add_bench_verify_parser(bench_sub)
 
     bs = bench_sub.add_parser(
         "scale", help="global stages at N synthetic images: full run vs a new 1 %% shard"
