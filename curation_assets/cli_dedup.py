@@ -54,11 +54,21 @@ def cmd_dedup_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup_retune(args: argparse.Namespace) -> int:
-    """`curation dedup retune --tau X`: re-decide the groups at τ = X, then weights and export."""
+    """`curation dedup retune --tau X`: re-decide the groups at τ = X, then weights and export.
+
+    ``--verify-band on|off`` switches the local-feature check of the band (a retune too).
+    """
     paths = prepare_home(args.home)
-    config: dict[str, float] = {"tau": args.tau}
+    config: dict[str, float | bool] = {}
+    if args.tau is not None:
+        config["tau"] = args.tau
     if args.tau_min is not None:
         config["tau_min"] = args.tau_min
+    if args.verify_band is not None:
+        config["verify_band"] = args.verify_band == "on"
+    if not config:
+        print("error: give --tau, --tau-min or --verify-band", file=sys.stderr)
+        return 2
     with open_runner(paths, echo=print, verbose=args.verbose) as runner:
         ok = runner.execute(
             "dedup_job",
@@ -103,6 +113,11 @@ def add_dedup_parser(sub: Any) -> None:
         "retune", help="re-decide groups at a new τ from the stored pairs, then weights + export"
     )
     drt.add_argument("--home", help="curation home (default $CURATION_HOME or ./.curation)")
-    drt.add_argument("--tau", type=float, required=True, help="the new cosine threshold")
+    drt.add_argument("--tau", type=float, help="the new cosine threshold (default: kept)")
     drt.add_argument("--tau-min", type=float, help="new floor of the stored pairs (default: kept)")
+    drt.add_argument(
+        "--verify-band",
+        choices=["on", "off"],
+        help="check the band's pairs with ORB + RANSAC and let the verified ones join groups",
+    )
     drt.set_defaults(func=cmd_dedup_retune)

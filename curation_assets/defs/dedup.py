@@ -1,7 +1,7 @@
 """Dedup stage: near-duplicate removal within the clusters of the five clusterings."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -64,6 +64,24 @@ class DedupConfig(dg.Config):
         description="Optional ground truth of near-duplicate groups (CSV: group + image_id or "
         "source_uri; or the demo's ground_truth.json): the τ sweep then shows pair precision "
         "and recall at each τ.",
+    )
+    verify_band: bool | None = Field(
+        default=None,
+        description="Check every candidate pair in [τ_min, τ) with local features (ORB "
+        "keypoints + RANSAC + aligned agreement, ~5-8 ms a pair, only pairs not checked before) "
+        "and let the verified ones join the groups: on clothing-small with planted edits it "
+        "lifted pair recall 0.84 → 0.95 at equal precision (curation bench verify). Unset = "
+        "as the last run (off on the first), so automation keeps it. Turning it on or off is "
+        "a retune.",
+    )
+    verify_min_inliers: int = Field(
+        default=25, ge=3, description="Least RANSAC inliers for a verified pair."
+    )
+    verify_min_agreement: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Least share of aligned textured cells that correlate, for a verified pair.",
     )
     policy: list[str] = Field(
         default=list(POLICY_CRITERIA),
@@ -160,6 +178,13 @@ def deduplicate(
     ``compute.memory_budget_mb`` (see :func:`~curation_assets.lib.dedup.run_dedup`).
     """
     store = delta.store()
+    verify: Any = "keep" if config.verify_band is None else None
+    if config.verify_band:
+        from curation_assets.lib.dedup.verify import VerifyParams  # OpenCV: only when on
+
+        verify = VerifyParams(
+            min_inliers=config.verify_min_inliers, min_agreement=config.verify_min_agreement
+        )
     outcome = run_dedup(
         store,
         tau=config.tau or None,
@@ -167,6 +192,7 @@ def deduplicate(
         force_full=config.mode == "full",
         tau_min=config.tau_min or None,
         band=TAU_BAND,
+        verify=verify,
         budget=compute.budget(),
         recall_share=config.recall_share,
         seed=config.seed,
@@ -180,8 +206,9 @@ def deduplicate(
     )
     if figures["previously_kept_now_removed"]:
         context.log.warning(
-            f"{figures['previously_kept_now_removed']} images kept before are now duplicates of "
-            "a newly arrived image that wins the keep policy (they leave the curated set)"
+            f"{figures['previously_kept_now_removed']} images kept before are now duplicates "
+            "(a newly arrived image won its group's keep policy, or a retune joined groups): "
+            "they leave the curated set"
         )
     chart = recall_chart(outcome)
     if chart:
@@ -196,6 +223,13 @@ def deduplicate(
     sweep = tau_sweep(stored, sweep_grid(floor, outcome.tau, step=0.01), truth)
     figures["tau_min"] = floor
     figures["candidate_pairs"] = outcome.merged.band.height
+    verifying = outcome.plan.commit.config if outcome.run is None and outcome.plan.commit else {}
+    on = outcome.verify_key != "off" or verifying.get("verify", "off") != "off"
+    figures["band_verification"] = "on" if on else "off"
+    if on:
+        for key in ("promoted_pairs", "verified_new", "verify_errors"):
+            figures[key] = int(outcome.stats.get(key, 0))
+        figures["verify_seconds"] = round(float(outcome.stats.get("verify_seconds", 0.0)), 3)
     figures["tau_sweep"] = dg.MetadataValue.md(sweep_markdown(sweep, outcome.tau, floor))
     figures["pairs_at_tau"] = dg.MetadataValue.md(
         pair_thumbnails(

@@ -188,3 +188,25 @@ def test_weights_audit_and_export_of_the_kept_images(pipeline, tmp_path):
             members += tar.getnames()
     assert len(members) == 3 * manifest.height
     assert {m.split(".")[0] for m in members} == set(manifest["image_id"])
+
+
+def test_band_verification_promotes_verified_candidates_and_sticks(pipeline):
+    from curation_assets.lib.tables import CANDIDATE_PAIRS, VERIFIED_PAIRS
+
+    instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
+    before = store.read(DEDUP_RUNS).sort("run_at").row(-1, named=True)
+    meta = dedup(instance, res, verify_band=True).asset_materializations_for_node("deduplicate")
+    meta = meta[0].metadata
+    assert meta["mode"].value == "retune" and "band verification on" in meta["mode_reason"].value
+    assert meta["band_verification"].value == "on" and meta["units_searched"].value == 0
+    verdicts, band = store.read(VERIFIED_PAIRS), store.read(CANDIDATE_PAIRS)
+    assert verdicts.height == band.height > 0 and verdicts["error"].is_null().all()
+    assert meta["promoted_pairs"].value == verdicts["verified"].sum()
+    assert meta["removed"].value - before["removed"] <= meta["promoted_pairs"].value
+    assert meta["removed"].value >= before["removed"]
+    # unset in the config (as automation runs it): kept on, nothing to do
+    again = dedup(instance, res).asset_materializations_for_node("deduplicate")[0].metadata
+    assert again["mode"].value == "current" and again["band_verification"].value == "on"
+    off = dedup(instance, res, verify_band=False).asset_materializations_for_node("deduplicate")
+    assert off[0].metadata["mode"].value == "retune"
+    assert off[0].metadata["removed"].value == before["removed"]

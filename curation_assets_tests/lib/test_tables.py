@@ -31,6 +31,7 @@ SIDE_TABLES = {
     "dedup_members",
     "duplicate_members",
     "candidate_pairs",
+    "verified_pairs",
     "stage_commits",
     "weight_shard_stats",
     "audit_shard_counts",

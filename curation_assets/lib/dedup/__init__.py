@@ -27,7 +27,8 @@ Modules, in the order data flows through them:
 * :mod:`~curation_assets.lib.dedup.report`: the figures, checks and thumbnails the assets show.
 * :mod:`~curation_assets.lib.dedup.sweep`: what each τ would remove, from the stored pairs.
 * :mod:`~curation_assets.lib.dedup.verify`: is a candidate pair the same photo? ORB keypoints +
-  RANSAC + aligned agreement (imports OpenCV: not re-exported here; not wired into the stage).
+  RANSAC + aligned agreement (imports OpenCV: not re-exported here);
+  :mod:`~curation_assets.lib.dedup.verified`: the optional band verification of a run.
 """
 
 from curation_assets.lib.dedup.full import DedupResult, dedup

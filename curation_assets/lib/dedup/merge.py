@@ -18,7 +18,7 @@ Row order inside the merge is canonical — sorted by (image_id, shard) — so t
 last tie-break ("lowest row") is the smallest image_id.
 """
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,7 @@ def merge(
     tau: float,
     n_clusterings: int,
     floor: float | None = None,
+    promote: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> Merged:
     """Merge new pairs into the pair graph and re-decide every group.
 
@@ -120,6 +121,8 @@ def merge(
         n_clusterings: Clusterings (for the per-clustering counts).
         floor: τ_min: pairs below it are dropped (None = τ: no candidate band). Units search
             at the floor, so the stored graph holds every pair ≥ τ_min.
+        promote: Given the band (pairs in [τ_min, τ)), the ones that join the groups anyway
+            (verified by local features: :mod:`~curation_assets.lib.dedup.verified`).
 
     Returns:
         A :class:`Merged`.
@@ -153,12 +156,15 @@ def merge(
     ).unique("image_id", keep="first")
     on_graph = pl.concat([every["image_id_a"], every["image_id_b"]]).unique()
     nodes = nodes.filter(pl.col("image_id").is_in(on_graph.implode())).sort("image_id", "shard")
-    members = _decide(nodes, pairs, policy)
     band = every.filter(pl.col("similarity") < tau)
+    promoted = promote(band) if promote is not None and band.height else band.head(0)
+    grouping = pl.concat([pairs, promoted]) if promoted.height else pairs
+    members = _decide(nodes, grouping, policy)
     stats = _stats(
         pairs, new_pairs.filter(pl.col("similarity") >= tau), members, tau, n_clusterings
     )
     stats["candidate_pairs"] = band.height
+    stats["promoted_pairs"] = promoted.height
     changed, was_kept_now_removed = _changes(old_members, members, gone)
     stats["previously_kept_now_removed"] = was_kept_now_removed
     return Merged(pairs, members, changed, stats, band)

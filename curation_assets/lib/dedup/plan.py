@@ -30,8 +30,8 @@ class DedupPlan:
     """Full, incremental or current (nothing to do), and why.
 
     Attributes:
-        mode: ``full``, ``incremental``, ``retune`` (only τ or τ_min changed: re-decide from
-            the stored pairs) or ``current``.
+        mode: ``full``, ``incremental``, ``retune`` (only τ, τ_min or the band verification
+            changed: re-decide from the stored pairs) or ``current``.
         reason: One sentence.
         commit: The last committed dedup run (None before the first).
         redo: Shards to lay out and search again (every shard with filtered images when full).
@@ -58,6 +58,7 @@ def plan_dedup(
     versions: Sequence[str],
     force_full: bool = False,
     tau_min: float | None = None,
+    verify: str = "off",
 ) -> DedupPlan:
     """Decide whether the committed run can be extended (see the module doc).
 
@@ -117,8 +118,13 @@ def plan_dedup(
         store.shard_files(DEDUPLICATED_IMAGES.name, commit.outputs[DEDUPLICATED_IMAGES.name])
     )
     layout = Layout.from_key(last["layout"])
-    retuned = (last.get("tau"), last.get("tau_min", last.get("tau"))) != (tau, tau_min)
+    before = (last.get("tau"), last.get("tau_min", last.get("tau")), last.get("verify", "off"))
+    retuned = before != (tau, tau_min, verify)
     tuning = f"τ {last.get('tau')} → {tau}, τ_min {floor} → {tau_min}"
+    if before[2] != verify:
+        tuning += ", band verification " + ("on" if verify != "off" else "off")
+        if "off" not in (before[2], verify):
+            tuning += " with new parameters"
     if not redo and not torn and retuned:
         return DedupPlan(
             "retune",

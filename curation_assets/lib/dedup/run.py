@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -50,7 +50,12 @@ from curation_assets.lib.tables import (
     DUPLICATE_PAIRS,
     FILTERED_IMAGES,
     N_CLUSTERINGS,
+    VERIFIED_PAIRS,
 )
+
+if TYPE_CHECKING:
+    from curation_assets.lib.dedup.verified import BandVerifier
+    from curation_assets.lib.dedup.verify import VerifyParams
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,8 @@ class DedupOutcome:
     ready: dict[str, list[str]] = field(default_factory=dict, repr=False)
     units: list[dict[str, Any]] = field(default_factory=list, repr=False)
     recommit: bool = False
+    verify_key: str = "off"
+    verdicts: pl.DataFrame | None = field(default=None, repr=False)
 
     @property
     def pairs(self) -> pl.DataFrame:
@@ -128,6 +135,7 @@ def run_dedup(
     force_full: bool = False,
     tau_min: float | None = None,
     band: float = 0.0,
+    verify: "VerifyParams | str | None" = None,
     n_clusterings: int = N_CLUSTERINGS,
     budget: MemoryBudget | None = None,
     recall_share: float = 0.1,
@@ -148,6 +156,9 @@ def run_dedup(
             pairs in [τ_min, τ) go to ``candidate_pairs``, so a later τ ≥ the floor is a
             ``retune``.
         band: τ − τ_min when ``tau_min`` is None (0: store no candidate band).
+        verify: Verify the band's pairs with local features and let the verified ones join the
+            groups (:mod:`~curation_assets.lib.dedup.verified`); None = off; ``"keep"`` = as
+            the last committed run (off before any).
         n_clusterings: Clusterings to read.
         budget: Memory budget (sizes the buckets of a full run and the recall reference).
         recall_share: The recall sample's exhaustive search costs at most this share of the
@@ -168,6 +179,8 @@ def run_dedup(
     read_versions = input_versions(store, input_tables(n_clusterings))
     versions, ks, dim, model_id = _centroids(store, n_clusterings)
     tau, floor = _thresholds(store, model_id, tau, tau_min, band)
+    verify = _resolve_verify(store, verify)
+    verify_key = _verify_key(verify)
     policy = tuple(policy)
     plan = plan_dedup(
         store,
@@ -177,6 +190,7 @@ def run_dedup(
         versions=versions,
         force_full=force_full,
         tau_min=floor,
+        verify=verify_key,
     )
     if plan.mode == "current":
         return _current(store, plan, read_versions, tau)
@@ -214,6 +228,7 @@ def run_dedup(
     # 3. merge
     t_merge = time.perf_counter()
     old_pairs, old_members = _committed_graph(store, plan)
+    verifier = _verifier(store, verify, budget)
     merged = merge(
         old_pairs,
         old_members,
@@ -224,6 +239,7 @@ def run_dedup(
         tau=tau,
         n_clusterings=n_clusterings,
         floor=floor,
+        promote=verifier,
     )
     seconds_merge = time.perf_counter() - t_merge
     # 4. what to rewrite, and the totals
@@ -244,7 +260,11 @@ def run_dedup(
     new_rows = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
     config = plan.commit.config if plan.commit is not None else {}
-    same_tau = (config.get("tau"), _floor(config)) == (tau, floor)
+    same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
+        tau,
+        floor,
+        verify_key,
+    )
     if (
         plan.mode == "incremental"
         and same_tau
@@ -293,6 +313,7 @@ def run_dedup(
         "seconds_recall": round(time.perf_counter() - t_recall, 3),
         "seconds": round(seconds, 3),
         "rewritten_shards": len(write),
+        **(verifier.stats if verifier is not None else {}),
     }
     run = pl.DataFrame(
         {
@@ -332,7 +353,46 @@ def run_dedup(
         sorted(write),
         ready,
         [{"clustering": r.clustering, "bucket": r.bucket, **r.stats} for r in results],
+        verify_key=verify_key,
+        verdicts=verifier.table(merged.stored) if verifier is not None else None,
     )
+
+
+def _resolve_verify(
+    store: DeltaStore, verify: "VerifyParams | str | None"
+) -> "VerifyParams | None":
+    """``"keep"``: the parameters the last committed run verified with (None when it did not)."""
+    if not isinstance(verify, str):
+        return verify
+    if verify != "keep":
+        raise ConfigError(f"verify={verify!r}: expected VerifyParams, None or 'keep'")
+    commit = last_commit(store, DEDUP_STAGE)
+    key = commit.config.get("verify", "off") if commit is not None else "off"
+    if key == "off":
+        return None
+    from curation_assets.lib.dedup.verified import params_from_key
+
+    return params_from_key(key)
+
+
+def _verify_key(verify: "VerifyParams | None") -> str:
+    if verify is None:
+        return "off"
+    from curation_assets.lib.dedup.verified import params_key  # imports OpenCV: only when on
+
+    return params_key(verify)
+
+
+def _verifier(
+    store: DeltaStore, verify: "VerifyParams | None", budget: MemoryBudget
+) -> "BandVerifier | None":
+    """The band verifier with the cached verdicts (None when verification is off)."""
+    if verify is None:
+        return None
+    from curation_assets.lib.dedup.verified import BandVerifier
+
+    cached = store.read(VERIFIED_PAIRS) if store.version(VERIFIED_PAIRS.name) is not None else None
+    return BandVerifier(store, verify, budget=budget, cached=cached)
 
 
 def _thresholds(
@@ -451,6 +511,8 @@ _COMMITTED_STATS = (
     "removed",
     "pairs",
     "candidate_pairs",
+    "promoted_pairs",
+    "verified_band_pairs",
     "components_with_duplicates",
     "largest_component",
     "removed_below_tau",
@@ -521,6 +583,11 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     outputs = {
         DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
         CANDIDATE_PAIRS.name: store.replace_table(CANDIDATE_PAIRS, outcome.merged.band),
+        **(
+            {VERIFIED_PAIRS.name: store.replace_table(VERIFIED_PAIRS, outcome.verdicts)}
+            if outcome.verdicts is not None
+            else {}
+        ),
         DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, members),
         DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
         DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
@@ -538,6 +605,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         outputs=outputs,
         config={
             **{k: run[k] for k in ("tau", "tau_min", "policy", "model_id", "centroids_versions")},
+            "verify": outcome.verify_key,
             "layout": outcome.layout.key(),
         },
         summary={

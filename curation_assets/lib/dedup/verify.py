@@ -24,8 +24,9 @@ that merely look alike (same garment type, same studio background) do not. This 
 image's features (LRU, bounded by a :class:`~curation_assets.lib.memory.MemoryBudget`); an
 unreadable image makes its pairs "not verified" with the reason, never an exception.
 
-Nothing here imports dagster; the step is not wired into the dedup assets (see README,
-"Choosing τ", for what it measured on clothing-small).
+Nothing here imports dagster; the dedup run uses it through
+:mod:`~curation_assets.lib.dedup.verified` when ``verify_band`` is on (see README, "Choosing τ",
+for what it measured on clothing-small).
 """
 
 import logging

@@ -14,7 +14,8 @@ the module of its stage:
 * :mod:`~curation_assets.lib.tables.cluster`: ``cluster_centroids_<c>``,
   ``cluster_assignments_<c>`` for c < :data:`N_CLUSTERINGS`
 * :mod:`~curation_assets.lib.tables.dedup`: ``deduplicated_images``, ``duplicate_pairs``,
-  ``candidate_pairs``, ``duplicate_members``, ``dedup_members``, ``dedup_runs``
+  ``candidate_pairs``, ``verified_pairs``, ``duplicate_members``, ``dedup_members``,
+  ``dedup_runs``
 * :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``,
   ``weight_shard_stats``, ``audit_shard_counts``, ``weight_probes``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
@@ -55,6 +56,7 @@ from curation_assets.lib.tables.dedup import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    VERIFIED_PAIRS,
 )
 from curation_assets.lib.tables.embed import IMAGE_EMBEDDINGS
 from curation_assets.lib.tables.export import CURATED_DATASET
@@ -109,6 +111,7 @@ TABLES: Mapping[str, TableSpec] = _registry(
     DEDUPLICATED_IMAGES,
     DUPLICATE_PAIRS,
     CANDIDATE_PAIRS,
+    VERIFIED_PAIRS,
     DUPLICATE_MEMBERS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
@@ -161,6 +164,7 @@ __all__ = [
     "INGEST_NOTES",
     "LABELS",
     "LABEL_QUEUE",
+    "VERIFIED_PAIRS",
     "N_CLUSTERINGS",
     "QUARANTINE",
     "RAW_IMAGES",

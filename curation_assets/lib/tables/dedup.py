@@ -62,6 +62,23 @@ CANDIDATE_PAIRS = TableSpec(
     columns=DUPLICATE_PAIRS.columns,
 )
 
+VERIFIED_PAIRS = TableSpec(
+    name="verified_pairs",
+    description="Local-feature verdicts (ORB + RANSAC + aligned agreement) on stored pairs, "
+    "when band verification is on: a verified pair in [τ_min, τ) joins the groups.",
+    partition_by=(),
+    columns=(
+        Column("image_id_a", pl.String, "The smaller image_id of the pair."),
+        Column("image_id_b", pl.String, "The larger image_id of the pair."),
+        Column("verified", pl.Boolean, "Same photo by local features (never with an error)."),
+        Column("inliers", pl.Int32, "RANSAC inliers of the better orientation."),
+        Column("agreement", pl.Float32, "Share of aligned textured cells that correlate."),
+        Column("flipped", pl.Boolean, "Verified against the mirrored second image."),
+        Column("error", pl.String, "Why the pair could not be checked (null when checked)."),
+        Column("params", pl.String, "The verification parameters the verdict was made with."),
+    ),
+)
+
 DUPLICATE_MEMBERS = TableSpec(
     name="duplicate_members",
     description="Every image on at least one stored pair (duplicate or candidate): its vector, "
