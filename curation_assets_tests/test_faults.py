@@ -60,7 +60,10 @@ INCREMENTAL = [
 ]
 
 #: Columns that legitimately differ between a clean run and a killed-and-re-run one.
-VOLATILE = {"dedup_runs": {"reason", "seconds"}}
+VOLATILE = {
+    "dedup_runs": {"reason", "seconds"},
+    "similarity_index": {"file"},  # an absolute path under the home: homes differ by design
+}
 SKIP_TABLES = {"stage_commits"}  # versions and writer pids differ by construction
 
 REPORT: list[dict] = []
