@@ -461,10 +461,12 @@ class PoolWaitWatcher(threading.Thread):
         for key in [k for k in self._reported if k not in waiting]:
             del self._reported[key]
             pool, run_id, step = key
-            if key in served:
+            run = None if key in served else instance.get_run_by_id(run_id)
+            if key in served or (run is not None and run.status.value in ("STARTED", "SUCCESS")):
+                # a step that got its slot and already gave it back between two looks is served
+                # too: its run goes on (or finished), it did not give up
                 self._echo(f"  pool '{pool}': step {step} of run {run_id[:8]} has its slot now")
             else:
-                run = instance.get_run_by_id(run_id)
                 status = run.status.value if run is not None else "deleted"
                 self._echo(
                     f"  pool '{pool}': step {step} of run {run_id[:8]} stopped waiting "
