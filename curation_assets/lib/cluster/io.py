@@ -11,7 +11,7 @@ The ``cluster_centroids`` / ``cluster_assignments`` assets call :func:`clusterin
 """
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -144,10 +144,36 @@ def training_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFram
 
     Memory: the pool (≈ ``rows`` · 4d bytes) plus one shard being read.
     """
-    counts = {s: n for s, n in store.shard_row_counts(FILTERED_IMAGES.name).items() if n}
-    total = sum(counts.values())
-    if total <= rows:
-        return filtered_embeddings(store)
+    counts = store.shard_row_counts(FILTERED_IMAGES.name)
+    return seeded_pool(
+        counts,
+        rows,
+        seed=seed,
+        read=lambda shards: filtered_embeddings(store, shards),
+        read_all=lambda: filtered_embeddings(store),
+    )
+
+
+def seeded_pool(
+    counts: dict[str, int],
+    rows: int,
+    *,
+    seed: int,
+    read: Callable[[list[str]], pl.DataFrame],
+    read_all: Callable[[], pl.DataFrame],
+) -> pl.DataFrame:
+    """About ``rows`` rows sampled shard by shard: seeded shards, then a seeded share of ids.
+
+    Shards (``counts``: rows per shard, from the Delta log) are taken in a seeded random
+    order until they hold twice ``rows``; each row of them is kept when a seeded hash of its
+    ``image_id`` falls under the share needed. Everything (``read_all``) when the corpus holds
+    at most ``rows``. ``read([shard])`` reads one shard (sorted by image_id is not needed).
+
+    Memory: the pool plus one shard being read.
+    """
+    counts = {s: n for s, n in counts.items() if n}
+    if sum(counts.values()) <= rows:
+        return read_all()
     order = np.random.default_rng(seed).permutation(sorted(counts))
     chosen, held = [], 0
     for shard in order:
@@ -158,10 +184,10 @@ def training_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFram
     share = min(1.0, rows / held)
     parts = []
     for shard in sorted(chosen):
-        emb = filtered_embeddings(store, [shard])
-        keep = _id_hash(emb["image_id"], seed) < share
-        parts.append(emb.filter(pl.Series(keep)))
-    return pl.concat(parts) if parts else filtered_embeddings(store, [])
+        frame = read([shard]).sort("image_id")
+        keep = _id_hash(frame["image_id"], seed) < share
+        parts.append(frame.filter(pl.Series(keep)))
+    return pl.concat(parts) if parts else read([])
 
 
 def _id_hash(ids: pl.Series, seed: int) -> np.ndarray:

@@ -47,6 +47,7 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.cluster import KMeansModel, faiss
+from curation_assets.lib.cluster.io import seeded_pool
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
@@ -133,29 +134,14 @@ def embedding_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFra
 
     Memory: the pool (≈ ``rows · 4d`` bytes) plus one shard being read.
     """
-    counts = {s: n for s, n in store.shard_row_counts(IMAGE_EMBEDDINGS.name).items() if n}
     cols = ["image_id", "shard", "model_id", "embedding"]
-    total = sum(counts.values())
-    if total <= rows:
-        return store.read(IMAGE_EMBEDDINGS, columns=cols).sort("shard", "image_id")
-    order = np.random.default_rng(seed).permutation(sorted(counts))
-    chosen, held = [], 0
-    for shard in order:
-        chosen.append(str(shard))
-        held += counts[str(shard)]
-        if held >= 2 * rows:
-            break
-    share = min(1.0, rows / held)
-    parts = []
-    for shard in sorted(chosen):
-        emb = store.read(IMAGE_EMBEDDINGS, shards=[shard], columns=cols).sort("image_id")
-        h = emb["image_id"].hash(seed=seed).to_numpy()
-        keep = (h >> np.uint64(11)).astype(np.float64) / float(2**53) < share
-        parts.append(emb.filter(pl.Series(keep)))
-    return pl.concat(parts)
-
-
-# ----------------------------------------------------------------------- one shard's file
+    return seeded_pool(
+        store.shard_row_counts(IMAGE_EMBEDDINGS.name),
+        rows,
+        seed=seed,
+        read=lambda shards: store.read(IMAGE_EMBEDDINGS, shards=shards, columns=cols),
+        read_all=lambda: store.read(IMAGE_EMBEDDINGS, columns=cols).sort("shard", "image_id"),
+    )
 
 
 def model_slug(model_id: str) -> str:
