@@ -67,3 +67,18 @@ def test_real_photos_ingest_embed_and_near_duplicates_are_nearest_neighbours(
     )
     # Real ImageNet features: an edited copy's nearest neighbour is its original.
     assert hits >= 0.9 * len(planted), f"{hits}/{len(planted)}"
+
+    # explain on real photos: the exact copy names the photo it duplicates, and an edited copy
+    # is traced through ingest and embedding to the shard partitions it was read from
+    from curation_assets.lib.explain import explain
+
+    copy = explain(store, str(edited / "exact-copy.jpg"), source_root=src)
+    ingest = copy.stage("ingest")
+    assert ingest.outcome == "exact_duplicate", ingest
+    assert ingest.details["kept_source_uri"].endswith(originals[1].name)
+    assert copy.stage("embed").outcome == "embedded" and copy.shard == "validation"
+    one = next(iter(planted))
+    trace = explain(store, one, source_root=src)
+    assert trace.shard == "edited" and trace.stage("ingest").outcome == "ingested"
+    assert trace.stage("embed").outcome == "embedded"
+    assert trace.stage("dedup").outcome in ("table_absent", "pending")  # not run in this test
