@@ -216,15 +216,12 @@ def deduplicate(
         figures["recall_curve"] = dg.MetadataValue.md(title + markdown_bars(labels, values))
     thumbs = group_thumbnails(store, outcome.members, n_groups=config.thumbnail_groups)
     stored = outcome.merged.stored
-    floor = float(outcome.run["tau_min"][0]) if outcome.run is not None else outcome.tau
-    if outcome.plan.commit is not None and outcome.run is None:
-        floor = float(outcome.plan.commit.config.get("tau_min", outcome.tau))
+    floor = outcome.tau_min
     truth = read_truth(Path(config.truth_file), store) if config.truth_file else None
     sweep = tau_sweep(stored, sweep_grid(floor, outcome.tau, step=0.01), truth)
     figures["tau_min"] = floor
     figures["candidate_pairs"] = outcome.merged.band.height
-    verifying = outcome.plan.commit.config if outcome.run is None and outcome.plan.commit else {}
-    on = outcome.verify_key != "off" or verifying.get("verify", "off") != "off"
+    on = outcome.verify_key != "off"
     figures["band_verification"] = "on" if on else "off"
     if on:
         for key in ("promoted_pairs", "verified_new", "verify_errors"):

@@ -8,6 +8,11 @@
   ``deduplicated_images`` (per shard) and ``dedup_runs``.
 """
 
+from collections.abc import Mapping
+
+import polars as pl
+
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
@@ -43,3 +48,14 @@ def input_tables(n_clusterings: int) -> list[str]:
         *(centroids_spec(c).name for c in range(n_clusterings)),
         *(assignments_spec(c).name for c in range(n_clusterings)),
     ]
+
+
+def stored_pairs(store: DeltaStore, outputs: Mapping[str, int]) -> pl.DataFrame:
+    """Every stored pair (``duplicate_pairs`` and ``candidate_pairs``) as of a commit's outputs.
+
+    Sorted by (image_id_a, image_id_b). Commits made before τ_min stored no band.
+    """
+    pairs = [store.read(DUPLICATE_PAIRS, version=outputs[DUPLICATE_PAIRS.name])]
+    if CANDIDATE_PAIRS.name in outputs:
+        pairs.append(store.read(CANDIDATE_PAIRS, version=outputs[CANDIDATE_PAIRS.name]))
+    return pl.concat(pairs).sort("image_id_a", "image_id_b")

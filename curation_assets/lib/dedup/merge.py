@@ -20,6 +20,7 @@ last tie-break ("lowest row") is the smallest image_id.
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -57,9 +58,12 @@ class Merged:
     band: pl.DataFrame = field(default_factory=DUPLICATE_PAIRS.empty)
     """``candidate_pairs`` rows: τ_min ≤ cosine < τ, sorted."""
 
-    @property
+    @cached_property
     def stored(self) -> pl.DataFrame:
-        """Every stored pair (≥ τ_min), sorted: the graph a later merge starts from."""
+        """Every stored pair (≥ τ_min), sorted: the graph a later merge starts from.
+
+        Read by the run (unchanged check, verdict cache) and the asset (sweep): built once.
+        """
         return pl.concat([self.pairs, self.band]).sort("image_id_a", "image_id_b")
 
 

@@ -31,7 +31,7 @@ import polars as pl
 
 from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, last_commit, record_commit
-from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
+from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
@@ -81,6 +81,9 @@ class DedupOutcome:
         units: Each searched unit's statistics.
         recommit: A ``current`` run that redid shards whose rows had not changed: only its
             commit is written (new input versions, the same outputs).
+        tau_min: The floor the stored pairs reach (the committed one when current).
+        verify_key: The band verification in force: its parameters, or ``off``.
+        verdicts: ``verified_pairs`` to write (None when verification is off or current).
     """
 
     plan: DedupPlan
@@ -96,6 +99,7 @@ class DedupOutcome:
     ready: dict[str, list[str]] = field(default_factory=dict, repr=False)
     units: list[dict[str, Any]] = field(default_factory=list, repr=False)
     recommit: bool = False
+    tau_min: float = float("nan")
     verify_key: str = "off"
     verdicts: pl.DataFrame | None = field(default=None, repr=False)
 
@@ -178,8 +182,10 @@ def run_dedup(
     t0 = time.perf_counter()
     read_versions = input_versions(store, input_tables(n_clusterings))
     versions, ks, dim, model_id = _centroids(store, n_clusterings)
-    tau, floor = _thresholds(store, model_id, tau, tau_min, band)
-    verify = _resolve_verify(store, verify)
+    last = last_commit(store, DEDUP_STAGE)
+    config = last.config if last is not None else {}
+    tau, floor = _thresholds(config, model_id, tau, tau_min, band)
+    verify = _resolve_verify(config, verify)
     verify_key = _verify_key(verify)
     policy = tuple(policy)
     plan = plan_dedup(
@@ -259,7 +265,6 @@ def run_dedup(
         )
     new_rows = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
-    config = plan.commit.config if plan.commit is not None else {}
     same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
         tau,
         floor,
@@ -353,21 +358,21 @@ def run_dedup(
         sorted(write),
         ready,
         [{"clustering": r.clustering, "bucket": r.bucket, **r.stats} for r in results],
+        tau_min=floor,
         verify_key=verify_key,
         verdicts=verifier.table(merged.stored) if verifier is not None else None,
     )
 
 
 def _resolve_verify(
-    store: DeltaStore, verify: "VerifyParams | str | None"
+    last: dict[str, Any], verify: "VerifyParams | str | None"
 ) -> "VerifyParams | None":
-    """``"keep"``: the parameters the last committed run verified with (None when it did not)."""
+    """``"keep"``: the parameters the last committed run (``last``: its config) verified with."""
     if not isinstance(verify, str):
         return verify
     if verify != "keep":
         raise ConfigError(f"verify={verify!r}: expected VerifyParams, None or 'keep'")
-    commit = last_commit(store, DEDUP_STAGE)
-    key = commit.config.get("verify", "off") if commit is not None else "off"
+    key = last.get("verify", "off")
     if key == "off":
         return None
     from curation_assets.lib.dedup.verified import params_from_key
@@ -396,11 +401,13 @@ def _verifier(
 
 
 def _thresholds(
-    store: DeltaStore, model_id: str, tau: float | None, tau_min: float | None, band: float
+    config: dict[str, Any], model_id: str, tau: float | None, tau_min: float | None, band: float
 ) -> tuple[float, float]:
-    """τ and τ_min of this run: as given, else the committed run's, else calibrated − band."""
-    commit = last_commit(store, DEDUP_STAGE)
-    last = commit.config if commit is not None and commit.config.get("model_id") == model_id else {}
+    """τ and τ_min of this run: as given, else the last commit's, else calibrated − ``band``.
+
+    ``config`` is the last commit's configuration; it counts only for the same embedding model.
+    """
+    last = config if config.get("model_id") == model_id else {}
     if tau is None:
         tau = float(last["tau"]) if "tau" in last else calibrated_tau(model_id)
     floor = _floor(last)
@@ -457,11 +464,8 @@ def _committed_graph(store: DeltaStore, plan: DedupPlan) -> tuple[pl.DataFrame, 
     if plan.mode == "full" or plan.commit is None:
         return DUPLICATE_PAIRS.empty(), DUPLICATE_MEMBERS.empty()
     out = plan.commit.outputs
-    pairs = [store.read(DUPLICATE_PAIRS, version=out[DUPLICATE_PAIRS.name])]
-    if CANDIDATE_PAIRS.name in out:  # commits before τ_min stored no band
-        pairs.append(store.read(CANDIDATE_PAIRS, version=out[CANDIDATE_PAIRS.name]))
     return (
-        pl.concat(pairs).sort("image_id_a", "image_id_b"),
+        stored_pairs(store, out),
         store.read(DUPLICATE_MEMBERS, version=out[DUPLICATE_MEMBERS.name]),
     )
 
@@ -498,6 +502,8 @@ def _current(
         read_versions,
         tau,
         plan.layout,
+        tau_min=float(_floor(plan.commit.config) or tau),
+        verify_key=plan.commit.config.get("verify", "off"),
     )
 
 

@@ -22,13 +22,11 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.dedup.io import DEDUP_STAGE
+from curation_assets.lib.dedup.io import DEDUP_STAGE, stored_pairs
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
-    CANDIDATE_PAIRS,
     DEDUPLICATED_IMAGES,
-    DUPLICATE_PAIRS,
     RAW_IMAGES,
 )
 
@@ -213,13 +211,12 @@ def committed_sweep(
         raise ConfigError("no dedup run committed yet: materialize deduplicated_images first")
     tau = float(commit.config["tau"])
     floor = float(commit.config.get("tau_min", tau))
-    out = commit.outputs
-    pairs = store.read(DUPLICATE_PAIRS, version=out[DUPLICATE_PAIRS.name])
-    band = (
-        store.read(CANDIDATE_PAIRS, version=out[CANDIDATE_PAIRS.name])
-        if CANDIDATE_PAIRS.name in out
-        else CANDIDATE_PAIRS.empty()
-    )
-    stored = pl.concat([pairs, band])
-    about = {"tau": tau, "tau_min": floor, "pairs": pairs.height, "candidate_pairs": band.height}
+    stored = stored_pairs(store, commit.outputs)
+    strong = int((stored["similarity"] >= tau).sum())
+    about = {
+        "tau": tau,
+        "tau_min": floor,
+        "pairs": strong,
+        "candidate_pairs": stored.height - strong,
+    }
     return tau_sweep(stored, sweep_grid(floor, tau, step), truth), about

@@ -120,17 +120,6 @@ class BandVerifier:
             .iter_rows()
         ):
             out.append((a, b, False, 0, 0.0, False, "no source_uri in raw_images"))
-        frame = pl.DataFrame(
-            out,
-            schema={
-                "image_id_a": pl.String,
-                "image_id_b": pl.String,
-                "verified": pl.Boolean,
-                "inliers": pl.Int32,
-                "agreement": pl.Float32,
-                "flipped": pl.Boolean,
-                "error": pl.String,
-            },
-            orient="row",
-        )
+        schema = {k: v for k, v in VERIFIED_PAIRS.schema.items() if k != "params"}
+        frame = pl.DataFrame(out, schema=schema, orient="row")
         return VERIFIED_PAIRS.conform(frame.with_columns(params=pl.lit(self.key)))

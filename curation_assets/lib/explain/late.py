@@ -116,23 +116,9 @@ def dedup_stage(ctx: Context) -> Stage:
     )
     runs, rsrc = ctx.snap.read(DEDUP_RUNS, columns=["run_at", "mode", "tau"], scope="all")
     sources += [msrc, psrc, bsrc, rsrc]
-    near_misses = [
-        {
-            "other": r["image_id_b"] if r["image_id_a"] == ctx.image_id else r["image_id_a"],
-            "similarity": float(r["similarity"]),
-            "clusterings": r["clusterings"],
-        }
-        for r in band.sort("similarity", descending=True).iter_rows(named=True)
-    ]
+    near_misses = _partners(band, ctx.image_id)
     tau = float(runs.sort("run_at")["tau"][-1]) if runs.height else None
-    direct = [
-        {
-            "other": r["image_id_b"] if r["image_id_a"] == ctx.image_id else r["image_id_a"],
-            "similarity": float(r["similarity"]),
-            "clusterings": r["clusterings"],
-        }
-        for r in pairs.sort("similarity", descending=True).iter_rows(named=True)
-    ]
+    direct = _partners(pairs, ctx.image_id)
     details: dict[str, Any] = {
         **row,
         "similarity": None if row["similarity"] is None else float(row["similarity"]),
@@ -187,6 +173,18 @@ def dedup_stage(ctx: Context) -> Stage:
         + f"{found}; group of {details['group_size']}."
     )
     return Stage("dedup", "near_duplicate", summary, details, sources)
+
+
+def _partners(pairs: pl.DataFrame, image_id: str) -> list[dict[str, Any]]:
+    """The other image of each pair on ``image_id``, most similar first."""
+    return [
+        {
+            "other": r["image_id_b"] if r["image_id_a"] == image_id else r["image_id_a"],
+            "similarity": float(r["similarity"]),
+            "clusterings": r["clusterings"],
+        }
+        for r in pairs.sort("similarity", descending=True).iter_rows(named=True)
+    ]
 
 
 def _attributes(raw: dict[str, Any], audit: pl.DataFrame) -> list[tuple[str, str]]:

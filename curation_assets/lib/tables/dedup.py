@@ -68,8 +68,7 @@ VERIFIED_PAIRS = TableSpec(
     "when band verification is on: a verified pair in [τ_min, τ) joins the groups.",
     partition_by=(),
     columns=(
-        Column("image_id_a", pl.String, "The smaller image_id of the pair."),
-        Column("image_id_b", pl.String, "The larger image_id of the pair."),
+        *DUPLICATE_PAIRS.columns[:2],  # the pair's key: image_id_a < image_id_b
         Column("verified", pl.Boolean, "Same photo by local features (never with an error)."),
         Column("inliers", pl.Int32, "RANSAC inliers of the better orientation."),
         Column("agreement", pl.Float32, "Share of aligned textured cells that correlate."),
