@@ -275,7 +275,14 @@ def fit_sampled_probe(
 
 
 def store_probe(store: DeltaStore, probe: SampledProbe, settings: dict[str, Any]) -> None:
-    """Append the probe to :data:`WEIGHT_PROBES` unless a run killed before its commit did."""
+    """Store the probe in :data:`WEIGHT_PROBES`: one row per ``probe_id``, whoever writes it.
+
+    Skipped when the row is there (a run killed before its commit stored it). Otherwise the
+    row is written as a replacement of its ``probe_id`` (``overwrite ... WHERE``), not an
+    append: two instances fitting the same probe at once both pass the check, and Delta's
+    conflict check then makes the later writer retry and replace the earlier row, where two
+    appends would both land (the same probe twice, seen with two instances on one root).
+    """
     there = (
         store.scan(WEIGHT_PROBES)
         .filter(pl.col("probe_id") == probe.probe_id)
@@ -284,7 +291,7 @@ def store_probe(store: DeltaStore, probe: SampledProbe, settings: dict[str, Any]
         .collect()
     )
     if there.is_empty():
-        store.append(WEIGHT_PROBES, probe_row(probe, settings))
+        store.replace_rows(WEIGHT_PROBES, "probe_id", [probe.probe_id], probe_row(probe, settings))
 
 
 def probe_row(probe: SampledProbe, settings: dict[str, Any]) -> pl.DataFrame:

@@ -1,5 +1,8 @@
 """The probe's bounded sample and the probe kept in Delta."""
 
+import contextlib
+import threading
+
 import numpy as np
 import polars as pl
 import pytest
@@ -17,6 +20,7 @@ from curation_assets.lib.weights.probe import (
     per_class_rows,
     plan_sample,
     probe_row,
+    store_probe,
     unit_hash,
 )
 from curation_assets.lib.weights.shards import shard_sizes
@@ -74,7 +78,7 @@ def store(tmp_path_factory):
     return store
 
 
-def test_a_stored_probe_scores_exactly_like_the_fitted_one(store):
+def _fitted(store: DeltaStore):
     sizes = shard_sizes(store, "filter")
     plan = plan_sample(sizes, per_class=200, seed=0, method="kept_vs_removed")
     sample = gather_sample(
@@ -99,6 +103,11 @@ def test_a_stored_probe_scores_exactly_like_the_fitted_one(store):
         w_min=0.1,
         w_max=10.0,
     )
+    return sizes, sample, probe
+
+
+def test_a_stored_probe_scores_exactly_like_the_fitted_one(store):
+    sizes, sample, probe = _fitted(store)
     assert probe.model.status == "fitted" and probe.sample_rows == len(sample.ids)
     n_kept, n_ref = int(sizes["n_kept"].sum()), int(sizes["n_reference"].sum())
     assert probe.model.prior_kept == pytest.approx(n_kept / n_ref)
@@ -111,3 +120,36 @@ def test_a_stored_probe_scores_exactly_like_the_fitted_one(store):
     np.testing.assert_array_equal(back.model.log_ratio(x, fold), probe.model.log_ratio(x, fold))
     with pytest.raises(ValueError, match="not in weight_probes"):
         load_probe(store, "nope")
+
+
+def test_two_writers_storing_one_probe_at_once_leave_one_row(tmp_path, store):
+    """Both pass the "already there?" check before either writes: still one row."""
+    _, _, probe = _fitted(store)
+    target = DeltaStore(str(tmp_path / "delta"))
+    both_checked = threading.Barrier(2)
+    write = target._write
+
+    def write_after_both_checked(name, data, **kwargs):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait(timeout=30)
+        return write(name, data, **kwargs)
+
+    target._write = write_after_both_checked  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def store_it() -> None:
+        try:
+            store_probe(target, probe, {"probe": {"seed": 0}})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store_it) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    rows = target.read(WEIGHT_PROBES)
+    assert rows["probe_id"].to_list() == [probe.probe_id]
+    store_probe(target, probe, {"probe": {"seed": 0}})  # there: nothing written
+    assert target.read(WEIGHT_PROBES).height == 1
