@@ -31,6 +31,7 @@ from curation_assets.lib.similar import (
     uniqueness_check,
     uniqueness_figures,
 )
+from curation_assets.lib.similar.index import published_shard
 from curation_assets.lib.similar.run import (
     index_shard,
     score_shard,
@@ -202,11 +203,17 @@ def similarity_index(context: dg.AssetExecutionContext, config: IndexConfig, del
         seconds = time.perf_counter() - t0
         n_embedded = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id"]).height
         context.log.info(f"{key}: indexed {row.n_vectors} vectors in {seconds:.2f}s")
+        current = published_shard(store, key)  # as published, by this run or a later writer
         check = Check(
             name="every_embedding_indexed",
             asset="similarity_index",
-            passed=row.n_vectors == n_embedded and row.file.is_file(),
-            metadata={"embedded": n_embedded, "indexed": row.n_vectors},
+            passed=current.n_vectors == n_embedded and current.file_exists,
+            metadata={
+                "embedded": n_embedded,
+                "indexed": current.n_vectors,
+                "file_exists": current.file_exists,
+                "published_by_this_run": current.file == row.file,
+            },
         )
         metadata = table_metadata(
             SIMILARITY_INDEX,

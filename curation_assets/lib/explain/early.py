@@ -194,7 +194,7 @@ def classify_stage(ctx: Context) -> Stage:
         "labels_without_score": [{k: _json(v) for k, v in lab.items()} for lab in unscored],
     }
     if not rows:
-        return Stage("classify", "pending", "Not scored yet.", details, sources)
+        return _unscored(ctx, classifiers, details, sources)
     parts = [
         f"{r['category']} {r['score']:.3f} "
         + (
@@ -206,6 +206,33 @@ def classify_stage(ctx: Context) -> Stage:
         for r in rows
     ]
     return Stage("classify", "scored", "Scores: " + "; ".join(parts) + ".", details, sources)
+
+
+def _unscored(
+    ctx: Context, classifiers: pl.DataFrame, details: dict[str, Any], sources: list[Source]
+) -> Stage:
+    """No score: pending, unless the filter already decided (no classifier could score it).
+
+    With every category skipped (too few labels, no text tower) and no pretrained scorer,
+    ``classifier_scores`` holds no row and the filter keeps every image: that is a final
+    state, told as such with each classifier's reason, not "not scored yet".
+    """
+    kept, _ = ctx.rows(FILTERED_IMAGES, ["image_id"])
+    removed, _ = ctx.rows(FILTER_REJECTIONS, ["category"])
+    if not (kept.height or removed.height):
+        return Stage("classify", "pending", "Not scored yet.", details, sources)
+    why = "; ".join(
+        f"{r['category']} {r['status']}" + (f" ({r['reason']})" if r["reason"] else "")
+        for r in classifiers.sort("category").iter_rows(named=True)
+    )
+    details["classifiers"] = classifiers.select("category", "status", "reason").to_dicts()
+    return Stage(
+        "classify",
+        "not_scored",
+        "No classifier scored it" + (f": {why}" if why else ": none is configured") + ".",
+        details,
+        sources,
+    )
 
 
 def filter_stage(ctx: Context) -> Stage:

@@ -25,7 +25,8 @@ class Stage:
         stage: One of :data:`STAGE_NAMES`.
         outcome: A short code: ``ingested``, ``quarantined``, ``exact_duplicate``, ``embedded``,
             ``scored``, ``kept``, ``removed``, ``assigned``, ``unique``, ``near_duplicate``,
-            ``weighted``, ``exported``, ``pending`` (the stage has not processed it yet),
+            ``weighted``, ``exported``, ``not_scored`` (no classifier could score it),
+            ``pending`` (the stage has not processed it yet),
             ``table_absent`` (its table did not exist at the as-of moment) or ``not_reached``
             (an earlier stage removed it).
         summary: One sentence for a person.

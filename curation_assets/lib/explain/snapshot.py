@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pa_fs
 from deltalake import DeltaTable
 
 from curation_assets.lib.errors import ConfigError
@@ -146,6 +147,21 @@ class Snapshot:
         opts = self.store.storage_options or None
         return DeltaTable(self.store.uri(name), version=version, storage_options=opts)
 
+    def _filesystem(self, name: str) -> pa_fs.FileSystem | None:
+        """Arrow's native filesystem for a local table (None: deltalake's own, object stores).
+
+        deltalake's default is a Python-implemented pyarrow filesystem. A dataset scan over it
+        can drop its last reference on an Arrow worker thread after ``to_table`` returned; when
+        that happens during interpreter shutdown the thread cannot take the GIL and the process
+        aborts ("terminate called without an active exception", exit 134: seen in about one
+        ``curation explain`` of ten, gdb shows ``PyFileSystem`` released in
+        ``OwnedRefNoGIL::~OwnedRefNoGIL`` on an Arrow thread). The native filesystem holds no
+        Python object.
+        """
+        if not self.store.is_local:
+            return None
+        return pa_fs.SubTreeFileSystem(self.store.uri(name), pa_fs.LocalFileSystem())
+
     def _resolve(self, name: str) -> int | None:
         table = self._open(name)
         if table is None:
@@ -201,7 +217,9 @@ class Snapshot:
         if shards is not None and not shards:
             return spec.empty().select(cols), Source(spec.name, version, 0, 0, scope)
         prune = [g for g in groups if g] or None
-        dataset = table.to_pyarrow_dataset(file_pruning_predicate=_dnf(prune))
+        dataset = table.to_pyarrow_dataset(
+            file_pruning_predicate=_dnf(prune), filesystem=self._filesystem(spec.name)
+        )
         files = len(dataset.files) if isinstance(dataset, ds.FileSystemDataset) else 0
         expr = _expression(groups)
         arrow: pa.Table = dataset.to_table(columns=cols, filter=expr)

@@ -253,29 +253,63 @@ def publish_shard(
         )
         raise SimilarityIndexError(msg)
     folder = files_root / model_slug(model_id) / f"shard={shard}"
-    path = write_atomically(build_ivf(x, quantizer), folder)
-    size = path.stat().st_size
-    row = pl.DataFrame(
-        {
-            "shard": [shard],
-            "file": [str(path)],
-            "model_id": [model_id],
-            "dim": [int(quantizer.matrix.shape[1])],
-            "quantizer_version": [quantizer.version],
-            "nlist": [quantizer.nlist],
-            "n_vectors": [len(image_ids)],
-            "file_bytes": [size],
-            "image_ids": pl.Series("image_ids", [list(image_ids)], dtype=pl.List(pl.String)),
-            "built_at": [built_at],
-        }
-    )
-    store.replace_shard(SIMILARITY_INDEX, shard, row)
-    removed = 0
-    for old in folder.iterdir():
-        if old != path:
-            old.unlink(missing_ok=True)
-            removed += 1
+    index = build_ivf(x, quantizer)
+    # write → publish → delete the superseded files, under the shard's lock: the folder lives
+    # under the Delta root, which several instances may share; without the lock one writer's
+    # clean-up deletes the file another has just published (seen with two instances at once)
+    with store.lock(index_lock(shard)):
+        path = write_atomically(index, folder)
+        size = path.stat().st_size
+        row = pl.DataFrame(
+            {
+                "shard": [shard],
+                "file": [str(path)],
+                "model_id": [model_id],
+                "dim": [int(quantizer.matrix.shape[1])],
+                "quantizer_version": [quantizer.version],
+                "nlist": [quantizer.nlist],
+                "n_vectors": [len(image_ids)],
+                "file_bytes": [size],
+                "image_ids": pl.Series("image_ids", [list(image_ids)], dtype=pl.List(pl.String)),
+                "built_at": [built_at],
+            }
+        )
+        store.replace_shard(SIMILARITY_INDEX, shard, row)
+        removed = 0
+        for old in folder.iterdir():
+            if old != path:
+                old.unlink(missing_ok=True)
+                removed += 1
     return ShardIndexRow(shard, path, len(image_ids), size, removed)
+
+
+def index_lock(shard: str) -> str:
+    """The lock name under which a shard's index files and manifest row change."""
+    return f"similarity-index-{shard}"
+
+
+@dataclass(frozen=True)
+class PublishedShard:
+    """A shard's manifest row as it stands, and whether its file is there."""
+
+    file: Path | None
+    n_vectors: int
+    file_exists: bool
+
+
+def published_shard(store: DeltaStore, shard: str) -> PublishedShard:
+    """The shard's current manifest row and whether its file exists, read under its lock.
+
+    For the ``every_embedding_indexed`` check: whoever published last (another instance on
+    the same Delta root may have replaced this run's file since), the manifest must point at
+    a file that exists and holds every embedding.
+    """
+    with store.lock(index_lock(shard)):
+        rows = store.read(SIMILARITY_INDEX, shards=[shard], columns=["file", "n_vectors"])
+        if rows.is_empty():
+            return PublishedShard(None, 0, False)
+        file = Path(rows["file"][0])
+        return PublishedShard(file, int(rows["n_vectors"][0]), file.is_file())
 
 
 # --------------------------------------------------------------------------------- search
