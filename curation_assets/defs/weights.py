@@ -30,7 +30,7 @@ from curation_assets.lib.weights.plan import (
     DEFAULT_REFIT_PRIOR_SHIFT,
 )
 from curation_assets.lib.weights.run import concept_encoder, weight_histogram
-from curation_assets.lib.weights.totals import total_checks
+from curation_assets.lib.weights.scale import total_checks
 from curation_assets.lib.weights.update import WeightsOutcome, update_weights
 
 GROUP = "weights"

@@ -17,7 +17,7 @@ sum runs in that order (see :mod:`curation_assets.lib.weights.fit`).
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -348,7 +348,7 @@ def weight_checks(
     w_max: float | None = None,
     mean_atol: float = MEAN_ATOL,
 ) -> list[WeightCheck]:
-    """The weight-sanity checks: finite and positive, mean 1, within bounds, ESS ratio floor.
+    """:func:`total_checks` for weights held in memory.
 
     Args:
         w: (n,) final weights.
@@ -357,60 +357,89 @@ def weight_checks(
         w_max: Upper bound to verify (None: not checked).
         mean_atol: Tolerance of ``|mean - 1|``.
 
-    Returns:
-        Checks ``weights_finite_positive``, ``weights_mean_one``, ``weights_within_bounds``
-        and ``weights_ess_ratio``. With no weights every check passes and says so.
-
     Raises:
         ValueError: If ``min_ess_ratio`` is not in (0, 1].
+    """
+    w = np.asarray(w, dtype=np.float64)
+    good = np.isfinite(w) & (w > 0)
+    bad = int(w.size - np.count_nonzero(good))
+    fine = bad == 0 and w.size > 0
+    totals = {
+        "n": int(w.size),
+        "n_bad": bad,
+        "mean": float(np.mean(w)) if fine else float("nan"),
+        "ess_ratio": effective_sample_size(w) / w.size if fine else float("nan"),
+        "min": float(np.min(w[good])) if good.any() else float("nan"),
+        "max": float(np.max(w[good])) if good.any() else float("nan"),
+    }
+    return total_checks(
+        totals, min_ess_ratio=min_ess_ratio, w_min=w_min, w_max=w_max, mean_tolerance=mean_atol
+    )
+
+
+def total_checks(
+    totals: Mapping[str, Any],
+    *,
+    min_ess_ratio: float,
+    w_min: float | None,
+    w_max: float | None,
+    mean_tolerance: float,
+) -> list[WeightCheck]:
+    """The weight-sanity checks from the kept set's totals (no pass over the weights).
+
+    ``totals`` holds ``n, n_bad, mean, ess_ratio, min, max``: from the per-shard sums
+    (:func:`~curation_assets.lib.weights.totals.weight_totals`, what the asset checks) or from
+    weights in memory (:func:`weight_checks`). Checks ``weights_finite_positive``,
+    ``weights_mean_one`` (``|mean − 1| ≤ mean_tolerance``; the stage rescales every shard
+    before it lets the mean drift further), ``weights_within_bounds`` (None: that side is not
+    checked) and ``weights_ess_ratio``; with no kept image every check passes and says so.
+
+    Raises:
+        ValueError: If ``min_ess_ratio`` is not in (0, 1] or ``mean_tolerance`` negative.
     """
     if not 0.0 < min_ess_ratio <= 1.0:
         msg = f"min_ess_ratio={min_ess_ratio}: expected a fraction in (0, 1], e.g. 0.5"
         raise ValueError(msg)
-    w = np.asarray(w, dtype=np.float64)
-    n = int(w.size)
+    if not mean_tolerance >= 0:
+        msg = f"mean_tolerance={mean_tolerance}: expected a tolerance >= 0, e.g. 0.01"
+        raise ValueError(msg)
+    n = int(totals["n"])
     if n == 0:
         names = ("finite_positive", "mean_one", "within_bounds", "ess_ratio")
         return [
             WeightCheck(f"weights_{k}", True, "no kept images: nothing to check") for k in names
         ]
-    bad = int(np.sum(~(np.isfinite(w) & (w > 0))))
-    checks = [
+    bad = int(totals["n_bad"])
+    mean, ratio = float(totals["mean"]), float(totals["ess_ratio"])
+    lo, hi = float(totals["min"]), float(totals["max"])
+    eps = 1e-12
+    low = -math.inf if w_min is None else w_min * (1 - eps)
+    high = math.inf if w_max is None else w_max * (1 + eps)
+    outside = lo < low or hi > high
+    return [
         WeightCheck(
             "weights_finite_positive",
             bad == 0,
             f"{bad} of {n} weights are non-finite or ≤ 0 (expected none).",
             bad,
-        )
-    ]
-    mean = float(np.mean(w)) if bad == 0 else float("nan")
-    checks.append(
+        ),
         WeightCheck(
             "weights_mean_one",
-            bad == 0 and abs(mean - 1.0) <= mean_atol,
-            f"mean weight {mean:.9f} (expected 1 ± {mean_atol:g}).",
+            bad == 0 and abs(mean - 1.0) <= mean_tolerance,
+            f"mean weight {mean:.9f} (expected 1 ± {mean_tolerance:g}, from per-shard sums).",
             mean if math.isfinite(mean) else None,
-        )
-    )
-    lo = w_min if w_min is not None else -math.inf
-    hi = w_max if w_max is not None else math.inf
-    outside = int(np.sum((w < lo) | (w > hi)))
-    checks.append(
+        ),
         WeightCheck(
             "weights_within_bounds",
-            outside == 0 and bad == 0,
-            f"{outside} weights outside [{lo:g}, {hi:g}] (expected none).",
-            outside,
-        )
-    )
-    ratio = effective_sample_size(w) / n if bad == 0 else float("nan")
-    checks.append(
+            not outside and bad == 0,
+            f"weights span [{lo:.6g}, {hi:.6g}] (expected within [{low:g}, {high:g}]).",
+            int(outside),
+        ),
         WeightCheck(
             "weights_ess_ratio",
             bad == 0 and ratio >= min_ess_ratio,
             f"effective sample size is {ratio:.3f} of n={n} (floor {min_ess_ratio:g}); a low "
             "ratio means few images carry the weight: lower w_max or C.",
             ratio if math.isfinite(ratio) else None,
-        )
-    )
-    return checks
+        ),
+    ]

@@ -8,7 +8,8 @@ the whole kept set is then a sum over small per-shard rows, never a pass over ev
   :func:`weight_totals` sums them: mean, ESS (Kish ``(Σw)²/Σw²``, exact), clipped share,
   min/max (exact) and quantiles (from the histogram: to one bin, ``(w_max/w_min)^(1/HIST_BINS)``,
   2.3 % with the default bounds). :func:`rescale_factor` is the closed-form normaliser that
-  brings the mean back to 1 from those sums; :func:`total_checks` are the asset checks.
+  brings the mean back to 1 from those sums; :func:`~.scale.total_checks`
+  are the asset checks.
 * :func:`shard_audit_counts` → :data:`AUDIT_SHARD_COUNTS` rows (per attribute value: reference
   n, kept n, Σ weight of the kept); :func:`audit_from_counts` sums them over shards into the
   :data:`BIAS_AUDIT` shares, the same figures as
@@ -18,7 +19,6 @@ Memory: the per-shard rows (one stats row and ~50 count rows per shard).
 """
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,6 @@ import polars as pl
 
 from curation_assets.lib.tables import AUDIT_SHARD_COUNTS, BIAS_AUDIT, WEIGHT_SHARD_STATS
 from curation_assets.lib.weights.audit import MISSING
-from curation_assets.lib.weights.scale import WeightCheck
 
 HIST_BINS = 200
 """Log-spaced weight bins over ``[w_min, w_max]`` stored per shard."""
@@ -181,69 +180,6 @@ def rescale_factor(stats: pl.DataFrame, *, w_min: float, w_max: float) -> float 
     if r_mid <= 0 or target <= 0:
         return None
     return target / r_mid
-
-
-def total_checks(
-    totals: Mapping[str, Any],
-    *,
-    min_ess_ratio: float,
-    w_min: float,
-    w_max: float,
-    mean_tolerance: float,
-) -> list[WeightCheck]:
-    """The weight-sanity checks from :func:`weight_totals` (no pass over the weights).
-
-    Same names and meaning as :func:`~curation_assets.lib.weights.scale.weight_checks`;
-    ``weights_mean_one`` holds when ``|mean − 1| ≤ mean_tolerance`` (the stage rescales every
-    shard before it lets the mean drift further).
-
-    Raises:
-        ValueError: If ``min_ess_ratio`` is not in (0, 1] or ``mean_tolerance`` negative.
-    """
-    if not 0.0 < min_ess_ratio <= 1.0:
-        msg = f"min_ess_ratio={min_ess_ratio}: expected a fraction in (0, 1], e.g. 0.5"
-        raise ValueError(msg)
-    if not mean_tolerance >= 0:
-        msg = f"mean_tolerance={mean_tolerance}: expected a tolerance >= 0, e.g. 0.01"
-        raise ValueError(msg)
-    n = int(totals["n"])
-    if n == 0:
-        names = ("finite_positive", "mean_one", "within_bounds", "ess_ratio")
-        return [
-            WeightCheck(f"weights_{k}", True, "no kept images: nothing to check") for k in names
-        ]
-    bad = int(totals["n_bad"])
-    mean, ratio = float(totals["mean"]), float(totals["ess_ratio"])
-    lo, hi = float(totals["min"]), float(totals["max"])
-    eps = 1e-12
-    outside = lo < w_min * (1 - eps) or hi > w_max * (1 + eps)
-    return [
-        WeightCheck(
-            "weights_finite_positive",
-            bad == 0,
-            f"{bad} of {n} weights are non-finite or ≤ 0 (expected none).",
-            bad,
-        ),
-        WeightCheck(
-            "weights_mean_one",
-            bad == 0 and abs(mean - 1.0) <= mean_tolerance,
-            f"mean weight {mean:.9f} (expected 1 ± {mean_tolerance:g}, from per-shard sums).",
-            mean if math.isfinite(mean) else None,
-        ),
-        WeightCheck(
-            "weights_within_bounds",
-            not outside and bad == 0,
-            f"weights span [{lo:.6g}, {hi:.6g}] (expected within [{w_min:g}, {w_max:g}]).",
-            int(outside),
-        ),
-        WeightCheck(
-            "weights_ess_ratio",
-            bad == 0 and ratio >= min_ess_ratio,
-            f"effective sample size is {ratio:.3f} of n={n} (floor {min_ess_ratio:g}); a low "
-            "ratio means few images carry the weight: lower w_max or C.",
-            ratio if math.isfinite(ratio) else None,
-        ),
-    ]
 
 
 # --------------------------------------------------------------------------------------------

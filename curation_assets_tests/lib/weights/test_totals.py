@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.weights.audit import bias_audit
-from curation_assets.lib.weights.scale import clip_normalize, effective_sample_size
+from curation_assets.lib.weights.scale import clip_normalize, effective_sample_size, total_checks
 from curation_assets.lib.weights.totals import (
     HIST_BINS,
     audit_from_counts,
@@ -14,7 +14,6 @@ from curation_assets.lib.weights.totals import (
     shard_audit_counts,
     shard_weight_stats,
     stats_frame,
-    total_checks,
     weight_totals,
 )
 
