@@ -151,11 +151,13 @@ def _wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: P
 
 
 @contextlib.contextmanager
-def ray_cluster(nodes: int = 2) -> Iterator[RayCluster]:
+def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluster]:
     """Start ``nodes`` one-CPU Ray nodes on loopback; yield the cluster; stop them.
 
     The calling process is connected to it as a driver (``ray.init``) and disconnected at the
-    end.
+    end. ``gpus_per_node`` declares GPUs that need not exist (Ray schedules on the declared
+    count; torch in the workers still finds no CUDA and runs on CPU): it exercises the GPU
+    scheduling path on a machine without one.
     """
     try:
         import ray
@@ -171,7 +173,12 @@ def ray_cluster(nodes: int = 2) -> Iterator[RayCluster]:
         ),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp}"]
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        f"--num-gpus={gpus_per_node}",
+        f"--temp-dir={temp}",
+    ]
     cluster = RayCluster(address=address, temp_dir=temp)
     try:
         head = [

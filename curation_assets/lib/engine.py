@@ -34,9 +34,13 @@ the embedder is cached per spec and process (``lib/embed.load_embedder``, an ``l
 and Ray reuses a task's worker process for later tasks of the same job (measured here, Ray
 2.60: eight tasks on two one-CPU nodes ran in two worker processes; the cluster test asserts
 that a worker loads the model once, ``model_loaded`` in the outcome). Ray recycles the worker of
-a *GPU* task after every call by default (``max_calls=1``, ray-project/ray#29624), which would
-reload the model per shard; the remote function is therefore declared with ``max_calls=0``
-(unlimited), and a GPU worker keeps its model, and its GPU memory, until the job ends. Actors
+a *GPU* function after every call by default (``max_calls=1``, ray-project/ray#29624), which
+would reload the model per shard. Measured here (Ray 2.60, a node declaring one GPU): that
+default applies to a function *declared* with ``num_gpus`` (three calls, three worker pids),
+not to one that asks for the GPU per call through ``.options(num_gpus=1)`` as this module does
+(three calls, one pid); the remote function also declares ``max_calls=0`` (unlimited) so that
+moving ``num_gpus`` into the declaration cannot silently bring back a model load per shard. A
+GPU worker thus keeps its model, and its GPU memory, until the job ends. Actors
 would pin one model per actor explicitly, but need an actor pool sized to the cluster, hold
 their resources for the whole run, and retry through a second mechanism (``max_restarts`` /
 ``max_task_retries``); tasks get Ray's scheduling across nodes, its per-task retries
@@ -315,10 +319,11 @@ class RayEngine:
         """Connect this process to the cluster (once); return its total resources.
 
         Raises:
-            EngineAddressError: If no Ray cluster answers at the address.
+            EngineAddressError: If nothing listens at the address, or Ray cannot connect.
         """
         import ray
 
+        self._check_reachable()
         try:
             ray.init(address=self.address, ignore_reinit_error=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -328,6 +333,24 @@ class RayEngine:
             )
             raise EngineAddressError(msg) from exc
         return dict(ray.cluster_resources())
+
+    def _check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Fail fast when nothing listens at a ``host:port`` address.
+
+        ``ray.init`` would wait minutes for it; ``auto`` and ``ray://`` addresses are left to Ray.
+        """
+        host, sep, port = self.address.rpartition(":")
+        if not sep or "://" in self.address or not port.isdigit():
+            return
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except OSError as exc:
+            msg = (
+                f"engine address {self.address!r}: nothing answers there ({exc}); start a Ray "
+                "cluster with `ray start --head --port=6379` and pass its host:port, or use "
+                "'local'"
+            )
+            raise EngineAddressError(msg) from exc
 
     def map_shards(
         self,

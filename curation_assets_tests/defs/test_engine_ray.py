@@ -47,7 +47,11 @@ from curation_assets.lib.tables import (
 from curation_assets.runner import step_errors
 from curation_assets.tools.demo import build_demo_corpus, write_seed_labels
 from curation_assets_tests.defs.helpers import resources
-from curation_assets_tests.servers_ray import RayCluster, ray_two_nodes  # noqa: F401
+from curation_assets_tests.servers_ray import (  # noqa: F401
+    RayCluster,
+    ray_cluster,
+    ray_two_nodes,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -154,6 +158,40 @@ def killing(key: str, assets: list, instance, res: dict, *, after_kill=None):
         killer.join()
     assert killer.killed is not None, f"no worker ran shard {key}"
     return result, killer.killed
+
+
+def gpu_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """A work function that reports what Ray gave its task (importable by the workers)."""
+    import ray
+
+    progress("checking the GPU")
+    return {"gpu_ids": ray.get_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
+    """On a node declaring a GPU, each embedding task gets it, and the worker is reused.
+
+    Ray recycles the worker of a function declared with ``num_gpus`` after each call; the
+    engine asks for the GPU per call and declares ``max_calls=0``, so a model cached in the
+    worker serves every shard (``lib/engine`` docstring).
+    Its own cluster, a single node declaring one (absent) GPU; it runs before the module's
+    two-node cluster starts (the first test asking for ``demo``).
+    """
+    import ray
+
+    from curation_assets.lib.engine import RayEngine
+
+    with ray_cluster(1, gpus_per_node=1) as cluster:
+        engine = RayEngine(cluster.address)
+        results = list(engine.map_shards(gpu_work, [f"s{i}" for i in range(4)], wants_gpu=True))
+        peak = engine.peak_in_flight
+        cpu = list(engine.map_shards(gpu_work, ["c0", "c1"]))
+    assert not ray.is_initialized()
+    assert [r.value["gpu_ids"] for r in results] == [[0]] * 4
+    assert {r.value["cuda_visible"] for r in results} == {"0"}
+    assert len({r.pid for r in results}) == 1  # one worker process ran all four GPU tasks
+    assert [r.value["gpu_ids"] for r in cpu] == [[], []]  # not asked for: no GPU
+    assert peak == 2  # one GPU slot: two tasks submitted at once (one running, one queued)
 
 
 @pytest.fixture(scope="module")
