@@ -349,7 +349,7 @@ def test_a_worker_dying_past_rays_retries_fails_the_attempt_naming_the_shard(dem
     assert "WorkerCrashedError" in error
     # the failed attempt reported the shards that finished beside the killed one, not that one
     first = result.all_events[: result.all_events.index(retry)]
-    reported = {e.asset_materialization.partition for e in first if e.asset_materialization}
+    reported = {e.materialization.partition for e in first if e.is_step_materialization}
     assert SHARDS[0] not in reported and reported <= set(SHARDS[1:])
     # nothing half-written was visible between the attempts, and the dead worker committed nothing
     (between,) = seen
