@@ -3,36 +3,44 @@
 from datetime import UTC, datetime
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import eager_on, updated_on
-from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
-from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
+from curation_assets.defs.metadata import (
+    check_result,
+    markdown_preview,
+    table_metadata,
+    table_schema,
+)
+from curation_assets.defs.partitions import (
+    ShardLoop,
+    ShardReport,
+    shard_backfill_policy,
+    shard_reader,
+    shards_partitions,
+)
 from curation_assets.defs.resources import (
     Categories,
     Compute,
     DeltaStorage,
+    Engine,
     ImageEmbedder,
     ShardSource,
 )
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.classify import (
     Probe,
+    ScoreOutcome,
+    ScoreShardWork,
     build_label_queues,
     classifier_checks,
     classifiers_table,
     current_labels,
     embedding_model,
-    get_scorer,
     labelled_embeddings,
-    mean_scores,
     pr_curve_markdown,
-    pretrained_scores,
     queue_reasons,
     read_classifiers,
-    score_shard,
-    scores_complete,
     text_encoder_for,
     train_classifiers,
 )
@@ -40,7 +48,6 @@ from curation_assets.lib.classify.heads import load_head
 from curation_assets.lib.classify.pool import candidate_pool, check_labelled_fit, pool_rows_for
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
-    IMAGE_EMBEDDINGS,
     LABEL_QUEUE,
     LABELS,
     SAFETY_CLASSIFIERS,
@@ -303,63 +310,40 @@ def classifier_scores(
     config: ScoreConfig,
     delta: DeltaStorage,
     shard_source: ShardSource,
+    engine: Engine,
 ):
-    """Score each shard's embeddings with the classifiers in force (read once per run)."""
+    """Score each shard's embeddings with the classifiers in force (read once per run).
+
+    Each shard is one task of the ``engine`` (this process, or a Ray cluster).
+    """
     store = delta.store()
     classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
     heads = [load_head(path) for path in config.embedding_heads]  # errors before any shard
-    n_scorers = len(classifiers) + len(config.pretrained_scorers) + len(heads)
     names = [c.category for c in classifiers] + config.pretrained_scorers
     scorers = ", ".join(names + [h.model_id for h in heads]) or "none"
+    work = ScoreShardWork(
+        root_uri=delta.root_uri,
+        storage_options=dict(delta.storage_options),
+        source=shard_reader(shard_source),
+        classifiers=tuple(classifiers),
+        heads=tuple(heads),
+        pretrained_scorers=tuple(config.pretrained_scorers),
+        thresholds=dict(config.pretrained_thresholds),
+        batch_size=config.batch_size,
+    )
     shards = ShardLoop(context, ["classifier_scores"])
 
-    def score_one(key: str) -> None:
-        emb = store.read(
-            IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
-        ).sort("image_id")
-        frames = [score_shard(classifiers, emb, key)]
-        frames += [
-            h.score_shard(emb, key, threshold=config.pretrained_thresholds.get(h.name))
-            for h in heads
-        ]
-        for name in config.pretrained_scorers:
-            frames.append(
-                pretrained_scores(
-                    get_scorer(name),
-                    shard_source.items(shard_source.shard(key)),
-                    set(emb["image_id"].to_list()),
-                    key,
-                    threshold=config.pretrained_thresholds.get(name),
-                    batch_size=config.batch_size,
-                )
-            )
-        scores = pl.concat(frames)
-        store.replace_shard(CLASSIFIER_SCORES, key, scores)
+    def report(key: str, out: ScoreOutcome) -> ShardReport:
         metadata = table_metadata(
             CLASSIFIER_SCORES,
             delta.uri(CLASSIFIER_SCORES),
-            scores.height,
+            out.rows,
             scorers=scorers,
-            mean_score=dg.MetadataValue.json(mean_scores(scores)),
+            mean_score=dg.MetadataValue.json(out.mean_scores),
         )
-        checks = [
-            dg.AssetCheckResult(
-                check_name="classifiers_available",
-                passed=bool(classifiers),
-                severity=dg.AssetCheckSeverity.WARN,
-                description=None
-                if classifiers
-                else "no trained classifier yet: materialize safety_classifiers",
-            ),
-            dg.AssetCheckResult(
-                check_name="one_finite_score_per_image_and_classifier",
-                passed=scores_complete(scores, n_images=emb.height, n_scorers=n_scorers),
-                metadata={"images": emb.height, "scorers": n_scorers, "rows": scores.height},
-            ),
-        ]
-        shards.done(key, {"classifier_scores": metadata}, checks)
+        return {"classifier_scores": metadata}, [check_result(c) for c in out.checks]
 
-    yield from shards.run(score_one)
+    yield from shards.run_on(engine.engine(), work, report)
 
 
 classifiers_job = dg.define_asset_job(

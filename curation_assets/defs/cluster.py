@@ -1,34 +1,34 @@
 """Cluster stage: five k-means clusterings (global) → per-shard cluster assignments."""
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import dagster as dg
-import numpy as np
 from pydantic import Field
 
 from curation_assets.defs.automation import ASSIGNED_TAG, CENTROIDS, updated_on
-from curation_assets.defs.metadata import markdown_bars, table_metadata, table_schema
-from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
-from curation_assets.defs.resources import Compute, DeltaStorage
+from curation_assets.defs.metadata import check_result, markdown_bars, table_metadata, table_schema
+from curation_assets.defs.partitions import (
+    ShardLoop,
+    ShardReport,
+    shard_backfill_policy,
+    shards_partitions,
+)
+from curation_assets.defs.resources import Compute, DeltaStorage, Engine
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.cluster import (
     DEFAULT_SEEDS,
-    assign_shard,
-    assignment_check,
-    assignment_figures,
+    AssignOutcome,
+    AssignShardWork,
     centroids_frame,
     cluster_size_bars,
     clustering_figures,
     default_k,
     filtered_count,
-    filtered_embeddings,
     train_kmeans,
     training_pool,
 )
-from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
-    FILTERED_IMAGES,
     N_CLUSTERINGS,
     assignments_spec,
     centroids_spec,
@@ -187,54 +187,31 @@ def cluster_centroids(
     backfill_policy=shard_backfill_policy,
 )
 @fail_fast
-def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage):
-    """Assign each shard's filtered images in all five clusterings."""
+def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage, engine: Engine):
+    """Assign each shard's filtered images in all five clusterings.
+
+    Each shard is one task of the ``engine`` (this process, or a Ray cluster).
+    """
     store = delta.store()
     shards = ShardLoop(context, ASSIGNMENT_KEYS)
-    yield from shards.run(
-        lambda key: shards.done(key, *_assign_shard_partition(context, store, key))
-    )
+    work = AssignShardWork(delta.root_uri, dict(delta.storage_options))
 
-
-def _assign_shard_partition(
-    context: dg.AssetExecutionContext, store: DeltaStore, key: str
-) -> tuple[dict[str, dict[str, Any]], list[dg.AssetCheckResult]]:
-    """Assign one shard in all five clusterings and write them; its metadata and check.
-
-    Returns:
-        The metadata of each ``cluster_assignments_<c>`` of the shard, and the result of
-        ``every_filtered_image_assigned``.
-
-    Raises:
-        CentroidsError: When a clustering has no centroids (``fail_fast`` fails the step).
-    """
-    emb = filtered_embeddings(store, [key])
-    x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
-    model_id = (
-        single_model(emb, before="assigning clusters", source="the filtered embeddings")
-        if emb.height
-        else None
-    )
-    n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
-    written = []
-    metadata = {}
-    for c in CLUSTERINGS:
-        frame, cent = assign_shard(store, c, key, emb, x, model_id)  # CentroidsError: fail_fast
-        spec = assignments_spec(c)
-        store.replace_shard(spec, key, frame)
-        written.append(frame.height)
-        metadata[ASSIGNMENT_KEYS[c]] = table_metadata(
-            spec, store.uri(spec.name), frame.height, **assignment_figures(frame, cent.version)
+    def report(key: str, out: AssignOutcome) -> ShardReport:
+        context.log.info(
+            f"{key}: assigned {out.assigned} filtered images in {N_CLUSTERINGS} clusterings"
         )
-    context.log.info(f"{key}: assigned {emb.height} filtered images in {N_CLUSTERINGS} clusterings")
-    passed, check_metadata = assignment_check(written, n_filtered, emb.height)
-    check = dg.AssetCheckResult(
-        check_name="every_filtered_image_assigned",
-        asset_key=ASSIGNMENT_KEYS[0],
-        passed=passed,
-        metadata=check_metadata,
-    )
-    return metadata, [check]
+        metadata = {
+            ASSIGNMENT_KEYS[c]: table_metadata(
+                assignments_spec(c),
+                store.uri(assignments_spec(c).name),
+                out.rows[c],
+                **out.figures[c],
+            )
+            for c in CLUSTERINGS
+        }
+        return metadata, [check_result(out.check)]
+
+    yield from shards.run_on(engine.engine(), work, report)
 
 
 retrain_centroids_job = dg.define_asset_job(

@@ -4,10 +4,16 @@ import dagster as dg
 from pydantic import Field
 
 from curation_assets.defs.metadata import check_result, table_metadata, table_schema
-from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
-from curation_assets.defs.resources import DeltaStorage, ImageEmbedder, ShardSource
+from curation_assets.defs.partitions import (
+    ShardLoop,
+    ShardReport,
+    shard_backfill_policy,
+    shard_reader,
+    shards_partitions,
+)
+from curation_assets.defs.resources import DeltaStorage, Engine, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.embed import EmbedStats, default_batch_size, embed_shard, embedding_checks
+from curation_assets.lib.embed import EmbedOutcome, EmbedShardWork
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
 
 GROUP = "embed"
@@ -64,57 +70,49 @@ def image_embeddings(
     delta: DeltaStorage,
     shard_source: ShardSource,
     embedder: ImageEmbedder,
+    engine: Engine,
 ):
     """Decode each ingested image again (overlapped with the forward pass) and embed it.
 
-    The model is loaded once per run, whatever the number of shards it covers.
+    Each shard is one task of the ``engine`` (in this process, or on a Ray cluster, a GPU per
+    task when it has GPUs); the model is loaded once per process that embeds, whatever the
+    number of shards it covers.
     """
-    store = delta.store()
-    model = embedder.load()
-    batch_size = config.batch_size or default_batch_size(model.device)
+    work = EmbedShardWork(
+        root_uri=delta.root_uri,
+        storage_options=dict(delta.storage_options),
+        source=shard_reader(shard_source),
+        spec=embedder.spec(),
+        batch_size=config.batch_size,
+        workers=config.decode_workers,
+        norm_tolerance=config.norm_tolerance,
+        progress_every_s=config.progress_every_s,
+    )
     shards = ShardLoop(context, ["image_embeddings"])
 
-    def embed_one(key: str) -> None:
-        stats = EmbedStats()
-
-        def progress(s: EmbedStats) -> None:
-            context.log.info(
-                f"{key}: embedded {s.embedded}/{s.wanted} ({s.images_per_s:.1f} images/s)"
-            )
-
-        rows, failures = embed_shard(
-            store,
-            key,
-            model,
-            shard_source.items(shard_source.shard(key)),
-            batch_size=batch_size,
-            workers=config.decode_workers,
-            stats=stats,
-            on_progress=progress,
-            progress_every_s=config.progress_every_s,
-        )
+    def report(key: str, out: EmbedOutcome) -> ShardReport:
         context.log.info(
-            f"{key}: {rows} embeddings ({model.model_id}, dim {model.dim}) in "
-            f"{stats.seconds:.1f}s = {stats.images_per_s:.1f} images/s; forward "
-            f"{stats.forward_seconds:.1f}s; {failures.height} failed"
+            f"{key}: {out.rows} embeddings ({out.model_id}, dim {out.dim}) in "
+            f"{out.seconds:.1f}s = {out.images_per_s:.1f} images/s; forward "
+            f"{out.forward_seconds:.1f}s; {out.quarantined} failed"
         )
         metadata = table_metadata(
             IMAGE_EMBEDDINGS,
             delta.uri(IMAGE_EMBEDDINGS),
-            rows,
-            model_id=model.model_id,
-            dim=model.dim,
-            device=str(model.device),
-            batch_size=batch_size,
-            quarantined=failures.height,
-            seconds=round(stats.seconds, 3),
-            images_per_s=round(stats.images_per_s, 1),
-            forward_share=round(stats.forward_seconds / stats.seconds, 3) if stats.seconds else 0,
+            out.rows,
+            model_id=out.model_id,
+            dim=out.dim,
+            device=out.device,
+            batch_size=out.batch_size,
+            quarantined=out.quarantined,
+            seconds=round(out.seconds, 3),
+            images_per_s=round(out.images_per_s, 1),
+            forward_share=round(out.forward_seconds / out.seconds, 3) if out.seconds else 0,
+            model_loaded=out.model_loaded,
         )
-        checks = embedding_checks(store, key, model.dim, model.model_id, config.norm_tolerance)
-        shards.done(key, {"image_embeddings": metadata}, [check_result(c) for c in checks])
+        return {"image_embeddings": metadata}, [check_result(c) for c in out.checks]
 
-    yield from shards.run(embed_one)
+    yield from shards.run_on(engine.engine(), work, report, wants_gpu=True)
 
 
 defs = dg.Definitions(assets=[image_embeddings])

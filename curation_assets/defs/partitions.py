@@ -20,12 +20,15 @@ gap. :func:`shard_ranges` does the same for ``shard_sensor`` and the headless ru
 """
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import dagster as dg
 
+from curation_assets.defs.resources import ShardSource
+from curation_assets.lib.engine import LocalEngine, RayEngine, ShardResult, ShardWork
 from curation_assets.lib.settings import positive_int_env
+from curation_assets.lib.shards import ShardReader
 
 # Every per-shard asset takes a backfill policy (many shards per run); Dagster 1.13 marks the
 # parameter beta and would print that at every import. The behaviour is tested here.
@@ -118,6 +121,26 @@ def completed_shards(result: Any, shards: Sequence[str]) -> set[str]:
     return {k for k in shards if k not in bad and planned and planned <= made.get(k, set())}
 
 
+ShardReport = tuple[dict[str, dict[str, Any]], Sequence[dg.AssetCheckResult]]
+"""A shard's metadata by asset key, and its check results (what :meth:`ShardLoop.done` takes)."""
+
+
+def shard_reader(source: ShardSource) -> ShardReader:
+    """The shard source resource as plain data, for a work function in any process."""
+    return ShardReader(
+        root=source.root,
+        max_file_bytes=source.max_file_bytes,
+        max_caption_bytes=source.max_caption_bytes,
+        allowed_roots=tuple(source.allowed_roots),
+    )
+
+
+def _where(result: ShardResult[Any]) -> str:
+    if result.node_id is None:
+        return f"{result.engine} pid {result.pid}"
+    return f"ray node {result.node_id[:12]} pid {result.pid}"
+
+
 def _plain(value: Any) -> Any:
     """A check metadata value as JSON-ready data."""
     value = getattr(value, "value", value)
@@ -199,6 +222,50 @@ class ShardLoop:
                     )
                 yield from self.failed()
                 raise
+        yield from self.results()
+
+    def run_on(
+        self,
+        engine: LocalEngine | RayEngine,
+        work: ShardWork[Any],
+        report: Callable[[str, Any], ShardReport],
+        *,
+        wants_gpu: bool = False,
+    ) -> Iterator[Any]:
+        """Run ``work`` on ``engine`` for each shard; ``report`` turns each outcome into results.
+
+        ``work(key, progress)`` (picklable, in ``lib``) writes its shard and returns a small
+        outcome; ``report(key, outcome)`` (here, in the step's process) returns the shard's
+        metadata by asset key and its check results. Each shard's metadata also says where it
+        ran (``engine``, ``ray_node_id``, ``worker_pid``, ``task_seconds``), and each finished
+        shard is logged as it completes. Use as ``yield from shards.run_on(engine, work,
+        report)`` in a generator asset. On failure the shards finished before (or, on Ray,
+        beside) the failing one are reported, then the error propagates, as with :meth:`run`.
+        """
+        log = self.context.log
+        outcomes = engine.map_shards(
+            work,
+            self.keys,
+            wants_gpu=wants_gpu,
+            on_progress=lambda key, sentence: log.info(f"{key}: {sentence}"),
+        )
+        try:
+            for result in outcomes:
+                metadata, checks = report(result.key, result.value)
+                where = result.metadata()
+                self.done(result.key, {k: {**m, **where} for k, m in metadata.items()}, checks)
+                log.info(
+                    f"{result.key}: done on {_where(result)} in {result.seconds:.1f}s "
+                    f"({len(self._metadata)}/{len(self.keys)} shards of this step)"
+                )
+        except Exception:
+            if self._metadata:
+                log.warning(
+                    f"a shard failed after {len(self._metadata)} of {len(self.keys)} shards of "
+                    f"this run were written: reporting those, then failing"
+                )
+            yield from self.failed()
+            raise
         yield from self.results()
 
     def results(self) -> Iterator[dg.MaterializeResult]:

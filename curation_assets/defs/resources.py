@@ -1,4 +1,4 @@
-"""Resources: Delta storage, the shard source, and the image embedder."""
+"""Resources: Delta storage, the shard source, the image embedder, and the engine."""
 
 import os
 from collections.abc import Iterator
@@ -19,6 +19,7 @@ from curation_assets.lib.embed import (
     EmbedderSpec,
     load_embedder,
 )
+from curation_assets.lib.engine import LOCAL, LocalEngine, RayEngine, make_engine
 from curation_assets.lib.memory import DEFAULT_MEMORY_BUDGET_MB, MemoryBudget
 from curation_assets.lib.settings import positive_int_env, resolve_paths
 from curation_assets.lib.shards import (
@@ -194,6 +195,45 @@ class Categories(dg.ConfigurableResource):
         return load_category_spec(self.resolved_path())
 
 
+class Engine(dg.ConfigurableResource):
+    """Where the heavy per-shard work runs: this process, or tasks on a Ray cluster.
+
+    Dagster still runs the steps (partitions, retries, checks, the UI); inside the per-shard
+    steps that decode and embed, score and assign (image_embeddings, classifier_scores,
+    cluster_assignments) each shard becomes one task of this engine (``lib/engine.py``).
+    """
+
+    address: str = Field(
+        default=LOCAL,
+        description="'local' (each shard in the step's own process, the default) or the address "
+        "of a running Ray cluster, e.g. '127.0.0.1:6379' (`ray start --head --port=6379`); the "
+        "package, the shard sources and the Delta root must be reachable from every node. "
+        "Env: CURATION_ENGINE.",
+    )
+    max_in_flight: int = Field(
+        default=0,
+        description="Ray: most shard tasks submitted at once; 0 = twice the cluster's CPUs (or "
+        "GPUs for embedding).",
+    )
+    max_retries: int = Field(
+        default=2, description="Ray: retries of a shard task whose worker or node died."
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray: environment variables of the task workers (Ray runtime_env), e.g. "
+        "CURATION_MEMORY_BUDGET_MB or object-store credentials.",
+    )
+
+    def engine(self) -> LocalEngine | RayEngine:
+        """The lib engine (plain Python) the per-shard steps hand their work to."""
+        return make_engine(
+            self.address,
+            max_in_flight=self.max_in_flight,
+            max_retries=self.max_retries,
+            env_vars=self.env_vars,
+        )
+
+
 def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources for the local default: Delta and sources under the curation home."""
     paths = resolve_paths(home)
@@ -210,4 +250,5 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
         "compute": Compute(
             memory_budget_mb=positive_int_env("CURATION_MEMORY_BUDGET_MB", DEFAULT_MEMORY_BUDGET_MB)
         ),
+        "engine": Engine(address=os.environ.get("CURATION_ENGINE", "") or LOCAL),
     }

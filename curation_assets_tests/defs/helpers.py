@@ -7,12 +7,23 @@ import dagster as dg
 from curation_assets.defs.embed import image_embeddings
 from curation_assets.defs.ingest import ingest
 from curation_assets.defs.partitions import SHARDS_PARTITION
-from curation_assets.defs.resources import Compute, DeltaStorage, ImageEmbedder, ShardSource
+from curation_assets.defs.resources import (
+    Compute,
+    DeltaStorage,
+    Engine,
+    ImageEmbedder,
+    ShardSource,
+)
 from curation_assets_tests.conftest import TINY_CLIP_CONFIG
 
 
-def resources(tmp_path: Path, source: Path, *, tiny_clip: bool = True) -> dict:
-    """Resources rooted in ``tmp_path``; the tiny open_clip model unless told otherwise."""
+def resources(
+    tmp_path: Path, source: Path, *, tiny_clip: bool = True, engine: str = "local"
+) -> dict:
+    """Resources rooted in ``tmp_path``; the tiny open_clip model unless told otherwise.
+
+    ``engine`` is the engine address (``local``, or a Ray cluster's ``host:port``).
+    """
     embedder = (
         ImageEmbedder(
             backend="open_clip",
@@ -28,6 +39,7 @@ def resources(tmp_path: Path, source: Path, *, tiny_clip: bool = True) -> dict:
         "shard_source": ShardSource(root=str(source), min_age_s=0),
         "embedder": embedder,
         "compute": Compute(),
+        "engine": Engine(address=engine),
     }
 
 

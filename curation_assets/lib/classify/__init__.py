@@ -64,6 +64,8 @@ from curation_assets.lib.classify.queue_export import (
     label_studio_config,
 )
 from curation_assets.lib.classify.score import (
+    ScoreOutcome,
+    ScoreShardWork,
     mean_scores,
     pretrained_scores,
     score_embeddings,
@@ -103,6 +105,8 @@ from curation_assets.lib.classify.train import (
 from curation_assets.lib.classify.zeroshot import TextEncoder, ZeroShotScorer, build_zero_shot
 
 __all__ = [
+    "ScoreOutcome",
+    "ScoreShardWork",
     "MIN_NEGATIVES",
     "MIN_POSITIVES",
     "available_scorers",

@@ -9,17 +9,21 @@ batch.
 """
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from PIL import Image
 
+from curation_assets.lib.checks import Check
+from curation_assets.lib.classify.heads import EmbeddingHead
 from curation_assets.lib.classify.policy import Classifier
-from curation_assets.lib.classify.scorers import PretrainedScorer
+from curation_assets.lib.classify.scorers import PretrainedScorer, get_scorer
 from curation_assets.lib.images import iter_prepared
-from curation_assets.lib.shards import Item
-from curation_assets.lib.tables import CLASSIFIER_SCORES
+from curation_assets.lib.shards import Item, ShardReader
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import CLASSIFIER_SCORES, IMAGE_EMBEDDINGS
 from curation_assets.lib.vectors import embedding_matrix
 
 logger = logging.getLogger(__name__)
@@ -159,3 +163,103 @@ def mean_scores(scores: pl.DataFrame) -> dict[str, float]:
         str(k): round(float(v), 4)
         for k, v in scores.group_by("category").agg(pl.mean("score")).rows()
     }
+
+
+# --------------------------------------------------------------------------------------------
+# One shard's work, for any engine (lib/engine): plain arguments in, a small outcome out
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    """What scoring one shard did (picklable; the asset turns it into metadata and checks).
+
+    Attributes:
+        rows: Score rows written.
+        images: Embedded images scored.
+        mean_scores: :func:`mean_scores` of the rows.
+        checks: ``classifiers_available`` (WARN) and
+            ``one_finite_score_per_image_and_classifier``.
+    """
+
+    rows: int
+    images: int
+    mean_scores: dict[str, float]
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class ScoreShardWork:
+    """Score one shard and replace its ``classifier_scores``: callable in any process.
+
+    The classifiers and heads are read once by the step and travel with the work, so every
+    shard of a run is scored by the same ones.
+
+    Attributes:
+        root_uri: Delta root.
+        storage_options: deltalake storage options of the root.
+        source: Where the shards' images are (for pretrained image scorers).
+        classifiers: The classifiers in force.
+        heads: MLP heads over the embeddings.
+        pretrained_scorers: Names of pretrained image scorers to run.
+        thresholds: Optional threshold per pretrained scorer or head name.
+        batch_size: Images per pretrained-scorer batch.
+    """
+
+    root_uri: str
+    storage_options: dict[str, str]
+    source: ShardReader
+    classifiers: tuple[Classifier, ...]
+    heads: tuple[EmbeddingHead, ...]
+    pretrained_scorers: tuple[str, ...]
+    thresholds: dict[str, float]
+    batch_size: int
+
+    @property
+    def n_scorers(self) -> int:
+        """Classifiers, pretrained scorers and heads: the scores each image gets."""
+        return len(self.classifiers) + len(self.pretrained_scorers) + len(self.heads)
+
+    def __call__(self, key: str, progress: Callable[[str], None]) -> ScoreOutcome:
+        """Score shard ``key`` (its embeddings in image_id order) and write the scores."""
+        del progress  # a shard's scoring is one pass with nothing worth reporting midway
+        store = DeltaStore(self.root_uri, self.storage_options)
+        emb = store.read(
+            IMAGE_EMBEDDINGS, shards=[key], columns=["image_id", "embedding", "model_id"]
+        ).sort("image_id")
+        frames = [score_shard(self.classifiers, emb, key)]
+        frames += [
+            h.score_shard(emb, key, threshold=self.thresholds.get(h.name)) for h in self.heads
+        ]
+        for name in self.pretrained_scorers:
+            frames.append(
+                pretrained_scores(
+                    get_scorer(name),
+                    self.source.items(key),
+                    set(emb["image_id"].to_list()),
+                    key,
+                    threshold=self.thresholds.get(name),
+                    batch_size=self.batch_size,
+                )
+            )
+        scores = pl.concat(frames)
+        store.replace_shard(CLASSIFIER_SCORES, key, scores)
+        complete = scores_complete(scores, n_images=emb.height, n_scorers=self.n_scorers)
+        checks = (
+            Check(
+                "classifiers_available",
+                "classifier_scores",
+                bool(self.classifiers),
+                warn=True,
+                description=None
+                if self.classifiers
+                else "no trained classifier yet: materialize safety_classifiers",
+            ),
+            Check(
+                "one_finite_score_per_image_and_classifier",
+                "classifier_scores",
+                complete,
+                metadata={"images": emb.height, "scorers": self.n_scorers, "rows": scores.height},
+            ),
+        )
+        return ScoreOutcome(scores.height, emb.height, mean_scores(scores), checks)

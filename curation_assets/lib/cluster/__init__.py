@@ -11,6 +11,8 @@ configured before faiss is first loaded.
 """
 
 from curation_assets.lib.cluster.io import (
+    AssignOutcome,
+    AssignShardWork,
     Centroids,
     CentroidsError,
     assign_shard,
@@ -41,6 +43,8 @@ from curation_assets.lib.cluster.kmeans import (
 from curation_assets.lib.tables import N_CLUSTERINGS
 
 __all__ = [
+    "AssignOutcome",
+    "AssignShardWork",
     "filtered_count",
     "training_pool",
     "BLAS_CONFIG",

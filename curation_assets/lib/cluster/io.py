@@ -12,13 +12,14 @@ The ``cluster_centroids`` / ``cluster_assignments`` assets call :func:`clusterin
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.checks import Check
 from curation_assets.lib.cluster.kmeans import (
     KMeansModel,
     assign,
@@ -29,10 +30,11 @@ from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     FILTERED_IMAGES,
     IMAGE_EMBEDDINGS,
+    N_CLUSTERINGS,
     assignments_spec,
     centroids_spec,
 )
-from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.vectors import embedding_matrix, single_model
 
 
 class CentroidsError(ConfigError):
@@ -310,3 +312,70 @@ def assignment_check(
         "embedded": n_embedded,
         "assigned": list(assigned),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# One shard's work, for any engine (lib/engine): plain arguments in, a small outcome out
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssignOutcome:
+    """What assigning one shard did (picklable; the asset turns it into metadata and a check).
+
+    Attributes:
+        assigned: Filtered images with an embedding that were assigned.
+        rows: Rows written per clustering.
+        figures: :func:`assignment_figures` per clustering.
+        check: ``every_filtered_image_assigned``.
+    """
+
+    assigned: int
+    rows: tuple[int, ...]
+    figures: tuple[dict[str, Any], ...]
+    check: Check
+
+
+@dataclass(frozen=True)
+class AssignShardWork:
+    """Assign one shard's filtered images in every clustering and write them (any process).
+
+    Attributes:
+        root_uri: Delta root.
+        storage_options: deltalake storage options of the root.
+    """
+
+    root_uri: str
+    storage_options: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, key: str, progress: Callable[[str], None]) -> AssignOutcome:
+        """Assign shard ``key`` with the stored centroids; one Delta write per clustering.
+
+        Raises:
+            CentroidsError: When a clustering has no centroids or another embedding model.
+        """
+        del progress  # one short pass per clustering
+        store = DeltaStore(self.root_uri, self.storage_options)
+        emb = filtered_embeddings(store, [key])
+        x = embedding_matrix(emb["embedding"]) if emb.height else np.zeros((0, 0), np.float32)
+        model_id = (
+            single_model(emb, before="assigning clusters", source="the filtered embeddings")
+            if emb.height
+            else None
+        )
+        n_filtered = store.read(FILTERED_IMAGES, shards=[key], columns=["image_id"]).height
+        rows: list[int] = []
+        figures: list[dict[str, Any]] = []
+        for c in range(N_CLUSTERINGS):
+            frame, cent = assign_shard(store, c, key, emb, x, model_id)
+            store.replace_shard(assignments_spec(c), key, frame)
+            rows.append(frame.height)
+            figures.append(assignment_figures(frame, cent.version))
+        passed, check_metadata = assignment_check(rows, n_filtered, emb.height)
+        check = Check(
+            "every_filtered_image_assigned",
+            assignments_spec(0).name,
+            passed,
+            metadata=check_metadata,
+        )
+        return AssignOutcome(emb.height, tuple(rows), tuple(figures), check)

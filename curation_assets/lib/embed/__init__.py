@@ -44,6 +44,8 @@ from curation_assets.lib.embed.models import (
     resolve_device,
 )
 from curation_assets.lib.embed.run import (
+    EmbedOutcome,
+    EmbedShardWork,
     EmbedStats,
     embed_items,
     embed_shard,
@@ -56,6 +58,8 @@ __all__ = [
     "DEFAULT_OPEN_CLIP_PRETRAINED",
     "DEFAULT_TIMM_MODEL",
     "EFFICIENTNET_LITE0_PACKAGE",
+    "EmbedOutcome",
+    "EmbedShardWork",
     "EmbedStats",
     "Embedder",
     "EmbedderConfigError",

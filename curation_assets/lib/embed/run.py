@@ -11,11 +11,16 @@ import polars as pl
 import torch
 
 from curation_assets.lib.checks import Check
-from curation_assets.lib.embed.models import Embedder
+from curation_assets.lib.embed.models import (
+    Embedder,
+    EmbedderSpec,
+    default_batch_size,
+    load_embedder,
+)
 from curation_assets.lib.images import iter_prepared
 from curation_assets.lib.ingest import DecodeLimits
 from curation_assets.lib.memory import limit_malloc_arenas
-from curation_assets.lib.shards import Item
+from curation_assets.lib.shards import Item, ShardReader
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS, QUARANTINE, RAW_IMAGES
 from curation_assets.lib.vectors import embedding_matrix
@@ -273,3 +278,105 @@ def embedding_checks(
             },
         ),
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# One shard's work, for any engine (lib/engine): plain arguments in, a small outcome out
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedOutcome:
+    """What embedding one shard did (picklable; the asset turns it into metadata and checks).
+
+    Attributes:
+        rows: Embeddings written.
+        quarantined: Images quarantined at embed.
+        model_id: The model's id.
+        dim: Its dimension.
+        device: Where it ran (``cpu``, ``cuda:0``).
+        batch_size: Images per forward pass.
+        seconds: Wall time of the pass.
+        images_per_s: Its throughput.
+        forward_seconds: Time in the forward pass.
+        model_loaded: The model was loaded for this shard (False: reused in this process).
+        checks: ``dims_and_norms`` and ``every_image_embedded`` on the written rows.
+    """
+
+    rows: int
+    quarantined: int
+    model_id: str
+    dim: int
+    device: str
+    batch_size: int
+    seconds: float
+    images_per_s: float
+    forward_seconds: float
+    model_loaded: bool
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class EmbedShardWork:
+    """Embed one shard and write it: the ``image_embeddings`` work, callable in any process.
+
+    The model is loaded once per process and spec (:func:`load_embedder` caches it), so a
+    worker process that embeds many shards loads it once.
+
+    Attributes:
+        root_uri: Delta root.
+        storage_options: deltalake storage options of the root.
+        source: Where the shards' images are.
+        spec: The embedder.
+        batch_size: Images per forward pass; 0 = auto for the device the model lands on.
+        workers: Decode threads.
+        norm_tolerance: ``dims_and_norms`` tolerance on the vectors' norms.
+        progress_every_s: Seconds between progress sentences.
+    """
+
+    root_uri: str
+    storage_options: dict[str, str]
+    source: ShardReader
+    spec: EmbedderSpec
+    batch_size: int
+    workers: int
+    norm_tolerance: float
+    progress_every_s: float
+
+    def __call__(self, key: str, progress: Callable[[str], None]) -> EmbedOutcome:
+        """Embed shard ``key``, replace its rows and check them; ``progress`` gets sentences."""
+        store = DeltaStore(self.root_uri, self.storage_options)
+        misses = load_embedder.cache_info().misses
+        model = load_embedder(self.spec)
+        loaded = load_embedder.cache_info().misses > misses
+        batch_size = self.batch_size or default_batch_size(model.device)
+        stats = EmbedStats()
+
+        def on_progress(s: EmbedStats) -> None:
+            progress(f"embedded {s.embedded}/{s.wanted} ({s.images_per_s:.1f} images/s)")
+
+        rows, failures = embed_shard(
+            store,
+            key,
+            model,
+            self.source.items(key),
+            batch_size=batch_size,
+            workers=self.workers,
+            stats=stats,
+            on_progress=on_progress,
+            progress_every_s=self.progress_every_s,
+        )
+        checks = embedding_checks(store, key, model.dim, model.model_id, self.norm_tolerance)
+        return EmbedOutcome(
+            rows=rows,
+            quarantined=failures.height,
+            model_id=model.model_id,
+            dim=model.dim,
+            device=str(model.device),
+            batch_size=batch_size,
+            seconds=stats.seconds,
+            images_per_s=stats.images_per_s,
+            forward_seconds=stats.forward_seconds,
+            model_loaded=loaded,
+            checks=tuple(checks),
+        )

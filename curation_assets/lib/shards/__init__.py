@@ -78,6 +78,7 @@ from curation_assets.lib.shards.read import (
     manifest_root,
     read_manifest,
 )
+from curation_assets.lib.shards.source import ShardReader
 
 __all__ = [
     "DEFAULT_MAX_CAPTION_BYTES",
@@ -91,6 +92,7 @@ __all__ = [
     "ShardError",
     "ShardInfo",
     "ShardKind",
+    "ShardReader",
     "cap_caption",
     "discover_shards",
     "escape_text",

@@ -1,0 +1,358 @@
+"""The per-shard assets on a real two-node Ray cluster give the local engine's tables.
+
+The demo corpus (four shards: folder, tar, csv and parquet manifests) is ingested once; then
+each per-shard asset that runs on the engine (image_embeddings, classifier_scores,
+cluster_assignments) is materialized over the four shards in one run with the local engine and
+again with the Ray engine, on the same inputs, and every table it writes is compared. The
+global steps between them (safety_classifiers from the demo's seed labels, filter_shard,
+cluster_centroids) run locally once. Then a Ray worker is SIGKILLed while it embeds a shard:
+Ray's retry makes the step succeed; with no Ray retry the step fails naming the shard and the
+dead worker, the shard's rows stay the last committed ones, and a re-run converges.
+"""
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from curation_assets.defs.classify import classifier_scores, safety_classifiers
+from curation_assets.defs.cluster import cluster_assignments, cluster_centroids
+from curation_assets.defs.embed import image_embeddings
+from curation_assets.defs.filter import filter_shard
+from curation_assets.defs.ingest import ingest
+from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags
+from curation_assets.defs.resources import Categories, Engine
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    CLASSIFIER_SCORES,
+    IMAGE_EMBEDDINGS,
+    LABELS,
+    N_CLUSTERINGS,
+    QUARANTINE,
+    RAW_IMAGES,
+    SAFETY_CLASSIFIERS,
+    TableSpec,
+    assignments_spec,
+)
+from curation_assets.runner import step_errors
+from curation_assets.tools.demo import build_demo_corpus, write_seed_labels
+from curation_assets_tests.defs.helpers import resources
+from curation_assets_tests.servers_ray import (  # noqa: F401
+    RayCluster,
+    ray_cluster,
+    ray_two_nodes,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SHARDS = ["shard-000", "shard-001.tar", "shard-002.csv", "shard-003.parquet"]
+#: Seconds after a kill when the test looks at the table: the failed attempt has ended (the
+#: shards beside the killed one take ~2 s) and the step's retry (15 s later) has not started.
+AFTER_KILL_S = 7.0
+#: Columns that may differ between two runs on the same inputs (wall-clock stamps).
+STAMPS = {"quarantined_at"}
+
+
+def snapshot(store: DeltaStore, spec: TableSpec, **where: str) -> pl.DataFrame:
+    """The table's rows in a canonical order, without timestamps."""
+    df = store.read(spec)
+    for column, value in where.items():
+        df = df.filter(pl.col(column) == value)
+    df = df.drop([c for c in df.columns if c in STAMPS])
+    keys = [c for c in df.columns if df.schema[c] not in (pl.Float32, pl.Float64)]
+    keys = [c for c in keys if not isinstance(df.schema[c], pl.List)]
+    return df.sort(keys)
+
+
+def assert_same(ray: pl.DataFrame, local: pl.DataFrame, atol: float = 1e-6) -> None:
+    """Equal rows: exact for ids and labels, within ``atol`` for floats and vectors."""
+    assert ray.columns == local.columns and ray.height == local.height
+    for column in ray.columns:
+        a, b = ray[column], local[column]
+        if isinstance(a.dtype, pl.List):
+            x = np.asarray(a.to_list(), dtype=np.float64)
+            y = np.asarray(b.to_list(), dtype=np.float64)
+            np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=column)
+        elif a.dtype in (pl.Float32, pl.Float64):
+            np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=0, atol=atol)
+        else:
+            assert a.to_list() == b.to_list(), column
+
+
+def materialize(assets: list, instance, res: dict, *, config=None, run_config=None):
+    """One run over the four shards (a partition range); the result, successful or not."""
+    return dg.materialize(
+        assets,
+        instance=instance,
+        resources=res,
+        tags=range_tags(SHARDS) if any(a.partitions_def for a in assets) else None,
+        run_config={**(run_config or {}), "ops": config or {}},
+        raise_on_error=False,
+    )
+
+
+def shard_metadata(result, node: str) -> dict[str, dict[str, Any]]:
+    """``{asset/shard: {key: value}}`` of a run's materializations of ``node``."""
+    return {
+        f"{m.asset_key.to_user_string()}/{m.partition}": {k: v.value for k, v in m.metadata.items()}
+        for m in result.asset_materializations_for_node(node)
+    }
+
+
+class Killer(threading.Thread):
+    """SIGKILLs, once, the Ray worker process whose task is shard ``key``.
+
+    A Ray worker names itself after the task it runs (``ray::shard <key>``: the engine names
+    each task ``shard <key>``), so the process is found in /proc while the task runs.
+    """
+
+    def __init__(
+        self, key: str, *, after_kill: Callable[[], None] | None = None, timeout_s: float = 300.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.after_kill = after_kill
+        self.title = f"ray::shard {key}".encode()
+        self.deadline = time.monotonic() + timeout_s
+        self.killed: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        """Poll /proc until the task's worker shows up, then kill it."""
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                except OSError:
+                    continue
+                if title == self.title:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    self.killed = int(proc.name)
+                    if self.after_kill is not None:
+                        time.sleep(AFTER_KILL_S)
+                        self.after_kill()
+                    return
+            time.sleep(0.01)
+
+
+def killing(key: str, assets: list, instance, res: dict, *, after_kill=None):
+    """Materialize while a :class:`Killer` kills shard ``key``'s worker; (result, killed pid).
+
+    ``after_kill`` runs :data:`AFTER_KILL_S` after the kill, while the step waits for its retry.
+    """
+    killer = Killer(key, after_kill=after_kill)
+    killer.start()
+    try:
+        result = materialize(assets, instance, res)
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed is not None, f"no worker ran shard {key}"
+    return result, killer.killed
+
+
+def gpu_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """A work function that reports what Ray gave its task (importable by the workers)."""
+    import ray
+
+    progress("checking the GPU")
+    return {"gpu_ids": ray.get_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
+    """On a node declaring a GPU, each embedding task gets it, and the worker is reused.
+
+    Ray recycles the worker of a function declared with ``num_gpus`` after each call; the
+    engine asks for the GPU per call and declares ``max_calls=0``, so a model cached in the
+    worker serves every shard (``lib/engine`` docstring).
+    Its own cluster, a single node declaring one (absent) GPU; it runs before the module's
+    two-node cluster starts (the first test asking for ``demo``).
+    """
+    import ray
+
+    from curation_assets.lib.engine import RayEngine
+
+    with ray_cluster(1, gpus_per_node=1) as cluster:
+        engine = RayEngine(cluster.address)
+        results = list(engine.map_shards(gpu_work, [f"s{i}" for i in range(4)], wants_gpu=True))
+        peak = engine.peak_in_flight
+        cpu = list(engine.map_shards(gpu_work, ["c0", "c1"]))
+    assert not ray.is_initialized()
+    assert [r.value["gpu_ids"] for r in results] == [[0]] * 4
+    assert {r.value["cuda_visible"] for r in results} == {"0"}
+    assert len({r.pid for r in results}) == 1  # one worker process ran all four GPU tasks
+    assert [r.value["gpu_ids"] for r in cpu] == [[], []]  # not asked for: no GPU
+    assert peak == 2  # one GPU slot: two tasks submitted at once (one running, one queued)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, ray_two_nodes: RayCluster) -> Iterator[dict[str, Any]]:  # noqa: F811
+    """The demo corpus ingested (locally), resources for both engines, the shared instance."""
+    tmp = tmp_path_factory.mktemp("engine")
+    corpus = build_demo_corpus(tmp / "src", n_base=40)
+    local = {**resources(tmp, corpus.root, tiny_clip=False), "categories": Categories()}
+    ray = {**local, "engine": Engine(address=ray_two_nodes.address)}
+    store = DeltaStore(str(tmp / "delta"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS_PARTITION, SHARDS)
+        assert materialize([ingest], instance, local).success
+        yield {
+            "instance": instance,
+            "local": local,
+            "ray": ray,
+            "store": store,
+            "corpus": corpus,
+            "cluster": ray_two_nodes,
+            "expected": {},
+        }
+
+
+def both(demo: dict, assets: list, tables: list[tuple[TableSpec, dict[str, str]]], node: str):
+    """Materialize with the local engine, then with Ray; compare ``tables``; Ray's metadata."""
+    store, instance = demo["store"], demo["instance"]
+    local = materialize(assets, instance, demo["local"])
+    assert local.success, step_errors(local)
+    expected = {spec.name: snapshot(store, spec, **where) for spec, where in tables}
+    assert expected[tables[0][0].name].height > 0
+    ray = materialize(assets, instance, demo["ray"])
+    assert ray.success, step_errors(ray)
+    for spec, where in tables:
+        assert_same(snapshot(store, spec, **where), expected[spec.name])
+    demo["expected"].update(expected)
+    local_meta = shard_metadata(local, node)
+    assert {m["engine"] for m in local_meta.values()} == {"local"}
+    ray_meta = shard_metadata(ray, node)
+    assert {m["engine"] for m in ray_meta.values()} == {"ray"}
+    assert all(m["worker_pid"] != os.getpid() for m in ray_meta.values())
+    for key, meta in ray_meta.items():  # the same row counts and figures per shard
+        same = {k: v for k, v in meta.items() if k.startswith(("dagster/row_count", "mean_"))}
+        assert same == {k: v for k, v in local_meta[key].items() if k in same}
+    # the checks pass with both engines
+    assert all(e.passed for e in ray.get_asset_check_evaluations())
+    return ray_meta
+
+
+def test_per_shard_assets_on_ray_write_the_local_tables_on_both_nodes(demo):
+    store = demo["store"]
+    nodes: set[str] = set()
+    embed = both(
+        demo,
+        [image_embeddings],
+        [(IMAGE_EMBEDDINGS, {}), (QUARANTINE, {"stage": "embed"})],
+        "image_embeddings",
+    )
+    nodes |= {m["ray_node_id"] for m in embed.values()}
+    # one model load per Ray worker process, not per shard
+    workers = {(m["ray_node_id"], m["worker_pid"]) for m in embed.values()}
+    assert sum(m["model_loaded"] for m in embed.values()) == len(workers) < len(SHARDS)
+
+    seed = pl.read_csv(write_seed_labels(demo["corpus"], n_pos=12, n_neg=30))
+    raw = store.read(RAW_IMAGES, columns=["image_id", "source_uri"])
+    labels = seed.join(raw, on="source_uri").select(
+        "image_id",
+        "category",
+        label=pl.col("label").cast(pl.Int8),
+        source=pl.lit("test"),
+        labeled_at=pl.lit(datetime(2026, 1, 1, tzinfo=UTC)),
+    )
+    store.append(LABELS, labels)
+    trained = materialize(
+        [safety_classifiers],
+        demo["instance"],
+        demo["local"],
+        config={"safety_classifiers": {"config": {"min_positives": 5, "n_splits": 3}}},
+    )
+    assert trained.success, step_errors(trained)
+    assert store.read(SAFETY_CLASSIFIERS)["status"].to_list() == ["trained"]
+    scores = both(demo, [classifier_scores], [(CLASSIFIER_SCORES, {})], "classifier_scores")
+    nodes |= {m["ray_node_id"] for m in scores.values()}
+
+    filtered = materialize([filter_shard], demo["instance"], demo["local"])
+    assert filtered.success, step_errors(filtered)
+    centroids = materialize(
+        [cluster_centroids],
+        demo["instance"],
+        demo["local"],
+        config={"cluster_centroids": {"config": {"k": 4}}},
+    )
+    assert centroids.success, step_errors(centroids)
+    assigned = both(
+        demo,
+        [cluster_assignments],
+        [(assignments_spec(c), {}) for c in range(N_CLUSTERINGS)],
+        "cluster_assignments",
+    )
+    assert len(assigned) == N_CLUSTERINGS * len(SHARDS)
+    nodes |= {m["ray_node_id"] for m in assigned.values()}
+    assert nodes <= set(demo["cluster"].node_ids())
+    assert len(nodes) == 2  # the work ran on both Ray nodes
+
+
+def _embed_version(store: DeltaStore) -> int:
+    return DeltaTable(store.uri(IMAGE_EMBEDDINGS.name)).version()
+
+
+def _embed_commits_by(store: DeltaStore, pid: int, since: int) -> int:
+    """Commits to image_embeddings after version ``since`` by process ``pid``."""
+    history = DeltaTable(store.uri(IMAGE_EMBEDDINGS.name)).history()
+    return sum(
+        int(h["version"]) > since and str(h.get("curation.writer", "")).endswith(f":{pid}")
+        for h in history
+    )
+
+
+def test_a_killed_worker_is_retried_by_ray_and_the_step_succeeds(demo):
+    if IMAGE_EMBEDDINGS.name not in demo["expected"]:
+        pytest.skip("needs the local tables of the first test")
+    since = _embed_version(demo["store"])
+    result, killed = killing(SHARDS[0], [image_embeddings], demo["instance"], demo["ray"])
+    assert result.success, step_errors(result)
+    meta = shard_metadata(result, "image_embeddings")[f"image_embeddings/{SHARDS[0]}"]
+    assert meta["engine"] == "ray" and meta["worker_pid"] != killed  # a new worker redid it
+    assert _embed_commits_by(demo["store"], killed, since) == 0
+    assert_same(snapshot(demo["store"], IMAGE_EMBEDDINGS), demo["expected"]["image_embeddings"])
+
+
+def test_a_worker_dying_past_rays_retries_fails_the_attempt_naming_the_shard(demo):
+    """No Ray retry: the attempt fails naming the shard; Dagster's step retry converges.
+
+    Between the failed attempt and the step's retry (15 s later), the killed shard still
+    shows its last committed rows: nothing half-written is visible.
+    """
+    if IMAGE_EMBEDDINGS.name not in demo["expected"]:
+        pytest.skip("needs the local tables of the first test")
+    store = demo["store"]
+    before = snapshot(store, IMAGE_EMBEDDINGS, shard=SHARDS[0])
+    since = _embed_version(store)
+    seen: list[pl.DataFrame] = []
+    no_retry = {**demo["ray"], "engine": Engine(address=demo["cluster"].address, max_retries=0)}
+    result, killed = killing(
+        SHARDS[0],
+        [image_embeddings],
+        demo["instance"],
+        no_retry,
+        after_kill=lambda: seen.append(snapshot(store, IMAGE_EMBEDDINGS, shard=SHARDS[0])),
+    )
+    assert result.success, step_errors(result)  # the step's retry redid the run's shards
+    (retry,) = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    error = str(getattr(retry.event_specific_data, "error", ""))  # with its causes
+    assert f"shard '{SHARDS[0]}'" in error and "the Ray worker running its task died" in error
+    assert "WorkerCrashedError" in error
+    # the failed attempt reported the shards that finished beside the killed one, not that one
+    first = result.all_events[: result.all_events.index(retry)]
+    reported = {e.materialization.partition for e in first if e.is_step_materialization}
+    assert SHARDS[0] not in reported and reported <= set(SHARDS[1:])
+    # nothing half-written was visible between the attempts, and the dead worker committed nothing
+    (between,) = seen
+    assert_same(between, before, atol=0)
+    assert _embed_commits_by(store, killed, since) == 0
+    assert_same(snapshot(store, IMAGE_EMBEDDINGS), demo["expected"]["image_embeddings"])

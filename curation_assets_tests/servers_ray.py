@@ -1,0 +1,209 @@
+"""A real two-node Ray cluster on loopback, for the tests marked ``cluster``.
+
+:func:`ray_cluster` starts a head node and a second node on this machine, each with one CPU,
+with ``ray start --block`` in a process group of its own, and stops exactly those processes
+afterwards (SIGTERM to each group, SIGKILL after a grace period): ``ray stop --force`` would stop
+every Ray on the machine, other people's included. Ray's workers are children of the node's
+raylet and stay in its process group, so they go with it. Every port a node listens on is a
+free one picked here (Ray's defaults, 6379/10001/8265/52365, would clash with another cluster on
+the same machine). The temporary folder is short (``/tmp/rNNNN``): Ray's unix socket paths must
+fit in ~107 characters. Starting takes ~20 s on a 2-core machine.
+
+The nodes get ``PYTHONPATH`` = this repository, so their workers import ``curation_assets`` and
+test helpers as the driver does. Skips when ray is not importable.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class RayCluster:
+    """A running loopback cluster.
+
+    Attributes:
+        address: ``127.0.0.1:<port>`` of the head's GCS (the engine address).
+        temp_dir: Ray's session folder (logs under ``session_latest/logs``).
+        procs: The ``ray start --block`` processes, one per node (each leads a process group).
+    """
+
+    address: str
+    temp_dir: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def node_ids(self) -> list[str]:
+        """Hex ids of the alive nodes."""
+        import ray
+
+        return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def _node_ports() -> list[str]:
+    return [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+    ]
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [_ray_bin(), "start", "--block", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: stopped without `ray stop`
+        )
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """Stop the nodes: SIGTERM their groups, then SIGKILL what is left, workers included.
+
+    Ray's worker processes lead process groups of their own (below the raylet), so they are
+    collected from /proc before the raylet goes, and killed by pid.
+    """
+    below = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
+    for proc in reversed(procs):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in reversed(procs):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what SIGTERM left (raylet, agents)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: Path) -> None:
+    import ray
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        dead = [p.args for p in procs if p.poll() is not None]
+        if dead:
+            msg = f"ray start exited early: {dead}; see {logs}"
+            raise RuntimeError(msg)
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, log_to_driver=False)
+            alive = [node for node in ray.nodes() if node["Alive"]]
+        except (ConnectionError, RuntimeError):
+            alive = []
+        if len(alive) >= n:
+            return
+        if time.monotonic() > deadline:
+            msg = f"{len(alive)} of {n} Ray nodes up after {START_TIMEOUT_S:.0f}s; see {logs}"
+            raise RuntimeError(msg)
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluster]:
+    """Start ``nodes`` one-CPU Ray nodes on loopback; yield the cluster; stop them.
+
+    The calling process is connected to it as a driver (``ray.init``) and disconnected at the
+    end. ``gpus_per_node`` declares GPUs that need not exist (Ray schedules on the declared
+    count; torch in the workers still finds no CUDA and runs on CPU): it exercises the GPU
+    scheduling path on a machine without one.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        pytest.skip(f"ray is not importable ({exc}); install the cluster extra")
+    temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        f"--num-gpus={gpus_per_node}",
+        f"--temp-dir={temp}",
+    ]
+    cluster = RayCluster(address=address, temp_dir=temp)
+    try:
+        head = [
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-port={free_port()}",
+        ]
+        cluster.procs.append(_start(head + common + _node_ports(), temp / "head.log", env))
+        _wait_for_nodes(address, 1, cluster.procs, temp)
+        second = [f"--address={address}", *common, *_node_ports()]
+        for i in range(1, nodes):
+            cluster.procs.append(_start(second, temp / f"node{i}.log", env))
+        _wait_for_nodes(address, nodes, cluster.procs, temp)
+        yield cluster
+    finally:
+        ray.shutdown()
+        _stop(cluster.procs)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_two_nodes() -> Iterator[RayCluster]:
+    """A two-node loopback Ray cluster for the tests of one module."""
+    with ray_cluster(2) as cluster:
+        yield cluster
