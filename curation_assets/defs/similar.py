@@ -21,6 +21,7 @@ from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.checks import Check
 from curation_assets.lib.cluster import default_k, train_kmeans
 from curation_assets.lib.images import SourceReader
+from curation_assets.lib.objectstore import exists
 from curation_assets.lib.similar import (
     DEFAULT_K,
     SimilarityIndexError,
@@ -72,8 +73,8 @@ class IndexConfig(dg.Config):
 
     files_root: str = Field(
         default="",
-        description="Folder of the faiss files; empty = <Delta root>/_similarity (a local "
-        "root; an object-store root needs a local or mounted folder here).",
+        description="Folder or s3:// URI of the faiss files; empty = <Delta root>/_similarity "
+        "(the table then records paths relative to it, portable between homes and stores).",
     )
 
 
@@ -205,7 +206,7 @@ def similarity_index(context: dg.AssetExecutionContext, config: IndexConfig, del
         check = Check(
             name="every_embedding_indexed",
             asset="similarity_index",
-            passed=row.n_vectors == n_embedded and row.file.is_file(),
+            passed=row.n_vectors == n_embedded and exists(row.file, store.storage_options),
             metadata={"embedded": n_embedded, "indexed": row.n_vectors},
         )
         metadata = table_metadata(
