@@ -19,7 +19,7 @@ import polars as pl
 from curation_assets.cli_dedup import add_dedup_parser
 from curation_assets.cli_quality import add_quality_parsers
 from curation_assets.cli_verify import add_bench_verify_parser
-from curation_assets.lib.settings import Paths, resolve_paths
+from curation_assets.lib.settings import Paths, folder_or_uri, resolve_paths, save_settings
 from curation_assets.runner import (
     Runner,
     ShardSelectionError,
@@ -99,6 +99,9 @@ DEMO_WEIGHTS_CONFIG = {"weights_and_audit": {"config": {"keywords": ["warm", "co
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialize every asset for every shard and print a summary."""
+    roots = {k: folder_or_uri(v) for k in ("delta_root", "export_root") if (v := getattr(args, k))}
+    if roots:  # recorded in the home; credentials stay in the environment, never saved
+        save_settings(resolve_paths(args.home).home, **roots)
     paths = prepare_home(args.home, args.source)
     demo = args.source is None
     after_embed: Callable[[Runner], None] | None = None
@@ -210,7 +213,8 @@ def _print_summary(paths: Paths, stage_seconds: dict[str, float], *, demo: bool)
         for k, v in report.items():
             print(f"  {k:<34} {v}")
         _print_dedup(paths, gt)
-    print(f"\nDelta tables: {paths.delta_root}\nDagster home: {paths.dagster_home}")
+    print(f"\nDelta tables: {paths.delta_root}\nExport: {paths.export_root}")
+    print(f"Dagster home: {paths.dagster_home}")
     print(f"Open the UI on the same home: curation dev --home {paths.home}")
 
 
@@ -261,7 +265,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             args.target,
             source_root=paths.source_root,
             as_of=as_of,
-            export_dir=paths.home / "export",
+            export_dir=paths.export_root,
         )
     except AsOfError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -504,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder whose folders/.tar/.csv/.parquet entries are shards (default: demo corpus)",
     )
     run.add_argument("--shards", help="comma-separated shard keys to run (default: all)")
+    run.add_argument(
+        "--delta-root",
+        help="folder or s3://bucket/prefix of every table, kept in the home's settings "
+        "(credentials: AWS_* or CURATION_STORAGE_OPTIONS in the environment)",
+    )
+    run.add_argument("--export-root", help="folder or s3:// URI of the export files (likewise)")
     run.add_argument(
         "--retrain-centroids",
         action="store_true",

@@ -12,7 +12,13 @@ from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
 from curation_assets.lib.export import DEFAULT_PENALTY, DEFAULT_SHARD_SIZE
-from curation_assets.lib.export.run import ExportOutcome, export_root, rows_per_shard, run_export
+from curation_assets.lib.export.run import (
+    ExportOutcome,
+    export_location,
+    export_root,
+    rows_per_shard,
+    run_export,
+)
 from curation_assets.lib.export.shards import manifest_glob
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import CURATED_DATASET
@@ -23,7 +29,9 @@ class ExportConfig(dg.Config):
 
     export_dir: str = Field(
         default="",
-        description="Folder for the parquet manifest and shards; empty = $CURATION_HOME/export.",
+        description="Folder or object-store URI (s3://bucket/prefix) for the per-shard manifests "
+        "and tars; empty = the home's export root ($CURATION_EXPORT_ROOT, else "
+        "$CURATION_HOME/export, or <delta root>/_export for an object-store Delta root).",
     )
     soft_cap_samples: int = Field(
         default=0,
@@ -87,7 +95,7 @@ def curated_dataset(
     """
     store = delta.store()
     out = export_root(config.export_dir)
-    settings = {**config.model_dump(), "export_dir": str(out.resolve())}
+    settings = {**config.model_dump(), "export_dir": export_location(out)}
     outcome = run_export(
         store,
         out,
@@ -110,7 +118,7 @@ def curated_dataset(
 
 
 def _export_result(
-    store: DeltaStore, delta: DeltaStorage, out: Path, outcome: ExportOutcome
+    store: DeltaStore, delta: DeltaStorage, out: Path | str, outcome: ExportOutcome
 ) -> dg.MaterializeResult:
     """The materialization and checks of the export, from per-shard figures."""
     summary, written = outcome.summary, outcome.written

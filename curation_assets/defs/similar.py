@@ -73,8 +73,8 @@ class IndexConfig(dg.Config):
 
     files_root: str = Field(
         default="",
-        description="Folder of the faiss files; empty = <Delta root>/_similarity (a local "
-        "root; an object-store root needs a local or mounted folder here).",
+        description="Folder or s3:// URI of the faiss files; empty = <Delta root>/_similarity "
+        "(the table then records paths relative to it, portable between homes and stores).",
     )
 
 

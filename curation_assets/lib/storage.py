@@ -36,6 +36,8 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from curation_assets.lib.errors import PermanentError, TransientError
 from curation_assets.lib.leases import DeltaLease
+from curation_assets.lib.objectstore import is_remote, redacted
+from curation_assets.lib.objectstore import storage_options_from_env as env_options
 from curation_assets.lib.tables import TableSpec
 
 logger = logging.getLogger(__name__)
@@ -146,23 +148,39 @@ def _dying_stream(data: Any) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
+def is_local_uri(uri: str) -> bool:
+    """Whether ``uri`` is a local folder (a path or ``file://``), not an object store."""
+    return not is_remote(uri)
+
+
 class DeltaStore:
     """Delta tables under one root URI.
 
     Args:
         root_uri: Local folder or object-store URI (``s3://bucket/prefix``, ``gs://...``,
             ``az://...``). Local folders are created on first write.
-        storage_options: Passed to deltalake for object stores (credentials, endpoint, ...).
+        storage_options: Passed to deltalake, polars and the file module
+            (:mod:`curation_assets.lib.objectstore`) for object stores (credentials, endpoint,
+            ...). For an object-store root they are layered over the environment's
+            (:func:`~curation_assets.lib.objectstore.storage_options_from_env`: the standard
+            AWS variables and ``CURATION_STORAGE_OPTIONS``), so every store built from a root
+            URI alone (the CLI, the runner, the Dagster resource) reaches the same bucket.
+            Never logged: :meth:`__repr__` redacts them.
     """
 
     def __init__(self, root_uri: str, storage_options: dict[str, str] | None = None) -> None:
         self.root_uri = root_uri
-        self.storage_options = dict(storage_options or {})
+        given = dict(storage_options or {})
+        self.storage_options = given if is_local_uri(root_uri) else {**env_options(), **given}
+
+    def __repr__(self) -> str:
+        """The root and the storage options with their secrets redacted."""
+        return f"DeltaStore({self.root_uri!r}, storage_options={redacted(self.storage_options)})"
 
     @property
     def is_local(self) -> bool:
         """True when the root is a local folder."""
-        return "://" not in self.root_uri or self.root_uri.startswith("file://")
+        return is_local_uri(self.root_uri)
 
     def uri(self, table: str) -> str:
         """URI of ``table`` under the root."""

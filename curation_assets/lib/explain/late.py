@@ -23,6 +23,7 @@ import polars as pl
 from curation_assets.lib.explain.early import Context, absent
 from curation_assets.lib.explain.model import Stage
 from curation_assets.lib.explain.snapshot import Source
+from curation_assets.lib.objectstore import join, stat
 from curation_assets.lib.tables import (
     BIAS_AUDIT,
     CANDIDATE_PAIRS,
@@ -239,8 +240,11 @@ def weights_stage(ctx: Context) -> Stage:
     return Stage("weights", "weighted", summary, details, sources)
 
 
-def export_stage(ctx: Context, export_dir: Path | None) -> Stage:
-    """In ``curated_dataset`` (its shard's manifest rows) and the export folder, or not."""
+def export_stage(ctx: Context, export_dir: Path | str | None) -> Stage:
+    """In ``curated_dataset`` (its shard's manifest rows) and the export folder, or not.
+
+    ``export_dir`` may be an object-store URI (read with the store's storage options).
+    """
     row, src = ctx.rows(CURATED_DATASET, ["image_id", "weight", "source_uri"])
     sources = [src]
     if (stage := absent("export", sources)) is not None:
@@ -250,9 +254,10 @@ def export_stage(ctx: Context, export_dir: Path | None) -> Stage:
     details: dict[str, Any] = dict(row.row(0, named=True))
     where = f"curated_dataset (shard {ctx.shard})"
     if export_dir is not None:
-        folder = export_dir / f"shard={ctx.shard}" / "curated_dataset.parquet"
-        details["export_file"] = str(folder) if folder.exists() else None
-        if folder.exists():
+        folder = join(export_dir, f"shard={ctx.shard}", "curated_dataset.parquet")
+        found = stat(folder, ctx.snap.store.storage_options) is not None
+        details["export_file"] = folder if found else None
+        if found:
             where += f" and {folder}"
     summary = f"Exported with weight {details['weight']:.3f} in {where}."
     return Stage("export", "exported", summary, details, sources)

@@ -27,7 +27,7 @@ def explain(
     *,
     source_root: Path,
     as_of: AsOf | None = None,
-    export_dir: Path | None = None,
+    export_dir: Path | str | None = None,
 ) -> Trace:
     """Why ``target`` (a path or an image id) is where it is, stage by stage.
 
@@ -37,7 +37,7 @@ def explain(
             or an image id (sha256 hex, or a prefix of at least 8 characters).
         source_root: The folder whose entries are shards (to find a path's shard).
         as_of: Which table versions to read (default: the latest of each).
-        export_dir: The export folder, to say which file holds an exported image.
+        export_dir: The export folder or URI, to say which file holds an exported image.
 
     Returns:
         The trace: one stage per stage reached, each with the tables and versions it read.

@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from curation_assets.lib import objectstore as ost
+from curation_assets.lib.objectstore import is_remote
+
 
 def write_file_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
     """Write a file under a temporary name in its folder, then rename it into place.
@@ -78,18 +81,39 @@ def publish_dir(staged: Path, link: Path) -> Path:
     return link
 
 
-def file_stamps(paths: Iterable[Path]) -> dict[str, list[int]]:
-    """``path → [size, mtime_ns]`` (a folder or symlink: of what it resolves to)."""
+def file_stamps(
+    paths: Iterable[Path | str], options: Mapping[str, str] | None = None
+) -> dict[str, list[int]]:
+    """``path → [size, mtime_ns]`` (a folder or symlink: of what it resolves to).
+
+    A path may be an object-store URI (``options``: its storage options).
+
+    Raises:
+        FileNotFoundError: If an object-store path has no file.
+    """
     out = {}
     for p in paths:
-        st = p.resolve().stat()
+        if is_remote(p):
+            found = ost.stat(p, options or {})
+            if found is None:
+                raise FileNotFoundError(str(p))
+            out[str(p)] = [found.size, found.mtime_ns]
+            continue
+        st = Path(p).resolve().stat()
         out[str(p)] = [int(st.st_size), int(st.st_mtime_ns)]
     return out
 
 
-def files_unchanged(stamps: Mapping[str, Sequence[int]]) -> bool:
+def files_unchanged(
+    stamps: Mapping[str, Sequence[int]], options: Mapping[str, str] | None = None
+) -> bool:
     """Whether every file still has the size and modification time :func:`file_stamps` saw."""
     for path, stamp in stamps.items():
+        if is_remote(path):
+            found = ost.stat(path, options or {})
+            if found is None or [found.size, found.mtime_ns] != list(stamp):
+                return False
+            continue
         try:
             st = Path(path).resolve().stat()
         except OSError:

@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
+from curation_assets.lib import objectstore as ost
 from curation_assets.lib.commits import (
     Commit,
     current_commit,
@@ -39,10 +40,12 @@ from curation_assets.lib.commits import (
     record_commit,
 )
 from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.export import remote
 from curation_assets.lib.export.manifest import curated_rows, one_row_per_kept_image
 from curation_assets.lib.export.publish import file_stamps, files_unchanged, write_file_atomic
 from curation_assets.lib.export.sampling import sampling_stats, soft_cap_sampling
 from curation_assets.lib.export.shards import (
+    Out,
     published_shards,
     remove_legacy_files,
     remove_shard_files,
@@ -52,6 +55,7 @@ from curation_assets.lib.export.shards import (
 )
 from curation_assets.lib.images import SourceReader
 from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.objectstore import is_remote, storage_options_from_env
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -76,12 +80,34 @@ ROW_BYTES = 512
 SOFT_CAP_ROW_BYTES = 256
 """Working bytes per row of the global Soft Cap Sampling (its columns and clocks)."""
 MAX_FAILURE_EXAMPLES = 50
+SOFT_CAP_FILE = "soft_cap_sample.parquet"
 """Unreadable images listed in the commit (all are counted)."""
 
 
-def export_root(export_dir: str) -> Path:
-    """The export folder: ``export_dir``, or ``$CURATION_HOME/export`` when it is empty."""
-    return Path(export_dir) if export_dir else resolve_paths().home / "export"
+def export_root(export_dir: str) -> Out:
+    """The export folder or URI: ``export_dir``, else the home's (``Paths.export_root``).
+
+    That is ``$CURATION_EXPORT_ROOT`` or the home's setting, else ``$CURATION_HOME/export``
+    for a local Delta root and ``<delta root>/_export`` for an object-store one
+    (:func:`~curation_assets.lib.settings.default_export_root`). A URI is returned as a
+    string, a folder as a ``Path``.
+    """
+    chosen = export_dir or resolve_paths().export_root
+    return chosen if is_remote(chosen) else Path(chosen)
+
+
+def export_options(store: DeltaStore) -> dict[str, str]:
+    """Storage options for the export's files: the store's, else the environment's.
+
+    (A local Delta root carries none; an object-store export root beside it still needs the
+    environment's credentials.)
+    """
+    return dict(store.storage_options) or storage_options_from_env()
+
+
+def export_location(out: Out) -> str:
+    """``out`` as recorded in the commit's settings: an absolute folder or the URI."""
+    return str(out) if is_remote(out) else str(Path(out).resolve())
 
 
 def partitioned_by_shard(store: DeltaStore, name: str) -> bool:
@@ -178,16 +204,16 @@ class ExportPlan:
     carried: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _all_shards(store: DeltaStore, out: Path) -> set[str]:
+def _all_shards(store: DeltaStore, out: Out) -> set[str]:
     """Every shard any input, the Delta manifest or the export folder knows (logs + listing)."""
-    keys: set[str] = set(published_shards(out))
+    keys: set[str] = set(published_shards(out, export_options(store)))
     for name in (*EXPORT_INPUTS, CURATED_DATASET.name):
         keys |= set(store.shard_files(name))
     return keys
 
 
 def plan_export(
-    store: DeltaStore, out: Path, last: Commit | None, settings: Mapping[str, Any]
+    store: DeltaStore, out: Out, last: Commit | None, settings: Mapping[str, Any]
 ) -> ExportPlan:
     """Decide which shards to rewrite, from Delta logs, the last commit and a folder listing.
 
@@ -219,8 +245,9 @@ def plan_export(
         changed |= store.changed_shards(name, last.inputs.get(name))
     torn = store.changed_shards(CURATED_DATASET.name, last.outputs.get(CURATED_DATASET.name))
     previous: dict[str, dict[str, Any]] = last.summary.get("shards", {})
-    broken = {k for k, e in previous.items() if shard_stamp(out, k) != e.get("stamp")}
-    stray = published_shards(out) - set(previous)
+    options = export_options(store)
+    broken = {k for k, e in previous.items() if shard_stamp(out, k, options) != e.get("stamp")}
+    stray = published_shards(out, options) - set(previous)
     rewrite = changed | torn | broken | stray
     parts = [
         f"{len(changed)} changed in inputs",
@@ -260,7 +287,7 @@ class ShardsWritten:
 
 def export_shards(
     store: DeltaStore,
-    out: Path,
+    out: Out,
     shards: Iterable[str],
     *,
     webdataset: bool,
@@ -283,7 +310,9 @@ def export_shards(
     Memory: one batch's rows, at most ``budget`` (:data:`ROW_BYTES` a row), plus one image's
     bytes at a time for WebDataset.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    options = export_options(store)
+    if not is_remote(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
     remove_stale_links(out)
     in_delta = set(store.shard_files(CURATED_DATASET.name))
     sizes = rows_per_shard(store, FILTERED_IMAGES.name)
@@ -298,7 +327,13 @@ def export_shards(
                 if rows.is_empty():
                     continue
                 files = write_shard_files(
-                    out, key, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
+                    out,
+                    key,
+                    rows,
+                    webdataset=webdataset,
+                    shard_size=shard_size,
+                    reader=reader,
+                    options=options,
                 )
                 done.rows_ok &= one_row_per_kept_image(rows, images)
                 w = rows["weight"].to_numpy()
@@ -318,7 +353,7 @@ def export_shards(
                 frames = [r for _, r in rows_of.values() if r.height]
                 store.replace_rows(CURATED_DATASET, "shard", touched, frames)
             for key, (_, rows) in rows_of.items():
-                if rows.is_empty() and (remove_shard_files(out, key) or key in in_delta):
+                if rows.is_empty() and (remove_shard_files(out, key, options) or key in in_delta):
                     done.removed.append(key)
     finally:
         if reader is not None:
@@ -358,7 +393,7 @@ def totals(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_soft_cap_sample(
     store: DeltaStore,
-    out: Path,
+    out: Out,
     *,
     n_rows: int,
     soft_cap_samples: int,
@@ -396,33 +431,44 @@ def write_soft_cap_sample(
     w = rows["weight"].to_numpy()
     counts = soft_cap_sampling(w, soft_cap_samples, penalty=penalty, seed=seed)
     sample = rows.with_columns(count=pl.Series(counts, dtype=pl.Int64)).filter(pl.col("count") > 0)
-    path = write_file_atomic(out / "soft_cap_sample.parquet", sample.write_parquet)
+    options = export_options(store)
+    if is_remote(out):
+        path: Path | str = remote.write_file(
+            f"{str(out).rstrip('/')}/{SOFT_CAP_FILE}", sample.write_parquet, options
+        )
+    else:
+        path = write_file_atomic(Path(out) / SOFT_CAP_FILE, sample.write_parquet)
     stats = {k: v for k, v in sampling_stats(counts, w).items() if k != "count_histogram"}
-    return {"soft_cap_sample": str(path), "files": file_stamps([path]), "soft_cap_stats": stats}
+    files = file_stamps([path], options)
+    return {"soft_cap_sample": str(path), "files": files, "soft_cap_stats": stats}
 
 
-def soft_cap_current(last: Commit | None, settings: Mapping[str, Any]) -> bool:
+def soft_cap_current(
+    last: Commit | None, settings: Mapping[str, Any], options: Mapping[str, str] | None = None
+) -> bool:
     """Whether the last commit's Soft Cap Sampling file is still valid for ``settings``."""
     if last is None or "soft_cap" not in last.summary:
         return False
     keys = ("soft_cap_samples", "penalty", "seed")
     if any(last.config.get(k) != settings.get(k) for k in keys):
         return False
-    return files_unchanged(last.summary["soft_cap"]["files"])
+    return files_unchanged(last.summary["soft_cap"]["files"], options)
 
 
-def remove_soft_cap_sample(out: Path) -> bool:
+def remove_soft_cap_sample(out: Out, options: Mapping[str, str] | None = None) -> bool:
     """Remove a Soft Cap Sampling file left by an earlier configuration. Whether one existed."""
-    path = out / "soft_cap_sample.parquet"
+    if is_remote(out):
+        return ost.delete_file(f"{str(out).rstrip('/')}/{SOFT_CAP_FILE}", options or {})
+    path = Path(out) / SOFT_CAP_FILE
     if path.exists():
         path.unlink()
         return True
     return False
 
 
-def clean_legacy(out: Path) -> list[str]:
+def clean_legacy(out: Out, options: Mapping[str, str] | None = None) -> list[str]:
     """Remove the earlier layout's whole-corpus files (see :func:`remove_legacy_files`)."""
-    removed = remove_legacy_files(out)
+    removed = remove_legacy_files(out, options or {})
     if removed:
         logger.info("export: removed files of the whole-corpus layout: %s", removed)
     return removed
@@ -450,7 +496,7 @@ class ExportOutcome:
 
 def run_export(
     store: DeltaStore,
-    out: Path,
+    out: Out,
     settings: Mapping[str, Any],
     *,
     soft_cap_samples: int,
@@ -468,7 +514,8 @@ def run_export(
 
     Args:
         store: The Delta store.
-        out: The export folder.
+        out: The export folder, or an object-store URI (``s3://...``: the storage options are
+            the store's, else the environment's; see :mod:`.remote`).
         settings: The configuration recorded with the commit (with :data:`SHARD_SETTINGS`,
             ``soft_cap_samples``, ``penalty``, ``seed``).
         soft_cap_samples: Draws of the Soft Cap Sampling multiset; 0 = none.
@@ -485,7 +532,8 @@ def run_export(
         inputs = input_versions(store, EXPORT_INPUTS)
         last = last_commit(store, EXPORT_STAGE)
         plan = plan_export(store, out, last, settings)
-        soft_ok = soft_cap_samples == 0 or soft_cap_current(last, settings)
+        options = export_options(store)
+        soft_ok = soft_cap_samples == 0 or soft_cap_current(last, settings, options)
         done = current_commit(store, EXPORT_STAGE, inputs=inputs, config=settings)
         if done is not None and not plan.rewrite and soft_ok:
             return ExportOutcome(done.summary, True, plan)
@@ -499,7 +547,7 @@ def run_export(
             shard_size=shard_size,
             budget=budget,
         )
-        legacy = clean_legacy(out)
+        legacy = clean_legacy(out, options)
         entries = {**plan.carried, **written.entries}
         figures = totals(entries)
         carried_failures = [
@@ -528,7 +576,7 @@ def run_export(
                     budget=budget,
                 )
         else:
-            remove_soft_cap_sample(out)
+            remove_soft_cap_sample(out, options)
         version = store.version(CURATED_DATASET.name)
         if version is None:  # nothing exported yet: an empty, partitioned manifest
             version = store.replace_table(CURATED_DATASET, CURATED_DATASET.empty())

@@ -14,19 +14,25 @@ A reader globs ``out/shard=*/curated_dataset.parquet`` (:func:`manifest_glob`, o
 complete folder or its new complete folder, never a mix, and a process killed while writing
 leaves only an unpublished folder that the next write of that shard deletes. Writing one shard
 touches nothing of another shard.
+
+``out`` may also be an object-store URI (``s3://...``): every function here then hands over to
+:mod:`.remote` (same names, no symlinks; ``options`` are the storage options).
 """
 
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from curation_assets.lib.export import remote
 from curation_assets.lib.export.publish import publish_dir
 from curation_assets.lib.export.webdataset import write_webdataset
 from curation_assets.lib.images import SourceReader
+from curation_assets.lib.objectstore import is_remote
 
 SHARD_PREFIX = "shard="
 """Name of a shard's published folder: ``shard=<key>`` (hive style)."""
@@ -58,25 +64,39 @@ def shard_link(out: Path, key: str) -> Path:
     return out / f"{SHARD_PREFIX}{check_shard_key(key)}"
 
 
-def manifest_glob(out: Path) -> str:
+Out = Path | str
+"""The export folder, or an object-store URI."""
+NO_OPTIONS: Mapping[str, str] = {}
+
+
+def manifest_glob(out: Out) -> str:
     """Glob of every shard's manifest: ``out/shard=*/curated_dataset.parquet``."""
-    return str(out / f"{SHARD_PREFIX}*" / MANIFEST_NAME)
+    if is_remote(out):
+        return f"{str(out).rstrip('/')}/{SHARD_PREFIX}*/{MANIFEST_NAME}"
+    return str(Path(out) / f"{SHARD_PREFIX}*" / MANIFEST_NAME)
 
 
-def scan_manifest(out: Path) -> pl.LazyFrame:
+def scan_manifest(out: Out, options: Mapping[str, str] = NO_OPTIONS) -> pl.LazyFrame:
     """All published shard manifests as one lazy frame (the files, not the Delta table).
 
     Raises:
         FileNotFoundError: If no shard is published under ``out``.
     """
-    if not published_shards(out):
+    if not published_shards(out, options):
         msg = f"no shard manifest under {out}; materialize curated_dataset first"
         raise FileNotFoundError(msg)
-    return pl.scan_parquet(manifest_glob(out), hive_partitioning=False)
+    return pl.scan_parquet(
+        manifest_glob(out),
+        hive_partitioning=False,
+        storage_options=dict(options) if is_remote(out) and options else None,
+    )
 
 
-def published_shards(out: Path) -> set[str]:
+def published_shards(out: Out, options: Mapping[str, str] = NO_OPTIONS) -> set[str]:
     """Keys of the shard folders published under ``out`` (by listing it; reads no file)."""
+    if is_remote(out):
+        return remote.published_shards(str(out), options)
+    out = Path(out)
     if not out.is_dir():
         return set()
     return {
@@ -86,12 +106,16 @@ def published_shards(out: Path) -> set[str]:
     }
 
 
-def shard_stamp(out: Path, key: str) -> dict[str, Any] | None:
+def shard_stamp(
+    out: Out, key: str, options: Mapping[str, str] = NO_OPTIONS
+) -> dict[str, Any] | None:
     """What identifies a published shard folder: its version and its manifest's size/mtime.
 
     None when the shard is not published or its manifest is missing.
     """
-    link = shard_link(out, key)
+    if is_remote(out):
+        return remote.shard_stamp(str(out), check_shard_key(key), options)
+    link = shard_link(Path(out), key)
     manifest = link / MANIFEST_NAME
     try:
         st = manifest.stat()
@@ -102,13 +126,14 @@ def shard_stamp(out: Path, key: str) -> dict[str, Any] | None:
 
 
 def write_shard_files(
-    out: Path,
+    out: Out,
     key: str,
     rows: pl.DataFrame,
     *,
     webdataset: bool,
     shard_size: int,
     reader: SourceReader | None,
+    options: Mapping[str, str] = NO_OPTIONS,
 ) -> dict[str, Any]:
     """Write one shard's manifest (and WebDataset tars) and publish them together.
 
@@ -122,6 +147,7 @@ def write_shard_files(
         webdataset: Also write WebDataset tars of the shard's images.
         shard_size: Samples per tar.
         reader: Reads the images' bytes (required with ``webdataset``).
+        options: Storage options when ``out`` is an object store.
 
     Returns:
         ``stamp`` (:func:`shard_stamp`), ``webdataset_shards``, ``webdataset_samples`` and
@@ -132,6 +158,17 @@ def write_shard_files(
     if webdataset and reader is None:
         msg = "write_shard_files(webdataset=True) needs a reader of the image bytes"
         raise ValueError(msg)
+    if is_remote(out):
+        return remote.write_shard_files(
+            str(out),
+            check_shard_key(key),
+            rows,
+            webdataset=webdataset,
+            shard_size=shard_size,
+            reader=reader,
+            options=options,
+        )
+    out = Path(out)
     link = shard_link(out, key)
     versions = out / VERSIONS_DIR / key
     versions.mkdir(parents=True, exist_ok=True)
@@ -155,8 +192,11 @@ def write_shard_files(
     return summary
 
 
-def remove_shard_files(out: Path, key: str) -> bool:
+def remove_shard_files(out: Out, key: str, options: Mapping[str, str] = NO_OPTIONS) -> bool:
     """Unpublish shard ``key`` (the symlink first, then its versions). Whether any existed."""
+    if is_remote(out):
+        return remote.remove_shard_files(str(out), check_shard_key(key), options)
+    out = Path(out)
     link = shard_link(out, key)
     existed = False
     if link.is_symlink() or link.is_file():
@@ -172,19 +212,25 @@ def remove_shard_files(out: Path, key: str) -> bool:
     return existed
 
 
-def remove_stale_links(out: Path) -> None:
+def remove_stale_links(out: Out) -> None:
     """Delete temporary symlinks a killed publish left (``.shard=<key>.<pid>.link``)."""
+    if is_remote(out):
+        return  # no symlinks on an object store
+    out = Path(out)
     if out.is_dir():
         for p in out.glob(f".{SHARD_PREFIX}*.link"):
             p.unlink(missing_ok=True)
 
 
-def remove_legacy_files(out: Path) -> list[str]:
+def remove_legacy_files(out: Out, options: Mapping[str, str] = NO_OPTIONS) -> list[str]:
     """Remove the whole-corpus files of the earlier layout (manifest, WebDataset folder).
 
     Returns:
         The paths removed.
     """
+    if is_remote(out):
+        return remote.remove_legacy_files(str(out), LEGACY_FILES, options)
+    out = Path(out)
     removed = []
     for name in LEGACY_FILES:
         path = out / name

@@ -20,10 +20,21 @@ Why this shape (the corpus is 10⁸–10⁹ images, and a new shard must cost wh
   open shard is the pages touched, and shards are searched one at a time with a running
   top-k merge (``(nq, 2k)`` floats), so search memory does not grow with the corpus.
 * **Atomic publication.** A file is written under a temporary name, fsynced and renamed to a
-  fresh unique name; then the shard's manifest row (``similarity_index``, one Delta
-  transaction) is switched to it; then the shard's older files are deleted. A process killed
-  at any point leaves the manifest pointing at a complete file (the old one until the commit,
-  the new one after); leftovers are removed by the shard's next build.
+  fresh unique name (on an object store: uploaded in one PUT under a fresh unique name); then
+  the shard's manifest row (``similarity_index``, one Delta transaction) is switched to it;
+  then the shard's older files are deleted. A process killed at any point leaves the manifest
+  pointing at a complete file (the old one until the commit, the new one after); leftovers are
+  removed by the shard's next build.
+* **Portable rows.** The manifest's ``file`` is relative to the index root
+  ``<Delta root>/_similarity`` (``<model>/shard=<key>/<uuid>.faiss``), so a home moved as a
+  whole, or copied to an object store, still finds its files. Files under a configured
+  ``files_root`` outside the Delta root keep their absolute path or URI. Rows of earlier
+  versions (absolute local paths) are still read: as written, or, when that file is gone, at
+  the same ``<model>/shard=<key>/<file>`` under the current index root.
+* **Object stores.** With an ``s3://`` Delta root the files live in the bucket
+  (:mod:`curation_assets.lib.objectstore`); a search then reads one shard's file into memory
+  at a time (no memory map: it is downloaded), so its memory is one shard file, not the pages
+  probed.
 
 What a query costs at N images in S shards, with ``nlist`` lists and ``nprobe`` probed: the
 coarse assignment ``nlist · d`` flops, the scan ``nprobe · N / nlist · d`` flops
@@ -37,8 +48,9 @@ import hashlib
 import logging
 import os
 import re
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,9 +58,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curation_assets.lib import objectstore as ost
 from curation_assets.lib.cluster import KMeansModel, faiss
 from curation_assets.lib.cluster.io import seeded_pool
 from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.objectstore import is_remote
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
 from curation_assets.lib.tables.similar import SIMILARITY_INDEX, SIMILARITY_QUANTIZER
@@ -149,23 +163,39 @@ def model_slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_") or "model"
 
 
-def files_root_for(store: DeltaStore, configured: str = "") -> Path:
-    """Where the index files live: ``configured``, else ``<local Delta root>/_similarity``.
+INDEX_ROOT = "_similarity"
+"""The index root's name under the Delta root; manifest rows are relative to it."""
 
-    Raises:
-        SimilarityIndexError: For an object-store Delta root without ``configured``: faiss
-            memory-maps its files, which needs a local or mounted folder.
+
+def files_root_for(store: DeltaStore, configured: str = "") -> str:
+    """Where the index files live: ``configured`` (a folder or URI), else ``<root>/_similarity``.
+
+    Both local and ``s3://`` roots are supported (:mod:`curation_assets.lib.objectstore`).
     """
     if configured:
-        return Path(configured).expanduser().resolve()
-    if not store.is_local:
-        msg = (
-            f"the Delta root {store.root_uri} is an object store, but faiss index files are "
-            "memory-mapped from a local or mounted folder: set the similarity_index config "
-            "files_root (and `curation similar --files-root`) to such a folder"
-        )
-        raise SimilarityIndexError(msg)
-    return Path(store.uri("_similarity"))
+        return configured if is_remote(configured) else str(Path(configured).expanduser().resolve())
+    return store.uri(INDEX_ROOT)
+
+
+def stored_path(store: DeltaStore, location: str) -> str:
+    """What the manifest records for ``location``: relative to the index root when under it."""
+    relative = ost.relative_to(location, store.uri(INDEX_ROOT))
+    return location if relative is None else relative
+
+
+def file_location(store: DeltaStore, stored: str) -> str:
+    """The file a manifest row names: relative rows under the index root, absolute ones as they are.
+
+    An absolute local path of an earlier version that no longer exists (a moved home) is looked
+    for at the same ``<model>/shard=<key>/<file>`` under the current index root.
+    """
+    if is_remote(stored) or stored.startswith("file://"):
+        return stored
+    if not Path(stored).is_absolute():
+        return ost.join(store.uri(INDEX_ROOT), stored)
+    if Path(stored).exists():
+        return stored
+    return ost.join(store.uri(INDEX_ROOT), *Path(stored).parts[-3:])
 
 
 def build_ivf(x: np.ndarray, quantizer: Quantizer) -> "faiss.IndexIVFFlat":
@@ -194,12 +224,28 @@ def build_ivf(x: np.ndarray, quantizer: Quantizer) -> "faiss.IndexIVFFlat":
     return index
 
 
-def write_atomically(index: "faiss.IndexIVFFlat", folder: Path) -> Path:
+def write_atomically(
+    index: "faiss.IndexIVFFlat", folder: Path | str, options: Mapping[str, str] | None = None
+) -> tuple[str, int]:
     """Write ``index`` to a new uniquely named file in ``folder``: temp, fsync, rename, fsync dir.
 
+    On an object store (``folder`` a URI): written to a local temporary file, uploaded as one
+    object under its final unique name (a PUT is atomic), the local file removed.
+
     Returns:
-        The final path (``<uuid>.faiss``); a reader never sees a partial file under it.
+        The final location (``<uuid>.faiss``; a reader never sees a partial file under it) and
+        its size in bytes.
     """
+    if is_remote(folder):
+        name = f"{uuid.uuid4().hex}.faiss"
+        with tempfile.TemporaryDirectory(prefix="curation-faiss-") as tmp_dir:
+            local = Path(tmp_dir) / name
+            faiss.write_index(index, str(local))
+            size = local.stat().st_size
+            final_uri = ost.join(folder, name)
+            ost.upload(local, final_uri, options or {})
+        return final_uri, size
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{uuid.uuid4().hex}.faiss"
     tmp = folder / f".{name}.tmp"
@@ -213,15 +259,15 @@ def write_atomically(index: "faiss.IndexIVFFlat", folder: Path) -> Path:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return final
+    return str(final), final.stat().st_size
 
 
 @dataclass(frozen=True)
 class ShardIndexRow:
-    """What :func:`publish_shard` wrote for one shard."""
+    """What :func:`publish_shard` wrote for one shard (``file``: its full path or URI)."""
 
     shard: str
-    file: Path
+    file: str
     n_vectors: int
     file_bytes: int
     removed_files: int
@@ -229,7 +275,7 @@ class ShardIndexRow:
 
 def publish_shard(
     store: DeltaStore,
-    files_root: Path,
+    files_root: Path | str,
     shard: str,
     image_ids: Sequence[str],
     x: np.ndarray,
@@ -252,18 +298,18 @@ def publish_shard(
             f"on {quantizer.model_id}; re-materialize similarity_quantizer"
         )
         raise SimilarityIndexError(msg)
-    folder = files_root / model_slug(model_id) / f"shard={shard}"
+    options = store.storage_options
+    folder = ost.join(files_root, model_slug(model_id), f"shard={shard}")
     index = build_ivf(x, quantizer)
     # write → publish → delete the superseded files, under the shard's lock: the folder lives
     # under the Delta root, which several instances may share; without the lock one writer's
     # clean-up deletes the file another has just published (seen with two instances at once)
     with store.lock(index_lock(shard)):
-        path = write_atomically(index, folder)
-        size = path.stat().st_size
+        path, size = write_atomically(index, folder, options)
         row = pl.DataFrame(
             {
                 "shard": [shard],
-                "file": [str(path)],
+                "file": [stored_path(store, path)],
                 "model_id": [model_id],
                 "dim": [int(quantizer.matrix.shape[1])],
                 "quantizer_version": [quantizer.version],
@@ -276,9 +322,10 @@ def publish_shard(
         )
         store.replace_shard(SIMILARITY_INDEX, shard, row)
         removed = 0
-        for old in folder.iterdir():
-            if old != path:
-                old.unlink(missing_ok=True)
+        keep = Path(path).name
+        for name in ost.list_names(folder, options):
+            if name != keep:
+                ost.delete_file(ost.join(folder, name), options)
                 removed += 1
     return ShardIndexRow(shard, path, len(image_ids), size, removed)
 
@@ -292,7 +339,7 @@ def index_lock(shard: str) -> str:
 class PublishedShard:
     """A shard's manifest row as it stands, and whether its file is there."""
 
-    file: Path | None
+    file: str | None
     n_vectors: int
     file_exists: bool
 
@@ -308,8 +355,9 @@ def published_shard(store: DeltaStore, shard: str) -> PublishedShard:
         rows = store.read(SIMILARITY_INDEX, shards=[shard], columns=["file", "n_vectors"])
         if rows.is_empty():
             return PublishedShard(None, 0, False)
-        file = Path(rows["file"][0])
-        return PublishedShard(file, int(rows["n_vectors"][0]), file.is_file())
+        file = file_location(store, rows["file"][0])
+        there = ost.exists(file, store.storage_options)
+        return PublishedShard(file, int(rows["n_vectors"][0]), there)
 
 
 # --------------------------------------------------------------------------------- search
@@ -344,14 +392,19 @@ def manifest(store: DeltaStore) -> pl.DataFrame:
     return store.scan(SIMILARITY_INDEX).select(cols).sort("shard").collect()
 
 
-def open_shard_file(path: str) -> "faiss.IndexIVFFlat":
+def open_shard_file(path: str, options: Mapping[str, str] | None = None) -> "faiss.IndexIVFFlat":
     """Memory-map one shard's file (lists only: search it with ``search_preassigned``).
 
     The file's quantizer is an empty placeholder; :func:`search` computes the coarse
     assignment once with the shared quantizer and hands it to every shard file, so the
     placeholder is never consulted (an IVFFlat scan with inner product needs no residuals).
+    A file on an object store is read whole into memory (``options``: storage options).
     """
-    index = faiss.read_index(path, faiss.IO_FLAG_MMAP)
+    if is_remote(path):
+        data = np.frombuffer(ost.read_bytes(path, options or {}), dtype=np.uint8)
+        index = faiss.deserialize_index(data)
+    else:
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP)
     if not isinstance(index, faiss.IndexIVFFlat):
         msg = f"{path} holds a {type(index).__name__}, not the IndexIVFFlat this index writes"
         raise SimilarityIndexError(msg)
@@ -419,7 +472,7 @@ def search(
             continue
         if not rec["n_vectors"]:
             continue
-        index = open_shard_file(rec["file"])
+        index = open_shard_file(file_location(store, rec["file"]), store.storage_options)
         index.nprobe = nprobe
         sims, pos = index.search_preassigned(q, k, coarse_i, coarse_d)
         del index

@@ -47,7 +47,7 @@ def shard_vectors(store: DeltaStore, shard: str) -> tuple[list[str], np.ndarray,
 
 
 def index_shard(
-    store: DeltaStore, files_root: Path, shard: str, quantizer: Quantizer, built_at: datetime
+    store: DeltaStore, files_root: Path | str, shard: str, quantizer: Quantizer, built_at: datetime
 ) -> ShardIndexRow:
     """Build and publish one shard's index file (see :func:`publish_shard`).
 

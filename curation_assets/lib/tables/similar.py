@@ -34,7 +34,12 @@ SIMILARITY_INDEX = TableSpec(
     description="One row per shard: its current faiss index file (the manifest).",
     columns=(
         Column("shard", pl.String, "Shard (dynamic partition key)."),
-        Column("file", pl.String, "Absolute path of the shard's faiss IndexIVFFlat file."),
+        Column(
+            "file",
+            pl.String,
+            "The shard's faiss IndexIVFFlat file, relative to <Delta root>/_similarity (an "
+            "absolute path or URI when files_root is configured elsewhere).",
+        ),
         Column("model_id", pl.String, "Embedding model of the indexed vectors."),
         Column("dim", pl.Int32, "Embedding dimension."),
         Column("quantizer_version", pl.String, "Version of similarity_quantizer used."),

@@ -103,7 +103,7 @@ def test_new_shard_leaves_other_files_alone(corpus):
     assert row.n_vectors == 50 and row.removed_files == 0
     # rebuilding a shard replaces its file and removes the superseded one
     again = index_shard(store, root, "s3", quantizer, NOW)
-    assert again.file != row.file and again.removed_files == 1 and not row.file.exists()
+    assert again.file != row.file and again.removed_files == 1 and not Path(row.file).exists()
 
 
 def test_killed_write_leaves_the_previous_index_usable(corpus, tmp_path):
@@ -133,7 +133,7 @@ def test_killed_write_leaves_the_previous_index_usable(corpus, tmp_path):
     assert hits.image_ids == expected.image_ids
     # the next build converges: one file, the manifest's
     row = index_shard(store, root, "s1", quantizer, NOW)
-    assert [p for p in Path(old).parent.iterdir()] == [row.file]
+    assert [p for p in Path(old).parent.iterdir()] == [Path(row.file)]
 
 
 def test_uniqueness_equals_brute_force_kth_neighbour(corpus):
