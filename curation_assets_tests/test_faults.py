@@ -20,13 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
 from curation_assets.lib.settings import save_settings
 from curation_assets.lib.storage import FAILPOINT_ENV
 from curation_assets.tools.demo import build_demo_corpus
+from curation_assets_tests.delta_compare import converged as _converged
+from curation_assets_tests.delta_compare import delta_tables as _tables
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -58,13 +59,6 @@ INCREMENTAL = [
     ("after", "sample_weights"),
     ("after", "curated_dataset"),
 ]
-
-#: Columns that legitimately differ between a clean run and a killed-and-re-run one.
-VOLATILE = {
-    "dedup_runs": {"reason", "seconds"},
-    "similarity_index": {"file"},  # an absolute path under the home: homes differ by design
-}
-SKIP_TABLES = {"stage_commits"}  # versions and writer pids differ by construction
 
 REPORT: list[dict] = []
 
@@ -98,57 +92,6 @@ def _curation(home: Path, src: Path, shards: str, failpoint: str | None = None) 
     return proc.returncode
 
 
-def _tables(home: Path, root: Path | None = None) -> dict[str, pl.DataFrame]:
-    root = root or home / "delta"
-    out = {}
-    for d in sorted(root.iterdir()):
-        if d.name.startswith("_") or d.name in SKIP_TABLES or not (d / "_delta_log").is_dir():
-            continue
-        df = pl.read_delta(str(d))
-        drop = [c for c, t in df.schema.items() if isinstance(t, pl.Datetime)]
-        drop += [c for c in VOLATILE.get(d.name, ()) if c in df.columns]
-        out[d.name] = df.drop(drop)
-    return out
-
-
-def _is_float_list(t: pl.DataType) -> bool:
-    return isinstance(t, pl.List) and t.inner.is_float()
-
-
-def _exact_columns(df: pl.DataFrame) -> list[str]:
-    return [c for c, t in df.schema.items() if not (t.is_float() or _is_float_list(t))]
-
-
-def _compare(clean: pl.DataFrame, got: pl.DataFrame) -> tuple[int, bool]:
-    """(rows of ``clean`` missing from ``got``, tables equal up to 1e-6 on floats)."""
-    if set(clean.columns) != set(got.columns):
-        return clean.height, False
-    got = got.select(clean.columns)
-    keys = _exact_columns(clean)
-    lost = clean.join(got, on=keys, how="anti", nulls_equal=True).height if keys else 0
-    if clean.height != got.height or lost:
-        return max(lost, clean.height - got.height), False
-    a, b = clean.sort(keys, nulls_last=True), got.sort(keys, nulls_last=True)
-    for c in clean.columns:
-        if c in keys:
-            if not a[c].equals(b[c]):
-                return 0, False
-            continue
-        if _is_float_list(clean.schema[c]):
-            x = [np.asarray(v or [], dtype=float) for v in a[c].to_list()]
-            y = [np.asarray(v or [], dtype=float) for v in b[c].to_list()]
-            if any(
-                u.shape != v.shape or not np.allclose(u, v, atol=1e-6, equal_nan=True)
-                for u, v in zip(x, y, strict=True)
-            ):
-                return 0, False
-        elif not np.allclose(
-            a[c].to_numpy().astype(float), b[c].to_numpy().astype(float), atol=1e-6, equal_nan=True
-        ):
-            return 0, False
-    return 0, True
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A source root, a clean first run, and a clean incremental run on a copy of it."""
@@ -167,22 +110,6 @@ def world(tmp_path_factory):
         "first_tables": _tables(first),
         "incremental_tables": _tables(incremental),
     }
-
-
-def _converged(got: dict[str, pl.DataFrame], expected: dict) -> tuple[int, bool, list[str]]:
-    """(rows lost, every table equal, the tables that differ)."""
-    lost, equal, bad = 0, True, []
-    for table, df in expected.items():
-        if table not in got:
-            lost, equal = lost + df.height, False
-            bad.append(table)
-            continue
-        n, same = _compare(df, got[table])
-        lost += n
-        if not same:
-            equal = False
-            bad.append(table)
-    return lost, equal and set(got) == set(expected), bad
 
 
 def _report(run: str, fault: str, killed: object, lost: int, equal: bool, bad: list) -> None:
