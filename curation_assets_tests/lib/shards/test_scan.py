@@ -147,3 +147,16 @@ def test_candidate_names_skip_staging_and_non_shards(tmp_path):
     assert sorted(candidate_names(tmp_path)) == ["a.tar", "folder", "m.csv"]
     with pytest.raises(FileNotFoundError):
         candidate_names(tmp_path / "missing")
+
+
+def test_a_burst_of_new_shards_reads_the_registered_keys_once_instead_of_one_by_one(tmp_path):
+    from curation_assets.lib.shards.scan import MAX_LOOKUPS
+
+    tars(tmp_path, "a.tar")
+    reg = Registry()
+    cursor = reg.scan(tmp_path, None).cursor
+    tars(tmp_path, *(f"b-{i:03d}.tar" for i in range(MAX_LOOKUPS + 10)))
+    reg.keys.append("b-020.tar")  # registered meanwhile (by `curation run`)
+    scan = reg.scan(tmp_path, cursor, limit=1000)
+    assert (reg.lookups, reg.full_reads) == (MAX_LOOKUPS, 2)
+    assert len(scan.new) == MAX_LOOKUPS + 9 and "b-020.tar" not in {s.key for s in scan.new}
