@@ -156,9 +156,10 @@ def scan_shards(
     Args:
         root: Source root folder.
         cursor: The previous scan's cursor (None: a full reconciliation).
-        registered: Every registered shard key (read by full reconciliations only).
+        registered: Every registered shard key (read by full reconciliations, and once by an
+            incremental scan that finds more than :data:`MAX_LOOKUPS` new ready shards).
         is_registered: Whether one key is registered (asked for each new ready shard of an
-            incremental scan).
+            incremental scan, :data:`MAX_LOOKUPS` times at most).
         min_age_s: Quiet period after the last modification before a shard is ready.
         limit: Most new shards returned; the rest wait for the next scan.
         full_every_s: Seconds between full reconciliations.
