@@ -5,12 +5,14 @@ base images): one `curation run --home` with ``$CURATION_PG_URL`` set, one witho
 same source. The PostgreSQL run must complete, leave its runs, materializations and shard
 partitions in the database (read back through the instance and with SQL), write no sqlite file
 under its DAGSTER_HOME nor the password anywhere, and produce Delta tables equal to the sqlite
-run's.
+run's. `curation dev` on the same variable serves the PostgreSQL instance and its daemon's
+sensor ticks land in the database.
 """
 
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -116,3 +118,48 @@ def test_curation_run_on_postgres_equals_sqlite(tmp_path, postgres_url, monkeypa
 
     lost, equal, differ = converged(delta_tables(pg), delta_tables(lite))
     assert (lost, equal, differ) == (0, True, [])
+
+
+@pytest.mark.daemon
+def test_curation_dev_serves_the_postgres_instance(tmp_path, postgres_url):  # noqa: F811
+    """`curation dev` on the variable: webserver and daemon on PostgreSQL, ticks stored there."""
+    from curation_assets.tools.devserver import free_port, graphql, stop_process_group
+
+    home, port = tmp_path / "home", free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env[PG_URL_ENV] = postgres_url
+    log = tmp_path / "dev.log"
+    cmd = [sys.executable, "-m", "curation_assets.cli", "dev", "--home", str(home)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*cmd, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    query = "{ instance { info } assetNodes { id } }"
+    try:
+        deadline, info = time.monotonic() + 300, ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                data = graphql(port, query)
+                if data["assetNodes"]:
+                    info = data["instance"]["info"]
+                    break
+            except (OSError, ValueError, KeyError, RuntimeError):
+                pass
+            time.sleep(1)
+        assert "run_storage: PostgresRunStorage" in info, log.read_text()[-3000:]
+        assert "event_log_storage: PostgresEventLogStorage" in info
+        ticks = 0
+        while time.monotonic() < deadline and not ticks:  # the daemon's sensors tick
+            with psycopg2.connect(libpq_url(postgres_url)) as conn, conn.cursor() as cur:
+                cur.execute("select count(*) from job_ticks")
+                ticks = cur.fetchone()[0]
+            time.sleep(1)
+        assert ticks > 0
+    finally:
+        stop_process_group(proc)
+    assert urlsplit(postgres_url).password not in log.read_text(errors="replace")
+    assert _sqlite_files(home / "dagster") == []
