@@ -101,7 +101,9 @@ def shard_run_requests(
     description=(
         "Watches the source root. A folder, tar or manifest becomes a shard once complete "
         "(newest file older than min_age_s, or a _SUCCESS marker; names starting with . or _ and "
-        "names ending in .tmp/.part are ignored). Each shard is registered exactly once; the "
+        "names ending in .tmp/.part are ignored). A tick inspects only the entries after its "
+        "cursor (every entry hourly, or when one sorting before the cursor appears). Each shard "
+        "is registered exactly once; the "
         f"shards of a tick (at most {MAX_NEW_SHARDS_PER_TICK}) share runs of up to "
         f"{SHARDS_PER_RUN} ($CURATION_SHARDS_PER_RUN), which also assign them to the centroids "
         "once those exist."
