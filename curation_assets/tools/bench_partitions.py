@@ -21,7 +21,9 @@ ready without reading it), the benchmark times:
   (the query Dagster's UI sends, copied below) for ``image_embeddings``, POSTed to a
   ``dagster-webserver`` on 127.0.0.1 serving this instance, after ``materialized`` of its
   partitions were given a materialization (runless events written in batches of 1,000); the
-  first request (cold: status cache computed) and the median of ``repeats`` more.
+  first request (cold: status cache computed) and the median of ``repeats`` more;
+* ``automation_eval_s`` (``--automation``): one ``dg.evaluate_automation_conditions`` of the
+  project's definitions on the instance, the work of one automation-sensor tick.
 
 Everything is wall time on this machine; medians where repeated.
 """
@@ -241,6 +243,7 @@ def bench_backend(
     repeats: int,
     materialized: int,
     graphql: bool,
+    automation: bool = False,
 ) -> dict[str, Any]:
     """Every figure of the module docstring on one fresh instance under ``home``."""
     out: dict[str, Any] = {}
@@ -288,7 +291,27 @@ def bench_backend(
             out["materializations_write_s"] = round(seconds, 2)
             with webserver(home, env, home / "webserver.log") as port:
                 out.update(partition_health(port, repeats))
+        if automation:
+            out.update(automation_evaluation(home, instance))
     return out
+
+
+def automation_evaluation(home: Path, instance: dg.DagsterInstance) -> dict[str, Any]:
+    """One evaluation of every automation condition of the project (the daemon's work per tick).
+
+    ``dg.evaluate_automation_conditions`` in process, on the project's definitions for
+    ``home``: the evaluator the automation sensor runs, without the daemon around it.
+    """
+    from curation_assets.definitions import build_defs
+
+    saved = os.environ.get("CURATION_HOME")
+    os.environ["CURATION_HOME"] = str(home)
+    try:
+        defs = build_defs(str(home))
+        seconds, result = timed(lambda: dg.evaluate_automation_conditions(defs, instance))
+    finally:
+        _restore("CURATION_HOME", saved)
+    return {"automation_eval_s": round(seconds, 2), "automation_requested": result.total_requested}
 
 
 def _restore(key: str, value: str | None) -> None:
@@ -308,6 +331,7 @@ def bench_partitions(
     repeats: int = 3,
     materialized: int | None = None,
     graphql: bool = True,
+    automation: bool = False,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
     """Run :func:`bench_backend` for each backend; returns the report (see module docstring).
@@ -321,6 +345,8 @@ def bench_partitions(
         materialized: Partitions of ``image_embeddings`` given a materialization before the
             GraphQL query (default: all).
         graphql: Whether to start a webserver and time the partition-health query.
+        automation: Whether to time one evaluation of the automation conditions (slow:
+            ~6 ms per registered shard here).
         workdir: Where homes and the source root go (default: a new temporary folder).
     """
     from curation_assets.tools import pgserver
@@ -361,6 +387,7 @@ def bench_partitions(
                 repeats=repeats,
                 materialized=n + new if materialized is None else materialized,
                 graphql=graphql,
+                automation=automation,
             )
             report[backend]["total_s"] = round(time.perf_counter() - t0, 1)
     return report
@@ -376,6 +403,7 @@ def cmd_bench_partitions(args: Any) -> int:
         repeats=args.repeats,
         materialized=args.materialized,
         graphql=not args.no_graphql,
+        automation=args.automation,
         workdir=Path(args.workdir) if args.workdir else None,
     )
     print(json.dumps(report, indent=2))  # noqa: T201 (the command's output)
@@ -401,5 +429,10 @@ def add_bench_partitions_parser(bench_sub: Any) -> None:
     bp.add_argument("--repeats", type=int, default=3)
     bp.add_argument("--materialized", type=int, help="materialized partitions (default all)")
     bp.add_argument("--no-graphql", action="store_true", help="skip the webserver query")
+    bp.add_argument(
+        "--automation",
+        action="store_true",
+        help="also time one evaluation of the automation conditions (minutes at 10^4+ shards)",
+    )
     bp.add_argument("--workdir", help="work folder (default: a new temporary folder, kept)")
     bp.set_defaults(func=cmd_bench_partitions)
