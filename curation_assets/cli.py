@@ -29,6 +29,7 @@ from curation_assets.runner import (
     ready_shards,
     run_pipeline,
 )
+from curation_assets.tools.bench_partitions import add_bench_partitions_parser
 
 logger = logging.getLogger("curation")
 
@@ -644,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--clothing", help="instead: real photos with planted edits (folder)")
     bd.set_defaults(func=cmd_bench_dedup)
     add_bench_verify_parser(bench_sub)
+    add_bench_partitions_parser(bench_sub)
 
     bs = bench_sub.add_parser(
         "scale", help="global stages at N synthetic images: full run vs a new 1 %% shard"

@@ -6,7 +6,7 @@ materializations and pool slots are the ones ``curation dev`` shows). The sequen
 :func:`run_pipeline`:
 
 1. the home is prepared (:func:`prepare_home`: ``DAGSTER_HOME``, ``CURATION_*``, the project's
-   ``dagster.yaml``) and its ready shards listed (:func:`ready_shards`);
+   ``dagster.yaml``: :mod:`curation_assets.instance`) and its ready shards listed;
 2. :func:`open_runner` opens the instance and fails the runs whose worker died, freeing their
    pool slots (``defs.run_health.guard_runs``, which also watches this process's pool waits);
 3. the shards are registered as partitions;
@@ -26,7 +26,6 @@ sequence: the run in flight ends failed with its pool slots freed, no further ru
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -36,7 +35,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -44,6 +42,7 @@ import dagster as dg
 
 from curation_assets.defs.partitions import SHARDS_PER_RUN
 from curation_assets.defs.run_health import guard_runs, pool_slots
+from curation_assets.instance import check_instance_storage, install_dagster_yaml
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.settings import Paths, resolve_paths, save_settings
 
@@ -75,70 +74,19 @@ FILTER = [
 
 # ------------------------------------------------------------------------------------ home
 
-SHIPPED_INSTANCE_CONFIGS = frozenset(
-    {
-        # before run monitoring: a killed run kept its pool slot forever
-        "e37b0615f835d59b5869d8281a65ff2f30fd892ebb544679c98c7c4966698b11",
-    }
-)
-"""sha256 of each earlier dagster.yaml of this package, replaced when found unchanged in a home."""
-
-
-def install_dagster_yaml(target: Path, template: str | None = None) -> str | None:
-    """Write the project's dagster.yaml to ``target`` unless a file of the user's own is there.
-
-    A copy of an earlier version of the project's file, unchanged, is replaced by the current
-    one (a home keeps its dagster.yaml across upgrades otherwise).
-
-    Args:
-        target: ``$DAGSTER_HOME/dagster.yaml``.
-        template: The current file's text (default: read from the package).
-
-    Returns:
-        A note for the user when an existing file was replaced or lacks run monitoring.
-    """
-    if template is None:
-        template = files("curation_assets").joinpath("configs/dagster.yaml").read_text()
-    if not target.exists():
-        target.write_text(template)
-        return None
-    current = target.read_text()
-    if current == template:
-        return None
-    if hashlib.sha256(current.encode()).hexdigest() in SHIPPED_INSTANCE_CONFIGS:
-        target.write_text(template)
-        return f"updated {target} to the project's current version (run monitoring)"
-    if "run_monitoring" not in current:
-        return (
-            f"{target} has no run_monitoring: under `curation dev` a run killed mid-step keeps "
-            "its pool slot and later steps of that pool wait forever; copy the run_monitoring "
-            "block of curation_assets/configs/dagster.yaml into it"
-        )
-    return None
-
-
-def install_instance_config(home: Path) -> Path:
-    """Create ``home/dagster`` with the project's dagster.yaml and ``home/sources``.
-
-    For a server started on a fresh home (``tools.devserver``, the tests); the environment of
-    this process is left alone (:func:`prepare_home` points it at the home).
-
-    Returns:
-        The DAGSTER_HOME folder.
-    """
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    install_dagster_yaml(dagster_home / "dagster.yaml")
-    (home / "sources").mkdir(parents=True, exist_ok=True)
-    return dagster_home
-
 
 def prepare_home(home: str | None, source: str | None = None) -> Paths:
     """Create the home, point DAGSTER_HOME/CURATION_* at it and install dagster.yaml.
 
+    The instance is sqlite under the home, or PostgreSQL when ``$CURATION_PG_URL`` is set
+    (:mod:`curation_assets.instance`).
+
     Args:
         home: The curation home (default: ``$CURATION_HOME`` or ``./.curation``).
         source: A source root to record in the home's settings (``curation run --source``).
+
+    Raises:
+        InstanceConfigError: The home's PostgreSQL storage is unreachable or its URL unset.
     """
     paths = resolve_paths(home)
     paths.home.mkdir(parents=True, exist_ok=True)
@@ -149,6 +97,7 @@ def prepare_home(home: str | None, source: str | None = None) -> Paths:
     note = install_dagster_yaml(paths.dagster_home / "dagster.yaml")
     if note:
         logger.warning(note)
+    check_instance_storage(paths.dagster_home / "dagster.yaml")
     os.environ["CURATION_HOME"] = str(paths.home)
     os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
     return paths

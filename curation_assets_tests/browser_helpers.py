@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from curation_assets.runner import install_instance_config
+from curation_assets.instance import install_instance_config
 from curation_assets.tools.devserver import graphql
 
 CHROMIUM_ARGS = [

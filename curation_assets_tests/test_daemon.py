@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from curation_assets.instance import install_instance_config
 from curation_assets.lib.tables import N_CLUSTERINGS
-from curation_assets.runner import install_instance_config
 from curation_assets.tools.bench_daemon import (
     Phase,
     diagnosis,

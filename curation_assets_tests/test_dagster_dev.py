@@ -2,7 +2,7 @@
 
 import pytest
 
-from curation_assets.runner import install_instance_config
+from curation_assets.instance import install_instance_config
 from curation_assets.tools.devserver import dagster_dev
 
 QUERY = """

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from curation_assets.defs import run_health
-from curation_assets.runner import install_dagster_yaml, install_instance_config
+from curation_assets.instance import install_dagster_yaml, install_instance_config
 from curation_assets.tools.devserver import ACTIVE, dagster_dev
 
 CONFIG = Path(run_health.__file__).resolve().parents[1] / "configs" / "dagster.yaml"
@@ -304,7 +304,7 @@ def test_dagster_yaml_of_an_older_version_is_replaced(tmp_path, monkeypatch):
     assert note is not None and "has no run_monitoring" in note and target.read_text() == old
 
     shipped = {hashlib.sha256(old.encode()).hexdigest()}
-    monkeypatch.setattr("curation_assets.runner.SHIPPED_INSTANCE_CONFIGS", shipped)
+    monkeypatch.setattr("curation_assets.instance.SHIPPED_INSTANCE_CONFIGS", shipped)
     note = install_dagster_yaml(target)  # a copy of an earlier version of ours: replaced
     assert note is not None and "updated" in note and target.read_text() == CONFIG.read_text()
 

@@ -1,4 +1,12 @@
-"""The shard sensor: registers new, complete shards as partitions and requests their runs."""
+"""The shard sensor: registers new, complete shards as partitions and requests their runs.
+
+A tick lists the source root once and inspects only the entries after its cursor
+(:func:`curation_assets.lib.shards.scan_shards`): its cost grows with the new entries, not with
+the 10^5+ shards already registered; a late entry that sorts before the cursor, or the hourly
+periodic check, makes one tick compare every entry with the registered partitions.
+"""
+
+from pathlib import Path
 
 import dagster as dg
 
@@ -12,6 +20,7 @@ from curation_assets.defs.partitions import (
     shards_partitions,
 )
 from curation_assets.defs.resources import ShardSource
+from curation_assets.lib.shards import ScanCursor, scan_shards
 
 MAX_NEW_SHARDS_PER_TICK = 100
 """Shards registered per tick at most (runs of up to ``SHARDS_PER_RUN`` each); more wait."""
@@ -58,7 +67,8 @@ def shard_run_requests(
 
     Args:
         new: The shards being registered this tick.
-        registered: Every shard key in registration order, ``new`` included.
+        registered: Every shard key in registration order, ``new`` included (``new`` alone
+            when it is registered after every other key: only adjacency matters).
         assign: Whether the runs also assign the shards (``per_shard_assign_job``).
     """
     job = per_shard_assign_job if assign else per_shard_job
@@ -91,7 +101,9 @@ def shard_run_requests(
     description=(
         "Watches the source root. A folder, tar or manifest becomes a shard once complete "
         "(newest file older than min_age_s, or a _SUCCESS marker; names starting with . or _ and "
-        "names ending in .tmp/.part are ignored). Each shard is registered exactly once; the "
+        "names ending in .tmp/.part are ignored). A tick inspects only the entries after its "
+        "cursor (every entry hourly, or when one sorting before the cursor appears). Each shard "
+        "is registered exactly once; the "
         f"shards of a tick (at most {MAX_NEW_SHARDS_PER_TICK}) share runs of up to "
         f"{SHARDS_PER_RUN} ($CURATION_SHARDS_PER_RUN), which also assign them to the centroids "
         "once those exist."
@@ -99,24 +111,36 @@ def shard_run_requests(
 )
 def shard_sensor(context: dg.SensorEvaluationContext, shard_source: ShardSource):
     """Add new ready shards as dynamic partitions and request runs over them."""
-    found = shard_source.discover()
-    registered = context.instance.get_dynamic_partitions(SHARDS_PARTITION)
-    known = set(registered)
-    waiting = [s for s in found if not s.ready and s.key not in known]
-    for s in waiting:
+    instance = context.instance
+    scan = scan_shards(
+        Path(shard_source.root),
+        ScanCursor.from_json(context.cursor),
+        registered=lambda: instance.get_dynamic_partitions(SHARDS_PARTITION),
+        is_registered=lambda key: instance.has_dynamic_partition(SHARDS_PARTITION, key),
+        min_age_s=shard_source.min_age_s,
+        limit=MAX_NEW_SHARDS_PER_TICK,
+    )
+    for s in scan.waiting:
         context.log.info(f"shard {s.key} not ready: {s.why_not_ready}")
-    new = [s.key for s in found if s.ready and s.key not in known][:MAX_NEW_SHARDS_PER_TICK]
+    if scan.full:
+        context.log.info(f"full reconciliation of {shard_source.root}: {scan.full}")
+    new = [s.key for s in scan.new]
+    cursor = scan.cursor.to_json()
     if not new:
-        return dg.SkipReason(
-            f"no new ready shard under {shard_source.root} "
-            f"({len(known)} registered, {len(waiting)} not ready yet)"
+        return dg.SensorResult(
+            skip_reason=(
+                f"no new ready shard under {shard_source.root} ({scan.listed} entries, "
+                f"{scan.inspected} inspected, {len(scan.waiting)} not ready yet)"
+            ),
+            cursor=cursor,
         )
-    # The daemon registers `new` (in this order, after every known key) before it submits
-    # the runs, so each run's range covers exactly its own new shards.
-    assign = centroids_exist(context.instance)
+    # The daemon registers `new` (in this order, after every registered key) before it submits
+    # the runs, so the runs' ranges are slices of `new` itself.
+    assign = centroids_exist(instance)
     return dg.SensorResult(
-        run_requests=shard_run_requests(new, [*registered, *new], assign=assign),
+        run_requests=shard_run_requests(new, new, assign=assign),
         dynamic_partitions_requests=[shards_partitions.build_add_request(new)],
+        cursor=cursor,
     )
 
 

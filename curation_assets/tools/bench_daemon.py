@@ -33,7 +33,7 @@ from typing import Any
 
 import polars as pl
 
-from curation_assets.runner import install_instance_config
+from curation_assets.instance import install_instance_config
 from curation_assets.tools.devserver import ACTIVE, DagsterDev, dagster_dev
 
 EXPORT_ASSET = "curated_dataset"

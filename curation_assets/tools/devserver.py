@@ -215,7 +215,7 @@ def dagster_dev(
     (dagster dev shuts down in a few seconds), SIGKILL if it is still there after 30 s.
 
     Args:
-        home: The curation home (``runner.install_instance_config`` prepares it).
+        home: The curation home (``instance.install_instance_config`` prepares it).
         log: File that receives the server's stdout and stderr.
         ready_timeout_s: How long to wait for the webserver.
         env: Extra environment variables for the server and its runs.

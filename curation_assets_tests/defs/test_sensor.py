@@ -8,18 +8,27 @@ from curation_assets.defs.resources import ShardSource
 from curation_assets.defs.sensors import shard_sensor
 from curation_assets_tests.conftest import age, write_images
 
+_CURSORS: dict[tuple[int, str], str | None] = {}
+
 
 def _tick(instance, source, min_age_s=60.0):
-    """One sensor evaluation; applies its partition requests as the daemon would."""
+    """One sensor evaluation; applies its partition requests and keeps its cursor as the daemon."""
+    key = (id(instance), str(source))
     ctx = dg.build_sensor_context(
         instance=instance,
+        cursor=_CURSORS.get(key),
         resources={"shard_source": ShardSource(root=str(source), min_age_s=min_age_s)},
     )
     result = shard_sensor(ctx)
-    if isinstance(result, dg.SensorResult):
-        for req in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+    assert isinstance(result, dg.SensorResult)
+    _CURSORS[key] = result.cursor
+    for req in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     return result
+
+
+def _skipped(result) -> bool:
+    return not result.run_requests and result.skip_reason is not None
 
 
 def test_a_new_shard_is_registered_exactly_once(tmp_path):
@@ -27,12 +36,11 @@ def test_a_new_shard_is_registered_exactly_once(tmp_path):
         write_images(tmp_path / "s-1", 2)
         age(tmp_path / "s-1")
         first = _tick(instance, tmp_path)
-        assert isinstance(first, dg.SensorResult)
         assert [r.partition_key for r in first.run_requests] == ["s-1"]
         assert first.run_requests[0].run_key == "shard:s-1"
         assert instance.get_dynamic_partitions(SHARDS_PARTITION) == ["s-1"]
         again = _tick(instance, tmp_path)
-        assert isinstance(again, dg.SkipReason)
+        assert _skipped(again)
         # Drop a second shard: exactly one new partition.
         write_images(tmp_path / "s-2", 1)
         age(tmp_path / "s-2")
@@ -46,7 +54,7 @@ def test_a_shard_being_written_waits_until_it_is_quiet(tmp_path):
         write_images(tmp_path / "busy", 1)  # just written
         (tmp_path / "upload.tar.part").write_bytes(b"half a tar")
         age(tmp_path / "upload.tar.part")
-        assert isinstance(_tick(instance, tmp_path), dg.SkipReason)
+        assert _skipped(_tick(instance, tmp_path))
         assert instance.get_dynamic_partitions(SHARDS_PARTITION) == []
         past = time.time() - 120
         for p in (tmp_path / "busy").iterdir():
@@ -80,6 +88,29 @@ def test_shards_of_one_tick_share_a_run_that_assigns_them_once_centroids_exist(t
     assert shard_ranges(order, ["e", "a", "b", "d"], 2) == [["a", "b"], ["d", "e"]]
     assert shard_ranges(order, ["a", "c", "e"], 50) == [["a"], ["c"], ["e"]]
     assert shard_ranges(order, order, 2) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_a_tick_inspects_only_new_entries_and_catches_a_late_one(tmp_path):
+    with dg.instance_for_test() as instance:
+        for i in range(30):
+            (tmp_path / f"s-{i:03d}.tar").write_bytes(b"")
+        age(tmp_path)
+        first = _tick(instance, tmp_path)  # no cursor: a full reconciliation
+        assert len(instance.get_dynamic_partitions(SHARDS_PARTITION)) == 30
+        assert len(first.run_requests) == 1  # 30 shards, one run over their range
+        idle = _tick(instance, tmp_path)
+        assert _skipped(idle) and "30 entries, 0 inspected" in idle.skip_reason.skip_message
+        (tmp_path / "s-100.tar").write_bytes(b"")  # sorts after the cursor
+        past = time.time() - 3600
+        os.utime(tmp_path / "s-100.tar", (past, past))
+        (run,) = _tick(instance, tmp_path).run_requests
+        assert run.partition_key == "s-100.tar" and run.tags["curation/shard"] == "s-100.tar"
+        (tmp_path / "s-0005.tar").write_bytes(b"")  # a late name sorting before the cursor
+        os.utime(tmp_path / "s-0005.tar", (past, past))
+        (run,) = _tick(instance, tmp_path).run_requests
+        assert run.partition_key == "s-0005.tar"
+        assert _skipped(_tick(instance, tmp_path))
+        assert len(instance.get_dynamic_partitions(SHARDS_PARTITION)) == 32
 
 
 def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path):

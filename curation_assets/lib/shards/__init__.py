@@ -21,6 +21,10 @@ rename when done, or to finish with a marker. Concretely a shard is *not* picked
   (the writer may still be appending), unless a folder holds a ``_SUCCESS`` marker file, which
   marks it complete at once.
 
+**Watching a root of 10^5+ shards.** :func:`scan_shards` (``scan.py``) lists the root once per
+sensor tick and inspects only the names after a cursor, so a tick costs the new entries, not
+all of them; late names that sort before the cursor trigger a full reconciliation.
+
 Shards are treated as immutable once registered: to re-ingest a changed shard, re-materialize
 its partition. A tar or manifest entry that is not a regular file (a FIFO, a device, a dangling
 symlink) is never ready.
@@ -78,6 +82,7 @@ from curation_assets.lib.shards.read import (
     manifest_root,
     read_manifest,
 )
+from curation_assets.lib.shards.scan import Scan, ScanCursor, candidate_names, scan_shards
 from curation_assets.lib.shards.source import ShardReader
 
 __all__ = [
@@ -93,6 +98,9 @@ __all__ = [
     "ShardInfo",
     "ShardKind",
     "ShardReader",
+    "Scan",
+    "ScanCursor",
+    "candidate_names",
     "cap_caption",
     "discover_shards",
     "escape_text",
@@ -101,6 +109,7 @@ __all__ = [
     "iter_items",
     "manifest_root",
     "read_manifest",
+    "scan_shards",
     "shard_info",
     "shard_kind",
     "source_fingerprint",
