@@ -323,7 +323,7 @@ def classifier_scores(
     scorers = ", ".join(names + [h.model_id for h in heads]) or "none"
     work = ScoreShardWork(
         root_uri=delta.root_uri,
-        storage_options=dict(delta.storage_options),
+        storage_options=delta.task_options(),
         source=shard_reader(shard_source),
         classifiers=tuple(classifiers),
         heads=tuple(heads),

@@ -194,7 +194,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, delta: DeltaStorage, 
     """
     store = delta.store()
     shards = ShardLoop(context, ASSIGNMENT_KEYS)
-    work = AssignShardWork(delta.root_uri, dict(delta.storage_options))
+    work = AssignShardWork(delta.root_uri, delta.task_options())
 
     def report(key: str, out: AssignOutcome) -> ShardReport:
         context.log.info(

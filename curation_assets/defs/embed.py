@@ -80,7 +80,7 @@ def image_embeddings(
     """
     work = EmbedShardWork(
         root_uri=delta.root_uri,
-        storage_options=dict(delta.storage_options),
+        storage_options=delta.task_options(),
         source=shard_reader(shard_source),
         spec=embedder.spec(),
         batch_size=config.batch_size,

@@ -50,6 +50,17 @@ class DeltaStorage(dg.ConfigurableResource):
         """The pure-Python store (no Dagster types) for lib code."""
         return DeltaStore(self.root_uri, self.storage_options)
 
+    def task_options(self) -> dict[str, str]:
+        """The storage options a task on another machine (a Ray worker) needs for this root.
+
+        The configured options with this process's environment under them (``AWS_*``,
+        ``CURATION_STORAGE_OPTIONS``; see ``lib/objectstore``), so that a worker started
+        without those variables reaches the same bucket as the step. They travel in the task's
+        arguments, not in its ``runtime_env`` (which Ray's dashboard shows), and are never
+        logged. A worker's own environment still applies beneath them.
+        """
+        return dict(self.store().storage_options)
+
     def uri(self, spec: TableSpec) -> str:
         """URI of a table, for ``dagster/uri`` metadata."""
         return self.store().uri(spec.name)

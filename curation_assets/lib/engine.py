@@ -413,9 +413,12 @@ class RayEngine:
                 )
                 raise WorkerDiedError(msg) from exc
             except rex.RayTaskError as exc:
-                cause = exc.cause
+                # ray.get raises a class derived from both RayTaskError and the cause's class
+                # (an OSError's lacks RayTaskError's attributes): read them defensively
+                cause = getattr(exc, "cause", None)
                 if isinstance(cause, Exception):
-                    _name_shard(cause, key, f"Ray task, pid {exc.pid}")
+                    pid = getattr(exc, "pid", None)
+                    _name_shard(cause, key, f"Ray task, pid {pid}" if pid else "Ray task")
                     raise cause from exc
                 raise
 

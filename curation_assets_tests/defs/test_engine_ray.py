@@ -168,6 +168,11 @@ def gpu_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]:
     return {"gpu_ids": ray.get_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
+def oserror_work(key: str, progress: Callable[[str], None]) -> None:
+    """A work function failing the way an unreachable bucket does (importable by the workers)."""
+    raise OSError(5, f"storage gone while writing {key}")
+
+
 def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
     """On a node declaring a GPU, each embedding task gets it, and the worker is reused.
 
@@ -186,6 +191,11 @@ def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
         results = list(engine.map_shards(gpu_work, [f"s{i}" for i in range(4)], wants_gpu=True))
         peak = engine.peak_in_flight
         cpu = list(engine.map_shards(gpu_work, ["c0", "c1"]))
+        # a work's own OSError comes back as itself, naming the shard (Ray raises a class
+        # derived from RayTaskError and OSError, without RayTaskError's pid attribute)
+        with pytest.raises(OSError, match="storage gone while writing bad") as failed:
+            list(engine.map_shards(oserror_work, ["bad"]))
+        assert any("shard 'bad'" in note for note in failed.value.__notes__)
     assert not ray.is_initialized()
     assert [r.value["gpu_ids"] for r in results] == [[0]] * 4
     assert {r.value["cuda_visible"] for r in results} == {"0"}
