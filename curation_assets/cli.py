@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from curation_assets.cli_dedup import add_dedup_parser
+from curation_assets.cli_engine import add_bench_engine_parser
 from curation_assets.cli_quality import add_quality_parsers
 from curation_assets.cli_verify import add_bench_verify_parser
 from curation_assets.lib.settings import Paths, folder_or_uri, resolve_paths, save_settings
@@ -646,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.set_defaults(func=cmd_bench_dedup)
     add_bench_verify_parser(bench_sub)
     add_bench_partitions_parser(bench_sub)
+    add_bench_engine_parser(bench_sub)
 
     bs = bench_sub.add_parser(
         "scale", help="global stages at N synthetic images: full run vs a new 1 %% shard"

@@ -9,13 +9,11 @@ time, the sum of its shard tasks' times, the busiest node's sum (the critical pa
 nodes run in parallel), the orchestration overhead (step − sum, and step − busiest node) and
 the shards each node ran.
 
-Run: ``python -m curation_assets.tools.bench_engine --address 127.0.0.1:6379 [--n-base 360]``
+Run: ``curation bench engine --address 127.0.0.1:6379 [--n-base 360]``
 (the cluster must see this checkout on its ``PYTHONPATH``).
 """
 
-import argparse
 import json
-import tempfile
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,20 +122,3 @@ def bench(address: str, home: Path, n_base: int) -> dict[str, dict[str, Any]]:
         _run([cluster_centroids], instance, local, shards)
         both(cluster_assignments, "cluster_assignments")
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``--address host:port [--home DIR] [--n-base N]``."""
-    parser = argparse.ArgumentParser(description="Time the per-shard steps: local vs Ray.")
-    parser.add_argument("--address", required=True, help="Ray cluster address (host:port)")
-    parser.add_argument("--home", type=Path, default=None, help="work folder (default: a temp)")
-    parser.add_argument("--n-base", type=int, default=360, help="demo corpus base images")
-    args = parser.parse_args(argv)
-    home = args.home or Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    result = bench(args.address, home, args.n_base)
-    print(json.dumps(result, indent=1))  # noqa: T201
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
