@@ -55,6 +55,35 @@ def shard_stamp(out: str, key: str, options: Mapping[str, str]) -> dict[str, Any
     return {"version": "", "manifest": [st.size, st.mtime_ns]}
 
 
+def stage_shard_files(
+    folder: Path,
+    rows: pl.DataFrame,
+    *,
+    webdataset: bool,
+    shard_size: int,
+    reader: SourceReader | None,
+) -> dict[str, Any]:
+    """Write one shard's manifest (and WebDataset tars) into a local ``folder``.
+
+    The files both export targets publish: a local folder swaps ``folder`` in by a symlink
+    rename, an object store uploads its files (manifest last).
+
+    Returns:
+        ``webdataset_shards``, ``webdataset_samples`` and ``failures`` (rows whose bytes could
+        not be exported, as dicts).
+    """
+    rows.write_parquet(folder / MANIFEST_NAME)
+    summary: dict[str, Any] = {"webdataset_shards": 0, "webdataset_samples": 0, "failures": []}
+    if webdataset and reader is not None:
+        export = write_webdataset(rows, reader.read, folder, shard_size=shard_size)
+        summary.update(
+            webdataset_shards=len(export.shards),
+            webdataset_samples=export.n_written,
+            failures=export.failures_frame().to_dicts(),
+        )
+    return summary
+
+
 def write_shard_files(
     out: str,
     key: str,
@@ -73,17 +102,11 @@ def write_shard_files(
     """
     prefix = shard_uri(out, key)
     before = set(ost.list_names(prefix, options))
-    summary: dict[str, Any] = {"webdataset_shards": 0, "webdataset_samples": 0, "failures": []}
     with tempfile.TemporaryDirectory(prefix="curation-export-") as tmp:
         staged = Path(tmp)
-        if webdataset and reader is not None:
-            export = write_webdataset(rows, reader.read, staged, shard_size=shard_size)
-            summary.update(
-                webdataset_shards=len(export.shards),
-                webdataset_samples=export.n_written,
-                failures=export.failures_frame().to_dicts(),
-            )
-        rows.write_parquet(staged / MANIFEST_NAME)
+        summary = stage_shard_files(
+            staged, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
+        )
         names = sorted(p.name for p in staged.iterdir() if p.is_file())
         for name in [n for n in names if n != MANIFEST_NAME] + [MANIFEST_NAME]:
             ost.upload(staged / name, ost.join(prefix, name), options)

@@ -30,7 +30,6 @@ import polars as pl
 
 from curation_assets.lib.export import remote
 from curation_assets.lib.export.publish import publish_dir
-from curation_assets.lib.export.webdataset import write_webdataset
 from curation_assets.lib.images import SourceReader
 from curation_assets.lib.objectstore import is_remote
 
@@ -38,7 +37,7 @@ SHARD_PREFIX = "shard="
 """Name of a shard's published folder: ``shard=<key>`` (hive style)."""
 VERSIONS_DIR = ".shards"
 """Hidden folder holding the versions of every shard's folder."""
-MANIFEST_NAME = "curated_dataset.parquet"
+MANIFEST_NAME = remote.MANIFEST_NAME
 """The manifest file in each shard folder."""
 LEGACY_FILES = ("curated_dataset.parquet", "webdataset")
 """Whole-corpus files of the earlier layout, removed once the per-shard layout is written."""
@@ -178,15 +177,9 @@ def write_shard_files(
             shutil.rmtree(old, ignore_errors=True)  # never published: a killed run's
     staged = versions / uuid.uuid4().hex[:12]
     staged.mkdir()
-    rows.write_parquet(staged / MANIFEST_NAME)
-    summary: dict[str, Any] = {"webdataset_shards": 0, "webdataset_samples": 0, "failures": []}
-    if webdataset and reader is not None:
-        export = write_webdataset(rows, reader.read, staged, shard_size=shard_size)
-        summary.update(
-            webdataset_shards=len(export.shards),
-            webdataset_samples=export.n_written,
-            failures=export.failures_frame().to_dicts(),
-        )
+    summary = remote.stage_shard_files(
+        staged, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
+    )
     publish_dir(staged, link)
     summary["stamp"] = shard_stamp(out, key)
     return summary
