@@ -2,12 +2,12 @@
 
 Real servers on loopback, started and stopped by the fixtures: a throwaway PostgreSQL cluster
 (instance storage, `$CURATION_PG_URL`), a two-node Ray cluster (`$CURATION_ENGINE`: embedding,
-scoring and cluster assignment run as Ray tasks) and moto's S3 server (every Delta table, the
-export and the index files under `s3://`). The same demo corpus is also run the embedded way
-(sqlite, local Delta, in-process). Checked: every table equals the embedded run's; the runs and
-materializations are in PostgreSQL (no sqlite file in the home); the per-shard work ran on both
-Ray nodes (node ids in the materializations' metadata). The wall seconds of both runs are
-printed (``-s``).
+scoring, cluster assignment and the dedup units run as Ray tasks) and moto's S3 server (every
+Delta table, the export and the index files under `s3://`). The same demo corpus is also run
+the embedded way (sqlite, local Delta, in-process). Checked: every table equals the embedded
+run's; the runs and materializations are in PostgreSQL (no sqlite file in the home); the
+per-shard work ran on both Ray nodes (node ids in the materializations' metadata) and the
+dedup units on Ray. The wall seconds of both runs are printed (``-s``).
 
 Both runs use one BLAS/OpenMP thread per process (``OMP_NUM_THREADS=1``, what Ray gives a
 one-CPU task): results are reproducible for a given thread count, and across thread counts
@@ -95,3 +95,7 @@ def test_demo_on_postgres_ray_and_s3_equals_the_embedded_run(
             assert {m["engine"].value for m in metas} == {"ray"}, asset
             nodes = {m["ray_node_id"].value for m in metas}
             assert len(nodes) == 2, (asset, nodes)
+        # and the dedup step searched its (clustering, bucket) units as Ray tasks
+        dedup = instance.fetch_materializations(dg.AssetKey("deduplicated_images"), limit=1)
+        meta = dedup.records[0].asset_materialization.metadata
+        assert meta["units_engine"].value == "ray" and meta["units_ray_nodes"].value >= 1, meta

@@ -15,7 +15,7 @@ from curation_assets.defs.metadata import (
     table_metadata,
     table_schema,
 )
-from curation_assets.defs.resources import Compute, DeltaStorage
+from curation_assets.defs.resources import Compute, DeltaStorage, Engine
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.dedup import (
     POLICY_CRITERIA,
@@ -170,9 +170,16 @@ class DedupConfig(dg.Config):
 )
 @fail_fast
 def deduplicate(
-    context: dg.AssetExecutionContext, config: DedupConfig, delta: DeltaStorage, compute: Compute
+    context: dg.AssetExecutionContext,
+    config: DedupConfig,
+    delta: DeltaStorage,
+    compute: Compute,
+    engine: Engine,
 ):
     """Full or incremental near-duplicate removal over all shards.
+
+    The (clustering, bucket) units are searched as tasks of the ``engine`` (this process, or a
+    Ray cluster); the merge, the recall sample and the writes stay in this step.
 
     Memory: one shard, one (clustering, bucket) unit and the pair graph at a time, sized by
     ``compute.memory_budget_mb`` (see :func:`~curation_assets.lib.dedup.run_dedup`).
@@ -197,6 +204,7 @@ def deduplicate(
         recall_share=config.recall_share,
         seed=config.seed,
         progress=context.log.info,
+        engine=engine.engine(),
     )
     write_dedup(store, outcome)
     figures = dedup_figures(outcome, config.policy)

@@ -211,7 +211,8 @@ class Engine(dg.ConfigurableResource):
 
     Dagster still runs the steps (partitions, retries, checks, the UI); inside the per-shard
     steps that decode and embed, score and assign (image_embeddings, classifier_scores,
-    cluster_assignments) each shard becomes one task of this engine (``lib/engine.py``).
+    cluster_assignments) each shard becomes one task of this engine, and inside the dedup step
+    each (clustering, bucket) unit of the pair search (``lib/engine.py``).
     """
 
     address: str = Field(
@@ -231,8 +232,9 @@ class Engine(dg.ConfigurableResource):
     )
     env_vars: dict[str, str] = Field(
         default_factory=dict,
-        description="Ray: environment variables of the task workers (Ray runtime_env), e.g. "
-        "CURATION_MEMORY_BUDGET_MB or object-store credentials.",
+        description="Ray: environment variables of the task workers (Ray runtime_env, shown by "
+        "Ray's dashboard: no secrets; storage credentials travel in the tasks' arguments), "
+        "e.g. CURATION_MEMORY_BUDGET_MB.",
     )
 
     def engine(self) -> LocalEngine | RayEngine:

@@ -29,7 +29,8 @@ def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any
         mode, mode_reason, tau, policy, images, kept, removed, new_images,
         groups_with_duplicates, largest_group, removed_below_tau_through_chains,
         previously_kept_now_removed, pending_shards, units_searched, buckets,
-        largest_unit_rows, rewritten_shards, dedup_seconds (and per phase), recall_true_pairs,
+        largest_unit_rows, units_engine (local or ray), units_ray_nodes (Ray nodes that searched
+        units), rewritten_shards, dedup_seconds (and per phase), recall_true_pairs,
         recall_measured_on, ``recall_<c>_clusterings`` and ``recall_<c>_stderr`` for c = 1..C.
     """
     stats, recall = outcome.stats, outcome.recall
@@ -51,6 +52,8 @@ def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any
         "units_searched": int(stats.get("units", 0)),
         "units_total": int(stats.get("units_total", 0)),
         "largest_unit_rows": int(stats.get("largest_unit_rows", 0)),
+        "units_engine": str(stats.get("engine", "local")),
+        "units_ray_nodes": int(stats.get("unit_nodes", 0)),
         "rewritten_shards": int(stats.get("rewritten_shards", 0)),
         "dedup_seconds": float(stats.get("seconds", 0.0)),
         **{

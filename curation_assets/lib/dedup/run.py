@@ -7,7 +7,9 @@
 2. lays the redone shards out in ``dedup_members``, one shard in memory at a time
    (:mod:`~curation_assets.lib.dedup.layout`);
 3. searches the work units ``(clustering, bucket)`` those shards touched — all of them when full —
-   one at a time, each reading one partition (:mod:`~curation_assets.lib.dedup.units`);
+   each reading one partition (:mod:`~curation_assets.lib.dedup.units`): one task per unit of
+   the engine (:mod:`curation_assets.lib.engine`: this process one unit at a time, or a Ray
+   cluster), results merged in unit order whatever order they completed in;
 4. merges the new pairs into the committed pair graph (:mod:`~curation_assets.lib.dedup.merge`):
    memory ∝ pairs;
 5. measures pair recall on a sample whose exhaustive search costs at most ``recall_share`` of
@@ -37,7 +39,8 @@ from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
 from curation_assets.lib.dedup.sampling import budgeted_recall
 from curation_assets.lib.dedup.tau import calibrated_tau
-from curation_assets.lib.dedup.units import UnitResult, search_unit
+from curation_assets.lib.dedup.units import UnitWork, unit_key
+from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -146,6 +149,7 @@ def run_dedup(
     seed: int = 0,
     block: int = 2048,
     progress: Callable[[str], None] | None = None,
+    engine: "LocalEngine | RayEngine | None" = None,
 ) -> DedupOutcome:
     """Plan, lay out, search and merge; writes only ``dedup_members`` (see :func:`write_dedup`).
 
@@ -170,6 +174,8 @@ def run_dedup(
         seed: Seeds the recall sample.
         block: Tile edge of the within-cluster search.
         progress: Called with a line of text as phases finish (the asset logs it).
+        engine: Where the units are searched (:mod:`curation_assets.lib.engine`): one task
+            per unit; None = this process, one unit at a time.
 
     Returns:
         A :class:`DedupOutcome`.
@@ -222,10 +228,17 @@ def run_dedup(
     # 2. search the units
     t_search = time.perf_counter()
     units = layout.units() if full else sorted(touched)
-    query = None if full else set(ready)
-    results: list[UnitResult] = []
-    for c, b in units:
-        results.append(search_unit(store, c, b, floor, query_shards=query, block=block))
+    work = UnitWork(
+        store.root_uri,
+        dict(store.storage_options),
+        floor,
+        None if full else frozenset(ready),
+        block,
+    )
+    engine = engine or LocalEngine()
+    done = list(engine.map_shards(work, [unit_key(c, b) for c, b in units]))
+    results = [r.value for r in sorted(done, key=lambda r: (r.value.clustering, r.value.bucket))]
+    unit_nodes = sorted({r.node_id for r in done if r.node_id is not None})
     comparisons = sum(int(r.stats.get("comparisons", 0)) for r in results)
     say(
         f"searched {len(units)} units ({comparisons:,} comparisons) in "
@@ -318,6 +331,8 @@ def run_dedup(
         "seconds_recall": round(time.perf_counter() - t_recall, 3),
         "seconds": round(seconds, 3),
         "rewritten_shards": len(write),
+        "engine": engine.name,
+        "unit_nodes": len(unit_nodes),
         **(verifier.stats if verifier is not None else {}),
     }
     run = pl.DataFrame(

@@ -13,6 +13,7 @@ engine can dispatch it as it is.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +144,40 @@ def search_unit(
         seconds=time.perf_counter() - t0,
     )
     return UnitResult(c, b, pairs, endpoints, stats)
+
+
+def unit_key(c: int, b: int) -> str:
+    """The engine key of unit ``(c, b)``: ``"c:b"``."""
+    return f"{c}:{b}"
+
+
+@dataclass(frozen=True)
+class UnitWork:
+    """One unit's search as engine work: ``work("c:b", progress)`` → :class:`UnitResult`.
+
+    Plain values only (picklable), so :mod:`curation_assets.lib.engine` runs it in this
+    process or as a Ray task on any node that reaches the Delta root; the result travels back
+    (pairs and the rows on them: small beside the unit's vectors).
+
+    Attributes:
+        root_uri: Delta root.
+        storage_options: Its storage options (the step's effective ones).
+        tau: Similarity floor of the search.
+        query_shards: Incremental runs: only pairs touching these shards; None: all.
+        block: Tile edge of the within-cluster search.
+    """
+
+    root_uri: str
+    storage_options: dict[str, str]
+    tau: float
+    query_shards: frozenset[str] | None
+    block: int = 2048
+
+    def __call__(self, key: str, progress: Callable[[str], None]) -> UnitResult:
+        """Search unit ``key`` (``"c:b"``)."""
+        c, b = (int(part) for part in key.split(":"))
+        store = DeltaStore(self.root_uri, self.storage_options)
+        query = set(self.query_shards) if self.query_shards is not None else None
+        result = search_unit(store, c, b, self.tau, query_shards=query, block=self.block)
+        progress(f"unit {key}: {result.pairs.height} pairs")
+        return result
