@@ -458,14 +458,18 @@ class Runner:
         runs = "; ".join(done) or "no run was created"
         raise Interrupted(f"during {label} ({runs}); no further run started")
 
-    def register(self, keys: Sequence[str]) -> list[str]:
-        """Add ``keys`` to the shard partitions; returns those that were new."""
+    def register(self, keys: Sequence[str], chunk: int = 10_000) -> list[str]:
+        """Add ``keys`` to the shard partitions, ``chunk`` per call; returns the new ones.
+
+        One call binds a SQL variable per key, and sqlite refuses past its limit (32,766 on
+        a stock build): a LAION-sized source (585k tars) registers in chunks.
+        """
         from curation_assets.defs.partitions import SHARDS_PARTITION
 
         known = set(self.instance.get_dynamic_partitions(SHARDS_PARTITION))
         new = [k for k in keys if k not in known]
-        if new:
-            self.instance.add_dynamic_partitions(SHARDS_PARTITION, new)
+        for start in range(0, len(new), chunk):
+            self.instance.add_dynamic_partitions(SHARDS_PARTITION, new[start : start + chunk])
         return new
 
     def per_shard(

@@ -148,3 +148,22 @@ def test_shards_share_runs_and_a_bad_shard_fails_alone(tmp_path, monkeypatch):
     emb = DeltaStore(paths.delta_root).read(IMAGE_EMBEDDINGS)
     assert dict(emb.group_by("shard").len().iter_rows()) == {"a": 3, "c": 2}
     assert pl.Series(lines).str.contains("a .. c: FAILED").any()
+
+
+@pytest.mark.slow
+def test_registering_more_shards_than_sqlite_takes_variables_for(tmp_path):
+    """LAION-scale sources on the embedded default: 260k new shards register in chunks.
+
+    One ``add_dynamic_partitions`` call binds one SQL variable per key, and sqlite refuses
+    past its limit (32,766 on a stock build, 250,000 on this machine's): "too many SQL
+    variables" (``curation bench partitions``, sqlite at 300k).
+    """
+    from curation_assets.defs.partitions import SHARDS_PARTITION
+    from curation_assets.runner import Runner
+
+    keys = [f"shard-{i:06d}.tar" for i in range(260_000)]
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        runner = Runner(instance, dg.Definitions(), str(tmp_path / "delta"), echo=lambda _: None)
+        assert runner.register(keys[:10]) == keys[:10]
+        assert runner.register(keys) == keys[10:]
+        assert len(instance.get_dynamic_partitions(SHARDS_PARTITION)) == len(keys)
