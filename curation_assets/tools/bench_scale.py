@@ -217,6 +217,8 @@ _DEDUP_FIGURES = {
     "units_searched",
     "units_total",
     "largest_unit_rows",
+    "units_engine",
+    "units_ray_nodes",
     "rewritten_shards",
     "dedup_seconds",
     "dedup_seconds_layout",
@@ -254,6 +256,7 @@ def bench_scale(
         "shards": shards,
         "dim": dim,
         "memory_budget_mb": os.environ.get("CURATION_MEMORY_BUDGET_MB", "default"),
+        "engine": os.environ.get("CURATION_ENGINE") or "local",
         "corpus": info,
         "home": str(root),
     }
