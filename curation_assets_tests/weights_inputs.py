@@ -20,6 +20,7 @@ from curation_assets.lib.tables import (
     FILTERED_IMAGES,
     IMAGE_EMBEDDINGS,
     RAW_IMAGES,
+    SAMPLE_WEIGHTS,
 )
 from curation_assets_tests.conftest import image_bytes
 
@@ -138,3 +139,23 @@ def write_weight_inputs(
         )
     kept = dedup.filter("kept")["image_id"].to_list()
     return WeightInputs(ids, filtered["image_id"].to_list(), kept, x)
+
+
+def write_linear_weights(store: DeltaStore) -> None:
+    """Per kept shard, ``sample_weights`` rising linearly from 0.5 to 1.5 (an export's input)."""
+    from curation_assets.lib.export.run import kept_images
+
+    for key in store.shard_files(DEDUPLICATED_IMAGES.name):
+        images = kept_images(store, [key])
+        w = pl.DataFrame(
+            {
+                "image_id": images["image_id"],
+                "shard": images["shard"],
+                "weight": np.linspace(0.5, 1.5, images.height),
+                "raw_ratio": 1.0,
+                "p_unfiltered": 0.5,
+                "p_kept": 0.9,
+                "clipped": False,
+            }
+        )
+        store.replace_shard(SAMPLE_WEIGHTS, key, w)

@@ -4,11 +4,10 @@ import io
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.lib.export.run import kept_images, run_export
+from curation_assets.lib.export.run import run_export
 from curation_assets.lib.export.shards import published_shards, scan_manifest
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.objectstore import read_bytes
@@ -20,7 +19,7 @@ from curation_assets.lib.tables import (
     SAMPLE_WEIGHTS,
 )
 from curation_assets_tests.servers_s3 import S3Server, s3_server  # noqa: F401
-from curation_assets_tests.weights_inputs import write_weight_inputs
+from curation_assets_tests.weights_inputs import write_linear_weights, write_weight_inputs
 
 pytestmark = pytest.mark.cluster
 
@@ -59,20 +58,7 @@ def stores(tmp_path: Path, s3_server: S3Server):  # noqa: F811
     local = DeltaStore(str(tmp_path / "delta"))
     write_weight_inputs(local, tmp_path / "images", n=120)
     remote = DeltaStore(s3_server.uri(f"export-{tmp_path.name}", "delta"), s3_server.options)
-    for key in local.shard_files(DEDUPLICATED_IMAGES.name):
-        images = kept_images(local, [key])
-        w = pl.DataFrame(
-            {
-                "image_id": images["image_id"],
-                "shard": images["shard"],
-                "weight": np.linspace(0.5, 1.5, images.height),
-                "raw_ratio": 1.0,
-                "p_unfiltered": 0.5,
-                "p_kept": 0.9,
-                "clipped": False,
-            }
-        )
-        local.replace_shard(SAMPLE_WEIGHTS, key, w)
+    write_linear_weights(local)
     for spec in (FILTERED_IMAGES, DEDUPLICATED_IMAGES, SAMPLE_WEIGHTS):  # the export's inputs
         for key in local.shard_files(spec.name):
             remote.replace_shard(spec, key, local.read(spec, shards=[key]))

@@ -37,7 +37,7 @@ from curation_assets.lib.tables import (
     FILTERED_IMAGES,
     SAMPLE_WEIGHTS,
 )
-from curation_assets_tests.weights_inputs import write_weight_inputs
+from curation_assets_tests.weights_inputs import write_linear_weights, write_weight_inputs
 
 SETTINGS = {
     "export_dir": "",
@@ -282,20 +282,7 @@ def test_the_whole_file_layout_is_migrated(corpus):
 def test_webdataset_tars_and_soft_cap_per_run(tmp_path):
     store = DeltaStore(str(tmp_path / "delta"))
     inputs = write_weight_inputs(store, tmp_path / "images", n=120)
-    for key in store.shard_files(DEDUPLICATED_IMAGES.name):
-        images = kept_images(store, [key])
-        w = pl.DataFrame(
-            {
-                "image_id": images["image_id"],
-                "shard": images["shard"],
-                "weight": np.linspace(0.5, 1.5, images.height),
-                "raw_ratio": 1.0,
-                "p_unfiltered": 0.5,
-                "p_kept": 0.9,
-                "clipped": False,
-            }
-        )
-        store.replace_shard(SAMPLE_WEIGHTS, key, w)
+    write_linear_weights(store)
     out = tmp_path / "export"
     outcome = _run(store, out, webdataset=True, shard_size=25, soft_cap_samples=300)
     names: list[str] = []
