@@ -21,7 +21,7 @@ from curation_assets.lib.embed import (
 )
 from curation_assets.lib.engine import LOCAL, LocalEngine, RayEngine, make_engine
 from curation_assets.lib.memory import DEFAULT_MEMORY_BUDGET_MB, MemoryBudget
-from curation_assets.lib.settings import positive_int_env, resolve_paths
+from curation_assets.lib.settings import gpu_fraction_env, positive_int_env, resolve_paths
 from curation_assets.lib.shards import (
     DEFAULT_MAX_CAPTION_BYTES,
     DEFAULT_MAX_FILE_BYTES,
@@ -230,6 +230,13 @@ class Engine(dg.ConfigurableResource):
     max_retries: int = Field(
         default=2, description="Ray: retries of a shard task whose worker or node died."
     )
+    gpus_per_task: float = Field(
+        default=1.0,
+        description="Ray: GPUs each embedding task requests when the cluster has GPUs: 1 = one "
+        "task per GPU; 0.5 or 0.25 = two or four tasks share a GPU (each with its model and "
+        "decode threads: worth it when decoding limits throughput; see `curation bench "
+        "embed-workers`). Env: CURATION_RAY_GPUS_PER_TASK.",
+    )
     env_vars: dict[str, str] = Field(
         default_factory=dict,
         description="Ray: environment variables of the task workers (Ray runtime_env, shown by "
@@ -243,6 +250,7 @@ class Engine(dg.ConfigurableResource):
             self.address,
             max_in_flight=self.max_in_flight,
             max_retries=self.max_retries,
+            gpus_per_task=self.gpus_per_task,
             env_vars=self.env_vars,
         )
 
@@ -263,5 +271,8 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
         "compute": Compute(
             memory_budget_mb=positive_int_env("CURATION_MEMORY_BUDGET_MB", DEFAULT_MEMORY_BUDGET_MB)
         ),
-        "engine": Engine(address=os.environ.get("CURATION_ENGINE", "") or LOCAL),
+        "engine": Engine(
+            address=os.environ.get("CURATION_ENGINE", "") or LOCAL,
+            gpus_per_task=gpu_fraction_env("CURATION_RAY_GPUS_PER_TASK"),
+        ),
     }

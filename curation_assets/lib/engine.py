@@ -259,6 +259,11 @@ def bounded_completion(
         raise error
 
 
+def gpu_slots(gpus: float, gpus_per_task: float) -> int:
+    """GPU tasks that run at once on ``gpus`` GPUs when each asks for ``gpus_per_task``."""
+    return max(1, int(gpus / gpus_per_task + 1e-9))
+
+
 def _ray_progress(key: str) -> Progress:
     def progress(sentence: str) -> None:
         logger.info("%s: %s", key, sentence)
@@ -292,6 +297,10 @@ class RayEngine:
             or GPUs for GPU work), so each slot has one shard queued behind the running one.
         max_retries: Ray's retries of a task whose worker or node died.
         num_cpus: CPUs each task requests.
+        gpus_per_task: GPUs a GPU task requests: 1 (default) = a GPU per task; a fraction
+            (0.5, 0.25) runs that many tasks on one GPU at once, each with its own model copy
+            and decode threads, which helps when decoding, not the forward pass, is the
+            bottleneck (``curation bench embed-workers`` measures it).
         env_vars: Environment variables of the task workers (Ray ``runtime_env``), e.g.
             ``CURATION_MEMORY_BUDGET_MB`` or object-store credentials; workers with other
             variables are other processes.
@@ -306,9 +315,14 @@ class RayEngine:
         max_in_flight: int = 0,
         max_retries: int = 2,
         num_cpus: float = 1,
+        gpus_per_task: float = 1,
         env_vars: dict[str, str] | None = None,
     ) -> None:
+        if gpus_per_task <= 0 or (gpus_per_task > 1 and not float(gpus_per_task).is_integer()):
+            msg = f"gpus_per_task={gpus_per_task}: a fraction in (0, 1] or a whole number"
+            raise ConfigError(msg)
         self.address = address
+        self.gpus_per_task = float(gpus_per_task)
         self.max_in_flight = max_in_flight
         self.max_retries = max_retries
         self.num_cpus = num_cpus
@@ -368,11 +382,15 @@ class RayEngine:
         resources = self.connect()
         gpus = int(resources.get("GPU", 0))
         use_gpu = wants_gpu and gpus > 0
-        slots = gpus if use_gpu else max(1, int(resources.get("CPU", 1) // self.num_cpus))
+        slots = (
+            gpu_slots(gpus, self.gpus_per_task)
+            if use_gpu
+            else max(1, int(resources.get("CPU", 1) // self.num_cpus))
+        )
         limit = self.max_in_flight or 2 * slots
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
-            "num_gpus": 1 if use_gpu else 0,
+            "num_gpus": self.gpus_per_task if use_gpu else 0,
             "max_retries": self.max_retries,
             "retry_exceptions": False,  # a work function's own error is not retried by Ray
         }

@@ -97,6 +97,22 @@ def save_settings(home: Path, **values: str) -> None:
     (home / SETTINGS_FILE).write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
+def gpu_fraction_env(name: str, default: float = 1.0) -> float:
+    """GPUs per task from environment variable ``name``: a fraction in (0, 1] or a whole number.
+
+    Raises:
+        ValueError: If it is set to anything else (the message names the variable).
+    """
+    raw = os.environ.get(name, "") or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0 or (value > 1 and not value.is_integer()):
+        raise ValueError(f"{name}={raw!r}: expected a fraction in (0, 1] or a whole number")
+    return value
+
+
 def positive_int_env(name: str, default: int) -> int:
     """The whole number >= 1 in environment variable ``name`` (``default`` when unset).
 

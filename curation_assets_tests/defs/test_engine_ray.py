@@ -168,6 +168,15 @@ def gpu_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]:
     return {"gpu_ids": ray.get_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
+def shared_gpu_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """A GPU task that holds its slot for a while (importable by the workers)."""
+    import ray
+
+    started = time.time()
+    time.sleep(1.5)
+    return {"gpu_ids": ray.get_gpu_ids(), "span": (started, time.time())}
+
+
 def oserror_work(key: str, progress: Callable[[str], None]) -> None:
     """A work function failing the way an unreachable bucket does (importable by the workers)."""
     raise OSError(5, f"storage gone while writing {key}")
@@ -191,6 +200,8 @@ def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
         results = list(engine.map_shards(gpu_work, [f"s{i}" for i in range(4)], wants_gpu=True))
         peak = engine.peak_in_flight
         cpu = list(engine.map_shards(gpu_work, ["c0", "c1"]))
+        halves = RayEngine(cluster.address, gpus_per_task=0.5)
+        shared = list(halves.map_shards(shared_gpu_work, ["h0", "h1"], wants_gpu=True))
         # a work's own OSError comes back as itself, naming the shard (Ray raises a class
         # derived from RayTaskError and OSError, without RayTaskError's pid attribute)
         with pytest.raises(OSError, match="storage gone while writing bad") as failed:
@@ -202,6 +213,11 @@ def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
     assert len({r.pid for r in results}) == 1  # one worker process ran all four GPU tasks
     assert [r.value["gpu_ids"] for r in cpu] == [[], []]  # not asked for: no GPU
     assert peak == 2  # one GPU slot: two tasks submitted at once (one running, one queued)
+    # half a GPU each: both tasks ran at the same time on the one GPU, in two workers
+    assert [r.value["gpu_ids"] for r in shared] == [[0], [0]]
+    (a0, a1), (b0, b1) = (r.value["span"] for r in shared)
+    assert a0 < b1 and b0 < a1, "the two half-GPU tasks did not overlap"
+    assert halves.peak_in_flight == 2
 
 
 @pytest.fixture(scope="module")

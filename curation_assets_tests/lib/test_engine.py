@@ -10,6 +10,7 @@ from curation_assets.lib.engine import (
     RayEngine,
     ShardResult,
     bounded_completion,
+    gpu_slots,
     make_engine,
 )
 from curation_assets.lib.errors import ConfigError
@@ -117,6 +118,24 @@ def test_make_engine_picks_by_address_without_connecting():
     ray = make_engine("127.0.0.1:1", max_in_flight=4, max_retries=1)
     assert isinstance(ray, RayEngine) and ray.address == "127.0.0.1:1"
     assert (ray.max_in_flight, ray.max_retries) == (4, 1)
+
+
+def test_gpus_per_task_fraction_sets_the_gpu_slots_and_bad_values_are_refused(monkeypatch):
+    assert [gpu_slots(1, f) for f in (1, 0.5, 0.25, 1 / 3)] == [1, 2, 4, 3]
+    assert gpu_slots(8, 2) == 4 and gpu_slots(1, 2) == 1
+    assert make_engine("h:1", gpus_per_task=0.25).gpus_per_task == 0.25  # type: ignore[union-attr]
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="gpus_per_task"):
+            RayEngine("h:1", gpus_per_task=bad)
+    from curation_assets.lib.settings import gpu_fraction_env
+
+    monkeypatch.setenv("CURATION_RAY_GPUS_PER_TASK", "0.5")
+    assert gpu_fraction_env("CURATION_RAY_GPUS_PER_TASK") == 0.5
+    monkeypatch.setenv("CURATION_RAY_GPUS_PER_TASK", "half")
+    with pytest.raises(ValueError, match="CURATION_RAY_GPUS_PER_TASK='half'"):
+        gpu_fraction_env("CURATION_RAY_GPUS_PER_TASK")
+    monkeypatch.delenv("CURATION_RAY_GPUS_PER_TASK")
+    assert gpu_fraction_env("CURATION_RAY_GPUS_PER_TASK") == 1.0
 
 
 def test_a_ray_result_says_which_node_ran_it():
