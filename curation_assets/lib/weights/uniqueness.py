@@ -93,8 +93,8 @@ def uniqueness_settings(settings: Mapping[str, Any]) -> dict[str, float] | None:
     Raises:
         ValueError: On a non-finite power or a floor outside (0, 2].
     """
-    power = float(settings.get("uniqueness_power") or 0.0)
-    floor = float(settings.get("uniqueness_floor") or DEFAULT_UNIQUENESS_FLOOR)
+    power = float(settings.get("uniqueness_power", DEFAULT_UNIQUENESS_POWER))
+    floor = float(settings.get("uniqueness_floor", DEFAULT_UNIQUENESS_FLOOR))
     if not math.isfinite(power):
         msg = f"uniqueness_power={power}: expected a finite number (0 = off, e.g. 0.5 or 1)"
         raise ValueError(msg)
