@@ -5,8 +5,6 @@ setting change forces. Each test builds its own corpus (write_weight_inputs, 8-d
 Delta root, plus ``image_uniqueness`` rows written here (a seeded score per image).
 """
 
-from datetime import UTC, datetime
-
 import numpy as np
 import polars as pl
 import pytest
@@ -14,7 +12,6 @@ import pytest
 from curation_assets.lib import commits
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
-    IMAGE_EMBEDDINGS,
     IMAGE_UNIQUENESS,
     SAMPLE_WEIGHTS,
     WEIGHT_SHARD_STATS,
@@ -33,38 +30,9 @@ from curation_assets_tests.lib.weights.test_update import (
     _run,
     _weights,
 )
+from curation_assets_tests.weights_inputs import write_uniqueness
 
 ON = {"uniqueness_power": 1.0, "uniqueness_floor": 0.01}
-
-
-def _score(store: DeltaStore, shards: tuple[str, ...] | list[str], seed: int = 0) -> pl.DataFrame:
-    """Write ``image_uniqueness`` for ``shards``; returns the rows.
-
-    A seeded score in [0, 0.6] per embedded image (a few exact 0s, as for images with k copies).
-    """
-    frames = []
-    for shard in shards:
-        ids = store.read(IMAGE_EMBEDDINGS, shards=[shard], columns=["image_id"])["image_id"]
-        rng = np.random.default_rng([seed, sum(shard.encode())])
-        u = rng.uniform(0.0, 0.6, ids.len()).astype(np.float32)
-        u[::25] = 0.0
-        rows = pl.DataFrame(
-            {
-                "image_id": ids,
-                "shard": shard,
-                "uniqueness": u,
-                "k": 5,
-                "neighbours_found": 5,
-                "nearest_id": ids.shift(1),
-                "nearest_similarity": 1.0 - u,
-                "index_images": 1000,
-                "model_id": "test:model@none",
-                "scored_at": datetime(2026, 1, 1, tzinfo=UTC),
-            }
-        )
-        store.replace_shard(IMAGE_UNIQUENESS, shard, IMAGE_UNIQUENESS.conform(rows))
-        frames.append(rows)
-    return pl.concat(frames).select("image_id", "shard", "uniqueness")
 
 
 def _with_scores(store: DeltaStore) -> pl.DataFrame:
@@ -88,7 +56,7 @@ def _expected(frame: pl.DataFrame, term: UniquenessTerm, scale: float) -> np.nda
 def test_off_by_default_the_weights_ignore_the_uniqueness_table(tmp_path):
     plain = _corpus(tmp_path / "plain")
     scored = _corpus(tmp_path / "scored")
-    _score(scored, BASE)
+    write_uniqueness(scored, BASE)
     a, b = _run(plain), _run(scored)
     assert _weights(scored).equals(_weights(plain))  # bit for bit
     assert b.summary["uniqueness_power"] == 0.0 and b.summary["uniqueness"] is None
@@ -104,7 +72,7 @@ def test_off_by_default_the_weights_ignore_the_uniqueness_table(tmp_path):
 
 def test_with_a_positive_power_more_unique_images_weigh_more_mean_one_within_bounds(tmp_path):
     store = _corpus(tmp_path)
-    _score(store, BASE)
+    write_uniqueness(store, BASE)
     _run(store)
     off = _weights(store)
     out = _run(store, **ON)
@@ -138,7 +106,7 @@ def test_with_a_positive_power_more_unique_images_weigh_more_mean_one_within_bou
 
 def test_a_negative_power_favours_typical_images(tmp_path):
     store = _corpus(tmp_path)
-    _score(store, BASE)
+    write_uniqueness(store, BASE)
     out = _run(store, uniqueness_power=-1.0)
     on = _with_scores(store)
     term = UniquenessTerm(-1.0, 0.01, out.summary["uniqueness_reference"])
@@ -150,7 +118,7 @@ def test_a_negative_power_favours_typical_images(tmp_path):
 
 def test_images_without_a_score_get_multiplier_one_and_are_counted(tmp_path):
     store = _corpus(tmp_path)
-    _score(store, BASE[:2])  # shard-c not scored yet
+    write_uniqueness(store, BASE[:2])  # shard-c not scored yet
     out = _run(store, **ON)
     on = _with_scores(store)
     missing = on.filter(pl.col("uniqueness").is_null())
@@ -165,7 +133,7 @@ def test_images_without_a_score_get_multiplier_one_and_are_counted(tmp_path):
     np.testing.assert_allclose(on["weight"], _expected(on, term, out.summary["scale"]), rtol=1e-12)
     assert abs(out.totals["mean"] - 1.0) <= SETTINGS["mean_tolerance"]
     # the scores land: the next run re-weights that shard alone, reading only its scores
-    _score(store, ["shard-c"])
+    write_uniqueness(store, ["shard-c"])
     watched = RecordingStore(store.root_uri)
     again = update_weights(watched, {**SETTINGS, **ON}, BUDGET, _no_encoder)
     assert again.plan.mode == "incremental" and again.plan.shards == ["shard-c"]
@@ -176,10 +144,10 @@ def test_images_without_a_score_get_multiplier_one_and_are_counted(tmp_path):
 
 def test_incremental_uniqueness_weights_equal_a_rescore_with_the_same_term(tmp_path):
     store = _corpus(tmp_path)
-    _score(store, BASE)
+    write_uniqueness(store, BASE)
     full = _run(store, **ON)
     _add(store, tmp_path, "shard-d", 150, seed=7)
-    _score(store, ["shard-d"])
+    write_uniqueness(store, ["shard-d"])
     watched = RecordingStore(store.root_uri)
     inc = update_weights(watched, {**SETTINGS, **ON}, BUDGET, _no_encoder)
     assert inc.plan.mode == "incremental" and inc.plan.shards == ["shard-d"]
@@ -197,7 +165,7 @@ def test_incremental_uniqueness_weights_equal_a_rescore_with_the_same_term(tmp_p
 
 def test_changing_the_uniqueness_settings_re_weights_everything_and_says_why(tmp_path):
     store = _corpus(tmp_path)
-    _score(store, BASE)
+    write_uniqueness(store, BASE)
     _run(store)
     on = _run(store, **ON)
     assert on.plan.mode == "full" and on.written == len(BASE)
@@ -222,7 +190,7 @@ def test_uniqueness_without_its_table_or_scores_fails_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="image_uniqueness was never materialized.*similarity_job"):
         _run(store, **ON)
     assert store.version(SAMPLE_WEIGHTS.name) is None  # nothing written
-    _score(store, ["shard-elsewhere"])  # the table exists, the sampled shards have no scores
+    write_uniqueness(store, ["shard-elsewhere"])  # a table, but no score in the sampled shards
     assert store.exists(IMAGE_UNIQUENESS.name)
     with pytest.raises(ValueError, match="none of the .* kept images in the probe's sample"):
         _run(store, **ON)
