@@ -4,7 +4,8 @@ A shard is scored once (:mod:`curation_assets.lib.weights.shards`); what the sta
 the whole kept set is then a sum over small per-shard rows, never a pass over every weight:
 
 * :func:`shard_weight_stats` → one :data:`WEIGHT_SHARD_STATS` row (Σw, Σw², min, max, clip
-  counts, Σ raw ratio of the unclipped rows, a :data:`HIST_BINS`-bin log histogram);
+  counts, Σ raw ratio · uniqueness multiplier of the unclipped rows, the uniqueness term and
+  its missing count, a :data:`HIST_BINS`-bin log histogram);
   :func:`weight_totals` sums them: mean, ESS (Kish ``(Σw)²/Σw²``, exact), clipped share,
   min/max (exact) and quantiles (from the histogram: to one bin, ``(w_max/w_min)^(1/HIST_BINS)``,
   2.3 % with the default bounds). :func:`rescale_factor` is the closed-form normaliser that
