@@ -8,7 +8,9 @@ duplicate that dedup removed. Images are real files (``source_uri``) so the expo
 them.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     FILTERED_IMAGES,
     IMAGE_EMBEDDINGS,
+    IMAGE_UNIQUENESS,
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
 )
@@ -159,3 +162,34 @@ def write_linear_weights(store: DeltaStore) -> None:
             }
         )
         store.replace_shard(SAMPLE_WEIGHTS, key, w)
+
+
+def write_uniqueness(store: DeltaStore, shards: Sequence[str], seed: int = 0) -> pl.DataFrame:
+    """Write ``image_uniqueness`` for ``shards``; returns ``image_id, shard, uniqueness``.
+
+    A seeded score in [0, 0.6] per embedded image (every 25th exactly 0, as for an image with k
+    copies). A shard without embeddings gets no rows (the table is still created).
+    """
+    frames = []
+    for shard in shards:
+        ids = store.read(IMAGE_EMBEDDINGS, shards=[shard], columns=["image_id"])["image_id"]
+        rng = np.random.default_rng([seed, sum(shard.encode())])
+        u = rng.uniform(0.0, 0.6, ids.len()).astype(np.float32)
+        u[::25] = 0.0
+        rows = pl.DataFrame(
+            {
+                "image_id": ids,
+                "shard": shard,
+                "uniqueness": u,
+                "k": 5,
+                "neighbours_found": 5,
+                "nearest_id": ids.shift(1),
+                "nearest_similarity": 1.0 - u,
+                "index_images": 1000,
+                "model_id": "test:model@none",
+                "scored_at": datetime(2026, 1, 1, tzinfo=UTC),
+            }
+        )
+        store.replace_shard(IMAGE_UNIQUENESS, shard, IMAGE_UNIQUENESS.conform(rows))
+        frames.append(rows)
+    return pl.concat(frames).select("image_id", "shard", "uniqueness")

@@ -31,6 +31,10 @@ from curation_assets.lib.weights.plan import (
 )
 from curation_assets.lib.weights.run import concept_encoder, weight_histogram
 from curation_assets.lib.weights.scale import total_checks
+from curation_assets.lib.weights.uniqueness import (
+    DEFAULT_UNIQUENESS_FLOOR,
+    DEFAULT_UNIQUENESS_POWER,
+)
 from curation_assets.lib.weights.update import WeightsOutcome, update_weights
 
 GROUP = "weights"
@@ -92,6 +96,20 @@ class WeightsConfig(dg.Config):
     refit_prior_shift: float = Field(
         default=DEFAULT_REFIT_PRIOR_SHIFT,
         description="Refit the probe when the kept share moved more than this since the fit.",
+    )
+    uniqueness_power: float = Field(
+        default=DEFAULT_UNIQUENESS_POWER,
+        description="Fold image_uniqueness into the weights: each weight is multiplied by "
+        "(u / u_ref)^uniqueness_power before clipping and the mean-1 scaling (u_ref: median "
+        "uniqueness of the probe sample's kept images). 0 = off (default); > 0 up-weights "
+        "unique images / outliers, < 0 favours typical ones. Needs image_uniqueness "
+        "(similarity_job); images not scored yet get multiplier 1 (uniqueness_missing). A "
+        "change re-scores every shard.",
+    )
+    uniqueness_floor: float = Field(
+        default=DEFAULT_UNIQUENESS_FLOOR,
+        description="Uniqueness scores below this count as this in the multiplier (a score "
+        "of 0, k exact copies, would give 0, or infinity with a negative power).",
     )
 
 
@@ -177,6 +195,15 @@ def weights_and_audit(
     Memory: the compute budget — the probe's sample (half of it) or one group of shards being
     scored (half of it), never the whole corpus; plus one stats row and ~50 audit-count rows per
     shard.
+
+    ``image_uniqueness`` (``uniqueness_power``) is read when the config asks for it, not
+    declared as a dependency: the automation's ``eager_on`` never runs an asset while a
+    dependency is missing, so a static dependency would hold back the weights and the export
+    of every shard until the optional similarity branch had scored it, for users who never
+    weight by uniqueness too (and ``curation run`` builds the similarity assets after the
+    weights). With the term on, a missing table fails the run with the fix; a shard not
+    scored yet gets multiplier 1 (``uniqueness_missing``) and is re-weighted by the next run
+    after its scores land (the commit records the table's version).
     """
     store = delta.store()
     settings = config.model_dump()
@@ -220,7 +247,7 @@ def _weight_results(
             mean_tolerance=config.mean_tolerance,
         )
     }
-    hidden = ("probe", "concepts", "reason", "mode")
+    hidden = ("probe", "concepts", "reason", "mode", "uniqueness")
     plain = {k: v for k, v in summary.items() if k not in hidden}
     yield dg.MaterializeResult(
         asset_key="sample_weights",

@@ -17,7 +17,7 @@ from curation_assets.lib.commits import last_commit
 from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
 from curation_assets.lib.weights.run import WEIGHTS_STAGE
 from curation_assets_tests.defs.helpers import check_results
-from curation_assets_tests.weights_inputs import write_weight_inputs
+from curation_assets_tests.weights_inputs import write_uniqueness, write_weight_inputs
 
 CHECKS = {
     "weights_finite_positive",
@@ -125,3 +125,38 @@ def test_a_check_only_setting_changes_nothing_and_a_bad_setting_fails_clearly(wo
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure is not None and "C=-1.0" in failure.message
+
+
+def test_uniqueness_power_weights_by_uniqueness_and_reports_it(tmp_path):
+    delta = DeltaStorage(root_uri=str(tmp_path / "delta"))
+    store = delta.store()
+    write_weight_inputs(store, tmp_path / "images", images=False)
+    res = {"delta": delta, "embedder": ImageEmbedder(), "compute": Compute()}
+    with dg.instance_for_test() as instance:
+        failed = dg.materialize(
+            [weights_and_audit],
+            instance=instance,
+            resources=res,
+            run_config=dg.RunConfig(
+                ops={"weights_and_audit": {"config": {"pca_dim": 4, "uniqueness_power": 1.0}}}
+            ),
+            raise_on_error=False,
+        )
+        assert not failed.success
+        error = failed.get_step_failure_events()[0].step_failure_data.error
+        assert error is not None and "image_uniqueness was never materialized" in error.message
+        write_uniqueness(store, ["shard-a"])  # shard-b not scored yet
+        off = _metadata(_materialize(instance, res, pca_dim=4))["sample_weights"]
+        assert off["uniqueness_power"].value == 0.0 and "uniqueness_missing" not in off
+        result = _materialize(instance, res, pca_dim=4, uniqueness_power=1.0)
+    meta = _metadata(result)["sample_weights"]
+    checks = check_results(result)
+    for name in ("weights_finite_positive", "weights_mean_one", "weights_within_bounds"):
+        assert checks[name] is True, name
+    assert meta["mode"].value == "full"
+    assert meta["reason"].value == "uniqueness settings changed: uniqueness_power 0.0 → 1.0"
+    assert meta["uniqueness_power"].value == 1.0 and meta["uniqueness_floor"].value == 0.01
+    assert 0.0 < meta["uniqueness_reference"].value <= 0.6
+    kept_b = store.read(SAMPLE_WEIGHTS).filter(shard="shard-b").height
+    assert kept_b > 0 and meta["uniqueness_missing"].value == kept_b
+    assert meta["uniqueness_multiplier_mean"].value > 0

@@ -32,9 +32,11 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    IMAGE_UNIQUENESS,
     N_CLUSTERINGS,
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
+    WEIGHT_SHARD_STATS,
     assignments_spec,
     centroids_spec,
 )
@@ -229,15 +231,68 @@ def weights_stage(ctx: Context) -> Stage:
                 )
     concepts = audit.filter(pl.col("attribute") == "concept")["value"].unique().to_list()
     details = {**row, "attribute_shares": shares, "concepts_not_determined": sorted(concepts)}
+    uniqueness, usources = _uniqueness(ctx, row)
+    sources += usources
+    if uniqueness is not None:
+        details["uniqueness"] = uniqueness
     direction = "up-weighted" if row["weight"] > 1 else "down-weighted"
     summary = (
         f"Weight {row['weight']:.3f} ({direction}; P(kept | x) ≈ {row['p_kept']:.2f}"
         + (", clipped" if row["clipped"] else "")
+        + (f"; {_uniqueness_text(uniqueness)}" if uniqueness is not None else "")
         + f"): it counts as {row['weight']:.2f} images towards "
         + (", ".join(f"{s['attribute']}={s['value']}" for s in shares) or "its attributes")
         + "."
     )
     return Stage("weights", "weighted", summary, details, sources)
+
+
+UNIQUENESS_COLUMNS = ["scale", "uniqueness_power", "uniqueness_floor", "uniqueness_reference"]
+
+
+def _uniqueness(ctx: Context, row: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Source]]:
+    """The uniqueness multiplier in the image's weight, when its shard was weighted with one.
+
+    The term (α, floor, u_ref) and scale come from the shard's ``weight_shard_stats`` row; the
+    score from the image's ``image_uniqueness`` row. An unclipped weight shows the multiplier
+    it was made with exactly (``weight / (scale · raw_ratio)``, whatever the score is now); a
+    clipped one the multiplier of the current score (1 without one).
+    """
+    if "uniqueness_power" not in ctx.snap.columns(WEIGHT_SHARD_STATS):
+        return None, []
+    stats, src = ctx.snap.read(
+        WEIGHT_SHARD_STATS,
+        where=[[("shard", "=", ctx.shard)]],
+        columns=UNIQUENESS_COLUMNS,
+        scope=f"shard={ctx.shard}",
+    )
+    if not stats.height or stats["uniqueness_power"][0] is None:
+        return None, [src]
+    term = stats.row(0, named=True)
+    found, usrc = ctx.rows(IMAGE_UNIQUENESS, ["uniqueness"])
+    score = float(found["uniqueness"][0]) if found.height else None
+    if not row["clipped"] and term["scale"] and row["raw_ratio"]:
+        multiplier = row["weight"] / (term["scale"] * row["raw_ratio"])
+    elif score is None:
+        multiplier = 1.0
+    else:
+        floored = max(score, term["uniqueness_floor"])
+        multiplier = (floored / term["uniqueness_reference"]) ** term["uniqueness_power"]
+    return {
+        "score": score,
+        "power": term["uniqueness_power"],
+        "floor": term["uniqueness_floor"],
+        "reference": term["uniqueness_reference"],
+        "multiplier": multiplier,
+    }, [src, usrc]
+
+
+def _uniqueness_text(u: dict[str, Any]) -> str:
+    score = "no score" if u["score"] is None else f"{u['score']:.3f}"
+    return (
+        f"uniqueness {score} vs median {u['reference']:.3f} → ×{u['multiplier']:.2f} "
+        f"(uniqueness_power {u['power']:g})"
+    )
 
 
 def export_stage(ctx: Context, export_dir: Path | str | None) -> Stage:

@@ -183,6 +183,15 @@ class Snapshot:
         ]
         return max(committed) if committed else None
 
+    def columns(self, spec: TableSpec) -> list[str]:
+        """The columns table ``spec`` had at its version ([] when absent then).
+
+        A table written before a column was added to its spec lacks it: read only these.
+        """
+        version = self.version(spec.name)
+        table = None if version is None else self._open(spec.name, version)
+        return [] if table is None else [f.name for f in table.schema().fields]
+
     def shards(self, spec: TableSpec) -> set[str]:
         """The shards present in a shard-partitioned table at its version (Delta log only)."""
         version = self.version(spec.name)

@@ -23,8 +23,9 @@ SAMPLE_WEIGHTS = TableSpec(
         Column(
             "weight",
             pl.Float64,
-            "Training weight: clip(scale · raw_ratio, w_min, w_max); the kept set's mean is 1 "
-            "within the stage's mean_tolerance (see weight_shard_stats.scale).",
+            "Training weight: clip(scale · raw_ratio · m, w_min, w_max), m the uniqueness "
+            "multiplier (1 unless uniqueness_power is set); the kept set's mean is 1 within the "
+            "stage's mean_tolerance (see weight_shard_stats.scale).",
         ),
         Column(
             "raw_ratio",
@@ -77,12 +78,37 @@ WEIGHT_SHARD_STATS = TableSpec(
         Column("n_bad", pl.Int64, "Weights that are not finite or ≤ 0 (expected 0)."),
         Column("n_clipped_low", pl.Int64, "Rows with scale · raw_ratio < w_min."),
         Column("n_clipped_high", pl.Int64, "Rows with scale · raw_ratio > w_max."),
-        Column("ratio_sum_unclipped", pl.Float64, "Σ raw_ratio over the unclipped rows."),
+        Column(
+            "ratio_sum_unclipped",
+            pl.Float64,
+            "Σ raw_ratio · m (m: uniqueness multiplier, 1 when off) over the unclipped rows.",
+        ),
         Column("raw_ratio_sum", pl.Float64, "Σ raw_ratio over the kept rows."),
         Column(
             "histogram",
             pl.List(pl.Int64),
             "Kept rows per log-spaced weight bin over [w_min, w_max] (quantiles, plot).",
+        ),
+        Column(
+            "uniqueness_power",
+            pl.Float64,
+            "α of the uniqueness multiplier m = (max(u, floor) / u_ref)^α; null: not used.",
+        ),
+        Column("uniqueness_floor", pl.Float64, "floor of the multiplier (null: not used)."),
+        Column(
+            "uniqueness_reference",
+            pl.Float64,
+            "u_ref: median floored uniqueness of the probe sample's kept images (null: not used).",
+        ),
+        Column(
+            "n_uniqueness_missing",
+            pl.Int64,
+            "Kept rows without an image_uniqueness score (m = 1); null: not used.",
+        ),
+        Column(
+            "uniqueness_multiplier_sum",
+            pl.Float64,
+            "Σ m over the kept rows that had a score; null: not used.",
         ),
     ),
 )

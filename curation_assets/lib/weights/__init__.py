@@ -10,7 +10,8 @@
 * :mod:`.update` — the stage over Delta, shard by shard: :mod:`.plan` (full / rescore /
   incremental / current and why, the drift rules), :mod:`.probe` (the probe on a bounded,
   seeded sample; kept in ``weight_probes``), :mod:`.shards` (read and score one shard),
-  :mod:`.totals` (per-shard sums → the mean-1 normaliser, ESS, checks and the audit).
+  :mod:`.totals` (per-shard sums → the mean-1 normaliser, ESS, checks and the audit),
+  :mod:`.uniqueness` (the opt-in ``image_uniqueness`` multiplier, ``uniqueness_power``).
 * :mod:`.run` — the concept encoder, the histogram helper, and the whole-corpus in-memory
   reference path (:func:`~.run.load_weight_inputs`, :func:`~.run.fit_weights`).
 

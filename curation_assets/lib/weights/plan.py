@@ -5,16 +5,18 @@ with :func:`~curation_assets.lib.commits.last_commit`):
 
 * **full** — fit a new probe on a bounded sample and score every shard. When: the first run;
   ``mode=full`` asked for; a setting that shapes the probe or the weights changed
-  (:data:`PROBE_FIELDS`); the embedding model of a shard to score is not the probe's; the
-  reference set grew or shrank by more than ``refit_growth`` × its size at the probe's fit
-  (the sample must stay representative: with the default 1.0 the probe is refitted each time
-  the corpus doubles, so every image is scored at most ~2 times over the corpus' life); or the
-  kept share ``π_kept`` moved more than ``refit_prior_shift`` from the fit's.
+  (:data:`PROBE_FIELDS`, or the uniqueness term's ``uniqueness_power`` / ``uniqueness_floor``:
+  its ``u_ref`` is set at a fit, :mod:`~.uniqueness`); the embedding model of a shard to score
+  is not the probe's; the reference set grew or shrank by more than ``refit_growth`` × its
+  size at the probe's fit (the sample must stay representative: with the default 1.0 the probe
+  is refitted each time the corpus doubles, so every image is scored at most ~2 times over the
+  corpus' life); or the kept share ``π_kept`` moved more than ``refit_prior_shift`` from the fit's.
 * **rescore** — score every shard with the committed probe: an audit setting changed
   (:data:`AUDIT_FIELDS`: every shard's counts change).
 * **incremental** — score only the shards whose inputs changed since the versions the commit
   recorded (``DeltaStore.changed_shards`` on ``raw_images``, ``image_embeddings`` and
-  ``deduplicated_images``: the Delta log only), the shards never scored, and the shards a run
+  ``deduplicated_images``, and ``image_uniqueness`` when the weights use it: the Delta log
+  only), the shards never scored, and the shards a run
   killed before its commit wrote (``changed_shards`` on ``sample_weights`` since the committed
   version); delete the rows of shards that are gone. Every other shard is never read.
 * **current** — nothing of that: nothing is written.
@@ -38,6 +40,7 @@ from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     IMAGE_EMBEDDINGS,
+    IMAGE_UNIQUENESS,
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
     WEIGHT_PROBES,
@@ -45,11 +48,14 @@ from curation_assets.lib.tables import (
 )
 from curation_assets.lib.weights.probe import SampledProbe, load_probe
 from curation_assets.lib.weights.shards import shard_sizes
+from curation_assets.lib.weights.totals import upgrade_stats
+from curation_assets.lib.weights.uniqueness import UniquenessTerm, uniqueness_settings
 
 WEIGHTS_STAGE = "weights"
 """The stage's name in ``stage_commits``."""
 WEIGHTS_INPUTS = (DEDUPLICATED_IMAGES.name, IMAGE_EMBEDDINGS.name, RAW_IMAGES.name)
-"""The tables whose versions the stage's commit records."""
+"""The tables whose versions the stage's commit records (plus ``image_uniqueness`` when the
+weights use it: :func:`weights_inputs`)."""
 
 PROBE_FIELDS = ("correct_for", "method", "C", "pca_dim", "seed", "w_min", "w_max")
 """Settings that shape the probe or the weights: a change refits (mode full)."""
@@ -76,6 +82,7 @@ class WeightsPlan:
         scale: The committed normaliser (None for full).
         kept_stats: The committed per-shard stats of the shards not re-scored.
         torn: Outputs written after the last commit by a run that did not finish.
+        uniqueness: The committed uniqueness term (None for full, or when it is off).
     """
 
     mode: str
@@ -88,14 +95,38 @@ class WeightsPlan:
     scale: float | None = None
     kept_stats: pl.DataFrame | None = None
     torn: list[str] = field(default_factory=list)
+    uniqueness: UniquenessTerm | None = None
 
 
 def settings_record(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the settings a commit records and the next run compares."""
-    return {
+    """The part of the settings a commit records and the next run compares.
+
+    The uniqueness term is recorded only when it is on, so the record of a run with it off is
+    the record of a run made before it existed (no full re-score after an upgrade).
+    """
+    record: dict[str, Any] = {
         "probe": {k: settings[k] for k in PROBE_FIELDS},
         "audit": {k: settings[k] for k in AUDIT_FIELDS},
     }
+    uniqueness = uniqueness_settings(settings)
+    if uniqueness is not None:
+        record["uniqueness"] = uniqueness
+    return record
+
+
+def weights_inputs(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tables whose versions a run's commit records and whose changed shards it re-scores."""
+    if uniqueness_settings(settings) is None:
+        return WEIGHTS_INPUTS
+    return (*WEIGHTS_INPUTS, IMAGE_UNIQUENESS.name)
+
+
+def committed_term(commit: Commit) -> UniquenessTerm | None:
+    """The uniqueness term a commit's weights were made with (None: off)."""
+    term = commit.summary.get("uniqueness")
+    if not term:
+        return None
+    return UniquenessTerm(float(term["power"]), float(term["floor"]), float(term["reference"]))
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -150,7 +181,12 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
     old = commit.config
     if old.get("probe") != record["probe"]:
         return full("probe settings changed: " + _diff(old.get("probe", {}), record["probe"]))
-    stats = store.read(WEIGHT_SHARD_STATS, version=commit.outputs.get(WEIGHT_SHARD_STATS.name))
+    if old.get("uniqueness") != record.get("uniqueness"):
+        return full(_uniqueness_change(old.get("uniqueness"), record.get("uniqueness")))
+    stats = upgrade_stats(
+        store.read(WEIGHT_SHARD_STATS, version=commit.outputs.get(WEIGHT_SHARD_STATS.name))
+    )
+    term = committed_term(commit)
     probe = load_probe(store, commit.summary["probe_id"], commit.outputs.get(WEIGHT_PROBES.name))
     scale = float(commit.summary["scale"])
     scored = set(stats["shard"].to_list())
@@ -168,9 +204,10 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
             scale,
             stats.clear(),
             torn,
+            term,
         )
     changed: set[str] = set()
-    for table in WEIGHTS_INPUTS:
+    for table in weights_inputs(settings):
         changed |= store.changed_shards(table, commit.inputs.get(table))
     changed |= store.changed_shards(SAMPLE_WEIGHTS.name, commit.outputs.get(SAMPLE_WEIGHTS.name))
     todo = sorted((changed | (set(present) - scored)) & set(present))
@@ -187,6 +224,7 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
                 scale,
                 stats,
                 torn,
+                term,
             )
         return WeightsPlan(
             "current",
@@ -198,6 +236,7 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
             probe,
             scale,
             stats,
+            uniqueness=term,
         )
     keep = stats.filter(~pl.col("shard").is_in(todo + removed))
     sizes = shard_sizes(store, settings["correct_for"], todo)
@@ -243,7 +282,16 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
         scale,
         keep,
         torn,
+        term,
     )
+
+
+def _uniqueness_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str:
+    """The reason of a full run after the uniqueness settings changed (off = power 0)."""
+    keys = ("power", "floor") if old and new else ("power",)
+    o, n = old or {"power": 0.0}, new or {"power": 0.0}
+    changes = [f"uniqueness_{k} {o.get(k)!r} → {n.get(k)!r}" for k in keys if o.get(k) != n.get(k)]
+    return "uniqueness settings changed: " + ", ".join(changes)
 
 
 def mean_off(totals: Mapping[str, Any], tolerance: float) -> bool:

@@ -223,8 +223,12 @@ def fit_sampled_probe(
     w_min: float,
     w_max: float,
     settings: dict[str, Any] | None = None,
+    multiplier: np.ndarray | None = None,
 ) -> SampledProbe:
     """Fit the probe on the sample; estimate the normaliser on the sample's kept rows.
+
+    With ``multiplier`` ((n,) float64, aligned with the sample's rows: the uniqueness term of
+    :mod:`~.uniqueness`), the normaliser is the one of ``ratio · multiplier``.
 
     The kept rows of the sample are a uniform draw of the corpus' kept rows (one rate inside
     the sampled shards), so the scale that gives them mean 1 is the corpus' up to sampling
@@ -257,7 +261,10 @@ def fit_sampled_probe(
     scale = 1.0
     if rows.size:
         log_r = model.log_ratio(np.asarray(sample.x[rows], np.float64), model.fold_of(rows))
-        _, _, scale = clip_normalize(np.exp(log_r), w_min, w_max)
+        ratio = np.exp(log_r)
+        if multiplier is not None:
+            ratio = ratio * np.asarray(multiplier, np.float64)[rows]
+        _, _, scale = clip_normalize(ratio, w_min, w_max)
     digest = hashlib.blake2b(digest_size=16)
     what = [settings or {}, n_reference, n_kept, per_class, sample.model_id, sample.shards]
     digest.update(json.dumps(what, sort_keys=True, default=str).encode())

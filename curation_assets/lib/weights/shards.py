@@ -33,6 +33,7 @@ from curation_assets.lib.weights.audit import TextEncoder, audit_attributes
 from curation_assets.lib.weights.fit import DensityRatioModel, sigmoid
 from curation_assets.lib.weights.scale import _check_bounds
 from curation_assets.lib.weights.totals import shard_audit_counts, shard_weight_stats
+from curation_assets.lib.weights.uniqueness import UniquenessTerm
 
 RAW_COLUMNS = ["image_id", "shard", "source_uri", "caption", "width", "height", "format"]
 BYTES_PER_VALUE = 4
@@ -197,13 +198,17 @@ def score_shard(
     keywords: Sequence[str] = (),
     concepts: Mapping[str, str] | None = None,
     text_encoder: TextEncoder | None = None,
+    uniqueness: UniquenessTerm | None = None,
+    uniqueness_scores: pl.DataFrame | None = None,
 ) -> ShardScore:
     """Weights, stats and audit counts of one shard with a fitted probe and a fixed scale.
 
     A row that was in the probe's training sample (``train_folds``) is scored by the fold
     probe that did not see it; every other row by the mean of the fold probes. ``weight =
-    clip(scale · ratio, w_min, w_max)`` — the scale is global (the stage's), so every shard
-    scored with the same probe and scale gets the weights a single pass would give.
+    clip(scale · ratio · m, w_min, w_max)`` with ``m`` the uniqueness multiplier (1 when
+    ``uniqueness`` is None; :mod:`~.uniqueness`) — the scale and the term are global (the
+    stage's), so every shard scored with the same probe, scale and term gets the weights a
+    single pass would give.
 
     Args:
         shard: The shard.
@@ -220,6 +225,9 @@ def score_shard(
         keywords: Extra caption keywords for the audit.
         concepts: Zero-shot concepts for the audit (with ``text_encoder``).
         text_encoder: The image model's text tower, or None.
+        uniqueness: The uniqueness term, or None (off).
+        uniqueness_scores: The shard's ``image_id, uniqueness`` rows (None: none yet; each
+            kept row without one gets m = 1 and is counted as missing).
 
     Raises:
         ValueError: On non-finite embeddings, a dimension the probe does not expect, or bounds
@@ -247,10 +255,15 @@ def score_shard(
             raise ValueError(msg)
         log_r[start : start + idx.size] = model.log_ratio(xb, fold[start : start + idx.size])
     raw = np.exp(log_r)
-    scaled = scale * raw
+    kept_frame = frame.filter(pl.col("kept"))
+    multiplier, missing = (
+        uniqueness.multipliers(kept_frame["image_id"].to_list(), uniqueness_scores)
+        if uniqueness is not None
+        else (None, None)
+    )
+    scaled = scale * (raw if multiplier is None else raw * multiplier)
     low, high = scaled < w_min, scaled > w_max
     weight = np.clip(scaled, w_min, w_max)
-    kept_frame = frame.filter(pl.col("kept"))
     weights = SAMPLE_WEIGHTS.conform(
         pl.DataFrame(
             {
@@ -277,6 +290,9 @@ def score_shard(
         w_max=w_max,
         probe_id=probe_id,
         model_id=model_id,
+        multiplier=multiplier,
+        uniqueness=None if uniqueness is None else uniqueness.record(),
+        uniqueness_missing=missing,
     )
     if frame.height:
         attributes = audit_attributes(

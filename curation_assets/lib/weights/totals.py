@@ -4,7 +4,8 @@ A shard is scored once (:mod:`curation_assets.lib.weights.shards`); what the sta
 the whole kept set is then a sum over small per-shard rows, never a pass over every weight:
 
 * :func:`shard_weight_stats` → one :data:`WEIGHT_SHARD_STATS` row (Σw, Σw², min, max, clip
-  counts, Σ raw ratio of the unclipped rows, a :data:`HIST_BINS`-bin log histogram);
+  counts, Σ raw ratio · uniqueness multiplier of the unclipped rows, the uniqueness term and
+  its missing count, a :data:`HIST_BINS`-bin log histogram);
   :func:`weight_totals` sums them: mean, ESS (Kish ``(Σw)²/Σw²``, exact), clipped share,
   min/max (exact) and quantiles (from the histogram: to one bin, ``(w_max/w_min)^(1/HIST_BINS)``,
   2.3 % with the default bounds). :func:`rescale_factor` is the closed-form normaliser that
@@ -19,6 +20,7 @@ Memory: the per-shard rows (one stats row and ~50 count rows per shard).
 """
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,9 @@ def shard_weight_stats(
     w_max: float,
     probe_id: str,
     model_id: str,
+    multiplier: np.ndarray | None = None,
+    uniqueness: Mapping[str, float] | None = None,
+    uniqueness_missing: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One :data:`WEIGHT_SHARD_STATS` row from a shard's kept rows.
 
@@ -69,8 +74,14 @@ def shard_weight_stats(
         w_max: Upper bound.
         probe_id: The probe that scored the shard.
         model_id: The embedding model of the shard.
+        multiplier: (m,) float64 uniqueness multipliers ``m`` of those rows (the scale
+            multiplies ``raw_ratio · m``); None: the term is off (m = 1).
+        uniqueness: The term's ``power``, ``floor``, ``reference`` (with ``multiplier``).
+        uniqueness_missing: (m,) bool, rows without a uniqueness score (with ``multiplier``).
     """
     w = np.asarray(weight, dtype=np.float64)
+    ratio = np.asarray(raw_ratio, dtype=np.float64)
+    scaled = ratio if multiplier is None else ratio * np.asarray(multiplier, np.float64)
     edges = hist_edges(w_min, w_max)
     bins = edges.size - 1
     idx = np.clip(np.searchsorted(edges, w, side="right") - 1, 0, bins - 1)
@@ -89,10 +100,53 @@ def shard_weight_stats(
         "n_bad": int(np.sum(~(np.isfinite(w) & (w > 0)))),
         "n_clipped_low": int(np.sum(clipped_low)),
         "n_clipped_high": int(np.sum(clipped_high)),
-        "ratio_sum_unclipped": float(np.sum(np.asarray(raw_ratio)[mid])),
-        "raw_ratio_sum": float(np.sum(raw_ratio)),
+        "ratio_sum_unclipped": float(np.sum(scaled[mid])),
+        "raw_ratio_sum": float(np.sum(ratio)),
         "histogram": np.bincount(idx, minlength=bins).astype(np.int64).tolist(),
+        **_uniqueness_stats(multiplier, uniqueness, uniqueness_missing),
     }
+
+
+def _uniqueness_stats(
+    multiplier: np.ndarray | None,
+    uniqueness: Mapping[str, float] | None,
+    missing: np.ndarray | None,
+) -> dict[str, Any]:
+    """The stats row's uniqueness columns (nulls when the term is off)."""
+    if multiplier is None or uniqueness is None:
+        return {c: None for c in UNIQUENESS_STATS}
+    miss = np.zeros(len(multiplier), bool) if missing is None else np.asarray(missing, bool)
+    return {
+        "uniqueness_power": float(uniqueness["power"]),
+        "uniqueness_floor": float(uniqueness["floor"]),
+        "uniqueness_reference": float(uniqueness["reference"]),
+        "n_uniqueness_missing": int(miss.sum()),
+        "uniqueness_multiplier_sum": float(np.sum(np.asarray(multiplier)[~miss])),
+    }
+
+
+UNIQUENESS_STATS = (
+    "uniqueness_power",
+    "uniqueness_floor",
+    "uniqueness_reference",
+    "n_uniqueness_missing",
+    "uniqueness_multiplier_sum",
+)
+"""The :data:`WEIGHT_SHARD_STATS` columns of the uniqueness term (added after the others)."""
+
+
+def upgrade_stats(stats: pl.DataFrame) -> pl.DataFrame:
+    """Committed stats rows in the current schema.
+
+    Columns a table written before they existed lacks (the uniqueness term's) are added as
+    nulls ("not used").
+    """
+    missing = [c for c in WEIGHT_SHARD_STATS.columns if c.name not in stats.columns]
+    if not missing:
+        return stats
+    return WEIGHT_SHARD_STATS.conform(
+        stats.with_columns(pl.lit(None, c.dtype).alias(c.name) for c in missing)
+    )
 
 
 def stats_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -139,6 +193,7 @@ def weight_totals(stats: pl.DataFrame, *, w_min: float, w_max: float) -> dict[st
             "raw_ratio_mean": math.fsum(s["raw_ratio_sum"].to_list()) / n,
         }
     )
+    out.update(_uniqueness_totals(s, n))
     cum = np.cumsum(counts)
     for q in QUANTILES:
         b = int(np.searchsorted(cum, q * n, side="left"))
@@ -147,6 +202,25 @@ def weight_totals(stats: pl.DataFrame, *, w_min: float, w_max: float) -> dict[st
     shown = [int(counts[i : i + step].sum()) for i in range(0, counts.size, step)]
     out["histogram"] = {"edges": [float(e) for e in fine_edges[::step]], "counts": shown}
     return out
+
+
+def _uniqueness_totals(stats: pl.DataFrame, n: int) -> dict[str, Any]:
+    """``uniqueness_missing`` and ``uniqueness_multiplier_mean`` (over the rows with a score).
+
+    Only when the shards were weighted with the uniqueness term; nothing otherwise.
+    """
+    if "n_uniqueness_missing" not in stats.columns:
+        return {}
+    used = stats.filter(pl.col("n_uniqueness_missing").is_not_null())
+    if used.is_empty():
+        return {}
+    missing = int(used["n_uniqueness_missing"].sum())
+    scored = n - missing
+    total = math.fsum(used["uniqueness_multiplier_sum"].to_list())
+    return {
+        "uniqueness_missing": missing,
+        "uniqueness_multiplier_mean": total / scored if scored > 0 else None,
+    }
 
 
 def rescale_factor(stats: pl.DataFrame, *, w_min: float, w_max: float) -> float | None:

@@ -16,10 +16,13 @@
    shard is re-scored with the closed-form scale (reason says so).
 5. ``bias_audit`` from the summed counts, then the commit row (``stage_commits``), last.
 
-Weights: ``weight = clip(scale · ratio(x), w_min, w_max)`` with ONE probe and ONE scale for the
-whole table, both recorded (``weight_probes``, the commit's summary, every stats row). A shard
-scored incrementally therefore gets exactly the weights a full re-score with that probe and
-scale would give; the mean over the kept set is 1 within ``mean_tolerance``.
+Weights: ``weight = clip(scale · ratio(x) · m(x), w_min, w_max)`` with ONE probe, ONE scale and
+ONE uniqueness term (``m = 1`` unless ``uniqueness_power`` is set: :mod:`~.uniqueness`) for the
+whole table, all recorded (``weight_probes``, the commit's summary, every stats row). A shard
+scored incrementally therefore gets exactly the weights a full re-score with that probe, scale
+and term would give; the mean over the kept set is 1 within ``mean_tolerance``. With the term
+on, a group of shards being scored also reads those shards' ``image_uniqueness`` rows (two
+columns), and a full run the probe sample's shards' rows: never the whole table.
 
 Memory: the larger of (a) the probe's sample, ``2 · per_class`` rows of d values
 (:func:`~.probe.per_class_rows`, half the budget) and (b) one group of shards
@@ -47,12 +50,12 @@ from curation_assets.lib.tables import (
 )
 from curation_assets.lib.weights.audit import TextEncoder
 from curation_assets.lib.weights.plan import (
-    WEIGHTS_INPUTS,
     WEIGHTS_STAGE,
     WeightsPlan,
     mean_off,
     plan_weights,
     settings_record,
+    weights_inputs,
 )
 from curation_assets.lib.weights.probe import (
     SampledProbe,
@@ -74,7 +77,15 @@ from curation_assets.lib.weights.totals import (
     audit_from_counts,
     rescale_factor,
     stats_frame,
+    upgrade_stats,
     weight_totals,
+)
+from curation_assets.lib.weights.uniqueness import (
+    UniquenessTerm,
+    read_uniqueness,
+    require_uniqueness,
+    sample_term,
+    uniqueness_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,17 +131,23 @@ def update_weights(
             scored).
 
     Raises:
-        ValueError: When there is no kept image, or on inputs the probe cannot use.
+        ValueError: When there is no kept image, on inputs the probe cannot use, or when
+            ``uniqueness_power`` is set and ``image_uniqueness`` has no usable score.
 
     Memory: see the module docstring.
     """
     started = time.monotonic()
-    inputs = input_versions(store, WEIGHTS_INPUTS)
+    uniqueness = uniqueness_settings(settings)
+    if uniqueness is not None:
+        require_uniqueness(store, uniqueness["power"])
+    inputs = input_versions(store, weights_inputs(settings))
     plan = plan_weights(store, settings)
     logger.info("weights: %s — %s", plan.mode, plan.reason)
     if plan.mode == "current":
         assert plan.commit is not None  # current needs a commit
-        stats = store.read(WEIGHT_SHARD_STATS, version=plan.commit.outputs[WEIGHT_SHARD_STATS.name])
+        stats = upgrade_stats(
+            store.read(WEIGHT_SHARD_STATS, version=plan.commit.outputs[WEIGHT_SHARD_STATS.name])
+        )
         totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
         audit = store.read(BIAS_AUDIT, version=plan.commit.outputs[BIAS_AUDIT.name])
         return WeightsOutcome(plan, totals, audit, dict(plan.commit.summary), 0)
@@ -141,17 +158,20 @@ def update_weights(
         raise ValueError(msg)
     max_rows = budget.rows(row_bytes(dim), share=SCORE_SHARE)
     batch = budget.rows(dim * 8, share=SCORE_BATCH_SHARE)
-    probe, scale = plan.probe, plan.scale
+    probe, scale, term = plan.probe, plan.scale, plan.uniqueness
     if plan.mode == "full":
-        probe = _fit(store, settings, budget, dim, max_rows)
+        probe, term = _fit(store, settings, budget, dim, max_rows)
         scale = probe.scale
         store_probe(store, probe, settings_record(settings))
     assert probe is not None and scale is not None
+    if (term is None) != (uniqueness is None):  # the plan compares the recorded settings
+        msg = "the committed uniqueness term does not match the settings; re-run with mode=full"
+        raise ValueError(msg)
     encoder, concepts_note = (None, "none configured")
     if plan.shards:
         encoder, concepts_note = load_encoder()
     stats_rows, counts = _score(
-        store, plan.shards, probe, scale, settings, max_rows, batch, encoder
+        store, plan.shards, probe, scale, term, settings, max_rows, batch, encoder
     )
     for shard in plan.removed:
         store.replace_shard(SAMPLE_WEIGHTS, shard, SAMPLE_WEIGHTS.empty())
@@ -178,7 +198,7 @@ def update_weights(
             )
             scale = new_scale
             stats_rows, counts = _score(
-                store, plan.present, probe, scale, settings, max_rows, batch, encoder
+                store, plan.present, probe, scale, term, settings, max_rows, batch, encoder
             )
             stats = stats_frame(stats_rows).sort("shard")
             all_counts = pl.concat(counts).sort("shard", "attribute", "value", "hit")
@@ -195,6 +215,7 @@ def update_weights(
         if version is not None:
             outputs[table] = version
     summary = _summary(plan, reason, probe, scale, totals, settings, concepts_note, written)
+    summary.update(_uniqueness_summary(term, totals))
     summary["seconds"] = round(time.monotonic() - started, 3)
     record_commit(
         store,
@@ -210,8 +231,12 @@ def update_weights(
 
 def _fit(
     store: DeltaStore, settings: Mapping[str, Any], budget: MemoryBudget, dim: int, max_rows: int
-) -> SampledProbe:
-    """A probe on a bounded sample of the corpus, with the corpus' counts as its prior."""
+) -> tuple[SampledProbe, UniquenessTerm | None]:
+    """A probe on a bounded sample of the corpus, with the corpus' counts as its prior.
+
+    With the uniqueness term on, its ``u_ref`` comes from the sample's kept images (their
+    shards' scores are read) and the probe's scale is the one of ``ratio · m``.
+    """
     sizes = shard_sizes(store, settings["correct_for"])
     n_ref, n_kept = int(sizes["n_reference"].sum()), int(sizes["n_kept"].sum())
     if n_kept == 0:
@@ -229,6 +254,12 @@ def _fit(
         sizes=dict(zip(sizes["shard"], sizes["n_reference"], strict=True)),
         max_rows=max_rows,
     )
+    uniqueness = uniqueness_settings(settings)
+    term, multiplier = (
+        sample_term(store, sample.shards, sample.ids, sample.kept, uniqueness)
+        if uniqueness is not None
+        else (None, None)
+    )
     probe = fit_sampled_probe(
         sample,
         n_reference=n_ref,
@@ -241,6 +272,7 @@ def _fit(
         w_min=settings["w_min"],
         w_max=settings["w_max"],
         settings=settings_record(settings),
+        multiplier=multiplier,
     )
     logger.info(
         "weights probe %s: %s on %d sample rows from %d shards (%d per class wanted)",
@@ -250,7 +282,7 @@ def _fit(
         probe.sample_shards,
         per_class,
     )
-    return probe
+    return probe, term
 
 
 def _score(
@@ -258,12 +290,16 @@ def _score(
     shards: list[str],
     probe: SampledProbe,
     scale: float,
+    term: UniquenessTerm | None,
     settings: Mapping[str, Any],
     max_rows: int,
     batch: int,
     encoder: TextEncoder | None,
 ) -> tuple[list[dict[str, Any]], list[pl.DataFrame]]:
-    """Score and write ``shards`` a budget-sized group at a time; their stats and counts."""
+    """Score and write ``shards`` a budget-sized group at a time; their stats and counts.
+
+    With the uniqueness term, each group's ``image_uniqueness`` rows are read with it.
+    """
     if not shards:
         return [], []
     sizes = shard_sizes(store, settings["correct_for"], shards)
@@ -271,6 +307,7 @@ def _score(
     stats: list[dict[str, Any]] = []
     counts: list[pl.DataFrame] = []
     for group in shard_batches(by_shard, shards, max_rows):
+        scores = read_uniqueness(store, group) if term is not None else {}
         for shard, (frame, x, model_id) in read_shards(
             store, group, settings["correct_for"]
         ).items():
@@ -289,6 +326,8 @@ def _score(
                 keywords=settings["keywords"],
                 concepts=settings["concepts"],
                 text_encoder=encoder,
+                uniqueness=term,
+                uniqueness_scores=scores.get(shard),
             )
             store.replace_shard(SAMPLE_WEIGHTS, shard, scored.weights)
             stats.append(scored.stats)
@@ -339,4 +378,19 @@ def _summary(
         "weight_p50": float(totals["p50"] or 0.0),
         "correct_for": settings["correct_for"],
         "concepts": concepts,
+    }
+
+
+def _uniqueness_summary(term: UniquenessTerm | None, totals: Mapping[str, Any]) -> dict[str, Any]:
+    """What the uniqueness term did (JSON-compatible): ``uniqueness_power`` 0.0 when off."""
+    if term is None:
+        return {"uniqueness_power": 0.0, "uniqueness": None}
+    mean = totals.get("uniqueness_multiplier_mean")
+    return {
+        "uniqueness_power": term.power,
+        "uniqueness": term.record(),
+        "uniqueness_reference": term.reference,
+        "uniqueness_floor": term.floor,
+        "uniqueness_missing": int(totals.get("uniqueness_missing") or 0),
+        "uniqueness_multiplier_mean": float("nan") if mean is None else float(mean),
     }
