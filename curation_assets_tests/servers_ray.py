@@ -172,6 +172,10 @@ def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluste
             os.pathsep
         ),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray 2.60: once any local ray.init() has written ~/.ray/auth_token (a bench, a GPU
+        # test), token auth turns on and a driver no longer reaches a loopback cluster
+        # ("Failed to connect to Ray cluster at <host ip>"): these throwaway nodes go without
+        "RAY_AUTH_MODE": "disabled",
     }
     common = [
         "--node-ip-address=127.0.0.1",
@@ -180,6 +184,8 @@ def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluste
         f"--temp-dir={temp}",
     ]
     cluster = RayCluster(address=address, temp_dir=temp)
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # this driver too
     try:
         head = [
             "--head",
@@ -198,6 +204,10 @@ def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluste
         yield cluster
     finally:
         ray.shutdown()
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
         _stop(cluster.procs)
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -241,6 +241,9 @@ def bench(
         import ray
 
         if address == "start":
+            # a throwaway one-node cluster: without this Ray 2.60 writes ~/.ray/auth_token,
+            # after which drivers fail to reach loopback clusters started with `ray start`
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
             address = "auto"
         out["ray"] = {"version": ray.__version__, "address": address}

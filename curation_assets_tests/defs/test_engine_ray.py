@@ -200,7 +200,8 @@ def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
         results = list(engine.map_shards(gpu_work, [f"s{i}" for i in range(4)], wants_gpu=True))
         peak = engine.peak_in_flight
         cpu = list(engine.map_shards(gpu_work, ["c0", "c1"]))
-        halves = RayEngine(cluster.address, gpus_per_task=0.5)
+        # half a GPU and half of the node's one CPU each, so that two fit at once
+        halves = RayEngine(cluster.address, gpus_per_task=0.5, num_cpus=0.5)
         shared = list(halves.map_shards(shared_gpu_work, ["h0", "h1"], wants_gpu=True))
         # a work's own OSError comes back as itself, naming the shard (Ray raises a class
         # derived from RayTaskError and OSError, without RayTaskError's pid attribute)

@@ -94,7 +94,7 @@ def _vectors(store: DeltaStore) -> dict[str, np.ndarray]:
     return dict(zip(rows["image_id"], embedding_matrix(rows["embedding"]), strict=True))
 
 
-def test_ray_tasks_share_one_gpu_and_equal_the_local_engine(tmp_path):
+def test_ray_tasks_share_one_gpu_and_equal_the_local_engine(tmp_path, monkeypatch):
     """gpus_per_task=0.5: two shard tasks at once on the one GPU, each in its own worker."""
     ray = pytest.importorskip("ray")
     store, src = _ingested(tmp_path)
@@ -114,6 +114,7 @@ def test_ray_tasks_share_one_gpu_and_equal_the_local_engine(tmp_path):
 
     local = list(LocalEngine().map_shards(work("cpu"), keys, wants_gpu=True))
     expected = _vectors(store)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token (servers_ray.py)
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False)
     try:
         engine = RayEngine("auto", gpus_per_task=0.5)
