@@ -10,7 +10,9 @@ with shapes and sensor noise, so that decoding costs what a web photo's does), o
 files under ``--images DIR``; either way split into ``--shards`` folder shards and ingested
 once (the ingest step's code, in this process; its time is reported too).
 
-Each configuration ``engine/workers/decode_threads`` embeds every shard twice on the same
+First the decode ceiling: reading, hashing, decoding and preprocessing alone with each
+configuration's decode-thread count, no model. Then each configuration
+``engine/workers/decode_threads`` embeds every shard twice on the same
 workers: the first pass (``cold``) includes starting the workers and loading the model in each,
 the second (``warm``) is the steady state a long backfill sees. ``local/1/T`` is the step on
 the local engine (one process). ``ray/W/T`` runs W shard tasks at once on a Ray cluster
@@ -167,6 +169,13 @@ def _pass(engine: Any, work: Any, keys: list[str]) -> dict[str, Any]:
         "model_loads": sum(bool(r.value.model_loaded) for r in results),
         "workers_used": len(per_worker),
         "shards_per_worker": sorted(per_worker.values(), reverse=True),
+        # where a shard task's time went: the embed loop (decode threads feeding the forward
+        # pass, batches streamed into the Delta write) vs the rest (reading the shard's ids,
+        # the commit, the quarantine write, the checks' read-back)
+        "task_seconds_sum": round(sum(r.seconds for r in results), 2),
+        "embed_loop_share": round(
+            sum(r.value.seconds for r in results) / max(1e-9, sum(r.seconds for r in results)), 3
+        ),
         "forward_share": round(
             sum(r.value.forward_seconds for r in results)
             / max(1e-9, sum(r.value.seconds for r in results)),
@@ -175,6 +184,43 @@ def _pass(engine: Any, work: Any, keys: list[str]) -> dict[str, Any]:
         "device": sorted({r.value.device for r in results}),
         "failed_checks": sorted(set(failed)),
     }
+
+
+def decode_ceiling(
+    source: Path, keys: list[str], spec: Any, thread_counts: Sequence[int]
+) -> dict[str, float]:
+    """Images/s of reading, hashing, decoding and preprocessing alone, per decode-thread count.
+
+    The embed loop's pipeline without the model (``iter_prepared`` with the model's own
+    preprocess): the most any configuration with that many decode threads can reach. A warm
+    pass far below it is limited by the forward pass or the writes; near it, by decoding.
+    """
+    from dataclasses import replace
+
+    from curation_assets.lib.embed import load_embedder
+    from curation_assets.lib.images import iter_prepared
+    from curation_assets.lib.ingest import DecodeLimits
+    from curation_assets.lib.shards import ShardReader
+
+    preprocess = load_embedder(replace(spec, device="cpu")).preprocess
+    reader = ShardReader(root=str(source))
+    out: dict[str, float] = {}
+    for threads in thread_counts:
+        items = (item for key in keys for item in reader.items(key))
+        t0 = time.perf_counter()
+        n = sum(
+            p.value is not None
+            for p in iter_prepared(
+                items,
+                preprocess,
+                wanted=None,
+                workers=threads,
+                prefetch=4 * threads,
+                limits=DecodeLimits(max_pixels=2**62),
+            )
+        )
+        out[f"threads_{threads}"] = round(n / (time.perf_counter() - t0), 1)
+    return out
 
 
 def _engine(config: Config, address: str, gpus: int) -> Any:
@@ -237,6 +283,9 @@ def bench(
         },
         "configs": {},
     }
+    out["decode_ceiling"] = decode_ceiling(
+        source, keys, spec, sorted({c.decode_threads for c in configs})
+    )
     if any(c.engine == "ray" for c in configs):
         import ray
 
