@@ -349,12 +349,15 @@ class RayEngine:
         return dict(ray.cluster_resources())
 
     def _check_reachable(self, timeout_s: float = 10.0) -> None:
-        """Fail fast when nothing listens at a ``host:port`` address.
+        """Fail fast when nothing listens at a ``host:port`` or ``ray://host:port`` address.
 
-        ``ray.init`` would wait minutes for it; ``auto`` and ``ray://`` addresses are left to Ray.
+        ``ray.init`` would wait minutes for it; ``auto`` is left to Ray.
         """
-        host, sep, port = self.address.rpartition(":")
-        if not sep or "://" in self.address or not port.isdigit():
+        scheme, sep, rest = self.address.partition("://")
+        if sep and scheme != "ray":
+            return  # another scheme: Ray's to interpret
+        host, sep, port = (rest if sep else self.address).rstrip("/").rpartition(":")
+        if not sep or not host or not port.isdigit():
             return
         try:
             socket.create_connection((host, int(port)), timeout=timeout_s).close()

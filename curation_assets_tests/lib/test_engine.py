@@ -138,6 +138,20 @@ def test_gpus_per_task_fraction_sets_the_gpu_slots_and_bad_values_are_refused(mo
     assert gpu_fraction_env("CURATION_RAY_GPUS_PER_TASK") == 1.0
 
 
+def test_an_address_where_nothing_listens_fails_fast_also_as_ray_client_url():
+    import socket
+
+    from curation_assets.lib.engine import EngineAddressError
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(EngineAddressError, match="nothing answers there"):
+            RayEngine(address)._check_reachable(timeout_s=2)
+    RayEngine("auto")._check_reachable()  # left to Ray: no error here
+
+
 def test_a_ray_result_says_which_node_ran_it():
     result = ShardResult("k", 1, "ray", "abc123", 42, "host", 0.0, 1.23456)
     assert result.metadata() == {
