@@ -142,9 +142,12 @@ class ShardInputsUpdated(dg.AutomationCondition):
         return False
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # noqa: D102
-        after, upto = context.previous_max_storage_id, context.max_storage_id
+        # the first evaluation has nothing to compare with (as newly_updated); after it, no
+        # previous storage id means that no event had been recorded yet
+        first = context.previous_evaluation_time is None
+        after, upto = context.previous_max_storage_id or 0, context.max_storage_id
         latest: float | None = None
-        if after is not None and upto is not None and upto > after:
+        if not first and upto is not None and upto > after:
             instance = context.asset_graph_view.instance
             for key in self.keys:
                 records = instance.fetch_materializations(
