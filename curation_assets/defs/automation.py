@@ -61,10 +61,11 @@ warnings.filterwarnings("ignore", message=".*use_user_code_server.*", category=d
 
 
 def sensor_interval_s() -> int:
-    """Seconds between ticks of ``shard_sensor`` and ``curation_automation``.
+    """Seconds between ticks of ``shard_sensor``, ``curation_automation``, ``shard_automation``.
 
-    ``$CURATION_SENSOR_INTERVAL_S`` (default 30). A tick of the automation sensor evaluates
-    every condition in about 0.2 s here, so 10 s is affordable; most of a new shard's latency
+    ``$CURATION_SENSOR_INTERVAL_S`` (default 30). A tick of the automation sensors takes about
+    0.2 s here (sqlite; ~1 s on PostgreSQL), whatever the number of shards, so 10 s is
+    affordable; most of a new shard's latency
     to the export is these waits (``curation bench daemon`` reports it).
     """
     return positive_int_env("CURATION_SENSOR_INTERVAL_S", 30)

@@ -187,7 +187,7 @@ def evaluate(instance: dg.DagsterInstance, previous: str | None) -> tuple[Any, s
 
 
 @dg.sensor(
-    target=dg.AssetSelection.assets(*PER_SHARD_TARGETS),
+    asset_selection=dg.AssetSelection.assets(*PER_SHARD_TARGETS),
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(

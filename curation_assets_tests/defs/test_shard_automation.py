@@ -30,10 +30,11 @@ class Ticks:
         ctx = dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, definitions=self.defs
         )
-        result = shard_automation(ctx)
-        assert isinstance(result, dg.SensorResult)
-        self.cursor = result.cursor
-        runs = result.run_requests or []
+        # evaluate_tick, as the daemon calls it: it also validates the backfill request against
+        # the sensor's asset selection (a sensor with a job target may not request one)
+        data = shard_automation.evaluate_tick(ctx)
+        self.cursor = data.cursor
+        runs = data.run_requests or []
         assert len(runs) <= 1, "one backfill per tick at most"
         if runs:
             assert runs[0].requires_backfill_daemon() and runs[0].tags[TRIGGER_TAG] == "true"
