@@ -1,16 +1,19 @@
 """``eager_on``: a dependency's update is never lost, and nothing is requested twice.
 
 Also over a per-shard input (``ShardInputsUpdated`` / ``ShardInputsSettled``): due once per
-new shard data, held while a run writes the input, first run once a shard of it exists.
+new shard data, held while a run writes the input, first run once a shard of it exists; and
+the centroids' weekly retrain only when a shard changed since the cron tick.
 
 Toy assets (no pipeline), evaluated tick by tick with ``dg.evaluate_automation_conditions`` and
 the cursor of the previous tick, as the automation sensor does.
 """
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
-from curation_assets.defs.automation import eager_on
+from curation_assets.defs.automation import CENTROIDS, eager_on
 from curation_assets.defs.partitions import SHARDS_PARTITION, shards_partitions
 
 
@@ -176,3 +179,36 @@ def test_a_global_asset_waits_while_a_run_writes_its_per_shard_input():
         )
         assert tick()  # the update was kept while it waited
         assert not tick()
+
+
+@dg.asset(name="filtered_images", partitions_def=shards_partitions)
+def filtered_stand_in() -> None:
+    """Stands for filtered_images (per shard)."""
+
+
+@dg.asset(name="cluster_centroids_0", deps=[filtered_stand_in], automation_condition=CENTROIDS)
+def centroids_stand_in() -> None:
+    """Stands for cluster_centroids_0: weekly when data changed, or when missing."""
+
+
+def test_centroids_retrain_weekly_only_when_a_shard_changed_since_the_cron_tick():
+    defs = dg.Definitions(assets=[filtered_stand_in, centroids_stand_in])
+    now = datetime.now(UTC)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS_PARTITION, ["a"])
+        _report(instance, centroids_stand_in.key)
+
+        def requested(at: datetime, cursor=None):
+            result = dg.evaluate_automation_conditions(
+                defs, instance, evaluation_time=at, cursor=cursor
+            )
+            return result.total_requested, result.cursor
+
+        n, cursor = requested(now - timedelta(days=8))  # first tick, before last week's cron
+        assert n == 0
+        _report(instance, filtered_stand_in.key, "a")  # a shard filtered after that cron tick
+        n, cursor = requested(now + timedelta(seconds=1), cursor)
+        assert n == 1  # the cron tick passed and the data changed since
+        _report(instance, centroids_stand_in.key)
+        n, cursor = requested(now + timedelta(days=8), cursor)
+        assert n == 0  # the next cron tick passed, but no shard changed since
