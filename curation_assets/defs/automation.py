@@ -65,8 +65,8 @@ def sensor_interval_s() -> int:
 
     ``$CURATION_SENSOR_INTERVAL_S`` (default 30). A tick of the automation sensors takes about
     0.2 s here (sqlite; ~1 s on PostgreSQL), whatever the number of shards, so 10 s is
-    affordable; most of a new shard's latency
-    to the export is these waits (``curation bench daemon`` reports it).
+    affordable; most of a new shard's latency to the export is these waits (``curation bench
+    daemon`` reports it).
     """
     return positive_int_env("CURATION_SENSOR_INTERVAL_S", 30)
 
@@ -111,13 +111,11 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
     # two latches, both needed: new data since the last request (no duplicate request, no retry
     # every tick after a failure) and since the last materialization (not already consumed)
     pending = updated.since(AC.newly_requested()) & updated.since(AC.newly_updated())
-    due = pending | AC.newly_missing().since_last_handled()
-    return (
-        AC.in_latest_time_window()
-        & (due if joins is None else pending | joins | AC.newly_missing().since_last_handled())
-        & deps_ready()
-        & ~AC.in_progress()
-    ).with_label(f"eager on {', '.join(keys)}")
+    missing = AC.newly_missing().since_last_handled()
+    due = pending | missing if joins is None else pending | joins | missing
+    return (AC.in_latest_time_window() & due & deps_ready() & ~AC.in_progress()).with_label(
+        f"eager on {', '.join(keys)}"
+    )
 
 
 def deps_ready() -> dg.AutomationCondition:
