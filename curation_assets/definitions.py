@@ -25,6 +25,7 @@ STAGES = (
     "explain",
     "sensors",
     "automation",
+    "shard_automation",
 )
 """The modules of ``curation_assets.defs`` whose ``defs`` are merged, in this order."""
 

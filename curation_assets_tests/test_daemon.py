@@ -1,8 +1,9 @@
 """The incremental loop driven by the real daemon: shards land, the export follows.
 
 ``dagster dev`` (webserver + daemon) runs on loopback in a temporary home holding the demo
-corpus (small). Nothing is launched by hand: ``shard_sensor`` and ``curation_automation`` do
-everything. Run it alone with ``pytest -m daemon``. What it checks:
+corpus (small). Nothing is launched by hand: ``shard_sensor``, ``curation_automation`` (global
+assets) and ``shard_automation`` (per-shard follow-ups) do everything. Run it alone with
+``pytest -m daemon``. What it checks:
 
 1. **Base.** Two shards in the source root → ``per_shard_job`` runs over them (one run for
    both: they arrive in one tick), then the automation trains the centroids once, assigns each
@@ -12,9 +13,9 @@ everything. Run it alone with ``pytest -m daemon``. What it checks:
    recomputed), and it is assigned to the centroids in ``shard_sensor``'s own run
    (``per_shard_assign_job``), not by a second run; the dedup is incremental (only the new
    images searched), the export holds it.
-3. **Downtime, no storm.** The automation sensor is stopped; two more shards land and are
-   ingested and assigned by ``shard_sensor``'s runs; nothing downstream runs. When the sensor
-   is started again, what became due during the downtime is requested once: dedup → weights
+3. **Downtime, no storm.** Both automation sensors are stopped; two more shards land and are
+   ingested and assigned by ``shard_sensor``'s runs; nothing downstream runs. When they are
+   started again, what became due during the downtime is requested once: dedup → weights
    → export (one or two runs); per shard only the similarity index and uniqueness of the
    shards that landed (automation's per-shard work, one backfill; they were assigned
    already), nothing for old shards.
@@ -45,9 +46,9 @@ INTERVAL_S = 10
 TIMEOUT_S = 300
 """Per phase (alone here a phase takes 30-90 s): a stuck phase fails with its diagnosis, before
 the test's own timeout cuts it off without one."""
-AUTOMATION = "curation_automation"
+AUTOMATION = ("curation_automation", "shard_automation")
 SIMILARITY = {"similarity_index", "image_uniqueness"}
-"""Per-shard assets the automation sensor runs for new shards (not part of shard_sensor's jobs)."""
+"""Per-shard assets shard_automation runs for new shards (not part of shard_sensor's jobs)."""
 
 
 def materialized_once(phase: Phase) -> Counter:
@@ -119,7 +120,8 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
         assert 0 < dedup["new_images"] < dedup["images"]
 
         # 3. downtime: automation stopped, two shards land and are ingested, nothing follows
-        dev.stop_sensor(AUTOMATION)
+        for sensor in AUTOMATION:
+            dev.stop_sensor(sensor)
         stopped = time.time()
         for name in (fourth, "shard-extra"):
             drop(hold / name, sources)
@@ -132,7 +134,7 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
                 break
             assert time.time() < deadline, f"shard runs not done\n{diagnosis(dev, stopped)}"
             time.sleep(2)
-        time.sleep(3 * INTERVAL_S)  # the automation sensor would have ticked by now
+        time.sleep(3 * INTERVAL_S)  # the automation sensors would have ticked by now
         runs = runs_since(dev, stopped)
         assert {r["job"] for r in runs} == {"per_shard_assign_job"}, runs
         assert {fourth, "shard-extra"}.isdisjoint(export_shards(delta))
@@ -140,12 +142,13 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
         # ... started again: what became due is requested once, not one run per missed tick
         backfills_before = {b["id"] for b in dev.backfills()}
         restart = Phase("restart", time.time())
-        dev.start_sensor(AUTOMATION)
+        for sensor in AUTOMATION:
+            dev.start_sensor(sensor)
         everything = {first, second, third, fourth, "shard-extra"}
         wait_for_export(dev, delta, everything, restart, timeout_s=TIMEOUT_S)
         counts = materialized_once(restart)
-        # per shard only what automation (not shard_sensor's runs) owns: the similarity index
-        # and uniqueness of the two shards that landed during the downtime, once, one backfill
+        # per shard only what shard_automation (not shard_sensor's runs) owns: the similarity
+        # index and uniqueness of the two shards that landed during the downtime, one backfill
         per_shard = [r for r in restart.runs if r["partitions"]]
         assert {a for r in per_shard for a in r["assets"]} <= SIMILARITY, restart.runs
         assert restart.partitions() <= {fourth, "shard-extra"}, restart.runs

@@ -42,4 +42,8 @@ def test_dagster_dev_shows_assets_checks_and_sensor(tmp_path):
             for repo in data["repositoriesOrError"]["nodes"]
             for s in repo["sensors"]
         }
-        assert sensors == {"shard_sensor": "RUNNING", "curation_automation": "RUNNING"}
+        assert sensors == {
+            "shard_sensor": "RUNNING",
+            "curation_automation": "RUNNING",
+            "shard_automation": "RUNNING",
+        }

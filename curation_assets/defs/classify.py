@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from curation_assets.defs.automation import eager_on, updated_on
+from curation_assets.defs.automation import eager_on
 from curation_assets.defs.metadata import (
     check_result,
     markdown_preview,
@@ -285,7 +285,6 @@ class ScoreConfig(dg.Config):
     partitions_def=shards_partitions,
     deps=["image_embeddings", "safety_classifiers"],
     kinds={"deltalake", "polars"},
-    automation_condition=updated_on("safety_classifiers"),
     group_name=GROUP,
     retry_policy=transient_retry,
     backfill_policy=shard_backfill_policy,

@@ -6,7 +6,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from curation_assets.defs.automation import ASSIGNED_TAG, CENTROIDS, updated_on
+from curation_assets.defs.automation import CENTROIDS
 from curation_assets.defs.metadata import check_result, markdown_bars, table_metadata, table_schema
 from curation_assets.defs.partitions import (
     ShardLoop,
@@ -166,9 +166,6 @@ def cluster_centroids(
             ),
             deps=["filtered_images", "image_embeddings", CENTROID_KEYS[c]],
             kinds={"deltalake", "faiss"},
-            automation_condition=updated_on(
-                "filtered_images", CENTROID_KEYS[c], unless_tag=ASSIGNED_TAG
-            ),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(assignments_spec(c))},

@@ -4,7 +4,6 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from curation_assets.defs.automation import updated_on
 from curation_assets.defs.metadata import markdown_preview, table_metadata, table_schema
 from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
@@ -57,7 +56,6 @@ class FilterConfig(dg.Config):
             ),
             deps=["classifier_scores", "raw_images", "image_quality"],
             kinds={"deltalake", "polars"},
-            automation_condition=updated_on("classifier_scores"),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(FILTERED_IMAGES)},
@@ -68,7 +66,6 @@ class FilterConfig(dg.Config):
             "for an enabled pixel-quality check), score and threshold.",
             deps=["classifier_scores", "raw_images", "image_quality"],
             kinds={"deltalake", "polars"},
-            automation_condition=updated_on("classifier_scores"),
             group_name=GROUP,
             partitions_def=shards_partitions,
             metadata={"dagster/column_schema": table_schema(FILTER_REJECTIONS)},

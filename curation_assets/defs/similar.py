@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from curation_assets.defs.automation import CENTROIDS, eager_on
+from curation_assets.defs.automation import CENTROIDS
 from curation_assets.defs.metadata import check_result, markdown_bars, table_metadata, table_schema
 from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import Compute, DeltaStorage
@@ -173,7 +173,6 @@ def similarity_quantizer(
     deps=["image_embeddings", "similarity_quantizer"],
     kinds={"deltalake", "faiss"},
     group_name=GROUP,
-    automation_condition=eager_on("image_embeddings", "similarity_quantizer"),
     retry_policy=transient_retry,
     backfill_policy=shard_backfill_policy,
     metadata={"dagster/column_schema": table_schema(SIMILARITY_INDEX)},
@@ -246,7 +245,6 @@ def similarity_index(context: dg.AssetExecutionContext, config: IndexConfig, del
     deps=["similarity_index"],
     kinds={"deltalake", "faiss"},
     group_name=GROUP,
-    automation_condition=eager_on("similarity_index"),
     retry_policy=transient_retry,
     backfill_policy=shard_backfill_policy,
     metadata={"dagster/column_schema": table_schema(IMAGE_UNIQUENESS)},

@@ -197,10 +197,11 @@ def diagnosis(dev: DagsterDev, since: float, *, log_lines: int = 60) -> str:
     """What the server did since ``since``: for the message of a phase that timed out.
 
     The runs (job, trigger, status, partitions), the backfills and their status, the automation
-    sensor's recent ticks (what each requested) and the tail of the server log: enough to tell
+    sensors' recent ticks (what each requested) and the tail of the server log: enough to tell
     a stuck condition from a slow run without the log file, which CI does not keep.
     """
     from curation_assets.defs.automation import automation_sensor
+    from curation_assets.defs.shard_automation import shard_automation
 
     lines = ["runs since the phase began:"]
     for r in runs_since(dev, since):
@@ -214,16 +215,17 @@ def diagnosis(dev: DagsterDev, since: float, *, log_lines: int = 60) -> str:
         lines.append(
             f"  {b['id']} {b['status']} at={b['timestamp']} n={b['numPartitions']} {assets}"
         )
-    try:
-        ticks = dev.sensor(automation_sensor.name)["sensorState"]
-        lines.append(f"{automation_sensor.name}: {ticks['status']}, last ticks:")
-        for t in ticks["ticks"][:12]:
-            lines.append(
-                f"  {t['timestamp']} {t['status']} runs={len(t['runIds'])} "
-                f"requested={t['requestedAssetMaterializationCount']}"
-            )
-    except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the timeout
-        lines.append(f"(sensor state unavailable: {exc})")
+    for name in (automation_sensor.name, shard_automation.name):
+        try:
+            ticks = dev.sensor(name)["sensorState"]
+            lines.append(f"{name}: {ticks['status']}, last ticks:")
+            for t in ticks["ticks"][:12]:
+                lines.append(
+                    f"  {t['timestamp']} {t['status']} runs={len(t['runIds'])} "
+                    f"requested={t['requestedAssetMaterializationCount']}"
+                )
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the timeout
+            lines.append(f"({name} state unavailable: {exc})")
     for asset in ("deduplicated_images", EXPORT_ASSET):
         try:
             for ev in dev.condition_evaluations(asset, limit=2):

@@ -23,7 +23,10 @@ ready without reading it), the benchmark times:
   partitions were given a materialization (runless events written in batches of 1,000); the
   first request (cold: status cache computed) and the median of ``repeats`` more;
 * ``automation_eval_s`` (``--automation``): one ``dg.evaluate_automation_conditions`` of the
-  project's definitions on the instance, the work of one automation-sensor tick.
+  project's definitions on the instance, the work of one ``curation_automation`` tick (no
+  cursor), and ``automation_eval_next_tick_s`` the next one (its cursor carried);
+  ``shard_automation_first_tick_s`` / ``_idle_tick_s``: ``shard_automation``'s first tick and
+  an idle one (the other half of the automation's work per tick).
 
 Everything is wall time on this machine; medians where repeated.
 """
@@ -303,15 +306,28 @@ def automation_evaluation(home: Path, instance: dg.DagsterInstance) -> dict[str,
     ``home``: the evaluator the automation sensor runs, without the daemon around it.
     """
     from curation_assets.definitions import build_defs
+    from curation_assets.defs.shard_automation import evaluate
 
     saved = os.environ.get("CURATION_HOME")
     os.environ["CURATION_HOME"] = str(home)
     try:
         defs = build_defs(str(home))
         seconds, result = timed(lambda: dg.evaluate_automation_conditions(defs, instance))
+        again, _ = timed(
+            lambda: dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+        )
     finally:
         _restore("CURATION_HOME", saved)
-    return {"automation_eval_s": round(seconds, 2), "automation_requested": result.total_requested}
+    first, (_, cursor, _) = timed(lambda: evaluate(instance, None))
+    idle, (request, _, _) = timed(lambda: evaluate(instance, cursor))
+    return {
+        "automation_eval_s": round(seconds, 2),
+        "automation_eval_next_tick_s": round(again, 2),
+        "automation_requested": result.total_requested,
+        "shard_automation_first_tick_s": round(first, 4),
+        "shard_automation_idle_tick_s": round(idle, 4),
+        "shard_automation_requested": request is not None,
+    }
 
 
 def _restore(key: str, value: str | None) -> None:
@@ -345,8 +361,7 @@ def bench_partitions(
         materialized: Partitions of ``image_embeddings`` given a materialization before the
             GraphQL query (default: all).
         graphql: Whether to start a webserver and time the partition-health query.
-        automation: Whether to time one evaluation of the automation conditions (slow:
-            ~6 ms per registered shard here).
+        automation: Whether to time the automation sensors' work per tick.
         workdir: Where homes and the source root go (default: a new temporary folder).
     """
     from curation_assets.tools import pgserver
@@ -432,7 +447,7 @@ def add_bench_partitions_parser(bench_sub: Any) -> None:
     bp.add_argument(
         "--automation",
         action="store_true",
-        help="also time one evaluation of the automation conditions (minutes at 10^4+ shards)",
+        help="also time the automation sensors' ticks (curation_automation, shard_automation)",
     )
     bp.add_argument("--workdir", help="work folder (default: a new temporary folder, kept)")
     bp.set_defaults(func=cmd_bench_partitions)

@@ -1,12 +1,20 @@
 """``eager_on``: a dependency's update is never lost, and nothing is requested twice.
 
+Also over a per-shard input (``ShardInputsUpdated`` / ``ShardInputsSettled``): due once per
+new shard data, held while a run writes the input, first run once a shard of it exists; and
+the centroids' weekly retrain only when a shard changed since the cron tick.
+
 Toy assets (no pipeline), evaluated tick by tick with ``dg.evaluate_automation_conditions`` and
 the cursor of the previous tick, as the automation sensor does.
 """
 
-import dagster as dg
+from datetime import UTC, datetime, timedelta
 
-from curation_assets.defs.automation import eager_on
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+from curation_assets.defs.automation import CENTROIDS, eager_on
+from curation_assets.defs.partitions import SHARDS_PARTITION, shards_partitions
 
 
 @dg.asset
@@ -96,3 +104,111 @@ def test_a_chain_is_requested_in_one_tick():
         _materialize(instance, downstream, further)
         ticks.requested()
         assert not ticks.keys
+
+
+# --- per-shard inputs: asked as a whole, at a cost independent of the number of shards ---
+
+
+@dg.asset(name="cluster_assignments_0", partitions_def=shards_partitions)
+def shard_input() -> None:
+    """Stands for a per-shard input (its name is one of PER_SHARD_ASSETS)."""
+
+
+@dg.asset(
+    name="deduplicated_images",
+    deps=[shard_input],
+    automation_condition=eager_on("cluster_assignments_0"),
+)
+def global_output() -> None:
+    """Stands for deduplicated_images."""
+
+
+SHARD_DEFS = dg.Definitions(assets=[shard_input, global_output])
+
+
+def _shard_ticks(instance: dg.DagsterInstance):
+    cursor = [None]
+
+    def tick() -> bool:
+        result = dg.evaluate_automation_conditions(SHARD_DEFS, instance, cursor=cursor[0])
+        cursor[0] = result.cursor
+        return any(r.true_subset.size for r in result.results if r.key == global_output.key)
+
+    return tick
+
+
+def _report(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> None:
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
+
+
+def test_a_global_asset_waits_for_its_first_shard_then_runs_once_per_new_shard_data():
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS_PARTITION, ["a", "b", "c"])
+        tick = _shard_ticks(instance)
+        assert not tick()  # missing, but no shard of its input yet
+        _report(instance, shard_input.key, "a")
+        assert tick()  # its input's first shard: due (it is missing too)
+        _report(instance, global_output.key)
+        assert not tick() and not tick()
+        _report(instance, shard_input.key, "b")
+        assert tick()  # any shard updated: due once
+        assert not tick()  # requested: not again until new data
+        _report(instance, global_output.key)
+        assert not tick()
+
+
+def test_a_global_asset_waits_while_a_run_writes_its_per_shard_input():
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS_PARTITION, ["a", "b"])
+        _report(instance, shard_input.key, "a")
+        _report(instance, global_output.key)
+        tick = _shard_ticks(instance)
+        assert not tick()
+        run = instance.add_run(
+            DagsterRun(
+                job_name="__ASSET_JOB",
+                run_id="r-writing",
+                status=DagsterRunStatus.STARTED,
+                asset_selection=frozenset({shard_input.key}),
+            )
+        )
+        _report(instance, shard_input.key, "b")  # the run's first shard lands
+        assert not tick() and not tick()  # its other shards are still being written
+        instance.handle_run_event(
+            run.run_id, dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="__ASSET_JOB")
+        )
+        assert tick()  # the update was kept while it waited
+        assert not tick()
+
+
+@dg.asset(name="filtered_images", partitions_def=shards_partitions)
+def filtered_stand_in() -> None:
+    """Stands for filtered_images (per shard)."""
+
+
+@dg.asset(name="cluster_centroids_0", deps=[filtered_stand_in], automation_condition=CENTROIDS)
+def centroids_stand_in() -> None:
+    """Stands for cluster_centroids_0: weekly when data changed, or when missing."""
+
+
+def test_centroids_retrain_weekly_only_when_a_shard_changed_since_the_cron_tick():
+    defs = dg.Definitions(assets=[filtered_stand_in, centroids_stand_in])
+    now = datetime.now(UTC)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS_PARTITION, ["a"])
+        _report(instance, centroids_stand_in.key)
+
+        def requested(at: datetime, cursor=None):
+            result = dg.evaluate_automation_conditions(
+                defs, instance, evaluation_time=at, cursor=cursor
+            )
+            return result.total_requested, result.cursor
+
+        n, cursor = requested(now - timedelta(days=8))  # first tick, before last week's cron
+        assert n == 0
+        _report(instance, filtered_stand_in.key, "a")  # a shard filtered after that cron tick
+        n, cursor = requested(now + timedelta(seconds=1), cursor)
+        assert n == 1  # the cron tick passed and the data changed since
+        _report(instance, centroids_stand_in.key)
+        n, cursor = requested(now + timedelta(days=8), cursor)
+        assert n == 0  # the next cron tick passed, but no shard changed since

@@ -27,6 +27,18 @@ def _tick(instance, source, min_age_s=60.0):
     return result
 
 
+def requested(request: dg.RunRequest | None) -> dict[str, set[str]]:
+    """Asset → shards of a ``shard_automation`` backfill request (``{}`` for none)."""
+    if request is None:
+        return {}
+    subset = request.asset_graph_subset
+    assert subset is not None and not subset.non_partitioned_asset_keys
+    return {
+        key.to_user_string(): set(keys.get_partition_keys())
+        for key, keys in subset.partitions_subsets_by_asset_key.items()
+    }
+
+
 def _skipped(result) -> bool:
     return not result.run_requests and result.skip_reason is not None
 
@@ -116,8 +128,9 @@ def test_a_tick_inspects_only_new_entries_and_catches_a_late_one(tmp_path):
 def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path):
     """per_shard_assign_job assigns in the run; a shard filtered by per_shard_job still is.
 
-    Automation evaluated as the daemon would, after shard b ran per_shard_assign_job and shard
-    c ran per_shard_job (no centroids when its run was requested): only c's assignment is due.
+    ``shard_automation`` ticked as the daemon would, after shard b ran per_shard_assign_job and
+    shard c ran per_shard_job (no centroids when its run was requested): only c's assignment is
+    due.
     """
     from curation_assets.defs.classify import classifier_scores
     from curation_assets.defs.cluster import ASSIGNMENT_KEYS, cluster_assignments, cluster_centroids
@@ -126,6 +139,7 @@ def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path)
     from curation_assets.defs.ingest import ingest
     from curation_assets.defs.resources import Categories
     from curation_assets.defs.sensors import centroids_exist, per_shard_assign_job, per_shard_job
+    from curation_assets.defs.shard_automation import evaluate
     from curation_assets.lib.storage import DeltaStore
     from curation_assets.lib.tables import assignments_spec
     from curation_assets_tests.defs.helpers import resources
@@ -140,7 +154,6 @@ def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path)
         jobs=[per_shard_job, per_shard_assign_job],
         resources=res,
     )
-    assignments = dg.AssetSelection.assets(*ASSIGNMENT_KEYS)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(SHARDS_PARTITION, ["a", "b", "c"])
 
@@ -150,18 +163,15 @@ def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path)
             )
             assert result.success
 
+        cursor = [evaluate(instance, None)[1]]  # the first tick: reads updates from then on
+
+        def tick() -> dict[str, set[str]]:
+            request, cursor[0], _ = evaluate(instance, cursor[0])
+            return requested(request)
+
         run("per_shard_job", "a")
         assert not centroids_exist(instance)
-        ticks = [dg.evaluate_automation_conditions(defs, instance, asset_selection=assignments)]
-        assert ticks[0].total_requested == 0  # no centroids yet
-
-        def tick() -> dg.EvaluateAutomationConditionsResult:
-            ticks.append(
-                dg.evaluate_automation_conditions(
-                    defs, instance, asset_selection=assignments, cursor=ticks[-1].cursor
-                )
-            )
-            return ticks[-1]
+        assert tick() == {}  # no centroids yet
 
         centroids = dg.materialize(
             [cluster_centroids],
@@ -170,16 +180,13 @@ def test_a_shard_assigned_in_its_own_run_gets_no_second_assignment_run(tmp_path)
             run_config={"ops": {"cluster_centroids": {"config": {"k": 2}}}},
         )
         assert centroids.success and centroids_exist(instance)
-        first = tick()
         # the new centroids make a's assignment due (it was filtered by per_shard_job)
-        assert first.get_requested_partitions(dg.AssetKey(ASSIGNMENT_KEYS[0])) == {"a"}
+        assert tick() == {key: {"a"} for key in ASSIGNMENT_KEYS}
         assert dg.materialize(
             [cluster_assignments], instance=instance, resources=res, partition_key="a"
         ).success
         run("per_shard_assign_job", "b")
         run("per_shard_job", "c")
-        second = tick()
-        for key in ASSIGNMENT_KEYS:
-            assert second.get_requested_partitions(dg.AssetKey(key)) == {"c"}
+        assert tick() == {key: {"c"} for key in ASSIGNMENT_KEYS}
         store = DeltaStore(str(tmp_path / "delta"))
         assert set(store.read(assignments_spec(0))["shard"]) == {"a", "b"}
