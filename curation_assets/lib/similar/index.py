@@ -132,8 +132,8 @@ def load_quantizer(store: DeltaStore, *, version: int | None = None) -> Quantize
     df = store.read(SIMILARITY_QUANTIZER, version=version).sort("centroid_id")
     if df.is_empty():
         return None
-    version, model_id = str(df["version"][0]), str(df["model_id"][0])
-    return Quantizer(embedding_matrix(df["centroid"]), version, model_id)
+    content, model_id = str(df["version"][0]), str(df["model_id"][0])
+    return Quantizer(embedding_matrix(df["centroid"]), content, model_id)
 
 
 def embedding_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFrame:
