@@ -204,7 +204,8 @@ def similarity_index(
         root_uri=delta.root_uri,
         storage_options=delta.task_options(),
         files_root=str(files_root_for(store, config.files_root)),
-        quantizer_version=version,
+        quantizer_table_version=version,
+        quantizer_version=quantizer.version,
     )
     shards = ShardLoop(context, ["similarity_index"])
 
@@ -276,7 +277,8 @@ def image_uniqueness(
     work = UniquenessShardWork(
         root_uri=delta.root_uri,
         storage_options=delta.task_options(),
-        quantizer_version=version,
+        quantizer_table_version=version,
+        quantizer_version=quantizer.version,
         k=config.k,
         nprobe=config.nprobe,
         memory_budget_mb=compute.memory_budget_mb,

@@ -9,13 +9,13 @@ probed lists only) in batches sized from the memory budget.
 **The quantizer travels as a Delta version.** It is ``nlist × d`` float32 (2 MB at 1M images
 of 512-d, ~170 MB at 1G images of 1280-d): too large to ship in every task's arguments. The
 step reads it at the current Delta version of ``similarity_quantizer`` and hands the work that
-version; each process reads that version once (Delta time travel, :func:`quantizer_at`, cached
-per process), so every shard of a run uses the quantizer the step read even if it is retrained
+version and the quantizer's content hash; each process reads that version once (Delta time
+travel, :func:`quantizer_at`, kept per process; the step's own process reuses what the step
+read), so every shard of a run uses the quantizer the step read even if it is retrained
 meanwhile, as when the step held it in memory.
 """
 
 import base64
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -143,37 +143,56 @@ def score_shard(
 # ------------------------------------------------------------------ the engine's work
 
 
-@functools.lru_cache(maxsize=2)
-def _quantizer_at(
-    root_uri: str, options: tuple[tuple[str, str], ...], version: int
-) -> Quantizer | None:
-    return load_quantizer(DeltaStore(root_uri, dict(options)), version=version)
+#: The quantizer this process read last, by (root, options, Delta version, content hash): one
+#: at a time, as it may be ~170 MB.
+_QUANTIZERS: dict[tuple[Any, ...], Quantizer] = {}
 
 
-def quantizer_at(store: DeltaStore, version: int) -> Quantizer | None:
-    """The quantizer as of Delta ``version`` of ``similarity_quantizer``, read once per process.
-
-    A version never changes, so the cache (the last two versions) is never stale.
-    """
-    return _quantizer_at(store.root_uri, tuple(sorted(store.storage_options.items())), version)
+def _cache_key(store: DeltaStore, table_version: int, content: str) -> tuple[Any, ...]:
+    options = tuple(sorted(store.storage_options.items()))
+    return (store.root_uri, options, table_version, content)
 
 
 def current_quantizer(store: DeltaStore) -> tuple[int, Quantizer] | None:
-    """The quantizer's current Delta version and the quantizer (None when never trained)."""
-    version = store.version(SIMILARITY_QUANTIZER.name)
-    quantizer = None if version is None else quantizer_at(store, version)
-    return None if version is None or quantizer is None else (version, quantizer)
+    """The quantizer's current Delta version and the quantizer (None when never trained).
 
-
-def _work_quantizer(store: DeltaStore, version: int) -> Quantizer:
-    quantizer = quantizer_at(store, version)
+    Read afresh; the process keeps it for :func:`quantizer_at` (a local engine's work then
+    reads it no second time).
+    """
+    table_version = store.version(SIMILARITY_QUANTIZER.name)
+    if table_version is None:
+        return None
+    quantizer = load_quantizer(store, version=table_version)
     if quantizer is None:
-        msg = (
-            f"similarity_quantizer has no rows at Delta version {version} (the version this "
-            "step read): materialize similarity_quantizer, then re-run the step"
-        )
-        raise SimilarityIndexError(msg)
-    return quantizer
+        return None
+    _QUANTIZERS.clear()
+    _QUANTIZERS[_cache_key(store, table_version, quantizer.version)] = quantizer
+    return table_version, quantizer
+
+
+def quantizer_at(store: DeltaStore, table_version: int, content: str) -> Quantizer:
+    """The quantizer at Delta ``table_version`` of ``similarity_quantizer``, read once per process.
+
+    ``content`` is the quantizer's content hash as the step read it: a table deleted and
+    written again reuses version numbers, so a version alone could name other centroids.
+
+    Raises:
+        SimilarityIndexError: If that version holds no quantizer or another one.
+    """
+    key = _cache_key(store, table_version, content)
+    if key not in _QUANTIZERS:
+        quantizer = load_quantizer(store, version=table_version)
+        if quantizer is None or quantizer.version != content:
+            found = "no rows" if quantizer is None else f"version {quantizer.version}"
+            msg = (
+                f"similarity_quantizer at Delta version {table_version} holds {found}, not the "
+                f"quantizer {content} this step read (the table was replaced meanwhile): re-run "
+                "the step"
+            )
+            raise SimilarityIndexError(msg)
+        _QUANTIZERS.clear()
+        _QUANTIZERS[key] = quantizer
+    return _QUANTIZERS[key]
 
 
 @dataclass(frozen=True)
@@ -199,18 +218,20 @@ class IndexShardWork:
         root_uri: Delta root.
         storage_options: deltalake storage options of the root.
         files_root: Where the faiss files go (:func:`~curation_assets.lib.similar.files_root_for`).
-        quantizer_version: Delta version of ``similarity_quantizer`` the step read.
+        quantizer_table_version: Delta version of ``similarity_quantizer`` the step read.
+        quantizer_version: The quantizer's content hash (``Quantizer.version``).
     """
 
     root_uri: str
     storage_options: dict[str, str]
     files_root: str
-    quantizer_version: int
+    quantizer_table_version: int
+    quantizer_version: str
 
     def __call__(self, key: str, progress: Callable[[str], None]) -> IndexOutcome:
         """Index shard ``key``; memory: its vectors twice (see :func:`index_shard`)."""
         store = DeltaStore(self.root_uri, self.storage_options)
-        quantizer = _work_quantizer(store, self.quantizer_version)
+        quantizer = quantizer_at(store, self.quantizer_table_version, self.quantizer_version)
         t0 = time.perf_counter()
         row = index_shard(store, self.files_root, key, quantizer, datetime.now(UTC))
         seconds = time.perf_counter() - t0
@@ -268,7 +289,8 @@ class UniquenessShardWork:
     Attributes:
         root_uri: Delta root.
         storage_options: deltalake storage options of the root.
-        quantizer_version: Delta version of ``similarity_quantizer`` the step read.
+        quantizer_table_version: Delta version of ``similarity_quantizer`` the step read.
+        quantizer_version: The quantizer's content hash (``Quantizer.version``).
         k: Neighbour rank scored.
         nprobe: Inverted lists searched per query.
         memory_budget_mb: The step's memory budget (MiB); each task sizes its query batches
@@ -278,7 +300,8 @@ class UniquenessShardWork:
 
     root_uri: str
     storage_options: dict[str, str]
-    quantizer_version: int
+    quantizer_table_version: int
+    quantizer_version: str
     k: int
     nprobe: int
     memory_budget_mb: float
@@ -287,7 +310,7 @@ class UniquenessShardWork:
     def __call__(self, key: str, progress: Callable[[str], None]) -> UniquenessOutcome:
         """Score shard ``key`` against every shard file (see :func:`score_shard`)."""
         store = DeltaStore(self.root_uri, self.storage_options)
-        quantizer = _work_quantizer(store, self.quantizer_version)
+        quantizer = quantizer_at(store, self.quantizer_table_version, self.quantizer_version)
         t0 = time.perf_counter()
         scored = score_shard(
             store,
