@@ -210,9 +210,10 @@ class Engine(dg.ConfigurableResource):
     """Where the heavy per-shard work runs: this process, or tasks on a Ray cluster.
 
     Dagster still runs the steps (partitions, retries, checks, the UI); inside the per-shard
-    steps that decode and embed, score and assign (image_embeddings, classifier_scores,
-    cluster_assignments) each shard becomes one task of this engine, and inside the dedup step
-    each (clustering, bucket) unit of the pair search (``lib/engine.py``).
+    steps that decode and embed, score, assign, index and score uniqueness (image_embeddings,
+    classifier_scores, cluster_assignments, similarity_index, image_uniqueness) each shard
+    becomes one task of this engine, and inside the dedup step each (clustering, bucket) unit
+    of the pair search (``lib/engine.py``).
     """
 
     address: str = Field(

@@ -6,19 +6,21 @@ dedup centroids); ``similarity_index`` writes one faiss file per shard and its m
 own file and its own search. ``curation similar`` queries the same files.
 """
 
-import time
 from datetime import UTC, datetime
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from curation_assets.defs.automation import CENTROIDS
 from curation_assets.defs.metadata import check_result, markdown_bars, table_metadata, table_schema
-from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
-from curation_assets.defs.resources import Compute, DeltaStorage
+from curation_assets.defs.partitions import (
+    ShardLoop,
+    ShardReport,
+    shard_backfill_policy,
+    shards_partitions,
+)
+from curation_assets.defs.resources import Compute, DeltaStorage, Engine
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.checks import Check
 from curation_assets.lib.cluster import default_k, train_kmeans
 from curation_assets.lib.images import SourceReader
 from curation_assets.lib.similar import (
@@ -26,19 +28,17 @@ from curation_assets.lib.similar import (
     SimilarityIndexError,
     embedding_pool,
     files_root_for,
-    load_quantizer,
     quantizer_frame,
-    uniqueness_check,
-    uniqueness_figures,
 )
-from curation_assets.lib.similar.index import published_shard
 from curation_assets.lib.similar.run import (
-    index_shard,
-    score_shard,
+    IndexOutcome,
+    IndexShardWork,
+    UniquenessOutcome,
+    UniquenessShardWork,
+    current_quantizer,
     source_uris,
     thumbnail_row,
 )
-from curation_assets.lib.similar.uniqueness import extremes, histogram
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
 from curation_assets.lib.tables.similar import (
@@ -186,34 +186,30 @@ def similarity_quantizer(
     ],
 )
 @fail_fast
-def similarity_index(context: dg.AssetExecutionContext, config: IndexConfig, delta: DeltaStorage):
-    """Build each shard's file; memory: one shard's vectors twice."""
+def similarity_index(
+    context: dg.AssetExecutionContext, config: IndexConfig, delta: DeltaStorage, engine: Engine
+):
+    """Build each shard's file; memory: one shard's vectors twice.
+
+    Each shard is one task of the ``engine`` (this process, or a Ray cluster).
+    """
     store = delta.store()
-    quantizer = load_quantizer(store)
-    if quantizer is None:
+    stored = current_quantizer(store)
+    if stored is None:
         msg = "similarity_quantizer was never materialized; materialize it first"
         raise SimilarityIndexError(msg)
-    root = files_root_for(store, config.files_root)
+    version, quantizer = stored
+    work = IndexShardWork(
+        root_uri=delta.root_uri,
+        storage_options=delta.task_options(),
+        files_root=str(files_root_for(store, config.files_root)),
+        quantizer_table_version=version,
+        quantizer_version=quantizer.version,
+    )
     shards = ShardLoop(context, ["similarity_index"])
 
-    def one(key: str) -> None:
-        t0 = time.perf_counter()
-        row = index_shard(store, root, key, quantizer, datetime.now(UTC))
-        seconds = time.perf_counter() - t0
-        n_embedded = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id"]).height
-        context.log.info(f"{key}: indexed {row.n_vectors} vectors in {seconds:.2f}s")
-        current = published_shard(store, key)  # as published, by this run or a later writer
-        check = Check(
-            name="every_embedding_indexed",
-            asset="similarity_index",
-            passed=current.n_vectors == n_embedded and current.file_exists,
-            metadata={
-                "embedded": n_embedded,
-                "indexed": current.n_vectors,
-                "file_exists": current.file_exists,
-                "published_by_this_run": current.file == row.file,
-            },
-        )
+    def report(key: str, out: IndexOutcome) -> ShardReport:
+        row = out.row
         metadata = table_metadata(
             SIMILARITY_INDEX,
             delta.uri(SIMILARITY_INDEX),
@@ -225,11 +221,11 @@ def similarity_index(context: dg.AssetExecutionContext, config: IndexConfig, del
             quantizer_version=quantizer.version,
             model_id=quantizer.model_id,
             superseded_files_removed=row.removed_files,
-            seconds=round(seconds, 3),
+            seconds=round(out.seconds, 3),
         )
-        shards.done(key, {"similarity_index": metadata}, [check_result(check)])
+        return {"similarity_index": metadata}, [check_result(c) for c in out.checks]
 
-    yield from shards.run(one)
+    yield from shards.run_on(engine.engine(), work, report)
 
 
 @dg.asset(
@@ -263,58 +259,56 @@ def image_uniqueness(
     config: UniquenessConfig,
     delta: DeltaStorage,
     compute: Compute,
+    engine: Engine,
 ):
-    """Score each shard; memory: a batch of queries sized from the budget + one mmapped file."""
+    """Score each shard; memory: a batch of queries sized from the budget + one mmapped file.
+
+    Each shard is one task of the ``engine``; the task returns the shard's figures and its
+    few extreme rows, and the thumbnails are made here.
+    """
     store = delta.store()
-    quantizer = load_quantizer(store)
-    if quantizer is None:
+    stored = current_quantizer(store)
+    if stored is None:
         msg = "similarity_quantizer was never materialized; materialize it and similarity_index"
         raise SimilarityIndexError(msg)
+    version, quantizer = stored
+    work = UniquenessShardWork(
+        root_uri=delta.root_uri,
+        storage_options=delta.task_options(),
+        quantizer_table_version=version,
+        quantizer_version=quantizer.version,
+        k=config.k,
+        nprobe=config.nprobe,
+        memory_budget_mb=compute.memory_budget_mb,
+        examples=config.examples,
+    )
     shards = ShardLoop(context, ["image_uniqueness"])
 
-    def one(key: str) -> None:
-        t0 = time.perf_counter()
-        scored = score_shard(
-            store,
-            key,
-            quantizer,
-            k=config.k,
-            nprobe=config.nprobe,
-            budget=compute.budget(),
-            scored_at=datetime.now(UTC),
-        )
-        store.replace_shard(IMAGE_UNIQUENESS, key, scored.frame)
-        seconds = time.perf_counter() - t0
-        n_embedded = store.read(IMAGE_EMBEDDINGS, shards=[key], columns=["image_id"]).height
-        context.log.info(
-            f"{key}: scored {scored.frame.height} images against {scored.searched_shards} "
-            f"shard indexes in {seconds:.2f}s"
-        )
+    def report(key: str, out: UniquenessOutcome) -> ShardReport:
         metadata = table_metadata(
             IMAGE_UNIQUENESS,
             delta.uri(IMAGE_UNIQUENESS),
-            scored.frame.height,
+            out.rows,
             k=config.k,
             nprobe=config.nprobe,
             nlist=quantizer.nlist,
-            searched_shards=scored.searched_shards,
-            stale_shards_skipped=len(scored.skipped_shards),
-            seconds=round(seconds, 3),
-            **uniqueness_figures(scored.frame),
-            **_pictures(store, scored.frame, config.examples),
+            searched_shards=out.searched_shards,
+            stale_shards_skipped=out.stale_shards_skipped,
+            seconds=round(out.seconds, 3),
+            **out.figures,
+            **_pictures(store, out),
         )
-        check = uniqueness_check(scored.frame, n_embedded)
-        shards.done(key, {"image_uniqueness": metadata}, [check_result(check)])
+        return {"image_uniqueness": metadata}, [check_result(c) for c in out.checks]
 
-    yield from shards.run(one)
+    yield from shards.run_on(engine.engine(), work, report)
 
 
-def _pictures(store: DeltaStore, frame: pl.DataFrame, n: int) -> dict[str, dg.MetadataValue]:
+def _pictures(store: DeltaStore, out: UniquenessOutcome) -> dict[str, dg.MetadataValue]:
     """The histogram and the most / least unique images of a shard, as markdown."""
-    if frame.is_empty():
+    if not out.rows:
         return {}
-    labels, counts = histogram(frame)
-    most, least = (source_uris(store, f) for f in extremes(frame, n))
+    labels, counts = out.histogram
+    most, least = source_uris(store, out.most), source_uris(store, out.least)
     with SourceReader() as reader:
         text = (
             "**Most unique** (outliers):\n\n"

@@ -5,11 +5,14 @@ each per-shard asset that runs on the engine (image_embeddings, classifier_score
 cluster_assignments) is materialized over the four shards in one run with the local engine and
 again with the Ray engine, on the same inputs, and every table it writes is compared. The
 global steps between them (safety_classifiers from the demo's seed labels, filter_shard,
-cluster_centroids) run locally once. Then a Ray worker is SIGKILLed while it embeds a shard:
+cluster_centroids) run locally once. The similarity steps (similarity_index, image_uniqueness)
+are compared the same way over a quantizer trained locally, and their index files must answer
+searches alike. Then a Ray worker is SIGKILLed while it embeds a shard:
 Ray's retry makes the step succeed; with no Ray retry the step fails naming the shard and the
 dead worker, the shard's rows stay the last committed ones, and a re-run converges.
 """
 
+import logging
 import os
 import signal
 import threading
@@ -32,6 +35,8 @@ from curation_assets.defs.filter import filter_shard
 from curation_assets.defs.ingest import ingest
 from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags
 from curation_assets.defs.resources import Categories, Engine
+from curation_assets.defs.similar import image_uniqueness, similarity_index, similarity_quantizer
+from curation_assets.lib.similar import load_quantizer, search
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
@@ -44,6 +49,8 @@ from curation_assets.lib.tables import (
     TableSpec,
     assignments_spec,
 )
+from curation_assets.lib.tables.similar import IMAGE_UNIQUENESS, SIMILARITY_INDEX
+from curation_assets.lib.vectors import embedding_matrix
 from curation_assets.runner import step_errors
 from curation_assets.tools.demo import build_demo_corpus, write_seed_labels
 from curation_assets_tests.defs.helpers import resources
@@ -54,6 +61,7 @@ from curation_assets_tests.servers_ray import (  # noqa: F401
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+logger = logging.getLogger(__name__)
 
 SHARDS = ["shard-000", "shard-001.tar", "shard-002.csv", "shard-003.parquet"]
 #: Seconds after a kill when the test looks at the table: the failed attempt has ended (the
@@ -322,6 +330,76 @@ def test_per_shard_assets_on_ray_write_the_local_tables_on_both_nodes(demo):
     nodes |= {m["ray_node_id"] for m in assigned.values()}
     assert nodes <= set(demo["cluster"].node_ids())
     assert len(nodes) == 2  # the work ran on both Ray nodes
+
+
+def _similarity_tables(store: DeltaStore) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """similarity_index without its files' names and times; image_uniqueness without times."""
+    index = store.read(SIMILARITY_INDEX).drop("file", "built_at").sort("shard")
+    scores = store.read(IMAGE_UNIQUENESS).drop("scored_at").sort("image_id")
+    return index, scores
+
+
+def _timed(assets: list, instance, res: dict, name: str):
+    t0 = time.perf_counter()
+    result = materialize(assets, instance, res)
+    assert result.success, step_errors(result)
+    logger.info(
+        "%s with the %s engine: %.1f s", name, res["engine"].address, time.perf_counter() - t0
+    )
+    return result
+
+
+def test_similarity_steps_on_ray_write_the_local_tables_and_index_files(demo):
+    """similarity_index and image_uniqueness: the same tables and search results on Ray."""
+    store, instance = demo["store"], demo["instance"]
+    if not store.exists(IMAGE_EMBEDDINGS.name):  # alone (-k): embed the shards locally first
+        embedded = materialize([image_embeddings], instance, demo["local"])
+        assert embedded.success, step_errors(embedded)
+    trained = materialize([similarity_quantizer], instance, demo["local"])
+    assert trained.success, step_errors(trained)
+    quantizer = load_quantizer(store)
+    assert quantizer is not None
+    x = embedding_matrix(store.read(IMAGE_EMBEDDINGS).sort("image_id")["embedding"])
+    runs, tables, hits = {}, {}, {}
+    for engine in ("local", "ray"):
+        res = demo[engine]
+        index = _timed([similarity_index], instance, res, "similarity_index")
+        scored = _timed([image_uniqueness], instance, res, "image_uniqueness")
+        runs[engine] = {
+            **shard_metadata(index, "similarity_index"),
+            **shard_metadata(scored, "image_uniqueness"),
+        }
+        assert all(e.passed for r in (index, scored) for e in r.get_asset_check_evaluations())
+        assert [len(r.get_asset_check_evaluations()) for r in (index, scored)] == [1, 1]
+        tables[engine] = _similarity_tables(store)
+        hits[engine] = search(store, x, 6, nprobe=quantizer.nlist, quantizer=quantizer)
+    (local_index, local_scores), (ray_index, ray_scores) = tables["local"], tables["ray"]
+    assert ray_index.height == len(SHARDS) and ray_index.equals(local_index)
+    assert local_scores.height == x.shape[0]
+    assert_same(ray_scores, local_scores)
+    # the Ray run's files (new names: the local ones were superseded and removed) answer alike
+    assert hits["ray"].image_ids == hits["local"].image_ids
+    np.testing.assert_allclose(hits["ray"].similarity, hits["local"].similarity, atol=1e-6)
+    assert hits["ray"].searched_shards == len(SHARDS)
+    # the same metadata keys and figures per shard, plus where each shard ran
+    local, ray = runs["local"], runs["ray"]
+    assert len(local) == len(ray) == 2 * len(SHARDS)
+    assert {m["engine"] for m in local.values()} == {"local"}
+    assert {m["engine"] for m in ray.values()} == {"ray"}
+    nodes = {m["ray_node_id"] for m in ray.values()}
+    assert nodes <= set(demo["cluster"].node_ids())
+    assert all(m["worker_pid"] != os.getpid() for m in ray.values())
+    varying = {"file", "seconds", "task_seconds", "worker_pid", "worker_host", "engine"}
+    for key, meta in ray.items():
+        assert set(meta) - {"ray_node_id"} == set(local[key])
+        for name, value in meta.items():
+            if name not in varying | {"ray_node_id", "superseded_files_removed"}:
+                assert value == local[key][name], (key, name)
+        if key.startswith("image_uniqueness/"):  # thumbnails made in the step from the outcome
+            thumbs = meta["most_and_least_unique"].count("data:image/jpeg;base64,")
+            assert thumbs == local[key]["most_and_least_unique"].count("data:image/jpeg;base64,")
+            assert thumbs == 8
+    assert all(m["superseded_files_removed"] == 1 for k, m in ray.items() if "index/" in k)
 
 
 def _embed_version(store: DeltaStore) -> int:

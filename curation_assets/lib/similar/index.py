@@ -125,15 +125,15 @@ def quantizer_frame(model: KMeansModel, model_id: str, trained_at: datetime) -> 
     )
 
 
-def load_quantizer(store: DeltaStore) -> Quantizer | None:
-    """The stored quantizer (None when never trained)."""
+def load_quantizer(store: DeltaStore, *, version: int | None = None) -> Quantizer | None:
+    """The stored quantizer (None when never trained), as of Delta ``version`` when given."""
     if not store.exists(SIMILARITY_QUANTIZER.name):
         return None
-    df = store.read(SIMILARITY_QUANTIZER).sort("centroid_id")
+    df = store.read(SIMILARITY_QUANTIZER, version=version).sort("centroid_id")
     if df.is_empty():
         return None
-    version, model_id = str(df["version"][0]), str(df["model_id"][0])
-    return Quantizer(embedding_matrix(df["centroid"]), version, model_id)
+    content, model_id = str(df["version"][0]), str(df["model_id"][0])
+    return Quantizer(embedding_matrix(df["centroid"]), content, model_id)
 
 
 def embedding_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFrame:
