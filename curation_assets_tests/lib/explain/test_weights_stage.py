@@ -14,23 +14,8 @@ from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import SAMPLE_WEIGHTS
 from curation_assets.lib.weights.update import update_weights
+from curation_assets_tests.lib.weights.test_update import SETTINGS
 from curation_assets_tests.weights_inputs import write_uniqueness, write_weight_inputs
-
-SETTINGS = {
-    "correct_for": "filter",
-    "method": "kept_vs_removed",
-    "C": 1.0,
-    "pca_dim": 4,
-    "w_min": 0.1,
-    "w_max": 10.0,
-    "seed": 0,
-    "keywords": [],
-    "concepts": {},
-    "mode": "auto",
-    "mean_tolerance": 0.01,
-    "refit_growth": 1.0,
-    "refit_prior_shift": 0.02,
-}
 
 
 def _weights_stage(store: DeltaStore, image_id: str):
