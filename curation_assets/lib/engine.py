@@ -53,9 +53,14 @@ worker process or node died is retried by Ray up to ``max_retries`` times; if it
 failure no new shard is submitted, the shards already running are waited for and yielded (they
 are written anyway), then the error is raised.
 
-**Progress.** In local mode ``work`` reports progress inside a shard through ``on_progress``
-(the step's run log); on Ray, progress inside a shard goes to the worker's log (``logging``),
-and the step logs each shard as it completes.
+**Progress.** ``work`` reports progress inside a shard through its ``progress`` callback, and
+the caller's ``on_progress`` receives it: in local mode directly; on Ray through a small queue
+actor (``ray.util.queue.Queue``, no CPU, one per ``map_shards`` call) that the tasks put their
+sentences in and the driver drains while it waits for results (every ``progress_poll_s``), so
+a Ray step's run log shows each shard's progress as the local one does. A sentence that does
+not fit in the queue (the driver is behind by :data:`PROGRESS_QUEUE_SIZE`) is dropped, never
+blocking the work; every sentence also goes to the worker's log (``logging``). The step also
+logs each shard as it completes.
 
 Ingest does not go through an engine: it is serialized by a pool/lock so that exact duplicates
 across shards collapse to one row, and it stays in the step's process.
@@ -153,8 +158,8 @@ class Engine(Protocol):
             keys: Shard keys.
             wants_gpu: The work benefits from a GPU (embedding): an engine with GPUs gives one
                 to each task.
-            on_progress: ``on_progress(key, sentence)`` for progress inside a shard (local
-                only; Ray workers log it).
+            on_progress: ``on_progress(key, sentence)`` for progress inside a shard (on Ray,
+                relayed from the tasks while the caller waits for results).
 
         Raises:
             Exception: The first shard's error (after the shards running beside it finished).
@@ -264,16 +269,30 @@ def gpu_slots(gpus: float, gpus_per_task: float) -> int:
     return max(1, int(gpus / gpus_per_task + 1e-9))
 
 
-def _ray_progress(key: str) -> Progress:
+PROGRESS_QUEUE_SIZE = 1000
+"""Progress sentences a Ray step's queue holds before new ones are dropped."""
+
+
+def _ray_progress(key: str, queue: Any = None) -> Progress:
     def progress(sentence: str) -> None:
         logger.info("%s: %s", key, sentence)
+        if queue is not None:
+            from ray.util.queue import Full
+
+            try:
+                queue.put_nowait((key, sentence))
+            except Full:
+                logger.warning("%s: progress queue full, sentence not sent to the step", key)
 
     return progress
 
 
-def _ray_task(work: ShardWork[T], key: str) -> ShardResult[T]:
-    """The body of one Ray task: run ``work`` for ``key`` on this worker."""
-    return _run_shard(work, key, _ray_progress(key), "ray")
+def _ray_task(work: ShardWork[T], key: str, queue: Any = None) -> ShardResult[T]:
+    """The body of one Ray task: run ``work`` for ``key`` on this worker.
+
+    ``queue``: the step's progress queue (a ``ray.util.queue.Queue``), or None.
+    """
+    return _run_shard(work, key, _ray_progress(key, queue), "ray")
 
 
 _REMOTE: dict[str, Any] = {}
@@ -301,6 +320,7 @@ class RayEngine:
             (0.5, 0.25) runs that many tasks on one GPU at once, each with its own model copy
             and decode threads, which helps when decoding, not the forward pass, is the
             bottleneck (``curation bench embed-workers`` measures it).
+        progress_poll_s: Seconds between the driver's reads of the tasks' progress sentences.
         env_vars: Environment variables of the task workers (Ray ``runtime_env``), e.g.
             ``CURATION_MEMORY_BUDGET_MB`` or object-store credentials; workers with other
             variables are other processes.
@@ -316,6 +336,7 @@ class RayEngine:
         max_retries: int = 2,
         num_cpus: float = 1,
         gpus_per_task: float = 1,
+        progress_poll_s: float = 1.0,
         env_vars: dict[str, str] | None = None,
     ) -> None:
         if gpus_per_task <= 0 or (gpus_per_task > 1 and not float(gpus_per_task).is_integer()):
@@ -323,6 +344,7 @@ class RayEngine:
             raise ConfigError(msg)
         self.address = address
         self.gpus_per_task = float(gpus_per_task)
+        self.progress_poll_s = progress_poll_s
         self.max_in_flight = max_in_flight
         self.max_retries = max_retries
         self.num_cpus = num_cpus
@@ -381,7 +403,6 @@ class RayEngine:
         import ray
         from ray import exceptions as rex
 
-        del on_progress  # progress inside a shard stays in the worker's log
         resources = self.connect()
         gpus = int(resources.get("GPU", 0))
         use_gpu = wants_gpu and gpus > 0
@@ -410,12 +431,28 @@ class RayEngine:
 
         def submit(key: str) -> Any:
             # the task's name is the worker's process title while it runs: ray::shard <key>
-            return task.options(name=f"shard {key}", **options).remote(work, key)
+            return task.options(name=f"shard {key}", **options).remote(work, key, queue)
+
+        queue = None
+        if on_progress is not None:
+            from ray.util.queue import Queue
+
+            queue = Queue(maxsize=PROGRESS_QUEUE_SIZE, actor_options={"num_cpus": 0})
+
+        def drain() -> None:
+            if queue is None or on_progress is None:
+                return
+            size = queue.qsize()
+            for key, sentence in queue.get_nowait_batch(size) if size else ():
+                on_progress(key, sentence)
 
         def wait_one(refs: list[Any]) -> Any:
             self.peak_in_flight = max(self.peak_in_flight, len(refs))
-            done, _ = ray.wait(refs, num_returns=1)
-            return done[0]
+            while True:
+                done, _ = ray.wait(refs, num_returns=1, timeout=self.progress_poll_s)
+                drain()
+                if done:
+                    return done[0]
 
         def collect(key: str, ref: Any) -> ShardResult[T]:
             try:
@@ -443,7 +480,11 @@ class RayEngine:
                     raise cause from exc
                 raise
 
-        yield from bounded_completion(keys, submit, wait_one, collect, limit)
+        try:
+            yield from bounded_completion(keys, submit, wait_one, collect, limit)
+        finally:
+            if queue is not None:
+                queue.shutdown(force=True)
 
 
 def make_engine(address: str, **options: Any) -> LocalEngine | RayEngine:

@@ -185,6 +185,14 @@ def shared_gpu_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]
     return {"gpu_ids": ray.get_gpu_ids(), "span": (started, time.time())}
 
 
+def chatty_work(key: str, progress: Callable[[str], None]) -> str:
+    """A work function that reports progress twice, a second apart (importable by the workers)."""
+    progress(f"{key} half done")
+    time.sleep(1.0)
+    progress(f"{key} all done")
+    return key
+
+
 def oserror_work(key: str, progress: Callable[[str], None]) -> None:
     """A work function failing the way an unreachable bucket does (importable by the workers)."""
     raise OSError(5, f"storage gone while writing {key}")
@@ -211,6 +219,13 @@ def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
         # half a GPU and half of the node's one CPU each, so that two fit at once
         halves = RayEngine(cluster.address, gpus_per_task=0.5, num_cpus=0.5)
         shared = list(halves.map_shards(shared_gpu_work, ["h0", "h1"], wants_gpu=True))
+        # progress inside a task reaches the caller (the step's run log) while it runs
+        heard: list[tuple[str, str, float]] = []
+        chatty = RayEngine(cluster.address, progress_poll_s=0.2)
+        told = chatty.map_shards(
+            chatty_work, ["p0", "p1"], on_progress=lambda k, s: heard.append((k, s, time.time()))
+        )
+        finished = {r.key: time.time() for r in told}
         # a work's own OSError comes back as itself, naming the shard (Ray raises a class
         # derived from RayTaskError and OSError, without RayTaskError's pid attribute)
         with pytest.raises(OSError, match="storage gone while writing bad") as failed:
@@ -227,6 +242,16 @@ def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
     (a0, a1), (b0, b1) = (r.value["span"] for r in shared)
     assert a0 < b1 and b0 < a1, "the two half-GPU tasks did not overlap"
     assert halves.peak_in_flight == 2
+    assert sorted((k, s) for k, s, _ in heard) == [
+        ("p0", "p0 all done"),
+        ("p0", "p0 half done"),
+        ("p1", "p1 all done"),
+        ("p1", "p1 half done"),
+    ]
+    # "half done" was heard while its task still ran (it sleeps 1 s after saying it), not
+    # relayed with the result
+    early = [finished[k] - t for k, s, t in heard if s.endswith("half done")]
+    assert min(early) > 0.3, early
 
 
 @pytest.fixture(scope="module")
