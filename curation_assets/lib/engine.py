@@ -60,7 +60,9 @@ sentences in and the driver drains while it waits for results (every ``progress_
 a Ray step's run log shows each shard's progress as the local one does. A sentence that does
 not fit in the queue (the driver is behind by :data:`PROGRESS_QUEUE_SIZE`) is dropped, never
 blocking the work; every sentence also goes to the worker's log (``logging``). The step also
-logs each shard as it completes.
+logs each shard as it completes. Cost: the queue actor's start, measured 0.2–0.7 s per
+``map_shards`` call (median 0.54 s, eight no-op tasks on a loopback two-node cluster, 0.02 s
+without a queue), small beside a Dagster run's 8–12 s start.
 
 Ingest does not go through an engine: it is serialized by a pool/lock so that exact duplicates
 across shards collapse to one row, and it stays in the step's process.
