@@ -194,9 +194,10 @@ class ShardInputsUpdatedSinceCron(dg.AutomationCondition):
         instance = context.asset_graph_view.instance
         tick = get_latest_completed_cron_tick(self.cron, context.evaluation_time, "UTC")
         tick = tick.timestamp()
-        fresh = True
-        for key in _shard_deps(context):
-            records = instance.fetch_materializations(key, limit=1).records
-            fresh = fresh and bool(records) and records[0].timestamp > tick
+        fresh = all(
+            (records := instance.fetch_materializations(key, limit=1).records)
+            and records[0].timestamp > tick
+            for key in _shard_deps(context)
+        )  # stops querying at the first input that is not fresh
         true = context.candidate_subset if fresh else context.get_empty_subset()
         return dg.AutomationResult(context, true)

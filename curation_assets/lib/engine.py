@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from curation_assets.lib.errors import ConfigError, TransientError
+from curation_assets.lib.settings import is_gpu_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ class RayEngine:
         progress_poll_s: float = 1.0,
         env_vars: dict[str, str] | None = None,
     ) -> None:
-        if gpus_per_task <= 0 or (gpus_per_task > 1 and not float(gpus_per_task).is_integer()):
+        if not is_gpu_fraction(gpus_per_task):
             msg = f"gpus_per_task={gpus_per_task}: a fraction in (0, 1] or a whole number"
             raise ConfigError(msg)
         self.address = address
@@ -431,15 +432,15 @@ class RayEngine:
         )
         self.peak_in_flight = 0
 
-        def submit(key: str) -> Any:
-            # the task's name is the worker's process title while it runs: ray::shard <key>
-            return task.options(name=f"shard {key}", **options).remote(work, key, queue)
-
         queue = None
         if on_progress is not None:
             from ray.util.queue import Queue
 
             queue = Queue(maxsize=PROGRESS_QUEUE_SIZE, actor_options={"num_cpus": 0})
+
+        def submit(key: str) -> Any:
+            # the task's name is the worker's process title while it runs: ray::shard <key>
+            return task.options(name=f"shard {key}", **options).remote(work, key, queue)
 
         def drain() -> None:
             if queue is None or on_progress is None:

@@ -97,6 +97,11 @@ def save_settings(home: Path, **values: str) -> None:
     (home / SETTINGS_FILE).write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
+def is_gpu_fraction(value: float) -> bool:
+    """Whether Ray accepts ``value`` GPUs per task: a fraction in (0, 1] or a whole number."""
+    return value > 0 and (value <= 1 or float(value).is_integer())
+
+
 def gpu_fraction_env(name: str, default: float = 1.0) -> float:
     """GPUs per task from environment variable ``name``: a fraction in (0, 1] or a whole number.
 
@@ -108,7 +113,7 @@ def gpu_fraction_env(name: str, default: float = 1.0) -> float:
         value = float(raw)
     except ValueError:
         value = 0.0
-    if value <= 0 or (value > 1 and not value.is_integer()):
+    if not is_gpu_fraction(value):
         raise ValueError(f"{name}={raw!r}: expected a fraction in (0, 1] or a whole number")
     return value
 

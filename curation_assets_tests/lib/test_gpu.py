@@ -4,35 +4,31 @@ Marked ``gpu``; skipped where torch sees no CUDA device (CI has none: these ran 
 H200 machine, see the README's "Scale out" figures).
 """
 
-import os
-
 import numpy as np
 import pytest
-import skimage
 import torch
 from PIL import Image, ImageOps
 
 from curation_assets.lib.embed import EmbedderSpec, EmbedShardWork, load_embedder
 from curation_assets.lib.embed.models import resolve_device
 from curation_assets.lib.engine import LocalEngine, RayEngine
-from curation_assets.lib.ingest import existing_lookup, ingest_shard, write_ingest
-from curation_assets.lib.shards import ShardReader, shard_info
+from curation_assets.lib.shards import ShardReader
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
 from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.tools.bench_embed import ingest_all
 from curation_assets_tests.conftest import TINY_CLIP_CONFIG, write_images
+from curation_assets_tests.lib.test_embed import _photo
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
-
 
 def _photos() -> list[Image.Image]:
     names = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png"]
-    photos = [Image.open(os.path.join(SKIMAGE_DATA, n)).convert("RGB") for n in names]
+    photos = [_photo(n) for n in names]
     return photos + [ImageOps.mirror(p) for p in photos]
 
 
@@ -80,13 +76,8 @@ def _ingested(tmp_path, n_shards: int = 4, per_shard: int = 24) -> tuple[DeltaSt
     src = tmp_path / "src"
     for i in range(n_shards):
         write_images(src / f"s{i}", per_shard, start=i * per_shard)
-    store = DeltaStore(str(tmp_path / "delta"))
-    for i in range(n_shards):
-        key = f"s{i}"
-        write_ingest(
-            store, key, ingest_shard(shard_info(src, key), existing=existing_lookup(store, key))
-        )
-    return store, str(src)
+    ingest_all(src, tmp_path / "delta", threads=2)
+    return DeltaStore(str(tmp_path / "delta")), str(src)
 
 
 def _vectors(store: DeltaStore) -> dict[str, np.ndarray]:
