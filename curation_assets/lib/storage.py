@@ -620,13 +620,17 @@ class DeltaStore:
     def scan(self, spec: TableSpec, *, version: int | None = None) -> pl.LazyFrame:
         """Lazy scan of a table (at ``version`` when given, Delta time travel).
 
-        An empty frame of the right schema when the table does not exist.
+        An empty frame of the right schema when the table does not exist. The table's log is
+        read once, here: the scan reuses it (a table opened again at collect time costs as
+        much as a small read).
         """
-        if not self.exists(spec.name):
+        try:
+            table = DeltaTable(
+                self.uri(spec.name), version=version, storage_options=self.storage_options or None
+            )
+        except TableNotFoundError:
             return spec.empty().lazy()
-        return pl.scan_delta(
-            self.uri(spec.name), version=version, storage_options=self.storage_options or None
-        )
+        return pl.scan_delta(table)
 
     def read(
         self,

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
-from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.vectors import embedding_matrix, from_half_bytes, half_bytes, half_parts
 
 
 def test_embedding_column_round_trips_to_a_float32_matrix():
@@ -31,3 +31,34 @@ def test_single_model_rejects_mixed_embeddings():
         single_model(both, before="training classifiers", source="image_embeddings")
     with pytest.raises(ConfigError, match="0 models"):
         single_model(pl.DataFrame({"model_id": []}, schema={"model_id": pl.String}), before="x")
+
+
+def _vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float16)
+
+
+def test_half_parts_views_every_chunk_without_converting():
+    a, b = _vectors(5, 8, 1), _vectors(3, 8, 2)
+    frame = pl.concat(
+        [
+            pl.DataFrame({"id": range(5), "v": half_bytes(a)}),
+            pl.DataFrame({"id": range(5, 8), "v": half_bytes(b)}),
+        ],
+        rechunk=False,
+    )
+    rest, parts = half_parts(frame.lazy(), "v", 8)
+    assert rest.columns == ["id"] and rest.height == 8
+    assert all(p.dtype == np.float16 for p in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), np.concatenate([a, b]))
+    np.testing.assert_array_equal(
+        from_half_bytes(frame["v"]), np.concatenate([a, b]).astype(np.float32)
+    )
+
+
+def test_a_row_of_another_length_is_an_error_not_a_null():
+    good = half_bytes(_vectors(2, 8))
+    frame = pl.DataFrame({"v": pl.concat([good, pl.Series([b"\x00" * 6])])})
+    with pytest.raises(ValueError, match=r"1 rows that are null or of \[6\] bytes; expected 16"):
+        half_parts(frame.lazy(), "v", 8)
+    with pytest.raises(ValueError, match="expected 16 bytes"):
+        half_parts(pl.DataFrame({"v": pl.Series([None], dtype=pl.Binary)}).lazy(), "v", 8)

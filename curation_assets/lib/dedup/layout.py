@@ -16,25 +16,34 @@ Storage: C copies of each vector at 2·d bytes (5 × 1 KiB per 512-d image), bes
 ``image_embeddings``' 4·d bytes. The layout is derived data: a full run rebuilds it.
 """
 
+import functools
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from deltalake import DeltaTable
 
 from curation_assets.lib.cluster import filtered_embeddings
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
-from curation_assets.lib.vectors import embedding_matrix, from_half_bytes, half_bytes, single_model
+from curation_assets.lib.vectors import embedding_matrix, half_bytes, half_parts, single_model
 
 #: Bytes one member row costs a unit: the float16 vector read, its float32 copy, ids, meta.
 _ROW_OVERHEAD = 160
 
 
 def unit_row_bytes(dim: int) -> int:
-    """Working bytes of one member row inside a unit (float16 as read + float32 + ids)."""
+    """Working bytes of one member row inside a unit, as the layout is sized.
+
+    The search holds 2·d bytes of float16 a row plus, while it reads, the Arrow copy of the
+    column (2·d more); the rest (2·d) is headroom for a layout chosen when units still held a
+    float32 copy (a unit's float32 rows are now one cluster at a time), so layouts made
+    before and after read the same.
+    """
     return 6 * dim + _ROW_OVERHEAD
 
 
@@ -238,26 +247,53 @@ class UnitRows:
     """The rows of one work unit.
 
     Attributes:
-        frame: cluster, image_id, shard, width, height, ingested_at, sorted by
-            (image_id, shard) — the canonical row order.
-        x: (n, d) float32 vectors aligned with ``frame``.
+        frame: cluster, image_id, shard, width, height, ingested_at, in the order the files
+            hold them (not sorted: the pair search's result does not depend on row order).
+        parts: (n_p, d) float16 vectors aligned with ``frame`` when stacked, as read: views
+            of the read's buffers, one per file (no float32 copy of the unit: the search
+            converts one cluster's rows at a time).
     """
 
     frame: pl.DataFrame
-    x: np.ndarray
+    parts: list[np.ndarray]
+
+    @property
+    def x(self) -> np.ndarray:
+        """(n, d) float16: the parts stacked (a copy)."""
+        dim = self.parts[0].shape[1] if self.parts else 0
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, dim), np.float16)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_snapshot(uri: str, options: tuple[tuple[str, str], ...], version: int) -> DeltaTable:
+    return DeltaTable(uri, version=version, storage_options=dict(options) or None)
+
+
+def _snapshot(uri: str, options: Mapping[str, str], version: int) -> DeltaTable:
+    """``uri`` as of ``version``, opened once per process (a layout's log is long: ~30 ms).
+
+    A version never changes, so the cached table is always right; the units of one run share
+    it, whichever engine worker runs them.
+    """
+    return _open_snapshot(uri, tuple(sorted(options.items())), version)
 
 
 def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) -> UnitRows:
     """Rows of unit ``(c, b)``: one Delta partition of ``dedup_members``.
 
-    Memory: the bucket's rows (≈ a quarter of the budget the layout was chosen for).
+    Memory: the bucket's rows, 2·d bytes of vector each (≈ a third of what the layout was
+    sized for: :func:`unit_row_bytes`).
     """
-    frame = (
-        store.scan(DEDUP_MEMBERS, version=version)
-        .filter((pl.col("clustering") == c) & (pl.col("bucket") == b))
-        .drop("clustering", "bucket")
-        .collect()
-        .sort("image_id", "shard")
+    source = (
+        store.scan(DEDUP_MEMBERS)
+        if version is None
+        else pl.scan_delta(_snapshot(store.uri(DEDUP_MEMBERS.name), store.storage_options, version))
     )
-    x = from_half_bytes(frame["vector"])
-    return UnitRows(frame.drop("vector"), x)
+    unit = source.filter((pl.col("clustering") == c) & (pl.col("bucket") == b)).drop(
+        "clustering", "bucket"
+    )
+    first = unit.select(pl.col("vector").bin.size()).head(1).collect()
+    if first.is_empty():
+        return UnitRows(unit.drop("vector").collect(), [])
+    frame, parts = half_parts(unit, "vector", int(first.item()) // 2)
+    return UnitRows(frame, parts)

@@ -81,10 +81,11 @@ def split_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Rows:
-    """Rows of one or more (n_p, d) float32 matrices, read as one stacked matrix, no copy.
+    """Rows of one or more (n_p, d) matrices, read as one stacked matrix, no copy.
 
     Lets an incremental run read old rows (possibly a memmap) and new rows without
-    concatenating them; only the rows asked for are gathered.
+    concatenating them; only the rows asked for are gathered, as float32. The parts may be
+    float16 (a dedup unit's vectors as read): a gather converts only its rows, exactly.
     """
 
     def __init__(self, parts: Sequence[np.ndarray]) -> None:
@@ -109,12 +110,21 @@ class Rows:
         """(len(idx), d) float32 C-contiguous copy of the rows ``idx``."""
         if len(self.parts) == 1:
             return np.ascontiguousarray(self.parts[0][idx], dtype=np.float32)
+        idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((len(idx), self.d), dtype=np.float32)
         part = np.searchsorted(self.offsets, idx, side="right") - 1
-        for p, arr in enumerate(self.parts):
-            sel = part == p
-            if sel.any():
-                out[sel] = arr[idx[sel] - self.offsets[p]]
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(len(self.parts) + 1))
+        for p in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[p] : bounds[p + 1]]
+            local = idx[sel] - self.offsets[p]
+            m = sel.size
+            if sel[-1] - sel[0] + 1 == m and local[-1] - local[0] + 1 == m and _ascending(local):
+                # one run of consecutive rows (a cluster inside a file sorted by cluster):
+                # a slice, converted in one pass
+                out[sel[0] : sel[0] + m] = self.parts[p][local[0] : local[0] + m]
+            else:
+                out[sel] = self.parts[p][local]
         return out
 
     def block(self, start: int, stop: int) -> np.ndarray:
@@ -124,6 +134,11 @@ class Rows:
             o = self.offsets[p]
             return np.ascontiguousarray(self.parts[p][start - o : stop - o], dtype=np.float32)
         return self.take(np.arange(start, stop))
+
+
+def _ascending(a: np.ndarray) -> bool:
+    """Whether ``a`` increases by one at every step."""
+    return a.size < 2 or bool((np.diff(a) == 1).all())
 
 
 def exact_sims(rows: Rows, i: np.ndarray, j: np.ndarray, batch: int = 65_536) -> np.ndarray:

@@ -234,6 +234,9 @@ def run_dedup(
         floor,
         None if full else frozenset(ready),
         block,
+        # every unit reads the layout as just written (one snapshot; its log read once per
+        # process, not once per unit)
+        store.version(DEDUP_MEMBERS.name),
     )
     engine = engine or LocalEngine()
     done = list(engine.map_shards(work, [unit_key(c, b) for c, b in units]))

@@ -45,7 +45,7 @@ def budgeted_recall(
 
     Queries: a seeded sample of this run's new rows (of the reference when full). Reference:
     the query shards plus randomly chosen other covered shards, up to a tenth of the corpus
-    (full) or ten rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
+    (full) or two rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
     and at most a quarter of the memory budget. The sample's exhaustive search (queries ×
     reference) is capped at ``share`` of the run's own comparisons (at least
     :data:`RECALL_MIN_QUERIES` queries). The estimate covers pairs whose partner lies in the
@@ -59,9 +59,10 @@ def budgeted_recall(
     query_shards = sorted(ready)
     total = sum(sizes.get(s, 0) for s in covered)
     # the reference is read from the per-shard tables: keep that read a small share of the run
-    # (a tenth of the corpus when full, ten rows per new row when incremental), within a
-    # quarter of the memory budget
-    wanted = total // 10 if plan.mode == "full" else 10 * sum(sizes[s] for s in query_shards)
+    # (a tenth of the corpus when full; two rows per new row when incremental, whose samples
+    # are pooled over the updates since the last full run), within a quarter of the memory
+    # budget
+    wanted = total // 10 if plan.mode == "full" else 2 * sum(sizes[s] for s in query_shards)
     cap = min(
         budget.rows(4 * dim + 64, share=0.25, minimum=2_000),
         max(RECALL_MIN_REFERENCE, wanted),

@@ -92,8 +92,8 @@ def search_unit(
     Returns:
         A :class:`UnitResult`.
 
-    Memory: the bucket's rows (float16 as read, float32 to compute: 6·d bytes a row) + one
-    ``block × block`` Gram tile + the pairs.
+    Memory: the bucket's rows (float16 as read, 2·d bytes a row, and the Arrow copy while
+    reading) + one cluster's rows as float32 + one ``block × block`` Gram tile + the pairs.
     """
     t0 = time.perf_counter()
     rows = read_unit(store, c, b, version=version)
@@ -110,30 +110,35 @@ def search_unit(
         return UnitResult(
             c, b, pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), stats
         )
-    src = Rows([rows.x])
+    src = Rows(rows.parts)
     found = within_clusters(
         src, rows.frame["cluster"].to_numpy()[:, None], tau, block=block, is_query=is_query
     )
     ids = rows.frame["image_id"].to_numpy()
     shards = rows.frame["shard"].to_numpy()
-    # rows are sorted by image_id, so i < j means image_id[i] < image_id[j]
+    # rows are in file order: orient each pair by (image_id, shard), the canonical order
+    swap = (ids[found.i] > ids[found.j]) | (
+        (ids[found.i] == ids[found.j]) & (shards[found.i] > shards[found.j])
+    )
+    a, b_ = np.where(swap, found.j, found.i), np.where(swap, found.i, found.j)
     pairs = pl.DataFrame(
         {
-            "image_id_a": ids[found.i],
-            "image_id_b": ids[found.j],
-            "shard_a": shards[found.i],
-            "shard_b": shards[found.j],
+            "image_id_a": ids[a],
+            "image_id_b": ids[b_],
+            "shard_a": shards[a],
+            "shard_b": shards[b_],
             "similarity": found.sim.astype(np.float32),
             "clustering": np.full(len(found), c, np.int32),
         },
         schema=UNIT_PAIR_SCHEMA,
-    )
+    ).sort("image_id_a", "image_id_b", "shard_a", "shard_b")
     on_pair = np.unique(np.concatenate([found.i, found.j]))
     endpoints = (
         rows.frame[on_pair]
         .select("image_id", "shard", "width", "height", "ingested_at")
-        .with_columns(vector=half_bytes(rows.x[on_pair]))
+        .with_columns(vector=half_bytes(src.take(on_pair)))
         .select(list(ENDPOINT_SCHEMA))
+        .sort("image_id", "shard")
     )
     s = found.stats or {}
     stats.update(
@@ -165,6 +170,7 @@ class UnitWork:
         tau: Similarity floor of the search.
         query_shards: Incremental runs: only pairs touching these shards; None: all.
         block: Tile edge of the within-cluster search.
+        version: The ``dedup_members`` version every unit reads (None: the latest).
     """
 
     root_uri: str
@@ -172,12 +178,15 @@ class UnitWork:
     tau: float
     query_shards: frozenset[str] | None
     block: int = 2048
+    version: int | None = None
 
     def __call__(self, key: str, progress: Callable[[str], None]) -> UnitResult:
         """Search unit ``key`` (``"c:b"``)."""
         c, b = (int(part) for part in key.split(":"))
         store = DeltaStore(self.root_uri, self.storage_options)
         query = set(self.query_shards) if self.query_shards is not None else None
-        result = search_unit(store, c, b, self.tau, query_shards=query, block=self.block)
+        result = search_unit(
+            store, c, b, self.tau, query_shards=query, block=self.block, version=self.version
+        )
         progress(f"unit {key}: {result.pairs.height} pairs")
         return result
