@@ -216,10 +216,17 @@ def weights_and_audit(
     except ValueError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
     summary = outcome.summary
+    work = (
+        f"{summary['shards_scored']} shards scored from their embeddings, "
+        f"{summary.get('shards_patched', 0)} patched from their stored ratios, "
+        f"{outcome.written} rewritten"
+        if outcome.plan.mode != "current"
+        else "0 shards scored"
+    )
     context.log.info(
         f"weights: {outcome.plan.mode} — {outcome.plan.reason}; probe "
         f"{summary['probe_status']} AUC {summary['probe_auc']}, ESS ratio "
-        f"{summary['ess_ratio']:.3f}, {outcome.written} shards scored"
+        f"{summary['ess_ratio']:.3f}, {work}"
     )
     if config.concepts and summary["concepts"].startswith("skipped"):
         context.log.warning(f"zero-shot concepts {summary['concepts']}")

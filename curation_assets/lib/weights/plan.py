@@ -18,13 +18,16 @@ with :func:`~curation_assets.lib.commits.last_commit`):
   ``deduplicated_images``, and ``image_uniqueness`` when the weights use it: the Delta log
   only), the shards never scored, and the shards a run
   killed before its commit wrote (``changed_shards`` on ``sample_weights`` since the committed
-  version); delete the rows of shards that are gone. Every other shard is never read.
+  version); delete the rows of shards that are gone. Every other shard is never read. Of
+  those shards, the ones whose ``raw_images`` and ``image_embeddings`` did not change are
+  patched from their stored raw ratios rather than scored (no embedding read:
+  :mod:`~curation_assets.lib.weights.patch`); the run's reason says how many.
 * **current** — nothing of that: nothing is written.
 
 After scoring, the mean weight over the kept set is known from the per-shard sums; when it is
-more than ``mean_tolerance`` from 1 the run rescales (re-scores every shard with the committed
-probe and the closed-form scale, :func:`~curation_assets.lib.weights.totals.rescale_factor`)
-and says so in its reason.
+more than ``mean_tolerance`` from 1 the run rescales (re-weights every shard with the committed
+probe and the closed-form scale, :func:`~curation_assets.lib.weights.totals.rescale_factor`,
+from the raw ratios its rows hold) and says so in its reason.
 """
 
 import json

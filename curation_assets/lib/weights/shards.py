@@ -4,13 +4,15 @@
 embeddings and dedup decision (the Delta reads prune by shard: nothing else is opened);
 :func:`score_shard` turns one shard into its :data:`SAMPLE_WEIGHTS` rows, its
 :data:`WEIGHT_SHARD_STATS` row and its :data:`AUDIT_SHARD_COUNTS` rows, with a given probe and
-normaliser; :func:`shard_sizes` counts rows per shard (plans batches and the probe sample);
-:func:`shard_batches` groups shards into reads that fit the memory budget.
+normaliser (the probe gives the kept rows' raw ratios, :func:`weigh_shard` the rest; the patch
+path, :mod:`~.patch`, calls it with the ratios a previous run stored); :func:`shard_sizes`
+counts rows per shard (plans batches and the probe sample); :func:`shard_batches` groups
+shards into reads that fit the memory budget.
 
 Which rows are the reference follows :func:`~curation_assets.lib.weights.run.load_weight_inputs`
-(``correct_for``): every embedded image, less the near duplicates dedup removed unless
-``correct_for="filter_and_dedup"``; kept = dedup kept it (an image dedup has not seen yet
-counts as not kept, as before).
+(``correct_for``; :func:`reference_rows` is the one definition): every embedded image, less the
+near duplicates dedup removed unless ``correct_for="filter_and_dedup"``; kept = dedup kept it
+(an image dedup has not seen yet counts as not kept, as before).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,6 +116,38 @@ def shard_batches(
     return batches
 
 
+def reference_rows(
+    store: DeltaStore, shards: Sequence[str], correct_for: str, embedding_columns: Sequence[str]
+) -> pl.DataFrame:
+    """The reference rows of ``shards``: raw images with an embedding row, and ``kept``.
+
+    The one definition of the row set (the module docstring): ``raw_images`` (the
+    :data:`RAW_COLUMNS`) inner-joined with ``image_embeddings`` on image_id and shard, less the
+    rows dedup removed for ``correct_for="filter"``; kept = dedup kept it (null: not kept).
+
+    Args:
+        store: Delta store.
+        shards: The shards (one pruned read per table).
+        correct_for: ``filter`` or ``filter_and_dedup``.
+        embedding_columns: The ``image_embeddings`` columns to read, with ``image_id`` and
+            ``shard`` (``["image_id", "shard"]`` reads no embedding: a column projection).
+
+    Returns:
+        The :data:`RAW_COLUMNS`, the other ``embedding_columns`` and ``kept``, in no order.
+
+    Memory: the rows of ``shards`` (with the embeddings only if asked for).
+    """
+    raw = store.read(RAW_IMAGES, shards=shards, columns=RAW_COLUMNS)
+    emb = store.read(IMAGE_EMBEDDINGS, shards=shards, columns=list(embedding_columns))
+    dedup = store.read(DEDUPLICATED_IMAGES, shards=shards, columns=["image_id", "shard", "kept"])
+    frame = raw.join(emb, on=["image_id", "shard"], how="inner").join(
+        dedup.rename({"kept": "dedup_kept"}), on=["image_id", "shard"], how="left"
+    )
+    if correct_for == "filter":
+        frame = frame.filter(pl.col("dedup_kept").is_null() | pl.col("dedup_kept"))
+    return frame.with_columns(kept=pl.col("dedup_kept").fill_null(False)).drop("dedup_kept")
+
+
 def read_shards(
     store: DeltaStore, shards: Sequence[str], correct_for: str
 ) -> dict[str, tuple[pl.DataFrame, np.ndarray, str]]:
@@ -132,17 +166,9 @@ def read_shards(
         ValueError: If a shard mixes embedding models.
     """
     wanted = list(shards)
-    raw = store.read(RAW_IMAGES, shards=wanted, columns=RAW_COLUMNS)
-    emb = store.read(
-        IMAGE_EMBEDDINGS, shards=wanted, columns=["image_id", "shard", "embedding", "model_id"]
+    frame = reference_rows(
+        store, wanted, correct_for, ["image_id", "shard", "embedding", "model_id"]
     )
-    dedup = store.read(DEDUPLICATED_IMAGES, shards=wanted, columns=["image_id", "shard", "kept"])
-    frame = raw.join(emb, on=["image_id", "shard"], how="inner").join(
-        dedup.rename({"kept": "dedup_kept"}), on=["image_id", "shard"], how="left"
-    )
-    if correct_for == "filter":
-        frame = frame.filter(pl.col("dedup_kept").is_null() | pl.col("dedup_kept"))
-    frame = frame.with_columns(kept=pl.col("dedup_kept").fill_null(False)).drop("dedup_kept")
     out: dict[str, tuple[pl.DataFrame, np.ndarray, str]] = {}
     parts = {k[0]: v for k, v in frame.partition_by("shard", as_dict=True).items()}
     for shard in wanted:
@@ -255,6 +281,78 @@ def score_shard(
             raise ValueError(msg)
         log_r[start : start + idx.size] = model.log_ratio(xb, fold[start : start + idx.size])
     raw = np.exp(log_r)
+    return weigh_shard(
+        shard,
+        frame,
+        x,
+        raw,
+        sigmoid(log_r),
+        np.minimum(1.0, model.prior_kept / raw) if raw.size else raw,
+        model_id=model_id,
+        probe_id=probe_id,
+        scale=scale,
+        w_min=w_min,
+        w_max=w_max,
+        keywords=keywords,
+        concepts=concepts,
+        text_encoder=text_encoder,
+        uniqueness=uniqueness,
+        uniqueness_scores=uniqueness_scores,
+    )
+
+
+def weigh_shard(
+    shard: str,
+    frame: pl.DataFrame,
+    x: np.ndarray,
+    raw: np.ndarray,
+    p_unfiltered: np.ndarray | pl.Series,
+    p_kept: np.ndarray | pl.Series,
+    *,
+    model_id: str,
+    probe_id: str,
+    scale: float,
+    w_min: float,
+    w_max: float,
+    keywords: Sequence[str] = (),
+    concepts: Mapping[str, str] | None = None,
+    text_encoder: TextEncoder | None = None,
+    uniqueness: UniquenessTerm | None = None,
+    uniqueness_scores: pl.DataFrame | None = None,
+) -> ShardScore:
+    """Weights, stats and audit counts of one shard from its kept rows' raw ratios.
+
+    The part of :func:`score_shard` after the probe, shared with the patch path
+    (:mod:`~.patch`, which takes the ratios a previous run stored): one code path, so the
+    same ratios, scale and term give the same rows, stats and counts bit for bit.
+
+    Args:
+        shard: The shard.
+        frame: Its reference rows (:func:`read_shards`), sorted by image_id, with ``kept``.
+        x: (n, d) embeddings aligned with ``frame``: read only for the audit's concepts (with
+            ``concepts`` and ``text_encoder``), any array otherwise.
+        raw: (m,) float64 raw ratios of the kept rows, in frame order.
+        p_unfiltered: (m,) ``sigmoid(log raw)`` of those rows (as the probe computed it).
+        p_kept: (m,) ``min(1, prior_kept / raw)`` of those rows.
+        model_id: The shard's embedding model (recorded in its stats row).
+        probe_id: The probe's id (recorded in its stats row).
+        scale: The normaliser.
+        w_min: Lower weight bound.
+        w_max: Upper weight bound.
+        keywords: Extra caption keywords for the audit.
+        concepts: Zero-shot concepts for the audit (with ``text_encoder``).
+        text_encoder: The image model's text tower, or None.
+        uniqueness: The uniqueness term, or None (off).
+        uniqueness_scores: The shard's ``image_id, uniqueness`` rows (None: none yet).
+
+    Raises:
+        ValueError: On bounds that do not bracket 1.
+
+    Memory: a few float64 arrays of the kept rows and the shard's audit attributes.
+    """
+    _check_bounds(w_min, w_max)
+    kept = frame["kept"].to_numpy().astype(bool) if frame.height else np.zeros(0, bool)
+    rows = np.flatnonzero(kept)
     kept_frame = frame.filter(pl.col("kept"))
     multiplier, missing = (
         uniqueness.multipliers(kept_frame["image_id"].to_list(), uniqueness_scores)
@@ -271,8 +369,8 @@ def score_shard(
                 "shard": [shard] * kept_frame.height,
                 "weight": weight,
                 "raw_ratio": raw,
-                "p_unfiltered": sigmoid(log_r),
-                "p_kept": np.minimum(1.0, model.prior_kept / raw) if raw.size else raw,
+                "p_unfiltered": p_unfiltered,
+                "p_kept": p_kept,
                 "clipped": low | high,
             },
             schema_overrides={"image_id": pl.String, "shard": pl.String},

@@ -8,26 +8,39 @@
    :func:`~curation_assets.lib.weights.probe.gather_sample` /
    :func:`~curation_assets.lib.weights.probe.fit_sampled_probe` — a probe on a bounded,
    seeded sample, appended to ``weight_probes``.
-3. The shards to score, a budget-sized group at a time (:func:`~.shards.read_shards`), each
-   :func:`~.shards.score_shard`-ed and written with ``replace_shard`` (one transaction per
-   shard); rows of shards that are gone are deleted.
+3. The shards to redo (:func:`~.patch.redo_shards`). In an incremental run, a shard whose
+   ``raw_images`` and ``image_embeddings`` are the ones the last commit recorded (only its
+   ``deduplicated_images`` / ``image_uniqueness`` changed) is *patched*: its weights are
+   recomputed from the raw ratios its committed ``sample_weights`` rows hold, its embeddings
+   are never read, and its rows are rewritten only if they changed (:mod:`~.patch`; a newly
+   kept image, or zero-shot concepts with an encoder, fall back to scoring it). Every other
+   shard is scored from its embeddings, a budget-sized group at a time
+   (:func:`~.shards.read_shards`, :func:`~.shards.score_shard`). Each is written with
+   ``replace_shard`` (one transaction per shard); rows of shards that are gone are deleted.
 4. The per-shard stats and audit counts (small tables, rewritten in one commit each), the
    totals from their sums; if the mean weight is off by more than ``mean_tolerance``, every
-   shard is re-scored with the closed-form scale (reason says so).
+   shard is rescaled with the closed-form scale (reason says so) — patched from the rows as
+   this run left them, so a rescale reads no embedding. The summary counts
+   ``shards_scored`` (from embeddings) and ``shards_patched``; the reason says how many of
+   each.
 5. ``bias_audit`` from the summed counts, then the commit row (``stage_commits``), last.
 
 Weights: ``weight = clip(scale · ratio(x) · m(x), w_min, w_max)`` with ONE probe, ONE scale and
 ONE uniqueness term (``m = 1`` unless ``uniqueness_power`` is set: :mod:`~.uniqueness`) for the
 whole table, all recorded (``weight_probes``, the commit's summary, every stats row). A shard
-scored incrementally therefore gets exactly the weights a full re-score with that probe, scale
-and term would give; the mean over the kept set is 1 within ``mean_tolerance``. With the term
-on, a group of shards being scored also reads those shards' ``image_uniqueness`` rows (two
-columns), and a full run the probe sample's shards' rows: never the whole table.
+scored or patched incrementally therefore gets the weights a full re-score with that probe,
+scale and term would give: exactly, but for the last bit of some raw ratios, which the probe's
+matrix products round differently when a shard's batch of kept rows changes or between the
+probe as fitted and as loaded (a patch keeps each ratio as first computed). The mean over the
+kept set is 1 within ``mean_tolerance``. With the term on, a group of shards being scored or
+patched also reads those shards' ``image_uniqueness`` rows (two columns), and a full run the
+probe sample's shards' rows: never the whole table.
 
 Memory: the larger of (a) the probe's sample, ``2 · per_class`` rows of d values
 (:func:`~.probe.per_class_rows`, half the budget) and (b) one group of shards
-(``budget / 2 / row_bytes(d)`` rows, a bigger shard alone), plus the per-shard tables (one
-stats row and ~50 count rows per shard). Never the whole corpus.
+(``budget / 2 / row_bytes(d)`` rows scored, or ``budget / 2 / PATCH_ROW_BYTES`` rows patched;
+a bigger shard alone), plus the per-shard tables (one stats row and ~50 count rows per shard).
+Never the whole corpus.
 """
 
 import logging
@@ -49,6 +62,14 @@ from curation_assets.lib.tables import (
     WEIGHT_SHARD_STATS,
 )
 from curation_assets.lib.weights.audit import TextEncoder
+from curation_assets.lib.weights.patch import (
+    PATCH_ROW_BYTES,
+    PatchSource,
+    Redone,
+    incremental_source,
+    redo_shards,
+    rescale_source,
+)
 from curation_assets.lib.weights.plan import (
     WEIGHTS_STAGE,
     WeightsPlan,
@@ -105,7 +126,8 @@ class WeightsOutcome:
         totals: :func:`~.totals.weight_totals` of the whole kept set.
         audit: The ``bias_audit`` table.
         summary: The figures recorded with the commit (JSON-compatible).
-        written: Shards whose weights were written in this run.
+        written: ``sample_weights`` shard rewrites in this run (a shard scored, then
+            rescaled, counts twice; a patched shard whose rows came out unchanged, not at all).
     """
 
     plan: WeightsPlan
@@ -170,9 +192,27 @@ def update_weights(
     encoder, concepts_note = (None, "none configured")
     if plan.shards:
         encoder, concepts_note = load_encoder()
-    stats_rows, counts = _score(
-        store, plan.shards, probe, scale, term, settings, max_rows, batch, encoder
-    )
+    patch_rows = budget.rows(PATCH_ROW_BYTES, share=SCORE_SHARE)
+
+    def redo(shards: list[str], source: PatchSource, scale: float) -> Redone:
+        def score(todo: list[str]) -> tuple[list[dict[str, Any]], list[pl.DataFrame]]:
+            return _score(store, todo, probe, scale, term, settings, max_rows, batch, encoder)
+
+        return redo_shards(
+            store,
+            shards,
+            source,
+            probe=probe,
+            scale=scale,
+            term=term,
+            settings=settings,
+            max_rows=patch_rows,
+            encoder=encoder,
+            score=score,
+        )
+
+    done = redo(plan.shards, incremental_source(store, plan), scale)
+    stats_rows, counts = done.stats, done.counts
     for shard in plan.removed:
         store.replace_shard(SAMPLE_WEIGHTS, shard, SAMPLE_WEIGHTS.empty())
     new_shards = set(plan.shards) | set(plan.removed)
@@ -186,8 +226,12 @@ def update_weights(
     stats = pl.concat([keep, stats_frame(stats_rows)]).sort("shard")
     all_counts = pl.concat([old_counts, *counts]).sort("shard", "attribute", "value", "hit")
     totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
-    reason = plan.reason
-    written = len(plan.shards)
+    reason = plan.reason + (
+        f"; {done.patched} patched from their stored raw ratios (embeddings unchanged), "
+        f"{done.scored} scored from their embeddings"
+        if done.patched
+        else ""
+    )
     if mean_off(totals, settings["mean_tolerance"]):
         new_scale = rescale_factor(stats, w_min=settings["w_min"], w_max=settings["w_max"])
         if new_scale is not None:
@@ -197,13 +241,15 @@ def update_weights(
                 f"{new_scale:.6g})"
             )
             scale = new_scale
-            stats_rows, counts = _score(
-                store, plan.present, probe, scale, term, settings, max_rows, batch, encoder
+            again = redo(plan.present, rescale_source(stats), scale)
+            reason += (
+                f" ({again.patched} patched from their stored raw ratios, {again.scored} "
+                "scored from their embeddings)"
             )
-            stats = stats_frame(stats_rows).sort("shard")
-            all_counts = pl.concat(counts).sort("shard", "attribute", "value", "hit")
+            done.add(again)
+            stats = stats_frame(done.stats).sort("shard")
+            all_counts = pl.concat(done.counts).sort("shard", "attribute", "value", "hit")
             totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
-            written += len(plan.present)
     outputs = {
         WEIGHT_SHARD_STATS.name: store.replace_table(WEIGHT_SHARD_STATS, stats),
         AUDIT_SHARD_COUNTS.name: store.replace_table(AUDIT_SHARD_COUNTS, all_counts),
@@ -214,7 +260,7 @@ def update_weights(
         version = store.version(table)
         if version is not None:
             outputs[table] = version
-    summary = _summary(plan, reason, probe, scale, totals, settings, concepts_note, written)
+    summary = _summary(plan, reason, probe, scale, totals, settings, concepts_note, done)
     summary.update(_uniqueness_summary(term, totals))
     summary["seconds"] = round(time.monotonic() - started, 3)
     record_commit(
@@ -226,7 +272,7 @@ def update_weights(
         summary=summary,
     )
     plan.reason = reason
-    return WeightsOutcome(plan, totals, audit, summary, written)
+    return WeightsOutcome(plan, totals, audit, summary, done.written)
 
 
 def _fit(
@@ -343,7 +389,7 @@ def _summary(
     totals: Mapping[str, Any],
     settings: Mapping[str, Any],
     concepts: str,
-    written: int,
+    done: Redone,
 ) -> dict[str, Any]:
     """The figures the stage reports and records with its commit (JSON-compatible)."""
     model = probe.model
@@ -365,7 +411,8 @@ def _summary(
         "probe_sample_shards": probe.sample_shards,
         "scale": scale,
         "shards": len(plan.present),
-        "shards_scored": written,
+        "shards_scored": done.scored,
+        "shards_patched": done.patched,
         "shards_removed": len(plan.removed),
         "unfiltered_images": int(totals["n_reference"]),
         "kept_images": int(totals["n"]),
