@@ -39,10 +39,9 @@ _ROW_OVERHEAD = 160
 def unit_row_bytes(dim: int) -> int:
     """Working bytes of one member row inside a unit, as the layout is sized.
 
-    The search holds 2·d bytes of float16 a row plus, while it reads, the Arrow copy of the
-    column (2·d more); the rest (2·d) is headroom for a layout chosen when units still held a
-    float32 copy (a unit's float32 rows are now one cluster at a time), so layouts made
-    before and after read the same.
+    The search holds 2·d bytes of float16 a row, and while it reads a unit, the rows as read
+    and stacked (2·d each) before they are put in cluster order; its float32 rows are one
+    cluster at a time.
     """
     return 6 * dim + _ROW_OVERHEAD
 
@@ -247,11 +246,10 @@ class UnitRows:
     """The rows of one work unit.
 
     Attributes:
-        frame: cluster, image_id, shard, width, height, ingested_at, in the order the files
-            hold them (not sorted: the pair search's result does not depend on row order).
-        parts: (n_p, d) float16 vectors aligned with ``frame`` when stacked, as read: views
-            of the read's buffers, one per file (no float32 copy of the unit: the search
-            converts one cluster's rows at a time).
+        frame: cluster, image_id, shard, width, height, ingested_at, sorted by cluster (the
+            pair search's result does not depend on row order).
+        parts: (n_p, d) float16 vectors aligned with ``frame`` when stacked (no float32
+            copy of the unit: the search converts one cluster's rows at a time).
     """
 
     frame: pl.DataFrame
@@ -281,8 +279,10 @@ def _snapshot(uri: str, options: Mapping[str, str], version: int) -> DeltaTable:
 def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) -> UnitRows:
     """Rows of unit ``(c, b)``: one Delta partition of ``dedup_members``.
 
-    Memory: the bucket's rows, 2·d bytes of vector each (≈ a third of what the layout was
-    sized for: :func:`unit_row_bytes`).
+    Rows come sorted by cluster (stable: within a cluster, in the order the files hold them).
+
+    Memory: the bucket's rows, 2·d bytes of vector each, three times while they are put in
+    cluster order (what the layout was sized for: :func:`unit_row_bytes`).
     """
     source = (
         store.scan(DEDUP_MEMBERS)
@@ -296,4 +296,8 @@ def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) 
     if first.is_empty():
         return UnitRows(unit.drop("vector").collect(), [])
     frame, parts = half_parts(unit, "vector", int(first.item()) // 2)
-    return UnitRows(frame, parts)
+    # one order by cluster (a unit gathers from every shard's file): each cluster's rows are
+    # then one slice, converted to float32 in one pass when the search takes them
+    order = np.argsort(frame["cluster"].to_numpy(), kind="stable")
+    x = np.concatenate(parts)[order] if len(parts) > 1 else parts[0][order]
+    return UnitRows(frame[order], [x])

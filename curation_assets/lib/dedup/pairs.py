@@ -108,9 +108,12 @@ class Rows:
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """(len(idx), d) float32 C-contiguous copy of the rows ``idx``."""
-        if len(self.parts) == 1:
-            return np.ascontiguousarray(self.parts[0][idx], dtype=np.float32)
         idx = np.asarray(idx, dtype=np.int64)
+        if len(self.parts) == 1:
+            if idx.size and idx[-1] - idx[0] + 1 == idx.size and _ascending(idx):
+                # consecutive rows (a cluster of rows sorted by cluster): one slice, one pass
+                return np.ascontiguousarray(self.parts[0][idx[0] : idx[-1] + 1], np.float32)
+            return np.ascontiguousarray(self.parts[0][idx], dtype=np.float32)
         out = np.empty((len(idx), self.d), dtype=np.float32)
         part = np.searchsorted(self.offsets, idx, side="right") - 1
         order = np.argsort(part, kind="stable")
