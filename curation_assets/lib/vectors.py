@@ -70,8 +70,7 @@ def half_parts(frame: pl.LazyFrame, column: str, dim: int) -> tuple[pl.DataFrame
     The column is reinterpreted as ``Array(Float16, dim)`` while it is read, and each chunk
     (one per file read) is viewed as an (n_chunk, dim) array over polars' own buffer: nothing
     is converted or copied (a unit of the dedup layout reads ~3× faster than through
-    :func:`from_half_bytes`). Feed the parts to a reader that gathers across them
-    (:class:`~curation_assets.lib.dedup.pairs.Rows`).
+    :func:`from_half_bytes`).
 
     Returns:
         The frame without ``column``, and the parts (in row order; their rows sum to the
@@ -100,23 +99,15 @@ def half_parts(frame: pl.LazyFrame, column: str, dim: int) -> tuple[pl.DataFrame
     return out.drop(column, "_half"), parts
 
 
-def from_half_bytes(
-    column: pl.Series, dim: int | None = None, *, dtype: type = np.float32
-) -> np.ndarray:
-    """A Binary column of :func:`half_bytes` rows as an (n, d) array.
-
-    Args:
-        column: The Binary column.
-        dim: The expected dimension (None: any, the same in every row).
-        dtype: ``np.float32`` (a converted copy) or ``np.float16`` (the rows as read, without
-            a conversion: 2·d bytes a row; a consumer that gathers rows converts only those).
+def from_half_bytes(column: pl.Series, dim: int | None = None) -> np.ndarray:
+    """A Binary column of :func:`half_bytes` rows as an (n, d) float32 array.
 
     Raises:
         ValueError: If the rows are not all ``2 · dim`` bytes long.
     """
     n = column.len()
     if n == 0:
-        return np.zeros((0, dim or 0), dtype=dtype)
+        return np.zeros((0, dim or 0), dtype=np.float32)
     arr = column.rechunk().to_arrow()
     wide = pa.types.is_large_binary(arr.type)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)
@@ -130,5 +121,4 @@ def from_half_bytes(
         )
         raise ValueError(msg)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    half = data.view("<f2").reshape(n, width // 2)
-    return half if np.dtype(dtype) == np.float16 else half.astype(dtype)
+    return data.view("<f2").reshape(n, width // 2).astype(np.float32)

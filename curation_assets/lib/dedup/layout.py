@@ -32,7 +32,7 @@ from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
 from curation_assets.lib.vectors import embedding_matrix, half_bytes, half_parts, single_model
 
-#: Bytes one member row costs a unit: the float16 vector read, its float32 copy, ids, meta.
+#: Bytes one member row costs a unit beside its vector copies: ids, meta.
 _ROW_OVERHEAD = 160
 
 
@@ -248,18 +248,12 @@ class UnitRows:
     Attributes:
         frame: cluster, image_id, shard, width, height, ingested_at, sorted by cluster (the
             pair search's result does not depend on row order).
-        parts: (n_p, d) float16 vectors aligned with ``frame`` when stacked (no float32
-            copy of the unit: the search converts one cluster's rows at a time).
+        x: (n, d) float16 vectors aligned with ``frame`` (no float32 copy of the unit: the
+            search converts one cluster's rows at a time).
     """
 
     frame: pl.DataFrame
-    parts: list[np.ndarray]
-
-    @property
-    def x(self) -> np.ndarray:
-        """(n, d) float16: the parts stacked (a copy)."""
-        dim = self.parts[0].shape[1] if self.parts else 0
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, dim), np.float16)
+    x: np.ndarray
 
 
 @functools.lru_cache(maxsize=4)
@@ -294,10 +288,10 @@ def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) 
     )
     first = unit.select(pl.col("vector").bin.size()).head(1).collect()
     if first.is_empty():
-        return UnitRows(unit.drop("vector").collect(), [])
+        return UnitRows(unit.drop("vector").collect(), np.zeros((0, 0), np.float16))
     frame, parts = half_parts(unit, "vector", int(first.item()) // 2)
     # one order by cluster (a unit gathers from every shard's file): each cluster's rows are
     # then one slice, converted to float32 in one pass when the search takes them
     order = np.argsort(frame["cluster"].to_numpy(), kind="stable")
     x = np.concatenate(parts)[order] if len(parts) > 1 else parts[0][order]
-    return UnitRows(frame[order], [x])
+    return UnitRows(frame[order], x)

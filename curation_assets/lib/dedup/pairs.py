@@ -116,18 +116,10 @@ class Rows:
             return np.ascontiguousarray(self.parts[0][idx], dtype=np.float32)
         out = np.empty((len(idx), self.d), dtype=np.float32)
         part = np.searchsorted(self.offsets, idx, side="right") - 1
-        order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(len(self.parts) + 1))
-        for p in np.flatnonzero(np.diff(bounds)):
-            sel = order[bounds[p] : bounds[p + 1]]
-            local = idx[sel] - self.offsets[p]
-            m = sel.size
-            if sel[-1] - sel[0] + 1 == m and local[-1] - local[0] + 1 == m and _ascending(local):
-                # one run of consecutive rows (a cluster inside a file sorted by cluster):
-                # a slice, converted in one pass
-                out[sel[0] : sel[0] + m] = self.parts[p][local[0] : local[0] + m]
-            else:
-                out[sel] = self.parts[p][local]
+        for p, arr in enumerate(self.parts):
+            sel = part == p
+            if sel.any():
+                out[sel] = arr[idx[sel] - self.offsets[p]]
         return out
 
     def block(self, start: int, stop: int) -> np.ndarray:

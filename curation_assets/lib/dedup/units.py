@@ -92,8 +92,9 @@ def search_unit(
     Returns:
         A :class:`UnitResult`.
 
-    Memory: the bucket's rows (float16 as read, 2·d bytes a row, and the Arrow copy while
-    reading) + one cluster's rows as float32 + one ``block × block`` Gram tile + the pairs.
+    Memory: the bucket's rows (float16, 2·d bytes a row; three copies while
+    :func:`~.layout.read_unit` puts them in cluster order) + one cluster's rows as float32 +
+    one ``block × block`` Gram tile + the pairs.
     """
     t0 = time.perf_counter()
     rows = read_unit(store, c, b, version=version)
@@ -110,7 +111,7 @@ def search_unit(
         return UnitResult(
             c, b, pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), stats
         )
-    src = Rows(rows.parts)
+    src = Rows([rows.x])
     found = within_clusters(
         src, rows.frame["cluster"].to_numpy()[:, None], tau, block=block, is_query=is_query
     )
@@ -136,7 +137,7 @@ def search_unit(
     endpoints = (
         rows.frame[on_pair]
         .select("image_id", "shard", "width", "height", "ingested_at")
-        .with_columns(vector=half_bytes(src.take(on_pair)))
+        .with_columns(vector=half_bytes(rows.x[on_pair]))
         .select(list(ENDPOINT_SCHEMA))
         .sort("image_id", "shard")
     )
