@@ -1,23 +1,28 @@
 """The export's per-shard files on an object store (``s3://``), through ``lib/objectstore``.
 
-Same names as the local layout (:mod:`.shards`) without the symlinks an object store lacks::
+An object store has no rename and no symlink, so a shard is published by one PUT, its
+manifest's, and the manifest names the tars it goes with::
 
-    out/shard=<key>/curated_dataset.parquet
-    out/shard=<key>/curated-000000.tar ...        (only with WebDataset export)
-    out/soft_cap_sample.parquet                   (only with Soft Cap Sampling)
+    out/shard=<key>/curated_dataset.parquet              the manifest: written last, one PUT
+    out/shard=<key>/<version>/curated-000000.tar ...     (only with WebDataset export)
+    out/soft_cap_sample.parquet                          (only with Soft Cap Sampling)
 
-A reader globs ``out/shard=*/curated_dataset.parquet`` as locally. A shard's files are built in
-a local temporary folder with the same writers as the local layout, then uploaded: the tars
-first, the manifest last, then the shard's objects the new version does not have are deleted.
-Each object is one PUT (a reader sees an old or a new object, never a part), but unlike the
-local symlink swap the *folder* is not replaced atomically: a reader listing a shard while it
-is rewritten may see new tars beside the old manifest for that moment. The Delta table
-``curated_dataset`` is still written after the files (see :mod:`.run`), so a shard present in
-Delta always has its files. A shard's stamp is its manifest's size and modification time
-(object stores: the upload time, to the second or better).
+A shard's files are built in a local temporary folder with the same writers as the local
+layout, the tars are uploaded under a fresh ``<version>`` prefix (no reader is pointed at it
+yet), then the manifest, whose parquet footer lists the tars (:data:`TARS_KEY`, paths relative
+to the shard's prefix): a reader sees the previous manifest and its tars, or the new manifest
+and its tars, never a mix. Only then are the previous version's objects deleted. A process
+killed before the manifest's PUT leaves an unreferenced ``<version>`` prefix that the next
+write of the shard deletes. A reader globs ``out/shard=*/curated_dataset.parquet`` as locally
+and takes the tars from the manifests (:func:`~.shards.webdataset_urls`), not from a listing.
+The Delta table ``curated_dataset`` is written after the files (see :mod:`.run`), so a shard
+present in Delta always has its files. A shard's stamp is its manifest's size and
+modification time (object stores: the upload time, to the second or better).
 """
 
+import json
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,9 @@ from curation_assets.lib.images import SourceReader
 # the same names as .shards (which imports this module, so they cannot be imported from it)
 SHARD_PREFIX = "shard="
 MANIFEST_NAME = "curated_dataset.parquet"
+TARS_KEY = "curation.webdataset_tars"
+"""Key of the manifest's parquet footer entry listing the shard's tars (a JSON list of paths
+relative to the shard's folder or prefix); the same in the local and the object-store layout."""
 
 
 def shard_uri(out: str, key: str) -> str:
@@ -62,26 +70,47 @@ def stage_shard_files(
     webdataset: bool,
     shard_size: int,
     reader: SourceReader | None,
+    tar_folder: str = "",
 ) -> dict[str, Any]:
-    """Write one shard's manifest (and WebDataset tars) into a local ``folder``.
+    """Write one shard's WebDataset tars, then its manifest, into a local ``folder``.
 
     The files both export targets publish: a local folder swaps ``folder`` in by a symlink
-    rename, an object store uploads its files (manifest last).
+    rename, an object store uploads the tars, then the manifest. The tars go into
+    ``folder/tar_folder``; the manifest's footer lists them relative to ``folder``
+    (:data:`TARS_KEY`).
 
     Returns:
-        ``webdataset_shards``, ``webdataset_samples`` and ``failures`` (rows whose bytes could
-        not be exported, as dicts).
+        ``webdataset_shards``, ``webdataset_samples``, ``failures`` (rows whose bytes could
+        not be exported, as dicts) and ``tars`` (the manifest's list).
     """
-    rows.write_parquet(folder / MANIFEST_NAME)
     summary: dict[str, Any] = {"webdataset_shards": 0, "webdataset_samples": 0, "failures": []}
+    tars: list[str] = []
     if webdataset and reader is not None:
-        export = write_webdataset(rows, reader.read, folder, shard_size=shard_size)
+        where = folder / tar_folder if tar_folder else folder
+        where.mkdir(parents=True, exist_ok=True)
+        export = write_webdataset(rows, reader.read, where, shard_size=shard_size)
+        tars = [f"{tar_folder}/{p.name}" if tar_folder else p.name for p, _ in export.shards]
         summary.update(
             webdataset_shards=len(export.shards),
             webdataset_samples=export.n_written,
             failures=export.failures_frame().to_dicts(),
         )
+    rows.write_parquet(folder / MANIFEST_NAME, metadata={TARS_KEY: json.dumps(tars)})
+    summary["tars"] = tars
     return summary
+
+
+def manifest_tars(manifest: str, options: Mapping[str, str]) -> list[str]:
+    """The tars a shard's manifest (a path or URI) names, relative to its folder.
+
+    Reads the parquet footer only. A manifest written before the footer entry existed names
+    none.
+    """
+    remote = ost.is_remote(manifest)
+    meta = pl.read_parquet_metadata(
+        manifest, storage_options=dict(options) if remote and options else None
+    )
+    return list(json.loads(meta.get(TARS_KEY, "[]")))
 
 
 def write_shard_files(
@@ -94,7 +123,7 @@ def write_shard_files(
     reader: SourceReader | None,
     options: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Build one shard's manifest (and tars) locally, upload them (manifest last), prune.
+    """Upload one shard's tars under a fresh version, then its manifest; delete the rest.
 
     Returns and raises as :func:`curation_assets.lib.export.shards.write_shard_files`.
 
@@ -102,16 +131,24 @@ def write_shard_files(
     """
     prefix = shard_uri(out, key)
     before = set(ost.list_names(prefix, options))
+    version = f"v-{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory(prefix="curation-export-") as tmp:
         staged = Path(tmp)
         summary = stage_shard_files(
-            staged, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
+            staged,
+            rows,
+            webdataset=webdataset,
+            shard_size=shard_size,
+            reader=reader,
+            tar_folder=version,
         )
-        names = sorted(p.name for p in staged.iterdir() if p.is_file())
-        for name in [n for n in names if n != MANIFEST_NAME] + [MANIFEST_NAME]:
+        for name in summary["tars"]:  # nothing names them until the manifest is up
             ost.upload(staged / name, ost.join(prefix, name), options)
-    for stale in before - set(names):
-        ost.delete_file(ost.join(prefix, stale), options)
+        ost.upload(staged / MANIFEST_NAME, ost.join(prefix, MANIFEST_NAME), options)
+    for stale in sorted(before - {MANIFEST_NAME, version}):  # earlier and killed versions
+        uri = ost.join(prefix, stale)
+        if not ost.delete_tree(uri, options):
+            ost.delete_file(uri, options)
     summary["stamp"] = shard_stamp(out, key, options)
     return summary
 

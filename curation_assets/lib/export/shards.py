@@ -8,7 +8,9 @@ Layout under the export folder ``out``::
     out/soft_cap_sample.parquet                             (only with Soft Cap Sampling)
 
 A reader globs ``out/shard=*/curated_dataset.parquet`` (:func:`manifest_glob`, or
-:func:`scan_manifest`) and ``out/shard=*/*.tar``. A shard's files are written into a fresh
+:func:`scan_manifest`) and ``out/shard=*/*.tar``; every manifest's parquet footer also lists
+its shard's tars (:func:`webdataset_urls` reads them: the way to find the tars that works on
+both layouts). A shard's files are written into a fresh
 ``<version>`` folder and published by swapping the ``shard=<key>`` symlink
 (:func:`~curation_assets.lib.export.publish.publish_dir`), so a reader sees the shard's previous
 complete folder or its new complete folder, never a mix, and a process killed while writing
@@ -28,6 +30,7 @@ from typing import Any
 
 import polars as pl
 
+from curation_assets.lib import objectstore as ost
 from curation_assets.lib.export import remote
 from curation_assets.lib.export.publish import publish_dir
 from curation_assets.lib.images import SourceReader
@@ -103,6 +106,21 @@ def published_shards(out: Out, options: Mapping[str, str] = NO_OPTIONS) -> set[s
         for p in out.iterdir()
         if p.name.startswith(SHARD_PREFIX) and (p.is_symlink() or p.is_dir())
     }
+
+
+def webdataset_urls(out: Out, options: Mapping[str, str] = NO_OPTIONS) -> list[str]:
+    """Paths/URIs of the WebDataset tars of every published shard, in shard and tar order.
+
+    Read from the manifests' footers (one small read per shard, no listing of the tars), so on
+    an object store it names exactly the tars of the published manifests, never those of a
+    version still being uploaded or already replaced. Works on both layouts.
+    """
+    urls = []
+    for key in sorted(published_shards(out, options)):
+        folder = remote.shard_uri(str(out), key)
+        manifest = ost.join(folder, MANIFEST_NAME)
+        urls += [ost.join(folder, name) for name in remote.manifest_tars(manifest, options)]
+    return urls
 
 
 def shard_stamp(

@@ -7,8 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from curation_assets.lib.export import remote as remote_files
 from curation_assets.lib.export.run import run_export
-from curation_assets.lib.export.shards import published_shards, scan_manifest
+from curation_assets.lib.export.shards import published_shards, scan_manifest, webdataset_urls
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.objectstore import read_bytes
 from curation_assets.lib.storage import DeltaStore
@@ -74,10 +75,14 @@ def test_s3_export_equals_the_local_one_and_reruns_incrementally(stores, s3_serv
     manifest = scan_manifest(s3_out, remote.storage_options).collect().sort("image_id")
     assert manifest.equals(scan_manifest(local_out).collect().sort("image_id"))
     assert manifest.equals(remote.read(CURATED_DATASET).sort("image_id"))
-    for tar in sorted(local_out.glob("shard=*/*.tar")):
-        uri = f"{s3_out}/{tar.parent.name}/{tar.name}"
+    local_tars = webdataset_urls(local_out)
+    assert local_tars == [str(p) for p in sorted(local_out.glob("shard=*/*.tar"))]
+    s3_tars = webdataset_urls(s3_out, remote.storage_options)
+    assert len(s3_tars) == len(local_tars) > len(published_shards(local_out))
+    for uri, tar in zip(s3_tars, local_tars, strict=True):
+        assert uri.rsplit("/", 1)[1] == Path(tar).name
         assert _tar_members(read_bytes(uri, remote.storage_options)) == _tar_members(
-            tar.read_bytes()
+            Path(tar).read_bytes()
         )
     soft = pl.read_parquet(f"{s3_out}/soft_cap_sample.parquet", storage_options=s3_server.options)
     assert soft.equals(pl.read_parquet(local_out / "soft_cap_sample.parquet"))
@@ -106,3 +111,49 @@ def test_s3_export_equals_the_local_one_and_reruns_incrementally(stores, s3_serv
     # without Soft Cap Sampling its file goes
     _run(remote, s3_out, shard_size=1000, soft_cap_samples=0)
     assert f"{prefix}/soft_cap_sample.parquet" not in s3_server.keys(prefix)
+
+
+def test_a_killed_upload_leaves_the_published_shard_whole(stores, s3_server: S3Server, monkeypatch):  # noqa: F811
+    """A rewrite killed between its tars and its manifest shows nothing of itself.
+
+    The old manifests still name the old tars, all there; the next write deletes the orphans.
+    """
+    _, remote, _, s3_out = stores
+    options = remote.storage_options
+    _run(remote, s3_out)
+    prefix = s3_out.removeprefix(f"s3://{s3_server.bucket}/")
+    manifests = {
+        k: s3_server.client().get_object(Bucket=s3_server.bucket, Key=k)["Body"].read()
+        for k in s3_server.keys(prefix)
+        if k.endswith("curated_dataset.parquet")
+    }
+    tars = webdataset_urls(s3_out, options)
+    members = {uri: _tar_members(read_bytes(uri, options)) for uri in tars}
+    real_upload = remote_files.ost.upload
+
+    def killed_at_the_manifest(local, uri, opts):
+        if str(uri).endswith(remote_files.MANIFEST_NAME):
+            raise KeyboardInterrupt("killed")
+        real_upload(local, uri, opts)
+
+    monkeypatch.setattr(remote_files.ost, "upload", killed_at_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        _run(remote, s3_out, shard_size=1000)  # every shard rewritten: fewer, bigger tars
+    monkeypatch.setattr(remote_files.ost, "upload", real_upload)
+    orphaned = set(s3_server.keys(prefix))
+    assert webdataset_urls(s3_out, options) == tars
+    for key, data in manifests.items():
+        assert (
+            s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == data
+        )
+    for uri in tars:  # not overwritten by the killed write's tars of the same names
+        assert _tar_members(read_bytes(uri, options)) == members[uri]
+    assert len([k for k in orphaned if k.endswith(".tar")]) > len(tars)  # the killed upload's
+
+    again = _run(remote, s3_out, shard_size=1000)
+    assert again.plan.full
+    now = webdataset_urls(s3_out, options)
+    assert len(now) == len(published_shards(s3_out, options)) < len(tars)
+    assert sorted(k for k in s3_server.keys(prefix) if k.endswith(".tar")) == sorted(
+        u.removeprefix(f"s3://{s3_server.bucket}/") for u in now
+    )
