@@ -173,12 +173,34 @@ class DagsterDev:
         found = self.query(EVALUATIONS_QUERY, {"key": {"path": asset.split("/")}, "limit": limit})
         return (found["assetConditionEvaluationRecordsOrError"] or {}).get("records") or []
 
-    def stop_sensor(self, name: str) -> None:
-        """Stop a sensor as the UI's toggle does."""
-        state_id = self.sensor(name)["sensorState"]["id"]
-        result = self.query(STOP_SENSOR, {"id": state_id})["stopSensor"]
-        if result.get("message"):
-            raise RuntimeError(f"stopping {name}: {result['message']}")
+    def stop_sensor(self, name: str, *, settle_s: float = 3.0, timeout_s: float = 120) -> None:
+        """Stop a sensor as the UI's toggle does, and return once it has stayed stopped.
+
+        A tick in flight when the stop lands can write the sensor's state back as running:
+        Dagster's sensor daemon reads the state and writes it again (new cursor, tick times)
+        around each tick, and a stop committed in between is lost. So this waits until no tick
+        is in flight and the state still reads ``STOPPED`` ``settle_s`` later, stopping again
+        if it was written back. A tick that was in flight may still have requested runs; they
+        are requested before this returns.
+        """
+        deadline = time.time() + timeout_s
+        while True:
+            state_id = self.sensor(name)["sensorState"]["id"]
+            result = self.query(STOP_SENSOR, {"id": state_id})["stopSensor"]
+            if result.get("message"):
+                raise RuntimeError(f"stopping {name}: {result['message']}")
+            while True:  # the tick in flight, if any, ends
+                state = self.sensor(name)["sensorState"]
+                if not any(t["status"] == "STARTED" for t in state["ticks"][:1]):
+                    break
+                if time.time() > deadline:
+                    raise TimeoutError(f"{name}: a tick is still in flight after {timeout_s} s")
+                time.sleep(0.5)
+            time.sleep(settle_s)
+            if self.sensor(name)["sensorState"]["status"] == "STOPPED":
+                return
+            if time.time() > deadline:
+                raise TimeoutError(f"{name}: written back as running after {timeout_s} s")
 
     def start_sensor(self, name: str) -> None:
         """Start a sensor as the UI's toggle does."""
