@@ -11,8 +11,10 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
+from curation_assets.lib.commits import Settings, last_commit, settings_in_force
 from curation_assets.lib.export import DEFAULT_PENALTY, DEFAULT_SHARD_SIZE
 from curation_assets.lib.export.run import (
+    EXPORT_STAGE,
     ExportOutcome,
     export_location,
     export_root,
@@ -33,17 +35,40 @@ class ExportConfig(dg.Config):
         "and tars; empty = the home's export root ($CURATION_EXPORT_ROOT, else "
         "$CURATION_HOME/export, or <delta root>/_export for an object-store Delta root).",
     )
-    soft_cap_samples: int = Field(
-        default=0,
+    soft_cap_samples: int | None = Field(
+        default=None,
         description="Soft Cap Sampling (FLYT): draw this many samples over log-weights with a "
-        "repetition penalty and write the multiset; 0 = off.",
+        "repetition penalty and write the multiset; 0 = off. Unset = as the last run (off on "
+        "the first).",
     )
-    penalty: float = Field(
-        default=DEFAULT_PENALTY, description="Soft Cap Sampling repetition penalty."
+    penalty: float | None = Field(
+        default=None,
+        description=f"Soft Cap Sampling repetition penalty. Unset = as the last run "
+        f"({DEFAULT_PENALTY} on the first).",
     )
-    seed: int = Field(default=0, description="Seed of the sampling.")
-    webdataset: bool = Field(default=False, description="Also write WebDataset tar shards.")
-    shard_size: int = Field(default=DEFAULT_SHARD_SIZE, description="Samples per WebDataset shard.")
+    seed: int | None = Field(
+        default=None, description="Seed of the sampling. Unset = as the last run (0 on the first)."
+    )
+    webdataset: bool | None = Field(
+        default=None,
+        description="Also write WebDataset tar shards. Unset = as the last run (off on the "
+        "first), so an automated run keeps tars a user turned on; turning it off removes them.",
+    )
+    shard_size: int | None = Field(
+        default=None,
+        description=f"Samples per WebDataset shard. Unset = as the last run "
+        f"({DEFAULT_SHARD_SIZE} on the first); a change rewrites every shard.",
+    )
+
+
+EXPORT_DEFAULTS = {
+    "soft_cap_samples": 0,
+    "penalty": DEFAULT_PENALTY,
+    "seed": 0,
+    "webdataset": False,
+    "shard_size": DEFAULT_SHARD_SIZE,
+}
+"""The export's sticky settings and their first-run values (:func:`settings_in_force`)."""
 
 
 @dg.asset(
@@ -95,16 +120,19 @@ def curated_dataset(
     """
     store = delta.store()
     out = export_root(config.export_dir)
-    settings = {**config.model_dump(), "export_dir": export_location(out)}
+    given = {**config.model_dump(), "export_dir": export_location(out)}
+    in_force = settings_in_force(given, last_commit(store, EXPORT_STAGE), EXPORT_DEFAULTS)
+    context.log.info(f"export settings: {in_force.describe()}")
+    settings = in_force.values
     outcome = run_export(
         store,
         out,
         settings,
-        soft_cap_samples=config.soft_cap_samples,
-        penalty=config.penalty,
-        seed=config.seed,
-        webdataset=config.webdataset,
-        shard_size=config.shard_size,
+        soft_cap_samples=settings["soft_cap_samples"],
+        penalty=settings["penalty"],
+        seed=settings["seed"],
+        webdataset=settings["webdataset"],
+        shard_size=settings["shard_size"],
         budget=compute.budget(),
     )
     if outcome.up_to_date:
@@ -114,11 +142,15 @@ def curated_dataset(
     figures = outcome.summary["totals"]
     if figures["failures"]:
         context.log.warning(f"{figures['failures']} images could not be exported")
-    return _export_result(store, delta, out, outcome)
+    return _export_result(store, delta, out, outcome, in_force)
 
 
 def _export_result(
-    store: DeltaStore, delta: DeltaStorage, out: Path | str, outcome: ExportOutcome
+    store: DeltaStore,
+    delta: DeltaStorage,
+    out: Path | str,
+    outcome: ExportOutcome,
+    in_force: Settings,
 ) -> dg.MaterializeResult:
     """The materialization and checks of the export, from per-shard figures."""
     summary, written = outcome.summary, outcome.written
@@ -130,6 +162,10 @@ def _export_result(
         "shards_rewritten": len(written.written) if written else 0,
         "shards_removed": len(written.removed) if written else 0,
         "plan": outcome.plan.reason,
+        "settings": dg.MetadataValue.json(
+            {k: in_force.values[k] for k in EXPORT_DEFAULTS} | {"export_dir": str(out)}
+        ),
+        "settings_kept_from_last_run": ", ".join(in_force.inherited) or "none",
         "weight_sum": figures["weight_sum"],
         "ess": figures["ess"],
         "ess_ratio": figures["ess_ratio"],

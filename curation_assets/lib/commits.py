@@ -94,6 +94,64 @@ def last_commit(store: DeltaStore, stage: str) -> Commit | None:
     )
 
 
+@dataclass(frozen=True)
+class Settings:
+    """A stage's settings in force for one run (:func:`settings_in_force`).
+
+    Attributes:
+        values: Every setting, resolved.
+        inherited: Names whose value came from the last commit (left unset in this run).
+        defaulted: Names left unset with no commit holding them: the stage's default.
+    """
+
+    values: dict[str, Any]
+    inherited: tuple[str, ...]
+    defaulted: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line for a run log: what this run set, kept, or took as default."""
+        given = sorted(set(self.values) - set(self.inherited) - set(self.defaulted))
+        parts = [
+            f"set by this run: {', '.join(given) or 'none'}",
+            f"kept from the last run: {', '.join(self.inherited) or 'none'}",
+        ]
+        if self.defaulted:
+            parts.append(f"defaults (first run): {', '.join(self.defaulted)}")
+        return "; ".join(parts)
+
+
+def settings_in_force(
+    given: Mapping[str, Any], last: Commit | None, defaults: Mapping[str, Any]
+) -> Settings:
+    """The settings a run uses: ``given``, with every unset (None) one as last committed.
+
+    A setting a user chose once (in the launchpad, for one run) stays in force for every later
+    run that leaves it unset, automated ones included: the next automated run does not put the
+    default back, and with it re-score or rewrite everything twice. A setting unset with no
+    commit holding it (first run, or one added since) takes ``defaults``. Names in ``given``
+    that are not in ``defaults`` are passed through as given.
+
+    Args:
+        given: The run's configuration; None = not set by this run.
+        last: The stage's last commit (:func:`last_commit`), None before the first.
+        defaults: The value of each sticky setting when nothing set it.
+    """
+    values = dict(given)
+    inherited: list[str] = []
+    defaulted: list[str] = []
+    recorded = last.config if last is not None else {}
+    for name, default in defaults.items():
+        if values.get(name) is not None:
+            continue
+        if recorded.get(name) is not None:
+            values[name] = recorded[name]
+            inherited.append(name)
+        else:
+            values[name] = default
+            defaulted.append(name)
+    return Settings(values, tuple(sorted(inherited)), tuple(sorted(defaulted)))
+
+
 def torn_outputs(store: DeltaStore, commit: Commit | None) -> list[str]:
     """Outputs whose current version is not the committed one (written by an unfinished run).
 

@@ -210,3 +210,20 @@ def test_band_verification_promotes_verified_candidates_and_sticks(pipeline):
     off = dedup(instance, res, verify_band=False).asset_materializations_for_node("deduplicate")
     assert off[0].metadata["mode"].value == "retune"
     assert off[0].metadata["removed"].value == before["removed"]
+
+
+def test_a_keep_policy_chosen_once_sticks(pipeline):
+    instance, res, store = pipeline["instance"], pipeline["res"], pipeline["store"]
+    smallest = dedup(instance, res, policy=["smallest_id"])
+    meta = smallest.asset_materializations_for_node("deduplicate")[0].metadata
+    assert meta["mode"].value == "full" and "policy changed" in meta["mode_reason"].value
+    assert meta["policy"].value == "smallest_id"
+    images = store.read(DEDUPLICATED_IMAGES)
+    groups = images.group_by("component_id").agg(pl.col("image_id").min().alias("first"))
+    kept = images.filter("kept").join(groups, on="component_id")
+    assert (kept["image_id"] == kept["first"]).all()
+    # unset (as automation runs it): the chosen policy stays, nothing to do
+    again = dedup(instance, res).asset_materializations_for_node("deduplicate")[0].metadata
+    assert again["mode"].value == "current" and again["policy"].value == "smallest_id"
+    back = dedup(instance, res, policy=["resolution", "earliest", "smallest_id"])
+    assert back.asset_materializations_for_node("deduplicate")[0].metadata["mode"].value == "full"

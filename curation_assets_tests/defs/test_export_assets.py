@@ -98,3 +98,35 @@ def test_a_rerun_is_a_no_op_until_a_file_changes(world):
     meta = _metadata(redo)
     assert meta["up_to_date"].value is False and meta["shards_rewritten"].value == 1
     assert (shard_link(out, shard) / MANIFEST_NAME).is_file()
+
+
+def test_settings_set_once_stay_in_force_for_runs_that_leave_them_unset(world):
+    """A launchpad choice survives the next automated run (no config): no double rewrite."""
+    instance, res, _, out = world
+    store = res["delta"].store()
+    chosen = {"export_dir": str(out), "webdataset": True, "shard_size": 30, "soft_cap_samples": 50}
+    _export(instance, res, **chosen)
+    tars = sorted(out.glob("shard=*/*.tar"))
+    assert tars
+    version = store.version(CURATED_DATASET.name)
+
+    automated = _export(instance, res, export_dir=str(out))  # what automation requests
+    meta = _metadata(automated)
+    assert meta["up_to_date"].value is True and store.version(CURATED_DATASET.name) == version
+    assert sorted(out.glob("shard=*/*.tar")) == tars
+    assert meta["settings"].value["webdataset"] is True
+    assert meta["settings"].value["shard_size"] == 30
+    kept = meta["settings_kept_from_last_run"].value
+    assert {"webdataset", "shard_size", "soft_cap_samples", "penalty", "seed"} <= set(
+        kept.split(", ")
+    )
+
+    off = _export(instance, res, export_dir=str(out), webdataset=False)  # an explicit change
+    assert _metadata(off)["up_to_date"].value is False
+    assert not list(out.glob("shard=*/*.tar"))
+    assert _metadata(off)["settings"].value["shard_size"] == 30  # the rest kept
+    again = _export(instance, res, export_dir=str(out))
+    assert _metadata(again)["up_to_date"].value is True
+    assert not list(out.glob("shard=*/*.tar"))
+    commit = last_commit(store, EXPORT_STAGE)
+    assert commit is not None and commit.config["webdataset"] is False
