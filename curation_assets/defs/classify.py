@@ -1,6 +1,7 @@
 """Classify stage: labels → safety_classifiers (+ label_queue) → classifier_scores per shard."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -46,6 +47,7 @@ from curation_assets.lib.classify import (
 )
 from curation_assets.lib.classify.heads import load_head
 from curation_assets.lib.classify.pool import candidate_pool, check_labelled_fit, pool_rows_for
+from curation_assets.lib.commits import record_settings, recorded_settings, settings_in_force
 from curation_assets.lib.tables import (
     CLASSIFIER_SCORES,
     LABEL_QUEUE,
@@ -256,24 +258,40 @@ def label_queue(
 
 
 class ScoreConfig(dg.Config):
-    """Which pretrained scorers add columns beside the trained classifiers."""
+    """Which pretrained scorers add columns beside the trained classifiers.
 
-    pretrained_scorers: list[str] = Field(
-        default_factory=list,
+    The scorers, their thresholds and the heads are sticky: unset, a run uses those last in
+    force (``stage_settings``), so every later shard, automated ones included, is scored
+    (and filtered) the same way.
+    """
+
+    pretrained_scorers: list[str] | None = Field(
+        default=None,
         description="Pretrained image scorers to run (e.g. ['nsfw'], needs the nsfw extra). "
-        "They add scores; they filter only with a threshold.",
+        "They add scores; they filter only with a threshold. Unset = as in force (none on the "
+        "first run); [] = none.",
     )
-    pretrained_thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Optional threshold per pretrained scorer name."
+    pretrained_thresholds: dict[str, float] | None = Field(
+        default=None,
+        description="Optional threshold per pretrained scorer name. Unset = as in force.",
     )
     batch_size: int = Field(default=32, description="Images per pretrained-scorer batch.")
-    embedding_heads: list[str] = Field(
-        default_factory=list,
+    embedding_heads: list[str] | None = Field(
+        default=None,
         description="Safetensors files of MLP heads over the stored embeddings (e.g. LAION's "
         "aesthetic predictor converted to safetensors; the README says how). Each adds a score "
         "named by its metadata; a threshold in pretrained_thresholds makes it filter. A head "
-        "trained on another embedding model or dimension is refused.",
+        "trained on another embedding model or dimension is refused. Unset = as in force.",
     )
+
+
+SCORE_STAGE = "score"
+SCORE_DEFAULTS: dict[str, Any] = {
+    "pretrained_scorers": [],
+    "pretrained_thresholds": {},
+    "embedding_heads": [],
+}
+"""The scoring stage's sticky settings and their first-run values."""
 
 
 @dg.asset(
@@ -316,9 +334,14 @@ def classifier_scores(
     Each shard is one task of the ``engine`` (this process, or a Ray cluster).
     """
     store = delta.store()
+    in_force = settings_in_force(
+        config.model_dump(), recorded_settings(store, SCORE_STAGE), SCORE_DEFAULTS
+    )
+    chosen = {k: in_force.values[k] for k in SCORE_DEFAULTS}
+    context.log.info(f"scoring settings: {in_force.describe()}")
     classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
-    heads = [load_head(path) for path in config.embedding_heads]  # errors before any shard
-    names = [c.category for c in classifiers] + config.pretrained_scorers
+    heads = [load_head(path) for path in chosen["embedding_heads"]]  # errors before any shard
+    names = [c.category for c in classifiers] + list(chosen["pretrained_scorers"])
     scorers = ", ".join(names + [h.model_id for h in heads]) or "none"
     work = ScoreShardWork(
         root_uri=delta.root_uri,
@@ -326,8 +349,8 @@ def classifier_scores(
         source=shard_reader(shard_source),
         classifiers=tuple(classifiers),
         heads=tuple(heads),
-        pretrained_scorers=tuple(config.pretrained_scorers),
-        thresholds=dict(config.pretrained_thresholds),
+        pretrained_scorers=tuple(chosen["pretrained_scorers"]),
+        thresholds=dict(chosen["pretrained_thresholds"]),
         batch_size=config.batch_size,
     )
     shards = ShardLoop(context, ["classifier_scores"])
@@ -343,6 +366,7 @@ def classifier_scores(
         return {"classifier_scores": metadata}, [check_result(c) for c in out.checks]
 
     yield from shards.run_on(engine.engine(), work, report)
+    record_settings(store, SCORE_STAGE, chosen)
 
 
 classifiers_job = dg.define_asset_job(

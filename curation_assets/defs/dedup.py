@@ -115,8 +115,9 @@ class DedupConfig(dg.Config):
 
 def policy_in_force(store: DeltaStore, given: list[str] | None) -> list[str]:
     """The keep policy of this run: ``given``, else the last committed run's, else the default."""
+    last = last_commit(store, DEDUP_STAGE)
     chosen = settings_in_force(
-        {"policy": given}, last_commit(store, DEDUP_STAGE), {"policy": list(POLICY_CRITERIA)}
+        {"policy": given}, last.config if last else None, {"policy": list(POLICY_CRITERIA)}
     ).values["policy"]
     return chosen.split(",") if isinstance(chosen, str) else list(chosen)
 

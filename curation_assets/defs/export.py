@@ -121,7 +121,8 @@ def curated_dataset(
     store = delta.store()
     out = export_root(config.export_dir)
     given = {**config.model_dump(), "export_dir": export_location(out)}
-    in_force = settings_in_force(given, last_commit(store, EXPORT_STAGE), EXPORT_DEFAULTS)
+    last = last_commit(store, EXPORT_STAGE)
+    in_force = settings_in_force(given, last.config if last else None, EXPORT_DEFAULTS)
     context.log.info(f"export settings: {in_force.describe()}")
     settings = in_force.values
     outcome = run_export(

@@ -1,5 +1,7 @@
 """Filter stage: per shard, classifier_scores → filtered_images + filter_rejections."""
 
+from typing import Any
+
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -8,6 +10,7 @@ from curation_assets.defs.metadata import markdown_preview, table_metadata, tabl
 from curation_assets.defs.partitions import ShardLoop, shard_backfill_policy, shards_partitions
 from curation_assets.defs.resources import Categories, DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
+from curation_assets.lib.commits import record_settings, recorded_settings, settings_in_force
 from curation_assets.lib.filter import (
     clip_floor_scores,
     clip_score_floor,
@@ -31,19 +34,30 @@ _CHECKS_DOC = "; ".join(f"{n}: {c.describe()}" for n, c in CHECKS.items())
 
 
 class FilterConfig(dg.Config):
-    """Which pixel-quality checks drop images (none by default: they are only reported)."""
+    """Which pixel-quality checks drop images (none by default: they are only reported).
 
-    quality_drop: list[str] = Field(
-        default_factory=list,
+    Both settings are sticky: unset, a run uses the settings last in force
+    (``stage_settings``), so a choice made for one run applies to every later shard, the
+    ones automation filters included.
+    """
+
+    quality_drop: list[str] | None = Field(
+        default=None,
         description="Pixel-quality checks that remove the images they flag, e.g. "
         f"['blurry', 'tiny']. Checks and default rules: {_CHECKS_DOC}. A removed image's "
-        "filter_rejections row has category quality_<check>, its value and the threshold.",
+        "filter_rejections row has category quality_<check>, its value and the threshold. "
+        "Unset = as in force (none on the first run); [] turns them all off.",
     )
-    quality_thresholds: dict[str, float] = Field(
-        default_factory=dict,
+    quality_thresholds: dict[str, float] | None = Field(
+        default=None,
         description="Threshold overrides by check name, e.g. {'blurry': 50}; the direction of "
-        "each check stays as documented.",
+        "each check stays as documented. Unset = as in force; {} = the documented defaults.",
     )
+
+
+FILTER_STAGE = "filter"
+FILTER_DEFAULTS: dict[str, Any] = {"quality_drop": [], "quality_thresholds": {}}
+"""The filter's sticky settings and their first-run values."""
 
 
 @dg.multi_asset(
@@ -92,9 +106,14 @@ def filter_shard(
 ):
     """Split each shard of the run into filtered_images and filter_rejections."""
     store = delta.store()
+    in_force = settings_in_force(
+        config.model_dump(), recorded_settings(store, FILTER_STAGE), FILTER_DEFAULTS
+    )
+    drop: list[str] = list(in_force.values["quality_drop"])
+    thresholds = resolve_thresholds(dict(in_force.values["quality_thresholds"]), drop)
+    context.log.info(f"filter settings: {in_force.describe()}")
     floor = clip_score_floor(categories.load())
-    thresholds = resolve_thresholds(config.quality_thresholds, config.quality_drop)
-    rules = [CHECKS[n].describe(thresholds[n]) for n in config.quality_drop]
+    rules = [CHECKS[n].describe(thresholds[n]) for n in drop]
     shards = ShardLoop(context, ["filtered_images", "filter_rejections"])
 
     def filter_one(key: str) -> None:
@@ -103,7 +122,7 @@ def filter_shard(
         clip = clip_floor_scores(store, key, raw, floor, embedder.load)
         if clip.unavailable:
             context.log.warning(f"min_clip_score {floor} {clip.note}")
-        quality, unmeasured = _quality_rejections(store, key, raw, config, thresholds)
+        quality, unmeasured = _quality_rejections(store, key, raw, drop, thresholds)
         if unmeasured:
             context.log.warning(
                 f"{key}: {unmeasured} images have no image_quality row (ingested before the "
@@ -127,6 +146,7 @@ def filter_shard(
                 removed_share=summary.removed_share,
                 clip_score_floor=clip.note,
                 quality_checks_dropping=", ".join(rules) or "none (reported only)",
+                settings_kept_from_last_run=", ".join(in_force.inherited) or "none",
                 quality_unmeasured=unmeasured,
             ),
             "filter_rejections": table_metadata(
@@ -146,25 +166,26 @@ def filter_shard(
         shards.done(key, metadata, [check])
 
     yield from shards.run(filter_one)
+    record_settings(store, FILTER_STAGE, {k: in_force.values[k] for k in FILTER_DEFAULTS})
 
 
 def _quality_rejections(
     store: DeltaStore,
     key: str,
     raw: pl.DataFrame,
-    config: FilterConfig,
+    drop: list[str],
     thresholds: dict[str, float],
 ) -> tuple[pl.DataFrame | None, int]:
     """The enabled quality checks' rejections of shard ``key`` and the images without signals.
 
     Reads ``image_quality`` only when a check is enabled.
     """
-    if not config.quality_drop:
+    if not drop:
         return None, 0
     rows = store.read(IMAGE_QUALITY, shards=[key]).join(
         raw.select("image_id"), on="image_id", how="semi"
     )
-    return quality_rejections(rows, config.quality_drop, thresholds), raw.height - rows.height
+    return quality_rejections(rows, drop, thresholds), raw.height - rows.height
 
 
 defs = dg.Definitions(assets=[filter_shard])

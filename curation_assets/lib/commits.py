@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.storage import DeltaStore, writer_identity
-from curation_assets.lib.tables import STAGE_COMMITS
+from curation_assets.lib.tables import STAGE_COMMITS, STAGE_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -121,25 +121,27 @@ class Settings:
 
 
 def settings_in_force(
-    given: Mapping[str, Any], last: Commit | None, defaults: Mapping[str, Any]
+    given: Mapping[str, Any], recorded: Mapping[str, Any] | None, defaults: Mapping[str, Any]
 ) -> Settings:
-    """The settings a run uses: ``given``, with every unset (None) one as last committed.
+    """The settings a run uses: ``given``, with every unset (None) one as last recorded.
 
     A setting a user chose once (in the launchpad, for one run) stays in force for every later
     run that leaves it unset, automated ones included: the next automated run does not put the
-    default back, and with it re-score or rewrite everything twice. A setting unset with no
-    commit holding it (first run, or one added since) takes ``defaults``. Names in ``given``
-    that are not in ``defaults`` are passed through as given.
+    default back (and with it re-score, re-filter or rewrite everything twice). A setting unset
+    with nothing recorded for it (first run, or one added since) takes ``defaults``. Names in
+    ``given`` that are not in ``defaults`` are passed through as given.
 
     Args:
         given: The run's configuration; None = not set by this run.
-        last: The stage's last commit (:func:`last_commit`), None before the first.
+        recorded: The settings last in force: a multi-table stage's last commit's ``config``
+            (:func:`last_commit`), a per-shard stage's :func:`recorded_settings`; None before
+            the first run.
         defaults: The value of each sticky setting when nothing set it.
     """
     values = dict(given)
     inherited: list[str] = []
     defaulted: list[str] = []
-    recorded = last.config if last is not None else {}
+    recorded = recorded or {}
     for name, default in defaults.items():
         if values.get(name) is not None:
             continue
@@ -150,6 +152,44 @@ def settings_in_force(
             values[name] = default
             defaulted.append(name)
     return Settings(values, tuple(sorted(inherited)), tuple(sorted(defaulted)))
+
+
+def recorded_settings(store: DeltaStore, stage: str) -> dict[str, Any] | None:
+    """The settings last recorded for a per-shard ``stage`` (:func:`record_settings`), or None.
+
+    Reads ``stage_settings``: one row per change of a stage's settings, never per shard run.
+    """
+    if not store.exists(STAGE_SETTINGS.name):
+        return None
+    rows = (
+        store.scan(STAGE_SETTINGS)
+        .filter(pl.col("stage") == stage)
+        .sort("recorded_at")
+        .tail(1)
+        .collect()
+    )
+    return json.loads(rows["settings"][0]) if rows.height else None
+
+
+def record_settings(store: DeltaStore, stage: str, values: Mapping[str, Any]) -> bool:
+    """Record ``values`` as ``stage``'s settings in force, if they differ from the last record.
+
+    Per-shard stages call it after a run's shards were written, so a run that failed on
+    every shard does not change what later runs inherit. Whether a row was appended.
+    """
+    if recorded_settings(store, stage) == json.loads(_canonical(values)):
+        return False
+    row = pl.DataFrame(
+        {
+            "stage": [stage],
+            "recorded_at": [datetime.now(UTC)],
+            "settings": [_canonical(values)],
+            "writer": [writer_identity()],
+        },
+        schema=STAGE_SETTINGS.schema,
+    )
+    store.append(STAGE_SETTINGS, row)
+    return True
 
 
 def torn_outputs(store: DeltaStore, commit: Commit | None) -> list[str]:

@@ -13,6 +13,7 @@ from safetensors.numpy import save_file
 from curation_assets.defs.classify import classifier_scores
 from curation_assets.defs.filter import filter_shard
 from curation_assets.defs.resources import Categories
+from curation_assets.lib.commits import recorded_settings
 from curation_assets.lib.quality.report import corpus_stats
 from curation_assets.lib.quality.signals import CHECKS
 from curation_assets.lib.storage import DeltaStore
@@ -121,6 +122,22 @@ def test_quality_checks_drop_only_when_enabled_with_a_reason(shard):
     assert store.read(FILTERED_IMAGES).height == len(PLANTED) - 2
     bad = _filter(instance, res, {"quality_drop": ["blury"]})
     assert not bad.success and "unknown quality checks" in " ".join(step_errors(bad))
+    # the choice stays in force for a run that leaves it unset (as automation runs a shard)
+    again = _filter(instance, res)
+    assert again.success, step_errors(again)
+    assert store.read(FILTERED_IMAGES).height == len(PLANTED) - 2
+    (mat,) = [
+        e.materialization
+        for e in again.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "filtered_images"
+    ]
+    assert mat.metadata["quality_checks_dropping"].value == "brightness < 25, min_side < 45"
+    assert mat.metadata["settings_kept_from_last_run"].value == "quality_drop, quality_thresholds"
+    assert recorded_settings(store, "filter") == config
+    # [] turns them off, and that sticks too
+    assert _filter(instance, res, {"quality_drop": []}).success
+    assert _filter(instance, res).success
+    assert store.read(FILTER_REJECTIONS).is_empty()
 
 
 def _head(path: Path, model: str, dim: int) -> Path:
@@ -165,6 +182,22 @@ def test_an_embedding_head_scores_the_stored_embeddings_and_filters(shard, tmp_p
         raise_on_error=False,
     )
     assert not failed.success and "was trained on 'timm:other@x'" in " ".join(step_errors(failed))
+    # the failed run changed nothing in force: unset (as automation scores a new shard), the
+    # head and its threshold still score and filter
+    store.replace_shard(CLASSIFIER_SCORES, "q1", store.read(CLASSIFIER_SCORES).head(0))
+    again = dg.materialize(
+        [classifier_scores, filter_shard],
+        partition_key="q1",
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
+    )
+    assert again.success, step_errors(again)
+    rescored = store.read(CLASSIFIER_SCORES).filter(pl.col("category") == "aesthetic")
+    assert (
+        rescored.sort("image_id")["score"].to_list() == scores.sort("image_id")["score"].to_list()
+    )
+    assert set(store.read(FILTER_REJECTIONS)["image_id"]) == removed
 
 
 def test_demo_corpus_every_ingested_image_has_signals(pipeline):

@@ -7,8 +7,8 @@ from curation_assets.lib.commits import Commit, settings_in_force
 DEFAULTS = {"webdataset": False, "shard_size": 1000, "seed": 0}
 
 
-def _commit(**config) -> Commit:
-    return Commit("export", datetime(2026, 1, 1, tzinfo=UTC), {}, {}, config, {})
+def _commit(**config) -> dict:
+    return Commit("export", datetime(2026, 1, 1, tzinfo=UTC), {}, {}, config, {}).config
 
 
 def test_first_run_takes_the_defaults_for_what_it_leaves_unset():

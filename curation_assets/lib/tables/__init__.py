@@ -48,7 +48,7 @@ from curation_assets.lib.tables.cluster import (
     assignments_spec,
     centroids_spec,
 )
-from curation_assets.lib.tables.commits import STAGE_COMMITS
+from curation_assets.lib.tables.commits import STAGE_COMMITS, STAGE_SETTINGS
 from curation_assets.lib.tables.dedup import (
     CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
@@ -125,6 +125,7 @@ TABLES: Mapping[str, TableSpec] = _registry(
     SIMILARITY_INDEX,
     IMAGE_UNIQUENESS,
     STAGE_COMMITS,
+    STAGE_SETTINGS,
 )
 """Every Delta table of the pipeline, by name, in pipeline order (read-only)."""
 
@@ -174,6 +175,7 @@ __all__ = [
     "SIMILARITY_INDEX",
     "SIMILARITY_QUANTIZER",
     "STAGE_COMMITS",
+    "STAGE_SETTINGS",
     "TABLES",
     "UTC_TIMESTAMP",
     "WEIGHT_PROBES",

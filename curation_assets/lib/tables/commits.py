@@ -21,3 +21,16 @@ STAGE_COMMITS = TableSpec(
         Column("writer", pl.String, "host:pid of the committing process."),
     ),
 )
+
+STAGE_SETTINGS = TableSpec(
+    name="stage_settings",
+    description="The settings in force of each per-shard stage (filter, classifier scores): "
+    "one row per change, so a setting chosen once applies to every later shard.",
+    partition_by=(),
+    columns=(
+        Column("stage", pl.String, "Stage name (filter, score)."),
+        Column("recorded_at", UTC_TIMESTAMP, "When these settings were first used (UTC)."),
+        Column("settings", pl.String, "JSON: every sticky setting's value."),
+        Column("writer", pl.String, "host:pid of the recording process."),
+    ),
+)
