@@ -29,6 +29,7 @@ import polars as pl
 
 from curation_assets.lib.storage import DeltaStore, writer_identity
 from curation_assets.lib.tables import STAGE_COMMITS, STAGE_SETTINGS
+from curation_assets.lib.tables.spec import TableSpec
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +73,17 @@ def input_versions(store: DeltaStore, tables: Iterable[str]) -> dict[str, int | 
     return {t: store.version(t) for t in sorted(set(tables))}
 
 
+def _latest(store: DeltaStore, spec: TableSpec, stage: str, at: str) -> dict[str, Any] | None:
+    """The newest row (by column ``at``) of ``stage`` in ``spec``'s table, or None."""
+    rows = store.scan(spec).filter(pl.col("stage") == stage).sort(at).tail(1).collect()
+    return rows.row(0, named=True) if rows.height else None
+
+
 def last_commit(store: DeltaStore, stage: str) -> Commit | None:
     """The latest committed run of ``stage`` (None when it never committed)."""
-    rows = (
-        store.scan(STAGE_COMMITS)
-        .filter(pl.col("stage") == stage)
-        .sort("committed_at")
-        .tail(1)
-        .collect()
-    )
-    if rows.is_empty():
+    r = _latest(store, STAGE_COMMITS, stage, "committed_at")
+    if r is None:
         return None
-    r = rows.row(0, named=True)
     return Commit(
         stage,
         r["committed_at"],
@@ -159,16 +159,8 @@ def recorded_settings(store: DeltaStore, stage: str) -> dict[str, Any] | None:
 
     Reads ``stage_settings``: one row per change of a stage's settings, never per shard run.
     """
-    if not store.exists(STAGE_SETTINGS.name):
-        return None
-    rows = (
-        store.scan(STAGE_SETTINGS)
-        .filter(pl.col("stage") == stage)
-        .sort("recorded_at")
-        .tail(1)
-        .collect()
-    )
-    return json.loads(rows["settings"][0]) if rows.height else None
+    r = _latest(store, STAGE_SETTINGS, stage, "recorded_at")
+    return json.loads(r["settings"]) if r is not None else None
 
 
 def record_settings(store: DeltaStore, stage: str, values: Mapping[str, Any]) -> bool:
