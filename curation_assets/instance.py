@@ -62,6 +62,9 @@ SHIPPED_INSTANCE_CONFIGS = frozenset(
         "e37b0615f835d59b5869d8281a65ff2f30fd892ebb544679c98c7c4966698b11",
         # before the PostgreSQL variant (same settings, the storage comment changed)
         "05cff603276424add9d25c710a8b645364f368eb01d98ab084eb39e2e81f766c",
+        # before ingest left its pool (the comment changed), sqlite and PostgreSQL variants
+        "ec4e93636ff718317829fe69266ba1b92c8133da154f3238aeabd0f548156b05",
+        "37d5e5a06631e3738e9c2fdf0b0e1ffcb0b011211e68c10a291be7e31b0c4066",
     }
 )
 """sha256 of each earlier dagster.yaml of this package, replaced when found unchanged in a home."""

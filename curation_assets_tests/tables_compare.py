@@ -23,6 +23,7 @@ from curation_assets.lib.objectstore import is_remote, join, list_names
 VOLATILE = {
     "dedup_runs": {"reason", "seconds"},
     "similarity_index": {"file"},  # <model>/shard=<key>/<uuid>.faiss: a fresh uuid per build
+    "stage_settings": {"writer"},  # host:pid of the recording process
 }
 SKIP_TABLES = {"stage_commits"}  # versions and writer pids differ by construction
 #: JSON columns holding float32 arrays (base64, ``*_f32_b64``) and floats: their numbers are

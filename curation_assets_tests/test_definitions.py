@@ -214,7 +214,7 @@ def test_sensor_job_and_resources():
 def test_embedding_runs_in_the_gpu_pool():
     node = defs.resolve_assets_def("image_embeddings")
     assert node.op.pool == "gpu"
-    assert defs.resolve_assets_def("raw_images").op.pool == "ingest"
+    assert defs.resolve_assets_def("raw_images").op.pool is None  # a lock, not a pool
 
 
 def test_definitions_load_lazily_and_dagster_finds_them():

@@ -1,6 +1,6 @@
 """Run health: runs whose worker died, pool slots they still hold, and steps waiting on a pool.
 
-The ``gpu`` and ``ingest`` pools admit one step at a time (``dagster.yaml``). A step claims its
+The ``gpu`` pool admits one step at a time (``dagster.yaml``). A step claims its
 slot in the run worker that executes it and frees it when the step ends; a worker killed
 mid-step (``kill -9``, the OOM killer, a laptop that never woke up) frees nothing, so its slot
 stays claimed and every later step of that pool waits forever, silently: Dagster logs the wait

@@ -64,8 +64,9 @@ logs each shard as it completes. Cost: the queue actor's start, measured 0.2–0
 ``map_shards`` call (median 0.54 s, eight no-op tasks on a loopback two-node cluster, 0.02 s
 without a queue), small beside a Dagster run's 8–12 s start.
 
-Ingest does not go through an engine: it is serialized by a pool/lock so that exact duplicates
-across shards collapse to one row, and it stays in the step's process.
+Ingest does not go through an engine: it runs in the step's process (decoding with a local
+process pool), many shards' runs in parallel; only its cross-shard exact-duplicate lookup and
+writes are serialized, by a lock on the Delta root.
 """
 
 import logging

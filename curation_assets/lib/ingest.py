@@ -246,7 +246,7 @@ def ingest_items(
     shard: str,
     items: Iterable[Item],
     *,
-    existing: ExistingLookup,
+    existing: ExistingLookup | None,
     limits: DecodeLimits = DecodeLimits(),  # noqa: B008
     workers: int = 2,
     now: datetime | None = None,
@@ -254,7 +254,8 @@ def ingest_items(
     """Hash, decode and sort every item of a shard into raw / quarantine / duplicates.
 
     The first decodable copy of each sha256 (in enumeration order) is kept unless
-    ``existing`` reports it kept in another shard. Captions are capped at
+    ``existing`` reports it kept in another shard (:func:`collapse_existing`; None: look
+    within the shard only, and collapse later). Captions are capped at
     ``limits.max_caption_bytes``. Strings that are not valid UTF-8 (file names from undecodable
     bytes) never reach a row: an item named so is quarantined as ``bad_file_name``. Memory:
     per-row metadata of the shard plus ``2 * workers`` items' bytes in flight.
@@ -321,7 +322,29 @@ def ingest_items(
             }
         )
     raw = pl.DataFrame(raw_rows, schema=RAW_IMAGES.schema)
-    # Exact duplicates of images kept by other shards collapse to those shards' rows.
+    quarantine = pl.DataFrame(q_rows, schema=QUARANTINE.schema)
+    reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+    result = IngestResult(
+        raw,
+        quarantine,
+        pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema),
+        n,
+        {str(k): int(v) for k, v in reasons.items()},
+        pl.DataFrame(note_rows, schema=NOTES_SCHEMA),
+        quality_frame(quality_rows),
+    )
+    return collapse_existing(result, shard, existing) if existing is not None else result
+
+
+def collapse_existing(result: IngestResult, shard: str, existing: ExistingLookup) -> IngestResult:
+    """``result`` with the images another shard already keeps moved to ``duplicates``.
+
+    Such an image's row leaves ``raw`` (with its notes and quality row) and becomes an
+    ``exact_duplicates`` row naming the other shard's copy; files of this shard that
+    duplicated it follow it. The slow part of ingest (decoding) needs no lock; this step and
+    the writes do (:func:`existing_lookup` reads the other shards as they are now).
+    """
+    raw, duplicates = result.raw, result.duplicates
     elsewhere = existing(raw["image_id"].to_list()) if raw.height else None
     if elsewhere is not None and elsewhere.height:
         elsewhere = elsewhere.unique("image_id", keep="first").rename(
@@ -329,8 +352,7 @@ def ingest_items(
         )
         moved = raw.join(elsewhere, on="image_id", how="inner")
         # Files of this shard that duplicated a now-moved image follow it.
-        dup_rows_df = pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema)
-        dup_rows_df = dup_rows_df.join(
+        followers = duplicates.join(
             elsewhere, on="image_id", how="left", suffix="_else"
         ).with_columns(
             kept_shard=pl.coalesce("kept_shard_else", "kept_shard"),
@@ -339,24 +361,20 @@ def ingest_items(
         duplicates = pl.concat(
             [
                 DUPLICATE_FILES.conform(moved.with_columns(shard=pl.lit(shard))),
-                DUPLICATE_FILES.conform(dup_rows_df),
+                DUPLICATE_FILES.conform(followers),
             ]
         )
         raw = raw.join(elsewhere.select("image_id"), on="image_id", how="anti")
-    else:
-        duplicates = pl.DataFrame(dup_rows, schema=DUPLICATE_FILES.schema)
-    quarantine = pl.DataFrame(q_rows, schema=QUARANTINE.schema)
-    reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
-    notes = pl.DataFrame(note_rows, schema=NOTES_SCHEMA).join(
+    notes = result.notes.join(
         raw.select("image_id", "source_uri"), on=["image_id", "source_uri"], how="semi"
     )
-    quality = quality_frame(quality_rows).join(raw.select("image_id"), on="image_id", how="semi")
+    quality = result.quality.join(raw.select("image_id"), on="image_id", how="semi")
     return IngestResult(
         raw,
-        quarantine,
+        result.quarantine,
         duplicates,
-        n,
-        {str(k): int(v) for k, v in reasons.items()},
+        result.n_enumerated,
+        result.reasons,
         notes,
         quality,
     )
@@ -365,7 +383,7 @@ def ingest_items(
 def ingest_shard(
     shard: ShardInfo,
     *,
-    existing: ExistingLookup,
+    existing: ExistingLookup | None,
     limits: DecodeLimits = DecodeLimits(),  # noqa: B008
     workers: int = 2,
     now: datetime | None = None,

@@ -406,8 +406,9 @@ class DeltaStore:
                     }
                 ),
             )
-        except (CommitFailedError, DeltaError) as exc:
+        except (CommitFailedError, DeltaError, OSError) as exc:
             if self._table(name) is None:
+                self._discard_uncommitted(name)
                 raise
             other = self.last_writer(name)
             logger.info("delta %s: created concurrently by %s (%s)", name, other, exc)
@@ -416,6 +417,32 @@ class DeltaStore:
             msg = f"Delta table {name!r} could not be created at {self.uri(name)}"
             raise RuntimeError(msg)
         return table
+
+    def _discard_uncommitted(self, name: str) -> None:
+        """Remove what a failed creation of table ``name`` left without a first commit.
+
+        deltalake makes ``_delta_log/`` before it writes commit 0; when that write fails (a
+        full disk) the folder stays, and every reader of the table would fail on it ("no files
+        in log segment") instead of finding no table. Local roots only (an object store has no
+        empty folders); nothing is removed once any commit file exists.
+        """
+        if not self.is_local:
+            return
+        folder = Path(self.uri(name))
+        log = folder / "_delta_log"
+        try:
+            entries = list(log.iterdir()) if log.is_dir() else []
+            if any(p.name.endswith((".json", ".parquet")) and p.name[0].isdigit() for p in entries):
+                return
+            for p in entries:  # staging files of the commit that failed
+                if p.is_file():
+                    p.unlink()
+            if log.is_dir():
+                log.rmdir()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError as exc:
+            logger.warning("delta %s: could not remove a failed creation's folder: %s", name, exc)
 
     def _committed_version(self, name: str, token: str) -> int:
         """The version of the commit carrying ``token``.

@@ -127,6 +127,27 @@ def test_a_full_or_read_only_root_is_a_clear_storage_error(tmp_path, monkeypatch
         store.replace_shard(SPEC, "a", frame("a", [2]))
 
 
+def test_a_table_whose_creation_failed_is_absent_not_broken(tmp_path, monkeypatch):
+    """A full disk while commit 0 is written leaves no empty ``_delta_log`` behind."""
+    store = DeltaStore(str(tmp_path))
+    real_create = storage.DeltaTable.create
+
+    def full(uri, **kwargs):
+        log = tmp_path / "t" / "_delta_log"
+        log.mkdir(parents=True)
+        (log / "_commit_0.json.tmp").write_text("{")  # a staged commit, cut short
+        raise DeltaError("Generic LocalFileSystem error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(storage.DeltaTable, "create", full)
+    with pytest.raises(StorageUnwritableError):
+        store.replace_shard(SPEC, "a", frame("a", [1]))
+    assert not (tmp_path / "t").exists()
+    assert not store.exists("t") and store.read(SPEC).is_empty()
+    monkeypatch.setattr(storage.DeltaTable, "create", real_create)
+    store.replace_shard(SPEC, "a", frame("a", [1]))
+    assert store.read(SPEC)["id"].to_list() == [1]
+
+
 def test_replace_rows_replaces_many_values_in_one_commit_in_any_partitioning(tmp_path):
     import polars as pl
 
