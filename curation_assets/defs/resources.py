@@ -213,7 +213,8 @@ class Engine(dg.ConfigurableResource):
     steps that decode and embed, score, assign, index and score uniqueness (image_embeddings,
     classifier_scores, cluster_assignments, similarity_index, image_uniqueness) each shard
     becomes one task of this engine, and inside the dedup step each (clustering, bucket) unit
-    of the pair search (``lib/engine.py``).
+    of the pair search, and inside the weights step each shard it scores from its embeddings
+    (``lib/engine.py``).
     """
 
     address: str = Field(

@@ -1,6 +1,6 @@
 """Re-weighting: sample_weights + bias_audit (stage 7); weights_job also runs the export."""
 
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -12,7 +12,7 @@ from curation_assets.defs.metadata import (
     table_metadata,
     table_schema,
 )
-from curation_assets.defs.resources import Compute, DeltaStorage, ImageEmbedder
+from curation_assets.defs.resources import Compute, DeltaStorage, Engine, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
 from curation_assets.lib.weights import (
@@ -185,16 +185,23 @@ def weights_and_audit(
     delta: DeltaStorage,
     embedder: ImageEmbedder,
     compute: Compute,
+    engine: Engine,
 ):
     """Fit the probe on a bounded sample, weight the kept images shard by shard, audit.
+
+    The shards scored from their embeddings are tasks of the ``engine`` (this process, a
+    budget-sized group of shards at a time; or one Ray task per shard, each holding one shard:
+    ``lib/weights/work.py``); the probe's fit, the patched shards, the sums, the audit and the
+    commit stay in this step. On Ray the metadata says how many tasks each node ran
+    (``score_tasks_per_node``).
 
     Only new or changed shards are scored unless a drift rule (or config) asks for a refit;
     nothing is written when no shard and no setting changed since the last commit (the
     committed tables are re-checked from their per-shard sums and their figures re-reported).
 
     Memory: the compute budget — the probe's sample (half of it) or one group of shards being
-    scored (half of it), never the whole corpus; plus one stats row and ~50 audit-count rows per
-    shard.
+    scored or patched (half of it), never the whole corpus; plus one stats row and ~50
+    audit-count rows per shard. A Ray task: one shard's rows, a scoring batch and the probe.
 
     ``image_uniqueness`` (``uniqueness_power``) is read when the config asks for it, not
     declared as a dependency: the automation's ``eager_on`` never runs an asset while a
@@ -212,7 +219,7 @@ def weights_and_audit(
         return concept_encoder(config.concepts, embedder.load)
 
     try:
-        outcome = update_weights(store, settings, compute.budget(), encoder)
+        outcome = update_weights(store, settings, compute.budget(), encoder, engine=engine.engine())
     except ValueError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
     summary = outcome.summary
@@ -223,6 +230,15 @@ def weights_and_audit(
         if outcome.plan.mode != "current"
         else "0 shards scored"
     )
+    tasks = outcome.tasks
+    if tasks.tasks:
+        where = (
+            ", ".join(f"node {n[:12]}: {c}" for n, c in sorted(tasks.per_node.items()))
+            if tasks.per_node
+            else "this process"
+        )
+        work += f" in {tasks.tasks} {tasks.engine} tasks ({where})"
+
     context.log.info(
         f"weights: {outcome.plan.mode} — {outcome.plan.reason}; probe "
         f"{summary['probe_status']} AUC {summary['probe_auc']}, ESS ratio "
@@ -268,6 +284,7 @@ def _weight_results(
             reason=outcome.plan.reason,
             committed_mode=summary["mode"],
             memory_budget_mb=compute.memory_budget_mb,
+            **_task_metadata(outcome),
             probe=dg.MetadataValue.json(summary["probe"]),
             weight_distribution=dg.MetadataValue.md(
                 "Kept images by weight (log-spaced bins over [w_min, w_max], from per-shard "
@@ -324,6 +341,14 @@ def _weight_results(
             )
         ],
     )
+
+
+def _task_metadata(outcome: WeightsOutcome) -> dict[str, Any]:
+    """Where this run's scoring tasks ran: engine, tasks and, on Ray, tasks per node."""
+    meta = outcome.tasks.metadata()
+    if "score_tasks_per_node" in meta:
+        meta["score_tasks_per_node"] = dg.MetadataValue.json(meta["score_tasks_per_node"])
+    return meta
 
 
 weights_job = dg.define_asset_job(  # with the export (defs/export.py), as one global job

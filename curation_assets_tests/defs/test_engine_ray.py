@@ -9,7 +9,9 @@ cluster_centroids) run locally once. The similarity steps (similarity_index, ima
 are compared the same way over a quantizer trained locally, and their index files must answer
 searches alike. Then a Ray worker is SIGKILLed while it embeds a shard:
 Ray's retry makes the step succeed; with no Ray retry the step fails naming the shard and the
-dead worker, the shard's rows stay the last committed ones, and a re-run converges.
+dead worker, the shard's rows stay the last committed ones, and a re-run converges. The
+weights stage (weights_and_audit, a global step whose shards are scored as engine tasks) is
+compared on synthetic inputs written twice, a full run and an incremental one.
 """
 
 import logging
@@ -34,11 +36,14 @@ from curation_assets.defs.embed import image_embeddings
 from curation_assets.defs.filter import filter_shard
 from curation_assets.defs.ingest import ingest
 from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags
-from curation_assets.defs.resources import Categories, Engine
+from curation_assets.defs.resources import Categories, Compute, DeltaStorage, Engine, ImageEmbedder
 from curation_assets.defs.similar import image_uniqueness, similarity_index, similarity_quantizer
+from curation_assets.defs.weights import weights_and_audit
 from curation_assets.lib.similar import load_quantizer, search
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
+    AUDIT_SHARD_COUNTS,
+    BIAS_AUDIT,
     CLASSIFIER_SCORES,
     IMAGE_EMBEDDINGS,
     LABELS,
@@ -46,6 +51,9 @@ from curation_assets.lib.tables import (
     QUARANTINE,
     RAW_IMAGES,
     SAFETY_CLASSIFIERS,
+    SAMPLE_WEIGHTS,
+    WEIGHT_PROBES,
+    WEIGHT_SHARD_STATS,
     TableSpec,
     assignments_spec,
 )
@@ -59,6 +67,7 @@ from curation_assets_tests.servers_ray import (  # noqa: F401
     ray_cluster,
     ray_two_nodes,
 )
+from curation_assets_tests.weights_inputs import write_weight_inputs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -486,3 +495,81 @@ def test_a_worker_dying_past_rays_retries_fails_the_attempt_naming_the_shard(dem
     assert_same(between, before, atol=0)
     assert _embed_commits_by(store, killed, since) == 0
     assert_same(snapshot(store, IMAGE_EMBEDDINGS), demo["expected"]["image_embeddings"])
+
+
+WEIGHT_SHARDS = ("w-0", "w-1", "w-2", "w-3")
+WEIGHT_TABLES = (SAMPLE_WEIGHTS, WEIGHT_SHARD_STATS, AUDIT_SHARD_COUNTS, BIAS_AUDIT)
+
+
+def _weight_tables(store: DeltaStore) -> dict[str, pl.DataFrame]:
+    """The weights stage's tables in a canonical order (probes without their fit time)."""
+    out = {}
+    for spec in WEIGHT_TABLES:
+        df = store.read(spec)
+        keys = ("shard", "image_id", "attribute", "value", "hit")
+        out[spec.name] = df.sort([c for c in keys if c in df.columns])
+    out[WEIGHT_PROBES.name] = store.read(WEIGHT_PROBES).drop("fitted_at")
+    return out
+
+
+def test_weights_on_ray_write_the_local_tables(tmp_path, ray_two_nodes: RayCluster):  # noqa: F811
+    """weights_and_audit: the same tables with the Ray engine, one task per scored shard.
+
+    Two roots get the same synthetic inputs; each is weighted with one engine, in full, then
+    again after a fifth shard arrives (incremental: that shard alone is scored). Every table
+    of the stage is equal after each run, bit for bit; the Ray runs' metadata says which nodes
+    ran their tasks.
+    """
+    config = {"weights_and_audit": {"config": {"pca_dim": 4, "min_support": 10}}}
+    metas: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+    tables: dict[str, list[dict[str, pl.DataFrame]]] = {"local": [], "ray": []}
+    with dg.instance_for_test() as instance:
+        for name, address in (("local", "local"), ("ray", ray_two_nodes.address)):
+            delta = DeltaStorage(root_uri=str(tmp_path / name / "delta"))
+            store = delta.store()
+            folder = tmp_path / name / "img"
+            write_weight_inputs(store, folder, n=800, images=False, shards=WEIGHT_SHARDS)
+            res = {
+                "delta": delta,
+                "embedder": ImageEmbedder(),
+                "compute": Compute(),
+                "engine": Engine(address=address),
+            }
+            for step in ("full", "incremental"):
+                if step == "incremental":
+                    write_weight_inputs(store, folder, n=200, seed=9, images=False, shards=("w-4",))
+                t0 = time.perf_counter()
+                result = materialize([weights_and_audit], instance, res, config=config)
+                assert result.success, step_errors(result)
+                logger.info(
+                    "weights (%s) with the %s engine: %.1f s", step, name, time.perf_counter() - t0
+                )
+                blocking = {"weights_finite_positive", "weights_mean_one", "weights_within_bounds"}
+                checks = result.get_asset_check_evaluations()
+                assert all(e.passed for e in checks if e.check_name in blocking)
+                (meta,) = [
+                    {k: v.value for k, v in m.metadata.items()}
+                    for m in result.asset_materializations_for_node("weights_and_audit")
+                    if m.asset_key.to_user_string() == "sample_weights"
+                ]
+                metas[name].append(meta)
+                tables[name].append(_weight_tables(store))
+    for local, ray in zip(tables["local"], tables["ray"], strict=True):
+        for table, frame in local.items():
+            assert frame.height > 0 and frame.equals(ray[table]), table
+    (lf, li), (rf, ri) = metas["local"], metas["ray"]
+    assert (lf["mode"], li["mode"]) == (rf["mode"], ri["mode"]) == ("full", "incremental")
+    assert (rf["shards_scored"], ri["shards_scored"]) == (4, 1)
+    for key in ("probe_id", "scale", "kept_images", "weight_mean", "ess"):
+        assert (lf[key], li[key]) == (rf[key], ri[key]), key
+    # locally the small shards are one group: one task, in the step's process
+    assert (lf["score_engine"], lf["score_tasks"]) == ("local", 1)
+    assert "score_tasks_per_node" not in lf
+    # on Ray one task per scored shard, each on a node of the cluster
+    nodes = set(ray_two_nodes.node_ids())
+    for meta, tasks in ((rf, 4), (ri, 1)):
+        assert (meta["score_engine"], meta["score_tasks"]) == ("ray", tasks)
+        per_node = meta["score_tasks_per_node"]
+        logger.info("weights tasks per Ray node: %s", per_node)
+        assert set(per_node) <= nodes and sum(per_node.values()) == tasks
+        assert meta["score_ray_nodes"] == len(per_node)

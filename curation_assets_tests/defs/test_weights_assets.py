@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from curation_assets.defs.resources import Compute, DeltaStorage, ImageEmbedder
+from curation_assets.defs.resources import Compute, DeltaStorage, Engine, ImageEmbedder
 from curation_assets.defs.weights import weights_and_audit
 from curation_assets.lib.commits import last_commit
 from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
@@ -50,7 +50,16 @@ def world(tmp_path_factory):
     delta = DeltaStorage(root_uri=str(tmp / "delta"))
     inputs = write_weight_inputs(delta.store(), tmp / "images")
     with dg.instance_for_test() as instance:
-        yield instance, {"delta": delta, "embedder": ImageEmbedder(), "compute": Compute()}, inputs
+        yield (
+            instance,
+            {
+                "delta": delta,
+                "embedder": ImageEmbedder(),
+                "compute": Compute(),
+                "engine": Engine(),
+            },
+            inputs,
+        )
 
 
 def test_weights_and_audit_write_both_tables_check_them_and_commit(world):
@@ -69,6 +78,9 @@ def test_weights_and_audit_write_both_tables_check_them_and_commit(world):
     )  # a small corpus: the sample is every reference image
     assert sw["memory_budget_mb"].value == Compute().memory_budget_mb
     assert sw["shards_scored"].value == 2
+    # the local engine: the two small shards are one group, one task in this process
+    assert (sw["score_engine"].value, sw["score_tasks"].value) == ("local", 1)
+    assert "score_tasks_per_node" not in sw
     assert sw["kept_images"].value == len(inputs.kept) == sw["dagster/row_count"].value
     assert "Kept images by weight" in sw["weight_distribution"].value
     assert sw["probe"].value["method"] == "kept_vs_removed"
@@ -131,7 +143,12 @@ def test_uniqueness_power_weights_by_uniqueness_and_reports_it(tmp_path):
     delta = DeltaStorage(root_uri=str(tmp_path / "delta"))
     store = delta.store()
     write_weight_inputs(store, tmp_path / "images", images=False)
-    res = {"delta": delta, "embedder": ImageEmbedder(), "compute": Compute()}
+    res = {
+        "delta": delta,
+        "embedder": ImageEmbedder(),
+        "compute": Compute(),
+        "engine": Engine(),
+    }
     with dg.instance_for_test() as instance:
         failed = dg.materialize(
             [weights_and_audit],

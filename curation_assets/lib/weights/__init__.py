@@ -10,7 +10,8 @@
 * :mod:`.update` — the stage over Delta, shard by shard: :mod:`.plan` (full / rescore /
   incremental / current and why, the drift rules), :mod:`.probe` (the probe on a bounded,
   seeded sample; kept in ``weight_probes``), :mod:`.shards` (read and score one shard),
-  :mod:`.patch` (re-weight a shard whose embeddings did not change from its stored ratios),
+  :mod:`.work` (that scoring as engine tasks: the step's process or Ray), :mod:`.patch`
+  (re-weight a shard whose embeddings did not change from its stored ratios),
   :mod:`.totals` (per-shard sums → the mean-1 normaliser, ESS, checks and the audit),
   :mod:`.uniqueness` (the opt-in ``image_uniqueness`` multiplier, ``uniqueness_power``).
 * :mod:`.run` — the concept encoder, the histogram helper, and the whole-corpus in-memory

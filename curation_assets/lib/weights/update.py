@@ -13,9 +13,12 @@
    ``deduplicated_images`` / ``image_uniqueness`` changed) is *patched*: its weights are
    recomputed from the raw ratios its committed ``sample_weights`` rows hold, its embeddings
    are never read, and its rows are rewritten only if they changed (:mod:`~.patch`; a newly
-   kept image, or zero-shot concepts with an encoder, fall back to scoring it). Every other
-   shard is scored from its embeddings, a budget-sized group at a time
-   (:func:`~.shards.read_shards`, :func:`~.shards.score_shard`). Each is written with
+   kept image, or zero-shot concepts with an encoder, fall back to scoring it). Patching
+   stays in this process (it reads no embedding: a few columns per row). Every other shard
+   is scored from its embeddings on the engine (:mod:`~.work`: one task per shard on Ray, a
+   budget-sized group of shards per task on the local engine, which runs them here one
+   after the other as before engines), each task reading its shards itself
+   (:func:`~.shards.read_shards`, :func:`~.shards.score_shard`). Each shard is written with
    ``replace_shard`` (one transaction per shard); rows of shards that are gone are deleted.
 4. The per-shard stats and audit counts (small tables, rewritten in one commit each), the
    totals from their sums; if the mean weight is off by more than ``mean_tolerance``, every
@@ -36,22 +39,24 @@ kept set is 1 within ``mean_tolerance``. With the term on, a group of shards bei
 patched also reads those shards' ``image_uniqueness`` rows (two columns), and a full run the
 probe sample's shards' rows: never the whole table.
 
-Memory: the larger of (a) the probe's sample, ``2 · per_class`` rows of d values
+Memory: in the step, the larger of (a) the probe's sample, ``2 · per_class`` rows of d values
 (:func:`~.probe.per_class_rows`, half the budget) and (b) one group of shards
-(``budget / 2 / row_bytes(d)`` rows scored, or ``budget / 2 / PATCH_ROW_BYTES`` rows patched;
-a bigger shard alone), plus the per-shard tables (one stats row and ~50 count rows per shard).
-Never the whole corpus.
+(``budget / 2 / row_bytes(d)`` rows scored on the local engine, or ``budget / 2 /
+PATCH_ROW_BYTES`` rows patched; a bigger shard alone), plus the per-shard tables (one stats
+row and ~50 count rows per shard). Per Ray task: one shard's rows (``row_bytes(d)`` each), a
+scoring batch and the probe. Never the whole corpus.
 """
 
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
 from curation_assets.lib.commits import input_versions, record_commit
+from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -88,10 +93,7 @@ from curation_assets.lib.weights.probe import (
 )
 from curation_assets.lib.weights.shards import (
     embedding_dim,
-    read_shards,
     row_bytes,
-    score_shard,
-    shard_batches,
     shard_sizes,
 )
 from curation_assets.lib.weights.totals import (
@@ -103,10 +105,15 @@ from curation_assets.lib.weights.totals import (
 )
 from curation_assets.lib.weights.uniqueness import (
     UniquenessTerm,
-    read_uniqueness,
     require_uniqueness,
     sample_term,
     uniqueness_settings,
+)
+from curation_assets.lib.weights.work import (
+    TaskTally,
+    freeze_encoder,
+    score_on_engine,
+    scoring_work,
 )
 
 logger = logging.getLogger(__name__)
@@ -128,6 +135,7 @@ class WeightsOutcome:
         summary: The figures recorded with the commit (JSON-compatible).
         written: ``sample_weights`` shard rewrites in this run (a shard scored, then
             rescaled, counts twice; a patched shard whose rows came out unchanged, not at all).
+        tasks: Where this run's scoring tasks ran (not part of the committed summary).
     """
 
     plan: WeightsPlan
@@ -135,6 +143,7 @@ class WeightsOutcome:
     audit: pl.DataFrame
     summary: dict[str, Any]
     written: int
+    tasks: TaskTally = field(default_factory=TaskTally)
 
 
 def update_weights(
@@ -142,23 +151,30 @@ def update_weights(
     settings: Mapping[str, Any],
     budget: MemoryBudget,
     load_encoder: Callable[[], tuple[TextEncoder | None, str]],
+    engine: LocalEngine | RayEngine | None = None,
 ) -> WeightsOutcome:
     """Bring ``sample_weights``, its per-shard tables and ``bias_audit`` up to date.
 
     Args:
         store: Delta store.
         settings: ``WeightsConfig`` as a dict (see :mod:`~.plan` for the fields it reads).
-        budget: The step's memory budget (probe sample, rows held at once).
+        budget: The step's memory budget (probe sample, rows held at once, the scoring
+            batch every task uses).
         load_encoder: Returns the concept text encoder and a note (called only if a shard is
             scored).
+        engine: Where the shards are scored from their embeddings (:mod:`~.work`): None = the
+            local engine (this process, a budget-sized group of shards at a time). Patched
+            shards, the sums, the audit and the commit stay in this process.
 
     Raises:
         ValueError: When there is no kept image, on inputs the probe cannot use, or when
             ``uniqueness_power`` is set and ``image_uniqueness`` has no usable score.
 
-    Memory: see the module docstring.
+    Memory: see the module docstring (per Ray task: one shard).
     """
     started = time.monotonic()
+    engine = engine or LocalEngine()
+    tally = TaskTally(engine=engine.name)
     uniqueness = uniqueness_settings(settings)
     if uniqueness is not None:
         require_uniqueness(store, uniqueness["power"])
@@ -172,7 +188,7 @@ def update_weights(
         )
         totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
         audit = store.read(BIAS_AUDIT, version=plan.commit.outputs[BIAS_AUDIT.name])
-        return WeightsOutcome(plan, totals, audit, dict(plan.commit.summary), 0)
+        return WeightsOutcome(plan, totals, audit, dict(plan.commit.summary), 0, tally)
 
     dim = embedding_dim(store)
     if dim is None:
@@ -192,11 +208,22 @@ def update_weights(
     encoder, concepts_note = (None, "none configured")
     if plan.shards:
         encoder, concepts_note = load_encoder()
+        if encoder is not None and settings["concepts"]:  # the prompts' vectors, for the tasks
+            encoder = freeze_encoder(encoder, settings["concepts"])
     patch_rows = budget.rows(PATCH_ROW_BYTES, share=SCORE_SHARE)
 
     def redo(shards: list[str], source: PatchSource, scale: float) -> Redone:
         def score(todo: list[str]) -> tuple[list[dict[str, Any]], list[pl.DataFrame]]:
-            return _score(store, todo, probe, scale, term, settings, max_rows, batch, encoder)
+            work = scoring_work(
+                store,
+                probe,
+                scale,
+                settings,
+                batch_size=batch,
+                text_encoder=encoder,
+                uniqueness=term,
+            )
+            return score_on_engine(store, todo, work, engine, group_rows=max_rows, tally=tally)
 
         return redo_shards(
             store,
@@ -272,7 +299,7 @@ def update_weights(
         summary=summary,
     )
     plan.reason = reason
-    return WeightsOutcome(plan, totals, audit, summary, done.written)
+    return WeightsOutcome(plan, totals, audit, summary, done.written, tally)
 
 
 def _fit(
@@ -329,56 +356,6 @@ def _fit(
         per_class,
     )
     return probe, term
-
-
-def _score(
-    store: DeltaStore,
-    shards: list[str],
-    probe: SampledProbe,
-    scale: float,
-    term: UniquenessTerm | None,
-    settings: Mapping[str, Any],
-    max_rows: int,
-    batch: int,
-    encoder: TextEncoder | None,
-) -> tuple[list[dict[str, Any]], list[pl.DataFrame]]:
-    """Score and write ``shards`` a budget-sized group at a time; their stats and counts.
-
-    With the uniqueness term, each group's ``image_uniqueness`` rows are read with it.
-    """
-    if not shards:
-        return [], []
-    sizes = shard_sizes(store, settings["correct_for"], shards)
-    by_shard = dict(zip(sizes["shard"], sizes["n_reference"], strict=True))
-    stats: list[dict[str, Any]] = []
-    counts: list[pl.DataFrame] = []
-    for group in shard_batches(by_shard, shards, max_rows):
-        scores = read_uniqueness(store, group) if term is not None else {}
-        for shard, (frame, x, model_id) in read_shards(
-            store, group, settings["correct_for"]
-        ).items():
-            scored = score_shard(
-                shard,
-                frame,
-                x,
-                probe.model,
-                model_id=model_id,
-                probe_id=probe.probe_id,
-                train_folds=probe.train_folds,
-                scale=scale,
-                w_min=settings["w_min"],
-                w_max=settings["w_max"],
-                batch_size=batch,
-                keywords=settings["keywords"],
-                concepts=settings["concepts"],
-                text_encoder=encoder,
-                uniqueness=term,
-                uniqueness_scores=scores.get(shard),
-            )
-            store.replace_shard(SAMPLE_WEIGHTS, shard, scored.weights)
-            stats.append(scored.stats)
-            counts.append(scored.counts)
-    return stats, counts
 
 
 def _summary(
