@@ -14,6 +14,8 @@ from curation_assets.defs.metadata import (
 )
 from curation_assets.defs.resources import Compute, DeltaStorage, Engine, ImageEmbedder
 from curation_assets.defs.retries import fail_fast, transient_retry
+from curation_assets.lib.commits import Settings, last_commit, settings_in_force
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import BIAS_AUDIT, SAMPLE_WEIGHTS
 from curation_assets.lib.weights import (
     DEFAULT_C,
@@ -28,6 +30,7 @@ from curation_assets.lib.weights.plan import (
     DEFAULT_MEAN_TOLERANCE,
     DEFAULT_REFIT_GROWTH,
     DEFAULT_REFIT_PRIOR_SHIFT,
+    WEIGHTS_STAGE,
 )
 from curation_assets.lib.weights.run import concept_encoder, weight_histogram
 from curation_assets.lib.weights.scale import total_checks
@@ -41,36 +44,63 @@ GROUP = "weights"
 
 
 class WeightsConfig(dg.Config):
-    """The density-ratio probe, the weight bounds and the bias audit."""
+    """The density-ratio probe, the weight bounds and the bias audit.
 
-    correct_for: Literal["filter", "filter_and_dedup"] = Field(
-        default="filter",
+    The probe, bound, audit and uniqueness settings are sticky: unset, a run uses those of the
+    last committed run (the defaults on the first), so a value chosen here once is kept by the
+    runs automation launches instead of being put back (with a full re-score each way).
+    """
+
+    correct_for: str | None = Field(
+        default=None,
         description="filter: undo only the safety filter's shift (near duplicates removed by "
-        "dedup are left out of the reference); filter_and_dedup: undo both.",
+        "dedup are left out of the reference); filter_and_dedup: undo both. Unset = as the "
+        "last run (filter on the first).",
     )
-    method: Literal["kept_vs_removed", "unfiltered_vs_filtered"] = Field(
-        default="kept_vs_removed",
+    method: str | None = Field(
+        default=None,
         description="Probe: kept vs removed images (default, better estimate) or DALL·E 2's "
-        "unfiltered vs filtered; both estimate p_unfiltered(x)/p_filtered(x).",
+        "unfiltered vs filtered; both estimate p_unfiltered(x)/p_filtered(x). Unset = as the "
+        "last run (kept_vs_removed on the first).",
     )
-    C: float = Field(default=DEFAULT_C, description="Inverse L2 strength (smaller = weaker).")
-    pca_dim: int = Field(default=DEFAULT_PCA_DIM, description="PCA components the probe sees.")
-    w_min: float = Field(default=DEFAULT_W_MIN, description="Lower weight bound (≤ 1).")
-    w_max: float = Field(default=DEFAULT_W_MAX, description="Upper weight bound (≥ 1).")
+    C: float | None = Field(
+        default=None,
+        description=f"Inverse L2 strength (smaller = weaker). Unset = as the last run "
+        f"({DEFAULT_C} on the first).",
+    )
+    pca_dim: int | None = Field(
+        default=None,
+        description=f"PCA components the probe sees. Unset = as the last run ({DEFAULT_PCA_DIM} "
+        "on the first).",
+    )
+    w_min: float | None = Field(
+        default=None,
+        description=f"Lower weight bound (≤ 1). Unset = as the last run ({DEFAULT_W_MIN} on the "
+        "first).",
+    )
+    w_max: float | None = Field(
+        default=None,
+        description=f"Upper weight bound (≥ 1). Unset = as the last run ({DEFAULT_W_MAX} on the "
+        "first).",
+    )
     min_ess_ratio: float = Field(
         default=DEFAULT_MIN_ESS_RATIO,
         description="Check: effective sample size / N must be at least this.",
     )
-    seed: int = Field(default=0, description="Seed of the probe's sample, folds and PCA.")
-    keywords: list[str] = Field(
-        default_factory=list,
-        description="Extra caption keywords to audit (each a whole word), beside the default "
-        "people words (woman, man, ...).",
+    seed: int | None = Field(
+        default=None,
+        description="Seed of the probe's sample, folds and PCA. Unset = as the last run (0 on "
+        "the first).",
     )
-    concepts: dict[str, str] = Field(
-        default_factory=dict,
+    keywords: list[str] | None = Field(
+        default=None,
+        description="Extra caption keywords to audit (each a whole word), beside the default "
+        "people words (woman, man, ...). Unset = as the last run (none on the first).",
+    )
+    concepts: dict[str, str] | None = Field(
+        default=None,
         description="Zero-shot concepts to audit, name → prompt (needs an embedder with a "
-        "text tower, e.g. open_clip).",
+        "text tower, e.g. open_clip). Unset = as the last run (none on the first).",
     )
     max_shift_pts: float = Field(
         default=2.0, description="Check: weighted share within this many points of unfiltered."
@@ -97,20 +127,62 @@ class WeightsConfig(dg.Config):
         default=DEFAULT_REFIT_PRIOR_SHIFT,
         description="Refit the probe when the kept share moved more than this since the fit.",
     )
-    uniqueness_power: float = Field(
-        default=DEFAULT_UNIQUENESS_POWER,
+    uniqueness_power: float | None = Field(
+        default=None,
         description="Fold image_uniqueness into the weights: each weight is multiplied by "
         "(u / u_ref)^uniqueness_power before clipping and the mean-1 scaling (u_ref: median "
         "uniqueness of the probe sample's kept images). 0 = off (default); > 0 up-weights "
         "unique images / outliers, < 0 favours typical ones. Needs image_uniqueness "
         "(similarity_job); images not scored yet get multiplier 1 (uniqueness_missing). A "
-        "change re-scores every shard.",
+        "change re-scores every shard. Unset = as the last run (off on the first).",
     )
-    uniqueness_floor: float = Field(
-        default=DEFAULT_UNIQUENESS_FLOOR,
+    uniqueness_floor: float | None = Field(
+        default=None,
         description="Uniqueness scores below this count as this in the multiplier (a score "
-        "of 0, k exact copies, would give 0, or infinity with a negative power).",
+        "of 0, k exact copies, would give 0, or infinity with a negative power). Unset = as "
+        f"the last run ({DEFAULT_UNIQUENESS_FLOOR} on the first).",
     )
+
+
+WEIGHTS_DEFAULTS: dict[str, Any] = {
+    "correct_for": "filter",
+    "method": "kept_vs_removed",
+    "C": DEFAULT_C,
+    "pca_dim": DEFAULT_PCA_DIM,
+    "w_min": DEFAULT_W_MIN,
+    "w_max": DEFAULT_W_MAX,
+    "seed": 0,
+    "keywords": [],
+    "concepts": {},
+    "uniqueness_power": DEFAULT_UNIQUENESS_POWER,
+    "uniqueness_floor": DEFAULT_UNIQUENESS_FLOOR,
+}
+"""The weights' sticky settings and their first-run values (the probe, bounds, audit and
+uniqueness settings a commit records; the checks' thresholds and the drift rules are not)."""
+
+
+def weights_in_force(store: DeltaStore, config: WeightsConfig) -> Settings:
+    """``config`` with every unset sticky setting as the last commit recorded it."""
+    last = last_commit(store, WEIGHTS_STAGE)
+    recorded: dict[str, Any] | None = None
+    if last is not None:  # the commit nests them (plan.settings_record); off = not recorded
+        recorded = {**last.config.get("probe", {}), **last.config.get("audit", {})}
+        term = last.config.get("uniqueness")
+        if term:
+            recorded |= {"uniqueness_power": term["power"], "uniqueness_floor": term["floor"]}
+    in_force = settings_in_force(config.model_dump(), recorded, WEIGHTS_DEFAULTS)
+    for name, allowed in CHOICES.items():
+        if in_force.values[name] not in allowed:
+            msg = f"{name}={in_force.values[name]!r}: expected one of {', '.join(allowed)}"
+            raise ValueError(msg)
+    return in_force
+
+
+CHOICES = {
+    "correct_for": ("filter", "filter_and_dedup"),
+    "method": ("kept_vs_removed", "unfiltered_vs_filtered"),
+}
+"""The values the string settings accept (Dagster config has no optional Literal)."""
 
 
 @dg.multi_asset(
@@ -213,10 +285,15 @@ def weights_and_audit(
     after its scores land (the commit records the table's version).
     """
     store = delta.store()
-    settings = config.model_dump()
+    try:
+        in_force = weights_in_force(store, config)
+    except ValueError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    settings = in_force.values
+    context.log.info(f"weights settings: {in_force.describe()}")
 
     def encoder():
-        return concept_encoder(config.concepts, embedder.load)
+        return concept_encoder(settings["concepts"], embedder.load)
 
     try:
         outcome = update_weights(store, settings, compute.budget(), encoder, engine=engine.engine())
@@ -244,13 +321,17 @@ def weights_and_audit(
         f"{summary['probe_status']} AUC {summary['probe_auc']}, ESS ratio "
         f"{summary['ess_ratio']:.3f}, {work}"
     )
-    if config.concepts and summary["concepts"].startswith("skipped"):
+    if settings["concepts"] and summary["concepts"].startswith("skipped"):
         context.log.warning(f"zero-shot concepts {summary['concepts']}")
-    yield from _weight_results(delta, config, outcome, compute)
+    yield from _weight_results(delta, config, outcome, compute, in_force)
 
 
 def _weight_results(
-    delta: DeltaStorage, config: WeightsConfig, outcome: WeightsOutcome, compute: Compute
+    delta: DeltaStorage,
+    config: WeightsConfig,
+    outcome: WeightsOutcome,
+    compute: Compute,
+    in_force: Settings,
 ):
     """The two materializations and their checks, from a run's outcome.
 
@@ -258,6 +339,7 @@ def _weight_results(
     the audit check on the audit table.
     """
     summary, totals, audit = outcome.summary, outcome.totals, outcome.audit
+    settings = in_force.values
     up_to_date = outcome.plan.mode == "current"
     flagged = flag_shifts(audit, max_shift_pts=config.max_shift_pts, min_support=config.min_support)
     checks = {
@@ -265,8 +347,8 @@ def _weight_results(
         for c in total_checks(
             totals,
             min_ess_ratio=config.min_ess_ratio,
-            w_min=config.w_min,
-            w_max=config.w_max,
+            w_min=settings["w_min"],
+            w_max=settings["w_max"],
             mean_tolerance=config.mean_tolerance,
         )
     }
@@ -284,6 +366,7 @@ def _weight_results(
             reason=outcome.plan.reason,
             committed_mode=summary["mode"],
             memory_budget_mb=compute.memory_budget_mb,
+            settings_kept_from_last_run=", ".join(in_force.inherited) or "none",
             **_task_metadata(outcome),
             probe=dg.MetadataValue.json(summary["probe"]),
             weight_distribution=dg.MetadataValue.md(

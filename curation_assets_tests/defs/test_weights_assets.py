@@ -139,6 +139,30 @@ def test_a_check_only_setting_changes_nothing_and_a_bad_setting_fails_clearly(wo
     assert failure is not None and "C=-1.0" in failure.message
 
 
+def test_settings_chosen_once_stay_in_force_for_unconfigured_runs(world):
+    """A run that sets nothing (as automation runs it) keeps the last run's probe settings."""
+    instance, res, _ = world
+    store = res["delta"].store()
+    _materialize(instance, res, pca_dim=4, w_max=3.0, keywords=["warm"])
+    version = store.version(SAMPLE_WEIGHTS.name)
+    automated = _metadata(_materialize(instance, res))["sample_weights"]
+    assert automated["mode"].value == "current", automated["reason"].value
+    assert store.version(SAMPLE_WEIGHTS.name) == version
+    kept = set(automated["settings_kept_from_last_run"].value.split(", "))
+    assert {"pca_dim", "w_max", "keywords", "C", "correct_for", "method"} <= kept
+    assert np.all(store.read(SAMPLE_WEIGHTS)["weight"].to_numpy() <= 3.0)
+    bad = dg.materialize(
+        [weights_and_audit],
+        instance=instance,
+        resources=res,
+        run_config=dg.RunConfig(ops={"weights_and_audit": {"config": {"method": "bogus"}}}),
+        raise_on_error=False,
+    )
+    assert not bad.success
+    failure = bad.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "method='bogus': expected one of" in failure.message
+
+
 def test_uniqueness_power_weights_by_uniqueness_and_reports_it(tmp_path):
     delta = DeltaStorage(root_uri=str(tmp_path / "delta"))
     store = delta.store()
