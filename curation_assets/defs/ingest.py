@@ -21,9 +21,10 @@ from curation_assets.lib.ingest import (
     DecodeLimits,
     IngestResult,
     collapse_existing,
-    existing_lookup,
+    existing_since,
     ingest_checks,
     ingest_shard,
+    lookup_elsewhere,
     quality_check,
     write_ingest,
 )
@@ -203,11 +204,17 @@ def _ingest_shard(
     )
     seconds = time.perf_counter() - t0
     # Which shard keeps an image two shards contain is decided, and written, one shard at a
-    # time per Delta root, across processes and Dagster instances: the lookup of the other
-    # shards' ids and the writes happen under one lock, so the decision never depends on a race.
+    # time per Delta root, across processes and Dagster instances, so the decision never
+    # depends on a race. The corpus-wide lookup of this shard's ids runs before the lock, as of
+    # one raw_images version; under the lock only the shards written since are read again,
+    # then the rows are written: the lock is held for what changed meanwhile, not the corpus.
+    ids = result.raw["image_id"].to_list()
+    version = store.version(RAW_IMAGES.name)
+    seen = lookup_elsewhere(store, key, ids, version)
     t1 = time.perf_counter()
     with store.lock("ingest"):
-        result = collapse_existing(result, key, existing_lookup(store, key))
+        now = existing_since(store, key, ids, seen, version)
+        result = collapse_existing(result, key, lambda _: now)
         notes = write_ingest(store, key, result)
     locked_s = time.perf_counter() - t1
     context.log.info(

@@ -430,18 +430,57 @@ def keep_first_ingested_at(raw: pl.DataFrame, previous: pl.DataFrame) -> pl.Data
 # --------------------------------------------------------------------------------------------
 
 
+ELSEWHERE_COLUMNS = ["image_id", "shard", "source_uri"]
+
+
+def lookup_elsewhere(
+    store: DeltaStore, shard: str, image_ids: list[str], version: int | None = None
+) -> pl.DataFrame:
+    """``image_id, shard, source_uri`` of the rows of *other* shards holding ``image_ids``.
+
+    As of ``raw_images`` version ``version`` (None: now). This shard's own rows are left out:
+    they are being replaced. Cost: a scan of every shard's ``image_id`` column (O(corpus));
+    ingest runs it before it takes the lock, and :func:`existing_since` brings it up to date
+    under the lock for the cost of the shards written since.
+    """
+    if not image_ids:
+        return pl.DataFrame(schema={c: pl.String for c in ELSEWHERE_COLUMNS})
+    return (
+        store.scan(RAW_IMAGES, version=version)
+        .filter((pl.col("shard") != shard) & pl.col("image_id").is_in(image_ids))
+        .select(ELSEWHERE_COLUMNS)
+        .collect()
+    )
+
+
+def existing_since(
+    store: DeltaStore,
+    shard: str,
+    image_ids: list[str],
+    seen: pl.DataFrame,
+    version: int | None,
+) -> pl.DataFrame:
+    """``seen`` (:func:`lookup_elsewhere` at ``version``) brought up to the current version.
+
+    The rows of shards written, replaced or removed since ``version`` are dropped from
+    ``seen`` and those shards are read again (a pruned read of just them): the cost is the
+    Delta log and the shards ingested meanwhile, not the corpus. Call it under the ingest lock,
+    so that no shard commits between this read and this shard's write.
+    """
+    changed = sorted(store.changed_shards(RAW_IMAGES.name, version) - {shard})
+    if not changed or not image_ids:
+        return seen
+    recent = (
+        store.read(RAW_IMAGES, shards=changed, columns=ELSEWHERE_COLUMNS)
+        .filter(pl.col("image_id").is_in(image_ids))
+        .select(ELSEWHERE_COLUMNS)
+    )
+    return pl.concat([seen.filter(~pl.col("shard").is_in(changed)), recent])
+
+
 def existing_lookup(store: DeltaStore, shard: str) -> ExistingLookup:
-    """image_ids already kept by *other* shards (this shard's old rows are being replaced)."""
-
-    def lookup(image_ids: list[str]) -> pl.DataFrame:
-        return (
-            store.scan(RAW_IMAGES)
-            .filter((pl.col("shard") != shard) & pl.col("image_id").is_in(image_ids))
-            .select("image_id", "shard", "source_uri")
-            .collect()
-        )
-
-    return lookup
+    """image_ids already kept by *other* shards, now (:func:`lookup_elsewhere`)."""
+    return lambda image_ids: lookup_elsewhere(store, shard, image_ids)
 
 
 def write_ingest(store: DeltaStore, shard: str, result: IngestResult) -> pl.DataFrame:

@@ -1,4 +1,7 @@
-"""Ingest decodes without the Delta root's ingest lock; the duplicate lookup and writes hold it."""
+"""Ingest decodes and looks up its ids without the Delta root's ingest lock.
+
+Only the catch-up on the shards written meanwhile and the writes hold it.
+"""
 
 import fcntl
 import io
@@ -51,10 +54,15 @@ def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, 
     lock = tmp_path / "delta" / "_locks" / "ingest.lock"
     seen: list[tuple[str, bool, bool]] = []
     real_decode, real_collapse = ingest_defs.ingest_shard, ingest_defs.collapse_existing
+    real_lookup = ingest_defs.lookup_elsewhere
 
     def decode(shard, **kwargs):
         seen.append(("decode", _lock_is_free(lock), kwargs["existing"] is None))
         return real_decode(shard, **kwargs)
+
+    def lookup(store, key, ids, version):
+        seen.append(("lookup", _lock_is_free(lock), True))
+        return real_lookup(store, key, ids, version)
 
     def collapse(result, key, existing):
         seen.append(("collapse", _lock_is_free(lock), True))
@@ -62,6 +70,7 @@ def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, 
 
     monkeypatch.setattr(ingest_defs, "ingest_shard", decode)
     monkeypatch.setattr(ingest_defs, "collapse_existing", collapse)
+    monkeypatch.setattr(ingest_defs, "lookup_elsewhere", lookup)
     with dg.instance_for_test() as instance:
         for shard in ("a", "b"):
             result = materialize_shard(instance, res, shard, embed=False)
@@ -70,7 +79,8 @@ def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, 
         seen
         == [
             ("decode", True, True),  # decoding: nobody holds the lock
-            ("collapse", False, True),  # the lookup of the other shards: under the lock
+            ("lookup", True, True),  # the corpus-wide lookup of its ids: neither
+            ("collapse", False, True),  # what changed since, and the writes: under the lock
         ]
         * 2
     )

@@ -196,3 +196,45 @@ def test_ingest_checks_count_the_written_tables(tmp_path):
     clash = {c.name: c for c in ingest_checks(store, "a", result.n_enumerated)}
     assert not clash["image_ids_unique"].passed
     assert clash["image_ids_unique"].metadata["also_in_other_shards"] == 1
+
+
+def _raw(shard: str, ids: list[str]) -> pl.DataFrame:
+    rows = [{"image_id": i, "shard": shard, "source_uri": f"/{shard}/{i}.png"} for i in ids]
+    frame = pl.DataFrame(rows)
+    missing = [c for c in RAW_IMAGES.column_names if c not in frame.columns]
+    return RAW_IMAGES.conform(frame.with_columns(pl.lit(None).alias(c) for c in missing))
+
+
+def test_a_lookup_before_the_lock_is_brought_up_to_date_by_reading_only_what_changed(
+    tmp_path, monkeypatch
+):
+    """A lookup as of one version, updated under the lock from the shards written since.
+
+    One that landed meanwhile is seen, one re-ingested without the id is not, and the shards
+    that did not change are not read again.
+    """
+    from curation_assets.lib.ingest import existing_since, lookup_elsewhere
+    from curation_assets.lib.storage import DeltaStore
+
+    store = DeltaStore(str(tmp_path / "delta"))
+    store.replace_shard(RAW_IMAGES, "old", _raw("old", ["x", "y"]))
+    store.replace_shard(RAW_IMAGES, "gone", _raw("gone", ["z"]))
+    ids = ["x", "z", "w", "v"]
+    version = store.version(RAW_IMAGES.name)
+    seen = lookup_elsewhere(store, "new", ids, version)
+    assert sorted(seen["image_id"]) == ["x", "z"]
+    # meanwhile: another shard lands with "w", and "gone" is re-ingested without "z"
+    store.replace_shard(RAW_IMAGES, "racer", _raw("racer", ["w"]))
+    store.replace_shard(RAW_IMAGES, "gone", _raw("gone", ["u"]))
+    reads: list[list[str]] = []
+    real_read = store.read
+
+    def read(spec, *, shards=None, **kwargs):
+        reads.append(sorted(shards or ["<all>"]))
+        return real_read(spec, shards=shards, **kwargs)
+
+    monkeypatch.setattr(store, "read", read)
+    now = existing_since(store, "new", ids, seen, version)
+    assert sorted(now.select("image_id", "shard").rows()) == [("w", "racer"), ("x", "old")]
+    assert reads == [["gone", "racer"]]  # not "old": it did not change
+    assert existing_since(store, "new", ids, now, store.version(RAW_IMAGES.name)).equals(now)
