@@ -34,6 +34,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from curation_assets.lib.deltalog import SHARDS_KEY, discard_uncommitted, shards_committed_since
 from curation_assets.lib.errors import PermanentError, TransientError
 from curation_assets.lib.leases import DeltaLease
 from curation_assets.lib.objectstore import is_remote, redacted
@@ -251,6 +252,11 @@ class DeltaStore:
         removed); ``since_version=None`` (nothing seen yet) means every shard now present.
         Reads only the Delta log.
         """
+        if since_version is not None:
+            dt = self._table(table)
+            listed = shards_committed_since(dt, since_version) if dt is not None else None
+            if listed is not None:
+                return listed
         now = self.shard_files(table)
         if since_version is None:
             return set(now)
@@ -318,7 +324,9 @@ class DeltaStore:
         except TableNotFoundError:
             return None
 
-    def _write(self, name: str, data: Any, **kwargs: Any) -> int:
+    def _write(
+        self, name: str, data: Any, *, shards: Sequence[str] | None = None, **kwargs: Any
+    ) -> int:
         """One Delta commit of ``data`` to table ``name``; returns the committed version.
 
         A commit that loses a race to another writer (two processes creating the table at
@@ -328,13 +336,14 @@ class DeltaStore:
         a one-shot stream is committed once.
         """
         token = uuid.uuid4().hex
-        props = CommitProperties(
-            custom_metadata={
-                "curation.writer": writer_identity(),
-                "curation.table": name,
-                "curation.commit": token,
-            }
-        )
+        custom = {
+            "curation.writer": writer_identity(),
+            "curation.table": name,
+            "curation.commit": token,
+        }
+        if shards is not None:  # what changed_shards reads back from the log's tail
+            custom[SHARDS_KEY] = json.dumps(sorted(set(shards)))
+        props = CommitProperties(custom_metadata=custom)
         attempts = COMMIT_ATTEMPTS if isinstance(data, pa.Table) else 1
         fault = _failpoint(name)
         if fault == "during":
@@ -408,7 +417,8 @@ class DeltaStore:
             )
         except (CommitFailedError, DeltaError, OSError) as exc:
             if self._table(name) is None:
-                self._discard_uncommitted(name)
+                if self.is_local:
+                    discard_uncommitted(Path(self.uri(name)))
                 raise
             other = self.last_writer(name)
             logger.info("delta %s: created concurrently by %s (%s)", name, other, exc)
@@ -417,32 +427,6 @@ class DeltaStore:
             msg = f"Delta table {name!r} could not be created at {self.uri(name)}"
             raise RuntimeError(msg)
         return table
-
-    def _discard_uncommitted(self, name: str) -> None:
-        """Remove what a failed creation of table ``name`` left without a first commit.
-
-        deltalake makes ``_delta_log/`` before it writes commit 0; when that write fails (a
-        full disk) the folder stays, and every reader of the table would fail on it ("no files
-        in log segment") instead of finding no table. Local roots only (an object store has no
-        empty folders); nothing is removed once any commit file exists.
-        """
-        if not self.is_local:
-            return
-        folder = Path(self.uri(name))
-        log = folder / "_delta_log"
-        try:
-            entries = list(log.iterdir()) if log.is_dir() else []
-            if any(p.name.endswith((".json", ".parquet")) and p.name[0].isdigit() for p in entries):
-                return
-            for p in entries:  # staging files of the commit that failed
-                if p.is_file():
-                    p.unlink()
-            if log.is_dir():
-                log.rmdir()
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        except OSError as exc:
-            logger.warning("delta %s: could not remove a failed creation's folder: %s", name, exc)
 
     def _committed_version(self, name: str, token: str) -> int:
         """The version of the commit carrying ``token``.
@@ -546,6 +530,7 @@ class DeltaStore:
             self._write(
                 spec.name,
                 source,
+                shards=[shard],
                 mode="overwrite",
                 partition_by=list(spec.partition_by),
                 predicate=predicate,
@@ -596,6 +581,7 @@ class DeltaStore:
         version = self._write(
             spec.name,
             data,
+            shards=wanted if column == "shard" and spec.partition_by == ("shard",) else None,
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
             predicate=f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})",

@@ -176,3 +176,29 @@ def test_replace_rows_replaces_many_values_in_one_commit_in_any_partitioning(tmp
     assert got.rows() == [("a", 2), ("c", 1)]
     with pytest.raises(ValueError, match="outside the replaced ones"):
         store.replace_rows(DEDUP_MEMBERS, "shard", ["a"], rows("z", 1))
+
+
+def test_changed_shards_reads_the_log_tail_and_falls_back_to_snapshots(tmp_path, monkeypatch):
+    """What changed since a version is read from the commits after it, not two snapshots.
+
+    Shard writes name their shards in the commit; a commit that names none (an append) sends
+    the comparison back to the snapshots.
+    """
+    store = DeltaStore(str(tmp_path))
+    for shard in ("a", "b", "c"):
+        store.replace_shard(SPEC, shard, frame(shard, [1]))
+    v = store.version("t")
+    store.replace_shard(SPEC, "b", frame("b", [2]))
+    store.replace_rows(SPEC, "shard", ["c", "d"], frame("d", [3]))  # c removed, d added
+    snapshots = store.shard_files
+
+    def no_snapshots(*args, **kwargs):
+        raise AssertionError("read the snapshots")
+
+    monkeypatch.setattr(store, "shard_files", no_snapshots)
+    assert store.changed_shards("t", v) == {"b", "c", "d"}
+    assert store.changed_shards("t", store.version("t")) == set()
+    monkeypatch.setattr(store, "shard_files", snapshots)
+    store.append(SPEC, frame("e", [4]))  # an append names no shards: the snapshots decide
+    assert store.changed_shards("t", v) == {"b", "c", "d", "e"}
+    assert store.changed_shards("t", None) == {"a", "b", "d", "e"}

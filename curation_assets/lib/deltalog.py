@@ -1,0 +1,68 @@
+"""Reading and repairing a Delta table's log directly, where the snapshot API costs too much.
+
+* :func:`shards_committed_since` — which shards the commits after a version replaced, from the
+  log's tail (each shard write of :class:`~curation_assets.lib.storage.DeltaStore` names its
+  shards in its commit metadata, :data:`SHARDS_KEY`): a cost that grows with the commits read,
+  not with the shards the table holds (two snapshots of a table with 10⁵ shards list 10⁵ files
+  each).
+* :func:`discard_uncommitted` — the folder a failed table creation leaves with no commit.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from deltalake import DeltaTable
+
+logger = logging.getLogger(__name__)
+
+SHARDS_KEY = "curation.shards"
+"""Commit metadata key: the shards a shard write replaced (a JSON list)."""
+LOG_TAIL_MAX = 1000
+"""Most commits :func:`shards_committed_since` reads before its caller compares two snapshots."""
+
+
+def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | None:
+    """The shards named by the commits of ``dt`` after ``since_version`` (the log's tail only).
+
+    None (the caller compares two snapshots instead) when a commit in between does not name
+    its shards (a whole-table write, another tool's commit, a compaction), or when more than
+    :data:`LOG_TAIL_MAX` commits passed.
+    """
+    current = dt.version()
+    if current <= since_version:
+        return set()
+    if current - since_version > LOG_TAIL_MAX:
+        return None
+    commits = {c.get("version"): c for c in dt.history(limit=current - since_version)}
+    shards: set[str] = set()
+    for version in range(since_version + 1, current + 1):
+        named = commits.get(version, {}).get(SHARDS_KEY)
+        if not isinstance(named, str):
+            return None
+        shards.update(json.loads(named))
+    return shards
+
+
+def discard_uncommitted(folder: Path) -> None:
+    """Remove what a failed creation of the local table at ``folder`` left without a commit.
+
+    deltalake makes ``_delta_log/`` before it writes commit 0; when that write fails (a full
+    disk) the folder stays, and every reader of the table would fail on it ("no files in log
+    segment") instead of finding no table. Nothing is removed once any commit or checkpoint
+    file exists.
+    """
+    log = folder / "_delta_log"
+    try:
+        entries = list(log.iterdir()) if log.is_dir() else []
+        if any(p.name.endswith((".json", ".parquet")) and p.name[0].isdigit() for p in entries):
+            return
+        for p in entries:  # staging files of the commit that failed
+            if p.is_file():
+                p.unlink()
+        if log.is_dir():
+            log.rmdir()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError as exc:
+        logger.warning("could not remove a failed table creation's folder %s: %s", folder, exc)
