@@ -33,12 +33,14 @@ SIDE_TABLES = {
     "candidate_pairs",
     "verified_pairs",
     "stage_commits",
+    "stage_settings",
     "weight_shard_stats",
     "audit_shard_counts",
     "weight_probes",
 }
 """Tables written beside an asset (dedup's run log and candidate pairs, the multi-table commit
-log, the weights' per-shard sums and probes), not assets."""
+log, the per-shard stages' settings in force, the weights' per-shard sums and probes), not
+assets."""
 
 
 def test_names_are_unique_and_equal_to_the_spec_names():
@@ -51,7 +53,7 @@ def test_names_are_unique_and_equal_to_the_spec_names():
 def test_registry_is_in_pipeline_order_with_every_clustering():
     names = list(TABLES)
     assert names[:4] == ["raw_images", "quarantine", "exact_duplicates", "ingest_notes"]
-    assert names[-1] == "stage_commits"
+    assert names[-2:] == ["stage_commits", "stage_settings"]
     # the order `curation run` printed before the registry, kept as a subsequence
     printed_before = [
         "raw_images",
