@@ -17,9 +17,7 @@ from curation_assets.defs.metadata import (
 )
 from curation_assets.defs.resources import Compute, DeltaStorage, Engine
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.commits import last_commit, settings_in_force
 from curation_assets.lib.dedup import (
-    POLICY_CRITERIA,
     dedup_checks,
     dedup_figures,
     found_by_counts,
@@ -34,8 +32,6 @@ from curation_assets.lib.dedup import (
     tau_sweep,
     write_dedup,
 )
-from curation_assets.lib.dedup.io import DEDUP_STAGE
-from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 
 #: τ − τ_min when the config leaves τ_min at 0: the candidate band stored for retuning.
@@ -111,15 +107,6 @@ class DedupConfig(dg.Config):
     )
     thumbnail_groups: int = Field(default=4, description="Duplicate groups shown as thumbnails.")
     seed: int = Field(default=0, description="Seed of the recall sample.")
-
-
-def policy_in_force(store: DeltaStore, given: list[str] | None) -> list[str]:
-    """The keep policy of this run: ``given``, else the last committed run's, else the default."""
-    last = last_commit(store, DEDUP_STAGE)
-    chosen = settings_in_force(
-        {"policy": given}, last.config if last else None, {"policy": list(POLICY_CRITERIA)}
-    ).values["policy"]
-    return chosen.split(",") if isinstance(chosen, str) else list(chosen)
 
 
 @dg.multi_asset(
@@ -199,7 +186,6 @@ def deduplicate(
     ``compute.memory_budget_mb`` (see :func:`~curation_assets.lib.dedup.run_dedup`).
     """
     store = delta.store()
-    policy = policy_in_force(store, config.policy)
     verify: Any = "keep" if config.verify_band is None else None
     if config.verify_band:
         from curation_assets.lib.dedup.verify import VerifyParams  # OpenCV: only when on
@@ -210,7 +196,7 @@ def deduplicate(
     outcome = run_dedup(
         store,
         tau=config.tau or None,
-        policy=policy,
+        policy=config.policy,
         force_full=config.mode == "full",
         tau_min=config.tau_min or None,
         band=TAU_BAND,
@@ -222,7 +208,7 @@ def deduplicate(
         engine=engine.engine(),
     )
     write_dedup(store, outcome)
-    figures = dedup_figures(outcome, policy)
+    figures = dedup_figures(outcome)
     context.log.info(
         f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {outcome.stats.get('images', 0)} "
         f"images, {outcome.pairs.height} pairs, {outcome.stats.get('removed', 0)} removed"

@@ -5,7 +5,6 @@ Dagster metadata and check results.
 """
 
 import base64
-from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -22,7 +21,7 @@ def recall_values(outcome: DedupOutcome) -> list[float]:
     return [float(r) for r in outcome.recall.get("recall", [])]
 
 
-def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any]:
+def dedup_figures(outcome: DedupOutcome) -> dict[str, Any]:
     """The figures of ``deduplicated_images``, in the order the asset shows them.
 
     Returns:
@@ -39,7 +38,7 @@ def dedup_figures(outcome: DedupOutcome, policy: Sequence[str]) -> dict[str, Any
         "mode": outcome.plan.mode,
         "mode_reason": outcome.plan.reason,
         "tau": outcome.tau,
-        "policy": ", ".join(policy),
+        "policy": ", ".join(outcome.policy),
         "images": int(stats.get("images", 0)),
         "kept": int(stats.get("kept", 0)),
         "removed": int(stats.get("removed", 0)),

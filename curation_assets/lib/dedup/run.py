@@ -34,6 +34,7 @@ import polars as pl
 from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, last_commit, record_commit
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
+from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
@@ -87,6 +88,7 @@ class DedupOutcome:
         tau_min: The floor the stored pairs reach (the committed one when current).
         verify_key: The band verification in force: its parameters, or ``off``.
         verdicts: ``verified_pairs`` to write (None when verification is off or current).
+        policy: The keep policy in force.
     """
 
     plan: DedupPlan
@@ -105,6 +107,7 @@ class DedupOutcome:
     tau_min: float = float("nan")
     verify_key: str = "off"
     verdicts: pl.DataFrame | None = field(default=None, repr=False)
+    policy: tuple[str, ...] = DEFAULT_POLICY
 
     @property
     def pairs(self) -> pl.DataFrame:
@@ -138,7 +141,7 @@ def run_dedup(
     store: DeltaStore,
     *,
     tau: float | None,
-    policy: Sequence[str],
+    policy: Sequence[str] | None,
     force_full: bool = False,
     tau_min: float | None = None,
     band: float = 0.0,
@@ -157,7 +160,8 @@ def run_dedup(
         store: Where the tables live.
         tau: Cosine threshold; None = the last committed run's (a retune sticks) when it used
             this embedding model, else :func:`~curation_assets.lib.dedup.calibrated_tau`.
-        policy: Keep policy criteria in order.
+        policy: Keep policy criteria in order; None = the last committed run's (a chosen
+            policy sticks), else :data:`~curation_assets.lib.dedup.keep.DEFAULT_POLICY`.
         force_full: Recompute everything even when an incremental run is possible.
         tau_min: Floor of the stored pairs (≤ τ; None = the committed floor when it is ≤ τ and
             the model is the same, else τ − ``band``): units search at τ_min,
@@ -193,7 +197,7 @@ def run_dedup(
     tau, floor = _thresholds(config, model_id, tau, tau_min, band)
     verify = _resolve_verify(config, verify)
     verify_key = _verify_key(verify)
-    policy = tuple(policy)
+    policy = _policy(config, policy)
     plan = plan_dedup(
         store,
         tau=tau,
@@ -205,7 +209,7 @@ def run_dedup(
         verify=verify_key,
     )
     if plan.mode == "current":
-        return _current(store, plan, read_versions, tau)
+        return _current(store, plan, read_versions, tau, policy)
     say(f"dedup plan: {plan.mode} ({plan.reason})")
     full = plan.mode == "full"
     if full:
@@ -293,7 +297,7 @@ def run_dedup(
     ):
         # e.g. a second instance re-ingested the same shards: files changed, rows did not
         return replace(
-            _current(store, plan, read_versions, tau, (old_pairs, old_members)),
+            _current(store, plan, read_versions, tau, policy, (old_pairs, old_members)),
             plan=replace(
                 plan,
                 mode="current",
@@ -379,6 +383,7 @@ def run_dedup(
         tau_min=floor,
         verify_key=verify_key,
         verdicts=verifier.table(merged.stored) if verifier is not None else None,
+        policy=policy,
     )
 
 
@@ -416,6 +421,14 @@ def _verifier(
 
     cached = store.read(VERIFIED_PAIRS) if store.version(VERIFIED_PAIRS.name) is not None else None
     return BandVerifier(store, verify, budget=budget, cached=cached)
+
+
+def _policy(last: dict[str, Any], policy: Sequence[str] | None) -> tuple[str, ...]:
+    """The keep policy of this run: as given, else the last commit's (``last``: its config)."""
+    if policy is not None:
+        return tuple(policy)
+    recorded = last.get("policy")
+    return tuple(recorded.split(",")) if recorded else DEFAULT_POLICY
 
 
 def _thresholds(
@@ -493,6 +506,7 @@ def _current(
     plan: DedupPlan,
     read_versions: dict[str, int | None],
     tau: float,
+    policy: tuple[str, ...],
     graph: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> DedupOutcome:
     """The committed state as an outcome: nothing to write.
@@ -522,6 +536,7 @@ def _current(
         plan.layout,
         tau_min=float(_floor(plan.commit.config) or tau),
         verify_key=plan.commit.config.get("verify", "off"),
+        policy=policy,
     )
 
 

@@ -18,7 +18,6 @@ from curation_assets.lib.dedup import (
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets_tests.lib.dedup.helpers import (
-    POLICY,
     add_shard,
     run_and_write,
     vectors,
@@ -79,7 +78,7 @@ def test_broken_groups_pairs_below_tau_and_low_recall_fail(outcome):
 
 
 def test_figures_chart_and_found_by(outcome):
-    figures = dedup_figures(outcome, POLICY)
+    figures = dedup_figures(outcome)
     assert list(figures)[:4] == ["mode", "mode_reason", "tau", "policy"]
     assert figures["mode"] == "full" and figures["policy"] == "resolution, earliest, smallest_id"
     assert (figures["kept"], figures["removed"], figures["pending_shards"]) == (34, 6, 1)
