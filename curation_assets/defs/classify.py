@@ -337,7 +337,7 @@ def classifier_scores(
     in_force = settings_in_force(
         config.model_dump(), recorded_settings(store, SCORE_STAGE), SCORE_DEFAULTS
     )
-    chosen = {k: in_force.values[k] for k in SCORE_DEFAULTS}
+    chosen = in_force.chosen
     context.log.info(f"scoring settings: {in_force.describe()}")
     classifiers = read_classifiers(store.read(SAFETY_CLASSIFIERS))
     heads = [load_head(path) for path in chosen["embedding_heads"]]  # errors before any shard

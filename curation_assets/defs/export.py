@@ -163,9 +163,7 @@ def _export_result(
         "shards_rewritten": len(written.written) if written else 0,
         "shards_removed": len(written.removed) if written else 0,
         "plan": outcome.plan.reason,
-        "settings": dg.MetadataValue.json(
-            {k: in_force.values[k] for k in EXPORT_DEFAULTS} | {"export_dir": str(out)}
-        ),
+        "settings": dg.MetadataValue.json(in_force.chosen | {"export_dir": str(out)}),
         "settings_kept_from_last_run": ", ".join(in_force.inherited) or "none",
         "weight_sum": figures["weight_sum"],
         "ess": figures["ess"],

@@ -166,7 +166,7 @@ def filter_shard(
         shards.done(key, metadata, [check])
 
     yield from shards.run(filter_one)
-    record_settings(store, FILTER_STAGE, {k: in_force.values[k] for k in FILTER_DEFAULTS})
+    record_settings(store, FILTER_STAGE, in_force.chosen)
 
 
 def _quality_rejections(

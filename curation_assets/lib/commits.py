@@ -100,17 +100,24 @@ class Settings:
 
     Attributes:
         values: Every setting, resolved.
+        sticky: The names of the settings a run may leave unset (the ``defaults``' keys).
         inherited: Names whose value came from the last commit (left unset in this run).
         defaulted: Names left unset with no commit holding them: the stage's default.
     """
 
     values: dict[str, Any]
+    sticky: tuple[str, ...]
     inherited: tuple[str, ...]
     defaulted: tuple[str, ...]
 
+    @property
+    def chosen(self) -> dict[str, Any]:
+        """The sticky settings' values: what a stage records as in force."""
+        return {name: self.values[name] for name in self.sticky}
+
     def describe(self) -> str:
-        """One line for a run log: what this run set, kept, or took as default."""
-        given = sorted(set(self.values) - set(self.inherited) - set(self.defaulted))
+        """One line for a run log: which sticky settings this run set, kept, or defaulted."""
+        given = sorted(set(self.sticky) - set(self.inherited) - set(self.defaulted))
         parts = [
             f"set by this run: {', '.join(given) or 'none'}",
             f"kept from the last run: {', '.join(self.inherited) or 'none'}",
@@ -151,7 +158,7 @@ def settings_in_force(
         else:
             values[name] = default
             defaulted.append(name)
-    return Settings(values, tuple(sorted(inherited)), tuple(sorted(defaulted)))
+    return Settings(values, tuple(defaults), tuple(sorted(inherited)), tuple(sorted(defaulted)))
 
 
 def recorded_settings(store: DeltaStore, stage: str) -> dict[str, Any] | None:
