@@ -19,7 +19,6 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.engine import LocalEngine, ShardResult
-from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
@@ -31,25 +30,11 @@ from curation_assets.lib.tables import (
 from curation_assets.lib.weights import work as weights_work
 from curation_assets.lib.weights.update import update_weights
 from curation_assets.lib.weights.work import FrozenTextEncoder, WeightShardWork, freeze_encoder
+from curation_assets_tests.lib.weights.test_update import BASE, BUDGET
+from curation_assets_tests.lib.weights.test_update import SETTINGS as UPDATE_SETTINGS
 from curation_assets_tests.weights_inputs import DIM, write_uniqueness, write_weight_inputs
 
-SETTINGS = {
-    "correct_for": "filter",
-    "method": "kept_vs_removed",
-    "C": 1.0,
-    "pca_dim": 4,
-    "w_min": 0.1,
-    "w_max": 10.0,
-    "seed": 0,
-    "keywords": ["outdoors"],
-    "concepts": {},
-    "mode": "auto",
-    "mean_tolerance": 0.01,
-    "refit_growth": 1.0,
-    "refit_prior_shift": 0.02,
-}
-BUDGET = MemoryBudget(256)
-BASE = ("shard-a", "shard-b", "shard-c")
+SETTINGS = {**UPDATE_SETTINGS, "keywords": ["outdoors"]}
 TABLES = (SAMPLE_WEIGHTS, WEIGHT_SHARD_STATS, AUDIT_SHARD_COUNTS, BIAS_AUDIT)
 BASIS = np.eye(DIM, dtype=np.float32)
 
