@@ -214,7 +214,7 @@ def _ingest_shard(
     t1 = time.perf_counter()
     with store.lock("ingest"):
         now = existing_since(store, key, ids, seen, version)
-        result = collapse_existing(result, key, lambda _: now)
+        result = collapse_existing(result, key, now)
         notes = write_ingest(store, key, result)
     locked_s = time.perf_counter() - t1
     context.log.info(

@@ -333,20 +333,22 @@ def ingest_items(
         pl.DataFrame(note_rows, schema=NOTES_SCHEMA),
         quality_frame(quality_rows),
     )
-    return collapse_existing(result, shard, existing) if existing is not None else result
+    if existing is None or not raw.height:
+        return result
+    return collapse_existing(result, shard, existing(raw["image_id"].to_list()))
 
 
-def collapse_existing(result: IngestResult, shard: str, existing: ExistingLookup) -> IngestResult:
+def collapse_existing(result: IngestResult, shard: str, elsewhere: pl.DataFrame) -> IngestResult:
     """``result`` with the images another shard already keeps moved to ``duplicates``.
 
-    Such an image's row leaves ``raw`` (with its notes and quality row) and becomes an
-    ``exact_duplicates`` row naming the other shard's copy; files of this shard that
-    duplicated it follow it. The slow part of ingest (decoding) needs no lock; this step and
-    the writes do (:func:`existing_lookup` reads the other shards as they are now).
+    ``elsewhere``: ``image_id, shard, source_uri`` of the other shards' rows holding this
+    shard's ids (:func:`lookup_elsewhere`, brought up to date under the ingest lock by
+    :func:`existing_since`). Such an image's row leaves ``raw`` (with its notes and quality
+    row) and becomes an ``exact_duplicates`` row naming the other shard's copy; files of this
+    shard that duplicated it follow it.
     """
     raw, duplicates = result.raw, result.duplicates
-    elsewhere = existing(raw["image_id"].to_list()) if raw.height else None
-    if elsewhere is not None and elsewhere.height:
+    if elsewhere.height:
         elsewhere = elsewhere.unique("image_id", keep="first").rename(
             {"shard": "kept_shard", "source_uri": "kept_source_uri"}
         )

@@ -64,9 +64,9 @@ def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, 
         seen.append(("lookup", _lock_is_free(lock), True))
         return real_lookup(store, key, ids, version)
 
-    def collapse(result, key, existing):
+    def collapse(result, key, elsewhere):
         seen.append(("collapse", _lock_is_free(lock), True))
-        return real_collapse(result, key, existing)
+        return real_collapse(result, key, elsewhere)
 
     monkeypatch.setattr(ingest_defs, "ingest_shard", decode)
     monkeypatch.setattr(ingest_defs, "collapse_existing", collapse)
