@@ -214,6 +214,7 @@ _DEDUP_FIGURES = {
     "images",
     "removed",
     "new_images",
+    "search",
     "units_searched",
     "units_total",
     "largest_unit_rows",

@@ -21,6 +21,8 @@ Modules, in the order data flows through them:
 * :mod:`~curation_assets.lib.dedup.plan`: full, incremental or current, and why (Delta log only).
 * :mod:`~curation_assets.lib.dedup.layout`: the cluster-bucketed layout ``dedup_members``.
 * :mod:`~curation_assets.lib.dedup.units`: one work unit (clustering, bucket) of the search.
+* :mod:`~curation_assets.lib.dedup.newrows`: an incremental run's search in one pass: each row
+  read once, against the new rows of its clusters.
 * :mod:`~curation_assets.lib.dedup.merge`: union of pairs, components, keep policy (∝ pairs).
 * :mod:`~curation_assets.lib.dedup.run`: a run over the tables, written and committed.
 * :mod:`~curation_assets.lib.dedup.sampling`: pair recall on a budget, pooled over runs.

@@ -46,6 +46,12 @@ def unit_row_bytes(dim: int) -> int:
     return 6 * dim + _ROW_OVERHEAD
 
 
+#: Version of the layout's rows. 2: each row carries its cluster in every clustering
+#: (``clusters``), which the one-pass incremental search (:mod:`.newrows`) needs; a commit
+#: whose layout is older is followed by a full run (it lays the corpus out anew).
+LAYOUT_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class Layout:
     """How clusters map to buckets, per clustering.
@@ -53,10 +59,12 @@ class Layout:
     Attributes:
         ks: Clusters of each clustering (from its centroids).
         buckets: Buckets of each clustering; bucket of cluster ``q`` = ``q · B // k``.
+        format: :data:`LAYOUT_FORMAT` of the rows it was written with.
     """
 
     ks: tuple[int, ...]
     buckets: tuple[int, ...]
+    format: int = LAYOUT_FORMAT
 
     def bucket_of(self, c: int, cluster: np.ndarray) -> np.ndarray:
         """(n,) int32 bucket of each cluster id of clustering ``c``."""
@@ -68,13 +76,15 @@ class Layout:
 
     def key(self) -> str:
         """A stable text form (recorded with the commit; a change means a full rebuild)."""
-        return json.dumps({"ks": list(self.ks), "buckets": list(self.buckets)})
+        return json.dumps(
+            {"ks": list(self.ks), "buckets": list(self.buckets), "format": self.format}
+        )
 
     @classmethod
     def from_key(cls, key: str) -> "Layout":
-        """Inverse of :meth:`key`."""
+        """Inverse of :meth:`key` (a key without ``format`` is format 1)."""
         raw = json.loads(key)
-        return cls(tuple(raw["ks"]), tuple(raw["buckets"]))
+        return cls(tuple(raw["ks"]), tuple(raw["buckets"]), int(raw.get("format", 1)))
 
 
 def choose_layout(n_rows: int, dim: int, ks: list[int], budget: MemoryBudget) -> Layout:
@@ -160,14 +170,19 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
 def member_frame(rows: ShardRows, layout: Layout) -> pl.DataFrame:
     """``dedup_members`` rows of a ready shard: one per image and clustering."""
     vec = half_bytes(rows.x)
+    n_c = len(layout.ks)
+    clusters = rows.frame.select(
+        pl.concat_list([pl.col(f"c{c}").cast(pl.Int32) for c in range(n_c)]).alias("clusters")
+    ).to_series()
     parts = []
-    for c in range(len(layout.ks)):
+    for c in range(n_c):
         cluster = rows.frame[f"c{c}"].to_numpy()
         parts.append(
             rows.frame.select(
                 pl.lit(c, pl.Int32).alias("clustering"),
                 pl.Series("bucket", layout.bucket_of(c, cluster)),
                 pl.col(f"c{c}").cast(pl.Int32).alias("cluster"),
+                clusters,
                 "image_id",
                 "shard",
                 vec.alias("vector"),
@@ -179,6 +194,24 @@ def member_frame(rows: ShardRows, layout: Layout) -> pl.DataFrame:
     return DEDUP_MEMBERS.conform(pl.concat(parts)).sort("clustering", "bucket", "cluster")
 
 
+@dataclass
+class LaidOut:
+    """What :func:`lay_out` did.
+
+    Attributes:
+        ready: The image_ids of each ready shard.
+        waiting: Why each waiting shard waits.
+        touched: The units (clustering, bucket) the ready shards' rows fall in.
+        new_rows: The ready shards' rows of clustering 0 (every row once, with ``clusters``),
+            kept while they stay under ``keep_bytes``; None when they outgrew it (or it is 0).
+    """
+
+    ready: dict[str, list[str]]
+    waiting: dict[str, str]
+    touched: set[tuple[int, int]]
+    new_rows: pl.DataFrame | None
+
+
 def lay_out(
     store: DeltaStore,
     shards: list[str],
@@ -188,22 +221,23 @@ def lay_out(
     *,
     max_bytes: int = 128 * 2**20,
     max_shards: int = 256,
-) -> tuple[dict[str, list[str]], dict[str, str], set[tuple[int, int]]]:
+    keep_bytes: int = 0,
+) -> LaidOut:
     """Replace the ``dedup_members`` rows of ``shards``: ready shards laid out, others removed.
 
     Shards are gathered into one Delta commit until their rows reach ``max_bytes`` or
     ``max_shards`` shards, so laying out 10⁵ small shards costs hundreds of commits, not 10⁵.
-
-    Returns:
-        ``(ready, waiting, touched)``: the image_ids of each ready shard, why each waiting
-        shard waits, and the units (clustering, bucket) the ready shards' rows fall in.
+    With ``keep_bytes``, the ready rows of clustering 0 are also returned (an incremental run
+    searches them against the layout in one pass: :mod:`.newrows`) unless they outgrow it.
 
     Memory: one group of shards' member rows (≤ ``max_bytes``, or one shard if larger) and
-    their Arrow copy while Delta writes them.
+    their Arrow copy while Delta writes them, + the kept rows (≤ ``keep_bytes``).
     """
     ready: dict[str, list[str]] = {}
     waiting: dict[str, str] = {}
     touched: set[tuple[int, int]] = set()
+    kept: list[pl.DataFrame] | None = [] if keep_bytes > 0 else None
+    kept_size = 0
     group: list[str] = []
     frames: list[pl.DataFrame] = []
     size = 0
@@ -230,10 +264,17 @@ def lay_out(
             ready[shard] = rows.frame["image_id"].to_list()
             frames.append(frame)
             size += int(frame.estimated_size())
+            if kept is not None:
+                first = frame.filter(pl.col("clustering") == 0)
+                kept_size += int(first.estimated_size())
+                kept = kept + [first] if kept_size <= keep_bytes else None
         if size >= max_bytes or len(group) >= max_shards:
             flush()
     flush()
-    return ready, waiting, touched
+    new_rows = None
+    if kept is not None:
+        new_rows = pl.concat(kept) if kept else DEDUP_MEMBERS.empty()
+    return LaidOut(ready, waiting, touched, new_rows)
 
 
 def reset(store: DeltaStore) -> None:
@@ -278,6 +319,26 @@ def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) 
     Memory: the bucket's rows, 2·d bytes of vector each, three times while they are put in
     cluster order (what the layout was sized for: :func:`unit_row_bytes`).
     """
+    frame, parts = read_parts(store, c, b, version=version)
+    if not parts:
+        return UnitRows(frame, np.zeros((0, 0), np.float16))
+    # one order by cluster (a unit gathers from every shard's file): each cluster's rows are
+    # then one slice, converted to float32 in one pass when the search takes them
+    order = np.argsort(frame["cluster"].to_numpy(), kind="stable")
+    x = np.concatenate(parts)[order] if len(parts) > 1 else parts[0][order]
+    return UnitRows(frame[order], x)
+
+
+def read_parts(
+    store: DeltaStore, c: int, b: int, *, version: int | None = None
+) -> tuple[pl.DataFrame, list[np.ndarray]]:
+    """Rows of unit ``(c, b)`` in file order: the frame, and its float16 vectors as read.
+
+    The vectors are one (n_file, d) array per chunk read, viewed over polars' buffers (no copy,
+    no sort: :func:`~curation_assets.lib.vectors.half_parts`); their rows follow the frame's.
+
+    Memory: the bucket's rows, 2·d bytes of vector each.
+    """
     source = (
         store.scan(DEDUP_MEMBERS)
         if version is None
@@ -288,10 +349,5 @@ def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) 
     )
     first = unit.select(pl.col("vector").bin.size()).head(1).collect()
     if first.is_empty():
-        return UnitRows(unit.drop("vector").collect(), np.zeros((0, 0), np.float16))
-    frame, parts = half_parts(unit, "vector", int(first.item()) // 2)
-    # one order by cluster (a unit gathers from every shard's file): each cluster's rows are
-    # then one slice, converted to float32 in one pass when the search takes them
-    order = np.argsort(frame["cluster"].to_numpy(), kind="stable")
-    x = np.concatenate(parts)[order] if len(parts) > 1 else parts[0][order]
-    return UnitRows(frame[order], x)
+        return unit.drop("vector").collect(), []
+    return half_parts(unit, "vector", int(first.item()) // 2)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from curation_assets.lib.commits import Commit, last_commit, torn_outputs
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
-from curation_assets.lib.dedup.layout import Layout
+from curation_assets.lib.dedup.layout import LAYOUT_FORMAT, Layout
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUPLICATED_IMAGES, FILTERED_IMAGES
 
@@ -101,6 +101,11 @@ def plan_dedup(
             "centroids were retrained since the last run",
         ),
         ("layout" in last, "the last run predates the bucketed layout"),
+        (
+            "layout" not in last or Layout.from_key(last["layout"]).format == LAYOUT_FORMAT,
+            "the last run's layout predates each row carrying its cluster in every clustering "
+            "(what the one-pass incremental search reads): the corpus is laid out anew",
+        ),
     ]
     for ok, why in checks:
         if not ok:

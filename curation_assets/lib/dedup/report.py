@@ -27,7 +27,8 @@ def dedup_figures(outcome: DedupOutcome) -> dict[str, Any]:
     Returns:
         mode, mode_reason, tau, policy, images, kept, removed, new_images,
         groups_with_duplicates, largest_group, removed_below_tau_through_chains,
-        previously_kept_now_removed, pending_shards, units_searched, buckets,
+        previously_kept_now_removed, pending_shards, search (``units``, or ``new_rows``: an
+        incremental run's one pass over clustering 0's buckets), units_searched, buckets,
         largest_unit_rows, units_engine (local or ray), units_ray_nodes (Ray nodes that searched
         units), rewritten_shards, dedup_seconds (and per phase), recall_true_pairs,
         recall_measured_on, ``recall_<c>_clusterings`` and ``recall_<c>_stderr`` for c = 1..C.
@@ -48,6 +49,7 @@ def dedup_figures(outcome: DedupOutcome) -> dict[str, Any]:
         "removed_below_tau_through_chains": int(stats.get("removed_below_tau", 0)),
         "previously_kept_now_removed": int(stats.get("previously_kept_now_removed", 0)),
         "pending_shards": outcome.pending.height,
+        "search": str(stats.get("search", "units")),
         "units_searched": int(stats.get("units", 0)),
         "units_total": int(stats.get("units_total", 0)),
         "largest_unit_rows": int(stats.get("largest_unit_rows", 0)),

@@ -6,10 +6,13 @@
    incremental (the shards whose inputs changed) or current;
 2. lays the redone shards out in ``dedup_members``, one shard in memory at a time
    (:mod:`~curation_assets.lib.dedup.layout`);
-3. searches the work units ``(clustering, bucket)`` those shards touched — all of them when full —
-   each reading one partition (:mod:`~curation_assets.lib.dedup.units`): one task per unit of
-   the engine (:mod:`curation_assets.lib.engine`: this process one unit at a time, or a Ray
-   cluster), results merged in unit order whatever order they completed in;
+3. searches the work units ``(clustering, bucket)`` — all of them when full, each reading one
+   partition (:mod:`~curation_assets.lib.dedup.units`) — or, when incremental, the new rows
+   against clustering 0's buckets in one pass, every row read once
+   (:mod:`~curation_assets.lib.dedup.newrows`; the units they touch when they outgrow their
+   share of the budget): one task per unit or bucket of the engine
+   (:mod:`curation_assets.lib.engine`: this process one at a time, or a Ray cluster), results
+   merged in unit order whatever order they completed in;
 4. merges the new pairs into the committed pair graph (:mod:`~curation_assets.lib.dedup.merge`):
    memory ∝ pairs;
 5. measures pair recall on a sample whose exhaustive search costs at most ``recall_share`` of
@@ -37,10 +40,10 @@ from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
+from curation_assets.lib.dedup.newrows import forget_indexes, new_rows_cap, search_work
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
 from curation_assets.lib.dedup.sampling import budgeted_recall
 from curation_assets.lib.dedup.tau import calibrated_tau
-from curation_assets.lib.dedup.units import UnitWork, unit_key
 from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget
@@ -153,6 +156,7 @@ def run_dedup(
     block: int = 2048,
     progress: Callable[[str], None] | None = None,
     engine: "LocalEngine | RayEngine | None" = None,
+    new_rows: str = "auto",
 ) -> DedupOutcome:
     """Plan, lay out, search and merge; writes only ``dedup_members`` (see :func:`write_dedup`).
 
@@ -180,6 +184,11 @@ def run_dedup(
         progress: Called with a line of text as phases finish (the asset logs it).
         engine: Where the units are searched (:mod:`curation_assets.lib.engine`): one task
             per unit; None = this process, one unit at a time.
+        new_rows: How an incremental run searches: ``one_pass`` (the new rows against
+            clustering 0's buckets, every row read once: :mod:`.newrows`; it holds every new
+            row, whatever the budget), ``units`` (every (clustering, bucket) unit the new rows
+            fall in) or ``auto`` (one pass when the new rows fit a quarter of the budget, else
+            units). The pairs are the same.
 
     Returns:
         A :class:`DedupOutcome`.
@@ -188,6 +197,8 @@ def run_dedup(
     recall reference (≤ a quarter of the budget): never the corpus.
     """
     say = progress or (lambda line: logger.info("%s", line))
+    if new_rows not in ("auto", "one_pass", "units"):
+        raise ConfigError(f"new_rows={new_rows!r}: expected 'auto', 'one_pass' or 'units'")
     budget = budget or MemoryBudget()
     t0 = time.perf_counter()
     read_versions = input_versions(store, input_tables(n_clusterings))
@@ -219,36 +230,44 @@ def run_dedup(
     else:
         assert plan.layout is not None
         layout = plan.layout
-    # 1. lay out the redone shards
+    # 1. lay out the redone shards (an incremental run keeps their rows for the one-pass search)
     t_layout = time.perf_counter()
-    ready, waiting, touched = lay_out(
-        store, sorted(plan.redo), versions, model_id, layout, max_bytes=budget.bytes // 16
+    one_pass = not full and layout.format >= 2 and new_rows != "units"
+    laid = lay_out(
+        store,
+        sorted(plan.redo),
+        versions,
+        model_id,
+        layout,
+        max_bytes=budget.bytes // 16,
+        keep_bytes=(
+            (2**62 if new_rows == "one_pass" else new_rows_cap(budget, dim, n_clusterings))
+            if one_pass
+            else 0
+        ),
     )
+    ready, waiting = laid.ready, laid.waiting
     pending = sorted(waiting.items())
     say(
         f"laid out {len(ready)} shards ({sum(map(len, ready.values()))} images) in "
         f"{time.perf_counter() - t_layout:.1f}s; {len(pending)} waiting"
     )
-    # 2. search the units
+    # 2. search: every unit (full), or the new rows against clustering 0's buckets in one pass
+    # (each row read once) when they fit the budget, else the units they touched
     t_search = time.perf_counter()
-    units = layout.units() if full else sorted(touched)
-    work = UnitWork(
-        store.root_uri,
-        dict(store.storage_options),
-        floor,
-        None if full else frozenset(ready),
-        block,
-        # every unit reads the layout as just written (one snapshot; its log read once per
-        # process, not once per unit)
-        store.version(DEDUP_MEMBERS.name),
-    )
+    at = store.version(DEDUP_MEMBERS.name)
+    search, keys, work = search_work(store, layout, laid, floor, full=full, block=block, version=at)
     engine = engine or LocalEngine()
-    done = list(engine.map_shards(work, [unit_key(c, b) for c, b in units]))
+    try:
+        done = list(engine.map_shards(work, keys))
+    finally:
+        forget_indexes()
     results = [r.value for r in sorted(done, key=lambda r: (r.value.clustering, r.value.bucket))]
     unit_nodes = sorted({r.node_id for r in done if r.node_id is not None})
     comparisons = sum(int(r.stats.get("comparisons", 0)) for r in results)
     say(
-        f"searched {len(units)} units ({comparisons:,} comparisons) in "
+        f"searched {len(keys)} {'buckets (new rows)' if search == 'new_rows' else 'units'} "
+        f"({comparisons:,} comparisons) in "
         f"{time.perf_counter() - t_search:.1f}s"
     )
     # 3. merge
@@ -283,7 +302,7 @@ def run_dedup(
         write |= store.changed_shards(
             DEDUPLICATED_IMAGES.name, plan.commit.outputs[DEDUPLICATED_IMAGES.name]
         )
-    new_rows = sum(map(len, ready.values()))
+    n_new = sum(map(len, ready.values()))
     seconds = time.perf_counter() - t0
     same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
         tau,
@@ -326,9 +345,10 @@ def run_dedup(
         **merged.stats,
         "images": images,
         "kept": images - int(merged.stats["removed"]),
-        "new_rows": new_rows,
-        "units": len(units),
-        "units_total": len(layout.units()),
+        "new_rows": n_new,
+        "units": len(keys),
+        "units_total": layout.buckets[0] if search == "new_rows" else len(layout.units()),
+        "search": search,
         "buckets": list(layout.buckets),
         "comparisons": comparisons,
         "largest_unit_rows": max((int(r.stats.get("rows", 0)) for r in results), default=0),
@@ -353,13 +373,13 @@ def run_dedup(
             "centroids_versions": ",".join(versions),
             "model_id": model_id,
             "images": images,
-            "new_images": new_rows,
+            "new_images": n_new,
             "pairs": merged.pairs.height,
             "removed": int(merged.stats["removed"]),
             "previously_kept_now_removed": int(merged.stats["previously_kept_now_removed"]),
             "recall": json.dumps(recall["recall"]),
             "seconds": float(seconds),
-            "units": len(units),
+            "units": len(keys),
             # timings stay out of the table: a re-run after a kill must write the same rows
             "recall_sample": json.dumps(
                 {k: v for k, v in recall["sample"].items() if not k.startswith("seconds")}

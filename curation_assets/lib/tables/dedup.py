@@ -106,6 +106,12 @@ DEDUP_MEMBERS = TableSpec(
         Column("clustering", pl.Int32, "Clustering 0..C-1."),
         Column("bucket", pl.Int32, "Bucket: a contiguous range of that clustering's clusters."),
         Column("cluster", pl.Int32, "Cluster id in that clustering."),
+        Column(
+            "clusters",
+            pl.List(pl.Int32),
+            "Its cluster in every clustering (0..C-1): an incremental run reads clustering 0's "
+            "rows once and compares each with the new rows of all its clusters.",
+        ),
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),
         _VEC,

@@ -4,6 +4,8 @@ Pair for pair (ids, similarity, found_by) and decision for decision (kept, dupli
 similarity, group), on a corpus with planted near-duplicates spread across shards.
 """
 
+import json
+import pickle
 from datetime import UTC, datetime
 
 import numpy as np
@@ -11,9 +13,12 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.cluster import centroids_frame, train_clusterings
-from curation_assets.lib.dedup import dedup
-from curation_assets.lib.dedup.layout import choose_layout, read_unit
+from curation_assets.lib.commits import last_commit, record_commit
+from curation_assets.lib.dedup import dedup, run_dedup
+from curation_assets.lib.dedup.io import DEDUP_STAGE
+from curation_assets.lib.dedup.layout import Layout, choose_layout, read_unit
 from curation_assets.lib.dedup.merge import merge
+from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, forget_indexes
 from curation_assets.lib.dedup.units import search_unit
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -82,12 +87,74 @@ def test_incremental_equals_full_pair_for_pair_and_decision_for_decision(tmp_pat
     _add(inc, corpus, [3])
     step = run_and_write(inc)
     assert step.plan.mode == "incremental" and step.stats["new_rows"] == PER_SHARD
+    assert step.stats["search"] == "new_rows"
     _add(inc, corpus, [4, 5])  # two shards in one update
     step = run_and_write(inc)
     assert step.plan.mode == "incremental" and step.stats["new_rows"] == 2 * PER_SHARD
     assert step.stats["previously_kept_now_removed"] >= 0
     _assert_same(_tables(inc), expected)
     assert run_and_write(inc).plan.mode == "current"
+
+
+@pytest.mark.parametrize("search", ["one_pass", "units"])
+def test_both_incremental_searches_over_many_buckets_equal_a_full_run(tmp_path, corpus, search):
+    """One pass over clustering 0's buckets, or every unit the new rows touch: as a full run.
+
+    The same pairs (similarities, found_by) and decisions, with many buckets.
+    """
+    small = MemoryBudget(0.05)  # a few hundred rows a bucket
+    full = _store(tmp_path / "full", corpus)
+    _add(full, corpus, range(N_SHARDS))
+    run_and_write(full, budget=small)
+    inc = _store(tmp_path / "inc", corpus)
+    _add(inc, corpus, range(3))
+    first = run_and_write(inc, budget=small)
+    assert min(first.layout.buckets) > 1
+    for shards in ([3], [4, 5]):
+        _add(inc, corpus, shards)
+        step = run_and_write(inc, budget=small, new_rows=search)
+        assert step.plan.mode == "incremental"
+        assert step.stats["search"] == ("new_rows" if search == "one_pass" else "units")
+        if search == "one_pass":  # every bucket of clustering 0, each row read once
+            assert step.stats["units"] == first.layout.buckets[0]
+        else:
+            assert first.layout.buckets[0] < step.stats["units"] <= sum(first.layout.buckets)
+    _assert_same(_tables(inc), _tables(full))  # found_by and similarity included
+
+
+def test_new_rows_over_their_budget_share_are_searched_by_units(tmp_path, corpus):
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(2))
+    run_and_write(store)
+    _add(store, corpus, [2])
+    step = run_and_write(store, budget=MemoryBudget(0.05))  # room for ~30 of its 150 rows
+    assert step.plan.mode == "incremental" and step.stats["search"] == "units"
+    _add(store, corpus, [3])
+    step = run_and_write(store, budget=MemoryBudget(8))
+    assert step.plan.mode == "incremental" and step.stats["search"] == "new_rows"
+
+
+def test_a_layout_without_every_clusters_ids_is_laid_out_anew(tmp_path, corpus):
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(2))
+    out = run_and_write(store)
+    commit = last_commit(store, DEDUP_STAGE)
+    assert commit is not None
+    old = Layout(out.layout.ks, out.layout.buckets, format=1).key()
+    assert "format" in out.layout.key() and Layout.from_key(old).format == 1
+    unversioned = {k: v for k, v in json.loads(old).items() if k != "format"}
+    config = {**commit.config, "layout": json.dumps(unversioned)}
+    record_commit(
+        store,
+        DEDUP_STAGE,
+        inputs=commit.inputs,
+        outputs=commit.outputs,
+        config=config,
+        summary=commit.summary,
+    )
+    _add(store, corpus, [2])
+    step = run_and_write(store)
+    assert step.plan.mode == "full" and "every clustering" in step.plan.reason
 
 
 def test_a_refiltered_shard_is_redone_incrementally_and_matches_a_full_run(tmp_path, corpus):
@@ -189,3 +256,36 @@ def test_a_unit_reads_only_its_partition(tmp_path, corpus):
         unit = read_unit(store, c, b)
         want = members.filter((pl.col("clustering") == c) & (pl.col("bucket") == b))
         assert unit.frame.height == want.height and unit.x.shape == (want.height, DIM)
+
+
+def test_the_one_pass_work_pickles_and_finds_what_the_run_found(tmp_path, corpus):
+    """What an engine ships (a Ray task's arguments) finds the same pairs in another process."""
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(3))
+    small = MemoryBudget(0.3)
+    first = run_and_write(store, budget=small)
+    _add(store, corpus, [3])
+    outcome = run_dedup(store, tau=TAU, policy=POLICY, budget=small, new_rows="one_pass")
+    assert outcome.stats["search"] == "new_rows" and first.layout is not None
+    members = store.read(DEDUP_MEMBERS).filter(
+        (pl.col("clustering") == 0) & (pl.col("shard") == "s3")
+    )
+    work = NewRowsWork(
+        store.root_uri,
+        {},
+        TAU,
+        NewRows.of(members, first.layout.ks),
+        store.version("dedup_members"),
+    )
+    shipped = pickle.loads(pickle.dumps(work))
+    lines: list[str] = []
+    found = [shipped(str(b), lines.append) for b in range(first.layout.buckets[0])]
+    forget_indexes()
+    pairs = pl.concat([r.pairs for r in found]).unique().sort(pl.all())
+    assert pairs.height > 0 and len(lines) == first.layout.buckets[0]
+    # the run's own search found the same pairs (each once, whichever clusterings found it)
+    assert (
+        pairs.select("image_id_a", "image_id_b").unique().height
+        == (outcome.merged.stats["new_pairs"])
+    )
+    assert ((pairs["shard_a"] == "s3") | (pairs["shard_b"] == "s3")).all()

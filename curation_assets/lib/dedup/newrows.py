@@ -1,0 +1,342 @@
+"""The incremental pair search in one pass: every row read once, against the new rows it meets.
+
+An incremental run searches only pairs that touch a new row (a row of a redone shard). The
+per-unit search (:mod:`.units`) reads every (clustering, bucket) unit a new row falls in: when
+the new rows are a few percent of the corpus they fall in every unit, so it reads C copies of
+every vector. The units of clustering 0 hold every row exactly once, with its cluster in every
+clustering (``clusters``), so this search reads only those: one pass, 1/C of the bytes.
+
+Work unit ``b`` (:class:`NewRowsWork`, engine key ``"b"``) reads bucket ``b`` of clustering 0
+(:func:`~.layout.read_unit`), converts its rows to float32 one block at a time and, per
+clustering, compares each row with the new rows of its own cluster in that clustering: the new
+rows sit in a faiss inverted-file index keyed by cluster, and each row is range-searched in the
+one list of its cluster (``range_search_preassigned``), so the loop over clusters runs in
+faiss' C++, not in Python. Candidates are taken at τ − ``SIM_MARGIN`` and re-checked with the
+canonical per-pair dot product (:func:`~.pairs.exact_sims`), so the pairs and similarities are
+those of the per-unit search (tested). A pair of two new rows is reported once, by the unit
+of the row whose (image_id, shard) sorts first; a pair found by several clusterings is one row
+per clustering, as the units report it.
+
+Memory: one bucket of clustering 0 (as a unit: :func:`~.layout.unit_row_bytes`), one block of
+float32 rows, and the new rows: their float16 vectors and one float32 copy per clustering in
+the indexes (:func:`new_rows_bytes`; the run uses this search only when they fit its budget).
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import polars as pl
+from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
+
+from curation_assets.lib.dedup.layout import LaidOut, Layout, read_parts
+from curation_assets.lib.dedup.pairs import SIM_MARGIN, Rows, exact_sims
+from curation_assets.lib.dedup.units import (
+    ENDPOINT_SCHEMA,
+    UNIT_PAIR_SCHEMA,
+    UnitResult,
+    UnitWork,
+    unit_key,
+)
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.vectors import half_bytes, half_parts
+
+#: Rows converted to float32 and searched at a time (2 · BLOCK · d bytes of float32 at d=512:
+#: 32 MiB); larger blocks gain nothing (measured at 1M × 512).
+BLOCK = 16_384
+
+
+def new_rows_bytes(n: int, dim: int, n_clusterings: int) -> int:
+    """Bytes the one-pass search holds for ``n`` new rows: float16 + a float32 index each."""
+    return n * (2 * dim + 4 * dim * n_clusterings + 96)
+
+
+def new_rows_cap(budget: MemoryBudget, dim: int, n_clusterings: int) -> int:
+    """Bytes of kept new rows (:attr:`.layout.LaidOut.new_rows`) past which units are searched.
+
+    The one-pass search holds the new rows at :func:`new_rows_bytes`: they may take a quarter of the
+    budget, beside the quarter a bucket takes. Kept rows are measured at ~2·d + 100 bytes a
+    row (polars' estimate), so the cap is that many rows at that size.
+    """
+    rows = budget.bytes // 4 // new_rows_bytes(1, dim, n_clusterings)
+    return int(rows * (2 * dim + 100))
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """The new rows of an incremental run, as the one-pass search takes them.
+
+    Attributes:
+        frame: image_id, shard, width, height, ingested_at, sorted by (image_id, shard): a
+            row's position is its rank, which decides which unit reports a pair of two new
+            rows.
+        x: (m, d) float16 vectors aligned with ``frame``.
+        clusters: (m, C) int32 cluster of each row in each clustering.
+        ks: Clusters of each clustering.
+    """
+
+    frame: pl.DataFrame
+    x: np.ndarray
+    clusters: np.ndarray
+    ks: tuple[int, ...]
+
+    @classmethod
+    def of(cls, members: pl.DataFrame, ks: tuple[int, ...]) -> "NewRows":
+        """From ``dedup_members`` rows of clustering 0 (:attr:`.layout.LaidOut.new_rows`)."""
+        rows = members.sort("image_id", "shard")
+        n_c = len(ks)
+        if rows.is_empty():
+            empty = np.zeros((0, n_c), np.int32)
+            return cls(rows.drop("vector"), np.zeros((0, 0), np.float16), empty, ks)
+        dim = int(rows["vector"].bin.size()[0]) // 2  # type: ignore[arg-type]
+        frame, parts = half_parts(rows.lazy(), "vector", dim)
+        x = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        clusters = frame["clusters"].list.to_array(n_c).to_numpy().astype(np.int32)
+        keep = ["image_id", "shard", "width", "height", "ingested_at"]
+        return cls(frame.select(keep), np.ascontiguousarray(x), clusters, ks)
+
+    def __len__(self) -> int:
+        """Number of new rows."""
+        return self.frame.height
+
+
+def _indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
+    """Per clustering, an inner-product inverted-file index of the new rows keyed by cluster."""
+    x = np.ascontiguousarray(new.x, np.float32)
+    ids = np.arange(len(new), dtype=np.int64)
+    out = []
+    for c, k in enumerate(new.ks):
+        index = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(x.shape[1]), x.shape[1], k, faiss.METRIC_INNER_PRODUCT
+        )
+        index.is_trained = True  # lists are given (the clustering's own assignments)
+        add_preassigned(index, x, new.clusters[:, c].astype(np.int64), ids)
+        out.append(index)
+    return out
+
+
+def search_new_rows(
+    store: DeltaStore,
+    b: int,
+    tau: float,
+    new: NewRows,
+    *,
+    version: int | None = None,
+    indexes: list[faiss.IndexIVFFlat] | None = None,
+) -> UnitResult:
+    """Pairs (cosine ≥ ``tau``) of a row of clustering 0's bucket ``b`` and a new row.
+
+    A pair is searched in each clustering where the two rows share a cluster.
+
+    Args:
+        store: Where ``dedup_members`` lives.
+        b: Bucket of clustering 0.
+        tau: Cosine threshold.
+        new: The new rows: every row of the redone shards (those in bucket ``b`` are found in
+            it by (image_id, shard)).
+        version: Read ``dedup_members`` as of this Delta version (None = latest).
+        indexes: :func:`_indexes` of ``new`` when the caller built them once.
+
+    Returns:
+        A :class:`~.units.UnitResult` with ``clustering`` = -1 (all of them).
+    """
+    t0 = time.perf_counter()
+    frame, parts = read_parts(store, 0, b, version=version)  # file order: no sort, no copy
+    n, n_c = frame.height, len(new.ks)
+    stats: dict[str, Any] = {"rows": n, "queries": len(new), "search": "new_rows"}
+    if n == 0 or len(new) == 0:
+        stats.update(comparisons=0, pairs=0, seconds=time.perf_counter() - t0)
+        return _empty(b, stats)
+    clusters = frame["clusters"].list.to_array(n_c).to_numpy().astype(np.int64)
+    # a bucket row that is itself new: its rank among the new rows (-1: an old row)
+    rank = (
+        frame.select("image_id", "shard")
+        .join(
+            new.frame.select("image_id", "shard").with_row_index("_q"),
+            on=["image_id", "shard"],
+            how="left",
+            maintain_order="left",
+        )["_q"]
+        .fill_null(-1)
+        .to_numpy()
+        .astype(np.int64)
+    )
+    indexes = indexes if indexes is not None else _indexes(new)
+    lo = float(np.float32(tau - SIM_MARGIN))
+    counts = [np.bincount(new.clusters[:, c], minlength=k) for c, k in enumerate(new.ks)]
+    comparisons = int(sum(counts[c][clusters[:, c]].sum() for c in range(n_c)))
+    found_i: list[np.ndarray] = []
+    found_q: list[np.ndarray] = []
+    found_c: list[np.ndarray] = []
+    buf = np.empty((min(BLOCK, n), new.x.shape[1]), np.float32)
+    for s0, xb in _blocks(parts, buf):
+        for c in range(n_c):
+            keys = np.ascontiguousarray(clusters[s0 : s0 + xb.shape[0], c : c + 1])
+            lims, _, q = range_search_preassigned(indexes[c], xb, lo, keys)
+            i = s0 + np.repeat(np.arange(xb.shape[0]), np.diff(lims.astype(np.int64)))
+            # an old row: always; a new row: only against new rows ranked after it (this
+            # drops the row itself, and reports a pair of new rows in one unit only)
+            keep = (rank[i] < 0) | (rank[i] < q)
+            found_i.append(i[keep])
+            found_q.append(q[keep])
+            found_c.append(np.full(int(keep.sum()), c, np.int32))
+    i = np.concatenate(found_i)
+    q = np.concatenate(found_q).astype(np.int64)
+    c_of = np.concatenate(found_c)
+    sim = exact_sims(Rows([*parts, new.x]), i, n + q)
+    hit = sim >= np.float32(tau)
+    i, q, c_of, sim = i[hit], q[hit], c_of[hit], sim[hit]
+    pairs, endpoints = _frames(frame, Rows(parts), new, i, q, c_of, sim)
+    stats.update(comparisons=comparisons, pairs=pairs.height, seconds=time.perf_counter() - t0)
+    return UnitResult(-1, b, pairs, endpoints, stats)
+
+
+def _blocks(parts: list[np.ndarray], buf: np.ndarray):
+    """``(first row, float32 rows)`` of the parts, at most ``len(buf)`` rows at a time in ``buf``.
+
+    float16 → float32 is exact, so every block holds the values the pair check recomputes.
+    """
+    start = 0
+    for part in parts:
+        for s0 in range(0, part.shape[0], buf.shape[0]):
+            xb = buf[: min(buf.shape[0], part.shape[0] - s0)]
+            xb[...] = part[s0 : s0 + xb.shape[0]]
+            yield start + s0, xb
+        start += part.shape[0]
+
+
+def _frames(
+    frame: pl.DataFrame,
+    rows: Rows,
+    new: NewRows,
+    i: np.ndarray,
+    q: np.ndarray,
+    c_of: np.ndarray,
+    sim: np.ndarray,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The pairs (canonical orientation, as the units write them) and the rows on them."""
+    ids_r, shards_r = frame["image_id"].to_numpy(), frame["shard"].to_numpy()
+    ids_q, shards_q = new.frame["image_id"].to_numpy(), new.frame["shard"].to_numpy()
+    a_id, a_sh, b_id, b_sh = ids_r[i], shards_r[i], ids_q[q], shards_q[q]
+    swap = (a_id > b_id) | ((a_id == b_id) & (a_sh > b_sh))
+    pairs = pl.DataFrame(
+        {
+            "image_id_a": np.where(swap, b_id, a_id),
+            "image_id_b": np.where(swap, a_id, b_id),
+            "shard_a": np.where(swap, b_sh, a_sh),
+            "shard_b": np.where(swap, a_sh, b_sh),
+            "similarity": sim.astype(np.float32),
+            "clustering": c_of.astype(np.int32),
+        },
+        schema=UNIT_PAIR_SCHEMA,
+    ).sort("image_id_a", "image_id_b", "shard_a", "shard_b", "clustering")
+    cols = ["image_id", "shard", "width", "height", "ingested_at"]
+    on_r, on_q = np.unique(i), np.unique(q)
+    endpoints = (
+        pl.concat(
+            [
+                # float32 of float16 values: half_bytes gives the stored bytes back exactly
+                frame[on_r].select(cols).with_columns(vector=half_bytes(rows.take(on_r))),
+                new.frame[on_q].select(cols).with_columns(vector=half_bytes(new.x[on_q])),
+            ]
+        )
+        .select(list(ENDPOINT_SCHEMA))
+        .unique(["image_id", "shard"], keep="first")
+        .sort("image_id", "shard")
+    )
+    return pairs, endpoints
+
+
+def _empty(b: int, stats: dict[str, Any]) -> UnitResult:
+    return UnitResult(
+        -1, b, pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), stats
+    )
+
+
+@dataclass(frozen=True)
+class NewRowsWork:
+    """Bucket ``b`` of the one-pass search as engine work: ``work("b", progress)``.
+
+    Plain values (picklable): the new rows travel with it (bounded by the run's budget), the
+    bucket is read where the work runs. The faiss indexes are built once per process.
+
+    Attributes:
+        root_uri: Delta root.
+        storage_options: Its storage options.
+        tau: Similarity floor of the search.
+        new: The new rows.
+        version: The ``dedup_members`` version every unit reads.
+    """
+
+    root_uri: str
+    storage_options: dict[str, str]
+    tau: float
+    new: NewRows
+    version: int | None = None
+
+    def __call__(self, key: str, progress: Callable[[str], None]) -> UnitResult:
+        """Search bucket ``key`` of clustering 0 against the new rows."""
+        result = search_new_rows(
+            DeltaStore(self.root_uri, self.storage_options),
+            int(key),
+            self.tau,
+            self.new,
+            version=self.version,
+            indexes=_cached_indexes(self.new),
+        )
+        progress(f"bucket {key}: {result.pairs.height} pairs with new rows")
+        return result
+
+
+_INDEXES: dict[int, tuple[NewRows, list[faiss.IndexIVFFlat]]] = {}
+
+
+def _cached_indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
+    """:func:`_indexes` of ``new``, built once per process for the run's buckets.
+
+    One run's new rows at a time; :func:`forget_indexes` frees them when the run is done.
+    """
+    hit = _INDEXES.get(id(new))
+    if hit is not None and hit[0] is new:
+        return hit[1]
+    forget_indexes()
+    built = _indexes(new)
+    _INDEXES[id(new)] = (new, built)
+    return built
+
+
+def forget_indexes() -> None:
+    """Free the cached indexes (and the new rows they hold) of this process."""
+    _INDEXES.clear()
+
+
+def search_work(
+    store: DeltaStore,
+    layout: Layout,
+    laid: LaidOut,
+    tau: float,
+    *,
+    full: bool,
+    block: int,
+    version: int | None,
+) -> tuple[str, list[str], "UnitWork | NewRowsWork"]:
+    """What a run searches: ``(how, engine keys, work)``.
+
+    Full: every unit. Incremental: clustering 0's buckets against the new rows when
+    :func:`~.layout.lay_out` kept them (they fit their budget share), else the units they
+    touched. Every unit or bucket reads ``dedup_members`` as of ``version`` (the layout as
+    just written; its log read once per process, not once per unit).
+    """
+    if not full and laid.new_rows is not None:
+        new = NewRows.of(laid.new_rows, layout.ks)
+        keys = [str(b) for b in range(layout.buckets[0])] if len(new) else []
+        options = dict(store.storage_options)
+        return "new_rows", keys, NewRowsWork(store.root_uri, options, tau, new, version)
+    units = layout.units() if full else sorted(laid.touched)
+    query = None if full else frozenset(laid.ready)
+    work = UnitWork(store.root_uri, dict(store.storage_options), tau, query, block, version)
+    return "units", [unit_key(c, b) for c, b in units], work
