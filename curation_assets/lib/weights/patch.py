@@ -176,7 +176,8 @@ def redo_shards(
         score: Scores and writes shards from their embeddings: their stats and counts.
 
     Memory: one group of patched shards (``max_rows`` rows of :data:`PATCH_ROW_BYTES`), or
-    what ``score`` holds.
+    what ``score`` holds. The shards of a group whose rows changed are written in one Delta
+    commit (at 1M, 20 patched shards: 1.9 s as one commit each).
     """
     out = Redone()
     wanted = [s for s in shards if s in source.model_ids]
@@ -190,6 +191,7 @@ def redo_shards(
         stored = store.read(SAMPLE_WEIGHTS, shards=group, version=source.version)
         olds = {k[0]: v for k, v in stored.partition_by("shard", as_dict=True).items()}
         scores = read_uniqueness(store, group) if term is not None else {}
+        rewrite: dict[str, pl.DataFrame] = {}
         for shard in group:
             frame = parts.get(shard, frames.clear()).sort("image_id")
             old = olds.get(shard, SAMPLE_WEIGHTS.empty()).sort("image_id")
@@ -213,10 +215,12 @@ def redo_shards(
             if shard in source.stale or not patched.weights.equals(
                 old.select(SAMPLE_WEIGHTS.column_names)
             ):
-                store.replace_shard(SAMPLE_WEIGHTS, shard, patched.weights)
-                out.written += 1
+                rewrite[shard] = patched.weights
             out.stats.append(patched.stats)
             out.counts.append(patched.counts)
+        if rewrite:  # the group's changed shards in one Delta commit, not one per shard
+            store.replace_rows(SAMPLE_WEIGHTS, "shard", list(rewrite), list(rewrite.values()))
+            out.written += len(rewrite)
     if fallback:
         stats, counts = score(fallback)
         out.stats += stats

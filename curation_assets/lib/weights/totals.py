@@ -308,9 +308,22 @@ def shard_audit_counts(
             add(attribute, value, True, present & truth)
             add(attribute, value, False, present & ~truth)
         else:
-            values = series.cast(pl.String).fill_null(MISSING).to_numpy().astype(str)
-            for v in np.unique(values):
-                add(col, str(v), None, values == v)
+            # each value's rows by an integer code (sorted values: np.unique's order), not by
+            # comparing numpy strings (26 ms a shard at 1M rows, most of a patched shard's cost)
+            values = series.cast(pl.String).fill_null(MISSING).rename("v")
+            uniq = values.unique().sort()
+            codes = (
+                values.to_frame()
+                .join(
+                    uniq.to_frame().with_row_index("code"),
+                    on="v",
+                    how="left",
+                    maintain_order="left",
+                )["code"]
+                .to_numpy()
+            )
+            for k, v in enumerate(uniq.to_list()):
+                add(col, str(v), None, codes == k)
     frame = pl.DataFrame(
         cols, schema={k: v for k, v in AUDIT_SHARD_COUNTS.schema.items() if k != "shard"}
     )
