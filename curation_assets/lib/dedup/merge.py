@@ -163,7 +163,7 @@ def merge(
     band = every.filter(pl.col("similarity") < tau)
     promoted = promote(band) if promote is not None and band.height else band.head(0)
     grouping = pl.concat([pairs, promoted]) if promoted.height else pairs
-    members = _decide(nodes, grouping, policy)
+    members = _decide(nodes, grouping, policy, base_members)
     stats = _stats(
         pairs, new_pairs.filter(pl.col("similarity") >= tau), members, tau, n_clusterings
     )
@@ -174,8 +174,17 @@ def merge(
     return Merged(pairs, members, changed, stats, band)
 
 
-def _decide(nodes: pl.DataFrame, pairs: pl.DataFrame, policy: Sequence[str]) -> pl.DataFrame:
-    """Components and keep decisions of the graph's rows (``nodes`` sorted by image_id)."""
+def _decide(
+    nodes: pl.DataFrame, pairs: pl.DataFrame, policy: Sequence[str], old: pl.DataFrame
+) -> pl.DataFrame:
+    """Components and keep decisions of the graph's rows (``nodes`` sorted by image_id).
+
+    A group's decisions depend only on who is in it (the policy ranks its members; each
+    duplicate's similarity is to the kept one), so a group whose members are exactly one old
+    group's (``old``: the committed members of the shards not redone) keeps its decisions, and
+    the keep policy runs only over the other groups: those a new pair, a redone shard or a
+    dropped pair changed (an update's, not the whole graph's). Same result as deciding all.
+    """
     n = nodes.height
     if n == 0:
         return DUPLICATE_MEMBERS.empty()
@@ -192,20 +201,59 @@ def _decide(nodes: pl.DataFrame, pairs: pl.DataFrame, policy: Sequence[str]) -> 
     j = ij["j"].to_numpy().astype(np.int64)
     graph = Pairs(np.minimum(i, j), np.maximum(i, j), np.zeros(i.size, np.float32))
     comp = connected_components(n, graph)
-    x = from_half_bytes(nodes["vector"])
     ids = nodes["image_id"].to_numpy()
-    choice = choose(Rows([x]), np.arange(n), comp, ImageMeta.of(nodes), ids, policy)
-    keeper = np.where(choice.kept, np.arange(n), choice.duplicate_of)
-    dup = pl.Series("duplicate_of", ids[np.maximum(choice.duplicate_of, 0)])
-    dup = dup.scatter(np.flatnonzero(choice.kept), None)
+    before = _same_group_as_before(nodes, comp, old)
+    todo = np.flatnonzero(~before["same"].to_numpy())
+    sub = nodes[todo]
+    choice = choose(
+        Rows([from_half_bytes(sub["vector"])]),
+        np.arange(todo.size),
+        comp[todo],
+        ImageMeta.of(sub),
+        ids[todo],
+        policy,
+    )
+    kept = before["kept"].to_numpy().astype(bool)
+    kept[todo] = choice.kept
+    keeper_ids = before["component_id"].to_numpy().astype(object)
+    dup_ids = before["duplicate_of"].to_numpy().astype(object)
+    sim = before["similarity"].cast(pl.Float32).to_numpy().astype(np.float32)
+    local_keeper = np.where(choice.kept, np.arange(todo.size), choice.duplicate_of)
+    keeper_ids[todo] = ids[todo][local_keeper]
+    dup_local = ids[todo][np.maximum(choice.duplicate_of, 0)].astype(object)
+    dup_local[choice.kept] = None
+    dup_ids[todo] = dup_local
+    sim[todo] = choice.similarity
     return DUPLICATE_MEMBERS.conform(
         nodes.with_columns(
-            kept=pl.Series(choice.kept),
-            duplicate_of=dup,
-            similarity=pl.Series(choice.similarity).fill_nan(None),
-            component_id=pl.Series(ids[keeper]),
+            kept=pl.Series(kept),
+            duplicate_of=pl.Series(dup_ids.tolist(), dtype=pl.String),
+            similarity=pl.Series(sim).fill_nan(None),
+            component_id=pl.Series(keeper_ids.tolist(), dtype=pl.String),
             component_size=pl.Series(component_sizes(comp)),
         )
+    )
+
+
+def _same_group_as_before(nodes: pl.DataFrame, comp: np.ndarray, old: pl.DataFrame) -> pl.DataFrame:
+    """Per node: ``same`` (its group is exactly one old group) and that group's old decision.
+
+    A group is the same when every member is an old member, all of one old group, and that
+    old group had as many members (a member it lost, e.g. to a redone shard, shows there).
+    """
+    keys = ["image_id", "shard"]
+    decision = ["kept", "duplicate_of", "similarity", "component_id", "component_size"]
+    joined = (
+        nodes.select(keys)
+        .with_columns(_comp=pl.Series(comp))
+        .join(old.select(*keys, *decision), on=keys, how="left", maintain_order="left")
+    )
+    return joined.with_columns(
+        same=(
+            (pl.col("component_id").null_count() == 0)
+            & (pl.col("component_id").n_unique() == 1)
+            & (pl.col("component_size").first() == pl.len())
+        ).over("_comp")
     )
 
 
