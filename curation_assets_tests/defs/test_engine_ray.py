@@ -11,7 +11,8 @@ searches alike. Then a Ray worker is SIGKILLed while it embeds a shard:
 Ray's retry makes the step succeed; with no Ray retry the step fails naming the shard and the
 dead worker, the shard's rows stay the last committed ones, and a re-run converges. The
 weights stage (weights_and_audit, a global step whose shards are scored as engine tasks) is
-compared on synthetic inputs written twice, a full run and an incremental one.
+compared on synthetic inputs written twice, a full run and an incremental one; so is the dedup
+(its units, then an update's one-pass buckets, as Ray tasks).
 """
 
 import logging
@@ -39,12 +40,17 @@ from curation_assets.defs.partitions import SHARDS_PARTITION, range_tags
 from curation_assets.defs.resources import Categories, Compute, DeltaStorage, Engine, ImageEmbedder
 from curation_assets.defs.similar import image_uniqueness, similarity_index, similarity_quantizer
 from curation_assets.defs.weights import weights_and_audit
+from curation_assets.lib.cluster import centroids_frame, train_clusterings
+from curation_assets.lib.engine import LocalEngine, RayEngine
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.similar import load_quantizer, search
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
     BIAS_AUDIT,
     CLASSIFIER_SCORES,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
     IMAGE_EMBEDDINGS,
     LABELS,
     N_CLUSTERINGS,
@@ -56,12 +62,16 @@ from curation_assets.lib.tables import (
     WEIGHT_SHARD_STATS,
     TableSpec,
     assignments_spec,
+    centroids_spec,
 )
 from curation_assets.lib.tables.similar import IMAGE_UNIQUENESS, SIMILARITY_INDEX
 from curation_assets.lib.vectors import embedding_matrix
 from curation_assets.runner import step_errors
 from curation_assets.tools.demo import build_demo_corpus, write_seed_labels
+from curation_assets.tools.synthetic import clip_like_embeddings
 from curation_assets_tests.defs.helpers import resources
+from curation_assets_tests.lib.dedup.helpers import MODEL as DEDUP_MODEL
+from curation_assets_tests.lib.dedup.helpers import add_shard, run_and_write
 from curation_assets_tests.servers_ray import (  # noqa: F401
     RayCluster,
     ray_cluster,
@@ -573,3 +583,44 @@ def test_weights_on_ray_write_the_local_tables(tmp_path, ray_two_nodes: RayClust
         logger.info("weights tasks per Ray node: %s", per_node)
         assert set(per_node) <= nodes and sum(per_node.values()) == tasks
         assert meta["score_ray_nodes"] == len(per_node)
+
+
+def test_dedup_on_ray_full_and_one_pass_update_give_the_local_graph(
+    tmp_path,
+    ray_two_nodes: RayCluster,  # noqa: F811
+):
+    """run_dedup on Ray: the units (full) and an update's one-pass buckets, as the local engine.
+
+    The update's new rows travel in each bucket task's arguments; both runs write the local
+    engine's deduplicated_images and duplicate_pairs.
+    """
+    x, _ = clip_like_embeddings(4 * 150, 16, dup_fraction=0.3, seed=5)
+    models = train_clusterings(x, 8, niter=5)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    budget = MemoryBudget(0.3)  # two buckets a clustering
+    found: dict[str, dict[str, Any]] = {}
+    engines = {"local": LocalEngine(), "ray": RayEngine(ray_two_nodes.address)}
+    for name, engine in engines.items():
+        store = DeltaStore(str(tmp_path / name))
+        for c, model in enumerate(models):
+            store.replace_table(centroids_spec(c), centroids_frame(model, DEDUP_MODEL, now))
+        for s in range(3):
+            add_shard(store, f"s{s}", x[s * 150 : (s + 1) * 150], start=100 * s)
+        full = run_and_write(store, engine=engine, budget=budget)
+        add_shard(store, "s3", x[450:], start=300)
+        update = run_and_write(store, engine=engine, budget=budget, new_rows="one_pass")
+        found[name] = {
+            "full": full.stats,
+            "update": update.stats,
+            "images": store.read(DEDUPLICATED_IMAGES).sort("image_id"),
+            "pairs": store.read(DUPLICATE_PAIRS).sort("image_id_a", "image_id_b"),
+        }
+    local, ray = found["local"], found["ray"]
+    assert ray["full"]["search"] == "units" and ray["update"]["search"] == "new_rows"
+    assert ray["full"]["units"] == sum(ray["full"]["buckets"]) > 2
+    assert ray["update"]["units"] == ray["full"]["buckets"][0] == 2
+    for step in ("full", "update"):
+        assert ray[step]["engine"] == "ray" and ray[step]["unit_nodes"] >= 1
+        assert local[step]["engine"] == "local"
+    assert ray["update"]["new_pairs"] > 0
+    assert local["images"].equals(ray["images"]) and local["pairs"].equals(ray["pairs"])
