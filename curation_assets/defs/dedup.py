@@ -118,10 +118,12 @@ class DedupConfig(dg.Config):
                 "inside a cluster of any of the five clusterings form groups (connected "
                 "components, so chains are one group) and one image per group is kept by the "
                 "keep policy. Incremental: only the shards whose inputs changed are searched, "
-                "each new row against its clusters, read from a cluster-bucketed layout "
-                "(dedup_members) one (clustering, bucket) unit at a time; memory is bounded by "
-                "the compute resource's budget. Metadata: pair recall of 1..5 clusterings "
-                "against exhaustive search on a budgeted sample, and thumbnails of groups."
+                "each new row against its clusters: one pass over a cluster-bucketed layout "
+                "(dedup_members) that reads every row once (the (clustering, bucket) units, as "
+                "in a full run, when the new rows outgrow a quarter of the budget); memory is "
+                "bounded by the compute resource's budget. Metadata: pair recall of 1..5 "
+                "clusterings against exhaustive search on a budgeted sample, and thumbnails of "
+                "groups."
             ),
             deps=[*ASSIGNMENT_KEYS, "filtered_images", "image_embeddings", "raw_images"],
             kinds={"deltalake", "faiss", "scipy"},
@@ -179,11 +181,13 @@ def deduplicate(
 ):
     """Full or incremental near-duplicate removal over all shards.
 
-    The (clustering, bucket) units are searched as tasks of the ``engine`` (this process, or a
-    Ray cluster); the merge, the recall sample and the writes stay in this step.
+    The (clustering, bucket) units (an update: clustering 0's buckets against the new rows) are
+    searched as tasks of the ``engine`` (this process, or a Ray cluster); the merge, the recall
+    sample and the writes stay in this step.
 
-    Memory: one shard, one (clustering, bucket) unit and the pair graph at a time, sized by
-    ``compute.memory_budget_mb`` (see :func:`~curation_assets.lib.dedup.run_dedup`).
+    Memory: one shard, one (clustering, bucket) unit (or bucket and the new rows) and the pair
+    graph at a time, sized by ``compute.memory_budget_mb`` (see
+    :func:`~curation_assets.lib.dedup.run_dedup`).
     """
     store = delta.store()
     verify: Any = "keep" if config.verify_band is None else None
