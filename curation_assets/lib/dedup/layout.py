@@ -265,9 +265,10 @@ def lay_out(
             frames.append(frame)
             size += int(frame.estimated_size())
             if kept is not None:
-                first = frame.filter(pl.col("clustering") == 0)
-                kept_size += int(first.estimated_size())
-                kept = kept + [first] if kept_size <= keep_bytes else None
+                kept.append(frame.filter(pl.col("clustering") == 0))
+                kept_size += int(kept[-1].estimated_size())
+                if kept_size > keep_bytes:  # too many for the one-pass search: none kept
+                    kept = None
         if size >= max_bytes or len(group) >= max_shards:
             flush()
     flush()

@@ -39,6 +39,7 @@ from curation_assets.lib.dedup.units import (
     UNIT_PAIR_SCHEMA,
     UnitResult,
     UnitWork,
+    oriented_pairs,
     unit_key,
 )
 from curation_assets.lib.memory import MemoryBudget
@@ -221,19 +222,7 @@ def _frames(
     """The pairs (canonical orientation, as the units write them) and the rows on them."""
     ids_r, shards_r = frame["image_id"].to_numpy(), frame["shard"].to_numpy()
     ids_q, shards_q = new.frame["image_id"].to_numpy(), new.frame["shard"].to_numpy()
-    a_id, a_sh, b_id, b_sh = ids_r[i], shards_r[i], ids_q[q], shards_q[q]
-    swap = (a_id > b_id) | ((a_id == b_id) & (a_sh > b_sh))
-    pairs = pl.DataFrame(
-        {
-            "image_id_a": np.where(swap, b_id, a_id),
-            "image_id_b": np.where(swap, a_id, b_id),
-            "shard_a": np.where(swap, b_sh, a_sh),
-            "shard_b": np.where(swap, a_sh, b_sh),
-            "similarity": sim.astype(np.float32),
-            "clustering": c_of.astype(np.int32),
-        },
-        schema=UNIT_PAIR_SCHEMA,
-    ).sort("image_id_a", "image_id_b", "shard_a", "shard_b", "clustering")
+    pairs = oriented_pairs((ids_r[i], shards_r[i]), (ids_q[q], shards_q[q]), sim, c_of)
     cols = ["image_id", "shard", "width", "height", "ingested_at"]
     on_r, on_q = np.unique(i), np.unique(q)
     endpoints = (
@@ -292,7 +281,7 @@ class NewRowsWork:
         return result
 
 
-_INDEXES: dict[int, tuple[NewRows, list[faiss.IndexIVFFlat]]] = {}
+_INDEXES: list[tuple[NewRows, list[faiss.IndexIVFFlat]]] = []
 
 
 def _cached_indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
@@ -300,13 +289,9 @@ def _cached_indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
 
     One run's new rows at a time; :func:`forget_indexes` frees them when the run is done.
     """
-    hit = _INDEXES.get(id(new))
-    if hit is not None and hit[0] is new:
-        return hit[1]
-    forget_indexes()
-    built = _indexes(new)
-    _INDEXES[id(new)] = (new, built)
-    return built
+    if not _INDEXES or _INDEXES[0][0] is not new:
+        _INDEXES[:] = [(new, _indexes(new))]
+    return _INDEXES[0][1]
 
 
 def forget_indexes() -> None:

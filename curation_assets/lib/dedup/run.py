@@ -232,7 +232,10 @@ def run_dedup(
         layout = plan.layout
     # 1. lay out the redone shards (an incremental run keeps their rows for the one-pass search)
     t_layout = time.perf_counter()
-    one_pass = not full and layout.format >= 2 and new_rows != "units"
+    # plan_dedup makes any run over an older layout format a full one
+    keep = {"units": 0, "one_pass": 2**62}.get(new_rows) if not full else 0
+    if keep is None:  # auto
+        keep = new_rows_cap(budget, dim, n_clusterings)
     laid = lay_out(
         store,
         sorted(plan.redo),
@@ -240,11 +243,7 @@ def run_dedup(
         model_id,
         layout,
         max_bytes=budget.bytes // 16,
-        keep_bytes=(
-            (2**62 if new_rows == "one_pass" else new_rows_cap(budget, dim, n_clusterings))
-            if one_pass
-            else 0
-        ),
+        keep_bytes=keep,
     )
     ready, waiting = laid.ready, laid.waiting
     pending = sorted(waiting.items())

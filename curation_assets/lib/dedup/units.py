@@ -117,22 +117,12 @@ def search_unit(
     )
     ids = rows.frame["image_id"].to_numpy()
     shards = rows.frame["shard"].to_numpy()
-    # rows are in file order: orient each pair by (image_id, shard), the canonical order
-    swap = (ids[found.i] > ids[found.j]) | (
-        (ids[found.i] == ids[found.j]) & (shards[found.i] > shards[found.j])
+    pairs = oriented_pairs(
+        (ids[found.i], shards[found.i]),
+        (ids[found.j], shards[found.j]),
+        found.sim,
+        np.full(len(found), c, np.int32),
     )
-    a, b_ = np.where(swap, found.j, found.i), np.where(swap, found.i, found.j)
-    pairs = pl.DataFrame(
-        {
-            "image_id_a": ids[a],
-            "image_id_b": ids[b_],
-            "shard_a": shards[a],
-            "shard_b": shards[b_],
-            "similarity": found.sim.astype(np.float32),
-            "clustering": np.full(len(found), c, np.int32),
-        },
-        schema=UNIT_PAIR_SCHEMA,
-    ).sort("image_id_a", "image_id_b", "shard_a", "shard_b")
     on_pair = np.unique(np.concatenate([found.i, found.j]))
     endpoints = (
         rows.frame[on_pair]
@@ -150,6 +140,32 @@ def search_unit(
         seconds=time.perf_counter() - t0,
     )
     return UnitResult(c, b, pairs, endpoints, stats)
+
+
+def oriented_pairs(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    sim: np.ndarray,
+    clustering: np.ndarray,
+) -> pl.DataFrame:
+    """:data:`UNIT_PAIR_SCHEMA` rows of pairs ``(image_id, shard)`` a–b, canonically oriented.
+
+    Rows come in file order, so each pair is turned to put the smaller (image_id, shard)
+    first; rows are sorted, whichever search found them.
+    """
+    (a_id, a_sh), (b_id, b_sh) = a, b
+    swap = (a_id > b_id) | ((a_id == b_id) & (a_sh > b_sh))
+    return pl.DataFrame(
+        {
+            "image_id_a": np.where(swap, b_id, a_id),
+            "image_id_b": np.where(swap, a_id, b_id),
+            "shard_a": np.where(swap, b_sh, a_sh),
+            "shard_b": np.where(swap, a_sh, b_sh),
+            "similarity": np.asarray(sim, np.float32),
+            "clustering": np.asarray(clustering, np.int32),
+        },
+        schema=UNIT_PAIR_SCHEMA,
+    ).sort("image_id_a", "image_id_b", "shard_a", "shard_b", "clustering")
 
 
 def unit_key(c: int, b: int) -> str:
