@@ -14,6 +14,7 @@ test helpers as the driver does. Skips when ray is not importable.
 """
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,45 +129,120 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: Path) -> None:
+def _listening(port: int) -> bool:
+    """Whether something accepts TCP connections on ``127.0.0.1:port`` right now."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def log_tail(logs: Path, lines: int = 15) -> str:
+    """The last lines of the node logs and of Ray's own GCS/raylet logs under ``logs``.
+
+    What a failed start prints, so a CI log says why a node died rather than only that it did.
+    """
+    found = sorted(logs.glob("*.log")) + sorted(logs.glob("session_latest/logs/*.err"))
+    found += sorted(logs.glob("session_latest/logs/gcs_server.out"))
+    parts = []
+    for path in found:
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+            if text:
+                parts.append(f"--- {path.relative_to(logs)}\n" + "\n".join(text))
+    return "\n".join(parts) or "(no logs)"
+
+
+class ClusterStartError(RuntimeError):
+    """A node of the test cluster died or did not come up in time (the logs' tails attached)."""
+
+
+def _wait_for_nodes(port: int, n: int, procs: list[subprocess.Popen], logs: Path) -> None:
+    """Wait until ``n`` nodes are alive, connecting this process as a driver first.
+
+    ``ray.init`` is called only once the head's GCS port accepts connections: called earlier,
+    it retries an absent GCS for many minutes (13 in one CI run) instead of failing.
+    """
     import ray
 
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        dead = [p.args for p in procs if p.poll() is not None]
+        dead = [(p.args[2:4], p.returncode) for p in procs if p.poll() is not None]
         if dead:
-            msg = f"ray start exited early: {dead}; see {logs}"
-            raise RuntimeError(msg)
+            msg = f"ray start exited early {dead}:\n{log_tail(logs)}"
+            raise ClusterStartError(msg)
+        alive = []
         try:
-            if not ray.is_initialized():
-                ray.init(address=address, log_to_driver=False)
-            alive = [node for node in ray.nodes() if node["Alive"]]
+            if not ray.is_initialized() and _listening(port):
+                ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+            if ray.is_initialized():
+                alive = [node for node in ray.nodes() if node["Alive"]]
         except (ConnectionError, RuntimeError):
             alive = []
         if len(alive) >= n:
             return
         if time.monotonic() > deadline:
-            msg = f"{len(alive)} of {n} Ray nodes up after {START_TIMEOUT_S:.0f}s; see {logs}"
-            raise RuntimeError(msg)
+            msg = (
+                f"{len(alive)} of {n} Ray nodes up after {START_TIMEOUT_S:.0f}s:\n{log_tail(logs)}"
+            )
+            raise ClusterStartError(msg)
         time.sleep(0.5)
 
 
 @contextlib.contextmanager
-def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluster]:
+def ray_cluster(
+    nodes: int = 2, *, gpus_per_node: int = 0, attempts: int = 2
+) -> Iterator[RayCluster]:
     """Start ``nodes`` one-CPU Ray nodes on loopback; yield the cluster; stop them.
 
     The calling process is connected to it as a driver (``ray.init``) and disconnected at the
     end. ``gpus_per_node`` declares GPUs that need not exist (Ray schedules on the declared
     count; torch in the workers still finds no CUDA and runs on CPU): it exercises the GPU
     scheduling path on a machine without one.
+
+    A start that fails (a node exits, or the nodes are not up within ``START_TIMEOUT_S``) is
+    stopped and tried again with fresh ports and a fresh folder, ``attempts`` times in all; the
+    failed attempts' log tails are issued as warnings (pytest's summary shows them), and the last
+    one's are in the error.
     """
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not importable; install the cluster extra")
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # this driver too (see _start_once)
     try:
-        import ray
-    except ImportError as exc:
-        pytest.skip(f"ray is not importable ({exc}); install the cluster extra")
+        for attempt in range(1, attempts + 1):
+            try:
+                cluster = _start_once(nodes, gpus_per_node)
+                break
+            except ClusterStartError as exc:
+                if attempt == attempts:
+                    raise
+                warnings.warn(
+                    f"Ray test cluster, attempt {attempt} of {attempts} failed: {exc}",
+                    stacklevel=2,
+                )
+        try:
+            yield cluster
+        finally:
+            _teardown(cluster)
+    finally:
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
+
+
+def _teardown(cluster: RayCluster) -> None:
+    import ray
+
+    ray.shutdown()
+    _stop(cluster.procs)
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+def _start_once(nodes: int, gpus_per_node: int) -> RayCluster:
+    """One try at starting the nodes; on failure everything it started is stopped and removed."""
     temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
     port = free_port()
-    address = f"127.0.0.1:{port}"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(
@@ -183,9 +260,7 @@ def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluste
         f"--num-gpus={gpus_per_node}",
         f"--temp-dir={temp}",
     ]
-    cluster = RayCluster(address=address, temp_dir=temp)
-    auth_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # this driver too
+    cluster = RayCluster(address=f"127.0.0.1:{port}", temp_dir=temp)
     try:
         head = [
             "--head",
@@ -196,20 +271,15 @@ def ray_cluster(nodes: int = 2, *, gpus_per_node: int = 0) -> Iterator[RayCluste
             f"--dashboard-port={free_port()}",
         ]
         cluster.procs.append(_start(head + common + _node_ports(), temp / "head.log", env))
-        _wait_for_nodes(address, 1, cluster.procs, temp)
-        second = [f"--address={address}", *common, *_node_ports()]
+        _wait_for_nodes(port, 1, cluster.procs, temp)
+        second = [f"--address={cluster.address}", *common, *_node_ports()]
         for i in range(1, nodes):
             cluster.procs.append(_start(second, temp / f"node{i}.log", env))
-        _wait_for_nodes(address, nodes, cluster.procs, temp)
-        yield cluster
-    finally:
-        ray.shutdown()
-        if auth_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = auth_mode
-        _stop(cluster.procs)
-        shutil.rmtree(temp, ignore_errors=True)
+        _wait_for_nodes(port, nodes, cluster.procs, temp)
+    except BaseException:
+        _teardown(cluster)
+        raise
+    return cluster
 
 
 @pytest.fixture(scope="module")
