@@ -630,6 +630,23 @@ class DeltaStore:
         logger.info("delta %s: appended %d rows (v%d)", spec.name, table.num_rows, version)
         return version
 
+    def vacuum(self, table: str) -> int:
+        """Delete at once every file the table's current version does not reference.
+
+        Delta keeps replaced files a week by default; for a derived scratch table that no reader
+        holds at an older version (a dedup run's staged buckets, once searched) that week is a
+        copy of every vector on disk. Not for tables a reader may hold at an older version.
+
+        Returns:
+            Files deleted (0 when the table does not exist).
+        """
+        dt = self._table(table)
+        if dt is None:
+            return 0
+        gone = dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+        logger.info("delta %s: vacuumed %d files", table, len(gone))
+        return len(gone)
+
     def scan(self, spec: TableSpec, *, version: int | None = None) -> pl.LazyFrame:
         """Lazy scan of a table (at ``version`` when given, Delta time travel).
 

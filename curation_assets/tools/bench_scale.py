@@ -102,31 +102,57 @@ def build_corpus(
 
     ``new_shards`` new shards of ``new_share`` · n rows each are drawn with the corpus (their
     planted duplicates have copies in the base shards) but written only by
-    :func:`land_new_shard`.
+    :func:`land_new_shard` (saved beside the Delta root until then).
+
+    Memory: the draw streams (:func:`~.synthetic.iter_clip_like_embeddings`): one shard's rows
+    and the planted groups' bases, never the corpus (10M × 512 is 20 GB of float32).
     """
-    from curation_assets.tools.synthetic import clip_like_embeddings
+    from curation_assets.tools.synthetic import iter_clip_like_embeddings
 
     n_new = max(1, round(n * new_share))
     t0 = time.perf_counter()
-    x, group = clip_like_embeddings(n + n_new * new_shards, dim, dup_fraction=0.1, seed=seed)
     store = DeltaStore(delta_root)
     rng = np.random.default_rng(seed)
     names = [f"base-{s:05d}" for s in range(shards)]
-    bounds = np.linspace(0, n, shards + 1).astype(int)
-    filtered = 0
-    for s, name in enumerate(names):
-        filtered += write_shard(
-            store, name, x[bounds[s] : bounds[s + 1]], filtered_share=0.9, rng=rng
-        )
     new = [f"new-{s:05d}" for s in range(new_shards)]
-    for s, name in enumerate(new):
-        start = n + s * n_new
-        np.save(Path(delta_root).parent / f"{name}.npy", x[start : start + n_new])
+    ends = [
+        *np.linspace(0, n, shards + 1).astype(int)[1:],
+        *(n + n_new * (s + 1) for s in range(new_shards)),
+    ]
+    filtered = groups = 0
+    parts: list[np.ndarray] = []
+    done = 0  # rows drawn into finished shards and parts
+
+    def finish(i: int) -> None:
+        nonlocal filtered
+        x = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        parts.clear()
+        if i < shards:
+            filtered += write_shard(store, names[i], x, filtered_share=0.9, rng=rng)
+        else:
+            np.save(Path(delta_root).parent / f"{new[i - shards]}.npy", x)
+
+    i = 0
+    for _, chunk, group in iter_clip_like_embeddings(ends[-1], dim, dup_fraction=0.1, seed=seed):
+        groups = max(groups, int(group.max()) + 1)
+        while True:
+            while i < len(ends) and done == ends[i]:
+                finish(i)
+                i += 1
+            if not len(chunk):
+                break
+            take = min(len(chunk), ends[i] - done)
+            parts.append(chunk[:take])
+            chunk = chunk[take:]
+            done += take
+    while i < len(ends):
+        finish(i)
+        i += 1
     info = {
         "rows": n,
         "filtered_rows": filtered,
         "rows_per_new_shard": n_new,
-        "planted_groups": int(np.unique(group[group >= 0]).size),
+        "planted_groups": groups,
         "seconds_write": round(time.perf_counter() - t0, 1),
     }
     return names, new, info
@@ -224,6 +250,8 @@ _DEDUP_FIGURES = {
     "dedup_seconds",
     "dedup_seconds_layout",
     "dedup_seconds_search",
+    "dedup_seconds_staging",
+    "staged_rows",
     "dedup_seconds_merge",
     "dedup_seconds_recall",
 }

@@ -30,6 +30,7 @@ memory is the (n, dim) float32 output plus the (groups, dim) group bases (about
 """
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def default_n_topics(n: int) -> int:
     return max(1, round(float(np.sqrt(n)) / 4.0))
 
 
-def clip_like_embeddings(
+def iter_clip_like_embeddings(
     n: int,
     dim: int,
     *,
@@ -81,8 +82,12 @@ def clip_like_embeddings(
     dup_noise: float = 0.15,
     seed: int = 0,
     chunk_rows: int = 16_384,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw CLIP-like unit vectors with planted near-duplicate groups.
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Draw CLIP-like unit vectors with planted near-duplicate groups, one chunk at a time.
+
+    The rows :func:`clip_like_embeddings` returns (bit-identical), as ``(start, x, group)``
+    chunks of ``chunk_rows`` rows in row order, so a corpus larger than memory is written as
+    it is drawn.
 
     Args:
         n: Number of rows.
@@ -98,16 +103,16 @@ def clip_like_embeddings(
         chunk_rows: Rows generated per step (bounds the temporary memory; part of the
             random stream, so keep it fixed when comparing runs).
 
-    Returns:
-        ``(x, group)``: ``x`` (n, dim) float32, L2-normalized rows; ``group`` (n,) int64, the
-        planted group of each row or -1 for rows that are not planted duplicates. Group members
-        are scattered at random row positions.
+    Yields:
+        ``(start, x, group)``: the chunk's first row, ``x`` (m, dim) float32 L2-normalized rows
+        and ``group`` (m,) int64, the planted group of each row or -1 for rows that are not
+        planted duplicates. Group members are scattered at random row positions.
 
     Raises:
         ValueError: On a parameter outside its range (the message names it and the fix).
 
-    Memory: the output (``4·n·dim`` bytes) + group bases (``≈ 4·dim·n·dup_fraction/3``) + one
-    chunk (``≈ 12·chunk_rows·dim`` bytes) + a few (n,) integer arrays.
+    Memory: group bases (``≈ 4·dim·n·dup_fraction/3`` bytes) + one chunk (``≈ 12·chunk_rows·dim``
+    bytes) + a few (n,) integer arrays: 10M × 512 draws in ~1 GB.
     """
     lo, hi = dup_group_size
     if n < 1 or dim < 2:
@@ -167,10 +172,18 @@ def clip_like_embeddings(
     if n_groups:
         topic[rows] = np.repeat(first_topic, sizes)
 
-    x = np.empty((n, dim), dtype=np.float32)
+    logger.info(
+        "synthetic embeddings: n=%d dim=%d topics=%d planted groups=%d (%d rows) seed=%d",
+        n,
+        dim,
+        n_topics,
+        n_groups,
+        int(sum(sizes)),
+        seed,
+    )
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
-        out = x[start:stop]
+        out = np.empty((stop - start, dim), dtype=np.float32)
         g = group[start:stop]
         plain = g < 0
         out[plain] = draw(topic[start:stop][plain])
@@ -184,13 +197,43 @@ def clip_like_embeddings(
             noise += bases[gid]
             out[dup_rows] = noise
         _normalize_rows(out)
-    logger.info(
-        "synthetic embeddings: n=%d dim=%d topics=%d planted groups=%d (%d rows) seed=%d",
+        yield start, out, g.copy()
+
+
+def clip_like_embeddings(
+    n: int,
+    dim: int,
+    *,
+    n_topics: int | None = None,
+    dup_fraction: float = 0.1,
+    dup_group_size: tuple[int, int] = (2, 4),
+    dup_noise: float = 0.15,
+    seed: int = 0,
+    chunk_rows: int = 16_384,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw CLIP-like unit vectors with planted near-duplicate groups, all at once.
+
+    The parameters are :func:`iter_clip_like_embeddings`' (see there).
+
+    Returns:
+        ``(x, group)``: ``x`` (n, dim) float32, L2-normalized rows; ``group`` (n,) int64, the
+        planted group of each row or -1 for rows that are not planted duplicates. Group members
+        are scattered at random row positions.
+
+    Memory: the output (``4·n·dim`` bytes) + what the chunked draw holds.
+    """
+    x = np.empty((max(n, 0), max(dim, 0)), dtype=np.float32)
+    group = np.empty(max(n, 0), dtype=np.int64)
+    for start, chunk, g in iter_clip_like_embeddings(
         n,
         dim,
-        n_topics,
-        n_groups,
-        int(sum(sizes)),
-        seed,
-    )
+        n_topics=n_topics,
+        dup_fraction=dup_fraction,
+        dup_group_size=dup_group_size,
+        dup_noise=dup_noise,
+        seed=seed,
+        chunk_rows=chunk_rows,
+    ):
+        x[start : start + len(chunk)] = chunk
+        group[start : start + len(chunk)] = g
     return x, group

@@ -1,19 +1,25 @@
 """The cluster-bucketed layout: what makes the pair search a set of independent work units.
 
 Pair search needs, per clustering, the vectors of one cluster together. ``dedup_members`` holds
-every deduplicated image once per clustering (its cluster id, its vector as float16 and the
-keep-policy fields), Delta-partitioned by ``(clustering, bucket)``, where a bucket is a
-contiguous range of that clustering's clusters. A work unit ``(clustering, bucket)`` reads one
+every deduplicated image once, in clustering 0's buckets (a bucket is a contiguous range of
+that clustering's clusters, one Delta partition), with its vector as float16, its cluster in
+every clustering (``clusters``) and the keep-policy fields. A work unit ``(0, b)`` reads one
 partition and nothing else (:func:`read_unit`), so its memory is the rows of one bucket, and the
 number of buckets is chosen from the memory budget (:func:`choose_layout`): at any N a unit
 holds about a quarter of the budget.
 
-Rows are written one shard at a time (:func:`shard_rows` reads a shard's filtered embeddings,
-its ingest fields and its five assignments, shard-pruned; :func:`write_shard`), so building
-the layout streams the corpus with one shard in memory, and a new shard costs its own rows.
+The units of another clustering ``c`` read ``dedup_scratch``: :func:`stage` writes clustering
+``c``'s buckets there from ``dedup_members`` (one bucket of clustering 0 in memory at a time)
+when a run is about to search them, and :func:`clear_scratch` deletes them (a vacuum: a Delta
+overwrite alone keeps the files) once searched. So at rest the layout is one copy of each
+vector (2·d bytes, beside ``image_embeddings``' 4·d), and a full run peaks at two: 10M × 512
+needs 10 GB at rest and 20 GB while searching, not the 50 GB of a copy per clustering. An
+incremental run's one-pass search reads only ``dedup_members`` (:mod:`.newrows`).
 
-Storage: C copies of each vector at 2·d bytes (5 × 1 KiB per 512-d image), beside
-``image_embeddings``' 4·d bytes. The layout is derived data: a full run rebuilds it.
+Rows are written one shard at a time (:func:`shard_rows` reads a shard's filtered embeddings,
+its ingest fields and its five assignments, shard-pruned; :func:`lay_out`), so building the
+layout streams the corpus with one shard in memory, and a new shard costs its own rows. The
+layout is derived data: a full run rebuilds it.
 """
 
 import functools
@@ -29,7 +35,8 @@ from deltalake import DeltaTable
 from curation_assets.lib.cluster import filtered_embeddings
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
+from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUP_SCRATCH, RAW_IMAGES, assignments_spec
+from curation_assets.lib.tables.spec import TableSpec
 from curation_assets.lib.vectors import embedding_matrix, half_bytes, half_parts, single_model
 
 #: Bytes one member row costs a unit beside its vector copies: ids, meta.
@@ -47,9 +54,10 @@ def unit_row_bytes(dim: int) -> int:
 
 
 #: Version of the layout's rows. 2: each row carries its cluster in every clustering
-#: (``clusters``), which the one-pass incremental search (:mod:`.newrows`) needs; a commit
+#: (``clusters``), which the one-pass incremental search (:mod:`.newrows`) needs. 3: only
+#: clustering 0's rows are kept (the others are staged per search: :func:`stage`). A commit
 #: whose layout is older is followed by a full run (it lays the corpus out anew).
-LAYOUT_FORMAT = 2
+LAYOUT_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -168,30 +176,31 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
 
 
 def member_frame(rows: ShardRows, layout: Layout) -> pl.DataFrame:
-    """``dedup_members`` rows of a ready shard: one per image and clustering."""
-    vec = half_bytes(rows.x)
+    """``dedup_members`` rows of a ready shard: one per image, in clustering 0's buckets."""
     n_c = len(layout.ks)
-    clusters = rows.frame.select(
-        pl.concat_list([pl.col(f"c{c}").cast(pl.Int32) for c in range(n_c)]).alias("clusters")
-    ).to_series()
-    parts = []
-    for c in range(n_c):
-        cluster = rows.frame[f"c{c}"].to_numpy()
-        parts.append(
-            rows.frame.select(
-                pl.lit(c, pl.Int32).alias("clustering"),
-                pl.Series("bucket", layout.bucket_of(c, cluster)),
-                pl.col(f"c{c}").cast(pl.Int32).alias("cluster"),
-                clusters,
-                "image_id",
-                "shard",
-                vec.alias("vector"),
-                "width",
-                "height",
-                "ingested_at",
-            )
+    return DEDUP_MEMBERS.conform(
+        rows.frame.select(
+            pl.lit(0, pl.Int32).alias("clustering"),
+            pl.Series("bucket", layout.bucket_of(0, rows.frame["c0"].to_numpy())),
+            pl.col("c0").cast(pl.Int32).alias("cluster"),
+            pl.concat_list([pl.col(f"c{c}").cast(pl.Int32) for c in range(n_c)]).alias("clusters"),
+            "image_id",
+            "shard",
+            half_bytes(rows.x).alias("vector"),
+            "width",
+            "height",
+            "ingested_at",
         )
-    return DEDUP_MEMBERS.conform(pl.concat(parts)).sort("clustering", "bucket", "cluster")
+    ).sort("bucket", "cluster")
+
+
+def units_of(rows: ShardRows, layout: Layout) -> set[tuple[int, int]]:
+    """The units (clustering, bucket) a ready shard's rows fall in, in every clustering."""
+    return {
+        (c, int(b))
+        for c in range(len(layout.ks))
+        for b in np.unique(layout.bucket_of(c, rows.frame[f"c{c}"].to_numpy()))
+    }
 
 
 @dataclass
@@ -202,8 +211,8 @@ class LaidOut:
         ready: The image_ids of each ready shard.
         waiting: Why each waiting shard waits.
         touched: The units (clustering, bucket) the ready shards' rows fall in.
-        new_rows: The ready shards' rows of clustering 0 (every row once, with ``clusters``),
-            kept while they stay under ``keep_bytes``; None when they outgrew it (or it is 0).
+        new_rows: The ready shards' ``dedup_members`` rows (with ``clusters``), kept while they
+            stay under ``keep_bytes``; None when they outgrew it (or it is 0).
     """
 
     ready: dict[str, list[str]]
@@ -227,7 +236,7 @@ def lay_out(
 
     Shards are gathered into one Delta commit until their rows reach ``max_bytes`` or
     ``max_shards`` shards, so laying out 10⁵ small shards costs hundreds of commits, not 10⁵.
-    With ``keep_bytes``, the ready rows of clustering 0 are also returned (an incremental run
+    With ``keep_bytes``, the ready rows are also returned (an incremental run
     searches them against the layout in one pass: :mod:`.newrows`) unless they outgrow it.
 
     Memory: one group of shards' member rows (≤ ``max_bytes``, or one shard if larger) and
@@ -260,12 +269,12 @@ def lay_out(
             waiting[shard] = why
         if why is None and rows.frame.height:
             frame = member_frame(rows, layout)
-            touched.update(frame.select("clustering", "bucket").unique().iter_rows())
+            touched |= units_of(rows, layout)
             ready[shard] = rows.frame["image_id"].to_list()
             frames.append(frame)
             size += int(frame.estimated_size())
             if kept is not None:
-                kept.append(frame.filter(pl.col("clustering") == 0))
+                kept.append(frame)
                 kept_size += int(kept[-1].estimated_size())
                 if kept_size > keep_bytes:  # too many for the one-pass search: none kept
                     kept = None
@@ -279,8 +288,9 @@ def lay_out(
 
 
 def reset(store: DeltaStore) -> None:
-    """Empty ``dedup_members`` (a full run lays the corpus out anew)."""
+    """Empty ``dedup_members`` and ``dedup_scratch`` (a full run lays the corpus out anew)."""
     store.replace_table(DEDUP_MEMBERS, DEDUP_MEMBERS.empty())
+    clear_scratch(store)
 
 
 @dataclass
@@ -313,7 +323,7 @@ def _snapshot(uri: str, options: Mapping[str, str], version: int) -> DeltaTable:
 
 
 def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) -> UnitRows:
-    """Rows of unit ``(c, b)``: one Delta partition of ``dedup_members``.
+    """Rows of unit ``(c, b)``: one Delta partition of :func:`layout_table` ``(c)``.
 
     Rows come sorted by cluster (stable: within a cluster, in the order the files hold them).
 
@@ -335,15 +345,19 @@ def read_parts(
 ) -> tuple[pl.DataFrame, list[np.ndarray]]:
     """Rows of unit ``(c, b)`` in file order: the frame, and its float16 vectors as read.
 
+    ``version`` is a version of :func:`layout_table` ``(c)``: ``dedup_members`` for clustering
+    0, ``dedup_scratch`` (as :func:`stage` left it) for the others.
+
     The vectors are one (n_file, d) array per chunk read, viewed over polars' buffers (no copy,
     no sort: :func:`~curation_assets.lib.vectors.half_parts`); their rows follow the frame's.
 
     Memory: the bucket's rows, 2·d bytes of vector each.
     """
+    spec = layout_table(c)
     source = (
-        store.scan(DEDUP_MEMBERS)
+        store.scan(spec)
         if version is None
-        else pl.scan_delta(_snapshot(store.uri(DEDUP_MEMBERS.name), store.storage_options, version))
+        else pl.scan_delta(_snapshot(store.uri(spec.name), store.storage_options, version))
     )
     unit = source.filter((pl.col("clustering") == c) & (pl.col("bucket") == b)).drop(
         "clustering", "bucket"
@@ -352,3 +366,78 @@ def read_parts(
     if first.is_empty():
         return unit.drop("vector").collect(), []
     return half_parts(unit, "vector", int(first.item()) // 2)
+
+
+def layout_table(c: int) -> TableSpec:
+    """Where the units of clustering ``c`` are read: ``dedup_members`` (0) or ``dedup_scratch``."""
+    return DEDUP_MEMBERS if c == 0 else DEDUP_SCRATCH
+
+
+def stage(
+    store: DeltaStore,
+    layout: Layout,
+    c: int,
+    *,
+    version: int,
+    buckets: set[int] | None = None,
+    max_bytes: int = 128 * 2**20,
+) -> tuple[int, int]:
+    """Write clustering ``c``'s buckets (all, or ``buckets``) to ``dedup_scratch``.
+
+    Reads ``dedup_members`` as of ``version`` one bucket of clustering 0 at a time, sets each
+    row's cluster and bucket in clustering ``c`` (from ``clusters``) and appends the rows in
+    groups of ``max_bytes`` (Delta writes each group's rows into their bucket partitions).
+    Whatever the table held before is cleared first (:func:`clear_scratch`: a killed run's
+    staging too).
+
+    Returns:
+        (the ``dedup_scratch`` version the units of ``c`` read, rows staged).
+
+    Memory: one bucket of clustering 0 (as read) + one group (≤ ``max_bytes``).
+    """
+    if c == 0:
+        raise ValueError("clustering 0's units read dedup_members itself; nothing to stage")
+    v = clear_scratch(store)
+    members = pl.scan_delta(
+        _snapshot(store.uri(DEDUP_MEMBERS.name), store.storage_options, version)
+    )
+    group: list[pl.DataFrame] = []
+    size = staged = 0
+
+    def flush() -> None:
+        nonlocal size, v
+        if group:
+            v = store.append(DEDUP_SCRATCH, pl.concat(group)) or v
+        group.clear()
+        size = 0
+
+    for b0 in range(layout.buckets[0]):
+        rows = members.filter((pl.col("clustering") == 0) & (pl.col("bucket") == b0)).collect()
+        if rows.is_empty():
+            continue
+        cluster = rows["clusters"].list.get(c).to_numpy()
+        rows = rows.with_columns(
+            clustering=pl.lit(c, pl.Int32),
+            cluster=pl.Series(cluster, dtype=pl.Int32),
+            bucket=pl.Series(layout.bucket_of(c, cluster)),
+        )
+        if buckets is not None:
+            rows = rows.filter(pl.col("bucket").is_in(sorted(buckets)))
+        group.append(rows)
+        size += int(rows.estimated_size())
+        staged += rows.height
+        if size >= max_bytes:
+            flush()
+    flush()
+    return v, staged
+
+
+def clear_scratch(store: DeltaStore) -> int:
+    """Empty ``dedup_scratch`` and delete its files (an overwrite alone keeps them a week).
+
+    Returns:
+        The version of the empty table.
+    """
+    v = store.replace_table(DEDUP_SCRATCH, DEDUP_SCRATCH.empty())
+    store.vacuum(DEDUP_SCRATCH.name)
+    return v

@@ -7,7 +7,7 @@ every vector. The units of clustering 0 hold every row exactly once, with its cl
 clustering (``clusters``), so this search reads only those: one pass, 1/C of the bytes.
 
 Work unit ``b`` (:class:`NewRowsWork`, engine key ``"b"``) reads bucket ``b`` of clustering 0
-(:func:`~.layout.read_unit`), converts its rows to float32 one block at a time and, per
+(:func:`~.layout.read_parts`), converts its rows to float32 one block at a time and, per
 clustering, compares each row with the new rows of its own cluster in that clustering: the new
 rows sit in a faiss inverted-file index keyed by cluster, and each row is range-searched in the
 one list of its cluster (``range_search_preassigned``), so the loop over clusters runs in
@@ -32,15 +32,13 @@ import numpy as np
 import polars as pl
 from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
 
-from curation_assets.lib.dedup.layout import LaidOut, Layout, read_parts
+from curation_assets.lib.dedup.layout import read_parts
 from curation_assets.lib.dedup.pairs import SIM_MARGIN, Rows, exact_sims
 from curation_assets.lib.dedup.units import (
     ENDPOINT_SCHEMA,
     UNIT_PAIR_SCHEMA,
     UnitResult,
-    UnitWork,
     oriented_pairs,
-    unit_key,
 )
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -297,31 +295,3 @@ def _cached_indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
 def forget_indexes() -> None:
     """Free the cached indexes (and the new rows they hold) of this process."""
     _INDEXES.clear()
-
-
-def search_work(
-    store: DeltaStore,
-    layout: Layout,
-    laid: LaidOut,
-    tau: float,
-    *,
-    full: bool,
-    block: int,
-    version: int | None,
-) -> tuple[str, list[str], "UnitWork | NewRowsWork"]:
-    """What a run searches: ``(how, engine keys, work)``.
-
-    Full: every unit. Incremental: clustering 0's buckets against the new rows when
-    :func:`~.layout.lay_out` kept them (they fit their budget share), else the units they
-    touched. Every unit or bucket reads ``dedup_members`` as of ``version`` (the layout as
-    just written; its log read once per process, not once per unit).
-    """
-    if not full and laid.new_rows is not None:
-        new = NewRows.of(laid.new_rows, layout.ks)
-        keys = [str(b) for b in range(layout.buckets[0])] if len(new) else []
-        options = dict(store.storage_options)
-        return "new_rows", keys, NewRowsWork(store.root_uri, options, tau, new, version)
-    units = layout.units() if full else sorted(laid.touched)
-    query = None if full else frozenset(laid.ready)
-    work = UnitWork(store.root_uri, dict(store.storage_options), tau, query, block, version)
-    return "units", [unit_key(c, b) for c, b in units], work

@@ -53,13 +53,14 @@ def dedup_figures(outcome: DedupOutcome) -> dict[str, Any]:
         "units_searched": int(stats.get("units", 0)),
         "units_total": int(stats.get("units_total", 0)),
         "largest_unit_rows": int(stats.get("largest_unit_rows", 0)),
+        "staged_rows": int(stats.get("staged_rows", 0)),
         "units_engine": str(stats.get("engine", "local")),
         "units_ray_nodes": int(stats.get("unit_nodes", 0)),
         "rewritten_shards": int(stats.get("rewritten_shards", 0)),
         "dedup_seconds": float(stats.get("seconds", 0.0)),
         **{
             f"dedup_seconds_{phase}": float(stats[f"seconds_{phase}"])
-            for phase in ("layout", "search", "merge", "recall")
+            for phase in ("layout", "search", "staging", "merge", "recall")
             if f"seconds_{phase}" in stats
         },
         "recall_true_pairs": int(recall.get("true_pairs", 0)),

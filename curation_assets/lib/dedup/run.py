@@ -6,13 +6,11 @@
    incremental (the shards whose inputs changed) or current;
 2. lays the redone shards out in ``dedup_members``, one shard in memory at a time
    (:mod:`~curation_assets.lib.dedup.layout`);
-3. searches the work units ``(clustering, bucket)`` — all of them when full, each reading one
-   partition (:mod:`~curation_assets.lib.dedup.units`) — or, when incremental, the new rows
-   against clustering 0's buckets in one pass, every row read once
-   (:mod:`~curation_assets.lib.dedup.newrows`; the units they touch when they outgrow their
-   share of the budget): one task per unit or bucket of the engine
-   (:mod:`curation_assets.lib.engine`: this process one at a time, or a Ray cluster), results
-   merged in unit order whatever order they completed in;
+3. searches (:mod:`~curation_assets.lib.dedup.search`) the work units ``(clustering, bucket)``
+   — all when full, each reading one partition, the other clusterings' staged one at a time —
+   or, when incremental, the new rows against clustering 0's buckets in one pass
+   (:mod:`~curation_assets.lib.dedup.newrows`): one engine task per unit or bucket
+   (:mod:`curation_assets.lib.engine`), results merged in unit order;
 4. merges the new pairs into the committed pair graph (:mod:`~curation_assets.lib.dedup.merge`):
    memory ∝ pairs;
 5. measures pair recall on a sample whose exhaustive search costs at most ``recall_share`` of
@@ -40,9 +38,10 @@ from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
-from curation_assets.lib.dedup.newrows import forget_indexes, new_rows_cap, search_work
+from curation_assets.lib.dedup.newrows import new_rows_cap
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
 from curation_assets.lib.dedup.sampling import budgeted_recall
+from curation_assets.lib.dedup.search import search
 from curation_assets.lib.dedup.tau import calibrated_tau
 from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.errors import ConfigError
@@ -232,7 +231,6 @@ def run_dedup(
         layout = plan.layout
     # 1. lay out the redone shards (an incremental run keeps their rows for the one-pass search)
     t_layout = time.perf_counter()
-    # plan_dedup makes any run over an older layout format a full one
     keep = {"units": 0, "one_pass": 2**62}.get(new_rows) if not full else 0
     if keep is None:  # auto
         keep = new_rows_cap(budget, dim, n_clusterings)
@@ -251,23 +249,25 @@ def run_dedup(
         f"laid out {len(ready)} shards ({sum(map(len, ready.values()))} images) in "
         f"{time.perf_counter() - t_layout:.1f}s; {len(pending)} waiting"
     )
-    # 2. search: every unit (full), or the new rows against clustering 0's buckets in one pass
-    # (each row read once) when they fit the budget, else the units they touched
+    # 2. search: every unit (full), or the new rows in one pass (else the units they touched)
     t_search = time.perf_counter()
-    at = store.version(DEDUP_MEMBERS.name)
-    search, keys, work = search_work(store, layout, laid, floor, full=full, block=block, version=at)
     engine = engine or LocalEngine()
-    try:
-        done = list(engine.map_shards(work, keys))
-    finally:
-        forget_indexes()
-    results = [r.value for r in sorted(done, key=lambda r: (r.value.clustering, r.value.bucket))]
-    unit_nodes = sorted({r.node_id for r in done if r.node_id is not None})
-    comparisons = sum(int(r.stats.get("comparisons", 0)) for r in results)
+    found = search(
+        store,
+        layout,
+        laid,
+        floor,
+        full=full,
+        block=block,
+        version=_version(store, DEDUP_MEMBERS),
+        engine=engine,
+        max_bytes=budget.bytes // 16,
+        say=say,
+    )
+    results, keys, comparisons = found.results, found.keys, found.comparisons
     say(
-        f"searched {len(keys)} {'buckets (new rows)' if search == 'new_rows' else 'units'} "
-        f"({comparisons:,} comparisons) in "
-        f"{time.perf_counter() - t_search:.1f}s"
+        f"searched {len(keys)} {'buckets (new rows)' if found.how == 'new_rows' else 'units'} "
+        f"({comparisons:,} comparisons) in {time.perf_counter() - t_search:.1f}s"
     )
     # 3. merge
     t_merge = time.perf_counter()
@@ -346,11 +346,13 @@ def run_dedup(
         "kept": images - int(merged.stats["removed"]),
         "new_rows": n_new,
         "units": len(keys),
-        "units_total": layout.buckets[0] if search == "new_rows" else len(layout.units()),
-        "search": search,
+        "units_total": layout.buckets[0] if found.how == "new_rows" else len(layout.units()),
+        "search": found.how,
         "buckets": list(layout.buckets),
         "comparisons": comparisons,
         "largest_unit_rows": max((int(r.stats.get("rows", 0)) for r in results), default=0),
+        "staged_rows": found.staged_rows,
+        "seconds_staging": round(found.seconds_staging, 3),
         "seconds_layout": round(t_search - t_layout, 3),
         "seconds_search": round(t_merge - t_search, 3),
         "seconds_merge": round(seconds_merge, 3),
@@ -358,7 +360,7 @@ def run_dedup(
         "seconds": round(seconds, 3),
         "rewritten_shards": len(write),
         "engine": engine.name,
-        "unit_nodes": len(unit_nodes),
+        "unit_nodes": len(found.nodes),
         **(verifier.stats if verifier is not None else {}),
     }
     run = pl.DataFrame(

@@ -5,9 +5,11 @@ Written by :mod:`curation_assets.lib.dedup`:
 * ``deduplicated_images`` (per shard): one row per deduplicated image.
 * ``duplicate_pairs``, ``duplicate_members`` (global, ∝ pairs): the pair graph and the images
   on it, all the merge (components, keep policy) ever reads.
-* ``dedup_members`` (partitioned by clustering and bucket): every deduplicated image once per
-  clustering, with its embedding, stored so that a bucket (a range of clusters) is one Delta
-  partition: a work unit (clustering, bucket) reads only its rows.
+* ``dedup_members`` (partitioned by clustering and bucket): every deduplicated image once, with
+  its embedding, in clustering 0's buckets (a bucket, a range of clusters, is one Delta
+  partition: a work unit (0, bucket) reads only its rows).
+* ``dedup_scratch`` (the same columns): one other clustering's buckets, staged from
+  ``dedup_members`` while a search needs them, then emptied and vacuumed (at rest: empty).
 * ``dedup_runs``: one row per run.
 """
 
@@ -97,26 +99,38 @@ DUPLICATE_MEMBERS = TableSpec(
     ),
 )
 
+_LAYOUT_COLUMNS = (
+    Column("clustering", pl.Int32, "Clustering 0..C-1."),
+    Column("bucket", pl.Int32, "Bucket: a contiguous range of that clustering's clusters."),
+    Column("cluster", pl.Int32, "Cluster id in that clustering."),
+    Column(
+        "clusters",
+        pl.List(pl.Int32),
+        "Its cluster in every clustering (0..C-1): an incremental run reads clustering 0's "
+        "rows once and compares each with the new rows of all its clusters.",
+    ),
+    Column("image_id", pl.String, "sha256 of the image bytes."),
+    Column("shard", pl.String, "Shard it came from."),
+    _VEC,
+    *_META,
+)
+
 DEDUP_MEMBERS = TableSpec(
     name="dedup_members",
-    description="Each deduplicated image once per clustering with its vector, bucketed by "
-    "cluster range: the pair search's input, one Delta partition per (clustering, bucket).",
+    description="Each deduplicated image once with its vector, bucketed by clustering 0's "
+    "cluster ranges: the pair search's input, one Delta partition per bucket (clustering is "
+    "always 0 here; the other clusterings' buckets are staged in dedup_scratch when searched).",
     partition_by=("clustering", "bucket"),
-    columns=(
-        Column("clustering", pl.Int32, "Clustering 0..C-1."),
-        Column("bucket", pl.Int32, "Bucket: a contiguous range of that clustering's clusters."),
-        Column("cluster", pl.Int32, "Cluster id in that clustering."),
-        Column(
-            "clusters",
-            pl.List(pl.Int32),
-            "Its cluster in every clustering (0..C-1): an incremental run reads clustering 0's "
-            "rows once and compares each with the new rows of all its clusters.",
-        ),
-        Column("image_id", pl.String, "sha256 of the image bytes."),
-        Column("shard", pl.String, "Shard it came from."),
-        _VEC,
-        *_META,
-    ),
+    columns=_LAYOUT_COLUMNS,
+)
+
+DEDUP_SCRATCH = TableSpec(
+    name="dedup_scratch",
+    description="One clustering's buckets (clustering ≥ 1), staged from dedup_members while "
+    "a dedup run searches that clustering's units, then emptied and vacuumed: empty at rest. "
+    "Same columns as dedup_members.",
+    partition_by=("clustering", "bucket"),
+    columns=_LAYOUT_COLUMNS,
 )
 
 DEDUP_RUNS = TableSpec(

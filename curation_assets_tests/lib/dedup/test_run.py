@@ -165,7 +165,7 @@ class _ReversedEngine:
     def map_shards(self, work, keys, *, wants_gpu=False, on_progress=None):
         from curation_assets.lib.engine import LocalEngine
 
-        self.keys = list(keys)
+        self.keys += list(keys)  # one call per clustering
         done = list(LocalEngine().map_shards(work, keys))
         yield from reversed(done)
 
@@ -187,3 +187,40 @@ def test_units_on_an_engine_completing_out_of_order_give_the_same_tables(tmp_pat
     for name, df in dedup_tables(stores[0]).items():
         assert df.equals(dedup_tables(stores[1])[name]), name
     assert other.stats["removed"] == local.stats["removed"] == 8
+
+
+class _LosingEngine:
+    """An engine that loses the units of clustering 2 (a worker died)."""
+
+    name = "losing"
+
+    def map_shards(self, work, keys, *, wants_gpu=False, on_progress=None):
+        from curation_assets.lib.engine import LocalEngine
+
+        if keys and keys[0].startswith("2:"):
+            raise RuntimeError("unit 2:0 lost")
+        yield from LocalEngine().map_shards(work, keys)
+
+
+def test_a_failed_search_leaves_no_staged_copy_and_the_next_run_completes(tmp_path):
+    from pathlib import Path
+
+    from curation_assets.lib.dedup import run_dedup
+    from curation_assets.lib.memory import MemoryBudget
+    from curation_assets.lib.tables import DEDUP_SCRATCH
+
+    stores = [DeltaStore(str(tmp_path / name / "delta")) for name in ("failed", "clean")]
+    for s in stores:
+        write_centroids(s)
+        add_shard(s, "a", vectors(600, 8, seed=11))
+    small = MemoryBudget(0.05)
+    with pytest.raises(RuntimeError, match="2:0 lost"):
+        run_dedup(stores[0], tau=0.95, policy=None, budget=small, engine=_LosingEngine())
+    scratch = Path(stores[0].uri(DEDUP_SCRATCH.name))
+    assert stores[0].read(DEDUP_SCRATCH).is_empty()
+    assert not list(scratch.rglob("*.parquet"))  # clustering 2's staged copy is gone
+    again = run_and_write(stores[0], budget=small)
+    assert again.plan.mode == "full"
+    run_and_write(stores[1], budget=small)
+    for name, df in dedup_tables(stores[0]).items():
+        assert df.equals(dedup_tables(stores[1])[name]), name

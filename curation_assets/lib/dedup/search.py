@@ -1,0 +1,139 @@
+"""A run's pair search: which work, staged where, run on which engine.
+
+* Incremental, new rows within their budget share: the one-pass search (:mod:`.newrows`), one
+  engine task per bucket of clustering 0, reading only ``dedup_members``.
+* Full, or incremental with more new rows than fit: the (clustering, bucket) units
+  (:mod:`.units`), all of them or those the new rows touched. Clustering 0's units read
+  ``dedup_members``; each other clustering's are first staged in ``dedup_scratch``
+  (:func:`~.layout.stage`), searched, then cleared (:func:`~.layout.clear_scratch`) before the
+  next clustering is staged: the layout peaks at two copies of each vector, not one per
+  clustering.
+
+Each clustering's units are one :meth:`~curation_assets.lib.engine.LocalEngine.map_shards`
+call, so on Ray they run in parallel within a clustering (the staging is the run's own
+process: a streaming read and write of one copy).
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+from curation_assets.lib.dedup.layout import LaidOut, Layout, clear_scratch, stage
+from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, forget_indexes
+from curation_assets.lib.dedup.units import UnitResult, UnitWork, unit_key
+from curation_assets.lib.storage import DeltaStore
+
+if TYPE_CHECKING:
+    from curation_assets.lib.engine import LocalEngine, RayEngine
+
+
+@dataclass
+class Searched:
+    """What the search found, and what it did.
+
+    Attributes:
+        how: ``new_rows`` (one pass) or ``units``.
+        keys: The engine keys run (buckets, or ``"c:b"`` units).
+        results: One per key, sorted by (clustering, bucket).
+        nodes: Ray node ids that ran them (none locally).
+        staged_rows: Rows written to ``dedup_scratch`` (every clustering summed).
+        seconds_staging: Time spent staging and clearing.
+    """
+
+    how: str
+    keys: list[str]
+    results: list[UnitResult]
+    nodes: list[str] = field(default_factory=list)
+    staged_rows: int = 0
+    seconds_staging: float = 0.0
+
+    @property
+    def comparisons(self) -> int:
+        """Vector comparisons made, every key summed."""
+        return sum(int(r.stats.get("comparisons", 0)) for r in self.results)
+
+
+def search(
+    store: DeltaStore,
+    layout: Layout,
+    laid: LaidOut,
+    tau: float,
+    *,
+    full: bool,
+    block: int,
+    version: int,
+    engine: "LocalEngine | RayEngine",
+    max_bytes: int,
+    say: Callable[[str], None],
+) -> Searched:
+    """Search a run's pairs (module docstring): every unit when ``full``, else the new rows.
+
+    Args:
+        store: Where the tables live.
+        layout: The layout in force.
+        laid: What :func:`~.layout.lay_out` did (its kept new rows, the units they touched).
+        tau: Similarity floor of the search.
+        full: Search every unit.
+        block: Tile edge of the within-cluster search.
+        version: The ``dedup_members`` version every task reads (the layout as just written).
+        engine: Where the tasks run.
+        max_bytes: Rows gathered per ``dedup_scratch`` commit while staging.
+        say: Progress lines.
+
+    Memory: that of one task (one bucket), the results (∝ pairs), and while staging one
+    bucket of clustering 0 + ``max_bytes``.
+    """
+    options = dict(store.storage_options)
+    if not full and laid.new_rows is not None:
+        new = NewRows.of(laid.new_rows, layout.ks)
+        keys = [str(b) for b in range(layout.buckets[0])] if len(new) else []
+        try:
+            done = list(
+                engine.map_shards(NewRowsWork(store.root_uri, options, tau, new, version), keys)
+            )
+        finally:
+            forget_indexes()
+        return _searched("new_rows", keys, done)
+    units = layout.units() if full else sorted(laid.touched)
+    query = None if full else frozenset(laid.ready)
+    done: list[Any] = []
+    keys: list[str] = []
+    staged, seconds, scratch = 0, 0.0, False
+    try:
+        for c, of_c in groupby(units, key=lambda unit: unit[0]):
+            buckets = [b for _, b in of_c]
+            at = version
+            if c:
+                t0 = time.perf_counter()
+                scratch = True
+                at, rows = stage(
+                    store,
+                    layout,
+                    c,
+                    version=version,
+                    buckets=None if full else set(buckets),
+                    max_bytes=max_bytes,
+                )
+                staged += rows
+                seconds += time.perf_counter() - t0
+                say(f"staged clustering {c}: {rows} rows in {time.perf_counter() - t0:.1f}s")
+            work = UnitWork(store.root_uri, options, tau, query, block, at)
+            c_keys = [unit_key(c, b) for b in buckets]
+            done += engine.map_shards(work, c_keys)
+            keys += c_keys
+    finally:
+        if scratch:  # searched, or failed: its files go either way
+            t0 = time.perf_counter()
+            clear_scratch(store)
+            seconds += time.perf_counter() - t0
+    return _searched("units", keys, done, staged, seconds)
+
+
+def _searched(
+    how: str, keys: list[str], done: list[Any], staged: int = 0, seconds: float = 0.0
+) -> Searched:
+    results = [r.value for r in sorted(done, key=lambda r: (r.value.clustering, r.value.bucket))]
+    nodes = sorted({r.node_id for r in done if r.node_id is not None})
+    return Searched(how, keys, results, nodes, staged, seconds)
