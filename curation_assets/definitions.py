@@ -26,6 +26,7 @@ STAGES = (
     "sensors",
     "automation",
     "shard_automation",
+    "maintenance",
 )
 """The modules of ``curation_assets.defs`` whose ``defs`` are merged, in this order."""
 

@@ -630,22 +630,40 @@ class DeltaStore:
         logger.info("delta %s: appended %d rows (v%d)", spec.name, table.num_rows, version)
         return version
 
-    def vacuum(self, table: str) -> int:
-        """Delete at once every file the table's current version does not reference.
+    def vacuum(
+        self,
+        table: str,
+        *,
+        retention_hours: int = 0,
+        dry_run: bool = False,
+        keep_versions: list[int] | None = None,
+    ) -> list[str]:
+        """Delete the files the table's current version does not reference (Delta VACUUM).
 
-        Delta keeps replaced files a week by default; for a derived scratch table that no reader
-        holds at an older version (a dedup run's staged buckets, once searched) that week is a
-        copy of every vector on disk. Not for tables a reader may hold at an older version.
+        Files replaced, or never committed (a killed writer's), more than ``retention_hours``
+        ago go, except those of ``keep_versions``. The default, 0, deletes every one at once:
+        for a derived scratch table that no reader holds at an older version (a dedup run's
+        staged buckets, once searched), where Delta's week would keep a copy of every vector
+        on disk. For the pipeline's tables use :func:`curation_assets.lib.maintenance.vacuum`
+        (it keeps what the stages' commits need).
 
         Returns:
-            Files deleted (0 when the table does not exist).
+            The files deleted (or, with ``dry_run``, that would be), relative to the table.
         """
         dt = self._table(table)
         if dt is None:
-            return 0
-        gone = dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
-        logger.info("delta %s: vacuumed %d files", table, len(gone))
-        return len(gone)
+            return []
+        gone = dt.vacuum(
+            retention_hours=retention_hours,
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            full=True,
+            keep_versions=keep_versions or None,
+        )
+        logger.info(
+            "delta %s: vacuum%s %d files", table, " (dry run)" if dry_run else "", len(gone)
+        )
+        return list(gone)
 
     def scan(self, spec: TableSpec, *, version: int | None = None) -> pl.LazyFrame:
         """Lazy scan of a table (at ``version`` when given, Delta time travel).
