@@ -99,15 +99,21 @@ def half_parts(frame: pl.LazyFrame, column: str, dim: int) -> tuple[pl.DataFrame
     return out.drop(column, "_half"), parts
 
 
-def from_half_bytes(column: pl.Series, dim: int | None = None) -> np.ndarray:
-    """A Binary column of :func:`half_bytes` rows as an (n, d) float32 array.
+def from_half_bytes(
+    column: pl.Series, dim: int | None = None, *, dtype: type = np.float32
+) -> np.ndarray:
+    """A Binary column of :func:`half_bytes` rows as an (n, d) array (float32, or ``dtype``).
+
+    ``dtype=np.float16`` keeps the stored values at half the memory (a copy, not a view of
+    the column's buffer); :class:`~curation_assets.lib.dedup.pairs.Rows` converts the rows it
+    gathers exactly, so the similarities are the float32 ones.
 
     Raises:
         ValueError: If the rows are not all ``2 · dim`` bytes long.
     """
     n = column.len()
     if n == 0:
-        return np.zeros((0, dim or 0), dtype=np.float32)
+        return np.zeros((0, dim or 0), dtype=dtype)
     arr = column.rechunk().to_arrow()
     wide = pa.types.is_large_binary(arr.type)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)
@@ -121,4 +127,4 @@ def from_half_bytes(column: pl.Series, dim: int | None = None) -> np.ndarray:
         )
         raise ValueError(msg)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return data.view("<f2").reshape(n, width // 2).astype(np.float32)
+    return data.view("<f2").reshape(n, width // 2).astype(dtype)

@@ -206,7 +206,7 @@ def _decide(
     todo = np.flatnonzero(~before["same"].to_numpy())
     sub = nodes[todo]
     choice = choose(
-        Rows([from_half_bytes(sub["vector"])]),
+        Rows([from_half_bytes(sub["vector"], dtype=np.float16)]),  # 2·d bytes a member
         np.arange(todo.size),
         comp[todo],
         ImageMeta.of(sub),

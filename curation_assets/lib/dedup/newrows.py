@@ -18,8 +18,10 @@ of the row whose (image_id, shard) sorts first; a pair found by several clusteri
 per clustering, as the units report it.
 
 Memory: one bucket of clustering 0 (as a unit: :func:`~.layout.unit_row_bytes`), one block of
-float32 rows, and the new rows: their float16 vectors and one float32 copy per clustering in
-the indexes (:func:`new_rows_bytes`; the run uses this search only when they fit its budget).
+float32 rows, the new rows' float16 vectors (a quarter of the budget at most:
+:func:`new_rows_cap`, else the run searches units) and the indexes of one chunk of them, one
+float32 copy per clustering (a quarter: :func:`chunk_rows`; each chunk is a pass over the
+buckets, and a pair of two new rows is reported in one chunk only, by rank).
 """
 
 import time
@@ -49,20 +51,23 @@ from curation_assets.lib.vectors import half_bytes, half_parts
 BLOCK = 16_384
 
 
-def new_rows_bytes(n: int, dim: int, n_clusterings: int) -> int:
-    """Bytes the one-pass search holds for ``n`` new rows: float16 + a float32 index each."""
-    return n * (2 * dim + 4 * dim * n_clusterings + 96)
-
-
-def new_rows_cap(budget: MemoryBudget, dim: int, n_clusterings: int) -> int:
+def new_rows_cap(budget: MemoryBudget) -> int:
     """Bytes of kept new rows (:attr:`.layout.LaidOut.new_rows`) past which units are searched.
 
-    The one-pass search holds the new rows at :func:`new_rows_bytes`: they may take a quarter of the
-    budget, beside the quarter a bucket takes. Kept rows are measured at ~2·d + 100 bytes a
-    row (polars' estimate), so the cap is that many rows at that size.
+    The one-pass search holds every new row as float16 (~2·d + 100 bytes a row as polars
+    measures them): they may take a quarter of the budget. Their float32 indexes are built
+    one chunk at a time (:func:`chunk_rows`), in another quarter.
     """
-    rows = budget.bytes // 4 // new_rows_bytes(1, dim, n_clusterings)
-    return int(rows * (2 * dim + 100))
+    return budget.bytes // 4
+
+
+def chunk_rows(budget: MemoryBudget, dim: int, n_clusterings: int) -> int:
+    """New rows indexed at a time: their indexes (float32 and an id, per clustering) fit a quarter.
+
+    Each chunk is one pass over the buckets (at 2 GiB and d = 512: ~52k rows, so a 1 % shard
+    of 10M is two passes).
+    """
+    return max(1, budget.bytes // 4 // (n_clusterings * (4 * dim + 8)))
 
 
 @dataclass(frozen=True)
@@ -103,17 +108,21 @@ class NewRows:
         return self.frame.height
 
 
-def _indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
-    """Per clustering, an inner-product inverted-file index of the new rows keyed by cluster."""
-    x = np.ascontiguousarray(new.x, np.float32)
-    ids = np.arange(len(new), dtype=np.int64)
+def _indexes(new: NewRows, chunk: tuple[int, int]) -> list[faiss.IndexIVFFlat]:
+    """Per clustering, an inner-product inverted-file index of the new rows keyed by cluster.
+
+    Only the rows of ``chunk`` (a range of ranks); a row's id is its rank among all new rows.
+    """
+    lo, hi = chunk
+    x = np.ascontiguousarray(new.x[lo:hi], np.float32)
+    ids = np.arange(lo, hi, dtype=np.int64)
     out = []
     for c, k in enumerate(new.ks):
         index = faiss.IndexIVFFlat(
             faiss.IndexFlatIP(x.shape[1]), x.shape[1], k, faiss.METRIC_INNER_PRODUCT
         )
         index.is_trained = True  # lists are given (the clustering's own assignments)
-        add_preassigned(index, x, new.clusters[:, c].astype(np.int64), ids)
+        add_preassigned(index, x, new.clusters[lo:hi, c].astype(np.int64), ids)
         out.append(index)
     return out
 
@@ -125,11 +134,14 @@ def search_new_rows(
     new: NewRows,
     *,
     version: int | None = None,
+    chunk: tuple[int, int] | None = None,
     indexes: list[faiss.IndexIVFFlat] | None = None,
 ) -> UnitResult:
     """Pairs (cosine ≥ ``tau``) of a row of clustering 0's bucket ``b`` and a new row.
 
-    A pair is searched in each clustering where the two rows share a cluster.
+    A pair is searched in each clustering where the two rows share a cluster. With ``chunk``
+    only the new rows of that range of ranks are searched (:func:`chunk_rows`); a pair of two
+    new rows is still reported once over all chunks (by the row ranked first).
 
     Args:
         store: Where ``dedup_members`` lives.
@@ -138,7 +150,8 @@ def search_new_rows(
         new: The new rows: every row of the redone shards (those in bucket ``b`` are found in
             it by (image_id, shard)).
         version: Read ``dedup_members`` as of this Delta version (None = latest).
-        indexes: :func:`_indexes` of ``new`` when the caller built them once.
+        chunk: The ranks ``[lo, hi)`` of the new rows searched (None: all).
+        indexes: :func:`_indexes` of that chunk when the caller built them once.
 
     Returns:
         A :class:`~.units.UnitResult` with ``clustering`` = -1 (all of them).
@@ -146,8 +159,9 @@ def search_new_rows(
     t0 = time.perf_counter()
     frame, parts = read_parts(store, 0, b, version=version)  # file order: no sort, no copy
     n, n_c = frame.height, len(new.ks)
-    stats: dict[str, Any] = {"rows": n, "queries": len(new), "search": "new_rows"}
-    if n == 0 or len(new) == 0:
+    lo, hi = chunk if chunk is not None else (0, len(new))
+    stats: dict[str, Any] = {"rows": n, "queries": hi - lo, "search": "new_rows", "chunk": lo}
+    if n == 0 or hi <= lo:
         stats.update(comparisons=0, pairs=0, seconds=time.perf_counter() - t0)
         return _empty(b, stats)
     clusters = frame["clusters"].list.to_array(n_c).to_numpy().astype(np.int64)
@@ -164,9 +178,9 @@ def search_new_rows(
         .to_numpy()
         .astype(np.int64)
     )
-    indexes = indexes if indexes is not None else _indexes(new)
-    lo = float(np.float32(tau - SIM_MARGIN))
-    counts = [np.bincount(new.clusters[:, c], minlength=k) for c, k in enumerate(new.ks)]
+    indexes = indexes if indexes is not None else _indexes(new, (lo, hi))
+    floor = float(np.float32(tau - SIM_MARGIN))
+    counts = [np.bincount(new.clusters[lo:hi, c], minlength=k) for c, k in enumerate(new.ks)]
     comparisons = int(sum(counts[c][clusters[:, c]].sum() for c in range(n_c)))
     found_i: list[np.ndarray] = []
     found_q: list[np.ndarray] = []
@@ -175,10 +189,10 @@ def search_new_rows(
     for s0, xb in _blocks(parts, buf):
         for c in range(n_c):
             keys = np.ascontiguousarray(clusters[s0 : s0 + xb.shape[0], c : c + 1])
-            lims, _, q = range_search_preassigned(indexes[c], xb, lo, keys)
+            lims, _, q = range_search_preassigned(indexes[c], xb, floor, keys)
             i = s0 + np.repeat(np.arange(xb.shape[0]), np.diff(lims.astype(np.int64)))
             # an old row: always; a new row: only against new rows ranked after it (this
-            # drops the row itself, and reports a pair of new rows in one unit only)
+            # drops the row itself, and reports a pair of new rows in one unit and chunk only)
             keep = (rank[i] < 0) | (rank[i] < q)
             found_i.append(i[keep])
             found_q.append(q[keep])
@@ -249,7 +263,9 @@ class NewRowsWork:
     """Bucket ``b`` of the one-pass search as engine work: ``work("b", progress)``.
 
     Plain values (picklable): the new rows travel with it (bounded by the run's budget), the
-    bucket is read where the work runs. The faiss indexes are built once per process.
+    bucket is read where the work runs. With ``chunks``, key ``"b:k"`` searches bucket ``b``
+    against chunk ``k``; the faiss indexes of a chunk are built once per process (the run lists
+    its keys chunk by chunk).
 
     Attributes:
         root_uri: Delta root.
@@ -257,6 +273,7 @@ class NewRowsWork:
         tau: Similarity floor of the search.
         new: The new rows.
         version: The ``dedup_members`` version every unit reads.
+        chunks: Ranks ``[lo, hi)`` of each chunk of new rows (None: one, all of them).
     """
 
     root_uri: str
@@ -264,32 +281,43 @@ class NewRowsWork:
     tau: float
     new: NewRows
     version: int | None = None
+    chunks: tuple[tuple[int, int], ...] | None = None
+
+    def keys(self, buckets: int) -> list[str]:
+        """The engine keys: every bucket, chunk after chunk."""
+        if self.chunks is None:
+            return [str(b) for b in range(buckets)]
+        return [f"{b}:{k}" for k in range(len(self.chunks)) for b in range(buckets)]
 
     def __call__(self, key: str, progress: Callable[[str], None]) -> UnitResult:
-        """Search bucket ``key`` of clustering 0 against the new rows."""
+        """Search bucket ``b`` of clustering 0 (key ``"b"`` or ``"b:k"``) against new rows."""
+        b, _, k = key.partition(":")
+        chunk = (0, len(self.new)) if self.chunks is None else self.chunks[int(k or 0)]
         result = search_new_rows(
             DeltaStore(self.root_uri, self.storage_options),
-            int(key),
+            int(b),
             self.tau,
             self.new,
             version=self.version,
-            indexes=_cached_indexes(self.new),
+            chunk=chunk,
+            indexes=_cached_indexes(self.new, chunk),
         )
         progress(f"bucket {key}: {result.pairs.height} pairs with new rows")
         return result
 
 
-_INDEXES: list[tuple[NewRows, list[faiss.IndexIVFFlat]]] = []
+_INDEXES: list[tuple[NewRows, tuple[int, int], list[faiss.IndexIVFFlat]]] = []
 
 
-def _cached_indexes(new: NewRows) -> list[faiss.IndexIVFFlat]:
-    """:func:`_indexes` of ``new``, built once per process for the run's buckets.
+def _cached_indexes(new: NewRows, chunk: tuple[int, int]) -> list[faiss.IndexIVFFlat]:
+    """:func:`_indexes` of a chunk of ``new``, built once per process for the run's buckets.
 
-    One run's new rows at a time; :func:`forget_indexes` frees them when the run is done.
+    One chunk at a time; :func:`forget_indexes` frees it when the run is done.
     """
-    if not _INDEXES or _INDEXES[0][0] is not new:
-        _INDEXES[:] = [(new, _indexes(new))]
-    return _INDEXES[0][1]
+    if not _INDEXES or _INDEXES[0][0] is not new or _INDEXES[0][1] != chunk:
+        _INDEXES[:] = []  # the old chunk's indexes go before the next one's are built
+        _INDEXES[:] = [(new, chunk, _indexes(new, chunk))]
+    return _INDEXES[0][2]
 
 
 def forget_indexes() -> None:

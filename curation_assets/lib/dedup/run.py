@@ -233,7 +233,7 @@ def run_dedup(
     t_layout = time.perf_counter()
     keep = {"units": 0, "one_pass": 2**62}.get(new_rows) if not full else 0
     if keep is None:  # auto
-        keep = new_rows_cap(budget, dim, n_clusterings)
+        keep = new_rows_cap(budget)
     laid = lay_out(
         store,
         sorted(plan.redo),
@@ -261,7 +261,7 @@ def run_dedup(
         block=block,
         version=_version(store, DEDUP_MEMBERS),
         engine=engine,
-        max_bytes=budget.bytes // 16,
+        budget=budget,
         say=say,
     )
     results, keys, comparisons = found.results, found.keys, found.comparisons

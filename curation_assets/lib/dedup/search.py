@@ -1,7 +1,8 @@
 """A run's pair search: which work, staged where, run on which engine.
 
 * Incremental, new rows within their budget share: the one-pass search (:mod:`.newrows`), one
-  engine task per bucket of clustering 0, reading only ``dedup_members``.
+  engine task per bucket of clustering 0 (per chunk of new rows, when their indexes outgrow
+  a quarter of the budget), reading only ``dedup_members``.
 * Full, or incremental with more new rows than fit: the (clustering, bucket) units
   (:mod:`.units`), all of them or those the new rows touched. Clustering 0's units read
   ``dedup_members``; each other clustering's are first staged in ``dedup_scratch``
@@ -15,14 +16,17 @@ process: a streaming read and write of one copy).
 """
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
+
 from curation_assets.lib.dedup.layout import LaidOut, Layout, clear_scratch, stage
-from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, forget_indexes
+from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, chunk_rows, forget_indexes
 from curation_assets.lib.dedup.units import UnitResult, UnitWork, unit_key
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 
 if TYPE_CHECKING:
@@ -65,7 +69,7 @@ def search(
     block: int,
     version: int,
     engine: "LocalEngine | RayEngine",
-    max_bytes: int,
+    budget: MemoryBudget,
     say: Callable[[str], None],
 ) -> Searched:
     """Search a run's pairs (module docstring): every unit when ``full``, else the new rows.
@@ -79,26 +83,31 @@ def search(
         block: Tile edge of the within-cluster search.
         version: The ``dedup_members`` version every task reads (the layout as just written).
         engine: Where the tasks run.
-        max_bytes: Rows gathered per ``dedup_scratch`` commit while staging.
+        budget: The memory budget: sizes the chunks of new rows indexed at a time
+            (:func:`~.newrows.chunk_rows`) and the rows per ``dedup_scratch`` commit (1/16).
         say: Progress lines.
 
-    Memory: that of one task (one bucket), the results (∝ pairs), and while staging one
-    bucket of clustering 0 + ``max_bytes``.
+    Memory: that of one task (one bucket), the results (∝ pairs; each image on a pair once,
+    with its vector), and while staging one bucket of clustering 0 + 1/16 of the budget.
     """
     options = dict(store.storage_options)
     if not full and laid.new_rows is not None:
         new = NewRows.of(laid.new_rows, layout.ks)
-        keys = [str(b) for b in range(layout.buckets[0])] if len(new) else []
+        step = chunk_rows(budget, new.x.shape[1] if len(new) else 1, len(layout.ks))
+        chunks = tuple((lo, min(lo + step, len(new))) for lo in range(0, len(new), step))
+        work = NewRowsWork(store.root_uri, options, tau, new, version, chunks)
+        keys = work.keys(layout.buckets[0])
+        got = _Collected()
         try:
-            done = list(
-                engine.map_shards(NewRowsWork(store.root_uri, options, tau, new, version), keys)
-            )
+            got.add(engine.map_shards(work, keys))
         finally:
             forget_indexes()
-        return _searched("new_rows", keys, done)
+        if len(chunks) > 1:
+            say(f"new rows searched in {len(chunks)} chunks of ≤ {step} (the budget's quarter)")
+        return got.searched("new_rows", keys)
     units = layout.units() if full else sorted(laid.touched)
     query = None if full else frozenset(laid.ready)
-    done: list[Any] = []
+    got = _Collected()
     keys: list[str] = []
     staged, seconds, scratch = 0, 0.0, False
     try:
@@ -114,26 +123,54 @@ def search(
                     c,
                     version=version,
                     buckets=None if full else set(buckets),
-                    max_bytes=max_bytes,
+                    max_bytes=budget.bytes // 16,
                 )
                 staged += rows
                 seconds += time.perf_counter() - t0
                 say(f"staged clustering {c}: {rows} rows in {time.perf_counter() - t0:.1f}s")
             work = UnitWork(store.root_uri, options, tau, query, block, at)
             c_keys = [unit_key(c, b) for b in buckets]
-            done += engine.map_shards(work, c_keys)
+            got.add(engine.map_shards(work, c_keys))
             keys += c_keys
     finally:
         if scratch:  # searched, or failed: its files go either way
             t0 = time.perf_counter()
             clear_scratch(store)
             seconds += time.perf_counter() - t0
-    return _searched("units", keys, done, staged, seconds)
+    return got.searched("units", keys, staged, seconds)
 
 
-def _searched(
-    how: str, keys: list[str], done: list[Any], staged: int = 0, seconds: float = 0.0
-) -> Searched:
-    results = [r.value for r in sorted(done, key=lambda r: (r.value.clustering, r.value.bucket))]
-    nodes = sorted({r.node_id for r in done if r.node_id is not None})
-    return Searched(how, keys, results, nodes, staged, seconds)
+@dataclass
+class _Collected:
+    """The tasks' results as they arrive, each image's endpoint row kept once.
+
+    Every unit an image's pairs are found in returns its row (vector included): held as
+    returned, a full run would hold C copies of every image on a pair until the merge (5 GB
+    at 10M × 512). The rows of one image are the same in every unit, so the first to arrive
+    is kept and the merge (which keeps one row per image) gets the same rows.
+    """
+
+    results: list[UnitResult] = field(default_factory=list)
+    nodes: set[str] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, done: Iterable[Any]) -> None:
+        """Take the engine's results (:class:`~curation_assets.lib.engine.ShardResult`)."""
+        for r in done:
+            value: UnitResult = r.value
+            ids = value.endpoints["image_id"].to_list()
+            fresh = [i not in self.seen for i in ids]
+            self.seen.update(ids)
+            if not all(fresh):
+                kept = value.endpoints.filter(pl.Series(fresh, dtype=pl.Boolean))
+                value = replace(value, endpoints=kept)
+            self.results.append(value)
+            if r.node_id is not None:
+                self.nodes.add(r.node_id)
+
+    def searched(
+        self, how: str, keys: list[str], staged: int = 0, seconds: float = 0.0
+    ) -> Searched:
+        """The :class:`Searched`, results in (clustering, bucket) order."""
+        results = sorted(self.results, key=lambda r: (r.clustering, r.bucket))
+        return Searched(how, keys, results, sorted(self.nodes), staged, seconds)

@@ -19,7 +19,7 @@ from curation_assets.lib.dedup import dedup, run_dedup
 from curation_assets.lib.dedup.io import DEDUP_STAGE
 from curation_assets.lib.dedup.layout import Layout, choose_layout, clear_scratch, read_unit, stage
 from curation_assets.lib.dedup.merge import merge
-from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, forget_indexes
+from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, chunk_rows, forget_indexes
 from curation_assets.lib.dedup.units import search_unit
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -102,7 +102,8 @@ def test_incremental_equals_full_pair_for_pair_and_decision_for_decision(tmp_pat
 def test_both_incremental_searches_over_many_buckets_equal_a_full_run(tmp_path, corpus, search):
     """One pass over clustering 0's buckets, or every unit the new rows touch: as a full run.
 
-    The same pairs (similarities, found_by) and decisions, with many buckets.
+    The same pairs (similarities, found_by) and decisions, with many buckets; the one-pass
+    search indexes its new rows in several chunks (a pass each) at this budget.
     """
     small = MemoryBudget(0.05)  # a few hundred rows a bucket
     full = _store(tmp_path / "full", corpus)
@@ -117,8 +118,10 @@ def test_both_incremental_searches_over_many_buckets_equal_a_full_run(tmp_path, 
         step = run_and_write(inc, budget=small, new_rows=search)
         assert step.plan.mode == "incremental"
         assert step.stats["search"] == ("new_rows" if search == "one_pass" else "units")
-        if search == "one_pass":  # every bucket of clustering 0, each row read once
-            assert step.stats["units"] == first.layout.buckets[0]
+        if search == "one_pass":  # every bucket of clustering 0, once per chunk of new rows
+            chunks = -(-len(shards) * PER_SHARD // chunk_rows(small, DIM, N_CLUSTERINGS))
+            assert chunks > 1 and len({u["chunk"] for u in step.units}) == chunks
+            assert step.stats["units"] == first.layout.buckets[0] * chunks
         else:
             assert first.layout.buckets[0] < step.stats["units"] <= sum(first.layout.buckets)
     _assert_same(_tables(inc), _tables(full))  # found_by and similarity included
@@ -129,7 +132,7 @@ def test_new_rows_over_their_budget_share_are_searched_by_units(tmp_path, corpus
     _add(store, corpus, range(2))
     run_and_write(store)
     _add(store, corpus, [2])
-    step = run_and_write(store, budget=MemoryBudget(0.05))  # room for ~30 of its 150 rows
+    step = run_and_write(store, budget=MemoryBudget(0.05))  # room for ~100 of its 150 rows
     assert step.plan.mode == "incremental" and step.stats["search"] == "units"
     _add(store, corpus, [3])
     step = run_and_write(store, budget=MemoryBudget(8))
