@@ -26,11 +26,10 @@ from curation_assets.lib.dedup import (
     pairs_at,
     read_truth,
     recall_chart,
-    run_dedup,
+    run_dedup_stage,
     sweep_grid,
     sweep_markdown,
     tau_sweep,
-    write_dedup,
 )
 from curation_assets.lib.tables import DEDUP_RUNS, DEDUPLICATED_IMAGES, DUPLICATE_PAIRS
 
@@ -199,7 +198,7 @@ def deduplicate(
         verify = VerifyParams(
             min_inliers=config.verify_min_inliers, min_agreement=config.verify_min_agreement
         )
-    outcome = run_dedup(
+    outcome = run_dedup_stage(
         store,
         tau=config.tau or None,
         policy=config.policy,
@@ -213,7 +212,6 @@ def deduplicate(
         progress=context.log.info,
         engine=engine.engine(),
     )
-    write_dedup(store, outcome)
     figures = dedup_figures(outcome)
     context.log.info(
         f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {outcome.stats.get('images', 0)} "

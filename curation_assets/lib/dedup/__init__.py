@@ -65,6 +65,7 @@ from curation_assets.lib.dedup.report import (
     sweep_markdown,
 )
 from curation_assets.lib.dedup.run import DedupOutcome, run_dedup, write_dedup
+from curation_assets.lib.dedup.stage import run_dedup_stage
 from curation_assets.lib.dedup.sweep import (
     committed_sweep,
     pairs_at,
@@ -101,6 +102,7 @@ __all__ = [
     "connected_components",
     "dedup",
     "dedup_checks",
+    "run_dedup_stage",
     "dedup_figures",
     "dedup_incremental",
     "duplicate_groups_markdown",

@@ -13,7 +13,7 @@ from curation_assets.lib.cluster import (
     load_centroids,
     train_clusterings,
 )
-from curation_assets.lib.dedup import DedupOutcome, ImageMeta, Pairs, run_dedup, write_dedup
+from curation_assets.lib.dedup import DedupOutcome, ImageMeta, Pairs, run_dedup_stage
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     DEDUP_RUNS,
@@ -177,9 +177,7 @@ def assign_shard_rows(store: DeltaStore, shard: str, ids: list[str], x: np.ndarr
 
 def run_and_write(store: DeltaStore, **kwargs) -> DedupOutcome:
     """One dedup run at τ = 0.95 with :data:`POLICY`, written and committed."""
-    outcome = run_dedup(store, **{"tau": 0.95, "policy": POLICY, **kwargs})
-    write_dedup(store, outcome)
-    return outcome
+    return run_dedup_stage(store, **{"tau": 0.95, "policy": POLICY, **kwargs})
 
 
 def dedup_tables(store: DeltaStore) -> dict[str, pl.DataFrame]:

@@ -1,12 +1,14 @@
 """Dedup over Delta tables: re-runs are no-ops, degenerate inputs succeed, kills converge."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.dedup import DEDUP_OUTPUTS
+from curation_assets.lib.dedup import DEDUP_OUTPUTS, DEDUP_STAGE
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUP_RUNS, FILTERED_IMAGES, STAGE_COMMITS
+from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUP_RUNS, FILTERED_IMAGES, STAGE_COMMITS
 from curation_assets_tests.lib.dedup.helpers import (
     add_shard,
     dedup_tables,
@@ -224,3 +226,53 @@ def test_a_failed_search_leaves_no_staged_copy_and_the_next_run_completes(tmp_pa
     run_and_write(stores[1], budget=small)
     for name, df in dedup_tables(stores[0]).items():
         assert df.equals(dedup_tables(stores[1])[name]), name
+
+
+def test_a_dedup_waits_for_the_stage_lock_then_does_its_work(store):
+    """A second run on the root waits: it must not empty the layout or scratch another reads."""
+    add_shard(store, "a", vectors(40, 6, seed=11))
+    done: list = []
+    with store.lock(DEDUP_STAGE):
+        waiting = threading.Thread(target=lambda: done.append(run_and_write(store)))
+        waiting.start()
+        waiting.join(timeout=2.0)
+        assert waiting.is_alive()  # held back by the lock
+        assert last_commit(store, DEDUP_STAGE) is None
+        assert not store.exists(DEDUP_MEMBERS.name)  # nothing laid out yet
+    waiting.join(timeout=120)
+    assert not waiting.is_alive() and done[0].plan.mode == "full"
+    assert last_commit(store, DEDUP_STAGE) is not None
+
+
+def test_two_dedups_at_once_on_one_root_equal_one_run(tmp_path):
+    """Two runs at once on one Delta root: one does the work, the other finds it current.
+
+    Each has its own store object, as two Dagster instances would. The tables equal one run's
+    on a twin root.
+    """
+    roots = [DeltaStore(str(tmp_path / name)) for name in ("shared", "twin")]
+    for s in roots:
+        write_centroids(s)
+        add_shard(s, "a", vectors(60, 8, seed=12))
+        add_shard(s, "b", vectors(30, 3, seed=13), start=100)
+    shared = roots[0]
+    outcomes: list = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:  # each with its own store object, as two processes would have
+            outcomes.append(run_and_write(DeltaStore(shared.root_uri)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert sorted(o.plan.mode for o in outcomes) == ["current", "full"]
+    run_and_write(roots[1])
+    want, got = dedup_tables(roots[1]), dedup_tables(shared)
+    for name, df in want.items():
+        assert got[name].equals(df), name
