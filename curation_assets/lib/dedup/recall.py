@@ -31,7 +31,7 @@ def exhaustive_pairs(
     """Exact pairs with cosine ≥ ``tau`` by faiss range search (ground truth for recall).
 
     Args:
-        x: (n, d) float32, L2-normalized.
+        x: (n, d) float32 or float16 (converted a chunk at a time, exactly), L2-normalized.
         tau: Cosine threshold.
         query_idx: Query rows (None = all rows): returns every pair with at least one endpoint
             among them, against ALL rows.
@@ -205,7 +205,8 @@ def recall_on_sample(
     inside a cluster), so no within-cluster search is repeated here.
 
     Args:
-        x: (m, d) reference rows (the queries among them), L2-normalized.
+        x: (m, d) reference rows (the queries among them), L2-normalized; float16 is searched
+            as its exact float32 values (:func:`exhaustive_pairs`).
         assignments_list: (m,) cluster id per clustering.
         tau: Cosine threshold.
         query_idx: Rows of ``x`` that are queries.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from curation_assets.lib.dedup import exhaustive_pairs, recall_by_num_clusterings
+from curation_assets.lib.dedup.sampling import _in_order
 from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets.tools.synthetic import clip_like_embeddings
 from curation_assets_tests.lib.dedup.helpers import TAU, brute_pairs, clustered_data, pair_set
@@ -25,6 +26,23 @@ def test_exhaustive_pairs_matches_numpy_brute_force():
     q = np.arange(0, 400, 3)
     sub = {p for p in brute if p[0] % 3 == 0 or p[1] % 3 == 0}
     assert pair_set(exhaustive_pairs(x, tau, query_idx=q, db_chunk=128)) == sub
+
+
+def test_a_float16_reference_gives_the_pairs_of_its_float32_copy():
+    """The recall sample holds its reference as float16; the truth must not change."""
+    x = clip_like_embeddings(3000, 32, seed=5, dup_fraction=0.2, dup_noise=0.1)[0]
+    half = x.astype(np.float16)
+    q = np.arange(0, 3000, 7)
+    want = exhaustive_pairs(half.astype(np.float32), 0.9, query_idx=q, db_chunk=700)
+    got = exhaustive_pairs(half, 0.9, query_idx=q, db_chunk=700)
+    assert len(want) > 20
+    np.testing.assert_array_equal(got.i, want.i)
+    np.testing.assert_array_equal(got.j, want.j)
+    np.testing.assert_array_equal(got.sim, want.sim)
+    # the sample puts the rows as read (file parts) in canonical order without stacking them
+    order = np.random.default_rng(1).permutation(3000)
+    parts = [half[:1000], half[1000:2999], half[2999:]]
+    np.testing.assert_array_equal(_in_order(parts, order), half[order])
 
 
 def test_recall_by_num_clusterings_is_non_decreasing_and_exact_with_one_cluster(data):
