@@ -163,6 +163,15 @@ def test_time_travel_and_leases_on_s3(runs, s3_server: S3Server):  # noqa: F811
     assert leases, "the export lock took no Delta lease on S3"
 
 
+def test_dedup_staged_its_units_on_s3_and_left_no_file(runs, s3_server: S3Server):  # noqa: F811
+    """Clusterings 1..4's units read buckets staged on S3 (the tables equal the local run's)."""
+    dedup_runs = pl.read_delta(f"{runs['root']}/dedup_runs", storage_options=s3_server.options)
+    full = dedup_runs.filter(pl.col("mode") == "full")
+    assert full.height and int(full["units"].min()) >= 5  # a unit per clustering at least
+    left = [k for k in s3_server.keys("run/delta/_scratch/") if not k.endswith("/")]
+    assert not left, f"staged buckets left on S3: {left[:5]}"  # (pyarrow keeps folder markers)
+
+
 def test_second_run_is_a_no_op(runs, s3_server: S3Server):  # noqa: F811
     assert _versions(runs["root"], s3_server.options) == runs["versions"]
     assert _etags(s3_server, "run/delta/_export/") == runs["etags"]

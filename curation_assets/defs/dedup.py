@@ -120,9 +120,9 @@ class DedupConfig(dg.Config):
                 "each new row against its clusters: one pass over a cluster-bucketed layout "
                 "(dedup_members, one copy of each vector) that reads every row once (the "
                 "(clustering, bucket) units, as in a full run, when the new rows outgrow a "
-                "quarter of the budget; each clustering's units staged in dedup_scratch while "
-                "searched); memory is bounded by the compute resource's budget. Metadata: "
-                "staged_rows, dedup_seconds_staging, pair recall of 1..5 "
+                "quarter of the budget; each clustering's units staged as parquet files beside "
+                "the tables while searched); memory is bounded by the compute resource's "
+                "budget. Metadata: staged_rows, dedup_seconds_staging, pair recall of 1..5 "
                 "clusterings against exhaustive search on a budgeted sample, and thumbnails of "
                 "groups."
             ),

@@ -29,7 +29,6 @@ REGISTRY_DIR = PACKAGE / "lib" / "tables"
 SIDE_TABLES = {
     "dedup_runs",
     "dedup_members",
-    "dedup_scratch",
     "duplicate_members",
     "candidate_pairs",
     "verified_pairs",

@@ -8,13 +8,14 @@ partition and nothing else (:func:`read_unit`), so its memory is the rows of one
 number of buckets is chosen from the memory budget (:func:`choose_layout`): at any N a unit
 holds about a quarter of the budget.
 
-The units of another clustering ``c`` read ``dedup_scratch``: :func:`stage` writes clustering
-``c``'s buckets there from ``dedup_members`` (one bucket of clustering 0 in memory at a time)
-when a run is about to search them, and :func:`clear_scratch` deletes them (a vacuum: a Delta
-overwrite alone keeps the files) once searched. So at rest the layout is one copy of each
-vector (2·d bytes, beside ``image_embeddings``' 4·d), and a full run peaks at two: 10M × 512
-needs 10 GB at rest and 20 GB while searching, not the 50 GB of a copy per clustering. An
-incremental run's one-pass search reads only ``dedup_members`` (:mod:`.newrows`).
+The units of another clustering ``c`` read a scratch folder beside the tables
+(:data:`SCRATCH_FOLDER`): :func:`stage` writes clustering ``c``'s buckets there as plain parquet
+files from ``dedup_members`` (one bucket of clustering 0 in memory at a time) when a run is
+about to search them, and :func:`clear_scratch` deletes them once searched. So at rest the
+layout is one copy of each vector (2·d bytes, beside ``image_embeddings``' 4·d), and a full run
+peaks at two: 10M × 512 needs 10 GB at rest and 20 GB while searching, not the 50 GB of a copy
+per clustering. An incremental run's one-pass search reads only ``dedup_members``
+(:mod:`.newrows`).
 
 Rows are written one shard at a time (:func:`shard_rows` reads a shard's filtered embeddings,
 its ingest fields and its five assignments, shard-pruned; :func:`lay_out`), so building the
@@ -23,20 +24,22 @@ layout is derived data: a full run rebuilds it.
 """
 
 import functools
+import io
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 from deltalake import DeltaTable
 
+from curation_assets.lib import objectstore as ost
 from curation_assets.lib.cluster import filtered_embeddings
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUP_SCRATCH, RAW_IMAGES, assignments_spec
-from curation_assets.lib.tables.spec import TableSpec
+from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
 from curation_assets.lib.vectors import embedding_matrix, half_bytes, half_parts, single_model
 
 #: Bytes one member row costs a unit beside its vector copies: ids, meta.
@@ -288,7 +291,7 @@ def lay_out(
 
 
 def reset(store: DeltaStore) -> None:
-    """Empty ``dedup_members`` and ``dedup_scratch`` (a full run lays the corpus out anew)."""
+    """Empty ``dedup_members`` and the scratch (a full run lays the corpus out anew)."""
     store.replace_table(DEDUP_MEMBERS, DEDUP_MEMBERS.empty())
     clear_scratch(store)
 
@@ -323,7 +326,7 @@ def _snapshot(uri: str, options: Mapping[str, str], version: int) -> DeltaTable:
 
 
 def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) -> UnitRows:
-    """Rows of unit ``(c, b)``: one Delta partition of :func:`layout_table` ``(c)``.
+    """Rows of unit ``(c, b)``: one bucket (:func:`read_parts`).
 
     Rows come sorted by cluster (stable: within a cluster, in the order the files hold them).
 
@@ -345,32 +348,51 @@ def read_parts(
 ) -> tuple[pl.DataFrame, list[np.ndarray]]:
     """Rows of unit ``(c, b)`` in file order: the frame, and its float16 vectors as read.
 
-    ``version`` is a version of :func:`layout_table` ``(c)``: ``dedup_members`` for clustering
-    0, ``dedup_scratch`` (as :func:`stage` left it) for the others.
+    Clustering 0's units read ``dedup_members`` (as of ``version``; None = latest); another
+    clustering's read its bucket's files in the scratch folder, as :func:`stage` left them
+    (``version`` does not apply).
 
     The vectors are one (n_file, d) array per chunk read, viewed over polars' buffers (no copy,
     no sort: :func:`~curation_assets.lib.vectors.half_parts`); their rows follow the frame's.
 
     Memory: the bucket's rows, 2·d bytes of vector each.
     """
-    spec = layout_table(c)
-    source = (
-        store.scan(spec)
-        if version is None
-        else pl.scan_delta(_snapshot(store.uri(spec.name), store.storage_options, version))
-    )
-    unit = source.filter((pl.col("clustering") == c) & (pl.col("bucket") == b)).drop(
-        "clustering", "bucket"
-    )
+    if c == 0:
+        source = (
+            store.scan(DEDUP_MEMBERS)
+            if version is None
+            else pl.scan_delta(
+                _snapshot(store.uri(DEDUP_MEMBERS.name), store.storage_options, version)
+            )
+        )
+        unit = source.filter((pl.col("clustering") == 0) & (pl.col("bucket") == b))
+    else:
+        folder = ost.join(scratch_uri(store, c), f"bucket={b}")
+        files = [ost.join(folder, name) for name in ost.list_names(folder, store.storage_options)]
+        files = [f for f in files if f.endswith(".parquet")]
+        unit = (
+            pl.scan_parquet(
+                files,
+                hive_partitioning=False,
+                storage_options=dict(store.storage_options) if not store.is_local else None,
+            )
+            if files
+            else DEDUP_MEMBERS.empty().lazy()
+        )
+    unit = unit.drop("clustering", "bucket")
     first = unit.select(pl.col("vector").bin.size()).head(1).collect()
     if first.is_empty():
         return unit.drop("vector").collect(), []
     return half_parts(unit, "vector", int(first.item()) // 2)
 
 
-def layout_table(c: int) -> TableSpec:
-    """Where the units of clustering ``c`` are read: ``dedup_members`` (0) or ``dedup_scratch``."""
-    return DEDUP_MEMBERS if c == 0 else DEDUP_SCRATCH
+#: Folder under the Delta root where a search stages the other clusterings' buckets.
+SCRATCH_FOLDER = "_scratch/dedup"
+
+
+def scratch_uri(store: DeltaStore, c: int) -> str:
+    """Folder of clustering ``c``'s staged buckets: ``bucket=<b>/part-<group>.parquet``."""
+    return ost.join(store.uri(SCRATCH_FOLDER), f"clustering={c}")
 
 
 def stage(
@@ -381,34 +403,46 @@ def stage(
     version: int,
     buckets: set[int] | None = None,
     max_bytes: int = 128 * 2**20,
-) -> tuple[int, int]:
-    """Write clustering ``c``'s buckets (all, or ``buckets``) to ``dedup_scratch``.
+) -> int:
+    """Write clustering ``c``'s buckets (all, or ``buckets``) to its scratch folder.
 
     Reads ``dedup_members`` as of ``version`` one bucket of clustering 0 at a time, sets each
-    row's cluster and bucket in clustering ``c`` (from ``clusters``) and appends the rows in
-    groups of ``max_bytes`` (Delta writes each group's rows into their bucket partitions).
-    Whatever the table held before is cleared first (:func:`clear_scratch`: a killed run's
-    staging too).
+    row's cluster and bucket in clustering ``c`` (from ``clusters``), and writes each group of
+    ``max_bytes`` as one parquet file per bucket of ``c`` it holds (rows put in bucket order
+    first; a unit then reads one file per group). Plain files, not a Delta table: the copy
+    lives for one search of one run, which the stage's lock makes the only one
+    (:mod:`.stage`), so it needs no commit, no log and no vacuum. Whatever the scratch held
+    before is deleted first (:func:`clear_scratch`: a killed run's copy too).
 
     Returns:
-        (the ``dedup_scratch`` version the units of ``c`` read, rows staged).
+        Rows staged.
 
-    Memory: one bucket of clustering 0 (as read) + one group (≤ ``max_bytes``).
+    Memory: one group (one bucket of clustering 0, or more up to ``max_bytes``) + one file's
+    rows.
     """
     if c == 0:
         raise ValueError("clustering 0's units read dedup_members itself; nothing to stage")
-    v = clear_scratch(store)
+    clear_scratch(store)
     members = pl.scan_delta(
         _snapshot(store.uri(DEDUP_MEMBERS.name), store.storage_options, version)
     )
+    folder = scratch_uri(store, c)
     group: list[pl.DataFrame] = []
-    size = staged = 0
+    size = staged = files = 0
 
     def flush() -> None:
-        nonlocal size, v
+        nonlocal size, files
         if group:
-            v = store.append(DEDUP_SCRATCH, pl.concat(group)) or v
-        group.clear()
+            rows = pl.concat(group)
+            group.clear()  # the concatenation is held alone
+            target = rows["bucket"].to_numpy()
+            order = np.argsort(target, kind="stable")
+            cuts = np.flatnonzero(np.diff(target[order])) + 1
+            for part in np.split(order, cuts):
+                b = int(target[part[0]])
+                name = f"bucket={b}/part-{files:05d}.parquet"
+                _write_parquet(ost.join(folder, name), rows[part], store.storage_options)
+            files += 1
         size = 0
 
     for b0 in range(layout.buckets[0]):
@@ -423,21 +457,29 @@ def stage(
         )
         if buckets is not None:
             rows = rows.filter(pl.col("bucket").is_in(sorted(buckets)))
+        if rows.is_empty():
+            continue
         group.append(rows)
         size += int(rows.estimated_size())
         staged += rows.height
         if size >= max_bytes:
             flush()
     flush()
-    return v, staged
+    return staged
 
 
-def clear_scratch(store: DeltaStore) -> int:
-    """Empty ``dedup_scratch`` and delete its files (an overwrite alone keeps them a week).
+def _write_parquet(uri: str, frame: pl.DataFrame, options: Mapping[str, str]) -> None:
+    """``frame`` as the parquet file ``uri`` (a local path, or one PUT to an object store)."""
+    if not ost.is_remote(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(uri, compression="lz4", statistics=False)
+        return
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="lz4", statistics=False)
+    ost.write_bytes(uri, buffer.getvalue(), options)
 
-    Returns:
-        The version of the empty table.
-    """
-    v = store.replace_table(DEDUP_SCRATCH, DEDUP_SCRATCH.empty())
-    store.vacuum(DEDUP_SCRATCH.name)
-    return v
+
+def clear_scratch(store: DeltaStore) -> None:
+    """Delete every staged bucket (and the ``dedup_scratch`` Delta table of layout format 3)."""
+    ost.delete_tree(store.uri(SCRATCH_FOLDER), store.storage_options)
+    ost.delete_tree(store.uri("dedup_scratch"), store.storage_options)

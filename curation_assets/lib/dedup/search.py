@@ -5,8 +5,8 @@
   a quarter of the budget), reading only ``dedup_members``.
 * Full, or incremental with more new rows than fit: the (clustering, bucket) units
   (:mod:`.units`), all of them or those the new rows touched. Clustering 0's units read
-  ``dedup_members``; each other clustering's are first staged in ``dedup_scratch``
-  (:func:`~.layout.stage`), searched, then cleared (:func:`~.layout.clear_scratch`) before the
+  ``dedup_members``; each other clustering's are first staged in the scratch folder as parquet
+  files (:func:`~.layout.stage`), searched, then cleared (:func:`~.layout.clear_scratch`) before the
   next clustering is staged: the layout peaks at two copies of each vector, not one per
   clustering.
 
@@ -42,7 +42,7 @@ class Searched:
         keys: The engine keys run (buckets, or ``"c:b"`` units).
         results: One per key, sorted by (clustering, bucket).
         nodes: Ray node ids that ran them (none locally).
-        staged_rows: Rows written to ``dedup_scratch`` (every clustering summed).
+        staged_rows: Rows staged in the scratch folder (every clustering summed).
         seconds_staging: Time spent staging and clearing.
     """
 
@@ -84,7 +84,7 @@ def search(
         version: The ``dedup_members`` version every task reads (the layout as just written).
         engine: Where the tasks run.
         budget: The memory budget: sizes the chunks of new rows indexed at a time
-            (:func:`~.newrows.chunk_rows`) and the rows per ``dedup_scratch`` commit (1/16).
+            (:func:`~.newrows.chunk_rows`) and the rows per group of staged files (1/16).
         say: Progress lines.
 
     Memory: that of one task (one bucket), the results (∝ pairs; each image on a pair once,
@@ -113,11 +113,10 @@ def search(
     try:
         for c, of_c in groupby(units, key=lambda unit: unit[0]):
             buckets = [b for _, b in of_c]
-            at = version
             if c:
                 t0 = time.perf_counter()
                 scratch = True
-                at, rows = stage(
+                rows = stage(
                     store,
                     layout,
                     c,
@@ -128,7 +127,7 @@ def search(
                 staged += rows
                 seconds += time.perf_counter() - t0
                 say(f"staged clustering {c}: {rows} rows in {time.perf_counter() - t0:.1f}s")
-            work = UnitWork(store.root_uri, options, tau, query, block, at)
+            work = UnitWork(store.root_uri, options, tau, query, block, version)
             c_keys = [unit_key(c, b) for b in buckets]
             got.add(engine.map_shards(work, c_keys))
             keys += c_keys

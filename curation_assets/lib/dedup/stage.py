@@ -2,7 +2,7 @@
 
 :func:`~.run.run_dedup` and :func:`~.run.write_dedup` read and write tables that one run owns
 while it runs: ``dedup_members`` (a full run empties it and lays the corpus out anew),
-``dedup_scratch`` (staged buckets, deleted once searched) and the pair graph. Two runs on one
+the scratch folder (staged buckets, deleted once searched) and the pair graph. Two runs on one
 Delta root at once (two Dagster instances, or a run and a backfill) would empty or delete what
 the other is reading. :func:`run_dedup_stage` serializes them across processes and machines with
 :meth:`~curation_assets.lib.storage.DeltaStore.lock` (``flock`` on a local root, a renewed Delta

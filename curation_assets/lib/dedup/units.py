@@ -1,7 +1,7 @@
 """One work unit of the pair search: a (clustering, bucket) of the bucketed layout.
 
 :func:`search_unit` reads one partition of the layout (:func:`.layout.read_unit`: ``dedup_members``
-for clustering 0, ``dedup_scratch`` as staged for the others), finds
+for clustering 0, the scratch folder as staged for the others), finds
 every pair with cosine ≥ τ inside each cluster of the bucket (blockwise, never an n×n matrix;
 :func:`~curation_assets.lib.dedup.pairs.within_clusters`) and returns the pairs by image_id,
 with the rows on them (their vectors and keep-policy fields: all the merge will need).
@@ -88,8 +88,8 @@ def search_unit(
         tau: Cosine threshold.
         query_shards: Only pairs touching a row of these shards (None = all pairs).
         block: Tile edge of the within-cluster search.
-        version: Read the unit's table (:func:`.layout.layout_table`) as of this Delta version
-            (None = latest).
+        version: Clustering 0: read ``dedup_members`` as of this Delta version (None =
+            latest). The others read their staged files (:func:`.layout.stage`).
 
     Returns:
         A :class:`UnitResult`.
@@ -189,9 +189,8 @@ class UnitWork:
         tau: Similarity floor of the search.
         query_shards: Incremental runs: only pairs touching these shards; None: all.
         block: Tile edge of the within-cluster search.
-        version: The version every unit reads of its table, :func:`.layout.layout_table`
-            (``dedup_members`` for clustering 0, ``dedup_scratch`` as staged for the others;
-            None: the latest).
+        version: The ``dedup_members`` version clustering 0's units read (None: the latest);
+            the others read their staged files (:func:`.layout.stage`).
     """
 
     root_uri: str

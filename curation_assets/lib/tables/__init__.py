@@ -15,7 +15,7 @@ the module of its stage:
   ``cluster_assignments_<c>`` for c < :data:`N_CLUSTERINGS`
 * :mod:`~curation_assets.lib.tables.dedup`: ``deduplicated_images``, ``duplicate_pairs``,
   ``candidate_pairs``, ``verified_pairs``, ``duplicate_members``, ``dedup_members``,
-  ``dedup_scratch``, ``dedup_runs``
+  ``dedup_runs``
 * :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``,
   ``weight_shard_stats``, ``audit_shard_counts``, ``weight_probes``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
@@ -53,7 +53,6 @@ from curation_assets.lib.tables.dedup import (
     CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
-    DEDUP_SCRATCH,
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
@@ -115,7 +114,6 @@ TABLES: Mapping[str, TableSpec] = _registry(
     VERIFIED_PAIRS,
     DUPLICATE_MEMBERS,
     DEDUP_MEMBERS,
-    DEDUP_SCRATCH,
     DEDUP_RUNS,
     SAMPLE_WEIGHTS,
     BIAS_AUDIT,
@@ -155,7 +153,6 @@ __all__ = [
     "CURATED_DATASET",
     "DEDUPLICATED_IMAGES",
     "DEDUP_MEMBERS",
-    "DEDUP_SCRATCH",
     "DEDUP_RUNS",
     "DUPLICATE_FILES",
     "DUPLICATE_MEMBERS",

@@ -8,8 +8,6 @@ Written by :mod:`curation_assets.lib.dedup`:
 * ``dedup_members`` (partitioned by clustering and bucket): every deduplicated image once, with
   its embedding, in clustering 0's buckets (a bucket, a range of clusters, is one Delta
   partition: a work unit (0, bucket) reads only its rows).
-* ``dedup_scratch`` (the same columns): one other clustering's buckets, staged from
-  ``dedup_members`` while a search needs them, then emptied and vacuumed (at rest: empty).
 * ``dedup_runs``: one row per run.
 """
 
@@ -119,16 +117,8 @@ DEDUP_MEMBERS = TableSpec(
     name="dedup_members",
     description="Each deduplicated image once with its vector, bucketed by clustering 0's "
     "cluster ranges: the pair search's input, one Delta partition per bucket (clustering is "
-    "always 0 here; the other clusterings' buckets are staged in dedup_scratch when searched).",
-    partition_by=("clustering", "bucket"),
-    columns=_LAYOUT_COLUMNS,
-)
-
-DEDUP_SCRATCH = TableSpec(
-    name="dedup_scratch",
-    description="One clustering's buckets (clustering ≥ 1), staged from dedup_members while "
-    "a dedup run searches that clustering's units, then emptied and vacuumed: empty at rest. "
-    "Same columns as dedup_members.",
+    "always 0 here; the other clusterings' buckets are staged as parquet files in "
+    "_scratch/dedup while a run searches them).",
     partition_by=("clustering", "bucket"),
     columns=_LAYOUT_COLUMNS,
 )

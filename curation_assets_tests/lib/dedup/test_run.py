@@ -208,8 +208,8 @@ def test_a_failed_search_leaves_no_staged_copy_and_the_next_run_completes(tmp_pa
     from pathlib import Path
 
     from curation_assets.lib.dedup import run_dedup
+    from curation_assets.lib.dedup.layout import SCRATCH_FOLDER
     from curation_assets.lib.memory import MemoryBudget
-    from curation_assets.lib.tables import DEDUP_SCRATCH
 
     stores = [DeltaStore(str(tmp_path / name / "delta")) for name in ("failed", "clean")]
     for s in stores:
@@ -218,9 +218,8 @@ def test_a_failed_search_leaves_no_staged_copy_and_the_next_run_completes(tmp_pa
     small = MemoryBudget(0.05)
     with pytest.raises(RuntimeError, match="2:0 lost"):
         run_dedup(stores[0], tau=0.95, policy=None, budget=small, engine=_LosingEngine())
-    scratch = Path(stores[0].uri(DEDUP_SCRATCH.name))
-    assert stores[0].read(DEDUP_SCRATCH).is_empty()
-    assert not list(scratch.rglob("*.parquet"))  # clustering 2's staged copy is gone
+    scratch = Path(stores[0].uri(SCRATCH_FOLDER))
+    assert not scratch.exists()  # clustering 2's staged copy is gone
     again = run_and_write(stores[0], budget=small)
     assert again.plan.mode == "full"
     run_and_write(stores[1], budget=small)

@@ -17,7 +17,14 @@ from curation_assets.lib.cluster import centroids_frame, train_clusterings
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.dedup import dedup, run_dedup
 from curation_assets.lib.dedup.io import DEDUP_STAGE
-from curation_assets.lib.dedup.layout import Layout, choose_layout, clear_scratch, read_unit, stage
+from curation_assets.lib.dedup.layout import (
+    SCRATCH_FOLDER,
+    Layout,
+    choose_layout,
+    clear_scratch,
+    read_unit,
+    stage,
+)
 from curation_assets.lib.dedup.merge import merge
 from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, chunk_rows, forget_indexes
 from curation_assets.lib.dedup.units import search_unit
@@ -25,7 +32,6 @@ from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     DEDUP_MEMBERS,
-    DEDUP_SCRATCH,
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
@@ -202,9 +208,10 @@ def test_units_in_any_order_merge_to_the_same_graph(tmp_path, corpus):
     assert at is not None
     results = []
     for c in reversed(range(N_CLUSTERINGS)):  # each clustering staged as the run stages it
-        v = stage(store, out.layout, c, version=at)[0] if c else at
+        if c:
+            stage(store, out.layout, c, version=at)
         buckets = reversed(range(out.layout.buckets[c]))
-        results += [search_unit(store, c, b, TAU, version=v) for b in buckets]
+        results += [search_unit(store, c, b, TAU, version=at) for b in buckets]
     clear_scratch(store)
     merged = merge(
         DUPLICATE_PAIRS.empty(),
@@ -255,7 +262,7 @@ def test_layout_buckets_follow_the_budget():
 
 
 def test_a_unit_reads_only_its_partition(tmp_path, corpus):
-    """Clustering 0's units read dedup_members; another's, staged in dedup_scratch, read that."""
+    """Clustering 0's units read dedup_members; another's, staged as files, read those."""
     store = _store(tmp_path / "s", corpus)
     _add(store, corpus, range(2))
     out = run_and_write(store, budget=MemoryBudget(0.05))
@@ -263,21 +270,24 @@ def test_a_unit_reads_only_its_partition(tmp_path, corpus):
     members = store.read(DEDUP_MEMBERS)
     assert members.height == 2 * PER_SHARD  # one copy at rest
     assert members["clustering"].unique().to_list() == [0]
-    assert store.read(DEDUP_SCRATCH).is_empty()  # cleared after the search ...
-    scratch = Path(store.uri(DEDUP_SCRATCH.name))
-    assert not list(scratch.rglob("*.parquet"))  # ... and its files deleted
+    scratch = Path(store.uri(SCRATCH_FOLDER))
+    assert not scratch.exists()  # deleted after the search
     for b in range(3):
         unit = read_unit(store, 0, b)
         want = members.filter(pl.col("bucket") == b)
         assert unit.frame.height == want.height and unit.x.shape == (want.height, DIM)
     at = store.version(DEDUP_MEMBERS.name)
     assert at is not None
-    v, staged = stage(store, out.layout, 2, version=at, buckets={0, 1})
+    staged = stage(store, out.layout, 2, version=at, buckets={0, 1})
+    assert sorted(p.parent.name for p in scratch.rglob("*.parquet")) == [
+        "bucket=0",
+        "bucket=1",
+    ]  # one file per staged bucket (one group here)
     bucket = out.layout.bucket_of(2, members["clusters"].list.get(2).to_numpy())
     assert staged == int((bucket < 2).sum()) > 0
     vector = dict(zip(members["image_id"], members["vector"], strict=True))
     for b in range(out.layout.buckets[2]):
-        unit = read_unit(store, 2, b, version=v)
+        unit = read_unit(store, 2, b)
         want = members["image_id"].filter(pl.Series(bucket == b)) if b < 2 else []
         assert sorted(unit.frame["image_id"]) == sorted(want), b
         in_bucket = out.layout.bucket_of(2, unit.frame["cluster"].to_numpy()) == b
@@ -285,7 +295,7 @@ def test_a_unit_reads_only_its_partition(tmp_path, corpus):
         for i, image_id in enumerate(unit.frame["image_id"]):  # clustering 0's float16 bytes
             assert unit.x[i].tobytes() == vector[image_id]
     clear_scratch(store)
-    assert not list(scratch.rglob("*.parquet"))
+    assert not scratch.exists()
 
 
 def test_the_one_pass_work_pickles_and_finds_what_the_run_found(tmp_path, corpus):
