@@ -1,7 +1,7 @@
 """Fault injection: SIGKILL `curation run` at Delta writes, re-run, compare with a clean run.
 
 Each case runs the real CLI in a subprocess with ``CURATION_FAILPOINT=PHASE:TABLE[:N]``
-(:data:`curation_assets.lib.storage.FAILPOINT_ENV`): the process kills itself with SIGKILL
+(:data:`curation_assets.lib.failpoints.FAILPOINT_ENV`): the process kills itself with SIGKILL
 before, during (data files partly written, no commit) or after the N-th write to TABLE. Then
 `curation run` runs again without the failpoint and every Delta table is compared with the
 tables of a run that was never killed: rows lost (must be 0) and whether the tables are equal
@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from curation_assets.lib.failpoints import FAILPOINT_ENV
 from curation_assets.lib.settings import save_settings
-from curation_assets.lib.storage import FAILPOINT_ENV
 from curation_assets.tools.demo import build_demo_corpus
 from curation_assets_tests.tables_compare import converged as _converged
 from curation_assets_tests.tables_compare import read_tables

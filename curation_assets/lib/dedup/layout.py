@@ -40,7 +40,13 @@ from curation_assets.lib.cluster import filtered_embeddings
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
-from curation_assets.lib.vectors import embedding_matrix, half_bytes, half_parts, single_model
+from curation_assets.lib.vectors import (
+    embedding_matrix,
+    half_bytes,
+    half_parts,
+    rows_in_order,
+    single_model,
+)
 
 #: Bytes one member row costs a unit beside its vector copies: ids, meta.
 _ROW_OVERHEAD = 160
@@ -330,8 +336,9 @@ def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) 
 
     Rows come sorted by cluster (stable: within a cluster, in the order the files hold them).
 
-    Memory: the bucket's rows, 2·d bytes of vector each, three times while they are put in
-    cluster order (what the layout was sized for: :func:`unit_row_bytes`).
+    Memory: the bucket's rows, 2·d bytes of vector each, twice while they are put in cluster
+    order (:func:`~curation_assets.lib.vectors.rows_in_order`; the layout is sized for three:
+    :func:`unit_row_bytes`).
     """
     frame, parts = read_parts(store, c, b, version=version)
     if not parts:
@@ -339,7 +346,8 @@ def read_unit(store: DeltaStore, c: int, b: int, *, version: int | None = None) 
     # one order by cluster (a unit gathers from every shard's file): each cluster's rows are
     # then one slice, converted to float32 in one pass when the search takes them
     order = np.argsort(frame["cluster"].to_numpy(), kind="stable")
-    x = np.concatenate(parts)[order] if len(parts) > 1 else parts[0][order]
+    x = rows_in_order(parts, order)
+    del parts  # (views of polars' buffers, which the frame no longer holds)
     return UnitRows(frame[order], x)
 
 

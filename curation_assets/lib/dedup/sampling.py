@@ -17,7 +17,7 @@ from curation_assets.lib.dedup.recall import pooled_recall, recall_on_sample
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUP_RUNS
-from curation_assets.lib.vectors import half_parts
+from curation_assets.lib.vectors import half_parts, rows_in_order
 
 #: Fewest recall queries a run samples (below this a sample says little), and the most.
 RECALL_MIN_QUERIES = 50
@@ -135,7 +135,7 @@ def _sample(
     # canonical order (the layout's is file order): the seeded sample does not depend on it
     order = np.lexsort((frame["image_id"].to_numpy(), frame["shard"].to_numpy()))
     frame = frame[order]
-    x = _in_order(parts, order)
+    x = rows_in_order(parts, order)
     del parts  # the float16 rows as read (x holds them once, in order)
     candidates = np.flatnonzero(frame["shard"].is_in(query_shards).to_numpy())
     wanted = int(share * comparisons / max(1, x.shape[0]))
@@ -146,25 +146,6 @@ def _sample(
     sample = recall_on_sample(x, assignments, tau, query_idx)
     sample["reference_shards"] = len(reference)
     return sample
-
-
-def _in_order(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
-    """The rows of ``parts`` (stacked) in ``order``, float16, written once into place.
-
-    The exhaustive search converts a database chunk and a query batch to float32 at a time
-    (:class:`~.pairs.Rows`: the same values as a float32 copy of the whole), so the reference
-    is held at 2·d bytes a row: the rows as read plus this copy while it is filled, never a
-    stacked copy or a float32 one (the sample's reference was 10·d bytes a row at its peak).
-    """
-    d = parts[0].shape[1]
-    out = np.empty((order.size, d), dtype=np.float16)
-    where = np.empty_like(order)
-    where[order] = np.arange(order.size)  # row k of the stack goes to out[where[k]]
-    start = 0
-    for part in parts:
-        out[where[start : start + part.shape[0]]] = part
-        start += part.shape[0]
-    return out
 
 
 def _samples_since_full(log: pl.DataFrame, versions: str, tau: float) -> list[dict[str, Any]]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from curation_assets.lib.dedup import exhaustive_pairs, recall_by_num_clusterings
-from curation_assets.lib.dedup.sampling import _in_order
 from curation_assets.lib.tables import N_CLUSTERINGS
+from curation_assets.lib.vectors import rows_in_order
 from curation_assets.tools.synthetic import clip_like_embeddings
 from curation_assets_tests.lib.dedup.helpers import TAU, brute_pairs, clustered_data, pair_set
 
@@ -42,7 +42,7 @@ def test_a_float16_reference_gives_the_pairs_of_its_float32_copy():
     # the sample puts the rows as read (file parts) in canonical order without stacking them
     order = np.random.default_rng(1).permutation(3000)
     parts = [half[:1000], half[1000:2999], half[2999:]]
-    np.testing.assert_array_equal(_in_order(parts, order), half[order])
+    np.testing.assert_array_equal(rows_in_order(parts, order), half[order])
 
 
 def test_recall_by_num_clusterings_is_non_decreasing_and_exact_with_one_cluster(data):
