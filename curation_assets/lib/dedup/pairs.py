@@ -136,8 +136,11 @@ def _ascending(a: np.ndarray) -> bool:
     return a.size < 2 or bool((np.diff(a) == 1).all())
 
 
-def exact_sims(rows: Rows, i: np.ndarray, j: np.ndarray, batch: int = 65_536) -> np.ndarray:
-    """Canonical cosine of pairs (per-pair float32 dot products, batch-independent)."""
+def exact_sims(rows: Rows, i: np.ndarray, j: np.ndarray, batch: int = 16_384) -> np.ndarray:
+    """Canonical cosine of pairs (per-pair float32 dot products, batch-independent).
+
+    Memory: two ``batch × d`` float32 blocks (64 MiB at d = 512).
+    """
     out = np.empty(len(i), dtype=np.float32)
     for s in range(0, len(i), batch):
         a = rows.take(i[s : s + batch])
