@@ -5,6 +5,7 @@
   shards in its commit metadata, :data:`SHARDS_KEY`): a cost that grows with the commits read,
   not with the shards the table holds (two snapshots of a table with 10⁵ shards list 10⁵ files
   each).
+* :func:`data_version` — the latest version that changed rows (a vacuum's commits skipped).
 * :func:`discard_uncommitted` — the folder a failed table creation leaves with no commit.
 """
 
@@ -20,6 +21,31 @@ SHARDS_KEY = "curation.shards"
 """Commit metadata key: the shards a shard write replaced (a JSON list)."""
 LOG_TAIL_MAX = 1000
 """Most commits :func:`shards_committed_since` reads before its caller compares two snapshots."""
+MAINTENANCE_OPERATIONS = frozenset({"VACUUM START", "VACUUM END"})
+"""Commit operations that change no row: a Delta VACUUM commits two, whatever it deleted."""
+
+
+def data_version(dt: DeltaTable) -> int:
+    """The version of ``dt``'s latest commit that changed its rows.
+
+    Maintenance commits after it (:data:`MAINTENANCE_OPERATIONS`) are skipped: the stages
+    compare versions with those their commits recorded (inputs read, outputs written), and a
+    vacuum must not look like new data or a run that did not finish. Costs one commit file
+    read when the latest commit is a write (the usual case), more after a vacuum.
+    """
+    current = dt.version()
+    latest = dt.history(limit=1)
+    if not latest or latest[0].get("operation") not in MAINTENANCE_OPERATIONS:
+        return current
+    depth = 8
+    while True:
+        entries = dt.history(limit=depth)  # newest first
+        for entry in entries:
+            if entry.get("operation") not in MAINTENANCE_OPERATIONS:
+                return int(entry["version"])
+        if len(entries) < depth:  # pragma: no cover - version 0 creates the table
+            return current
+        depth *= 4
 
 
 def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | None:
@@ -27,7 +53,8 @@ def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | Non
 
     None (the caller compares two snapshots instead) when a commit in between does not name
     its shards (a whole-table write, another tool's commit, a compaction), or when more than
-    :data:`LOG_TAIL_MAX` commits passed.
+    :data:`LOG_TAIL_MAX` commits passed. Maintenance commits (a vacuum's) name none and change
+    none.
     """
     current = dt.version()
     if current <= since_version:
@@ -37,6 +64,8 @@ def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | Non
     commits = {c.get("version"): c for c in dt.history(limit=current - since_version)}
     shards: set[str] = set()
     for version in range(since_version + 1, current + 1):
+        if commits.get(version, {}).get("operation") in MAINTENANCE_OPERATIONS:
+            continue
         named = commits.get(version, {}).get(SHARDS_KEY)
         if not isinstance(named, str):
             return None

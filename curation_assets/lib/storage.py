@@ -32,7 +32,12 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from curation_assets.lib.deltalog import SHARDS_KEY, discard_uncommitted, shards_committed_since
+from curation_assets.lib.deltalog import (
+    SHARDS_KEY,
+    data_version,
+    discard_uncommitted,
+    shards_committed_since,
+)
 from curation_assets.lib.errors import PermanentError, TransientError
 from curation_assets.lib.failpoints import die, dying_stream, failpoint
 from curation_assets.lib.leases import DeltaLease
@@ -170,9 +175,13 @@ class DeltaStore:
         return self._table(table) is not None
 
     def version(self, table: str) -> int | None:
-        """Current Delta version of ``table`` (None when it does not exist)."""
+        """Version of ``table``'s latest commit that changed rows (None when it does not exist).
+
+        A vacuum's commits come after it and are not counted (:func:`~.deltalog.data_version`):
+        to every stage, a vacuumed table is the one its commit recorded.
+        """
         dt = self._table(table)
-        return None if dt is None else dt.version()
+        return None if dt is None else data_version(dt)
 
     def _shard_actions(self, table: str, version: int | None, column: str) -> list[tuple[str, Any]]:
         """(shard, ``column``) of every data file of a shard-partitioned table: log only."""
@@ -427,7 +436,8 @@ class DeltaStore:
                 ]
                 if found or depth is None or latest < depth:
                     break
-            moved = self.version(name) != latest
+            now = self._table(name)
+            moved = now is None or now.version() != latest
             if found and not moved:
                 return found[0]
             if not moved:

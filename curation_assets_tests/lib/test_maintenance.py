@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 from curation_assets.lib.commits import last_commit
 from curation_assets.lib.dedup import run_dedup
@@ -15,7 +16,13 @@ from curation_assets.lib.dedup.io import DEDUP_STAGE
 from curation_assets.lib.maintenance import committed_versions, vacuum
 from curation_assets.lib.settings import resolve_paths
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUP_MEMBERS, DUPLICATE_PAIRS, STAGE_COMMITS, TABLES
+from curation_assets.lib.tables import (
+    DEDUP_MEMBERS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
+    STAGE_COMMITS,
+    TABLES,
+)
 from curation_assets_tests.lib.dedup.helpers import (
     add_shard,
     dedup_tables,
@@ -76,6 +83,31 @@ def test_vacuum_deletes_replaced_files_keeps_committed_versions_and_runs_go_on(t
         run_and_write(s)
     for name, df in dedup_tables(vacuumed).items():
         assert df.equals(dedup_tables(kept)[name]), name
+
+
+def test_a_vacuum_is_not_new_data_to_any_stage(tmp_path):
+    """A vacuum commits twice to every table it cleans: no stage may take that for a change.
+
+    Without :func:`~curation_assets.lib.deltalog.data_version` the next dedup saw every output
+    as written by an unfinished run (and every input as new).
+    """
+    vacuumed, _ = _twins(tmp_path)
+    names = [name for name in TABLES if vacuumed.exists(name)]
+    versions = {name: vacuumed.version(name) for name in names}
+    raw = DeltaTable(vacuumed.uri(DEDUP_MEMBERS.name)).version()
+    done = vacuum(vacuumed, retention_hours=0, dry_run=False)
+    assert any(v.files for v in done)
+    assert DeltaTable(vacuumed.uri(DEDUP_MEMBERS.name)).version() > raw  # it did commit
+    assert {name: vacuumed.version(name) for name in names} == versions
+    since = versions[DEDUPLICATED_IMAGES.name]
+    assert since is not None
+    assert vacuumed.changed_shards(DEDUPLICATED_IMAGES.name, since) == set()
+    again = run_and_write(vacuumed)
+    assert again.plan.mode == "current", again.plan.reason
+    add_shard(vacuumed, "b", vectors(200, 4, seed=2))
+    update = run_and_write(vacuumed)
+    assert update.plan.mode == "incremental", update.plan.reason
+    assert "recovering" not in update.plan.reason
 
 
 def test_a_torn_stage_recovers_after_a_vacuum(tmp_path):
