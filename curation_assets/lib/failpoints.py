@@ -18,9 +18,7 @@ import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
-#: Fault injection for the crash tests: ``PHASE:TABLE[:N]`` SIGKILLs this process at the N-th
-#: (default first) write to TABLE, ``before`` it starts, ``during`` it (after the first batch
-#: reached the writer, before the commit) or ``after`` it committed. Unset in normal use.
+#: The variable that arms a failpoint (format: the module's docstring).
 FAILPOINT_ENV = "CURATION_FAILPOINT"
 _write_counts: dict[str, int] = {}
 

@@ -628,10 +628,10 @@ class DeltaStore:
 
         Files replaced, or never committed (a killed writer's), more than ``retention_hours``
         ago go, except those of ``keep_versions``. The default, 0, deletes every one at once:
-        for a derived scratch table that no reader holds at an older version (a dedup run's
-        staged buckets, once searched), where Delta's week would keep a copy of every vector
-        on disk. For the pipeline's tables use :func:`curation_assets.lib.maintenance.vacuum`
-        (it keeps what the stages' commits need).
+        only for a table no reader holds at an older version and no process is writing. For
+        the pipeline's tables use :func:`curation_assets.lib.maintenance.vacuum` (it keeps what
+        the stages' commits need). Delta commits the vacuum twice (start, end); to the stages
+        that is no change (:meth:`version`).
 
         Returns:
             The files deleted (or, with ``dry_run``, that would be), relative to the table.

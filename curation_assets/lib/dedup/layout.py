@@ -436,10 +436,10 @@ def stage(
     )
     folder = scratch_uri(store, c)
     group: list[pl.DataFrame] = []
-    size = staged = files = 0
+    size = staged = groups = 0
 
     def flush() -> None:
-        nonlocal size, files
+        nonlocal size, groups
         if group:
             rows = pl.concat(group)
             group.clear()  # the concatenation is held alone
@@ -448,9 +448,9 @@ def stage(
             cuts = np.flatnonzero(np.diff(target[order])) + 1
             for part in np.split(order, cuts):
                 b = int(target[part[0]])
-                name = f"bucket={b}/part-{files:05d}.parquet"
+                name = f"bucket={b}/part-{groups:05d}.parquet"
                 _write_parquet(ost.join(folder, name), rows[part], store.storage_options)
-            files += 1
+            groups += 1
         size = 0
 
     for b0 in range(layout.buckets[0]):
