@@ -26,6 +26,7 @@ writes (see ``lib/export/remote.py``).
 """
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -33,9 +34,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    import polars as pl
 
 from curation_assets.lib.errors import ConfigError
 
@@ -180,6 +185,17 @@ def write_bytes(uri: str | Path, data: bytes, options: Mapping[str, str]) -> Non
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     with fs.open_output_stream(path) as out:
         out.write(data)
+
+
+def write_parquet(uri: str, frame: "pl.DataFrame", options: Mapping[str, str]) -> None:
+    """``frame`` as the parquet file ``uri`` (lz4, no statistics): a local write or one PUT."""
+    if not is_remote(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(uri, compression="lz4", statistics=False)
+        return
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="lz4", statistics=False)
+    write_bytes(uri, buffer.getvalue(), options)
 
 
 def read_bytes(uri: str | Path, options: Mapping[str, str]) -> bytes:

@@ -24,12 +24,10 @@ layout is derived data: a full run rebuilds it.
 """
 
 import functools
-import io
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -37,6 +35,7 @@ from deltalake import DeltaTable
 
 from curation_assets.lib import objectstore as ost
 from curation_assets.lib.cluster import filtered_embeddings
+from curation_assets.lib.dedup.readyids import ReadyIds, ready_ids
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
@@ -217,14 +216,14 @@ class LaidOut:
     """What :func:`lay_out` did.
 
     Attributes:
-        ready: The image_ids of each ready shard.
+        ready: The ready shards' image counts; their ids spilled (:class:`~.readyids.ReadyIds`).
         waiting: Why each waiting shard waits.
         touched: The units (clustering, bucket) the ready shards' rows fall in.
         new_rows: The ready shards' ``dedup_members`` rows (with ``clusters``), kept while they
             stay under ``keep_bytes``; None when they outgrew it (or it is 0).
     """
 
-    ready: dict[str, list[str]]
+    ready: ReadyIds
     waiting: dict[str, str]
     touched: set[tuple[int, int]]
     new_rows: pl.DataFrame | None
@@ -251,7 +250,8 @@ def lay_out(
     Memory: one group of shards' member rows (≤ ``max_bytes``, or one shard if larger) and
     their Arrow copy while Delta writes them, + the kept rows (≤ ``keep_bytes``).
     """
-    ready: dict[str, list[str]] = {}
+    ready = ready_ids(store)
+    group_ids: dict[str, pl.Series] = {}
     waiting: dict[str, str] = {}
     touched: set[tuple[int, int]] = set()
     kept: list[pl.DataFrame] | None = [] if keep_bytes > 0 else None
@@ -264,7 +264,9 @@ def lay_out(
         nonlocal size
         if group:
             store.replace_rows(DEDUP_MEMBERS, "shard", group, frames)
+            ready.add(group_ids)
         group.clear()
+        group_ids.clear()
         frames.clear()
         size = 0
 
@@ -279,7 +281,7 @@ def lay_out(
         if why is None and rows.frame.height:
             frame = member_frame(rows, layout)
             touched |= units_of(rows, layout)
-            ready[shard] = rows.frame["image_id"].to_list()
+            group_ids[shard] = rows.frame["image_id"]
             frames.append(frame)
             size += int(frame.estimated_size())
             if kept is not None:
@@ -449,7 +451,7 @@ def stage(
             for part in np.split(order, cuts):
                 b = int(target[part[0]])
                 name = f"bucket={b}/part-{groups:05d}.parquet"
-                _write_parquet(ost.join(folder, name), rows[part], store.storage_options)
+                ost.write_parquet(ost.join(folder, name), rows[part], store.storage_options)
             groups += 1
         size = 0
 
@@ -474,17 +476,6 @@ def stage(
             flush()
     flush()
     return staged
-
-
-def _write_parquet(uri: str, frame: pl.DataFrame, options: Mapping[str, str]) -> None:
-    """``frame`` as the parquet file ``uri`` (a local path, or one PUT to an object store)."""
-    if not ost.is_remote(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(uri, compression="lz4", statistics=False)
-        return
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="lz4", statistics=False)
-    ost.write_bytes(uri, buffer.getvalue(), options)
 
 
 def clear_scratch(store: DeltaStore) -> None:

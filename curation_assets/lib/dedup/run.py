@@ -40,6 +40,7 @@ from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, res
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.newrows import new_rows_cap
 from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
+from curation_assets.lib.dedup.readyids import ReadyIds
 from curation_assets.lib.dedup.sampling import budgeted_recall
 from curation_assets.lib.dedup.search import search
 from curation_assets.lib.dedup.tau import calibrated_tau
@@ -83,7 +84,8 @@ class DedupOutcome:
         tau: The cosine threshold used.
         layout: The bucketed layout in force.
         write_shards: Shards whose ``deduplicated_images`` rows are rewritten.
-        ready: Ready image_ids of each redone shard (the rows it is written with).
+        ready: Ready images of each redone shard (the rows it is written with; their ids
+            spilled until the write: :class:`~.readyids.ReadyIds`).
         units: Each searched unit's statistics.
         recommit: A ``current`` run that redid shards whose rows had not changed: only its
             commit is written (new input versions, the same outputs).
@@ -103,7 +105,7 @@ class DedupOutcome:
     tau: float = float("nan")
     layout: Layout | None = None
     write_shards: list[str] = field(default_factory=list)
-    ready: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    ready: ReadyIds = field(default_factory=ReadyIds, repr=False)
     units: list[dict[str, Any]] = field(default_factory=list, repr=False)
     recommit: bool = False
     tau_min: float = float("nan")
@@ -246,7 +248,7 @@ def run_dedup(
     ready, waiting = laid.ready, laid.waiting
     pending = sorted(waiting.items())
     say(
-        f"laid out {len(ready)} shards ({sum(map(len, ready.values()))} images) in "
+        f"laid out {len(ready)} shards ({ready.total} images) in "
         f"{time.perf_counter() - t_layout:.1f}s; {len(pending)} waiting"
     )
     # 2. search: every unit (full), or the new rows in one pass (else the units they touched)
@@ -293,7 +295,7 @@ def run_dedup(
         if plan.mode != "full"
         else {}
     )
-    images = sum(counts.get(s, 0) for s in covered - set(ready)) + sum(map(len, ready.values()))
+    images = sum(counts.get(s, 0) for s in covered - set(ready)) + ready.total
     write = set(plan.redo) | (merged.changed_shards & covered)
     if full:
         write |= set(store.shard_files(DEDUPLICATED_IMAGES.name))
@@ -301,7 +303,7 @@ def run_dedup(
         write |= store.changed_shards(
             DEDUPLICATED_IMAGES.name, plan.commit.outputs[DEDUPLICATED_IMAGES.name]
         )
-    n_new = sum(map(len, ready.values()))
+    n_new = ready.total
     seconds = time.perf_counter() - t0
     same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
         tau,
@@ -484,7 +486,7 @@ def _committed(plan: DedupPlan, spec: Any) -> int | None:
 def _unchanged(
     store: DeltaStore,
     plan: DedupPlan,
-    ready: dict[str, list[str]],
+    ready: ReadyIds,
     waiting: dict[str, str],
     merged: Merged,
     old_pairs: pl.DataFrame,
@@ -503,7 +505,8 @@ def _unchanged(
             version=_committed(plan, DEDUPLICATED_IMAGES),
         )
         before = {s: sorted(g["image_id"].to_list()) for (s,), g in old.group_by("shard")}
-        if any(before.get(s) != sorted(ready[s]) for s in redone):
+        now = ready.ids(redone)
+        if any(before.get(s) != now[s] for s in redone):
             return False
     return merged.stored.equals(old_pairs.sort("image_id_a", "image_id_b"))
 
@@ -621,14 +624,15 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             for s in group
             if s not in outcome.ready and plan.mode != "full" and s not in plan.redo
         ]
-        ids = dict(outcome.ready)
+        ids = outcome.ready.ids(group)
         if old:
             rows = store.read(
                 DEDUPLICATED_IMAGES, shards=old, columns=["image_id", "shard"], version=committed
             )
             ids.update({s: g["image_id"].to_list() for (s,), g in rows.group_by("shard")})
         # gone, or redone but not ready (it waits): no rows, so its old rows go
-        frames = [_shard_decisions(s, ids[s], members) for s in group if s in ids]
+        part = members.filter(pl.col("shard").is_in(group))
+        frames = [_shard_decisions(s, ids[s], part) for s in group if s in ids]
         store.replace_rows(DEDUPLICATED_IMAGES, "shard", group, frames)
     log = DEDUP_RUNS.empty()
     if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:

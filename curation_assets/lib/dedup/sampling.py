@@ -7,6 +7,7 @@ in-memory measures (exhaustive pairs, recall by number of clusterings) are
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ RECALL_MIN_REFERENCE = 20_000
 def budgeted_recall(
     store: DeltaStore,
     plan: DedupPlan,
-    ready: dict[str, list[str]],
+    ready: Mapping[str, int],
     covered: set[str],
     counts: dict[str, int],
     *,
@@ -54,7 +55,7 @@ def budgeted_recall(
     rng = np.random.default_rng(
         [seed, int(hashlib.sha256(",".join(sorted(ready)).encode()).hexdigest()[:8], 16)]
     )
-    sizes = {s: len(ids) for s, ids in ready.items()}
+    sizes = dict(ready)
     sizes.update({s: counts.get(s, 0) for s in covered - set(ready)})
     query_shards = sorted(ready)
     total = sum(sizes.get(s, 0) for s in covered)
