@@ -302,7 +302,8 @@ def weights_and_audit(
     summary = outcome.summary
     work = (
         f"{summary['shards_scored']} shards scored from their embeddings, "
-        f"{summary.get('shards_patched', 0)} patched from their stored ratios, "
+        f"{summary.get('shards_patched', 0)} patched from their stored ratios "
+        f"({summary.get('shards_drop_patched', 0)} from their dropped rows alone), "
         f"{outcome.written} rewritten"
         if outcome.plan.mode != "current"
         else "0 shards scored"

@@ -22,6 +22,9 @@ module redoes such a shard from its stored :data:`SAMPLE_WEIGHTS` rows:
    layout of the probe's arrays, fitted vs loaded. The patch keeps each ratio as first
    computed.)
 
+A shard whose decisions only lost kept images is drop-patched first (:mod:`~.drops`): the
+committed rows, stats and counts less the dropped rows' own, without step 1's reads.
+
 Not patched (scored in full from the embeddings): a shard whose raw images or embeddings
 changed, one never scored with the committed probe, one with a newly kept row, and every
 shard when the audit has zero-shot concepts with a text encoder (their attributes are read off
@@ -41,12 +44,15 @@ import polars as pl
 
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
+    AUDIT_SHARD_COUNTS,
+    DEDUPLICATED_IMAGES,
     IMAGE_EMBEDDINGS,
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
     WEIGHT_SHARD_STATS,
 )
 from curation_assets.lib.weights.audit import TextEncoder
+from curation_assets.lib.weights.drops import drop_patch
 from curation_assets.lib.weights.plan import WeightsPlan
 from curation_assets.lib.weights.probe import SampledProbe
 from curation_assets.lib.weights.shards import (
@@ -74,11 +80,15 @@ class PatchSource:
         stale: Shards whose rows now differ from the ones at ``version`` (a run killed
             before its commit wrote them): rewritten even when the patch gives the rows at
             ``version``.
+        committed: The committed versions of ``deduplicated_images`` (the commit's input),
+            ``weight_shard_stats`` and ``audit_shard_counts``: what a drop patch
+            (:mod:`~.drops`) starts from. Empty: none (the rescale pass).
     """
 
     model_ids: Mapping[str, str]
     version: int | None = None
     stale: frozenset[str] = frozenset()
+    committed: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +100,7 @@ class Redone:
         counts: Their :data:`AUDIT_SHARD_COUNTS` rows.
         scored: Shards scored from their embeddings.
         patched: Shards patched from their stored ratios.
+        dropped: Of those, shards drop-patched (:mod:`~.drops`: they only lost kept images).
         written: Shards whose ``sample_weights`` rows were rewritten.
     """
 
@@ -97,6 +108,7 @@ class Redone:
     counts: list[pl.DataFrame] = field(default_factory=list)
     scored: int = 0
     patched: int = 0
+    dropped: int = 0
     written: int = 0
 
     def add(self, other: "Redone") -> None:
@@ -104,6 +116,7 @@ class Redone:
         self.stats, self.counts = other.stats, other.counts
         self.scored += other.scored
         self.patched += other.patched
+        self.dropped += other.dropped
         self.written += other.written
 
 
@@ -138,7 +151,13 @@ def incremental_source(store: DeltaStore, plan: WeightsPlan) -> PatchSource:
         if probe == probe_id and shard in todo
     }
     stale = store.changed_shards(SAMPLE_WEIGHTS.name, version) & set(model_ids)
-    return PatchSource(model_ids, version, frozenset(stale))
+    versions = {
+        DEDUPLICATED_IMAGES.name: commit.inputs.get(DEDUPLICATED_IMAGES.name),
+        WEIGHT_SHARD_STATS.name: commit.outputs.get(WEIGHT_SHARD_STATS.name),
+        AUDIT_SHARD_COUNTS.name: commit.outputs.get(AUDIT_SHARD_COUNTS.name),
+    }
+    committed = {k: v for k, v in versions.items() if v is not None}
+    return PatchSource(model_ids, version, frozenset(stale), committed)
 
 
 def rescale_source(stats: pl.DataFrame) -> PatchSource:
@@ -186,28 +205,55 @@ def redo_shards(
     fallback = [s for s in shards if s not in set(wanted)]
     sizes = store.shard_row_counts(RAW_IMAGES.name)
     for group in shard_batches(sizes, wanted, max_rows):
-        frames = reference_rows(store, group, settings["correct_for"], ["image_id", "shard"])
-        parts = {k[0]: v for k, v in frames.partition_by("shard", as_dict=True).items()}
         stored = store.read(SAMPLE_WEIGHTS, shards=group, version=source.version)
-        olds = {k[0]: v for k, v in stored.partition_by("shard", as_dict=True).items()}
-        scores = read_uniqueness(store, group) if term is not None else {}
-        rewrite: dict[str, pl.DataFrame] = {}
-        for shard in group:
-            frame = parts.get(shard, frames.clear()).sort("image_id")
-            old = olds.get(shard, SAMPLE_WEIGHTS.empty()).sort("image_id")
-            patched = patch_shard(
-                shard,
-                frame,
-                old,
-                model_id=source.model_ids[shard],
+        olds = {
+            k[0]: v.sort("image_id") for k, v in stored.partition_by("shard", as_dict=True).items()
+        }
+        dropped = (
+            drop_patch(
+                store,
+                group,
+                olds,
+                versions=source.committed,
+                model_ids=source.model_ids,
                 probe_id=probe.probe_id,
                 scale=scale,
-                w_min=settings["w_min"],
-                w_max=settings["w_max"],
-                keywords=settings["keywords"],
-                uniqueness=term,
-                uniqueness_scores=scores.get(shard),
+                settings=settings,
             )
+            if term is None
+            else {}
+        )
+        rest = [s for s in group if s not in dropped]
+        frames = (
+            reference_rows(store, rest, settings["correct_for"], ["image_id", "shard"])
+            if rest
+            else pl.DataFrame()
+        )
+        parts = (
+            {k[0]: v for k, v in frames.partition_by("shard", as_dict=True).items()} if rest else {}
+        )
+        scores = read_uniqueness(store, rest) if term is not None and rest else {}
+        rewrite: dict[str, pl.DataFrame] = {}
+        for shard in group:
+            old = olds.get(shard, SAMPLE_WEIGHTS.empty())
+            if shard in dropped:
+                out.dropped += 1
+                patched: ShardScore | None = dropped[shard]
+            else:
+                frame = parts.get(shard, frames.clear()).sort("image_id")
+                patched = patch_shard(
+                    shard,
+                    frame,
+                    old,
+                    model_id=source.model_ids[shard],
+                    probe_id=probe.probe_id,
+                    scale=scale,
+                    w_min=settings["w_min"],
+                    w_max=settings["w_max"],
+                    keywords=settings["keywords"],
+                    uniqueness=term,
+                    uniqueness_scores=scores.get(shard),
+                )
             if patched is None:
                 fallback.append(shard)
                 continue

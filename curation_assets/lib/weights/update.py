@@ -13,19 +13,22 @@
    ``deduplicated_images`` / ``image_uniqueness`` changed) is *patched*: its weights are
    recomputed from the raw ratios its committed ``sample_weights`` rows hold, its embeddings
    are never read, and its rows are rewritten only if they changed (:mod:`~.patch`; a newly
-   kept image, or zero-shot concepts with an encoder, fall back to scoring it). Patching
-   stays in this process (it reads no embedding: a few columns per row). Every other shard
-   is scored from its embeddings on the engine (:mod:`~.work`: one task per shard on Ray, a
-   budget-sized group of shards per task on the local engine, which runs them here one
-   after the other as before engines), each task reading its shards itself
+   kept image, or zero-shot concepts with an encoder, fall back to scoring it). A shard that
+   only lost kept images (an old copy a new shard's image beat) is drop-patched: its committed
+   rows, stats and counts less those images' own, reading nothing else of it
+   (:mod:`~.drops`). Patching stays in this process (it reads no embedding: a few columns
+   per row). Every other shard is scored from its embeddings on the engine (:mod:`~.work`:
+   one task per shard on Ray, a budget-sized group of shards per task on the local engine,
+   which runs them here one after the other as before engines), each task reading its
+   shards itself
    (:func:`~.shards.read_shards`, :func:`~.shards.score_shard`). Each shard is written with
    ``replace_shard`` (one transaction per shard); rows of shards that are gone are deleted.
 4. The per-shard stats and audit counts (small tables, rewritten in one commit each), the
    totals from their sums; if the mean weight is off by more than ``mean_tolerance``, every
    shard is rescaled with the closed-form scale (reason says so) — patched from the rows as
    this run left them, so a rescale reads no embedding. The summary counts
-   ``shards_scored`` (from embeddings) and ``shards_patched``; the reason says how many of
-   each.
+   ``shards_scored`` (from embeddings), ``shards_patched`` and of those
+   ``shards_drop_patched``; the reason says how many of each.
 5. ``bias_audit`` from the summed counts, then the commit row (``stage_commits``), last.
 
 Weights: ``weight = clip(scale · ratio(x) · m(x), w_min, w_max)`` with ONE probe, ONE scale and
@@ -254,8 +257,9 @@ def update_weights(
     all_counts = pl.concat([old_counts, *counts]).sort("shard", "attribute", "value", "hit")
     totals = weight_totals(stats, w_min=settings["w_min"], w_max=settings["w_max"])
     reason = plan.reason + (
-        f"; {done.patched} patched from their stored raw ratios (embeddings unchanged), "
-        f"{done.scored} scored from their embeddings"
+        f"; {done.patched} patched from their stored raw ratios (embeddings unchanged"
+        + (f"; {done.dropped} only lost kept images: those rows alone" if done.dropped else "")
+        + f"), {done.scored} scored from their embeddings"
         if done.patched
         else ""
     )
@@ -390,6 +394,7 @@ def _summary(
         "shards": len(plan.present),
         "shards_scored": done.scored,
         "shards_patched": done.patched,
+        "shards_drop_patched": done.dropped,
         "shards_removed": len(plan.removed),
         "unfiltered_images": int(totals["n_reference"]),
         "kept_images": int(totals["n"]),

@@ -1,0 +1,176 @@
+"""Drop patches: a shard that only lost kept images is redone from those rows alone.
+
+Two identical corpora: one updated with the drop patch, one with every changed shard scored
+from its embeddings. Rows and stats must be equal exactly (the same arithmetic on the same
+stored ratios); audit counts exactly but for ``weight_sum``, which the drop patch gets by
+subtraction (to 1e-13).
+"""
+
+import numpy as np
+import polars as pl
+from polars.testing import assert_frame_equal
+
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    AUDIT_SHARD_COUNTS,
+    DEDUPLICATED_IMAGES,
+    IMAGE_EMBEDDINGS,
+    RAW_IMAGES,
+    SAMPLE_WEIGHTS,
+    WEIGHT_SHARD_STATS,
+)
+from curation_assets.lib.weights.update import update_weights
+from curation_assets_tests.lib.weights.test_patch import (
+    COUNT_KEYS,
+    KW,
+    ColumnRecordingStore,
+    _assert_rescored,
+    _one_row_batches,
+    _run,
+)
+from curation_assets_tests.lib.weights.test_update import BUDGET, SETTINGS, _corpus, _no_encoder
+
+
+def _prepared(tmp, correct_for: str, rare: bool = False) -> tuple[list[DeltaStore], list[str]]:
+    """Two corpora after a full run and a rescore; returns them and shard-b's kept ids.
+
+    ``rare``: shard-b's first kept image is the only one of its format (``TIFF``).
+    """
+    stores = [_corpus(tmp / f"store{i}") for i in range(2)]
+    kept: list[str] = []
+    for store in stores:
+        if rare:
+            raw = store.read(RAW_IMAGES, shards=["shard-b"])
+            first = _kept(store, "shard-b")[0]
+            raw = raw.with_columns(
+                format=pl.when(pl.col("image_id") == first).then(pl.lit("TIFF")).otherwise("format")
+            )
+            store.replace_shard(RAW_IMAGES, "shard-b", RAW_IMAGES.conform(raw))
+        assert _run(store, keywords=[], correct_for=correct_for).plan.mode == "full"
+        assert _run(store, correct_for=correct_for).plan.mode == "rescore"
+        kept = _kept(store, "shard-b")
+    return stores, kept
+
+
+def _kept(store: DeltaStore, shard: str) -> list[str]:
+    rows = store.read(DEDUPLICATED_IMAGES, shards=[shard]).sort("image_id")
+    return rows.filter(pl.col("kept"))["image_id"].to_list()
+
+
+def _remove(store: DeltaStore, shard: str, ids: list[str], *, by: str) -> None:
+    """Dedup now removes ``ids`` (kept before) as duplicates of ``by``."""
+    rows = store.read(DEDUPLICATED_IMAGES, shards=[shard])
+    hit = pl.col("image_id").is_in(ids)
+    rows = rows.with_columns(
+        kept=pl.when(hit).then(False).otherwise("kept"),
+        duplicate_of=pl.when(hit).then(pl.lit(by)).otherwise("duplicate_of"),
+        similarity=pl.when(hit).then(pl.lit(0.97, pl.Float32)).otherwise("similarity"),
+        component_id=pl.when(hit).then(pl.lit(by)).otherwise("component_id"),
+    )
+    store.replace_shard(DEDUPLICATED_IMAGES, shard, DEDUPLICATED_IMAGES.conform(rows))
+
+
+def _compare(a: DeltaStore, b: DeltaStore) -> None:
+    for spec, keys in (
+        (SAMPLE_WEIGHTS, ["image_id"]),
+        (WEIGHT_SHARD_STATS, ["shard"]),
+        (AUDIT_SHARD_COUNTS, COUNT_KEYS),
+    ):
+        got, want = a.read(spec).sort(keys), b.read(spec).sort(keys)
+        if spec is AUDIT_SHARD_COUNTS:
+            assert got.drop("weight_sum").equals(want.drop("weight_sum"))
+            np.testing.assert_allclose(got["weight_sum"], want["weight_sum"], rtol=1e-13)
+        else:
+            assert got.equals(want), spec.name
+    assert_frame_equal(
+        _audit(a),
+        _audit(b),
+        check_exact=False,
+        rel_tol=1e-12,
+        abs_tol=1e-12,
+    )
+
+
+def _audit(store: DeltaStore) -> pl.DataFrame:
+    from curation_assets.lib.tables import BIAS_AUDIT
+
+    return store.read(BIAS_AUDIT)
+
+
+def _drop_and_compare(stores, kept, correct_for, ids, monkeypatch) -> None:
+    from curation_assets.lib.weights import patch, update
+
+    store, old = stores
+    for s in stores:
+        _remove(s, "shard-b", ids, by=kept[-1])
+    watched = ColumnRecordingStore(store.root_uri)
+    out = update_weights(
+        watched, {**SETTINGS, **KW, "correct_for": correct_for}, BUDGET, _no_encoder
+    )
+    assert out.plan.shards == ["shard-b"]
+    assert (out.summary["shards_drop_patched"], out.summary["shards_scored"]) == (1, 0)
+    assert out.written == 1
+    # nothing of the shard's other rows is read: no embedding ids, and raw rows only here
+    assert not [r for r in watched.reads if r[0] == IMAGE_EMBEDDINGS.name]
+    assert not set(ids) & set(store.read(SAMPLE_WEIGHTS)["image_id"])
+
+    def score_all(store, shards, source, **kwargs):
+        return patch.redo_shards(store, shards, patch.PatchSource({}), **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(update, "redo_shards", score_all)
+        ref = update_weights(
+            old, {**SETTINGS, **KW, "correct_for": correct_for}, BUDGET, _no_encoder
+        )
+    assert (ref.summary["shards_scored"], ref.summary["shards_drop_patched"]) == (1, 0)
+    _compare(store, old)
+    _assert_rescored_as(store, out, correct_for)
+
+
+def _assert_rescored_as(store, out, correct_for) -> None:
+    if correct_for == SETTINGS["correct_for"]:
+        _assert_rescored(store, "shard-b", out, sums_exact=False)
+
+
+def test_removed_images_leave_the_reference_under_filter(tmp_path, monkeypatch):
+    _one_row_batches(monkeypatch)  # a row's ratio does not depend on its batch
+    stores, kept = _prepared(tmp_path, "filter")
+    n_ref = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")["n_reference"].item()
+    _drop_and_compare(stores, kept, "filter", kept[:5], monkeypatch)
+    stats = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")
+    assert stats["n_reference"].item() == n_ref - 5
+
+
+def test_removed_images_stay_in_the_reference_under_filter_and_dedup(tmp_path, monkeypatch):
+    _one_row_batches(monkeypatch)  # a row's ratio does not depend on its batch
+    stores, kept = _prepared(tmp_path, "filter_and_dedup")
+    n_ref = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")["n_reference"].item()
+    _drop_and_compare(stores, kept, "filter_and_dedup", kept[:3], monkeypatch)
+    stats = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")
+    assert stats["n_reference"].item() == n_ref
+
+
+def test_a_value_no_reference_image_holds_any_more_is_not_counted(tmp_path, monkeypatch):
+    _one_row_batches(monkeypatch)  # a row's ratio does not depend on its batch
+    stores, kept = _prepared(tmp_path, "filter", rare=True)
+    tiff = pl.col("value") == "TIFF"
+    assert stores[0].read(AUDIT_SHARD_COUNTS).filter(tiff).height == 1
+    _drop_and_compare(stores, kept, "filter", kept[:1], monkeypatch)
+    assert stores[0].read(AUDIT_SHARD_COUNTS).filter(tiff).height == 0
+
+
+def test_any_other_change_is_left_to_the_patch(tmp_path, monkeypatch):
+    """A removed image revived beside a drop: the shard is scored, as the patch does."""
+    _one_row_batches(monkeypatch)
+    stores, kept = _prepared(tmp_path, "filter")
+    store = stores[0]
+    rows = store.read(DEDUPLICATED_IMAGES, shards=["shard-b"])
+    removed = rows.filter(~pl.col("kept"))["image_id"].sort()[0]
+    _remove(store, "shard-b", kept[:2], by=kept[-1])
+    rows = store.read(DEDUPLICATED_IMAGES, shards=["shard-b"]).with_columns(
+        kept=pl.when(pl.col("image_id") == removed).then(True).otherwise("kept")
+    )
+    store.replace_shard(DEDUPLICATED_IMAGES, "shard-b", DEDUPLICATED_IMAGES.conform(rows))
+    out = _run(store)
+    assert (out.summary["shards_drop_patched"], out.summary["shards_scored"]) == (0, 1)
+    assert removed in set(store.read(SAMPLE_WEIGHTS)["image_id"])
