@@ -115,6 +115,33 @@ def test_the_sweep_equals_brute_force_components_at_every_tau(tmp_path, corpus):
     assert (near["similarity"][2:] < 0.95).all()
 
 
+def test_the_sweep_handles_ties_exact_copies_and_cycles_as_brute_force_does():
+    """Random graph: tied similarities, 1.0 (exact copies), cycles, isolated pairs."""
+    rng = np.random.default_rng(5)
+    n, m = 300, 900
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    keep = a != b
+    lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    pairs = (
+        pl.DataFrame(
+            {
+                "image_id_a": [f"img-{i:04d}" for i in lo],
+                "image_id_b": [f"img-{j:04d}" for j in hi],
+                "similarity": rng.choice([1.0, 0.995, 0.975, 0.955, 0.935], lo.size).astype(
+                    np.float32
+                ),
+            }
+        )
+        .unique(["image_id_a", "image_id_b"])
+        .sort("image_id_a", "image_id_b")
+    )
+    sweep = tau_sweep(pairs, sweep_grid(0.93, 0.95, step=0.01))
+    for row in sweep.iter_rows(named=True):
+        assert (row["pairs"], row["groups"], row["removed"]) == _brute_force(pairs, row["tau"])
+    empty = tau_sweep(pairs.clear(), [1.0, 0.95])
+    assert empty["pairs"].to_list() == [0, 0] and empty["removed"].to_list() == [0, 0]
+
+
 def test_sweep_precision_and_recall_against_a_ground_truth(tmp_path):
     pairs = pl.DataFrame(
         {
