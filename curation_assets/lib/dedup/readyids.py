@@ -77,13 +77,15 @@ class ReadyIds(Mapping[str, int]):
             self._counts[shard] = len(ids)
             self._file_of[shard] = uri
 
-    def ids(self, shards: Iterable[str]) -> dict[str, list[str]]:
+    def ids(self, shards: Iterable[str]) -> dict[str, pl.Series]:
         """The ready image_ids of each of ``shards`` (ready ones), sorted.
+
+        As Arrow strings, not Python ones (~35 bytes an id, not ~120).
 
         Memory: the asked shards' ids + one file's rows while it is read.
         """
         wanted = [s for s in shards if s in self._counts]
-        out: dict[str, list[str]] = {s: [] for s in wanted if not self._counts[s]}
+        out = {s: pl.Series("image_id", [], pl.String) for s in wanted if not self._counts[s]}
         by_file: dict[str, list[str]] = {}
         for s in wanted:
             if s in self._file_of:
@@ -93,7 +95,7 @@ class ReadyIds(Mapping[str, int]):
                 uri, storage_options=dict(self.options) if ost.is_remote(uri) else None
             ).filter(pl.col("shard").is_in(group))
             for (shard,), part in rows.group_by("shard"):
-                out[str(shard)] = part["image_id"].sort().to_list()
+                out[str(shard)] = part["image_id"].sort()
         return out
 
 

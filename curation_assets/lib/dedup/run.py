@@ -506,7 +506,7 @@ def _unchanged(
         )
         before = {s: sorted(g["image_id"].to_list()) for (s,), g in old.group_by("shard")}
         now = ready.ids(redone)
-        if any(before.get(s) != now[s] for s in redone):
+        if any(before.get(s) != now[s].to_list() for s in redone):
             return False
     return merged.stored.equals(old_pairs.sort("image_id_a", "image_id_b"))
 
@@ -566,6 +566,10 @@ def _current(
 
 #: Shards of deduplicated_images rewritten per Delta commit (their ids and decisions only).
 _SHARDS_PER_COMMIT = 256
+#: Rows of deduplicated_images rewritten per Delta commit (a bigger shard alone): ~50 bytes of
+#: id and decision a row as read back, so one commit holds ~100 MB at most, not every id (at
+#: 9.2M images the 102 shards of one commit held 1.1 GB of ids as Python strings).
+_ROWS_PER_COMMIT = 2_000_000
 
 #: Statistics a commit keeps so that a run with nothing to do reports the same figures.
 _COMMITTED_STATS = (
@@ -616,9 +620,11 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         return outputs
     members = outcome.members
     committed = _committed(plan, DEDUPLICATED_IMAGES)
-    shards = outcome.write_shards
-    for start in range(0, len(shards), _SHARDS_PER_COMMIT):
-        group = shards[start : start + _SHARDS_PER_COMMIT]
+    counts = (
+        store.shard_row_counts(DEDUPLICATED_IMAGES.name, committed) if committed is not None else {}
+    )
+    sizes = {s: outcome.ready.get(s, counts.get(s, 0)) for s in outcome.write_shards}
+    for group in _write_groups(outcome.write_shards, sizes):
         old = [  # covered shards whose decisions changed: the same images as committed
             s
             for s in group
@@ -629,7 +635,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             rows = store.read(
                 DEDUPLICATED_IMAGES, shards=old, columns=["image_id", "shard"], version=committed
             )
-            ids.update({s: g["image_id"].to_list() for (s,), g in rows.group_by("shard")})
+            ids.update({s: g["image_id"] for (s,), g in rows.group_by("shard")})
         # gone, or redone but not ready (it waits): no rows, so its old rows go
         part = members.filter(pl.col("shard").is_in(group))
         frames = [_shard_decisions(s, ids[s], part) for s in group if s in ids]
@@ -688,9 +694,28 @@ def _version(store: DeltaStore, spec: Any) -> int:
     return store.replace_table(spec, spec.empty()) if version is None else version
 
 
-def _shard_decisions(shard: str, ids: list[str], members: pl.DataFrame) -> pl.DataFrame:
+def _write_groups(shards: list[str], sizes: dict[str, int]) -> list[list[str]]:
+    """``shards`` cut in order into commits of bounded shards and rows (a bigger shard alone).
+
+    At most :data:`_SHARDS_PER_COMMIT` shards and :data:`_ROWS_PER_COMMIT` rows: the ids and
+    decision rows one commit holds are bounded whatever N is.
+    """
+    groups: list[list[str]] = []
+    rows = 0
+    for shard in shards:
+        n = sizes.get(shard, 0)
+        if groups and len(groups[-1]) < _SHARDS_PER_COMMIT and rows + n <= _ROWS_PER_COMMIT:
+            groups[-1].append(shard)
+            rows += n
+        else:
+            groups.append([shard])
+            rows = n
+    return groups
+
+
+def _shard_decisions(shard: str, ids: pl.Series, members: pl.DataFrame) -> pl.DataFrame:
     """``deduplicated_images`` rows of one shard: its graph rows' decisions, the rest kept."""
-    base = pl.DataFrame({"image_id": ids}, schema={"image_id": pl.String}).sort("image_id")
+    base = ids.cast(pl.String).rename("image_id").to_frame().sort("image_id")
     graph = members.filter(pl.col("shard") == shard).select(
         "image_id", "kept", "duplicate_of", "similarity", "component_id"
     )

@@ -28,7 +28,7 @@ def test_ids_come_back_per_shard_sorted_from_the_files_that_hold_them(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
     assert dict(ready) == {"b": 3, "a": 1, "c": 2} and ready.total == 6
     assert "empty" not in ready  # a shard with no ready image is not laid out
-    got = ready.ids(["c", "b", "missing"])
+    got = {s: ids.to_list() for s, ids in ready.ids(["c", "b", "missing"]).items()}
     assert got == {"c": ["c0", "c1"], "b": ["b0", "b1", "b2"]}
     assert ready.ids([]) == {}
     # a new run starts from nothing: a killed run's files are gone
@@ -64,7 +64,7 @@ def test_a_run_spills_its_ids_the_write_reads_them_and_the_stage_deletes_them(tm
     written = spilled.read(DEDUPLICATED_IMAGES)
     assert written.group_by("shard").len().sort("shard")["len"].to_list() == [150] * 4
     assert (
-        outcome.ready.ids(["c"])["c"]
+        outcome.ready.ids(["c"])["c"].to_list()
         == written.filter(pl.col("shard") == "c")["image_id"].sort().to_list()
     )
     clear_ids(spilled)
@@ -74,6 +74,24 @@ def test_a_run_spills_its_ids_the_write_reads_them_and_the_stage_deletes_them(tm
     assert again.plan.mode == "full" and not folder.exists()
     run_and_write(stores[1], budget=small)
     for name, df in dedup_tables(spilled).items():
+        assert df.equals(dedup_tables(stores[1])[name]), name
+
+
+def test_decisions_are_written_in_commits_of_bounded_rows(tmp_path, monkeypatch):
+    """More rows than one commit holds: several commits, the same rows as one commit."""
+    from curation_assets.lib.dedup import run as run_module
+
+    stores = [DeltaStore(str(tmp_path / name / "delta")) for name in ("small", "one")]
+    for s in stores:
+        write_centroids(s)
+        for i, name in enumerate("abc"):
+            add_shard(s, name, vectors(40, 3, seed=40 + i), start=1000 * i)
+    run_and_write(stores[1])
+    monkeypatch.setattr(run_module, "_ROWS_PER_COMMIT", 70)  # two shards are 80 rows
+    before = stores[0].version(DEDUPLICATED_IMAGES.name)
+    run_and_write(stores[0])
+    assert stores[0].version(DEDUPLICATED_IMAGES.name) - (before or 0) >= 3  # one per shard
+    for name, df in dedup_tables(stores[0]).items():
         assert df.equals(dedup_tables(stores[1])[name]), name
 
 
