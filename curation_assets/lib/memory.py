@@ -4,6 +4,7 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +68,24 @@ class MemoryBudget:
 
     def __repr__(self) -> str:  # noqa: D105
         return f"MemoryBudget({self.mb:g} MiB)"
+
+
+def shard_batches(
+    sizes: Mapping[str, int], shards: Sequence[str], max_rows: int, max_shards: int | None = None
+) -> list[list[str]]:
+    """Consecutive groups of ``shards`` of at most ``max_rows`` rows (a bigger shard alone).
+
+    ``max_shards``: also at most that many shards a group (None: no such cap).
+    """
+    batches: list[list[str]] = []
+    rows = 0
+    for shard in shards:
+        n = int(sizes.get(shard, 0))
+        room = max_shards is None or (batches and len(batches[-1]) < max_shards)
+        if batches and room and rows + n <= max_rows:
+            batches[-1].append(shard)
+            rows += n
+        else:
+            batches.append([shard])
+            rows = n
+    return batches

@@ -52,3 +52,14 @@ def test_positive_int_env_names_the_variable(monkeypatch):
         monkeypatch.setenv("CURATION_TEST_N", bad)
         with pytest.raises(ValueError, match=r"CURATION_TEST_N=.*expected a whole number >= 1"):
             positive_int_env("CURATION_TEST_N", 7)
+
+
+def test_shard_batches_bound_rows_and_optionally_shards():
+    from curation_assets.lib.memory import shard_batches
+
+    sizes = {"a": 5, "b": 5, "c": 9, "d": 1, "big": 30}
+    assert shard_batches(sizes, ["a", "b", "c", "d"], 10) == [["a", "b"], ["c", "d"]]
+    assert shard_batches(sizes, ["a", "big", "d"], 10) == [["a"], ["big"], ["d"]]  # alone
+    assert shard_batches(sizes, ["d", "a", "b"], 100, max_shards=2) == [["d", "a"], ["b"]]
+    assert shard_batches(sizes, ["missing", "d"], 1) == [["missing", "d"]]  # 0 rows
+    assert shard_batches(sizes, [], 10) == []

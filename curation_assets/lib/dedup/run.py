@@ -46,7 +46,7 @@ from curation_assets.lib.dedup.search import search
 from curation_assets.lib.dedup.tau import calibrated_tau
 from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.memory import MemoryBudget, shard_batches
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CANDIDATE_PAIRS,
@@ -624,7 +624,10 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         store.shard_row_counts(DEDUPLICATED_IMAGES.name, committed) if committed is not None else {}
     )
     sizes = {s: outcome.ready.get(s, counts.get(s, 0)) for s in outcome.write_shards}
-    for group in _write_groups(outcome.write_shards, sizes):
+    # commits of bounded shards and rows: the ids and decision rows held are bounded at any N
+    for group in shard_batches(
+        sizes, outcome.write_shards, _ROWS_PER_COMMIT, max_shards=_SHARDS_PER_COMMIT
+    ):
         old = [  # covered shards whose decisions changed: the same images as committed
             s
             for s in group
@@ -692,25 +695,6 @@ def _version(store: DeltaStore, spec: Any) -> int:
     """The table's current version; an empty table is created when none was written yet."""
     version = store.version(spec.name)
     return store.replace_table(spec, spec.empty()) if version is None else version
-
-
-def _write_groups(shards: list[str], sizes: dict[str, int]) -> list[list[str]]:
-    """``shards`` cut in order into commits of bounded shards and rows (a bigger shard alone).
-
-    At most :data:`_SHARDS_PER_COMMIT` shards and :data:`_ROWS_PER_COMMIT` rows: the ids and
-    decision rows one commit holds are bounded whatever N is.
-    """
-    groups: list[list[str]] = []
-    rows = 0
-    for shard in shards:
-        n = sizes.get(shard, 0)
-        if groups and len(groups[-1]) < _SHARDS_PER_COMMIT and rows + n <= _ROWS_PER_COMMIT:
-            groups[-1].append(shard)
-            rows += n
-        else:
-            groups.append([shard])
-            rows = n
-    return groups
 
 
 def _shard_decisions(shard: str, ids: pl.Series, members: pl.DataFrame) -> pl.DataFrame:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.memory import shard_batches
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
@@ -59,7 +60,6 @@ from curation_assets.lib.weights.shards import (
     ROW_OVERHEAD,
     ShardScore,
     reference_rows,
-    shard_batches,
     weigh_shard,
 )
 from curation_assets.lib.weights.uniqueness import UniquenessTerm, read_uniqueness

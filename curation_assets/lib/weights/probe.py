@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.memory import MemoryBudget, shard_batches
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import WEIGHT_PROBES
 from curation_assets.lib.weights.fit import (
@@ -39,7 +39,7 @@ from curation_assets.lib.weights.fit import (
     fit_density_ratio,
 )
 from curation_assets.lib.weights.scale import clip_normalize
-from curation_assets.lib.weights.shards import read_shards, shard_batches
+from curation_assets.lib.weights.shards import read_shards
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ embeddings and dedup decision (the Delta reads prune by shard: nothing else is o
 :data:`WEIGHT_SHARD_STATS` row and its :data:`AUDIT_SHARD_COUNTS` rows, with a given probe and
 normaliser (the probe gives the kept rows' raw ratios, :func:`weigh_shard` the rest; the patch
 path, :mod:`~.patch`, calls it with the ratios a previous run stored); :func:`shard_sizes`
-counts rows per shard (plans batches and the probe sample); :func:`shard_batches` groups
-shards into reads that fit the memory budget.
+counts rows per shard (plans batches and the probe sample);
+:func:`~curation_assets.lib.memory.shard_batches` groups shards into reads that fit the memory
+budget.
 
 Which rows are the reference follows :func:`~curation_assets.lib.weights.run.load_weight_inputs`
 (``correct_for``; :func:`reference_rows` is the one definition): every embedded image, less the
@@ -99,23 +100,6 @@ def shard_sizes(
     ).sort("shard")
 
 
-def shard_batches(
-    sizes: Mapping[str, int], shards: Sequence[str], max_rows: int
-) -> list[list[str]]:
-    """Consecutive groups of ``shards`` of at most ``max_rows`` rows (a bigger shard alone)."""
-    batches: list[list[str]] = []
-    rows = 0
-    for shard in shards:
-        n = int(sizes.get(shard, 0))
-        if batches and rows + n <= max_rows:
-            batches[-1].append(shard)
-            rows += n
-        else:
-            batches.append([shard])
-            rows = n
-    return batches
-
-
 def reference_rows(
     store: DeltaStore, shards: Sequence[str], correct_for: str, embedding_columns: Sequence[str]
 ) -> pl.DataFrame:
@@ -154,7 +138,7 @@ def read_shards(
     """The reference images of ``shards``, their embeddings and model, one entry per shard.
 
     One pruned read per input table for the whole group (the caller sizes the group from the
-    memory budget: :func:`shard_batches`).
+    memory budget: :func:`~curation_assets.lib.memory.shard_batches`).
 
     Returns:
         shard → ``(frame, x, model_id)``: frame has the :data:`RAW_COLUMNS` and ``kept``, sorted

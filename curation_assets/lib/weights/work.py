@@ -14,11 +14,11 @@ commit is redone by the next one, :mod:`~.plan`).
 
 **Keys.** On Ray each key is one shard: a task holds one shard at a time, and the shards of a
 full re-score spread over the cluster. On the local engine a key is a budget-sized group of
-shards (:func:`~.shards.shard_batches`, keyed by its first shard), read in one pruned read per
-table as before engines: reading shards one by one costs ~32 ms more per shard here (40 shards
-of 500 rows, 8-d: 1.29 s one by one vs 0.07 s as one group), which a step on one machine
-would pay for no parallelism. The work, its reads and its results are the same either way
-(a shard's rows do not depend on the group it was read with).
+shards (:func:`~curation_assets.lib.memory.shard_batches`, keyed by its first shard), read in
+one pruned read per table as before engines: reading shards one by one costs ~32 ms more per
+shard here (40 shards of 500 rows, 8-d: 1.29 s one by one vs 0.07 s as one group), which a
+step on one machine would pay for no parallelism. The work, its reads and its results are the
+same either way (a shard's rows do not depend on the group it was read with).
 
 **What travels.** The task's arguments are plain values: the Delta root and its options, the
 probe's id and the ``weight_probes`` version holding it, the scale, the settings the scoring
@@ -47,11 +47,12 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.engine import LOCAL, LocalEngine, RayEngine, ShardResult
+from curation_assets.lib.memory import shard_batches
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import SAMPLE_WEIGHTS, WEIGHT_PROBES
 from curation_assets.lib.weights.audit import DEFAULT_BASELINE_PROMPT, TextEncoder
 from curation_assets.lib.weights.probe import SampledProbe, load_probe
-from curation_assets.lib.weights.shards import read_shards, score_shard, shard_batches, shard_sizes
+from curation_assets.lib.weights.shards import read_shards, score_shard, shard_sizes
 from curation_assets.lib.weights.uniqueness import UniquenessTerm, read_uniqueness
 
 logger = logging.getLogger(__name__)
@@ -338,8 +339,9 @@ def score_on_engine(
         shards: The shards to score.
         work: The run's work (:func:`scoring_work`).
         engine: Where the tasks run.
-        group_rows: The local engine's group size in rows (:func:`~.shards.shard_batches`);
-            on Ray each shard is its own task.
+        group_rows: The local engine's group size in rows
+            (:func:`~curation_assets.lib.memory.shard_batches`); on Ray each shard is its own
+            task.
         tally: Counts the tasks (where they ran).
 
     Raises:
