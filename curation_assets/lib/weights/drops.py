@@ -124,11 +124,14 @@ def drop_patch(
     counts = store.read(AUDIT_SHARD_COUNTS, shards=sorted(todo), version=versions[names[2]])
     out: dict[str, ShardScore] = {}
     for shard, dropped in todo.items():
+        meta = raw.filter(pl.col("shard") == shard)
+        if meta.height != len(dropped):  # a dropped image without its raw row: the patch's
+            continue
         out[shard] = _dropped(
             shard,
             stored[shard],
             dropped,
-            raw.filter(pl.col("shard") == shard),
+            meta,
             counts.filter(pl.col("shard") == shard),
             n_reference=int(committed[shard]["n_reference"]),
             model_id=model_ids[shard],
