@@ -34,6 +34,7 @@ import polars as pl
 
 from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, last_commit, record_commit
+from curation_assets.lib.dedup.decisions import write_decisions
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
@@ -46,7 +47,7 @@ from curation_assets.lib.dedup.search import search
 from curation_assets.lib.dedup.tau import calibrated_tau
 from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.memory import MemoryBudget, shard_batches
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CANDIDATE_PAIRS,
@@ -564,13 +565,6 @@ def _current(
     )
 
 
-#: Shards of deduplicated_images rewritten per Delta commit (their ids and decisions only).
-_SHARDS_PER_COMMIT = 256
-#: Rows of deduplicated_images rewritten per Delta commit (a bigger shard alone): ~50 bytes of
-#: id and decision a row as read back, so one commit holds ~100 MB at most, not every id (at
-#: 9.2M images the 102 shards of one commit held 1.1 GB of ids as Python strings).
-_ROWS_PER_COMMIT = 2_000_000
-
 #: Statistics a commit keeps so that a run with nothing to do reports the same figures.
 _COMMITTED_STATS = (
     "images",
@@ -618,31 +612,15 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             summary=plan.commit.summary,
         )
         return outputs
-    members = outcome.members
-    committed = _committed(plan, DEDUPLICATED_IMAGES)
-    counts = (
-        store.shard_row_counts(DEDUPLICATED_IMAGES.name, committed) if committed is not None else {}
+    old = set() if plan.mode == "full" else set(outcome.write_shards) - set(plan.redo)
+    write_decisions(
+        store,
+        outcome.write_shards,
+        outcome.ready,
+        outcome.members,
+        old=old - set(outcome.ready),
+        committed=_committed(plan, DEDUPLICATED_IMAGES),
     )
-    sizes = {s: outcome.ready.get(s, counts.get(s, 0)) for s in outcome.write_shards}
-    # commits of bounded shards and rows: the ids and decision rows held are bounded at any N
-    for group in shard_batches(
-        sizes, outcome.write_shards, _ROWS_PER_COMMIT, max_shards=_SHARDS_PER_COMMIT
-    ):
-        old = [  # covered shards whose decisions changed: the same images as committed
-            s
-            for s in group
-            if s not in outcome.ready and plan.mode != "full" and s not in plan.redo
-        ]
-        ids = outcome.ready.ids(group)
-        if old:
-            rows = store.read(
-                DEDUPLICATED_IMAGES, shards=old, columns=["image_id", "shard"], version=committed
-            )
-            ids.update({s: g["image_id"] for (s,), g in rows.group_by("shard")})
-        # gone, or redone but not ready (it waits): no rows, so its old rows go
-        part = members.filter(pl.col("shard").is_in(group))
-        frames = [_shard_decisions(s, ids[s], part) for s in group if s in ids]
-        store.replace_rows(DEDUPLICATED_IMAGES, "shard", group, frames)
     log = DEDUP_RUNS.empty()
     if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:
         old = store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])
@@ -661,7 +639,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             if outcome.verdicts is not None
             else {}
         ),
-        DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, members),
+        DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, outcome.members),
         DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
         DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
         DEDUP_RUNS.name: store.replace_table(
@@ -695,19 +673,3 @@ def _version(store: DeltaStore, spec: Any) -> int:
     """The table's current version; an empty table is created when none was written yet."""
     version = store.version(spec.name)
     return store.replace_table(spec, spec.empty()) if version is None else version
-
-
-def _shard_decisions(shard: str, ids: pl.Series, members: pl.DataFrame) -> pl.DataFrame:
-    """``deduplicated_images`` rows of one shard: its graph rows' decisions, the rest kept."""
-    base = ids.cast(pl.String).rename("image_id").to_frame().sort("image_id")
-    graph = members.filter(pl.col("shard") == shard).select(
-        "image_id", "kept", "duplicate_of", "similarity", "component_id"
-    )
-    rows = base.join(graph, on="image_id", how="left")
-    return DEDUPLICATED_IMAGES.conform(
-        rows.with_columns(
-            shard=pl.lit(shard),
-            kept=pl.col("kept").fill_null(True),
-            component_id=pl.col("component_id").fill_null(pl.col("image_id")),
-        )
-    ).sort("image_id")

@@ -79,7 +79,7 @@ def test_a_run_spills_its_ids_the_write_reads_them_and_the_stage_deletes_them(tm
 
 def test_decisions_are_written_in_commits_of_bounded_rows(tmp_path, monkeypatch):
     """More rows than one commit holds: several commits, the same rows as one commit."""
-    from curation_assets.lib.dedup import run as run_module
+    from curation_assets.lib.dedup import decisions
 
     stores = [DeltaStore(str(tmp_path / name / "delta")) for name in ("small", "one")]
     for s in stores:
@@ -87,7 +87,7 @@ def test_decisions_are_written_in_commits_of_bounded_rows(tmp_path, monkeypatch)
         for i, name in enumerate("abc"):
             add_shard(s, name, vectors(40, 3, seed=40 + i), start=1000 * i)
     run_and_write(stores[1])
-    monkeypatch.setattr(run_module, "_ROWS_PER_COMMIT", 70)  # two shards are 80 rows
+    monkeypatch.setattr(decisions, "ROWS_PER_COMMIT", 70)  # two shards are 80 rows
     before = stores[0].version(DEDUPLICATED_IMAGES.name)
     run_and_write(stores[0])
     assert stores[0].version(DEDUPLICATED_IMAGES.name) - (before or 0) >= 3  # one per shard
