@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
+from curation_assets.lib import memory
 from curation_assets.lib import objectstore as ost
 from curation_assets.lib.commits import (
     Commit,
@@ -165,9 +166,7 @@ def shard_batches(keys: Iterable[str], sizes: Mapping[str, int], limit: int) -> 
     Raises:
         ConfigError: If one shard alone has more than ``limit`` rows.
     """
-    batches: list[list[str]] = []
-    current: list[str] = []
-    held = 0
+    keys = list(keys)
     for key in keys:
         n = sizes.get(key, 0)
         if n > limit:
@@ -177,14 +176,7 @@ def shard_batches(keys: Iterable[str], sizes: Mapping[str, int], limit: int) -> 
                 f"{n * ROW_BYTES / 2**20:.0f} MiB) or split the shard"
             )
             raise ConfigError(msg)
-        if current and held + n > limit:
-            batches.append(current)
-            current, held = [], 0
-        current.append(key)
-        held += n
-    if current:
-        batches.append(current)
-    return batches
+    return memory.shard_batches(sizes, keys, limit)
 
 
 @dataclass
