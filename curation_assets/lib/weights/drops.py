@@ -43,7 +43,6 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
-    WEIGHT_SHARD_STATS,
 )
 from curation_assets.lib.weights.audit import audit_attributes
 from curation_assets.lib.weights.shards import RAW_COLUMNS, ShardScore
@@ -58,6 +57,7 @@ def drop_patch(
     stored: Mapping[str, pl.DataFrame],
     *,
     versions: Mapping[str, int],
+    bases: Mapping[str, tuple[float, int]],
     model_ids: Mapping[str, str],
     probe_id: str,
     scale: float,
@@ -69,10 +69,12 @@ def drop_patch(
         store: Delta store.
         group: Shards the patch would redo.
         stored: Shard → its committed ``sample_weights`` rows, sorted by image_id.
-        versions: The committed versions of ``deduplicated_images``, ``weight_shard_stats`` and
-            ``audit_shard_counts`` (a missing one: nothing is drop-patched).
-        model_ids: Shard → its embedding model (its committed stats row's).
-        probe_id: The probe in use (the committed stats row must be its).
+        versions: The committed versions of ``deduplicated_images`` and ``audit_shard_counts``
+            (a missing one: nothing is drop-patched).
+        bases: Shard → the ``scale`` and ``n_reference`` of its committed stats row.
+        model_ids: Shard → its embedding model (its committed stats row's, scored by the probe
+            in use: a shard not here is not drop-patched).
+        probe_id: The probe in use.
         scale: The run's normaliser (the committed stats row must have it).
         settings: The stage settings (``correct_for``, ``w_min``, ``w_max``, ``keywords``).
 
@@ -81,7 +83,7 @@ def drop_patch(
         The caller does not call it with the uniqueness term on (its multipliers move with the
         decisions: the patch redoes them).
     """
-    names = (DEDUPLICATED_IMAGES.name, WEIGHT_SHARD_STATS.name, AUDIT_SHARD_COUNTS.name)
+    names = (DEDUPLICATED_IMAGES.name, AUDIT_SHARD_COUNTS.name)
     if not group or any(versions.get(n) is None for n in names):
         return {}
     columns = ["image_id", "shard", "kept"]
@@ -96,18 +98,13 @@ def drop_patch(
         (pl.col("kept").eq_missing(True) & pl.col("kept_now").eq_missing(False)).all().alias("ok")
     )
     bad = set(ok.filter(~pl.col("ok"))["shard"].to_list())
-    stats = store.read(WEIGHT_SHARD_STATS, version=versions[names[1]]).filter(
-        pl.col("shard").is_in(list(group))
-    )
-    committed = {row["shard"]: row for row in stats.iter_rows(named=True)}
     kept_before = {s: g["image_id"] for (s,), g in before.filter(pl.col("kept")).group_by("shard")}
     todo: dict[str, list[str]] = {}
     for shard in group:
-        row = committed.get(shard)
-        rows = stored.get(shard)
-        if shard in bad or row is None or rows is None or shard not in model_ids:
+        base, rows = bases.get(shard), stored.get(shard)
+        if shard in bad or base is None or rows is None or shard not in model_ids:
             continue
-        if row["scale"] != scale or row["probe_id"] != probe_id:
+        if base[0] != scale:
             continue
         ids = kept_before.get(shard, pl.Series(dtype=pl.String))
         if rows.height != ids.len() or not rows["image_id"].equals(ids.sort(), check_names=False):
@@ -121,7 +118,7 @@ def drop_patch(
         .filter(pl.col("image_id").is_in(dropped_ids))
         .sort("image_id")
     )
-    counts = store.read(AUDIT_SHARD_COUNTS, shards=sorted(todo), version=versions[names[2]])
+    counts = store.read(AUDIT_SHARD_COUNTS, shards=sorted(todo), version=versions[names[1]])
     out: dict[str, ShardScore] = {}
     for shard, dropped in todo.items():
         meta = raw.filter(pl.col("shard") == shard)
@@ -133,7 +130,7 @@ def drop_patch(
             dropped,
             meta,
             counts.filter(pl.col("shard") == shard),
-            n_reference=int(committed[shard]["n_reference"]),
+            n_reference=bases[shard][1],
             model_id=model_ids[shard],
             probe_id=probe_id,
             scale=scale,

@@ -80,15 +80,18 @@ class PatchSource:
         stale: Shards whose rows now differ from the ones at ``version`` (a run killed
             before its commit wrote them): rewritten even when the patch gives the rows at
             ``version``.
-        committed: The committed versions of ``deduplicated_images`` (the commit's input),
-            ``weight_shard_stats`` and ``audit_shard_counts``: what a drop patch
-            (:mod:`~.drops`) starts from. Empty: none (the rescale pass).
+        committed: The committed versions of ``deduplicated_images`` (the commit's input) and
+            ``audit_shard_counts``: what a drop patch (:mod:`~.drops`) starts from. Empty: none
+            (the rescale pass).
+        bases: Shard → the ``scale`` and ``n_reference`` of its committed stats row (the
+            shards of ``model_ids``), for the drop patch.
     """
 
     model_ids: Mapping[str, str]
     version: int | None = None
     stale: frozenset[str] = frozenset()
     committed: Mapping[str, int] = field(default_factory=dict)
+    bases: Mapping[str, tuple[float, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,25 +142,24 @@ def incremental_source(store: DeltaStore, plan: WeightsPlan) -> PatchSource:
     changed: set[str] = set()
     for table in (RAW_IMAGES.name, IMAGE_EMBEDDINGS.name):
         changed |= store.changed_shards(table, commit.inputs.get(table))
+    todo = set(plan.shards) - changed
     committed = store.read(
         WEIGHT_SHARD_STATS,
         version=commit.outputs.get(WEIGHT_SHARD_STATS.name),
-        columns=["shard", "probe_id", "model_id"],
-    )
-    probe_id, todo = plan.probe.probe_id, set(plan.shards) - changed
-    model_ids = {
-        shard: model
-        for shard, probe, model in committed.iter_rows()
-        if probe == probe_id and shard in todo
+        columns=["shard", "probe_id", "model_id", "scale", "n_reference"],
+    ).filter((pl.col("probe_id") == plan.probe.probe_id) & pl.col("shard").is_in(sorted(todo)))
+    model_ids = dict(zip(committed["shard"], committed["model_id"], strict=True))
+    bases = {
+        shard: (float(scale), int(n_ref))
+        for shard, scale, n_ref in committed.select("shard", "scale", "n_reference").iter_rows()
     }
     stale = store.changed_shards(SAMPLE_WEIGHTS.name, version) & set(model_ids)
     versions = {
         DEDUPLICATED_IMAGES.name: commit.inputs.get(DEDUPLICATED_IMAGES.name),
-        WEIGHT_SHARD_STATS.name: commit.outputs.get(WEIGHT_SHARD_STATS.name),
         AUDIT_SHARD_COUNTS.name: commit.outputs.get(AUDIT_SHARD_COUNTS.name),
     }
-    committed = {k: v for k, v in versions.items() if v is not None}
-    return PatchSource(model_ids, version, frozenset(stale), committed)
+    committed_versions = {k: v for k, v in versions.items() if v is not None}
+    return PatchSource(model_ids, version, frozenset(stale), committed_versions, bases)
 
 
 def rescale_source(stats: pl.DataFrame) -> PatchSource:
@@ -215,6 +217,7 @@ def redo_shards(
                 group,
                 olds,
                 versions=source.committed,
+                bases=source.bases,
                 model_ids=source.model_ids,
                 probe_id=probe.probe_id,
                 scale=scale,
