@@ -65,12 +65,9 @@ class ReadyIds(Mapping[str, int]):
         if not self.folder:
             raise ValueError("ReadyIds without a folder cannot hold ids")
         uri = ost.join(self.folder, f"part-{len(set(self._file_of.values())):05d}.parquet")
-        frame = pl.DataFrame(
-            {
-                "shard": pl.Series([s for s, ids in group.items() for _ in range(len(ids))]),
-                "image_id": pl.concat([ids.cast(pl.String) for ids in group.values()]),
-            },
-            schema={"shard": pl.String, "image_id": pl.String},
+        frame = pl.concat(
+            ids.cast(pl.String).rename("image_id").to_frame().with_columns(shard=pl.lit(s))
+            for s, ids in group.items()
         )
         ost.write_parquet(uri, frame, self.options)
         for shard, ids in group.items():
@@ -84,11 +81,10 @@ class ReadyIds(Mapping[str, int]):
 
         Memory: the asked shards' ids + one file's rows while it is read.
         """
-        wanted = [s for s in shards if s in self._counts]
-        out = {s: pl.Series("image_id", [], pl.String) for s in wanted if not self._counts[s]}
+        out: dict[str, pl.Series] = {}
         by_file: dict[str, list[str]] = {}
-        for s in wanted:
-            if s in self._file_of:
+        for s in shards:
+            if s in self._file_of:  # a ready shard: add records only shards with ids
                 by_file.setdefault(self._file_of[s], []).append(s)
         for uri, group in by_file.items():
             rows = pl.read_parquet(
