@@ -8,11 +8,13 @@ subtraction (to 1e-13).
 
 import numpy as np
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
+    BIAS_AUDIT,
     DEDUPLICATED_IMAGES,
     IMAGE_EMBEDDINGS,
     RAW_IMAGES,
@@ -83,18 +85,8 @@ def _compare(a: DeltaStore, b: DeltaStore) -> None:
         else:
             assert got.equals(want), spec.name
     assert_frame_equal(
-        _audit(a),
-        _audit(b),
-        check_exact=False,
-        rel_tol=1e-12,
-        abs_tol=1e-12,
+        a.read(BIAS_AUDIT), b.read(BIAS_AUDIT), check_exact=False, rel_tol=1e-12, abs_tol=1e-12
     )
-
-
-def _audit(store: DeltaStore) -> pl.DataFrame:
-    from curation_assets.lib.tables import BIAS_AUDIT
-
-    return store.read(BIAS_AUDIT)
 
 
 def _drop_and_compare(stores, kept, correct_for, ids, monkeypatch) -> None:
@@ -124,30 +116,23 @@ def _drop_and_compare(stores, kept, correct_for, ids, monkeypatch) -> None:
         )
     assert (ref.summary["shards_scored"], ref.summary["shards_drop_patched"]) == (1, 0)
     _compare(store, old)
-    _assert_rescored_as(store, out, correct_for)
-
-
-def _assert_rescored_as(store, out, correct_for) -> None:
-    if correct_for == SETTINGS["correct_for"]:
+    if correct_for == SETTINGS["correct_for"]:  # the helper re-scores with SETTINGS
         _assert_rescored(store, "shard-b", out, sums_exact=False)
 
 
-def test_removed_images_leave_the_reference_under_filter(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("correct_for", "n_removed", "leaves_reference"),
+    [("filter", 5, True), ("filter_and_dedup", 3, False)],
+)
+def test_removed_images_leave_the_reference_only_under_filter(
+    tmp_path, monkeypatch, correct_for, n_removed, leaves_reference
+):
     _one_row_batches(monkeypatch)  # a row's ratio does not depend on its batch
-    stores, kept = _prepared(tmp_path, "filter")
+    stores, kept = _prepared(tmp_path, correct_for)
     n_ref = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")["n_reference"].item()
-    _drop_and_compare(stores, kept, "filter", kept[:5], monkeypatch)
+    _drop_and_compare(stores, kept, correct_for, kept[:n_removed], monkeypatch)
     stats = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")
-    assert stats["n_reference"].item() == n_ref - 5
-
-
-def test_removed_images_stay_in_the_reference_under_filter_and_dedup(tmp_path, monkeypatch):
-    _one_row_batches(monkeypatch)  # a row's ratio does not depend on its batch
-    stores, kept = _prepared(tmp_path, "filter_and_dedup")
-    n_ref = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")["n_reference"].item()
-    _drop_and_compare(stores, kept, "filter_and_dedup", kept[:3], monkeypatch)
-    stats = stores[0].read(WEIGHT_SHARD_STATS).filter(shard="shard-b")
-    assert stats["n_reference"].item() == n_ref
+    assert stats["n_reference"].item() == n_ref - (n_removed if leaves_reference else 0)
 
 
 def test_a_value_no_reference_image_holds_any_more_is_not_counted(tmp_path, monkeypatch):
