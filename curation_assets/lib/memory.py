@@ -1,4 +1,8 @@
-"""Process memory hygiene for long streaming passes."""
+"""Memory: a step's budget, the groups of shards it holds at once, process hygiene.
+
+:class:`MemoryBudget` sizes what a step holds; :func:`shard_batches` cuts shards into groups
+of bounded rows; the rest keeps long streaming passes from fragmenting the heap.
+"""
 
 import ctypes
 import ctypes.util
