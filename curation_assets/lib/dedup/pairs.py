@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+# faiss through lib.cluster, which configures OpenBLAS before faiss is first imported.
+from curation_assets.lib.cluster import faiss
+
 #: Candidate pairs are taken at ``tau - SIM_MARGIN`` from the (blocked) float32 GEMM, then
 #: re-checked against ``tau`` with a per-pair dot product (float32 GEMM error on unit vectors
 #: of dim ≤ 4096 is < 1e-5).
@@ -80,6 +83,37 @@ def split_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys >> 32, keys & 0xFFFFFFFF
 
 
+_HALF_CODECS: dict[int, Any] = {}
+
+
+def to_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, d) rows as C-contiguous float32 (into ``out`` when given); float16 exactly.
+
+    float16 goes through faiss's fp16 codec (F16C): bit for bit numpy's cast, on all 65,536
+    half values, and ~3× faster here (160k × 512 rows: 0.036 s against numpy's 0.106 s). A
+    float32 C-contiguous ``x`` with no ``out`` is returned as is.
+    """
+    if out is None and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    if out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        msg = f"out must be C-contiguous float32 of shape {x.shape}; got {out.dtype} {out.shape}"
+        raise ValueError(msg)
+    if x.dtype != np.float16 or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        out[...] = x
+        return out
+    x = np.ascontiguousarray(x)
+    d = x.shape[1]
+    codec = _HALF_CODECS.get(d)
+    if codec is None:
+        codec = _HALF_CODECS[d] = faiss.ScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
+    # faiss's Python wrapper keeps the C++ decode(codes, x, n) as decode_c: into ``out``, no copy
+    decode = codec.decode_c  # pyright: ignore[reportAttributeAccessIssue]
+    decode(faiss.swig_ptr(x.view(np.uint8)), faiss.swig_ptr(out), x.shape[0])
+    return out
+
+
 class Rows:
     """Rows of one or more (n_p, d) matrices, read as one stacked matrix, no copy.
 
@@ -112,22 +146,24 @@ class Rows:
         if len(self.parts) == 1:
             if idx.size and idx[-1] - idx[0] + 1 == idx.size and _ascending(idx):
                 # consecutive rows (a cluster of rows sorted by cluster): one slice, one pass
-                return np.ascontiguousarray(self.parts[0][idx[0] : idx[-1] + 1], np.float32)
-            return np.ascontiguousarray(self.parts[0][idx], dtype=np.float32)
-        out = np.empty((len(idx), self.d), dtype=np.float32)
+                return to_float32(self.parts[0][idx[0] : idx[-1] + 1])
+            return to_float32(self.parts[0][idx])
+        # gathered at the parts' own dtype (float16: half the bytes moved), converted once
+        dtype = np.result_type(*[arr.dtype for arr in self.parts])
+        out = np.empty((len(idx), self.d), dtype=dtype)
         part = np.searchsorted(self.offsets, idx, side="right") - 1
         for p, arr in enumerate(self.parts):
             sel = part == p
             if sel.any():
                 out[sel] = arr[idx[sel] - self.offsets[p]]
-        return out
+        return to_float32(out)
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32 C-contiguous (a view when possible)."""
         p = int(np.searchsorted(self.offsets, start, side="right") - 1)
         if stop <= self.offsets[p + 1]:
             o = self.offsets[p]
-            return np.ascontiguousarray(self.parts[p][start - o : stop - o], dtype=np.float32)
+            return to_float32(self.parts[p][start - o : stop - o])
         return self.take(np.arange(start, stop))
 
 
@@ -136,17 +172,27 @@ def _ascending(a: np.ndarray) -> bool:
     return a.size < 2 or bool((np.diff(a) == 1).all())
 
 
-def exact_sims(rows: Rows, i: np.ndarray, j: np.ndarray, batch: int = 16_384) -> np.ndarray:
+def exact_sims(rows: Rows, i: np.ndarray, j: np.ndarray, batch: int = 4096) -> np.ndarray:
     """Canonical cosine of pairs (per-pair float32 dot products, batch-independent).
 
-    Memory: two ``batch × d`` float32 blocks (64 MiB at d = 512).
+    A pair listed more than once (found in several clusterings) is computed once, and the rows
+    are gathered in ascending order.
+
+    Memory: two ``batch × d`` float32 blocks (16 MiB at d = 512: small enough that the
+    allocator reuses them from block to block instead of mapping fresh pages each time).
     """
-    out = np.empty(len(i), dtype=np.float32)
-    for s in range(0, len(i), batch):
-        a = rows.take(i[s : s + batch])
-        b = rows.take(j[s : s + batch])
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    if i.size == 0:
+        return np.empty(0, dtype=np.float32)
+    keys, inverse = np.unique(_keys(i, j), return_inverse=True)
+    ui, uj = split_keys(keys)
+    out = np.empty(keys.size, dtype=np.float32)
+    for s in range(0, keys.size, batch):
+        a = rows.take(ui[s : s + batch])
+        b = rows.take(uj[s : s + batch])
         out[s : s + batch] = np.einsum("ij,ij->i", a, b)
-    return out
+    return out[inverse.reshape(-1)]
 
 
 def finish_pairs(rows: Rows, ci: list[np.ndarray], cj: list[np.ndarray], tau: float) -> Pairs:

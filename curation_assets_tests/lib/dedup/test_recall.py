@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from curation_assets.lib.dedup import exhaustive_pairs, recall_by_num_clusterings
+from curation_assets.lib.dedup import recall as recall_module
 from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets.lib.vectors import rows_in_order
 from curation_assets.tools.synthetic import clip_like_embeddings
@@ -17,7 +18,10 @@ def data():
     return clustered_data()
 
 
-def test_exhaustive_pairs_matches_numpy_brute_force():
+@pytest.mark.parametrize("gram_max_queries", [1024, 0], ids=["sgemm-blocks", "faiss"])
+def test_exhaustive_pairs_matches_numpy_brute_force(monkeypatch, gram_max_queries):
+    """Both candidate searches (sgemm blocks for few queries, faiss above) give the truth."""
+    monkeypatch.setattr(recall_module, "GRAM_MAX_QUERIES", gram_max_queries)
     x = clip_like_embeddings(400, 16, seed=2, dup_fraction=0.3, dup_noise=0.3)[0]
     tau = 0.9
     brute = brute_pairs(x, tau)
