@@ -173,15 +173,22 @@ def group_thumbnails(store: DeltaStore, members: pl.DataFrame, *, n_groups: int 
     """
     chosen = pick_groups(members, n_groups)
     shown = members.filter(pl.col("component_id").is_in(chosen))
-    uris = (
-        store.read(
-            RAW_IMAGES, shards=shown["shard"].unique().to_list(), columns=["image_id", "source_uri"]
-        )
-        if shown.height
-        else pl.DataFrame(schema={"image_id": pl.String, "source_uri": pl.String})
-    )
+    uris = _source_uris(store, shown["shard"], shown["image_id"])
     with SourceReader() as reader:
         return duplicate_groups_markdown(shown, uris, reader.read, n_groups=n_groups)
+
+
+def _source_uris(store: DeltaStore, shards: pl.Series, ids: pl.Series) -> pl.DataFrame:
+    """``image_id, source_uri`` of the shown images: their shards, filtered in the scan."""
+    return (
+        store.scan(RAW_IMAGES)
+        .filter(
+            pl.col("shard").is_in(shards.unique().to_list())
+            & pl.col("image_id").is_in(ids.unique().to_list())
+        )
+        .select("image_id", "source_uri")
+        .collect()
+    )
 
 
 def pick_groups(images: pl.DataFrame, n_groups: int = 4) -> list[str]:
@@ -302,8 +309,11 @@ def pair_thumbnails(store: DeltaStore, pairs: pl.DataFrame, tau: float, *, px: i
     """
     if pairs.is_empty():
         return "_no stored pairs near τ_"
-    shards = sorted(set(pairs["shard_a"].to_list()) | set(pairs["shard_b"].to_list()))
-    uris = store.read(RAW_IMAGES, shards=shards, columns=["image_id", "source_uri"])
+    uris = _source_uris(
+        store,
+        pl.concat([pairs["shard_a"], pairs["shard_b"]]),
+        pl.concat([pairs["image_id_a"], pairs["image_id_b"]]),
+    )
     where = dict(zip(uris["image_id"].to_list(), uris["source_uri"].to_list(), strict=True))
     lines = ["| a | b | cosine | at τ |", "|---|---|---:|---|"]
     with SourceReader() as reader:

@@ -113,9 +113,11 @@ def drop_patch(
     if not todo:
         return {}
     dropped_ids = [i for ids in todo.values() for i in ids]
-    raw = (
-        store.read(RAW_IMAGES, shards=sorted(todo), columns=RAW_COLUMNS)
-        .filter(pl.col("image_id").is_in(dropped_ids))
+    raw = (  # the dropped rows only, filtered in the scan: not every row of the shards
+        store.scan(RAW_IMAGES)
+        .filter(pl.col("shard").is_in(sorted(todo)) & pl.col("image_id").is_in(dropped_ids))
+        .select(RAW_COLUMNS)
+        .collect()
         .sort("image_id")
     )
     counts = store.read(AUDIT_SHARD_COUNTS, shards=sorted(todo), version=versions[names[1]])
