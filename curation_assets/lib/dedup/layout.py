@@ -129,7 +129,8 @@ class ShardRows:
         shard: The shard.
         frame: image_id, shard, width, height, ingested_at, ``c0``..``c{C-1}`` cluster ids,
             sorted by image_id (empty when not ready).
-        x: (n, d) float32 embeddings aligned with ``frame``.
+        x: (n, d) float16 embeddings aligned with ``frame`` (the layout's own values: the
+            float32 ones are not held past :func:`shard_rows`).
         model_id: Embedding model ('' when the shard has no filtered image).
         why: None when ready; otherwise why the shard waits (missing or stale assignments).
     """
@@ -148,10 +149,10 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
     clustering, made with the centroids in force (``versions``); otherwise it waits whole
     (``why``), and a later run picks it up once it is assigned.
 
-    Memory: one shard's rows.
+    Memory: one shard's rows (while reading: its float32 embeddings, twice).
     """
     emb = filtered_embeddings(store, [shard])
-    empty = np.zeros((0, 0), np.float32)
+    empty = np.zeros((0, 0), np.float16)
     if emb.is_empty():
         return ShardRows(shard, pl.DataFrame(), empty, "")
     model_id = single_model(emb, before="deduplicating", source=f"shard {shard}'s embeddings")
@@ -179,7 +180,7 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
             why = f"cluster_assignments_{c} made with older centroids ({stale} images)"
             return ShardRows(shard, pl.DataFrame(), empty, model_id, why)
         frame = frame.drop(f"v{c}")
-    x = embedding_matrix(emb["embedding"])
+    x = embedding_matrix(emb["embedding"]).astype(np.float16)  # what half_bytes stores
     return ShardRows(shard, frame.sort("_r").drop("_r"), x, model_id)
 
 
@@ -289,6 +290,7 @@ def lay_out(
                 kept_size += int(kept[-1].estimated_size())
                 if kept_size > keep_bytes:  # too many for the one-pass search: none kept
                     kept = None
+        del rows  # not held while the next shard is read
         if size >= max_bytes or len(group) >= max_shards:
             flush()
     flush()

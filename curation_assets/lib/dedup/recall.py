@@ -257,7 +257,9 @@ def recall_on_sample(
         "reference_rows", "comparisons", "seconds_exhaustive"}``; :func:`pooled_recall` turns
         one or more of these into recall and its standard error.
     """
-    truth = exhaustive_pairs(x, tau, query_idx=query_idx)
+    # 16k database rows a chunk: the chunk and faiss's copy of it are 64 MiB, not 256 MiB
+    # (a full run's sample has a few thousand queries: faiss's range search)
+    truth = exhaustive_pairs(x, tau, query_idx=query_idx, db_chunk=16_384)
     hit = np.zeros(len(truth), dtype=bool)
     found = []
     for a in assignments_list:
