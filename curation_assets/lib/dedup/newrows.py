@@ -35,7 +35,7 @@ import polars as pl
 from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
 
 from curation_assets.lib.dedup.layout import read_parts
-from curation_assets.lib.dedup.pairs import SIM_MARGIN, Rows, exact_sims, to_float32
+from curation_assets.lib.dedup.pairs import SIM_MARGIN, Rows, exact_sims
 from curation_assets.lib.dedup.units import (
     ENDPOINT_SCHEMA,
     UNIT_PAIR_SCHEMA,
@@ -114,7 +114,7 @@ def _indexes(new: NewRows, chunk: tuple[int, int]) -> list[faiss.IndexIVFFlat]:
     Only the rows of ``chunk`` (a range of ranks); a row's id is its rank among all new rows.
     """
     lo, hi = chunk
-    x = to_float32(new.x[lo:hi])
+    x = np.ascontiguousarray(new.x[lo:hi], np.float32)
     ids = np.arange(lo, hi, dtype=np.int64)
     out = []
     for c, k in enumerate(new.ks):
@@ -217,7 +217,8 @@ def _blocks(parts: list[np.ndarray], buf: np.ndarray):
     for part in parts:
         for s0 in range(0, part.shape[0], buf.shape[0]):
             xb = buf[: min(buf.shape[0], part.shape[0] - s0)]
-            yield start + s0, to_float32(part[s0 : s0 + xb.shape[0]], out=xb)
+            xb[...] = part[s0 : s0 + xb.shape[0]]
+            yield start + s0, xb
         start += part.shape[0]
 
 

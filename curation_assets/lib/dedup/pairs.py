@@ -24,9 +24,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-# faiss through lib.cluster, which configures OpenBLAS before faiss is first imported.
-from curation_assets.lib.cluster import faiss
-
 #: Candidate pairs are taken at ``tau - SIM_MARGIN`` from the (blocked) float32 GEMM, then
 #: re-checked against ``tau`` with a per-pair dot product (float32 GEMM error on unit vectors
 #: of dim ≤ 4096 is < 1e-5).
@@ -83,45 +80,6 @@ def split_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys >> 32, keys & 0xFFFFFFFF
 
 
-_HALF_CODECS: dict[int, Any] = {}
-
-
-def to_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(n, d) rows as C-contiguous float32 (into ``out`` when given); float16 exactly.
-
-    float16 goes through faiss's fp16 codec (F16C): bit for bit numpy's cast, on all 65,536
-    half values, and ~3× faster here (160k × 512 rows: 0.036 s against numpy's 0.106 s). A
-    float32 C-contiguous ``x`` with no ``out`` is returned as is.
-    """
-    if out is None and x.dtype == np.float32 and x.flags.c_contiguous:
-        return x
-    if out is None:
-        out = np.empty(x.shape, dtype=np.float32)
-    if out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        msg = f"out must be C-contiguous float32 of shape {x.shape}; got {out.dtype} {out.shape}"
-        raise ValueError(msg)
-    if x.dtype != np.float16 or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        out[...] = x
-        return out
-    x = np.ascontiguousarray(x)
-    d = x.shape[1]
-    codec = _HALF_CODECS.get(d)
-    if codec is None:
-        codec = _HALF_CODECS[d] = faiss.ScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
-    # faiss's Python wrapper keeps the C++ decode(codes, x, n) as decode_c: into ``out``, no copy
-    decode = codec.decode_c  # pyright: ignore[reportAttributeAccessIssue]
-    # on this thread only (an OpenMP setting is per thread): faiss's OpenMP workers woken here,
-    # between numpy's sgemm calls, fought OpenBLAS's threads for 2 cores and made a dedup unit
-    # 1.8x slower than numpy's cast; on one thread the decode is still the faster
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        decode(faiss.swig_ptr(x.view(np.uint8)), faiss.swig_ptr(out), x.shape[0])
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return out
-
-
 class Rows:
     """Rows of one or more (n_p, d) matrices, read as one stacked matrix, no copy.
 
@@ -154,8 +112,8 @@ class Rows:
         if len(self.parts) == 1:
             if idx.size and idx[-1] - idx[0] + 1 == idx.size and _ascending(idx):
                 # consecutive rows (a cluster of rows sorted by cluster): one slice, one pass
-                return to_float32(self.parts[0][idx[0] : idx[-1] + 1])
-            return to_float32(self.parts[0][idx])
+                return np.ascontiguousarray(self.parts[0][idx[0] : idx[-1] + 1], np.float32)
+            return np.ascontiguousarray(self.parts[0][idx], dtype=np.float32)
         # gathered at the parts' own dtype (float16: half the bytes moved), converted once
         dtype = np.result_type(*[arr.dtype for arr in self.parts])
         out = np.empty((len(idx), self.d), dtype=dtype)
@@ -164,14 +122,14 @@ class Rows:
             sel = part == p
             if sel.any():
                 out[sel] = arr[idx[sel] - self.offsets[p]]
-        return to_float32(out)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32 C-contiguous (a view when possible)."""
         p = int(np.searchsorted(self.offsets, start, side="right") - 1)
         if stop <= self.offsets[p + 1]:
             o = self.offsets[p]
-            return to_float32(self.parts[p][start - o : stop - o])
+            return np.ascontiguousarray(self.parts[p][start - o : stop - o], dtype=np.float32)
         return self.take(np.arange(start, stop))
 
 

@@ -612,13 +612,18 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             summary=plan.commit.summary,
         )
         return outputs
-    old = set() if plan.mode == "full" else set(outcome.write_shards) - set(plan.redo)
+    # covered shards whose decisions changed: rewritten with the same images as committed
+    again = (
+        set()
+        if plan.mode == "full"
+        else set(outcome.write_shards) - set(plan.redo) - set(outcome.ready)
+    )
     write_decisions(
         store,
         outcome.write_shards,
         outcome.ready,
         outcome.members,
-        old=old - set(outcome.ready),
+        old=again,
         committed=_committed(plan, DEDUPLICATED_IMAGES),
     )
     log = DEDUP_RUNS.empty()

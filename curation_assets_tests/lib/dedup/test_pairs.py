@@ -5,7 +5,7 @@ import pytest
 
 from curation_assets.lib.cluster import assign, train_kmeans
 from curation_assets.lib.dedup import Pairs, exhaustive_pairs, pairs_within_clusters, union_pairs
-from curation_assets.lib.dedup.pairs import Rows, exact_sims, to_float32
+from curation_assets.lib.dedup.pairs import Rows, exact_sims
 from curation_assets_tests.lib.dedup.helpers import TAU, clustered_data, pair_set
 
 
@@ -70,17 +70,3 @@ def test_exact_sims_of_repeated_unordered_pairs_are_each_pairs_own_dot_product()
     np.testing.assert_array_equal(got[500:700], got[:200])
     np.testing.assert_array_equal(got[700:], got[:50])
     np.testing.assert_array_equal(got, exact_sims(Rows([x]), i, j, batch=7))
-
-
-def test_to_float32_is_numpys_cast_bit_for_bit_on_every_half_value():
-    """The fp16 codec matches numpy on all 65,536 halves (NaNs, ±inf, subnormals)."""
-    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(-1, 256)
-    want = every.astype(np.float32).view(np.uint32)
-    np.testing.assert_array_equal(to_float32(every).view(np.uint32), want)
-    out = np.empty((every.shape[0], 256), np.float32)
-    assert to_float32(every[:, :], out=out) is out
-    np.testing.assert_array_equal(out.view(np.uint32), want)
-    strided = every[::3]  # not contiguous: converted all the same
-    np.testing.assert_array_equal(to_float32(strided).view(np.uint32), want[::3])
-    with pytest.raises(ValueError, match="C-contiguous float32"):
-        to_float32(every, out=np.empty((3, 256), np.float32))
