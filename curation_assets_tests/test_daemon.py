@@ -31,13 +31,16 @@ import pytest
 from curation_assets.instance import install_instance_config
 from curation_assets.lib.tables import N_CLUSTERINGS
 from curation_assets.tools.bench_daemon import (
+    SIMILARITY,
     Phase,
     diagnosis,
     drop,
     export_shards,
     last_dedup_run,
     runs_since,
+    settle,
     wait_for_export,
+    wait_idle,
 )
 from curation_assets.tools.devserver import dagster_dev
 from curation_assets_tests.conftest import age, write_images
@@ -47,8 +50,6 @@ TIMEOUT_S = 300
 """Per phase (alone here a phase takes 30-90 s): a stuck phase fails with its diagnosis, before
 the test's own timeout cuts it off without one."""
 AUTOMATION = ("curation_automation", "shard_automation")
-SIMILARITY = {"similarity_index", "image_uniqueness"}
-"""Per-shard assets shard_automation runs for new shards (not part of shard_sensor's jobs)."""
 
 
 def materialized_once(phase: Phase) -> Counter:
@@ -92,6 +93,8 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
     with dagster_dev(home, tmp_path / "dagster-dev.log", env=env) as dev:
         # 1. base: everything from the sensors and the automation alone
         base = wait_for_export(dev, delta, {first, second}, Phase("base", t0), timeout_s=TIMEOUT_S)
+        # shard_automation's own follow-ups may trail the export: they belong to this phase
+        settle(dev, base, {first, second}, timeout_s=TIMEOUT_S)
         counts = materialized_once(base)
         shard_runs = [r for r in base.runs if r["job"] == "per_shard_job"]
         assert sorted(p for r in shard_runs for p in r["partitions"]) == sorted([first, second])
@@ -106,6 +109,7 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
         # 2. a new shard: only its partition, incremental dedup
         new = Phase("new shard", drop(hold / third, sources))
         wait_for_export(dev, delta, {first, second, third}, new, timeout_s=TIMEOUT_S)
+        settle(dev, new, {third}, timeout_s=TIMEOUT_S)
         counts = materialized_once(new)
         assert new.partitions() == {third}, new.runs
         assigning = [r for r in new.runs if "cluster_assignments_0" in r["assets"]]
@@ -122,6 +126,8 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
         # 3. downtime: automation stopped, two shards land and are ingested, nothing follows
         for sensor in AUTOMATION:
             dev.stop_sensor(sensor)
+        # what a tick in flight requested before the stop finishes before the downtime begins
+        wait_idle(dev, new.started, "stopping the automation", timeout_s=TIMEOUT_S)
         stopped = time.time()
         for name in (fourth, "shard-extra"):
             drop(hold / name, sources)
@@ -146,6 +152,7 @@ def test_daemon_keeps_the_export_current(tmp_path: Path) -> None:
             dev.start_sensor(sensor)
         everything = {first, second, third, fourth, "shard-extra"}
         wait_for_export(dev, delta, everything, restart, timeout_s=TIMEOUT_S)
+        settle(dev, restart, {fourth, "shard-extra"}, timeout_s=TIMEOUT_S)
         counts = materialized_once(restart)
         # per shard only what shard_automation (not shard_sensor's runs) owns: the similarity
         # index and uniqueness of the two shards that landed during the downtime, one backfill

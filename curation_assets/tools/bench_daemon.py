@@ -26,6 +26,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -37,6 +38,8 @@ from curation_assets.instance import install_instance_config
 from curation_assets.tools.devserver import ACTIVE, DagsterDev, dagster_dev
 
 EXPORT_ASSET = "curated_dataset"
+SIMILARITY = frozenset({"similarity_index", "image_uniqueness"})
+"""Per-shard assets ``shard_automation`` runs for new shards (not in ``shard_sensor``'s jobs)."""
 
 
 @dataclass
@@ -154,6 +157,74 @@ def runs_since(dev: DagsterDev, since: float) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["created"])
 
 
+def _busy(
+    dev: DagsterDev, since: float, name: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runs since ``since``, those still queued or running, and the unfinished backfills.
+
+    Raises when a run failed (with the failing run's job and partition).
+    """
+    runs = runs_since(dev, since)
+    failed = [r for r in runs if r["status"] == "FAILURE"]
+    if failed:
+        raise RuntimeError(f"{name}: runs failed: {failed}\n{dev.log_tail()}")
+    active = [r for r in runs if r["status"] in ACTIVE]
+    in_flight = [b for b in dev.backfills() if b["status"] == "REQUESTED"]
+    return runs, active, in_flight
+
+
+def wait_idle(
+    dev: DagsterDev,
+    since: float,
+    name: str,
+    *,
+    timeout_s: float,
+    materialized: Collection[tuple[str, str]] = (),
+    poll_s: float = 2.0,
+) -> list[dict[str, Any]]:
+    """Wait until the daemon is idle and ``materialized`` is done; returns the runs since ``since``.
+
+    Idle: no run created since ``since`` is queued or running and no backfill is unfinished.
+    Done: every (asset, partition) of ``materialized`` was in a successful run of those.
+
+    The export can be current while an automation sensor has yet to request a shard's other
+    follow-ups (its similarity index), and after a sensor is stopped what its last tick
+    requested can still be launched: a queued run, or a backfill whose runs the backfill
+    daemon creates later. Waiting for both keeps a phase's work out of the next one.
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        runs, active, in_flight = _busy(dev, since, name)
+        done = {
+            (a, p)
+            for r in runs
+            if r["status"] == "SUCCESS"
+            for a in r["assets"]
+            for p in r["partitions"] or [""]
+        }
+        missing = set(materialized) - done
+        if not active and not in_flight and not missing:
+            return runs
+        if time.time() > deadline:
+            raise TimeoutError(
+                f"{name}: after {timeout_s:.0f}s {len(active)} runs and {len(in_flight)} "
+                f"backfills are still active; not materialized: {sorted(missing)}\n"
+                + diagnosis(dev, since)
+            )
+        time.sleep(poll_s)
+
+
+def settle(dev: DagsterDev, phase: Phase, shards: set[str], *, timeout_s: float) -> Phase:
+    """Complete ``phase.runs`` once the shards' similarity index and uniqueness are done too.
+
+    They may trail the export (another branch of the graph); waits also until nothing is
+    queued, running or backfilling, so none of the phase's work spills into the next.
+    """
+    wanted = {(asset, shard) for asset in SIMILARITY for shard in shards}
+    phase.runs = wait_idle(dev, phase.started, phase.name, timeout_s=timeout_s, materialized=wanted)
+    return phase
+
+
 def wait_for_export(
     dev: DagsterDev,
     delta_root: Path,
@@ -171,12 +242,7 @@ def wait_for_export(
     """
     deadline = time.time() + timeout_s
     while True:
-        runs = runs_since(dev, phase.started)
-        failed = [r for r in runs if r["status"] == "FAILURE"]
-        if failed:
-            raise RuntimeError(f"{phase.name}: runs failed: {failed}\n{dev.log_tail()}")
-        active = [r for r in runs if r["status"] in ACTIVE]
-        in_flight = [b for b in dev.backfills() if b["status"] == "REQUESTED"]
+        runs, active, in_flight = _busy(dev, phase.started, phase.name)
         latest = dev.latest_materialization(EXPORT_ASSET)
         exported_at = float(latest["timestamp"]) / 1000 if latest else 0.0
         missing = shards - export_shards(delta_root)
@@ -304,9 +370,11 @@ def bench_daemon(
             full = wait_for_export(
                 dev, delta_root, set(base), Phase("base", t_start), timeout_s=timeout_s
             )
+            settle(dev, full, set(base), timeout_s=timeout_s)
             dedup_full = last_dedup_run(delta_root)
             new = Phase("new shard", drop(new_shard, home / "sources"))
             wait_for_export(dev, delta_root, {*base, "new-000"}, new, timeout_s=timeout_s)
+            settle(dev, new, {"new-000"}, timeout_s=timeout_s)
             dedup_new = last_dedup_run(delta_root)
         return {
             "images": len(images),
