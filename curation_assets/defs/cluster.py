@@ -26,14 +26,13 @@ from curation_assets.lib.cluster import (
     default_k,
     filtered_count,
     train_kmeans,
-    training_pool,
+    training_matrix,
 )
 from curation_assets.lib.tables import (
     N_CLUSTERINGS,
     assignments_spec,
     centroids_spec,
 )
-from curation_assets.lib.vectors import embedding_matrix, single_model
 
 #: Bytes a training-pool row may take (a 1280-d float32 vector, the widest embedder here, + ids).
 POOL_ROW_BYTES = 4 * 1280 + 200
@@ -95,8 +94,11 @@ def cluster_centroids(
 ):
     """Train the five clusterings on a seeded pool of the filtered images of every shard.
 
-    Memory: the training pool, at most ``2 · k · max_points_per_centroid`` rows and half of
-    ``compute.memory_budget_mb`` (:func:`~curation_assets.lib.cluster.training_pool`).
+    Memory: the training pool as one float32 matrix, at most ``2 · k ·
+    max_points_per_centroid`` rows and half of ``compute.memory_budget_mb``
+    (:func:`~curation_assets.lib.cluster.training_matrix`), plus one shard being read; each
+    clustering trains on it in place, or on a copy of its ``k · max_points_per_centroid``
+    sampled rows when the pool holds more.
     """
     if len(config.seeds) != N_CLUSTERINGS or len(set(config.seeds)) != N_CLUSTERINGS:
         msg = f"seeds={config.seeds}: expected {N_CLUSTERINGS} distinct seeds"
@@ -110,14 +112,13 @@ def cluster_centroids(
         2 * k * config.max_points_per_centroid,
         compute.budget().rows(POOL_ROW_BYTES, share=0.5, minimum=k),
     )
-    emb = training_pool(store, pool_rows, seed=config.seeds[0])
-    if emb.is_empty():
+    pool = training_matrix(store, pool_rows, seed=config.seeds[0])
+    if not pool.image_ids:
         msg = "no filtered image has an embedding yet; materialize filtered_images first"
         raise dg.Failure(msg, allow_retries=False)
-    model_id = single_model(emb, before="clustering", source="the filtered embeddings")
-    x = embedding_matrix(emb["embedding"])
-    ids = emb["image_id"].to_list()  # the training sample follows the ids, not the row order
-    del emb
+    model_id, x, ids = pool.model_id, pool.x, pool.image_ids  # rows in id order
+    context.log.info(f"training pool: {len(ids)} images from {pool.shards_read} shards")
+    del pool
     gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
     now = datetime.now(UTC)
     for c, seed in enumerate(config.seeds):

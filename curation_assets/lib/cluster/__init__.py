@@ -15,6 +15,7 @@ from curation_assets.lib.cluster.io import (
     AssignShardWork,
     Centroids,
     CentroidsError,
+    TrainingMatrix,
     assign_shard,
     assignment_check,
     assignment_figures,
@@ -26,7 +27,7 @@ from curation_assets.lib.cluster.io import (
     filtered_count,
     filtered_embeddings,
     load_centroids,
-    training_pool,
+    training_matrix,
 )
 from curation_assets.lib.cluster.kmeans import (
     BLAS_CONFIG,
@@ -46,7 +47,8 @@ __all__ = [
     "AssignOutcome",
     "AssignShardWork",
     "filtered_count",
-    "training_pool",
+    "training_matrix",
+    "TrainingMatrix",
     "BLAS_CONFIG",
     "DEFAULT_SEEDS",
     "N_CLUSTERINGS",

@@ -26,6 +26,7 @@ from curation_assets.lib.cluster.kmeans import (
     cluster_size_histogram,
 )
 from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.memory import shard_batches
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     FILTERED_IMAGES,
@@ -130,8 +131,21 @@ def filtered_count(store: DeltaStore) -> int:
     return sum(store.shard_row_counts(FILTERED_IMAGES.name).values())
 
 
-def training_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFrame:
-    """A seeded sample of about ``rows`` filtered images with embeddings, read shard by shard.
+@dataclass(frozen=True)
+class TrainingMatrix:
+    """The k-means training pool as one float32 matrix, its rows in ascending image id."""
+
+    image_ids: list[str]
+    """One per row of ``x``, ascending (the order k-means is handed its rows in)."""
+    x: np.ndarray
+    """(n, d) float32: the filtered embeddings of ``image_ids``."""
+    model_id: str
+    """The one embedding model of the rows ("" when there are none)."""
+    shards_read: int
+
+
+def training_matrix(store: DeltaStore, rows: int, *, seed: int = 0) -> TrainingMatrix:
+    """A seeded sample of about ``rows`` filtered images' embeddings, read shard by shard.
 
     What k-means trains on: it samples at most ``K × max_points_per_centroid`` rows anyway, so
     reading every embedding (2 GB at 1M × 512, 20 GB at 10M) is never needed. Shards are
@@ -139,21 +153,84 @@ def training_pool(store: DeltaStore, rows: int, *, seed: int = 0) -> pl.DataFram
     is ∝ the sample, not the corpus; web shards such as LAION's tars are random draws, so a
     random subset of shards is a random sample), then each image is kept when a hash of its
     id (seeded) falls under the needed share: the pool depends on the ids, not on row order.
+    Every filtered image when the corpus holds at most ``rows``.
 
-    Returns:
-        ``image_id, shard, model_id, embedding`` like :func:`filtered_embeddings`, sorted by
-        shard, image_id; every filtered image when the corpus holds at most ``rows``.
+    Two passes over one snapshot of each table, so that the matrix is the only copy of the
+    pool: the chosen shards' image ids first (one column), which fixes every kept row's place
+    in id order; then the embeddings, a group of shards at a time, written straight into
+    their rows.
 
-    Memory: the pool (≈ ``rows`` · 4d bytes) plus one shard being read.
+    Raises:
+        ConfigError: When the rows come from more than one embedding model or dimension.
+
+    Memory: the matrix (``4 · n · d`` bytes, n ≈ ``rows``) plus the group being read: shards
+    of at most ``rows / 4`` filtered images together (a bigger shard alone).
     """
-    counts = store.shard_row_counts(FILTERED_IMAGES.name)
-    return seeded_pool(
-        counts,
-        rows,
-        seed=seed,
-        read=lambda shards: filtered_embeddings(store, shards),
-        read_all=lambda: filtered_embeddings(store),
-    )
+    chosen, share = _pool_plan(store.shard_row_counts(FILTERED_IMAGES.name), rows, seed)
+    kept_lf = store.scan(FILTERED_IMAGES).select("image_id", "shard")
+    emb_lf = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "model_id", "embedding")
+
+    def joined(shards: list[str], *cols: str) -> pl.DataFrame:
+        wanted = pl.col("shard").is_in(shards)
+        right = emb_lf.select("image_id", "shard", *cols).filter(wanted)
+        both = kept_lf.filter(wanted).join(right, on=["image_id", "shard"], how="inner")
+        return both.sort("shard", "image_id").collect()
+
+    ids = joined(chosen)
+    sizes = ids.group_by("shard").len()  # the rows a read of the shard holds, kept or not
+    per_shard = dict(zip(sizes["shard"].to_list(), sizes["len"].to_list(), strict=True))
+    ids = ids.filter(pl.Series(_id_hash(ids["image_id"], seed) < share))
+    order = ids["image_id"].arg_sort().to_numpy()
+    row_of = np.empty(ids.height, dtype=np.int64)
+    row_of[order] = np.arange(ids.height)  # ids is in (shard, image_id) order, as each group
+    x = np.zeros((0, 0), dtype=np.float32)
+    models: set[str] = set()
+    start = 0
+    groups = shard_batches(per_shard, [s for s in chosen if s in per_shard], max(rows // 4, 1))
+    for group in groups:
+        frame = joined(group, "model_id", "embedding")
+        frame = frame.filter(pl.Series(_id_hash(frame["image_id"], seed) < share))
+        if not frame["image_id"].equals(ids["image_id"].slice(start, frame.height)):
+            msg = f"training pool: shards {group} read other ids than the first pass"
+            raise RuntimeError(msg)  # one snapshot per table: never, unless that breaks
+        part = embedding_matrix(frame["embedding"])
+        if x.size == 0:
+            x = np.empty((ids.height, part.shape[1]), dtype=np.float32)
+        if part.shape[1] != x.shape[1]:
+            msg = (
+                f"shards {group} hold {part.shape[1]}-d embeddings, others {x.shape[1]}-d: "
+                "clustering needs one embedding model; re-embed or filter to one model"
+            )
+            raise ConfigError(msg)
+        x[row_of[start : start + frame.height]] = part
+        start += frame.height
+        models.update(frame["model_id"].unique().to_list())
+        del frame, part
+    model_id = ""
+    if models:
+        found = pl.DataFrame({"model_id": sorted(models)})
+        model_id = single_model(found, before="clustering", source="the filtered embeddings")
+    shards_read = ids["shard"].n_unique()
+    return TrainingMatrix(ids["image_id"].gather(order).to_list(), x, model_id, shards_read)
+
+
+def _pool_plan(counts: dict[str, int], rows: int, seed: int) -> tuple[list[str], float]:
+    """The shards a seeded pool of about ``rows`` reads (sorted) and the share of ids it keeps.
+
+    Every shard and share 1 when the corpus (``counts``: rows per shard) holds at most ``rows``;
+    otherwise shards in a seeded random order until they hold twice ``rows``.
+    """
+    counts = {s: n for s, n in counts.items() if n}
+    if sum(counts.values()) <= rows:
+        return sorted(counts), 1.0
+    order = np.random.default_rng(seed).permutation(sorted(counts))
+    chosen, held = [], 0
+    for shard in order:
+        chosen.append(str(shard))
+        held += counts[str(shard)]
+        if held >= 2 * rows:
+            break
+    return sorted(chosen), min(1.0, rows / held)
 
 
 def seeded_pool(
@@ -173,19 +250,11 @@ def seeded_pool(
 
     Memory: the pool plus one shard being read.
     """
-    counts = {s: n for s, n in counts.items() if n}
     if sum(counts.values()) <= rows:
         return read_all()
-    order = np.random.default_rng(seed).permutation(sorted(counts))
-    chosen, held = [], 0
-    for shard in order:
-        chosen.append(str(shard))
-        held += counts[str(shard)]
-        if held >= 2 * rows:
-            break
-    share = min(1.0, rows / held)
+    chosen, share = _pool_plan(counts, rows, seed)
     parts = []
-    for shard in sorted(chosen):
+    for shard in chosen:
         frame = read([shard]).sort("image_id")
         keep = _id_hash(frame["image_id"], seed) < share
         parts.append(frame.filter(pl.Series(keep)))

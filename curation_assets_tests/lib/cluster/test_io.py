@@ -104,19 +104,47 @@ def test_figures_and_check_the_assets_report(x):
     assert assignment_check([2, 2], 3, 2)[0] is False  # an image without an embedding
 
 
-def test_training_pool_is_a_seeded_bounded_sample_of_few_shards(tmp_path):
-    from curation_assets.lib.cluster import filtered_count, filtered_embeddings, training_pool
-    from curation_assets_tests.lib.dedup.helpers import add_shard, vectors
+def test_training_matrix_is_a_seeded_bounded_sample_of_few_shards(tmp_path):
+    from curation_assets.lib.cluster import filtered_count, filtered_embeddings, training_matrix
+    from curation_assets.lib.vectors import embedding_matrix
+    from curation_assets_tests.lib.dedup.helpers import DIM, add_shard, vectors
 
     store = DeltaStore(str(tmp_path / "delta"))
     for s in range(8):
         add_shard(store, f"s{s}", vectors(250, 0, seed=s), assign_rows=False)
     assert filtered_count(store) == 2000
-    pool = training_pool(store, 300, seed=3)
-    assert 200 <= pool.height <= 400  # ~300: a hash share of two or three shards' rows
-    assert pool["shard"].n_unique() <= 3  # shards are sampled: the read is ∝ the pool
+    pool = training_matrix(store, 300, seed=3)
+    assert 200 <= len(pool.image_ids) <= 400  # ~300: a hash share of two or three shards' rows
+    assert pool.shards_read <= 3  # shards are sampled: the read is ∝ the pool
+    assert pool.image_ids == sorted(pool.image_ids)
+    assert pool.x.dtype == np.float32 and pool.x.shape == (len(pool.image_ids), DIM)
     every = filtered_embeddings(store)
-    assert pool.join(every, on=["image_id", "shard"], how="anti").is_empty()
-    assert pool.equals(training_pool(store, 300, seed=3))
-    assert not pool["image_id"].equals(training_pool(store, 300, seed=4)["image_id"])
-    assert training_pool(store, 5000).height == 2000  # small corpus: every row
+    # each row is its image's embedding, bit for bit
+    rows = pl.DataFrame({"image_id": pool.image_ids}).join(every, on="image_id", how="left")
+    assert rows["shard"].null_count() == 0
+    assert np.array_equal(pool.x, embedding_matrix(rows["embedding"]))
+    assert rows["shard"].n_unique() == pool.shards_read
+    assert pool.model_id == every["model_id"][0]
+    again = training_matrix(store, 300, seed=3)
+    assert again.image_ids == pool.image_ids and np.array_equal(again.x, pool.x)
+    assert training_matrix(store, 300, seed=4).image_ids != pool.image_ids
+    whole = training_matrix(store, 5000)  # small corpus: every row
+    assert whole.image_ids == sorted(every["image_id"].to_list())
+    assert whole.shards_read == 8
+    empty = training_matrix(DeltaStore(str(tmp_path / "none")), 300)
+    assert empty.image_ids == [] and empty.x.size == 0 and empty.model_id == ""
+
+
+def test_training_matrix_refuses_two_embedding_models(tmp_path):
+    from curation_assets.lib.cluster import training_matrix
+    from curation_assets.lib.errors import ConfigError
+    from curation_assets.lib.tables import IMAGE_EMBEDDINGS
+    from curation_assets_tests.lib.dedup.helpers import add_shard, vectors
+
+    store = DeltaStore(str(tmp_path / "delta"))
+    add_shard(store, "s0", vectors(20, 0, seed=0), assign_rows=False)
+    add_shard(store, "s1", vectors(20, 0, seed=1), assign_rows=False)
+    other = store.read(IMAGE_EMBEDDINGS, shards=["s1"]).with_columns(model_id=pl.lit("other"))
+    store.replace_shard(IMAGE_EMBEDDINGS, "s1", other)
+    with pytest.raises(ConfigError, match="other"):
+        training_matrix(store, 1000)
