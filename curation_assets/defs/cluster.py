@@ -96,7 +96,8 @@ def cluster_centroids(
 
     Memory: the training pool as one float32 matrix, at most ``2 · k ·
     max_points_per_centroid`` rows and half of ``compute.memory_budget_mb``
-    (:func:`~curation_assets.lib.cluster.training_matrix`), plus one shard being read; each
+    (:func:`~curation_assets.lib.cluster.training_matrix`), plus the shards being read (a
+    quarter of the pool's rows at a time, or one bigger shard); each
     clustering trains on it in place, or on a copy of its ``k · max_points_per_centroid``
     sampled rows when the pool holds more.
     """
@@ -118,7 +119,6 @@ def cluster_centroids(
         raise dg.Failure(msg, allow_retries=False)
     model_id, x, ids = pool.model_id, pool.x, pool.image_ids  # rows in id order
     context.log.info(f"training pool: {len(ids)} images from {pool.shards_read} shards")
-    del pool
     gpu = {"auto": None, "yes": True, "no": False}[config.gpu]
     now = datetime.now(UTC)
     for c, seed in enumerate(config.seeds):

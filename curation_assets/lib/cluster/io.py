@@ -118,12 +118,25 @@ def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) 
     With ``shards``, both tables are read for those shards only (Delta partition pruning): one
     shard's assignment costs that shard's rows, not the corpus's.
     """
-    kept = store.scan(FILTERED_IMAGES).select("image_id", "shard")
-    emb = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "model_id", "embedding")
+    kept = store.scan(FILTERED_IMAGES)
+    emb = store.scan(IMAGE_EMBEDDINGS)
+    return _filtered_join(kept, emb, shards, "model_id", "embedding").collect()
+
+
+def _filtered_join(
+    kept: pl.LazyFrame, emb: pl.LazyFrame, shards: Sequence[str] | None, *cols: str
+) -> pl.LazyFrame:
+    """``image_id, shard, *cols`` of filtered images with an embedding, sorted by shard, image_id.
+
+    ``kept`` scans ``filtered_images``, ``emb`` ``image_embeddings``; with ``shards`` both are
+    pruned to those shards.
+    """
+    kept = kept.select("image_id", "shard")
+    emb = emb.select("image_id", "shard", *cols)
     if shards is not None:
         wanted = pl.col("shard").is_in(list(shards))
         kept, emb = kept.filter(wanted), emb.filter(wanted)
-    return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id").collect()
+    return kept.join(emb, on=["image_id", "shard"], how="inner").sort("shard", "image_id")
 
 
 def filtered_count(store: DeltaStore) -> int:
@@ -142,6 +155,7 @@ class TrainingMatrix:
     model_id: str
     """The one embedding model of the rows ("" when there are none)."""
     shards_read: int
+    """Shards the rows came from."""
 
 
 def training_matrix(store: DeltaStore, rows: int, *, seed: int = 0) -> TrainingMatrix:
@@ -167,16 +181,8 @@ def training_matrix(store: DeltaStore, rows: int, *, seed: int = 0) -> TrainingM
     of at most ``rows / 4`` filtered images together (a bigger shard alone).
     """
     chosen, share = _pool_plan(store.shard_row_counts(FILTERED_IMAGES.name), rows, seed)
-    kept_lf = store.scan(FILTERED_IMAGES).select("image_id", "shard")
-    emb_lf = store.scan(IMAGE_EMBEDDINGS).select("image_id", "shard", "model_id", "embedding")
-
-    def joined(shards: list[str], *cols: str) -> pl.DataFrame:
-        wanted = pl.col("shard").is_in(shards)
-        right = emb_lf.select("image_id", "shard", *cols).filter(wanted)
-        both = kept_lf.filter(wanted).join(right, on=["image_id", "shard"], how="inner")
-        return both.sort("shard", "image_id").collect()
-
-    ids = joined(chosen)
+    kept_lf, emb_lf = store.scan(FILTERED_IMAGES), store.scan(IMAGE_EMBEDDINGS)  # one snapshot
+    ids = _filtered_join(kept_lf, emb_lf, chosen).collect()
     sizes = ids.group_by("shard").len()  # the rows a read of the shard holds, kept or not
     per_shard = dict(zip(sizes["shard"].to_list(), sizes["len"].to_list(), strict=True))
     ids = ids.filter(pl.Series(_id_hash(ids["image_id"], seed) < share))
@@ -188,7 +194,7 @@ def training_matrix(store: DeltaStore, rows: int, *, seed: int = 0) -> TrainingM
     start = 0
     groups = shard_batches(per_shard, [s for s in chosen if s in per_shard], max(rows // 4, 1))
     for group in groups:
-        frame = joined(group, "model_id", "embedding")
+        frame = _filtered_join(kept_lf, emb_lf, group, "model_id", "embedding").collect()
         frame = frame.filter(pl.Series(_id_hash(frame["image_id"], seed) < share))
         if not frame["image_id"].equals(ids["image_id"].slice(start, frame.height)):
             msg = f"training pool: shards {group} read other ids than the first pass"
