@@ -24,6 +24,7 @@ float32 copy per clustering (a quarter: :func:`chunk_rows`; each chunk is a pass
 buckets, and a pair of two new rows is reported in one chunk only, by rank).
 """
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,9 +218,38 @@ def _blocks(parts: list[np.ndarray], buf: np.ndarray):
     for part in parts:
         for s0 in range(0, part.shape[0], buf.shape[0]):
             xb = buf[: min(buf.shape[0], part.shape[0] - s0)]
-            xb[...] = part[s0 : s0 + xb.shape[0]]
+            half_to_float(part[s0 : s0 + xb.shape[0]], xb)
             yield start + s0, xb
         start += part.shape[0]
+
+
+def half_to_float(src: np.ndarray, out: np.ndarray) -> None:
+    """Write the (n, d) float16 rows ``src`` into the float32 ``out``, exactly.
+
+    faiss' fp16 decoder (its ``QT_fp16`` scalar quantizer: the stored bytes are its codes)
+    runs on faiss' threads: at 1M × 512, 0.30 s on 2 cores against numpy's 0.64 s, bit for
+    bit the same values (every finite float16 checked). Anything else (another dtype, a
+    strided view) is converted by numpy.
+    """
+    if (
+        src.dtype != np.float16
+        or src.ndim != 2
+        or not src.flags.c_contiguous
+        or not out.flags.c_contiguous
+        or out.dtype != np.float32
+        or out.shape != src.shape
+        or src.size == 0
+    ):
+        out[...] = src
+        return
+    decode = _decoder(src.shape[1]).sa_decode_c  # pyright: ignore[reportAttributeAccessIssue]
+    decode(src.shape[0], faiss.swig_ptr(src.view(np.uint8)), faiss.swig_ptr(out))
+
+
+@functools.cache
+def _decoder(dim: int) -> faiss.IndexScalarQuantizer:
+    """A float16 scalar quantizer of ``dim`` (stateless: decoding needs no training)."""
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
 
 def _frames(

@@ -26,7 +26,13 @@ from curation_assets.lib.dedup.layout import (
     stage,
 )
 from curation_assets.lib.dedup.merge import merge
-from curation_assets.lib.dedup.newrows import NewRows, NewRowsWork, chunk_rows, forget_indexes
+from curation_assets.lib.dedup.newrows import (
+    NewRows,
+    NewRowsWork,
+    chunk_rows,
+    forget_indexes,
+    half_to_float,
+)
 from curation_assets.lib.dedup.units import search_unit
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -329,3 +335,20 @@ def test_the_one_pass_work_pickles_and_finds_what_the_run_found(tmp_path, corpus
         == (outcome.merged.stats["new_pairs"])
     )
     assert ((pairs["shard_a"] == "s3") | (pairs["shard_b"] == "s3")).all()
+
+
+def test_half_to_float_is_numpys_conversion_bit_for_bit():
+    # every finite float16 (subnormals, ±0, the extremes), through faiss' decoder
+    bits = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    finite = bits[np.isfinite(bits)]
+    h = np.resize(finite, (finite.size // 512 + 1) * 512).reshape(-1, 512)
+    out = np.full(h.shape, np.nan, np.float32)
+    half_to_float(h, out)
+    assert np.array_equal(out.view(np.uint32), h.astype(np.float32).view(np.uint32))
+    # a strided view and another dtype take numpy's path, with the same values
+    strided = np.empty((h.shape[0], 256), np.float32)
+    half_to_float(h[:, ::2], strided)
+    assert np.array_equal(strided, h[:, ::2].astype(np.float32))
+    wide = np.empty(h.shape, np.float32)
+    half_to_float(h.astype(np.float32), wide)
+    assert np.array_equal(wide, h.astype(np.float32))
