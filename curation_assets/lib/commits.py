@@ -27,11 +27,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.compaction import compact
 from curation_assets.lib.storage import DeltaStore, writer_identity
 from curation_assets.lib.tables import STAGE_COMMITS, STAGE_SETTINGS
 from curation_assets.lib.tables.spec import TableSpec
 
 logger = logging.getLogger(__name__)
+
+#: ``stage_commits`` files at which a commit compacts the table into one
+#: (:func:`~.compaction.compact`). Reading the latest commit opens every live file: at 2,000
+#: commits it took 111 ms uncompacted (13 ms at 10), 25 ms compacted every 64; a global
+#: update reads it ~5 times a stage.
+COMPACT_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,9 @@ def record_commit(
     )
     store.append(STAGE_COMMITS, row)
     logger.info("stage %s committed outputs %s", stage, dict(outputs))
+    # one file an append: compacted, so reading the latest commit does not open every file of
+    # every commit ever made (after the append: the commit point is not delayed by it)
+    compact(store, STAGE_COMMITS.name, min_files=COMPACT_FILES)
     return Commit(
         stage,
         now,

@@ -21,8 +21,9 @@ SHARDS_KEY = "curation.shards"
 """Commit metadata key: the shards a shard write replaced (a JSON list)."""
 LOG_TAIL_MAX = 1000
 """Most commits :func:`shards_committed_since` reads before its caller compares two snapshots."""
-MAINTENANCE_OPERATIONS = frozenset({"VACUUM START", "VACUUM END"})
-"""Commit operations that change no row: a Delta VACUUM commits two, whatever it deleted."""
+MAINTENANCE_OPERATIONS = frozenset({"VACUUM START", "VACUUM END", "OPTIMIZE"})
+"""Commit operations that change no row: a Delta VACUUM commits two, whatever it deleted; a
+compaction (:func:`~curation_assets.lib.compaction.compact`) rewrites files, not rows."""
 
 
 def data_version(dt: DeltaTable) -> int:

@@ -1,12 +1,19 @@
 import errno
+import json
+import threading
+import time
 
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
+from deltalake.table import TableOptimizer
 
-from curation_assets.lib import storage
+from curation_assets.lib import commits, storage
+from curation_assets.lib.commits import last_commit, record_commit
+from curation_assets.lib.compaction import compact, live_files
 from curation_assets.lib.storage import DeltaStore, StorageUnwritableError, sql_literal
-from curation_assets.lib.tables import QUARANTINE, Column, TableSpec
+from curation_assets.lib.tables import QUARANTINE, STAGE_COMMITS, Column, TableSpec
 
 SPEC = TableSpec(
     name="t",
@@ -202,3 +209,59 @@ def test_changed_shards_reads_the_log_tail_and_falls_back_to_snapshots(tmp_path,
     store.append(SPEC, frame("e", [4]))  # an append names no shards: the snapshots decide
     assert store.changed_shards("t", v) == {"b", "c", "d", "e"}
     assert store.changed_shards("t", None) == {"a", "b", "d", "e"}
+
+
+def _commit_rows(store: DeltaStore, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        record_commit(store, "dedup", inputs={}, outputs={"v": i}, config={}, summary={})
+
+
+def test_stage_commits_are_compacted_and_keep_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(commits, "COMPACT_FILES", 4)
+    store = DeltaStore(str(tmp_path))
+    _commit_rows(store, 10)
+    # one file an append, compacted into one at the 4th: never 4 files after a commit
+    assert live_files(store, STAGE_COMMITS.name) < 4
+    rows = store.read(STAGE_COMMITS)
+    assert sorted(json.loads(o)["v"] for o in rows["outputs"]) == list(range(10))
+    last = last_commit(store, "dedup")
+    assert last is not None and last.outputs == {"v": 9}
+    assert compact(store, STAGE_COMMITS.name, min_files=100) == 0  # below: nothing done
+
+
+def test_a_compaction_keeps_an_append_made_meanwhile(tmp_path, monkeypatch):
+    monkeypatch.setattr(commits, "COMPACT_FILES", 10**6)
+    store = DeltaStore(str(tmp_path))
+    _commit_rows(store, 5)
+    stale = DeltaTable(store.uri(STAGE_COMMITS.name))  # the compaction's snapshot
+    _commit_rows(store, 1, start=5)  # another process appends before it commits
+    stale.optimize.compact()
+    rows = store.read(STAGE_COMMITS)
+    assert sorted(json.loads(o)["v"] for o in rows["outputs"]) == list(range(6))
+
+
+def test_two_compactions_at_once_do_not_duplicate_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(commits, "COMPACT_FILES", 10**6)
+    store = DeltaStore(str(tmp_path))
+    _commit_rows(store, 6)
+    original = TableOptimizer.compact
+
+    def slow(self, *args, **kwargs):  # both processes hold their snapshot while the other commits
+        time.sleep(0.5)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TableOptimizer, "compact", slow)
+    done: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: done.append(compact(store, STAGE_COMMITS.name, min_files=2))
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(done) == [0, 6]  # the second found the table compacted under the lock
+    rows = store.read(STAGE_COMMITS)
+    assert sorted(json.loads(o)["v"] for o in rows["outputs"]) == list(range(6))
