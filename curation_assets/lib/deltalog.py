@@ -21,6 +21,12 @@ SHARDS_KEY = "curation.shards"
 """Commit metadata key: the shards a shard write replaced (a JSON list)."""
 LOG_TAIL_MAX = 1000
 """Most commits :func:`shards_committed_since` reads before its caller compares two snapshots."""
+TABLE_PROPERTIES = {"delta.checkpointInterval": "10"}
+"""Properties every table is created with. A checkpoint every 10 commits (Delta Lake's own
+default; deltalake's is 100): opening a table replays each commit since its last checkpoint,
+and a stage opens tables ~90 times an update. Measured on a 20-shard table rewritten 160
+times (``/tmp`` probe, deltalake 1.6): an open 18.5 → 8.0 ms on average over versions 101–160,
+a shard write 47 → 26 ms."""
 MAINTENANCE_OPERATIONS = frozenset({"VACUUM START", "VACUUM END", "OPTIMIZE"})
 """Commit operations that change no row: a Delta VACUUM commits two, whatever it deleted; a
 compaction (:func:`~curation_assets.lib.compaction.compact`) rewrites files, not rows."""

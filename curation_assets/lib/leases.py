@@ -34,6 +34,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from curation_assets.lib.deltalog import TABLE_PROPERTIES
 from curation_assets.lib.errors import TransientError
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class DeltaLease:
                     schema=LEASE_SCHEMA,
                     mode="ignore",
                     storage_options=self.storage_options,
+                    configuration=TABLE_PROPERTIES,  # renewed every few seconds: a long log
                 )
             return DeltaTable(self.uri, storage_options=self.storage_options)
 

@@ -34,6 +34,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from curation_assets.lib.deltalog import (
     SHARDS_KEY,
+    TABLE_PROPERTIES,
     data_version,
     discard_uncommitted,
     shards_committed_since,
@@ -393,6 +394,7 @@ class DeltaStore:
                 partition_by=partition_by,
                 mode="ignore",
                 storage_options=self.storage_options or None,
+                configuration=TABLE_PROPERTIES,
                 commit_properties=CommitProperties(
                     custom_metadata={
                         "curation.writer": writer_identity(),

@@ -12,6 +12,7 @@ from deltalake.table import TableOptimizer
 from curation_assets.lib import commits, storage
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.compaction import compact, live_files
+from curation_assets.lib.deltalog import TABLE_PROPERTIES
 from curation_assets.lib.storage import DeltaStore, StorageUnwritableError, sql_literal
 from curation_assets.lib.tables import QUARANTINE, STAGE_COMMITS, Column, TableSpec
 
@@ -265,3 +266,14 @@ def test_two_compactions_at_once_do_not_duplicate_rows(tmp_path, monkeypatch):
     assert sorted(done) == [0, 6]  # the second found the table compacted under the lock
     rows = store.read(STAGE_COMMITS)
     assert sorted(json.loads(o)["v"] for o in rows["outputs"]) == list(range(6))
+
+
+def test_tables_are_checkpointed_every_ten_commits(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    for i in range(12):
+        store.replace_shard(SPEC, "s", frame("s", [i]))
+    assert DeltaTable(store.uri(SPEC.name)).metadata().configuration == TABLE_PROPERTIES
+    log = tmp_path / SPEC.name / "_delta_log"
+    # deltalake's default would write the first at the 100th commit
+    assert [p.name for p in log.glob("*.checkpoint.parquet")] == [f"{9:020d}.checkpoint.parquet"]
+    assert store.read(SPEC)["id"].to_list() == [11]
