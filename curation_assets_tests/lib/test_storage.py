@@ -277,3 +277,17 @@ def test_tables_are_checkpointed_every_ten_commits(tmp_path):
     # deltalake's default would write the first at the 100th commit
     assert [p.name for p in log.glob("*.checkpoint.parquet")] == [f"{9:020d}.checkpoint.parquet"]
     assert store.read(SPEC)["id"].to_list() == [11]
+
+
+def test_a_failed_compaction_leaves_the_commit_standing(tmp_path, monkeypatch):
+    monkeypatch.setattr(commits, "COMPACT_FILES", 2)
+
+    def broken(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TableOptimizer, "compact", broken)
+    store = DeltaStore(str(tmp_path))
+    _commit_rows(store, 3)  # the 2nd and 3rd commits try to compact, and fail
+    last = last_commit(store, "dedup")
+    assert last is not None and last.outputs == {"v": 2}
+    assert live_files(store, STAGE_COMMITS.name) == 3
