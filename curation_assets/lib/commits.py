@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 #: ``stage_commits`` files at which a commit compacts the table into one
 #: (:func:`~.compaction.compact`). Reading the latest commit opens every live file: at 2,000
-#: commits it took 111 ms uncompacted (13 ms at 10), 25 ms compacted every 64; a global
+#: commits it took 111 ms uncompacted (13 ms at 10), 25-39 ms compacted every 64; a global
 #: update reads it ~5 times a stage.
 COMPACT_FILES = 64
 
