@@ -10,7 +10,6 @@ import logging
 
 import pyarrow as pa
 from deltalake import DeltaTable
-from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import CommitProperties
 
 from curation_assets.lib.storage import DeltaStore, writer_identity
@@ -26,11 +25,11 @@ def compact(store: DeltaStore, table: str, *, min_files: int) -> int:
     meanwhile is kept (tested). Two compactions at once are not safe in deltalake (both
     commit, and the rows of the files both rewrote are then there twice: seen with 1.6), so a
     compaction holds the root's lock ``compact-<table>`` and counts the files again under it.
-    The replaced files go at the next vacuum. A compaction that fails to commit is skipped and
-    logged: the table stays as it was, and the next call tries again.
+    The replaced files go at the next vacuum. A failed compaction raises and leaves the table
+    as it was (the caller decides what that costs: :func:`~.commits.record_commit` logs it).
 
     Returns:
-        Files rewritten (0 when below ``min_files``, or when skipped).
+        Files rewritten (0 when below ``min_files``).
     """
     if live_files(store, table) < min_files:  # the common case: no lock taken
         return 0
@@ -41,11 +40,7 @@ def compact(store: DeltaStore, table: str, *, min_files: int) -> int:
         props = CommitProperties(
             custom_metadata={"curation.writer": writer_identity(), "curation.table": table}
         )
-        try:
-            metrics = dt.optimize.compact(commit_properties=props)
-        except (CommitFailedError, DeltaError) as exc:
-            logger.warning("delta %s: compaction skipped (%s); the next one retries", table, exc)
-            return 0
+        metrics = dt.optimize.compact(commit_properties=props)
     removed = int(metrics.get("numFilesRemoved", 0))
     logger.info(
         "delta %s: compacted %d files into %s", table, removed, metrics.get("numFilesAdded")
