@@ -18,6 +18,8 @@ import polars as pl
 from deltalake import DeltaTable
 
 from curation_assets.lib.objectstore import is_remote, join, list_names
+from curation_assets.lib.revisions import merged
+from curation_assets.lib.tables import TABLES
 
 #: Columns that legitimately differ between two runs of the same inputs.
 VOLATILE = {
@@ -96,7 +98,13 @@ def read_tables(
         uri = join(root, name)
         if not DeltaTable.is_deltatable(uri, storage_options=options if remote else None):
             continue
-        df = pl.read_delta(uri, storage_options=options if remote else None)
+        spec = TABLES.get(name)
+        if spec is not None and spec.revision_key is not None:  # changed in place: as read
+            table = DeltaTable(uri, storage_options=options if remote else None)
+            names = [f.name for f in table.schema().fields]
+            df = merged(pl.scan_delta(table), spec.revision_key, names).collect()
+        else:
+            df = pl.read_delta(uri, storage_options=options if remote else None)
         drop = [c for c, t in df.schema.items() if isinstance(t, pl.Datetime)]
         drop += [c for c in VOLATILE.get(name, ()) if c in df.columns]
         df = df.drop(drop)

@@ -17,6 +17,9 @@ import polars as pl
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DEDUPLICATED_IMAGES
+
 EDITS = {
     "flip": ImageOps.mirror,
     "crop": lambda im: im.crop((im.width // 10, im.height // 10, im.width, im.height)),
@@ -75,7 +78,7 @@ def test_real_photos_through_every_stage_explained_and_retuned(tmp_path, clothin
     delta = home / "delta"
     raw = pl.read_delta(str(delta / "raw_images")).select("image_id", "source_uri")
     id_of = dict(zip(raw["source_uri"], raw["image_id"], strict=True))
-    component = pl.read_delta(str(delta / "deduplicated_images"))
+    component = DeltaStore(str(delta)).read(DEDUPLICATED_IMAGES)  # merged with its changes
     group_of = dict(zip(component["image_id"], component["component_id"], strict=True))
     found = 0
     for edit, original in planted.items():
@@ -128,10 +131,10 @@ def test_real_photos_through_every_stage_explained_and_retuned(tmp_path, clothin
     weakest = strongest.filter(pl.col("image_id").is_in(list(edits))).sort("similarity").row(0)
     edit, new_tau = edits[weakest[0]], round(float(weakest[1]) + 0.002, 4)
     assert _outcomes(_explain(home, edit))["dedup"] in ("near_duplicate", "kept")
-    kept_before = pl.read_delta(str(delta / "deduplicated_images"))["kept"].sum()
+    kept_before = DeltaStore(str(delta)).read(DEDUPLICATED_IMAGES)["kept"].sum()
     _cli("dedup", "retune", "--home", str(home), "--tau", str(new_tau))
     runs = pl.read_delta(str(delta / "dedup_runs")).sort("run_at")
     assert runs["mode"].to_list()[-1] == "retune", runs.select("mode", "reason")
-    assert pl.read_delta(str(delta / "deduplicated_images"))["kept"].sum() > kept_before
+    assert DeltaStore(str(delta)).read(DEDUPLICATED_IMAGES)["kept"].sum() > kept_before
     back = _outcomes(_explain(home, edit))
     assert back["dedup"] == "unique" and back["export"] == "exported", back

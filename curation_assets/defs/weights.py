@@ -304,7 +304,8 @@ def weights_and_audit(
         f"{summary['shards_scored']} shards scored from their embeddings, "
         f"{summary.get('shards_patched', 0)} patched from their stored ratios "
         f"({summary.get('shards_drop_patched', 0)} from their dropped rows alone), "
-        f"{outcome.written} rewritten"
+        f"{outcome.written} rewritten, "
+        f"{summary.get('rows_deleted_in_place', 0)} rows deleted in place"
         if outcome.plan.mode != "current"
         else "0 shards scored"
     )

@@ -28,7 +28,8 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.compaction import compact
-from curation_assets.lib.storage import DeltaStore, writer_identity
+from curation_assets.lib.deltawrite import writer_identity
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import STAGE_COMMITS, STAGE_SETTINGS
 from curation_assets.lib.tables.spec import TableSpec
 

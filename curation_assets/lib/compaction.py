@@ -1,18 +1,28 @@
-"""Compaction of an append-only Delta log (``stage_commits``): its reads stay ∝ its live files.
+"""Keeping tables' files few: compaction of append-only logs, folding of in-place changes.
 
-Every append writes one small file, and every read opens each live file, so without
-compaction reading the latest commit costs ∝ the commits ever made (measured: 111 ms at 2,000
-commits against 13 ms at 10; a global update reads it ~5 times a stage). :func:`compact`
-rewrites the files into one (Delta OPTIMIZE) once there are ``min_files`` of them.
+* :func:`compact`: every append to ``stage_commits`` writes one small file, and every read
+  opens each live file, so without compaction reading the latest commit costs ∝ the commits
+  ever made (measured: 111 ms at 2,000 commits against 13 ms at 10; a global update reads it
+  ~5 times a stage). It rewrites the files into one (Delta OPTIMIZE) once there are
+  ``min_files`` of them.
+* :func:`fold`: a table changed in place (:mod:`~curation_assets.lib.revisions`) gathers change
+  rows that every read merges; once they reach a share of the table
+  (:func:`~curation_assets.lib.revisions.fold_due`), the shards they touch are rewritten with
+  their merged rows and the changes are dropped.
 """
 
 import logging
 
+import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.transaction import CommitProperties
 
-from curation_assets.lib.storage import DeltaStore, writer_identity
+from curation_assets.lib.deltawrite import writer_identity
+from curation_assets.lib.memory import shard_batches
+from curation_assets.lib.revisions import CHANGED_SHARD, CHANGES, fold_due
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import TableSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,56 @@ def compact(store: DeltaStore, table: str, *, min_files: int) -> int:
         "delta %s: compacted %d files into %s", table, removed, metrics.get("numFilesAdded")
     )
     return removed
+
+
+#: Rows one fold commit rewrites at most (a bigger shard alone): ~150 bytes a merged row of
+#: ``deduplicated_images`` in memory, so ~150 MB.
+FOLD_ROWS = 1_000_000
+
+
+def fold(store: DeltaStore, spec: TableSpec, *, force: bool = False) -> list[str]:
+    """Fold a table's change rows into its shards, when due (or ``force``).
+
+    Due: :func:`~curation_assets.lib.revisions.fold_due` on the Delta log's row counts. The
+    shards with change rows are rewritten with their rows as read (merged), in commits of at
+    most :data:`FOLD_ROWS` rows, the last of which also empties the changes partition. The
+    rewritten rows are stamped newer than every change, so the table reads the same after
+    every commit, and a fold killed half-way leaves nothing to repair (the next fold redoes
+    it). No row changes as read, so the commits name no shard: no stage redoes a shard for a
+    fold.
+
+    Memory: one commit's rows.
+
+    Returns:
+        The shards rewritten (none when not due).
+    """
+    base = store.shard_row_counts(spec.name)
+    if not force and not fold_due(sum(base.values()), store.change_row_count(spec.name)):
+        return []
+    dt = store._table(spec.name)
+    if dt is None:
+        return []
+    touched = (
+        pl.scan_delta(dt)
+        .filter(pl.col("shard") == CHANGES)
+        .select(CHANGED_SHARD)
+        .unique()
+        .collect()[CHANGED_SHARD]
+    )
+    shards = sorted(s for s in touched.to_list() if s in base)
+    groups = shard_batches(base, shards, FOLD_ROWS) or [[]]
+    for i, group in enumerate(groups):
+        rows = store.read(spec, shards=group) if group else spec.empty()
+        last = [CHANGES] if i == len(groups) - 1 else []
+        store.replace_rows(spec, "shard", [*group, *last], rows, named=[])
+    logger.info("delta %s: folded changes into %d shards", spec.name, len(shards))
+    return shards
+
+
+def drop_changes(store: DeltaStore, spec: TableSpec) -> None:
+    """Empty a table's changes partition, once every shard it touches has been rewritten."""
+    if store.change_row_count(spec.name):
+        store.replace_rows(spec, "shard", [CHANGES], [], named=[])
 
 
 def live_files(store: DeltaStore, table: str) -> int:

@@ -13,14 +13,10 @@ returns the version it committed, so a stage writing several tables can record t
 """
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
-import os
 import random
 import re
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +25,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from curation_assets.lib.deltalog import (
@@ -39,14 +35,20 @@ from curation_assets.lib.deltalog import (
     discard_uncommitted,
     shards_committed_since,
 )
-from curation_assets.lib.errors import PermanentError, TransientError
+from curation_assets.lib.deltawrite import unwritable, writer_identity, writer_properties
+from curation_assets.lib.errors import TransientError
 from curation_assets.lib.failpoints import die, dying_stream, failpoint
 from curation_assets.lib.leases import DeltaLease
+from curation_assets.lib.locks import file_lock
 from curation_assets.lib.objectstore import is_remote, redacted
 from curation_assets.lib.objectstore import storage_options_from_env as env_options
+from curation_assets.lib.revisions import CHANGES, merged, stamp
 from curation_assets.lib.tables import TableSpec
 
 logger = logging.getLogger(__name__)
+
+#: Write options of a table changed in place: its hidden columns may be newer than its files.
+_MERGE = {"schema_mode": "merge"}
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._\-]+$")
 
@@ -70,64 +72,6 @@ COMMIT_ATTEMPTS = 5
 
 class ConcurrentWriteError(TransientError, RuntimeError):
     """A commit kept failing because another process committed to the same table."""
-
-
-class StorageUnwritableError(PermanentError, OSError):
-    """The Delta root cannot take a write: no space, read-only, quota or permission.
-
-    Raised instead of deltalake's generic error (which may read "Failed to parse parquet" for
-    a full disk). Nothing of the failed write is committed, so freeing space (or making the
-    root writable) and re-running converges; retrying at once does not help, so the Dagster
-    steps fail at once on it.
-    """
-
-
-#: OS errors that make a storage root unwritable, with the advice given for each.
-_UNWRITABLE = {
-    errno.ENOSPC: "no space left on device: free space (or move the Delta root) and re-run",
-    errno.EDQUOT: "disk quota exceeded: free space (or move the Delta root) and re-run",
-    errno.EROFS: "read-only file system: remount it read-write (or move the Delta root)",
-    errno.EACCES: "permission denied: fix the owner/permissions of the Delta root",
-    errno.EPERM: "operation not permitted: fix the owner/permissions of the Delta root",
-}
-
-
-def unwritable(exc: BaseException, what: str) -> StorageUnwritableError | None:
-    """``exc`` as a :class:`StorageUnwritableError` about ``what``, if it is one of those."""
-    code = getattr(exc, "errno", None)
-    if code not in _UNWRITABLE:
-        found = re.search(r"os error (\d+)", str(exc))
-        code = int(found.group(1)) if found else None
-    if code not in _UNWRITABLE:
-        return None
-    return StorageUnwritableError(
-        code,
-        f"{what}: {os.strerror(code)} (os error {code}); {_UNWRITABLE[code]}. "
-        "Nothing of this write was committed; the re-run converges.",
-    )
-
-
-def writer_identity() -> str:
-    """``host:pid`` of this process, stored in every commit's info."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-#: Bytes of one parquet row group as a write buffers it. Delta's writer holds a file's rows
-#: until its row group (default 1M rows) is full: a table of 1 KiB vectors wrote at 3× its size
-#: in memory (measured: a 374 MB frame of ``duplicate_members`` peaked 1.1 GB above it; with
-#: 16k-row groups 0.6 GB).
-ROW_GROUP_BYTES = 16 * 2**20
-
-
-def writer_properties(data: Any) -> WriterProperties:
-    """Row groups of about :data:`ROW_GROUP_BYTES` (4k..1M rows), snappy as Delta's default.
-
-    A table's bytes per row size them; a stream's are unknown: 16k rows a group.
-    """
-    rows = 16_384
-    if isinstance(data, pa.Table) and data.num_rows:
-        rows = ROW_GROUP_BYTES * data.num_rows // max(1, data.nbytes)
-    return WriterProperties(max_row_group_size=min(max(rows, 4096), 1 << 20), compression="SNAPPY")
 
 
 def is_local_uri(uri: str) -> bool:
@@ -184,8 +128,13 @@ class DeltaStore:
         dt = self._table(table)
         return None if dt is None else data_version(dt)
 
-    def _shard_actions(self, table: str, version: int | None, column: str) -> list[tuple[str, Any]]:
-        """(shard, ``column``) of every data file of a shard-partitioned table: log only."""
+    def _shard_actions(
+        self, table: str, version: int | None, column: str, *, changes: bool = False
+    ) -> list[tuple[str, Any]]:
+        """(shard, ``column``) of every data file of a shard-partitioned table: log only.
+
+        The change rows' partition (:mod:`~.revisions`) is left out, unless ``changes``.
+        """
         dt = self._table(table)
         if dt is None:
             return []
@@ -194,13 +143,23 @@ class DeltaStore:
         actions = pa.table(dt.get_add_actions(flatten=True))
         if "partition.shard" not in actions.column_names:
             return []
-        return list(
-            zip(
-                actions.column("partition.shard").to_pylist(),
-                actions.column(column).to_pylist(),
-                strict=True,
-            )
+        pairs = zip(
+            actions.column("partition.shard").to_pylist(),
+            actions.column(column).to_pylist(),
+            strict=True,
         )
+        return [(s, v) for s, v in pairs if changes or s != CHANGES]
+
+    def _changes(self, table: str, version: int | None) -> set[str]:
+        """Files of the change rows' partition (:mod:`~.revisions`)."""
+        return {
+            p for s, p in self._shard_actions(table, version, "path", changes=True) if s == CHANGES
+        }
+
+    def change_row_count(self, table: str, version: int | None = None) -> int:
+        """Change rows (:mod:`~.revisions`) of a table not yet folded, from the Delta log."""
+        pairs = self._shard_actions(table, version, "num_records", changes=True)
+        return sum(int(n or 0) for s, n in pairs if s == CHANGES)
 
     def shard_files(self, table: str, version: int | None = None) -> dict[str, frozenset[str]]:
         """The data files of each shard of a shard-partitioned table (at ``version``).
@@ -246,6 +205,8 @@ class DeltaStore:
         if since_version is None:
             return set(now)
         before = self.shard_files(table, since_version)
+        if self._changes(table, None) != self._changes(table, since_version):
+            return set(now) | set(before)  # rows changed in place: their shards are in the data
         return {s for s in set(now) | set(before) if now.get(s) != before.get(s)}
 
     @contextlib.contextmanager
@@ -272,36 +233,8 @@ class DeltaStore:
             with lease.held():
                 yield
             return
-        folder = Path(self.uri("_locks"))
-        path = folder / f"{name}.lock"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            error = unwritable(exc, f"taking lock {path}")
-            if error is not None:
-                raise error from exc
-            raise
-        try:
-            waited = 0.0
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if waited % poll_s < 0.5:
-                        holder = path.read_text(errors="replace").strip() or "unknown"
-                        logger.warning(
-                            "waiting for lock %s held by %s (%.0fs so far)", path, holder, waited
-                        )
-                    time.sleep(0.5)
-                    waited += 0.5
-            with contextlib.suppress(OSError):  # who holds it is for messages only
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps({"holder": writer_identity()}).encode(), 0)
+        with file_lock(Path(self.uri("_locks")) / f"{name}.lock", poll_s=poll_s):
             yield
-        finally:
-            os.close(fd)  # releases the flock
 
     def _table(self, table: str) -> DeltaTable | None:
         try:
@@ -487,6 +420,8 @@ class DeltaStore:
         predicate = " AND ".join(f"{k} = {sql_literal(v)}" for k, v in conditions.items())
         frames = [data] if isinstance(data, pl.DataFrame) else data
         schema = spec.empty().to_arrow().schema
+        revision = None if spec.revision_key is None else self._next_version(spec.name)
+        out = schema if revision is None else stamp(schema.empty_table(), 0, change=False).schema
         written = 0
 
         failure: list[BaseException] = []
@@ -505,15 +440,18 @@ class DeltaStore:
                             )
                             raise ValueError(msg)
                     written += frame.height
-                    yield from frame.to_arrow().cast(schema).to_batches()
+                    table = frame.to_arrow().cast(schema)
+                    if revision is not None:  # newer than every change row so far
+                        table = stamp(table, revision, change=False)
+                    yield from table.to_batches()
             except BaseException as exc:  # re-raised below, unwrapped from deltalake's error
                 failure.append(exc)
                 raise
 
         if isinstance(data, pl.DataFrame):  # re-readable: the commit can be retried
-            source: Any = pa.Table.from_batches(list(batches()), schema=schema)
+            source: Any = pa.Table.from_batches(list(batches()), schema=out)
         else:
-            source = pa.RecordBatchReader.from_batches(schema, batches())
+            source = pa.RecordBatchReader.from_batches(out, batches())
         try:
             self._write(
                 spec.name,
@@ -522,6 +460,7 @@ class DeltaStore:
                 mode="overwrite",
                 partition_by=list(spec.partition_by),
                 predicate=predicate,
+                **({} if revision is None else _MERGE),
             )
         except Exception as exc:
             if failure:  # the producer failed: nothing was committed; raise its own error
@@ -536,8 +475,13 @@ class DeltaStore:
         column: str,
         values: Iterable[str],
         df: pl.DataFrame | Sequence[pl.DataFrame],
+        *,
+        named: Sequence[str] | None = None,
     ) -> int:
         """Replace the rows whose ``column`` is one of ``values`` by ``df``, in one commit.
+
+        ``named``: the shards the commit says changed (default: ``values`` of ``shard``); a
+        fold (:func:`~.compaction.fold`) changes no row as read, and names none.
 
         ``df`` may be a list of frames: they are written as one table without being
         concatenated first (no copy).
@@ -566,18 +510,55 @@ class DeltaStore:
         data = (
             pa.concat_tables([spec.to_arrow(f) for f in frames]) if frames else schema.empty_table()
         )
+        extra: dict[str, Any] = {}
+        if spec.revision_key is not None:  # newer than every change row so far
+            data, extra = stamp(data, self._next_version(spec.name), change=False), _MERGE
         version = self._write(
             spec.name,
             data,
-            shards=wanted if column == "shard" and spec.partition_by == ("shard",) else None,
+            shards=named
+            if named is not None
+            else (wanted if column == "shard" and spec.partition_by == ("shard",) else None),
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
             predicate=f"{column} IN ({', '.join(sql_literal(v) for v in wanted)})",
+            **extra,
         )
         logger.info(
             "delta %s: replaced %d %s values (v%d)", spec.name, len(wanted), column, version
         )
         return version
+
+    def append_changes(
+        self, spec: TableSpec, df: pl.DataFrame, *, deleted: bool = False
+    ) -> int | None:
+        """Append whole rows of existing keys, each superseding its key's row for every reader.
+
+        ``deleted``: the rows delete their keys' rows instead (tombstones). One commit (one
+        file for all shards) naming the shards; see :mod:`~.revisions`. Returns the Delta
+        version committed (the current one when ``df`` is empty).
+        """
+        if spec.revision_key is None:
+            msg = f"table {spec.name!r} is not changed in place (no revision_key)"
+            raise ValueError(msg)
+        if not df.height:
+            return self.version(spec.name)
+        data = stamp(spec.to_arrow(df), self._next_version(spec.name), change=True, deleted=deleted)
+        version = self._write(
+            spec.name,
+            data,
+            shards=df["shard"].unique().to_list(),
+            mode="append",
+            partition_by=list(spec.partition_by),
+            **_MERGE,
+        )
+        logger.info("delta %s: %d rows changed in place (v%d)", spec.name, df.height, version)
+        return version
+
+    def _next_version(self, table: str) -> int:
+        """The version the next commit to ``table`` gets (0 for a new table)."""
+        dt = self._table(table)
+        return 0 if dt is None else dt.version() + 1
 
     def replace_table(self, spec: TableSpec, df: pl.DataFrame) -> int:
         """Overwrite a whole (unpartitioned) table in one transaction.
@@ -653,8 +634,13 @@ class DeltaStore:
         )
         return list(gone)
 
-    def scan(self, spec: TableSpec, *, version: int | None = None) -> pl.LazyFrame:
-        """Lazy scan of a table (at ``version`` when given, Delta time travel).
+    def scan(
+        self, spec: TableSpec, *, version: int | None = None, shards: Iterable[str] | None = None
+    ) -> pl.LazyFrame:
+        """Lazy scan of a table (at ``version`` when given, Delta time travel; some shards').
+
+        A table changed in place (``spec.revision_key``) is read merged, one row per key
+        (:func:`~.revisions.merged`).
 
         An empty frame of the right schema when the table does not exist. The table's log is
         read once, here: the scan reuses it (a table opened again at collect time costs as
@@ -666,7 +652,11 @@ class DeltaStore:
             )
         except TableNotFoundError:
             return spec.empty().lazy()
-        return pl.scan_delta(table)
+        if spec.revision_key is None:
+            lf = pl.scan_delta(table)
+            return lf if shards is None else lf.filter(pl.col("shard").is_in(list(shards)))
+        names = [f.name for f in table.schema().fields]
+        return merged(pl.scan_delta(table), spec.revision_key, names, shards)
 
     def read(
         self,
@@ -677,9 +667,7 @@ class DeltaStore:
         version: int | None = None,
     ) -> pl.DataFrame:
         """Read a table (optionally only some shards and columns, or as of ``version``)."""
-        lf = self.scan(spec, version=version)
-        if shards is not None:
-            lf = lf.filter(pl.col("shard").is_in(list(shards)))
+        lf = self.scan(spec, version=version, shards=shards)
         if columns is not None:
             lf = lf.select(columns)
         return lf.collect()

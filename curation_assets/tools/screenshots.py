@@ -29,7 +29,10 @@ def removed_near_duplicate(delta_root: Path) -> str:
     """The image_id of a near duplicate the last dedup removed (the smallest id)."""
     import polars as pl
 
-    rows = pl.read_delta(str(delta_root / "deduplicated_images")).filter(~pl.col("kept"))
+    from curation_assets.lib.storage import DeltaStore
+    from curation_assets.lib.tables import DEDUPLICATED_IMAGES
+
+    rows = DeltaStore(str(delta_root)).read(DEDUPLICATED_IMAGES).filter(~pl.col("kept"))
     if rows.is_empty():
         raise SystemExit("no removed near duplicate in this home: run `curation run` first")
     return str(rows.sort("image_id")["image_id"][0])

@@ -6,8 +6,9 @@ import pytest
 from curation_assets.defs.classify import safety_classifiers
 from curation_assets.defs.resources import Categories, Compute, DeltaStorage, ImageEmbedder
 from curation_assets.defs.retries import fail_fast
+from curation_assets.lib.deltawrite import StorageUnwritableError
 from curation_assets.lib.errors import ConfigError, PermanentError, TransientError
-from curation_assets.lib.storage import ConcurrentWriteError, StorageUnwritableError
+from curation_assets.lib.storage import ConcurrentWriteError
 from curation_assets_tests.conftest import TINY_CLIP_CONFIG
 
 

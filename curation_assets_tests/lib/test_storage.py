@@ -13,7 +13,8 @@ from curation_assets.lib import commits, storage
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.compaction import compact, live_files
 from curation_assets.lib.deltalog import TABLE_PROPERTIES
-from curation_assets.lib.storage import DeltaStore, StorageUnwritableError, sql_literal
+from curation_assets.lib.deltawrite import StorageUnwritableError
+from curation_assets.lib.storage import DeltaStore, sql_literal
 from curation_assets.lib.tables import QUARANTINE, STAGE_COMMITS, Column, TableSpec
 
 SPEC = TableSpec(

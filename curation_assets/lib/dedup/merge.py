@@ -29,7 +29,7 @@ import polars as pl
 from curation_assets.lib.dedup.keep import ImageMeta, choose, component_sizes, connected_components
 from curation_assets.lib.dedup.pairs import Pairs, Rows, popcount
 from curation_assets.lib.dedup.units import ENDPOINT_SCHEMA, UNIT_PAIR_SCHEMA
-from curation_assets.lib.tables import DUPLICATE_MEMBERS, DUPLICATE_PAIRS
+from curation_assets.lib.tables import DEDUPLICATED_IMAGES, DUPLICATE_MEMBERS, DUPLICATE_PAIRS
 from curation_assets.lib.vectors import half_parts
 
 #: What ``deduplicated_images`` holds of a decision (a group's size lives in
@@ -45,7 +45,7 @@ class Merged:
         pairs: ``duplicate_pairs`` rows (cosine ≥ τ), sorted.
         members: ``duplicate_members`` rows with their decisions, sorted by image_id.
         changed_shards: Shards holding an image whose decision differs from before (or that
-            left or joined the graph): their ``deduplicated_images`` rows must be rewritten.
+            left or joined the graph): their ``deduplicated_images`` rows must change.
         stats: pairs, new_pairs, images_on_pairs, removed, components_with_duplicates,
             largest_component, removed_below_tau, previously_kept_now_removed,
             found_by_count, pairs_per_clustering.
@@ -57,6 +57,9 @@ class Merged:
     stats: dict[str, Any] = field(default_factory=dict)
     band: pl.DataFrame = field(default_factory=DUPLICATE_PAIRS.empty)
     """``candidate_pairs`` rows: τ_min ≤ cosine < τ, sorted."""
+    changes: pl.DataFrame = field(default_factory=DEDUPLICATED_IMAGES.empty)
+    """The ``deduplicated_images`` rows of the images in ``changed_shards`` whose decision
+    changed (an image off the graph kept and alone), as they are now."""
 
     @cached_property
     def stored(self) -> pl.DataFrame:
@@ -169,9 +172,9 @@ def merge(
     )
     stats["candidate_pairs"] = band.height
     stats["promoted_pairs"] = promoted.height
-    changed, was_kept_now_removed = _changes(old_members, members, gone)
+    changes, was_kept_now_removed = _changes(old_members, members, gone)
     stats["previously_kept_now_removed"] = was_kept_now_removed
-    return Merged(pairs, members, changed, stats, band)
+    return Merged(pairs, members, set(changes["shard"].to_list()), stats, band, changes)
 
 
 def _decide(
@@ -304,8 +307,8 @@ def _as_rows(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _changes(
     old_members: pl.DataFrame, members: pl.DataFrame, gone: list[str]
-) -> tuple[set[str], int]:
-    """Shards whose rows' decisions changed, and how many kept images became duplicates.
+) -> tuple[pl.DataFrame, int]:
+    """Rows whose decisions changed (as now), and how many kept images became duplicates.
 
     Redone shards are rewritten anyway; among the others an image changes when its decision
     differs, counting an image off the graph as kept and alone.
@@ -324,4 +327,5 @@ def _changes(
     differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_new")) for c in _DECISION])
     changed = both.filter(differs)
     flipped = changed.filter(pl.col("kept") & ~pl.col("kept_new")).height
-    return set(changed["shard"].to_list()), flipped
+    now = changed.select("image_id", "shard", *[pl.col(f"{c}_new").alias(c) for c in _DECISION])
+    return DEDUPLICATED_IMAGES.conform(now).sort("shard", "image_id"), flipped

@@ -34,6 +34,7 @@ import polars as pl
 
 from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, last_commit, record_commit
+from curation_assets.lib.compaction import drop_changes, fold
 from curation_assets.lib.dedup.decisions import write_decisions
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
@@ -588,8 +589,10 @@ _COMMITTED_STATS = (
 def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     """Write a run's tables, then commit them (nothing when the plan is ``current``).
 
-    Order: ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs), the
-    ``deduplicated_images`` shards to rewrite (one shard at a time, each atomic),
+    Order: the ``deduplicated_images`` shards to rewrite (new, redone or torn: commits of
+    whole shards), the changed decisions of other shards (one append: merge-on-read,
+    :mod:`~curation_assets.lib.revisions`; folded into their shards once they reach a share of
+    the table), ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs),
     ``dedup_runs``, then the ``stage_commits`` row. A kill before the commit leaves the
     committed versions authoritative: the next run reads the graph as of them and rewrites the
     shards written since (:func:`~curation_assets.lib.dedup.plan.plan_dedup`).
@@ -612,20 +615,35 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             summary=plan.commit.summary,
         )
         return outputs
-    # covered shards whose decisions changed: rewritten with the same images as committed
+    # covered shards whose decisions changed: their changed rows are appended (merge-on-read),
+    # but a shard a killed run wrote since the commit is rewritten with its committed images
     again = (
         set()
         if plan.mode == "full"
         else set(outcome.write_shards) - set(plan.redo) - set(outcome.ready)
     )
+    torn = (
+        store.changed_shards(
+            DEDUPLICATED_IMAGES.name, plan.commit.outputs[DEDUPLICATED_IMAGES.name]
+        )
+        if DEDUPLICATED_IMAGES.name in plan.torn and plan.commit is not None
+        else set()
+    )
+    patch = again - torn
     write_decisions(
         store,
-        outcome.write_shards,
+        [s for s in outcome.write_shards if s not in patch],
         outcome.ready,
         outcome.members,
-        old=again,
+        old=again & torn,
         committed=_committed(plan, DEDUPLICATED_IMAGES),
     )
+    changes = outcome.merged.changes
+    store.append_changes(DEDUPLICATED_IMAGES, changes.filter(pl.col("shard").is_in(sorted(patch))))
+    if plan.mode == "full":
+        drop_changes(store, DEDUPLICATED_IMAGES)  # every shard was rewritten: all superseded
+    else:
+        fold(store, DEDUPLICATED_IMAGES)
     log = DEDUP_RUNS.empty()
     if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:
         old = store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])

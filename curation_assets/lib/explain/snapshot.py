@@ -27,6 +27,7 @@ import pyarrow.fs as pa_fs
 from deltalake import DeltaTable
 
 from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.revisions import CHANGES, REVISION, merged
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import TABLES, TableSpec
 
@@ -220,9 +221,18 @@ class Snapshot:
             return spec.empty().select(cols), Source(spec.name, None, 0, 0, scope)
         table = self._open(spec.name, version)
         assert table is not None  # version() found it
+        names = [f.name for f in table.schema().fields]
+        key = spec.revision_key if REVISION in names else None
+        asked = cols
+        if key is not None:  # changed in place: read the change rows too, then merge
+            if any(f[0] not in (key, "shard") for g in where for f in g):
+                msg = f"{spec.name}: filters on a table changed in place name only {key}, shard"
+                raise ValueError(msg)
+            cols = names
         groups = [list(g) for g in where] or [[]]
         if shards is not None:
-            groups = [[("shard", "in", sorted(shards)), *g] for g in groups]
+            wanted = sorted(shards) if key is None else [*sorted(shards), CHANGES]
+            groups = [[("shard", "in", wanted), *g] for g in groups]
         if shards is not None and not shards:
             return spec.empty().select(cols), Source(spec.name, version, 0, 0, scope)
         prune = [g for g in groups if g] or None
@@ -234,6 +244,8 @@ class Snapshot:
         arrow: pa.Table = dataset.to_table(columns=cols, filter=expr)
         df = pl.from_arrow(arrow)
         assert isinstance(df, pl.DataFrame)
+        if key is not None:
+            df = merged(df.lazy(), key, names, shards).select(asked).collect()
         return df, Source(spec.name, version, df.height, files, scope)
 
 

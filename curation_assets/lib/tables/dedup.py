@@ -28,7 +28,12 @@ _META = (
 
 DEDUPLICATED_IMAGES = TableSpec(
     name="deduplicated_images",
-    description="Every filtered image: kept, or which kept image it duplicates.",
+    description="Every filtered image: kept, or which kept image it duplicates. Decisions "
+    "that change after their shard was written are appended to the partition shard=_changes "
+    "(the image's shard in changed_shard, the Delta version that wrote the row in revision): "
+    "read through curation_assets' DeltaStore, or keep per image_id the row with the highest "
+    "revision (null counts as oldest) among its shard's rows and those changes.",
+    revision_key="image_id",
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),

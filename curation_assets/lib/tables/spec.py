@@ -39,12 +39,16 @@ class TableSpec:
         columns: Ordered columns.
         description: One-line description of a row.
         partition_by: Delta partition columns (``("shard",)`` for per-shard tables).
+        revision_key: For a per-shard table whose rows change in place, the column that keys
+            a row: changed rows are appended and merged on read
+            (:mod:`curation_assets.lib.revisions`). None: rows are only ever replaced.
     """
 
     name: str
     columns: tuple[Column, ...]
     description: str
     partition_by: tuple[str, ...] = ("shard",)
+    revision_key: str | None = None
 
     @property
     def schema(self) -> pl.Schema:

@@ -15,8 +15,13 @@ from curation_assets.lib.tables.spec import UTC_TIMESTAMP, Column, TableSpec
 
 SAMPLE_WEIGHTS = TableSpec(
     name="sample_weights",
-    description="One weight per kept (filtered, deduplicated) image: undoes the filter's shift.",
+    description="One weight per kept (filtered, deduplicated) image: undoes the filter's shift. "
+    "Rows of images dedup later removes are deleted by tombstones appended to the partition "
+    "shard=_changes (deleted=true, the image's shard in changed_shard, the Delta version in "
+    "revision): read through curation_assets' DeltaStore, or drop a row whose image_id has a "
+    "newer tombstone.",
     partition_by=("shard",),
+    revision_key="image_id",
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),

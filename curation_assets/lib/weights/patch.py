@@ -105,6 +105,7 @@ class Redone:
         patched: Shards patched from their stored ratios.
         dropped: Of those, shards drop-patched (:mod:`~.drops`: they only lost kept images).
         written: Shards whose ``sample_weights`` rows were rewritten.
+        deleted: Rows of drop-patched shards deleted by tombstones (their shards not rewritten).
     """
 
     stats: list[dict[str, Any]] = field(default_factory=list)
@@ -113,6 +114,7 @@ class Redone:
     patched: int = 0
     dropped: int = 0
     written: int = 0
+    deleted: int = 0
 
     def add(self, other: "Redone") -> None:
         """Add another pass' figures (the rescale's) to these counts (stats are replaced)."""
@@ -121,6 +123,7 @@ class Redone:
         self.patched += other.patched
         self.dropped += other.dropped
         self.written += other.written
+        self.deleted += other.deleted
 
 
 def incremental_source(store: DeltaStore, plan: WeightsPlan) -> PatchSource:
@@ -198,7 +201,9 @@ def redo_shards(
 
     Memory: one group of patched shards (``max_rows`` rows of :data:`PATCH_ROW_BYTES`), or
     what ``score`` holds. The shards of a group whose rows changed are written in one Delta
-    commit (at 1M, 20 patched shards: 1.9 s as one commit each).
+    commit (at 1M, 20 patched shards: 1.9 s as one commit each); a drop-patched shard is not
+    rewritten at all: its dropped rows' tombstones are appended, the group's in one commit
+    (merge-on-read: :mod:`curation_assets.lib.revisions`).
     """
     out = Redone()
     wanted = [s for s in shards if s in source.model_ids]
@@ -237,6 +242,7 @@ def redo_shards(
         )
         scores = read_uniqueness(store, rest) if term is not None and rest else {}
         rewrite: dict[str, pl.DataFrame] = {}
+        tombstones: list[pl.DataFrame] = []
         for shard in group:
             old = olds.get(shard, SAMPLE_WEIGHTS.empty())
             if shard in dropped:
@@ -261,7 +267,10 @@ def redo_shards(
                 fallback.append(shard)
                 continue
             out.patched += 1
-            if shard in source.stale or not patched.weights.equals(
+            if shard in dropped and shard not in source.stale:  # its rows less the dropped
+                gone = old.join(patched.weights.select("image_id"), on="image_id", how="anti")
+                tombstones.append(gone.select(SAMPLE_WEIGHTS.column_names))
+            elif shard in source.stale or not patched.weights.equals(
                 old.select(SAMPLE_WEIGHTS.column_names)
             ):
                 rewrite[shard] = patched.weights
@@ -270,6 +279,10 @@ def redo_shards(
         if rewrite:  # the group's changed shards in one Delta commit, not one per shard
             store.replace_rows(SAMPLE_WEIGHTS, "shard", list(rewrite), list(rewrite.values()))
             out.written += len(rewrite)
+        gone = pl.concat(tombstones) if tombstones else SAMPLE_WEIGHTS.empty()
+        if gone.height:  # the dropped rows' tombstones, one commit: their shards stay as they are
+            store.append_changes(SAMPLE_WEIGHTS, gone, deleted=True)
+            out.deleted += gone.height
     if fallback:
         stats, counts = score(fallback)
         out.stats += stats

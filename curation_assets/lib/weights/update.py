@@ -28,7 +28,8 @@
    shard is rescaled with the closed-form scale (reason says so) — patched from the rows as
    this run left them, so a rescale reads no embedding. The summary counts
    ``shards_scored`` (from embeddings), ``shards_patched`` and of those
-   ``shards_drop_patched``; the reason says how many of each.
+   ``shards_drop_patched`` (whose dropped rows are deleted by tombstones, not rewritten:
+   ``rows_deleted_in_place``); the reason says how many of each.
 5. ``bias_audit`` from the summed counts, then the commit row (``stage_commits``), last.
 
 Weights: ``weight = clip(scale · ratio(x) · m(x), w_min, w_max)`` with ONE probe, ONE scale and
@@ -59,6 +60,7 @@ from typing import Any
 import polars as pl
 
 from curation_assets.lib.commits import input_versions, record_commit
+from curation_assets.lib.compaction import drop_changes, fold
 from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -245,6 +247,10 @@ def update_weights(
     stats_rows, counts = done.stats, done.counts
     for shard in plan.removed:
         store.replace_shard(SAMPLE_WEIGHTS, shard, SAMPLE_WEIGHTS.empty())
+    if plan.mode == "full" and set(plan.shards) >= set(plan.present):
+        drop_changes(store, SAMPLE_WEIGHTS)  # every shard was rewritten: all superseded
+    else:
+        fold(store, SAMPLE_WEIGHTS)
     new_shards = set(plan.shards) | set(plan.removed)
     old_counts = (
         store.read(AUDIT_SHARD_COUNTS, version=plan.commit.outputs.get(AUDIT_SHARD_COUNTS.name))
@@ -395,6 +401,7 @@ def _summary(
         "shards_scored": done.scored,
         "shards_patched": done.patched,
         "shards_drop_patched": done.dropped,
+        "rows_deleted_in_place": done.deleted,
         "shards_removed": len(plan.removed),
         "unfiltered_images": int(totals["n_reference"]),
         "kept_images": int(totals["n"]),

@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+from curation_assets.lib import revisions
 from curation_assets.lib.commits import last_commit
 from curation_assets.lib.dedup import DEDUP_OUTPUTS, DEDUP_STAGE
 from curation_assets.lib.storage import DeltaStore
@@ -154,6 +155,45 @@ def test_copies_that_lose_rewrite_only_their_own_shard(store):
     assert inc.plan.mode == "incremental" and inc.stats["removed"] == 5
     assert inc.write_shards == ["b"] and inc.stats["previously_kept_now_removed"] == 0
     assert store.shard_files("deduplicated_images")["a"] == files
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_copies_that_win_append_the_old_shards_changes_and_equal_a_full_run(
+    tmp_path, monkeypatch, folded
+):
+    """Earlier-ingested copies win their groups: old decisions are appended, not rewritten.
+
+    The old images' new decisions go to the changes partition (merge-on-read), the old shard's
+    files stay, and the tables equal a full run's. Once the changes reach the fold share (5 of
+    30 rows here), the run folds them into the shard instead.
+    """
+    monkeypatch.setattr(revisions, "FOLD_SHARE", 0.1 if folded else 0.5)
+
+    def shards(s):
+        x = vectors(30, 0, seed=9)
+        add_shard(s, "a", x)
+        copies = x[:5] + 0.001
+        return lambda: add_shard(
+            s, "b", copies / np.linalg.norm(copies, axis=1, keepdims=True), start=-100
+        )
+
+    store = DeltaStore(str(tmp_path / "inc"))
+    write_centroids(store)
+    land_b = shards(store)
+    run_and_write(store)
+    files = store.shard_files("deduplicated_images")["a"]
+    land_b()
+    inc = run_and_write(store)
+    assert inc.plan.mode == "incremental" and inc.stats["previously_kept_now_removed"] == 5
+    assert (store.shard_files("deduplicated_images")["a"] == files) is not folded
+    assert store.change_row_count("deduplicated_images") == (0 if folded else 5)
+    full = DeltaStore(str(tmp_path / "full"))
+    write_centroids(full)
+    shards(full)()
+    assert run_and_write(full).plan.mode == "full"
+    for name, df in dedup_tables(full).items():
+        assert dedup_tables(store)[name].equals(df), name
+    assert run_and_write(store).plan.mode == "current"
 
 
 class _ReversedEngine:

@@ -96,12 +96,15 @@ def _drop_and_compare(stores, kept, correct_for, ids, monkeypatch) -> None:
     for s in stores:
         _remove(s, "shard-b", ids, by=kept[-1])
     watched = ColumnRecordingStore(store.root_uri)
+    files = store.shard_files(SAMPLE_WEIGHTS.name)["shard-b"]
     out = update_weights(
         watched, {**SETTINGS, **KW, "correct_for": correct_for}, BUDGET, _no_encoder
     )
     assert out.plan.shards == ["shard-b"]
     assert (out.summary["shards_drop_patched"], out.summary["shards_scored"]) == (1, 0)
-    assert out.written == 1
+    # the dropped rows are deleted by tombstones: the shard itself is not rewritten
+    assert out.written == 0 and out.summary["rows_deleted_in_place"] == len(ids)
+    assert store.shard_files(SAMPLE_WEIGHTS.name)["shard-b"] == files
     # nothing of the shard's other rows is read: no embedding ids, and raw rows only here
     assert not [r for r in watched.reads if r[0] == IMAGE_EMBEDDINGS.name]
     assert not set(ids) & set(store.read(SAMPLE_WEIGHTS)["image_id"])

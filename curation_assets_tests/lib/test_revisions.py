@@ -1,0 +1,149 @@
+"""Merge-on-read of a table changed in place (``deduplicated_images``): lib/revisions.py.
+
+Changed rows are appended to one partition and merged by every reader; a later rewrite of a
+shard supersedes them; a fold rewrites the touched shards and drops them.
+"""
+
+import dataclasses
+
+import polars as pl
+import pytest
+from deltalake import write_deltalake
+
+from curation_assets.lib import revisions
+from curation_assets.lib.compaction import drop_changes, fold
+from curation_assets.lib.explain.snapshot import AsOf, Snapshot
+from curation_assets.lib.revisions import CHANGES
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import DEDUPLICATED_IMAGES
+
+SPEC = DEDUPLICATED_IMAGES
+NAME = SPEC.name
+
+
+def rows(shard: str, ids: list[str], *, kept: bool = True) -> pl.DataFrame:
+    return SPEC.conform(
+        pl.DataFrame(
+            {
+                "image_id": ids,
+                "shard": shard,
+                "kept": kept,
+                "duplicate_of": None if kept else "x",
+                "similarity": None if kept else 0.99,
+                "component_id": ids if kept else ["x"] * len(ids),
+            },
+            schema_overrides={"duplicate_of": pl.String, "similarity": pl.Float32},
+        )
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = DeltaStore(str(tmp_path / "delta"))
+    s.replace_rows(SPEC, "shard", ["a", "b"], [rows("a", ["a1", "a2", "a3"]), rows("b", ["b1"])])
+    return s
+
+
+def read(store: DeltaStore, **kw) -> pl.DataFrame:
+    return store.read(SPEC, **kw).sort("image_id")
+
+
+def test_changed_rows_are_read_in_place_of_their_base_rows(store):
+    before = store.version(NAME)
+    files = store.shard_files(NAME)
+    store.append_changes(SPEC, rows("a", ["a2"], kept=False))
+    now = read(store)
+    assert now.columns == SPEC.column_names  # hidden columns stay hidden
+    assert now["image_id"].to_list() == ["a1", "a2", "a3", "b1"]  # one row per key
+    assert now["kept"].to_list() == [True, False, True, True]
+    assert now.filter(pl.col("image_id") == "a2")["duplicate_of"].to_list() == ["x"]
+    # shard filter and projection; time travel sees the table as it was
+    assert read(store, shards=["a"], columns=["image_id", "kept"])["kept"].to_list() == [
+        True,
+        False,
+        True,
+    ]
+    assert read(store, shards=["b"])["kept"].to_list() == [True]
+    assert read(store, version=before)["kept"].all()
+    # the log-only views leave the changes partition out; no shard's files changed
+    assert store.shard_files(NAME) == files
+    assert store.shard_row_counts(NAME) == {"a": 3, "b": 1}
+    assert store.change_row_count(NAME) == 1
+    assert store.changed_shards(NAME, before) == {"a"}
+
+
+def test_the_newest_change_wins_and_a_later_rewrite_supersedes_every_change(store):
+    store.append_changes(SPEC, rows("a", ["a2"], kept=False))
+    store.append_changes(SPEC, rows("a", ["a2", "a3"], kept=True).with_columns(kept=pl.lit(True)))
+    assert read(store)["kept"].all()
+    store.append_changes(SPEC, rows("a", ["a1"], kept=False))
+    # the shard is rewritten without a1 and with a4: a1's change must not bring it back
+    store.replace_rows(SPEC, "shard", ["a"], rows("a", ["a2", "a3", "a4"]))
+    now = read(store)
+    assert now["image_id"].to_list() == ["a2", "a3", "a4", "b1"]
+    assert now["kept"].all()
+
+
+def test_a_table_written_before_it_had_the_hidden_columns_takes_changes(tmp_path):
+    s = DeltaStore(str(tmp_path / "delta"))
+    old = dataclasses.replace(SPEC, revision_key=None)  # as written by an older version
+    s.replace_rows(old, "shard", ["a"], rows("a", ["a1", "a2"]))
+    assert set(pl.read_delta(s.uri(NAME)).columns) == set(SPEC.column_names)
+    s.append_changes(SPEC, rows("a", ["a1"], kept=False))
+    assert read(s)["kept"].to_list() == [False, True]
+    s.replace_rows(SPEC, "shard", ["a"], rows("a", ["a1", "a2"]))  # schema merged, not refused
+    assert read(s)["kept"].to_list() == [True, True]
+
+
+def test_a_fold_rewrites_the_touched_shards_reads_the_same_and_names_no_shard(store, monkeypatch):
+    store.append_changes(SPEC, rows("a", ["a2"], kept=False))
+    expected = read(store)
+    files_b = store.shard_files(NAME)["b"]
+    before = store.version(NAME)
+    monkeypatch.setattr(revisions, "FOLD_SHARE", 0.5)
+    assert fold(store, SPEC) == []  # 1 change row of 4 base rows: not due at 50 %
+    monkeypatch.setattr(revisions, "FOLD_SHARE", 0.2)
+    assert fold(store, SPEC) == ["a"]
+    assert read(store).equals(expected)
+    assert store.change_row_count(NAME) == 0
+    assert store.shard_files(NAME)["b"] == files_b  # untouched shard not rewritten
+    assert store.changed_shards(NAME, before) == set()  # no row changed as read
+    raw = pl.read_delta(store.uri(NAME))
+    assert CHANGES not in raw["shard"].to_list() and raw.height == 4
+
+
+def test_drop_changes_empties_the_partition_only(store):
+    store.append_changes(SPEC, rows("b", ["b1"], kept=False))
+    store.replace_rows(SPEC, "shard", ["a", "b"], [rows("a", ["a1"]), rows("b", ["b1"])])
+    drop_changes(store, SPEC)
+    assert store.change_row_count(NAME) == 0
+    assert read(store)["image_id"].to_list() == ["a1", "b1"]
+
+
+def test_changed_shards_without_the_log_names_is_conservative(store):
+    before = store.version(NAME)
+    store.append_changes(SPEC, rows("a", ["a2"], kept=False))
+    # another tool's commit names no shards: the fallback compares snapshots, and cannot tell
+    # which shards the change rows are for, so it names every shard
+    write_deltalake(
+        store.uri(NAME),
+        pl.read_delta(store.uri(NAME)).head(0).to_arrow(),
+        mode="append",
+        partition_by=["shard"],
+    )
+    assert store.changed_shards(NAME, before) == {"a", "b"}
+
+
+def test_the_explain_snapshot_reads_merged_rows(store):
+    store.append_changes(SPEC, rows("a", ["a2"], kept=False))
+    snap = Snapshot(store, AsOf())
+    df, _ = snap.read(SPEC, shards=["a"], where=[[("image_id", "=", "a2")]])
+    assert df.height == 1 and df["kept"].to_list() == [False]
+    assert df.columns == SPEC.column_names
+    with pytest.raises(ValueError, match="changed in place"):
+        snap.read(SPEC, where=[[("kept", "=", True)]])
+
+
+def test_append_changes_refuses_a_table_not_changed_in_place(store):
+    with pytest.raises(ValueError, match="not changed in place"):
+        store.append_changes(dataclasses.replace(SPEC, revision_key=None), rows("a", ["a1"]))
