@@ -147,3 +147,20 @@ def test_the_explain_snapshot_reads_merged_rows(store):
 def test_append_changes_refuses_a_table_not_changed_in_place(store):
     with pytest.raises(ValueError, match="not changed in place"):
         store.append_changes(dataclasses.replace(SPEC, revision_key=None), rows("a", ["a1"]))
+
+
+def test_a_tombstone_deletes_its_row_until_the_shard_is_rewritten_and_a_fold_drops_it(
+    store, monkeypatch
+):
+    before = store.version(NAME)
+    store.append_changes(SPEC, rows("a", ["a1", "a3"]), deleted=True)
+    assert read(store)["image_id"].to_list() == ["a2", "b1"]
+    assert read(store, shards=["a"], columns=["image_id"]).height == 1
+    assert read(store, version=before).height == 4
+    assert store.changed_shards(NAME, before) == {"a"}
+    monkeypatch.setattr(revisions, "FOLD_SHARE", 0.1)
+    assert fold(store, SPEC) == ["a"]
+    assert pl.read_delta(store.uri(NAME)).sort("image_id")["image_id"].to_list() == ["a2", "b1"]
+    store.append_changes(SPEC, rows("b", ["b1"]), deleted=True)
+    store.replace_rows(SPEC, "shard", ["b"], rows("b", ["b1"]))  # written again: back
+    assert read(store)["image_id"].to_list() == ["a2", "b1"]

@@ -127,6 +127,87 @@ def test_kill_between_writes_converges_to_the_clean_result(tmp_path, monkeypatch
     assert run_and_write(s).plan.mode == "current"
 
 
+@pytest.mark.parametrize("kill_after", range(8))
+def test_a_kill_around_the_appended_changes_converges(tmp_path, monkeypatch, kill_after):
+    """Kill an incremental run whose old decisions change, after 0..7 of its table writes.
+
+    Its writes: the new shard's layout and rows, the old shard's changed rows (an append to
+    ``deduplicated_images``), the pair graph, the run log, the commit. The re-run rewrites a
+    shard whose changes were appended without a commit, and equals the clean run.
+    """
+    monkeypatch.setattr(revisions, "FOLD_SHARE", 0.5)  # no fold: keep the changes appended
+
+    def build(root):
+        s = DeltaStore(str(root))
+        write_centroids(s)
+        x = vectors(30, 0, seed=9)
+        add_shard(s, "a", x)
+        run_and_write(s)
+        copies = x[:5] + 0.001  # ingested earlier: the copies win, old decisions change
+        add_shard(s, "b", copies / np.linalg.norm(copies, axis=1, keepdims=True), start=-100)
+        return s
+
+    clean = build(tmp_path / "clean")
+    run_and_write(clean)
+    assert clean.change_row_count("deduplicated_images") == 5
+    expected = dedup_tables(clean)
+    s = build(tmp_path / "killed")
+    real = DeltaStore._write
+    calls = {"n": 0}
+    watched = {t.name for t in DEDUP_OUTPUTS} | {STAGE_COMMITS.name}
+
+    def dying(self, name, data, **kwargs):
+        if name in watched:
+            calls["n"] += 1
+            if calls["n"] > kill_after:
+                raise _Killed
+        return real(self, name, data, **kwargs)
+
+    monkeypatch.setattr(DeltaStore, "_write", dying)
+    with pytest.raises(_Killed):
+        run_and_write(s)
+    monkeypatch.setattr(DeltaStore, "_write", real)
+    rerun = run_and_write(s)
+    assert rerun.plan.mode == "incremental", rerun.plan.reason
+    for name, df in dedup_tables(s).items():
+        assert df.equals(expected[name]), name
+    assert run_and_write(s).plan.mode == "current"
+
+
+def test_changes_of_a_killed_run_are_undone_when_the_next_run_decides_otherwise(
+    tmp_path, monkeypatch
+):
+    """Changes appended by a killed run are not left standing when the next run differs.
+
+    Killed before its commit, a run leaves old decisions appended; the new shard is then
+    filtered out, so the next run must rewrite the old shard (its decisions as committed).
+    """
+    from curation_assets.lib.dedup import run as dedup_run
+
+    monkeypatch.setattr(revisions, "FOLD_SHARE", 0.5)  # no fold: keep the changes appended
+    x = vectors(30, 0, seed=9)
+    clean = DeltaStore(str(tmp_path / "clean"))
+    write_centroids(clean)
+    add_shard(clean, "a", x)
+    run_and_write(clean)
+    s = DeltaStore(str(tmp_path / "killed"))
+    write_centroids(s)
+    add_shard(s, "a", x)
+    run_and_write(s)
+    copies = x[:5] + 0.001  # ingested earlier: the copies win, old decisions change
+    add_shard(s, "b", copies / np.linalg.norm(copies, axis=1, keepdims=True), start=-100)
+    with monkeypatch.context() as mp:
+        mp.setattr(dedup_run, "record_commit", lambda *a, **k: (_ for _ in ()).throw(_Killed))
+        with pytest.raises(_Killed):
+            run_and_write(s)
+    assert s.change_row_count("deduplicated_images") == 5  # appended, not committed
+    s.replace_shard(FILTERED_IMAGES, "b", FILTERED_IMAGES.empty())
+    rerun = run_and_write(s)
+    assert rerun.plan.mode == "incremental", rerun.plan.reason
+    for name, df in dedup_tables(clean).items():
+        assert dedup_tables(s)[name].equals(df), name
+
+
 def test_a_shard_rewritten_with_the_same_rows_changes_nothing(store):
     """Another instance re-ingests a shard: new files, the same rows. No log row, no rewrite."""
     x = vectors(30, 4, seed=8)

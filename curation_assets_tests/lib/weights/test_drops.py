@@ -162,3 +162,25 @@ def test_any_other_change_is_left_to_the_patch(tmp_path, monkeypatch):
     out = _run(store)
     assert (out.summary["shards_drop_patched"], out.summary["shards_scored"]) == (0, 1)
     assert removed in set(store.read(SAMPLE_WEIGHTS)["image_id"])
+
+
+def test_a_run_killed_after_its_tombstones_is_finished_by_the_next(tmp_path, monkeypatch):
+    """Tombstones appended, then killed before the commit: the next run rewrites the shard."""
+    from curation_assets.lib.weights import update
+
+    _one_row_batches(monkeypatch)
+    (torn, clean), kept = _prepared(tmp_path, "filter")
+    for s in (torn, clean):
+        _remove(s, "shard-b", kept[:3], by=kept[-1])
+    assert _run(clean).summary["rows_deleted_in_place"] == 3
+    with monkeypatch.context() as mp:
+        mp.setattr(update, "record_commit", lambda *a, **k: (_ for _ in ()).throw(KeyError))
+        with pytest.raises(KeyError):
+            _run(torn)
+    assert torn.change_row_count(SAMPLE_WEIGHTS.name) == 3  # written, not committed
+    again = _run(torn)
+    assert again.plan.mode == "incremental" and "recovering" in again.plan.reason
+    # the shard the killed run changed is rewritten whole, superseding its tombstones
+    assert (again.written, again.summary["rows_deleted_in_place"]) == (1, 0)
+    _compare(torn, clean)
+    assert _run(torn).plan.mode == "current"
