@@ -78,6 +78,25 @@ class _Killed(Exception):
     pass
 
 
+def _run_killed_after(store: DeltaStore, writes: int, monkeypatch) -> None:
+    """A dedup run on ``store`` killed before its ``writes + 1``-th write of an output."""
+    real = DeltaStore._write
+    calls = {"n": 0}
+    watched = {t.name for t in DEDUP_OUTPUTS} | {STAGE_COMMITS.name}
+
+    def dying(self, name, data, **kwargs):
+        if name in watched:
+            calls["n"] += 1
+            if calls["n"] > writes:
+                raise _Killed
+        return real(self, name, data, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(DeltaStore, "_write", dying)
+        with pytest.raises(_Killed):
+            run_and_write(store)
+
+
 @pytest.mark.parametrize("kill_after", [0, 1, 2, 3, 4, 5])
 def test_kill_between_writes_converges_to_the_clean_result(tmp_path, monkeypatch, kill_after):
     """Kill an incremental run after 0..5 of its table writes (always before the commit).
@@ -100,21 +119,7 @@ def test_kill_between_writes_converges_to_the_clean_result(tmp_path, monkeypatch
     expected = dedup_tables(clean)
 
     s = build(tmp_path / "killed")
-    real = DeltaStore._write
-    calls = {"n": 0}
-    watched = {t.name for t in DEDUP_OUTPUTS} | {STAGE_COMMITS.name}
-
-    def dying(self, name, data, **kwargs):
-        if name in watched:
-            calls["n"] += 1
-            if calls["n"] > kill_after:
-                raise _Killed
-        return real(self, name, data, **kwargs)
-
-    monkeypatch.setattr(DeltaStore, "_write", dying)
-    with pytest.raises(_Killed):
-        run_and_write(s)
-    monkeypatch.setattr(DeltaStore, "_write", real)
+    _run_killed_after(s, kill_after, monkeypatch)
     assert last_commit(s, "dedup") is not None
     rerun = run_and_write(s)
     assert rerun.plan.mode == "incremental", rerun.plan.reason
@@ -152,21 +157,7 @@ def test_a_kill_around_the_appended_changes_converges(tmp_path, monkeypatch, kil
     assert clean.change_row_count("deduplicated_images") == 5
     expected = dedup_tables(clean)
     s = build(tmp_path / "killed")
-    real = DeltaStore._write
-    calls = {"n": 0}
-    watched = {t.name for t in DEDUP_OUTPUTS} | {STAGE_COMMITS.name}
-
-    def dying(self, name, data, **kwargs):
-        if name in watched:
-            calls["n"] += 1
-            if calls["n"] > kill_after:
-                raise _Killed
-        return real(self, name, data, **kwargs)
-
-    monkeypatch.setattr(DeltaStore, "_write", dying)
-    with pytest.raises(_Killed):
-        run_and_write(s)
-    monkeypatch.setattr(DeltaStore, "_write", real)
+    _run_killed_after(s, kill_after, monkeypatch)
     rerun = run_and_write(s)
     assert rerun.plan.mode == "incremental", rerun.plan.reason
     for name, df in dedup_tables(s).items():
