@@ -18,7 +18,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from curation_assets.lib.objectstore import is_remote, join, list_names
-from curation_assets.lib.revisions import merged
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import TABLES
 
 #: Columns that legitimately differ between two runs of the same inputs.
@@ -100,9 +100,7 @@ def read_tables(
             continue
         spec = TABLES.get(name)
         if spec is not None and spec.revision_key is not None:  # changed in place: as read
-            table = DeltaTable(uri, storage_options=options if remote else None)
-            names = [f.name for f in table.schema().fields]
-            df = merged(pl.scan_delta(table), spec.revision_key, names).collect()
+            df = DeltaStore(str(root), options).read(spec)
         else:
             df = pl.read_delta(uri, storage_options=options if remote else None)
         drop = [c for c, t in df.schema.items() if isinstance(t, pl.Datetime)]

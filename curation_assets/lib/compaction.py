@@ -79,8 +79,9 @@ def fold(store: DeltaStore, spec: TableSpec, *, force: bool = False) -> list[str
     Returns:
         The shards rewritten (none when not due).
     """
-    base = store.shard_row_counts(spec.name)
-    if not force and not fold_due(sum(base.values()), store.change_row_count(spec.name)):
+    base = store.shard_row_counts(spec.name, changes=True)  # one pass over the log
+    changes = base.pop(CHANGES, 0)
+    if not force and not fold_due(sum(base.values()), changes):
         return []
     dt = store._table(spec.name)
     if dt is None:

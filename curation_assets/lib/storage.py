@@ -150,24 +150,20 @@ class DeltaStore:
         )
         return [(s, v) for s, v in pairs if changes or s != CHANGES]
 
-    def _changes(self, table: str, version: int | None) -> set[str]:
-        """Files of the change rows' partition (:mod:`~.revisions`)."""
-        return {
-            p for s, p in self._shard_actions(table, version, "path", changes=True) if s == CHANGES
-        }
-
     def change_row_count(self, table: str, version: int | None = None) -> int:
         """Change rows (:mod:`~.revisions`) of a table not yet folded, from the Delta log."""
-        pairs = self._shard_actions(table, version, "num_records", changes=True)
-        return sum(int(n or 0) for s, n in pairs if s == CHANGES)
+        return self.shard_row_counts(table, version, changes=True).get(CHANGES, 0)
 
-    def shard_files(self, table: str, version: int | None = None) -> dict[str, frozenset[str]]:
+    def shard_files(
+        self, table: str, version: int | None = None, *, changes: bool = False
+    ) -> dict[str, frozenset[str]]:
         """The data files of each shard of a shard-partitioned table (at ``version``).
 
-        Reads only the Delta log (no data file): cost ∝ files, not rows.
+        Reads only the Delta log (no data file): cost ∝ files, not rows. ``changes``: the
+        change rows' partition too, under :data:`~.revisions.CHANGES`.
         """
         files: dict[str, set[str]] = {}
-        for shard, path in self._shard_actions(table, version, "path"):
+        for shard, path in self._shard_actions(table, version, "path", changes=changes):
             files.setdefault(shard, set()).add(path)
         return {s: frozenset(p) for s, p in files.items()}
 
@@ -182,10 +178,15 @@ class DeltaStore:
         entries = dt.history(current - since_version)
         return [e for e in entries if int(e.get("version", -1)) > since_version]
 
-    def shard_row_counts(self, table: str, version: int | None = None) -> dict[str, int]:
-        """Rows of each shard of a shard-partitioned table, from the Delta log's file stats."""
+    def shard_row_counts(
+        self, table: str, version: int | None = None, *, changes: bool = False
+    ) -> dict[str, int]:
+        """Rows of each shard of a shard-partitioned table, from the Delta log's file stats.
+
+        ``changes``: the change rows' partition too, under :data:`~.revisions.CHANGES`.
+        """
         counts: dict[str, int] = {}
-        for shard, n in self._shard_actions(table, version, "num_records"):
+        for shard, n in self._shard_actions(table, version, "num_records", changes=changes):
             counts[shard] = counts.get(shard, 0) + int(n or 0)
         return counts
 
@@ -201,11 +202,12 @@ class DeltaStore:
             listed = shards_committed_since(dt, since_version) if dt is not None else None
             if listed is not None:
                 return listed
-        now = self.shard_files(table)
+        now = self.shard_files(table, changes=True)
+        moved = now.pop(CHANGES, None)
         if since_version is None:
             return set(now)
-        before = self.shard_files(table, since_version)
-        if self._changes(table, None) != self._changes(table, since_version):
+        before = self.shard_files(table, since_version, changes=True)
+        if before.pop(CHANGES, None) != moved:
             return set(now) | set(before)  # rows changed in place: their shards are in the data
         return {s for s in set(now) | set(before) if now.get(s) != before.get(s)}
 

@@ -95,6 +95,8 @@ class DedupOutcome:
         verify_key: The band verification in force: its parameters, or ``off``.
         verdicts: ``verified_pairs`` to write (None when verification is off or current).
         policy: The keep policy in force.
+        torn: Shards of ``deduplicated_images`` a killed run wrote since the commit (rewritten
+            whole, never patched).
     """
 
     plan: DedupPlan
@@ -114,6 +116,7 @@ class DedupOutcome:
     verify_key: str = "off"
     verdicts: pl.DataFrame | None = field(default=None, repr=False)
     policy: tuple[str, ...] = DEFAULT_POLICY
+    torn: frozenset[str] = frozenset()
 
     @property
     def pairs(self) -> pl.DataFrame:
@@ -301,10 +304,14 @@ def run_dedup(
     write = set(plan.redo) | (merged.changed_shards & covered)
     if full:
         write |= set(store.shard_files(DEDUPLICATED_IMAGES.name))
-    if DEDUPLICATED_IMAGES.name in plan.torn and plan.commit is not None:
-        write |= store.changed_shards(
+    torn = (  # shards a killed run wrote since the commit
+        store.changed_shards(
             DEDUPLICATED_IMAGES.name, plan.commit.outputs[DEDUPLICATED_IMAGES.name]
         )
+        if DEDUPLICATED_IMAGES.name in plan.torn and plan.commit is not None
+        else set()
+    )
+    write |= torn
     n_new = ready.total
     seconds = time.perf_counter() - t0
     same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
@@ -409,6 +416,7 @@ def run_dedup(
         verify_key=verify_key,
         verdicts=verifier.table(merged.stored) if verifier is not None else None,
         policy=policy,
+        torn=frozenset(torn),
     )
 
 
@@ -622,20 +630,13 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         if plan.mode == "full"
         else set(outcome.write_shards) - set(plan.redo) - set(outcome.ready)
     )
-    torn = (
-        store.changed_shards(
-            DEDUPLICATED_IMAGES.name, plan.commit.outputs[DEDUPLICATED_IMAGES.name]
-        )
-        if DEDUPLICATED_IMAGES.name in plan.torn and plan.commit is not None
-        else set()
-    )
-    patch = again - torn
+    patch = again - outcome.torn
     write_decisions(
         store,
         [s for s in outcome.write_shards if s not in patch],
         outcome.ready,
         outcome.members,
-        old=again & torn,
+        old=again & outcome.torn,
         committed=_committed(plan, DEDUPLICATED_IMAGES),
     )
     changes = outcome.merged.changes
