@@ -9,6 +9,9 @@
   rows that every read merges; once they reach a share of the table
   (:func:`~curation_assets.lib.revisions.fold_due`), the shards they touch are rewritten with
   their merged rows and the changes are dropped.
+* :func:`changes_since`: what changed in place after a version, read from the change rows
+  alone (a reader that knows the table as of that version updates its view at the cost of
+  the changes, not of the table).
 """
 
 import logging
@@ -18,9 +21,10 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.transaction import CommitProperties
 
+from curation_assets.lib import revisions
 from curation_assets.lib.deltawrite import writer_identity
 from curation_assets.lib.memory import shard_batches
-from curation_assets.lib.revisions import CHANGED_SHARD, CHANGES, fold_due
+from curation_assets.lib.revisions import CHANGED_SHARD, CHANGES, DELETED, REVISION, fold_due
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import TableSpec
 
@@ -117,3 +121,21 @@ def live_files(store: DeltaStore, table: str) -> int:
 
 def _count(dt: DeltaTable) -> int:
     return pa.table(dt.get_add_actions(flatten=True)).num_rows
+
+
+def changes_since(
+    store: DeltaStore, spec: TableSpec, *, since: int, shards: list[str], columns: list[str]
+) -> pl.DataFrame:
+    """The newest change row per key of ``shards`` after version ``since`` (no base row read).
+
+    ``columns`` of ``spec`` (``shard``: the image's), then ``deleted`` and ``revision``
+    (:func:`~curation_assets.lib.revisions.changes_since`); empty for a table never changed in
+    place. Memory: the matching change rows.
+    """
+    dt = store._table(spec.name)  # the store's opener: its storage options
+    names = [] if dt is None else [f.name for f in dt.schema().fields]
+    if dt is None or REVISION not in names or not shards:
+        empty = spec.empty().select(columns)
+        return empty.with_columns(pl.lit(False).alias(DELETED), pl.lit(0, pl.Int64).alias(REVISION))
+    key = spec.revision_key or "image_id"
+    return revisions.changes_since(pl.scan_delta(dt), key, since, shards, columns).collect()

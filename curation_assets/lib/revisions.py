@@ -56,7 +56,11 @@ FOLD_SHARE = 0.05
 
 
 def merged(
-    lf: pl.LazyFrame, key: str, names: Sequence[str], shards: Iterable[str] | None = None
+    lf: pl.LazyFrame,
+    key: str,
+    names: Sequence[str],
+    shards: Iterable[str] | None = None,
+    keys: Iterable[str] | None = None,
 ) -> pl.LazyFrame:
     """The table as readers see it: one row per key, the newest revision's values.
 
@@ -65,12 +69,16 @@ def merged(
         key: The row key (``image_id``).
         names: The raw table's column names (its Delta schema).
         shards: Only these shards' rows (and only their change rows), or every shard.
+        keys: Only the rows of these keys (filtered in the scan, before the merge: memory ∝
+            the matches), or every key.
 
     Returns:
         The merged rows, with the table's columns less :data:`HIDDEN`, in schema order.
     """
     visible = [c for c in names if c not in HIDDEN]
     wanted = None if shards is None else list(shards)
+    if keys is not None:
+        lf = lf.filter(pl.col(key).is_in([str(k) for k in keys]))
     if REVISION not in names:  # never changed in place
         out = lf if wanted is None else lf.filter(pl.col("shard").is_in(wanted))
         return out.select(visible)
@@ -99,6 +107,44 @@ def merged(
                 for c in visible
             ]
         )
+    )
+
+
+def changes_since(
+    lf: pl.LazyFrame,
+    key: str,
+    since: int,
+    shards: Iterable[str],
+    columns: Sequence[str],
+) -> pl.LazyFrame:
+    """The newest change row per key of ``shards`` written after version ``since``.
+
+    What changed in place since a reader's version, without reading a base row: ``columns``
+    of the table (``shard`` is the image's shard), then :data:`DELETED` (False for an update,
+    True for a tombstone) and :data:`REVISION`. ``lf`` is the raw scan of a table that has the
+    hidden columns. A key whose shard was rewritten after ``since`` may have a change row here
+    that readers no longer apply: callers check that the shards' base files are the ones of
+    ``since`` (``DeltaStore.shard_files``).
+
+    Memory: the matching change rows only (the changes partition is read with a filter).
+    """
+    values = [c for c in columns if c not in (key, "shard")]
+    return (
+        lf.filter(
+            (pl.col("shard") == CHANGES)
+            & (pl.col(REVISION) > since)
+            & pl.col(CHANGED_SHARD).is_in(list(shards))
+        )
+        .select(
+            key,
+            pl.col(CHANGED_SHARD).alias("shard"),
+            *values,
+            pl.col(DELETED).fill_null(False),
+            REVISION,
+        )
+        .group_by(key)
+        .agg(pl.all().sort_by(REVISION).last())
+        .select(*columns, DELETED, REVISION)
     )
 
 

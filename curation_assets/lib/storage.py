@@ -637,12 +637,18 @@ class DeltaStore:
         return list(gone)
 
     def scan(
-        self, spec: TableSpec, *, version: int | None = None, shards: Iterable[str] | None = None
+        self,
+        spec: TableSpec,
+        *,
+        version: int | None = None,
+        shards: Iterable[str] | None = None,
+        keys: Iterable[str] | None = None,
     ) -> pl.LazyFrame:
         """Lazy scan of a table (at ``version`` when given, Delta time travel; some shards').
 
         A table changed in place (``spec.revision_key``) is read merged, one row per key
-        (:func:`~.revisions.merged`).
+        (:func:`~.revisions.merged`); ``keys`` keeps only those keys' rows (filtered in the
+        scan, before the merge).
 
         An empty frame of the right schema when the table does not exist. The table's log is
         read once, here: the scan reuses it (a table opened again at collect time costs as
@@ -655,10 +661,13 @@ class DeltaStore:
         except TableNotFoundError:
             return spec.empty().lazy()
         if spec.revision_key is None:
+            if keys is not None:
+                msg = f"table {spec.name!r} has no row key (revision_key): keys= is not supported"
+                raise ValueError(msg)
             lf = pl.scan_delta(table)
             return lf if shards is None else lf.filter(pl.col("shard").is_in(list(shards)))
         names = [f.name for f in table.schema().fields]
-        return merged(pl.scan_delta(table), spec.revision_key, names, shards)
+        return merged(pl.scan_delta(table), spec.revision_key, names, shards, keys)
 
     def read(
         self,
@@ -667,9 +676,10 @@ class DeltaStore:
         shards: Iterable[str] | None = None,
         columns: list[str] | None = None,
         version: int | None = None,
+        keys: Iterable[str] | None = None,
     ) -> pl.DataFrame:
-        """Read a table (optionally only some shards and columns, or as of ``version``)."""
-        lf = self.scan(spec, version=version, shards=shards)
+        """Read a table (optionally only some shards, keys and columns, or as of ``version``)."""
+        lf = self.scan(spec, version=version, shards=shards, keys=keys)
         if columns is not None:
             lf = lf.select(columns)
         return lf.collect()

@@ -164,3 +164,29 @@ def test_a_tombstone_deletes_its_row_until_the_shard_is_rewritten_and_a_fold_dro
     store.append_changes(SPEC, rows("b", ["b1"]), deleted=True)
     store.replace_rows(SPEC, "shard", ["b"], rows("b", ["b1"]))  # written again: back
     assert read(store)["image_id"].to_list() == ["a2", "b1"]
+
+
+def test_changes_since_a_version_are_the_newest_change_rows_alone(store):
+    from curation_assets.lib.compaction import changes_since
+
+    cols = ["image_id", "shard", "kept"]
+    v0 = store.version(NAME)
+    assert changes_since(store, SPEC, since=v0, shards=["a", "b"], columns=cols).height == 0
+    store.append_changes(SPEC, rows("a", ["a1", "a2"], kept=False))
+    v1 = store.version(NAME)
+    store.append_changes(SPEC, rows("a", ["a2"], kept=True))
+    store.append_changes(SPEC, rows("b", ["b1"]), deleted=True)
+    got = changes_since(store, SPEC, since=v0, shards=["a", "b"], columns=cols).sort("image_id")
+    assert got.columns == [*cols, "deleted", "revision"]
+    # a2's newest change wins; b1's tombstone is marked; the shard is the image's own
+    assert got.select(*cols, "deleted").rows() == [
+        ("a1", "a", False, False),
+        ("a2", "a", True, False),
+        ("b1", "b", True, True),
+    ]
+    after_v1 = changes_since(store, SPEC, since=v1, shards=["a"], columns=cols)
+    assert after_v1["image_id"].to_list() == ["a2"]  # only what came after v1, of shard a
+    # a key filter reads only those keys, merged as every reader sees them
+    assert read(store, keys=["a1", "b1"])[["image_id", "kept"]].rows() == [("a1", False)]
+    with pytest.raises(ValueError, match="no row key"):
+        store.read(dataclasses.replace(SPEC, revision_key=None), keys=["a1"])

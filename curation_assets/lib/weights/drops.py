@@ -27,16 +27,33 @@ Anything else (a newly kept image, a row that left or joined the shard's decisio
 uniqueness term on, another scale or probe, committed rows that are not the committed kept
 set) leaves the shard to the patch, which handles every case.
 
-Memory: the group's committed and current decisions (``image_id, shard, kept``), its committed
-weight rows (given), and the dropped rows' metadata.
+Two ways to find the dropped rows:
+
+* :func:`drop_patch_changes` — when dedup changed the shard's decisions in place (its base
+  files are the committed ones and its flips are change rows,
+  :mod:`curation_assets.lib.revisions`): the change rows written since the committed version
+  say which images flipped, and only those images' committed weight rows are read. The
+  stats row is the committed one less the dropped rows' sums (a float sum then differs from
+  a fresh sum by rounding, ~1e-16 relative a subtraction; counts and the histogram are
+  exact); the smallest and largest weight are re-read (one column of the shard) only when a
+  dropped row held one of them and no clipped row still does. Memory and reads ∝ the flipped
+  rows: the shard's other rows are never read.
+* :func:`drop_patch` — when the shard's decisions were rewritten: the group's committed and
+  current decisions are compared row by row, and the stats are recomputed from the remaining
+  rows (exactly as a re-weigh computes them). Memory: the group's committed and current
+  decisions (``image_id, shard, kept``), its committed weight rows (given), and the dropped
+  rows' metadata.
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.compaction import changes_since
+from curation_assets.lib.revisions import DELETED
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
@@ -174,6 +191,18 @@ def _dropped(
         probe_id=probe_id,
         model_id=model_id,
     )
+    return ShardScore(weights, stats, _counts_less(shard, counts, raw, gone, settings))
+
+
+def _counts_less(
+    shard: str,
+    counts: pl.DataFrame,
+    raw: pl.DataFrame,
+    gone: pl.DataFrame,
+    settings: Mapping[str, Any],
+) -> pl.DataFrame:
+    """A shard's committed audit counts less the ``gone`` rows' own (``raw``: their metadata)."""
+    leaves_reference = settings["correct_for"] == "filter"
     meta = raw.join(gone.select("image_id", "weight"), on="image_id", how="inner").sort("image_id")
     attributes = audit_attributes(
         meta, np.zeros((meta.height, 0), np.float32), keywords=settings["keywords"]
@@ -197,8 +226,184 @@ def _dropped(
     )
     # a categorical value no reference row holds any more is not counted (a recount has no row)
     merged = merged.filter(pl.col("hit").is_not_null() | (pl.col("n_unfiltered") > 0))
-    return ShardScore(
-        weights,
-        stats,
-        AUDIT_SHARD_COUNTS.conform(merged.select(AUDIT_SHARD_COUNTS.column_names)),
+    return AUDIT_SHARD_COUNTS.conform(merged.select(AUDIT_SHARD_COUNTS.column_names))
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A shard drop-patched from the change rows (:func:`drop_patch_changes`).
+
+    Attributes:
+        stats: Its new :data:`~curation_assets.lib.tables.WEIGHT_SHARD_STATS` row.
+        counts: Its new :data:`AUDIT_SHARD_COUNTS` rows.
+        gone: Its committed :data:`SAMPLE_WEIGHTS` rows of the dropped images (to tombstone).
+    """
+
+    stats: dict[str, Any]
+    counts: pl.DataFrame
+    gone: pl.DataFrame
+
+
+_SUMS = (
+    "n_kept",
+    "weight_sum",
+    "weight_sq_sum",
+    "n_bad",
+    "n_clipped_low",
+    "n_clipped_high",
+    "ratio_sum_unclipped",
+    "raw_ratio_sum",
+)
+
+
+def drop_patch_changes(
+    store: DeltaStore,
+    shards: Sequence[str],
+    *,
+    version: int | None,
+    versions: Mapping[str, int],
+    stats_rows: Mapping[str, Mapping[str, Any]],
+    probe_id: str,
+    scale: float,
+    settings: Mapping[str, Any],
+) -> dict[str, Drop]:
+    """Shards of ``shards`` that only lost kept images, from the change rows since the commit.
+
+    A shard qualifies when its ``deduplicated_images`` base files are the ones of the committed
+    version (dedup changed it in place only), every decision changed since is a kept image
+    that is now removed (or a change that leaves ``kept`` as it was), and its committed stats
+    row has this probe and scale. The caller passes only shards whose raw images and
+    embeddings are the committed ones and whose weight rows are the committed ones (not
+    stale), and does not call it with the uniqueness term on.
+
+    Args:
+        store: Delta store.
+        shards: Shards the patch would redo.
+        version: The committed ``sample_weights`` version (None: the latest).
+        versions: The committed versions of ``deduplicated_images`` and ``audit_shard_counts``.
+        stats_rows: Shard → its committed stats row (a shard not here is not patched).
+        probe_id: The probe in use.
+        scale: The run's normaliser.
+        settings: The stage settings (``correct_for``, ``w_min``, ``w_max``, ``keywords``).
+
+    Returns:
+        Shard → its :class:`Drop`, for the shards that qualify (the others are absent: the
+        caller redoes them another way).
+
+    Memory and reads: the change rows since the committed version, the committed weight rows
+    and ``raw_images`` metadata of the flipped images, the shards' committed counts; one
+    shard's ``weight`` column when a dropped row held its smallest or largest weight.
+    """
+    names = (DEDUPLICATED_IMAGES.name, AUDIT_SHARD_COUNTS.name)
+    if not shards or any(versions.get(n) is None for n in names):
+        return {}
+    since = versions[names[0]]
+    before = store.shard_files(names[0], since)
+    now = store.shard_files(names[0])
+    todo = [
+        s
+        for s in shards
+        if s in stats_rows
+        and stats_rows[s]["probe_id"] == probe_id
+        and stats_rows[s]["scale"] == scale
+        and before.get(s) is not None
+        and before.get(s) == now.get(s)
+    ]
+    if not todo:
+        return {}
+    flips = changes_since(
+        store, DEDUPLICATED_IMAGES, since=since, shards=todo, columns=["image_id", "shard", "kept"]
     )
+    committed = store.read(SAMPLE_WEIGHTS, shards=todo, version=version, keys=flips["image_id"])
+    flips = flips.join(
+        committed.select("image_id", pl.lit(True).alias("was_kept")), on="image_id", how="left"
+    ).with_columns(pl.col("was_kept").fill_null(False))
+    # a tombstone, an unknown decision or a newly kept image: the patch's (it rescores)
+    bad = set(
+        flips.filter(
+            pl.col(DELETED) | pl.col("kept").is_null() | (pl.col("kept") & ~pl.col("was_kept"))
+        )["shard"].to_list()
+    )
+    dropped = flips.filter(~pl.col("kept") & pl.col("was_kept")).select("image_id", "shard")
+    ids = dropped["image_id"].to_list()
+    raw = (  # the dropped rows' metadata only, filtered in the scan
+        store.scan(RAW_IMAGES)
+        .filter(
+            pl.col("shard").is_in(sorted(set(dropped["shard"]))) & pl.col("image_id").is_in(ids)
+        )
+        .select(RAW_COLUMNS)
+        .collect()
+    )
+    counts = store.read(AUDIT_SHARD_COUNTS, shards=todo, version=versions[names[1]])
+    gone_rows = committed.join(dropped.select("image_id"), on="image_id", how="semi")
+    out: dict[str, Drop] = {}
+    for shard in todo:
+        if shard in bad:
+            continue
+        gone = gone_rows.filter(pl.col("shard") == shard).sort("image_id")
+        meta = raw.filter(pl.col("shard") == shard)
+        if meta.height != gone.height:  # a dropped image without its raw row: the patch's
+            continue
+        mine = counts.filter(pl.col("shard") == shard)
+        if not gone.height:  # its weights do not move: the committed row and counts stand
+            out[shard] = Drop(dict(stats_rows[shard]), mine, gone)
+            continue
+        stats = _stats_less(store, stats_rows[shard], gone, version, scale, settings)
+        out[shard] = Drop(stats, _counts_less(shard, mine, meta, gone, settings), gone)
+    return out
+
+
+def _stats_less(
+    store: DeltaStore,
+    row: Mapping[str, Any],
+    gone: pl.DataFrame,
+    version: int | None,
+    scale: float,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A committed stats row less the ``gone`` rows' own sums, counts and histogram bins.
+
+    The smallest (largest) weight stays unless a gone row held it and no row clipped to
+    ``w_min`` (``w_max``) remains; then the shard's remaining weights are read (one column).
+    """
+    w_min, w_max = settings["w_min"], settings["w_max"]
+    w = gone["weight"].to_numpy()
+    ratio = gone["raw_ratio"].to_numpy()
+    theirs = shard_weight_stats(
+        row["shard"],
+        weight=w,
+        raw_ratio=ratio,
+        clipped_low=scale * ratio < w_min,
+        clipped_high=scale * ratio > w_max,
+        n_reference=0,
+        scale=scale,
+        w_min=w_min,
+        w_max=w_max,
+        probe_id=row["probe_id"],
+        model_id=row["model_id"],
+    )
+    out = dict(row)
+    for c in _SUMS:
+        out[c] = row[c] - theirs[c]
+    out["histogram"] = [a - b for a, b in zip(row["histogram"], theirs["histogram"], strict=True)]
+    if settings["correct_for"] == "filter":  # its reference excludes what dedup removed
+        out["n_reference"] = row["n_reference"] - gone.height
+    if out["n_kept"] == 0:  # as a re-weigh of no row gives
+        out.update({c: 0 if c.startswith("n_") else 0.0 for c in _SUMS})
+        out["weight_min"] = out["weight_max"] = None
+        return out
+    low_held = w.min() <= row["weight_min"] and not (
+        out["n_clipped_low"] and row["weight_min"] == w_min
+    )
+    high_held = w.max() >= row["weight_max"] and not (
+        out["n_clipped_high"] and row["weight_max"] == w_max
+    )
+    if low_held or high_held or row["n_bad"]:
+        rest = (
+            store.scan(SAMPLE_WEIGHTS, version=version, shards=[row["shard"]])
+            .join(gone.lazy().select("image_id"), on="image_id", how="anti")
+            .select(pl.col("weight").min().alias("lo"), pl.col("weight").max().alias("hi"))
+            .collect()
+        )
+        out["weight_min"], out["weight_max"] = rest["lo"].item(), rest["hi"].item()
+    return out

@@ -72,14 +72,34 @@ def _remove(store: DeltaStore, shard: str, ids: list[str], *, by: str) -> None:
     store.replace_shard(DEDUPLICATED_IMAGES, shard, DEDUPLICATED_IMAGES.conform(rows))
 
 
-def _compare(a: DeltaStore, b: DeltaStore) -> None:
+def _remove_in_place(store: DeltaStore, shard: str, ids: list[str], *, by: str) -> None:
+    """As :func:`_remove`, but the way an incremental dedup run does it: change rows appended."""
+    rows = store.read(DEDUPLICATED_IMAGES, shards=[shard]).filter(pl.col("image_id").is_in(ids))
+    rows = rows.with_columns(
+        kept=pl.lit(False),
+        duplicate_of=pl.lit(by),
+        similarity=pl.lit(0.97, pl.Float32),
+        component_id=pl.lit(by),
+    )
+    store.append_changes(DEDUPLICATED_IMAGES, DEDUPLICATED_IMAGES.conform(rows))
+
+
+#: Stats columns a drop patch from change rows gets by subtraction (to rounding).
+SUMS = ["weight_sum", "weight_sq_sum", "ratio_sum_unclipped", "raw_ratio_sum"]
+
+
+def _compare(a: DeltaStore, b: DeltaStore, *, stats_by_subtraction: bool = False) -> None:
     for spec, keys in (
         (SAMPLE_WEIGHTS, ["image_id"]),
         (WEIGHT_SHARD_STATS, ["shard"]),
         (AUDIT_SHARD_COUNTS, COUNT_KEYS),
     ):
         got, want = a.read(spec).sort(keys), b.read(spec).sort(keys)
-        if spec is AUDIT_SHARD_COUNTS:
+        if spec is WEIGHT_SHARD_STATS and stats_by_subtraction:
+            assert got.drop(SUMS).equals(want.drop(SUMS))
+            for c in SUMS:
+                np.testing.assert_allclose(got[c], want[c], rtol=1e-12, err_msg=c)
+        elif spec is AUDIT_SHARD_COUNTS:
             assert got.drop("weight_sum").equals(want.drop("weight_sum"))
             np.testing.assert_allclose(got["weight_sum"], want["weight_sum"], rtol=1e-13)
         else:
@@ -184,3 +204,70 @@ def test_a_run_killed_after_its_tombstones_is_finished_by_the_next(tmp_path, mon
     assert (again.written, again.summary["rows_deleted_in_place"]) == (1, 0)
     _compare(torn, clean)
     assert _run(torn).plan.mode == "current"
+
+
+def _in_place_and_compare(stores, kept, ids, monkeypatch, correct_for="filter") -> DeltaStore:
+    """Drop ``ids`` from shard-b by change rows in both corpora; drop-patch one, score one."""
+    from curation_assets.lib.weights import patch, update
+
+    store, old = stores
+    for s in stores:
+        _remove_in_place(s, "shard-b", ids, by=kept[-1])
+    watched = ColumnRecordingStore(store.root_uri)
+    files = store.shard_files(SAMPLE_WEIGHTS.name)["shard-b"]
+    settings = {**SETTINGS, **KW, "correct_for": correct_for}
+    out = update_weights(watched, settings, BUDGET, _no_encoder)
+    assert out.plan.shards == ["shard-b"]
+    assert (out.summary["shards_drop_patched"], out.summary["shards_scored"]) == (1, 0)
+    assert out.written == 0 and out.summary["rows_deleted_in_place"] == len(ids)
+    assert store.shard_files(SAMPLE_WEIGHTS.name)["shard-b"] == files
+    # neither the shard's embeddings nor its decisions are read: the change rows say it all
+    assert not [r for r in watched.reads if r[0] in (IMAGE_EMBEDDINGS.name, RAW_IMAGES.name)]
+    assert not [r for r in watched.reads if r[0] == DEDUPLICATED_IMAGES.name]
+
+    def score_all(store, shards, source, **kwargs):
+        return patch.redo_shards(store, shards, patch.PatchSource({}), **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(update, "redo_shards", score_all)
+        ref = update_weights(old, settings, BUDGET, _no_encoder)
+    assert (ref.summary["shards_scored"], ref.summary["shards_drop_patched"]) == (1, 0)
+    _compare(store, old, stats_by_subtraction=True)
+    return store
+
+
+@pytest.mark.parametrize("correct_for", ["filter", "filter_and_dedup"])
+def test_a_shard_dedup_changed_in_place_is_patched_from_its_change_rows(
+    tmp_path, monkeypatch, correct_for
+):
+    _one_row_batches(monkeypatch)
+    stores, kept = _prepared(tmp_path, correct_for)
+    _in_place_and_compare(stores, kept, kept[1:4], monkeypatch, correct_for)
+
+
+@pytest.mark.parametrize("end", ["smallest", "largest"])
+def test_dropping_the_smallest_or_largest_weight_reads_the_rest(tmp_path, monkeypatch, end):
+    _one_row_batches(monkeypatch)
+    stores, kept = _prepared(tmp_path, "filter")
+    rows = stores[0].read(SAMPLE_WEIGHTS, shards=["shard-b"]).sort("weight")
+    assert not rows["clipped"].any()  # the bounds are held by unclipped rows here
+    which = rows["image_id"][0] if end == "smallest" else rows["image_id"][-1]
+    store = _in_place_and_compare(stores, kept, [which], monkeypatch)
+    stats = store.read(WEIGHT_SHARD_STATS).filter(shard="shard-b")
+    left = rows.filter(pl.col("image_id") != which)["weight"]
+    assert (stats["weight_min"].item(), stats["weight_max"].item()) == (left.min(), left.max())
+
+
+def test_a_newly_kept_change_row_is_left_to_the_patch(tmp_path, monkeypatch):
+    """A removed image revived by a change row beside drops: the shard is scored."""
+    _one_row_batches(monkeypatch)
+    stores, kept = _prepared(tmp_path, "filter")
+    store = stores[0]
+    removed = store.read(DEDUPLICATED_IMAGES, shards=["shard-b"]).filter(~pl.col("kept"))
+    revived = removed.sort("image_id").head(1).with_columns(kept=pl.lit(True))
+    _remove_in_place(store, "shard-b", kept[:2], by=kept[-1])
+    store.append_changes(DEDUPLICATED_IMAGES, revived)
+    out = _run(store)
+    assert (out.summary["shards_drop_patched"], out.summary["shards_scored"]) == (0, 1)
+    assert revived["image_id"][0] in set(store.read(SAMPLE_WEIGHTS)["image_id"])
+    assert not set(kept[:2]) & set(store.read(SAMPLE_WEIGHTS)["image_id"])

@@ -64,10 +64,10 @@ class ColumnRecordingStore(DeltaStore):
         super().__init__(root_uri)
         self.reads: list[tuple[str, tuple[str, ...] | None, tuple[str, ...] | None]] = []
 
-    def read(self, spec, *, shards=None, columns=None, version=None):
+    def read(self, spec, *, shards=None, columns=None, version=None, keys=None):
         wanted = None if shards is None else tuple(shards)
         self.reads.append((spec.name, wanted, None if columns is None else tuple(columns)))
-        return super().read(spec, shards=wanted, columns=columns, version=version)
+        return super().read(spec, shards=wanted, columns=columns, version=version, keys=keys)
 
     def embeddings_read(self) -> set[str]:
         """Shards whose ``embedding`` column was read (``"*"``: a read of every shard)."""
