@@ -93,7 +93,7 @@ def image_explanation(
             config.image,
             source_root=Path(shard_source.root),
             as_of=parse_as_of(config.as_of),
-            export_dir=export_root(config.export_dir),
+            export_dir=export_root(config.export_dir or delta.export_root),
         )
     except TargetError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -12,13 +12,13 @@ from curation_assets.defs.resources import Compute, DeltaStorage
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.defs.weights import GROUP  # the export is shown in the weights group
 from curation_assets.lib.commits import Settings, last_commit, settings_in_force
+from curation_assets.lib.compaction import live_row_counts
 from curation_assets.lib.export import DEFAULT_PENALTY, DEFAULT_SHARD_SIZE
 from curation_assets.lib.export.run import (
     EXPORT_STAGE,
     ExportOutcome,
     export_location,
     export_root,
-    rows_per_shard,
     run_export,
 )
 from curation_assets.lib.export.shards import manifest_glob
@@ -112,14 +112,17 @@ def curated_dataset(
     Which shards: those whose ``sample_weights``, ``deduplicated_images`` or
     ``filtered_images`` rows changed since the versions the last commit read (Delta logs
     only), plus any whose files are missing. Per shard: its folder is published (symlink swap),
-    then its Delta rows replaced; the commit row last (see ``lib/export/run.py``). Global
-    figures (rows, weight sum, ESS) are sums of per-shard figures.
+    then its Delta rows replaced; the commit row last (see ``lib/export/run.py``). A shard that
+    only lost images (dedup removed some of its kept images in place) is republished from its
+    own files less them and its Delta rows are deleted by tombstones (``shards_drop_patched``;
+    ``lib/export/drops.py``). Global figures (rows, weight sum, ESS) are sums of per-shard
+    figures.
 
     Memory: one shard's kept rows at a time (~512 B each, checked against ``compute``'s
     budget); with Soft Cap Sampling, four columns of every manifest row (~256 B each, checked).
     """
     store = delta.store()
-    out = export_root(config.export_dir)
+    out = export_root(config.export_dir or delta.export_root)
     given = {**config.model_dump(), "export_dir": export_location(out)}
     last = last_commit(store, EXPORT_STAGE)
     in_force = settings_in_force(given, last.config if last else None, EXPORT_DEFAULTS)
@@ -162,6 +165,7 @@ def _export_result(
         "shards": figures["shards"],
         "shards_rewritten": len(written.written) if written else 0,
         "shards_removed": len(written.removed) if written else 0,
+        "shards_drop_patched": len(written.patched) if written else 0,
         "plan": outcome.plan.reason,
         "settings": dg.MetadataValue.json(in_force.chosen | {"export_dir": str(out)}),
         "settings_kept_from_last_run": ", ".join(in_force.inherited) or "none",
@@ -176,7 +180,7 @@ def _export_result(
         extra["soft_cap_sample"] = dg.MetadataValue.path(summary["soft_cap"]["soft_cap_sample"])
         extra["soft_cap_stats"] = dg.MetadataValue.json(summary["soft_cap"]["soft_cap_stats"])
     recorded = {k: int(e["rows"]) for k, e in summary["shards"].items()}
-    counted = rows_per_shard(store, CURATED_DATASET.name)
+    counted = live_row_counts(store, CURATED_DATASET)
     counts_match = counted == recorded
     rows_ok = written.rows_ok if written else True
     failures = pl.DataFrame(summary["failures"])

@@ -46,6 +46,11 @@ class DeltaStorage(dg.ConfigurableResource):
         default_factory=dict,
         description="deltalake storage options for object stores (credentials, endpoint, ...).",
     )
+    export_root: str = Field(
+        default="",
+        description="Where curated_dataset's files go when the export's export_dir is empty: "
+        "the home's export root (empty: $CURATION_EXPORT_ROOT, else $CURATION_HOME/export).",
+    )
 
     def store(self) -> DeltaStore:
         """The pure-Python store (no Dagster types) for lib code."""
@@ -264,7 +269,7 @@ def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResou
     """Resources for the local default: Delta and sources under the curation home."""
     paths = resolve_paths(home)
     return {
-        "delta": DeltaStorage(root_uri=paths.delta_root),
+        "delta": DeltaStorage(root_uri=paths.delta_root, export_root=str(paths.export_root)),
         "shard_source": ShardSource(
             root=str(paths.source_root),
             allowed_roots=[

@@ -139,3 +139,37 @@ def changes_since(
         return empty.with_columns(pl.lit(False).alias(DELETED), pl.lit(0, pl.Int64).alias(REVISION))
     key = spec.revision_key or "image_id"
     return revisions.changes_since(pl.scan_delta(dt), key, since, shards, columns).collect()
+
+
+def live_row_counts(store: DeltaStore, spec: TableSpec) -> dict[str, int]:
+    """Rows of each shard as readers see them: the log's counts less its live tombstones.
+
+    A shard's base rows all carry the revision of the write that made them (a shard is always
+    written whole), read from the files' statistics (``max.revision``); a tombstone newer than
+    that deletes a row (:mod:`~curation_assets.lib.revisions`: its key has a base row, as every
+    writer of tombstones here ensures). Reads the log and the tombstones' three columns, not
+    the base rows. Shards left without rows are absent.
+    """
+    counts = store.shard_row_counts(spec.name)
+    dt = store._table(spec.name)  # the store's opener: its storage options
+    names = [] if dt is None else [f.name for f in dt.schema().fields]
+    if dt is None or DELETED not in names or not store.change_row_count(spec.name):
+        return {s: n for s, n in counts.items() if n}
+    base: dict[str, int] = {}
+    for shard, rev in store._shard_actions(spec.name, None, f"max.{REVISION}"):
+        base[shard] = max(base.get(shard, -1), -1 if rev is None else int(rev))
+    key = spec.revision_key or "image_id"
+    tombs = (
+        pl.scan_delta(dt)
+        .filter((pl.col("shard") == CHANGES) & pl.col(DELETED).fill_null(False))
+        .select(key, pl.col(CHANGED_SHARD).alias("shard"), REVISION)
+        .collect()
+    )
+    bases = pl.DataFrame(
+        {"shard": list(base), "base": list(base.values())},
+        schema={"shard": pl.String, "base": pl.Int64},
+    )
+    live = tombs.join(bases, on="shard").filter(pl.col(REVISION) > pl.col("base"))
+    for shard, n in live.unique(key).group_by("shard").len().iter_rows():
+        counts[shard] -= n
+    return {s: n for s, n in counts.items() if n}

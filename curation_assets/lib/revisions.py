@@ -61,6 +61,7 @@ def merged(
     names: Sequence[str],
     shards: Iterable[str] | None = None,
     keys: Iterable[str] | None = None,
+    order: Sequence[str] = (),
 ) -> pl.LazyFrame:
     """The table as readers see it: one row per key, the newest revision's values.
 
@@ -71,11 +72,14 @@ def merged(
         shards: Only these shards' rows (and only their change rows), or every shard.
         keys: Only the rows of these keys (filtered in the scan, before the merge: memory ∝
             the matches), or every key.
+        order: The columns' order (the spec's; a schema merge moves the partition column
+            last); columns not in it follow in schema order.
 
     Returns:
-        The merged rows, with the table's columns less :data:`HIDDEN`, in schema order.
+        The merged rows, with the table's columns less :data:`HIDDEN`.
     """
     visible = [c for c in names if c not in HIDDEN]
+    visible = [c for c in order if c in visible] + [c for c in visible if c not in order]
     wanted = None if shards is None else list(shards)
     if keys is not None:
         lf = lf.filter(pl.col(key).is_in([str(k) for k in keys]))

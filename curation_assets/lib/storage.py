@@ -667,7 +667,9 @@ class DeltaStore:
             lf = pl.scan_delta(table)
             return lf if shards is None else lf.filter(pl.col("shard").is_in(list(shards)))
         names = [f.name for f in table.schema().fields]
-        return merged(pl.scan_delta(table), spec.revision_key, names, shards, keys)
+        return merged(
+            pl.scan_delta(table), spec.revision_key, names, shards, keys, spec.column_names
+        )
 
     def read(
         self,

@@ -23,14 +23,14 @@ modification time (object stores: the upload time, to the second or better).
 import json
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from curation_assets.lib import objectstore as ost
-from curation_assets.lib.export.webdataset import write_webdataset
+from curation_assets.lib.export.webdataset import copy_webdataset, write_webdataset
 from curation_assets.lib.images import SourceReader
 
 # the same names as .shards (which imports this module, so they cannot be imported from it)
@@ -100,6 +100,40 @@ def stage_shard_files(
     return summary
 
 
+def restage_shard_files(
+    src: Path, folder: Path, drop: set[str], *, shard_size: int, tar_folder: str = ""
+) -> dict[str, Any]:
+    """Stage into ``folder`` a published shard's files (local copy ``src``) less ``drop``.
+
+    What :func:`stage_shard_files` would write for the shard's rows less the ``drop`` images,
+    without those rows or the images' sources: the manifest is filtered as it streams, the
+    tars' other samples are copied member by member (:func:`~.webdataset.copy_webdataset`).
+    The source shard must have no export failures (a failed row would not be retried).
+
+    Returns:
+        As :func:`stage_shard_files` (``failures`` empty), plus ``rows``, ``weight_sum`` and
+        ``weight_sq_sum`` of the new manifest.
+
+    Memory: a streaming batch of manifest rows, one tar member, the new manifest's weights.
+    """
+    summary: dict[str, Any] = {"webdataset_shards": 0, "webdataset_samples": 0, "failures": []}
+    tars: list[str] = []
+    old = manifest_tars(str(src / MANIFEST_NAME), {})
+    if old:
+        where = folder / tar_folder if tar_folder else folder
+        export = copy_webdataset([src / t for t in old], drop, where, shard_size=shard_size)
+        tars = [f"{tar_folder}/{p.name}" if tar_folder else p.name for p, _ in export.shards]
+        summary.update(webdataset_shards=len(export.shards), webdataset_samples=export.n_written)
+    pl.scan_parquet(src / MANIFEST_NAME).filter(
+        ~pl.col("image_id").is_in(sorted(drop))
+    ).sink_parquet(folder / MANIFEST_NAME, metadata={TARS_KEY: json.dumps(tars)})
+    w = pl.read_parquet(folder / MANIFEST_NAME, columns=["weight"])["weight"].to_numpy()
+    summary.update(
+        tars=tars, rows=int(w.size), weight_sum=float(w.sum()), weight_sq_sum=float((w * w).sum())
+    )
+    return summary
+
+
 def manifest_tars(manifest: str, options: Mapping[str, str]) -> list[str]:
     """The tars a shard's manifest (a path or URI) names, relative to its folder.
 
@@ -129,12 +163,9 @@ def write_shard_files(
 
     Memory: the shard's rows plus one image at a time; local disk: the shard's files, once.
     """
-    prefix = shard_uri(out, key)
-    before = set(ost.list_names(prefix, options))
-    version = f"v-{uuid.uuid4().hex[:12]}"
-    with tempfile.TemporaryDirectory(prefix="curation-export-") as tmp:
-        staged = Path(tmp)
-        summary = stage_shard_files(
+
+    def stage(staged: Path, version: str) -> dict[str, Any]:
+        return stage_shard_files(
             staged,
             rows,
             webdataset=webdataset,
@@ -142,6 +173,49 @@ def write_shard_files(
             reader=reader,
             tar_folder=version,
         )
+
+    return publish_staged(out, key, stage, options)
+
+
+def rewrite_shard_files(
+    out: str, key: str, drop: set[str], *, shard_size: int, options: Mapping[str, str]
+) -> dict[str, Any]:
+    """Republish shard ``key`` less the ``drop`` images, from its published files.
+
+    Downloads its manifest and tars, restages them (:func:`restage_shard_files`) and
+    publishes them as :func:`write_shard_files` does. Local disk: the shard's files, twice.
+    """
+    prefix = shard_uri(out, key)
+    with tempfile.TemporaryDirectory(prefix="curation-export-src-") as tmp:
+        src = Path(tmp)
+        ost.download(ost.join(prefix, MANIFEST_NAME), src / MANIFEST_NAME, options)
+        for name in manifest_tars(str(src / MANIFEST_NAME), {}):
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            ost.download(ost.join(prefix, name), src / name, options)
+
+        def stage(staged: Path, version: str) -> dict[str, Any]:
+            return restage_shard_files(src, staged, drop, shard_size=shard_size, tar_folder=version)
+
+        return publish_staged(out, key, stage, options)
+
+
+def publish_staged(
+    out: str,
+    key: str,
+    stage: Callable[[Path, str], dict[str, Any]],
+    options: Mapping[str, str],
+) -> dict[str, Any]:
+    """Stage a shard's files locally (``stage(folder, version)``), upload, delete the rest.
+
+    The tars under the fresh ``version`` prefix first, then the manifest (the publication);
+    then the earlier and killed versions' objects.
+    """
+    prefix = shard_uri(out, key)
+    before = set(ost.list_names(prefix, options))
+    version = f"v-{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory(prefix="curation-export-") as tmp:
+        staged = Path(tmp)
+        summary = stage(staged, version)
         for name in summary["tars"]:  # nothing names them until the manifest is up
             ost.upload(staged / name, ost.join(prefix, name), options)
         ost.upload(staged / MANIFEST_NAME, ost.join(prefix, MANIFEST_NAME), options)

@@ -6,7 +6,10 @@ changed in any input since the versions the last commit read (``DeltaStore.chang
 those of ``curated_dataset`` changed since the commit (a killed run's), and those whose files
 are missing or changed. Every other shard is neither read nor written; its figures come from the
 commit. A full rewrite happens only on the first run, after a change of the file settings, or
-when an input is not partitioned by shard.
+when an input is not partitioned by shard. A shard whose only change is kept images leaving it
+(dedup flipped them in place, the weights stage tombstoned their rows) is *drop-patched*
+(:mod:`.drops`): republished from its own files less those images, its Delta rows deleted by
+tombstones, none of its inputs or image sources read.
 
 **Order of writes** (:func:`export_shards`), per batch of shards (as many as the memory budget
 holds): every shard's folder with kept images is published first (a complete new folder, a
@@ -40,8 +43,10 @@ from curation_assets.lib.commits import (
     last_commit,
     record_commit,
 )
+from curation_assets.lib.compaction import drop_changes, fold
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.export import remote
+from curation_assets.lib.export.drops import drop_only, export_drops
 from curation_assets.lib.export.manifest import curated_rows, one_row_per_kept_image
 from curation_assets.lib.export.publish import file_stamps, files_unchanged, write_file_atomic
 from curation_assets.lib.export.sampling import sampling_stats, soft_cap_sampling
@@ -188,12 +193,15 @@ class ExportPlan:
         reason: Why (a sentence for the log and metadata).
         rewrite: Shards to re-read and rewrite (or remove), sorted.
         carried: Commit entries of the shards left as they are.
+        drops: Shards that only lost images (:mod:`.drops`), with the rows that leave them:
+            republished from their own files, their rows tombstoned.
     """
 
     full: bool
     reason: str
     rewrite: list[str]
     carried: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drops: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
 def _all_shards(store: DeltaStore, out: Out) -> set[str]:
@@ -232,17 +240,22 @@ def plan_export(
             reason = f"{', '.join(flat)} not partitioned by shard: changed shards unknown"
     if reason or last is None:
         return ExportPlan(True, reason, sorted(_all_shards(store, out)))
-    changed: set[str] = set()
-    for name in EXPORT_INPUTS:
-        changed |= store.changed_shards(name, last.inputs.get(name))
+    by_input = {n: store.changed_shards(n, last.inputs.get(n)) for n in EXPORT_INPUTS}
+    changed: set[str] = set().union(*by_input.values())
     torn = store.changed_shards(CURATED_DATASET.name, last.outputs.get(CURATED_DATASET.name))
     previous: dict[str, dict[str, Any]] = last.summary.get("shards", {})
     options = export_options(store)
     broken = {k for k, e in previous.items() if shard_stamp(out, k, options) != e.get("stamp")}
     stray = published_shards(out, options) - set(previous)
-    rewrite = changed | torn | broken | stray
+    candidates = changed - by_input[FILTERED_IMAGES.name] - torn - broken - stray
+    drops, unchanged = drop_only(
+        store, last, candidates, webdataset=bool(settings.get("webdataset"))
+    )
+    rewrite = (changed | torn | broken | stray) - set(drops) - unchanged
     parts = [
         f"{len(changed)} changed in inputs",
+        f"{len(drops)} of them only lost images (republished from their files)",
+        f"{len(unchanged)} of them with their rows unchanged",
         f"{len(torn)} torn",
         f"{len(broken)} with missing or changed files",
         f"{len(stray)} unrecorded folders",
@@ -251,7 +264,8 @@ def plan_export(
         False,
         "incremental: " + ", ".join(parts),
         sorted(rewrite),
-        {k: e for k, e in previous.items() if k not in rewrite},
+        {k: e for k, e in previous.items() if k not in rewrite and k not in drops},
+        drops,
     )
 
 
@@ -267,6 +281,8 @@ class ShardsWritten:
         failures: Rows the WebDataset export could not read (dicts), of the written shards.
         kept_images: Kept images of the written shards.
         rows_ok: Every written shard lists each kept image once with a finite weight.
+        patched: Shards that only lost images, republished from their own files
+            (:mod:`.drops`).
     """
 
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -275,6 +291,7 @@ class ShardsWritten:
     failures: list[dict[str, Any]] = field(default_factory=list)
     kept_images: int = 0
     rows_ok: bool = True
+    patched: list[str] = field(default_factory=list)
 
 
 def export_shards(
@@ -539,6 +556,14 @@ def run_export(
             shard_size=shard_size,
             budget=budget,
         )
+        written.entries.update(
+            export_drops(store, out, plan.drops, shard_size=shard_size, options=options)
+        )
+        written.patched = sorted(plan.drops)
+        if plan.full:  # every shard's rows were rewritten: the changes are all superseded
+            drop_changes(store, CURATED_DATASET)
+        else:
+            fold(store, CURATED_DATASET)
         legacy = clean_legacy(out, options)
         entries = {**plan.carried, **written.entries}
         figures = totals(entries)
@@ -555,7 +580,8 @@ def run_export(
             "failures": (written.failures + carried_failures)[:MAX_FAILURE_EXAMPLES],
         }
         if soft_cap_samples:
-            if soft_ok and not written.written and not written.removed and last is not None:
+            moved = written.written or written.removed or written.patched
+            if soft_ok and not moved and last is not None:
                 summary["soft_cap"] = last.summary["soft_cap"]
             else:
                 summary["soft_cap"] = write_soft_cap_sample(

@@ -24,7 +24,7 @@ touches nothing of another shard.
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,55 @@ def write_shard_files(
             options=options,
         )
     out = Path(out)
+
+    def stage(staged: Path) -> dict[str, Any]:
+        return remote.stage_shard_files(
+            staged, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
+        )
+
+    return _publish_local(out, key, stage)
+
+
+def rewrite_shard_files(
+    out: Out,
+    key: str,
+    drop: set[str],
+    *,
+    shard_size: int,
+    options: Mapping[str, str] = NO_OPTIONS,
+) -> dict[str, Any]:
+    """Republish a published shard less the ``drop`` images, from its own files.
+
+    No Delta row or source image is read: the manifest is filtered as it streams and the
+    tars' other samples are copied (:func:`~.remote.restage_shard_files`); the result is what
+    :func:`write_shard_files` writes for the shard's rows less ``drop`` (byte for byte, tars
+    included). Published as :func:`write_shard_files` publishes.
+
+    Returns:
+        As :func:`write_shard_files`, plus ``rows``, ``weight_sum`` and ``weight_sq_sum``.
+
+    Memory: a streaming batch of manifest rows and one tar member.
+    """
+    if is_remote(out):
+        key = check_shard_key(key)
+        return remote.rewrite_shard_files(
+            str(out), key, drop, shard_size=shard_size, options=options
+        )
+    out = Path(out)
+    src = shard_link(out, key).resolve()
+
+    def stage(staged: Path) -> dict[str, Any]:
+        return remote.restage_shard_files(src, staged, drop, shard_size=shard_size)
+
+    return _publish_local(out, key, stage)
+
+
+def _publish_local(out: Path, key: str, stage: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Stage a shard's files into a fresh version folder and publish it by the symlink swap.
+
+    Versions of the shard left by killed runs are deleted first; the previous published one
+    after the swap (:func:`~.publish.publish_dir`).
+    """
     link = shard_link(out, key)
     versions = out / VERSIONS_DIR / key
     versions.mkdir(parents=True, exist_ok=True)
@@ -195,9 +244,7 @@ def write_shard_files(
             shutil.rmtree(old, ignore_errors=True)  # never published: a killed run's
     staged = versions / uuid.uuid4().hex[:12]
     staged.mkdir()
-    summary = remote.stage_shard_files(
-        staged, rows, webdataset=webdataset, shard_size=shard_size, reader=reader
-    )
+    summary = stage(staged)
     publish_dir(staged, link)
     summary["stamp"] = shard_stamp(out, key)
     return summary

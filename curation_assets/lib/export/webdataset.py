@@ -140,6 +140,50 @@ def _shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
+class _Shards:
+    """Tar shards of ``shard_size`` samples, each written to ``NAME.tmp`` and renamed when done.
+
+    Finished shards go to ``result.shards``; :meth:`abort` deletes an unfinished one.
+    """
+
+    def __init__(self, out: Path, prefix: str, shard_size: int, result: WebDatasetExport) -> None:
+        self.out, self.prefix, self.shard_size, self.result = out, prefix, shard_size, result
+        self.tar: tarfile.TarFile | None = None
+        self.tmp: Path | None = None
+        self.in_shard = 0
+
+    def sample(self) -> None:
+        """Start a sample (in a new shard when the current one is full)."""
+        if self.in_shard == self.shard_size:
+            self.finish()
+        if self.tar is None:
+            self.tmp = self.out / (_shard_name(self.prefix, len(self.result.shards)) + ".tmp")
+            self.tar = tarfile.open(self.tmp, mode="w", format=tarfile.PAX_FORMAT)
+        self.in_shard += 1
+
+    def add(self, name: str, data: bytes) -> None:
+        """A member of the current sample."""
+        assert self.tar is not None, "sample() first"
+        _add_member(self.tar, name, data)
+
+    def finish(self) -> None:
+        """Close the current shard and rename it into place."""
+        if self.tar is None or self.tmp is None:
+            return
+        self.tar.close()
+        final = self.tmp.with_suffix("")  # drop ".tmp"
+        os.replace(self.tmp, final)
+        self.result.shards.append((final, self.in_shard))
+        self.tar, self.tmp, self.in_shard = None, None, 0
+
+    def abort(self) -> None:
+        """Close and delete an unfinished shard (after an error)."""
+        if self.tar is not None:
+            self.tar.close()
+        if self.tmp is not None and self.tmp.exists():
+            self.tmp.unlink()
+
+
 def write_webdataset(
     rows: pl.DataFrame | Iterable[Mapping[str, Any]],
     read_bytes: Callable[[str], bytes] | None,
@@ -219,20 +263,7 @@ def write_webdataset(
     result = WebDatasetExport()
     own_reader = read_bytes is None
     reader: Callable[[str], bytes] = SourceReader() if read_bytes is None else read_bytes
-    tar: tarfile.TarFile | None = None
-    tmp: Path | None = None
-    in_shard = 0
-
-    def finish() -> None:
-        nonlocal tar, tmp, in_shard
-        if tar is None or tmp is None:
-            return
-        tar.close()
-        final = tmp.with_suffix("")  # drop ".tmp"
-        os.replace(tmp, final)
-        result.shards.append((final, in_shard))
-        tar, tmp, in_shard = None, None, 0
-
+    shards = _Shards(out, prefix, shard_size, result)
     try:
         for row in df.iter_rows(named=True):
             image_id, uri = str(row["image_id"]), str(row["source_uri"])
@@ -250,9 +281,6 @@ def write_webdataset(
                 detail = f"bytes start {data[:8]!r}; no known image magic or file suffix"
                 result.failures.append(ExportFailure(image_id, uri, "unknown_format", detail))
                 continue
-            if tar is None:
-                tmp = out / (_shard_name(prefix, len(result.shards)) + ".tmp")
-                tar = tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT)
             caption = row["caption"]
             meta = {
                 "image_id": image_id,
@@ -261,18 +289,13 @@ def write_webdataset(
                 "caption": caption,
                 **{c: _json_value(row[c]) for c in extra},
             }
-            _add_member(tar, f"{image_id}.{ext}", data)
-            _add_member(tar, f"{image_id}.txt", (caption or "").encode("utf-8"))
-            _add_member(tar, f"{image_id}.json", json.dumps(meta, sort_keys=True).encode())
-            in_shard += 1
-            if in_shard == shard_size:
-                finish()
-        finish()
+            shards.sample()
+            shards.add(f"{image_id}.{ext}", data)
+            shards.add(f"{image_id}.txt", (caption or "").encode("utf-8"))
+            shards.add(f"{image_id}.json", json.dumps(meta, sort_keys=True).encode())
+        shards.finish()
     finally:
-        if tar is not None:
-            tar.close()
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        shards.abort()
         if own_reader and isinstance(reader, SourceReader):
             reader.close()
     written = {p.name for p, _ in result.shards}
@@ -287,4 +310,51 @@ def write_webdataset(
             df.height,
             ", ".join(sorted({f.reason for f in result.failures})),
         )
+    return result
+
+
+def copy_webdataset(
+    tars: Iterable[str | Path],
+    drop: set[str],
+    out_dir: str | Path,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    prefix: str = DEFAULT_PREFIX,
+) -> WebDatasetExport:
+    """Copy the samples of ``tars`` (in order) but those keyed in ``drop`` into new shards.
+
+    The members are copied as they are (no source image is read again) and re-cut into shards
+    of ``shard_size`` samples named as :func:`write_webdataset` names them, with the same
+    headers: when ``tars`` were written by :func:`write_webdataset` from some rows, the result
+    is byte-identical to writing the rows less ``drop`` (their bytes unchanged). A sample's
+    key is its members' name up to the first ``.``.
+
+    Raises:
+        FileExistsError: If ``out_dir`` already holds shards of this prefix.
+
+    Memory: one member's bytes at a time.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(p.name.startswith(f"{prefix}-") and p.name.endswith(".tar") for p in out.iterdir()):
+        msg = f"{out} already holds shards named {prefix}-NNNNNN.tar"
+        raise FileExistsError(msg)
+    result = WebDatasetExport()
+    shards = _Shards(out, prefix, shard_size, result)
+    current = None
+    try:
+        for path in tars:
+            with tarfile.open(path, mode="r") as src:
+                for member in src:
+                    key = member.name.split(".", 1)[0]
+                    if key in drop or not member.isfile():
+                        continue
+                    if key != current:  # a new sample
+                        current = key
+                        shards.sample()
+                    data = src.extractfile(member)
+                    shards.add(member.name, data.read() if data is not None else b"")
+        shards.finish()
+    finally:
+        shards.abort()
     return result

@@ -157,3 +157,26 @@ def test_a_killed_upload_leaves_the_published_shard_whole(stores, s3_server: S3S
     assert sorted(k for k in s3_server.keys(prefix) if k.endswith(".tar")) == sorted(
         u.removeprefix(f"s3://{s3_server.bucket}/") for u in now
     )
+
+
+def test_a_shard_that_only_lost_images_is_republished_on_s3_as_locally(stores):
+    """The drop patch downloads the shard's files, filters and copies them, uploads them."""
+    from curation_assets_tests.lib.export.test_drops import _drop_in_place
+
+    local, remote, local_out, s3_out = stores
+    _run(local, local_out)
+    _run(remote, s3_out)
+    for store in (local, remote):
+        _drop_in_place(store, "shard-b", 3)
+    want, got = _run(local, local_out), _run(remote, s3_out)
+    assert got.written.patched == want.written.patched == ["shard-b"]
+    assert got.summary["totals"] == want.summary["totals"]
+    manifest = scan_manifest(s3_out, remote.storage_options).collect().sort("image_id")
+    assert manifest.equals(scan_manifest(local_out).collect().sort("image_id"))
+    assert manifest.equals(remote.read(CURATED_DATASET).sort("image_id"))
+    s3_tars = webdataset_urls(s3_out, remote.storage_options)
+    local_tars = webdataset_urls(local_out)
+    assert len(s3_tars) == len(local_tars)
+    for uri, tar in zip(s3_tars, local_tars, strict=True):
+        assert read_bytes(uri, remote.storage_options) == Path(tar).read_bytes()
+    assert _run(remote, s3_out).up_to_date
