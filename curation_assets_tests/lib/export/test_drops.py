@@ -93,20 +93,31 @@ def test_a_shard_that_only_lost_images_is_republished_from_its_own_files(wds, mo
     assert not {n.split(".")[0] for n in names} & set(gone)
 
 
-def test_a_killed_drop_patch_is_rewritten_by_the_next_run(wds, monkeypatch):
+@pytest.mark.parametrize("where", ["before_tombstones", "before_commit"])
+def test_a_killed_drop_patch_is_rewritten_by_the_next_run(wds, monkeypatch, where):
+    from curation_assets.lib.export import run
+
     store, out, _ = wds
     _drop_in_place(store, "shard-b", 3)
-    with monkeypatch.context() as mp:  # killed after the files, before the tombstones
-        mp.setattr(
-            DeltaStore, "append_changes", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
-        )
+    with monkeypatch.context() as mp:  # killed after the files (and the tombstones)
+        kill = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # noqa: E731
+        if where == "before_tombstones":
+            mp.setattr(DeltaStore, "append_changes", kill)
+        else:
+            mp.setattr(run, "record_commit", kill)
         with pytest.raises(KeyboardInterrupt):
             _run(store, out, webdataset=True, shard_size=7)
+    if where == "before_commit":  # written, not committed: readers already see them gone
+        assert store.change_row_count(CURATED_DATASET.name) == 3
     again = _run(store, out, webdataset=True, shard_size=7)
-    assert again.plan.rewrite == ["shard-b"] and not again.written.patched  # its files moved
+    # its files (and rows) moved since the commit: rewritten from the inputs
+    assert again.plan.rewrite == ["shard-b"] and not again.written.patched
     expected = curated_rows(kept_images(store), store.read(SAMPLE_WEIGHTS))
     assert _manifest(out).equals(expected)
     assert store.read(CURATED_DATASET).sort("image_id").equals(expected)
+    recorded = {k: e["rows"] for k, e in again.summary["shards"].items()}
+    assert live_row_counts(store, CURATED_DATASET) == recorded
+    assert _run(store, out, webdataset=True, shard_size=7).up_to_date
 
 
 @pytest.fixture
