@@ -11,10 +11,12 @@
   their merged rows and the changes are dropped.
 * :func:`changes_since`: what changed in place after a version, read from the change rows
   alone (a reader that knows the table as of that version updates its view at the cost of
-  the changes, not of the table).
+  the changes, not of the table); :func:`left_since`: the rows of a table downstream that
+  such changes take out (dedup's kept images that are now removed).
 """
 
 import logging
+from collections.abc import Callable, Iterable
 
 import polars as pl
 import pyarrow as pa
@@ -141,6 +143,49 @@ def changes_since(
     return revisions.changes_since(pl.scan_delta(dt), key, since, shards, columns).collect()
 
 
+def same_base(store: DeltaStore, table: str, since: int, shards: Iterable[str]) -> set[str]:
+    """The ``shards`` whose base files are the ones of version ``since`` (log only).
+
+    Their rows changed only by change rows since, if at all: :func:`changes_since` says how.
+    (``DeltaStore.changed_shards`` counts a shard named by a change-row commit as changed.)
+    """
+    before, now = store.shard_files(table, since), store.shard_files(table)
+    return {s for s in shards if before.get(s) is not None and before.get(s) == now.get(s)}
+
+
+def left_since(
+    store: DeltaStore,
+    spec: TableSpec,
+    *,
+    since: int,
+    shards: list[str],
+    flag: str,
+    listed: Callable[[list[str]], pl.DataFrame],
+) -> tuple[pl.DataFrame, set[str]]:
+    """Rows of a downstream table whose key's ``flag`` was turned off in place after ``since``.
+
+    The downstream table lists the keys of ``spec`` that had ``flag`` set (dedup's ``kept``)
+    as of ``since``; ``listed(keys)`` returns its rows of those keys. Read from the change rows
+    alone (:func:`changes_since`). A change that leaves a listed key flagged, or an unlisted
+    one unflagged, takes nothing out.
+
+    Returns:
+        ``(rows, bad)``: the listed rows whose key's newest change turned ``flag`` off (they
+        leave the downstream table), and the shards with a change that is no such removal
+        (a tombstone, a null ``flag``, a newly flagged key): those need their rows redone.
+    """
+    key = spec.revision_key or "image_id"
+    flips = changes_since(store, spec, since=since, shards=shards, columns=[key, "shard", flag])
+    rows = listed(flips[key].to_list())
+    flips = flips.join(
+        rows.select(key, pl.lit(True).alias("_listed")), on=key, how="left"
+    ).with_columns(pl.col("_listed").fill_null(False))
+    other = pl.col(DELETED) | pl.col(flag).is_null() | (pl.col(flag) & ~pl.col("_listed"))
+    bad = set(flips.filter(other)["shard"].to_list())
+    gone = rows.join(flips.filter(~pl.col(flag)).select(key), on=key, how="semi")
+    return gone, bad
+
+
 def live_row_counts(store: DeltaStore, spec: TableSpec) -> dict[str, int]:
     """Rows of each shard as readers see them: the log's counts less its live tombstones.
 
@@ -150,10 +195,11 @@ def live_row_counts(store: DeltaStore, spec: TableSpec) -> dict[str, int]:
     writer of tombstones here ensures). Reads the log and the tombstones' three columns, not
     the base rows. Shards left without rows are absent.
     """
-    counts = store.shard_row_counts(spec.name)
+    counts = store.shard_row_counts(spec.name, changes=True)  # one pass over the log
+    changes = counts.pop(CHANGES, 0)
     dt = store._table(spec.name)  # the store's opener: its storage options
     names = [] if dt is None else [f.name for f in dt.schema().fields]
-    if dt is None or DELETED not in names or not store.change_row_count(spec.name):
+    if dt is None or DELETED not in names or not changes:
         return {s: n for s, n in counts.items() if n}
     base: dict[str, int] = {}
     for shard, rev in store._shard_actions(spec.name, None, f"max.{REVISION}"):

@@ -32,8 +32,8 @@ from typing import Any
 import polars as pl
 
 from curation_assets.lib.commits import Commit
-from curation_assets.lib.compaction import changes_since
-from curation_assets.lib.export.shards import Out, rewrite_shard_files
+from curation_assets.lib.compaction import changes_since, left_since, same_base
+from curation_assets.lib.export.shards import Out, rewrite_shard_files, shard_entry
 from curation_assets.lib.revisions import DELETED
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import CURATED_DATASET, DEDUPLICATED_IMAGES, SAMPLE_WEIGHTS
@@ -68,46 +68,37 @@ def drop_only(
         if s in previous and not (webdataset and previous[s].get("failures", 0))
     }
     for name, version in zip(names, (v_dedup, v_weights), strict=True):
-        before, now = store.shard_files(name, version), store.shard_files(name)
-        ok = {s for s in ok if before.get(s) is not None and before.get(s) == now.get(s)}
+        ok = same_base(store, name, version, ok)
     if not ok:
         return {}, set()
     shards = sorted(ok)
-    flips = changes_since(
+    left, bad = left_since(
         store,
         DEDUPLICATED_IMAGES,
         since=v_dedup,
         shards=shards,
-        columns=["image_id", "shard", "kept"],
+        flag="kept",
+        listed=lambda ids: store.read(
+            CURATED_DATASET, shards=shards, version=out_version, keys=ids
+        ),
     )
     tombs = changes_since(
         store, SAMPLE_WEIGHTS, since=v_weights, shards=shards, columns=["image_id", "shard"]
     )
-    ids = sorted(set(flips["image_id"]) | set(tombs["image_id"]))
-    listed = store.read(CURATED_DATASET, shards=shards, version=out_version, keys=ids)
-    flips = flips.join(
-        listed.select("image_id", pl.lit(True).alias("listed")), on="image_id", how="left"
-    ).with_columns(pl.col("listed").fill_null(False))
-    # a tombstone or unknown decision, a newly kept image, a weight row changed otherwise
-    bad = set(
-        flips.filter(
-            pl.col(DELETED) | pl.col("kept").is_null() | (pl.col("kept") & ~pl.col("listed"))
-        )["shard"]
-    ) | set(tombs.filter(~pl.col(DELETED))["shard"])
+    bad |= set(tombs.filter(~pl.col(DELETED))["shard"])  # a weight row changed otherwise
     drops: dict[str, pl.DataFrame] = {}
     unchanged: set[str] = set()
     for shard in shards:
         if shard in bad:
             continue
-        mine = flips.filter((pl.col("shard") == shard) & ~pl.col("kept") & pl.col("listed"))
-        flipped = set(mine["image_id"])
+        mine = left.filter(pl.col("shard") == shard).sort("image_id")
         gone = set(tombs.filter(pl.col("shard") == shard)["image_id"])
-        if gone != flipped:  # weights and decisions disagree: a rewrite says how
+        if gone != set(mine["image_id"]):  # weights and decisions disagree: a rewrite says how
             continue
         if not gone:
             unchanged.add(shard)
         elif len(gone) < int(previous[shard]["rows"]):  # a shard left empty is removed instead
-            drops[shard] = listed.filter(pl.col("image_id").is_in(sorted(gone))).sort("image_id")
+            drops[shard] = mine
     return drops, unchanged
 
 
@@ -131,15 +122,7 @@ def export_drops(
         files = rewrite_shard_files(
             out, key, set(rows["image_id"].to_list()), shard_size=shard_size, options=options
         )
-        entries[key] = {
-            "rows": files["rows"],
-            "weight_sum": files["weight_sum"],
-            "weight_sq_sum": files["weight_sq_sum"],
-            "webdataset_shards": files["webdataset_shards"],
-            "webdataset_samples": files["webdataset_samples"],
-            "failures": 0,
-            "stamp": files["stamp"],
-        }
+        entries[key] = shard_entry(files["weight"], files)
     gone = pl.concat(list(drops.values())) if drops else CURATED_DATASET.empty()
     if gone.height:  # after every folder: a shard's files are never older than its rows
         store.append_changes(CURATED_DATASET, gone, deleted=True)

@@ -111,8 +111,8 @@ def restage_shard_files(
     The source shard must have no export failures (a failed row would not be retried).
 
     Returns:
-        As :func:`stage_shard_files` (``failures`` empty), plus ``rows``, ``weight_sum`` and
-        ``weight_sq_sum`` of the new manifest.
+        As :func:`stage_shard_files` (``failures`` empty), plus ``weight``: the new
+        manifest's weights.
 
     Memory: a streaming batch of manifest rows, one tar member, the new manifest's weights.
     """
@@ -127,10 +127,8 @@ def restage_shard_files(
     pl.scan_parquet(src / MANIFEST_NAME).filter(
         ~pl.col("image_id").is_in(sorted(drop))
     ).sink_parquet(folder / MANIFEST_NAME, metadata={TARS_KEY: json.dumps(tars)})
-    w = pl.read_parquet(folder / MANIFEST_NAME, columns=["weight"])["weight"].to_numpy()
-    summary.update(
-        tars=tars, rows=int(w.size), weight_sum=float(w.sum()), weight_sq_sum=float((w * w).sum())
-    )
+    weight = pl.read_parquet(folder / MANIFEST_NAME, columns=["weight"])["weight"].to_numpy()
+    summary.update(tars=tars, weight=weight)
     return summary
 
 

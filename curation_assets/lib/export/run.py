@@ -56,6 +56,7 @@ from curation_assets.lib.export.shards import (
     remove_legacy_files,
     remove_shard_files,
     remove_stale_links,
+    shard_entry,
     shard_stamp,
     write_shard_files,
 )
@@ -345,17 +346,8 @@ def export_shards(
                     options=options,
                 )
                 done.rows_ok &= one_row_per_kept_image(rows, images)
-                w = rows["weight"].to_numpy()
                 done.failures += [{**f, "shard": key} for f in files["failures"]]
-                done.entries[key] = {
-                    "rows": rows.height,
-                    "weight_sum": float(w.sum()),
-                    "weight_sq_sum": float((w * w).sum()),
-                    "webdataset_shards": files["webdataset_shards"],
-                    "webdataset_samples": files["webdataset_samples"],
-                    "failures": len(files["failures"]),
-                    "stamp": files["stamp"],
-                }
+                done.entries[key] = shard_entry(rows["weight"].to_numpy(), files)
                 done.written.append(key)
             touched = [k for k, (_, r) in rows_of.items() if r.height or k in in_delta]
             if touched:

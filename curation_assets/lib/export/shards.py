@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from curation_assets.lib import objectstore as ost
@@ -211,7 +212,7 @@ def rewrite_shard_files(
     included). Published as :func:`write_shard_files` publishes.
 
     Returns:
-        As :func:`write_shard_files`, plus ``rows``, ``weight_sum`` and ``weight_sq_sum``.
+        As :func:`write_shard_files`, plus ``weight``: the new manifest's weights.
 
     Memory: a streaming batch of manifest rows and one tar member.
     """
@@ -248,6 +249,25 @@ def _publish_local(out: Path, key: str, stage: Callable[[Path], dict[str, Any]])
     publish_dir(staged, link)
     summary["stamp"] = shard_stamp(out, key)
     return summary
+
+
+def shard_entry(weight: np.ndarray, files: Mapping[str, Any]) -> dict[str, Any]:
+    """A shard's entry in the export's commit: its manifest's ``weight`` column and files.
+
+    ``rows``, ``weight_sum``, ``weight_sq_sum`` (the global figures are their sums),
+    ``webdataset_shards``, ``webdataset_samples``, ``failures`` and ``stamp`` from what
+    :func:`write_shard_files` (or :func:`rewrite_shard_files`) returned.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    return {
+        "rows": int(w.size),
+        "weight_sum": float(w.sum()),
+        "weight_sq_sum": float((w * w).sum()),
+        "webdataset_shards": files["webdataset_shards"],
+        "webdataset_samples": files["webdataset_samples"],
+        "failures": len(files["failures"]),
+        "stamp": files["stamp"],
+    }
 
 
 def remove_shard_files(out: Out, key: str, options: Mapping[str, str] = NO_OPTIONS) -> bool:

@@ -52,8 +52,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation_assets.lib.compaction import changes_since
-from curation_assets.lib.revisions import DELETED
+from curation_assets.lib.compaction import left_since, same_base
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
@@ -74,7 +73,7 @@ def drop_patch(
     stored: Mapping[str, pl.DataFrame],
     *,
     versions: Mapping[str, int],
-    bases: Mapping[str, tuple[float, int]],
+    stats_rows: Mapping[str, Mapping[str, Any]],
     model_ids: Mapping[str, str],
     probe_id: str,
     scale: float,
@@ -88,7 +87,7 @@ def drop_patch(
         stored: Shard → its committed ``sample_weights`` rows, sorted by image_id.
         versions: The committed versions of ``deduplicated_images`` and ``audit_shard_counts``
             (a missing one: nothing is drop-patched).
-        bases: Shard → the ``scale`` and ``n_reference`` of its committed stats row.
+        stats_rows: Shard → its committed stats row (its ``scale`` and ``n_reference``).
         model_ids: Shard → its embedding model (its committed stats row's, scored by the probe
             in use: a shard not here is not drop-patched).
         probe_id: The probe in use.
@@ -118,10 +117,10 @@ def drop_patch(
     kept_before = {s: g["image_id"] for (s,), g in before.filter(pl.col("kept")).group_by("shard")}
     todo: dict[str, list[str]] = {}
     for shard in group:
-        base, rows = bases.get(shard), stored.get(shard)
+        base, rows = stats_rows.get(shard), stored.get(shard)
         if shard in bad or base is None or rows is None or shard not in model_ids:
             continue
-        if base[0] != scale:
+        if base["scale"] != scale:
             continue
         ids = kept_before.get(shard, pl.Series(dtype=pl.String))
         if rows.height != ids.len() or not rows["image_id"].equals(ids.sort(), check_names=False):
@@ -149,7 +148,7 @@ def drop_patch(
             dropped,
             meta,
             counts.filter(pl.col("shard") == shard),
-            n_reference=bases[shard][1],
+            n_reference=int(stats_rows[shard]["n_reference"]),
             model_id=model_ids[shard],
             probe_id=probe_id,
             scale=scale,
@@ -298,44 +297,36 @@ def drop_patch_changes(
     if not shards or any(versions.get(n) is None for n in names):
         return {}
     since = versions[names[0]]
-    before = store.shard_files(names[0], since)
-    now = store.shard_files(names[0])
+    same = same_base(store, names[0], since, shards)
     todo = [
         s
         for s in shards
-        if s in stats_rows
+        if s in same
+        and s in stats_rows
         and stats_rows[s]["probe_id"] == probe_id
         and stats_rows[s]["scale"] == scale
-        and before.get(s) is not None
-        and before.get(s) == now.get(s)
     ]
     if not todo:
         return {}
-    flips = changes_since(
-        store, DEDUPLICATED_IMAGES, since=since, shards=todo, columns=["image_id", "shard", "kept"]
+    # the committed weight rows of the images dedup removed since (and shards changed otherwise)
+    gone_rows, bad = left_since(
+        store,
+        DEDUPLICATED_IMAGES,
+        since=since,
+        shards=todo,
+        flag="kept",
+        listed=lambda ids: store.read(SAMPLE_WEIGHTS, shards=todo, version=version, keys=ids),
     )
-    committed = store.read(SAMPLE_WEIGHTS, shards=todo, version=version, keys=flips["image_id"])
-    flips = flips.join(
-        committed.select("image_id", pl.lit(True).alias("was_kept")), on="image_id", how="left"
-    ).with_columns(pl.col("was_kept").fill_null(False))
-    # a tombstone, an unknown decision or a newly kept image: the patch's (it rescores)
-    bad = set(
-        flips.filter(
-            pl.col(DELETED) | pl.col("kept").is_null() | (pl.col("kept") & ~pl.col("was_kept"))
-        )["shard"].to_list()
-    )
-    dropped = flips.filter(~pl.col("kept") & pl.col("was_kept")).select("image_id", "shard")
-    ids = dropped["image_id"].to_list()
+    ids = gone_rows["image_id"].to_list()
     raw = (  # the dropped rows' metadata only, filtered in the scan
         store.scan(RAW_IMAGES)
         .filter(
-            pl.col("shard").is_in(sorted(set(dropped["shard"]))) & pl.col("image_id").is_in(ids)
+            pl.col("shard").is_in(sorted(set(gone_rows["shard"]))) & pl.col("image_id").is_in(ids)
         )
         .select(RAW_COLUMNS)
         .collect()
     )
     counts = store.read(AUDIT_SHARD_COUNTS, shards=todo, version=versions[names[1]])
-    gone_rows = committed.join(dropped.select("image_id"), on="image_id", how="semi")
     out: dict[str, Drop] = {}
     for shard in todo:
         if shard in bad:

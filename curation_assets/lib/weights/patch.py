@@ -83,17 +83,14 @@ class PatchSource:
         committed: The committed versions of ``deduplicated_images`` (the commit's input) and
             ``audit_shard_counts``: what a drop patch (:mod:`~.drops`) starts from. Empty: none
             (the rescale pass).
-        bases: Shard → the ``scale`` and ``n_reference`` of its committed stats row (the
-            shards of ``model_ids``), for the drop patch.
-        rows: Shard → its whole committed stats row (the shards of ``model_ids``), for the
-            drop patch from change rows (:func:`~.drops.drop_patch_changes`).
+        rows: Shard → its committed stats row (the shards of ``model_ids``), for the drop
+            patches (:mod:`~.drops`).
     """
 
     model_ids: Mapping[str, str]
     version: int | None = None
     stale: frozenset[str] = frozenset()
     committed: Mapping[str, int] = field(default_factory=dict)
-    bases: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     rows: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -153,10 +150,6 @@ def incremental_source(store: DeltaStore, plan: WeightsPlan) -> PatchSource:
         WEIGHT_SHARD_STATS, version=commit.outputs.get(WEIGHT_SHARD_STATS.name)
     ).filter((pl.col("probe_id") == plan.probe.probe_id) & pl.col("shard").is_in(sorted(todo)))
     model_ids = dict(zip(committed["shard"], committed["model_id"], strict=True))
-    bases = {
-        shard: (float(scale), int(n_ref))
-        for shard, scale, n_ref in committed.select("shard", "scale", "n_reference").iter_rows()
-    }
     stale = store.changed_shards(SAMPLE_WEIGHTS.name, version) & set(model_ids)
     versions = {
         DEDUPLICATED_IMAGES.name: commit.inputs.get(DEDUPLICATED_IMAGES.name),
@@ -164,7 +157,7 @@ def incremental_source(store: DeltaStore, plan: WeightsPlan) -> PatchSource:
     }
     committed_versions = {k: v for k, v in versions.items() if v is not None}
     rows = {row["shard"]: row for row in committed.iter_rows(named=True)}
-    return PatchSource(model_ids, version, frozenset(stale), committed_versions, bases, rows)
+    return PatchSource(model_ids, version, frozenset(stale), committed_versions, rows)
 
 
 def rescale_source(stats: pl.DataFrame) -> PatchSource:
@@ -229,7 +222,7 @@ def redo_shards(
                 group,
                 olds,
                 versions=source.committed,
-                bases=source.bases,
+                stats_rows=source.rows,
                 model_ids=source.model_ids,
                 probe_id=probe.probe_id,
                 scale=scale,
