@@ -112,14 +112,21 @@ def assignments_frame(
     )
 
 
-def filtered_embeddings(store: DeltaStore, shards: Sequence[str] | None = None) -> pl.DataFrame:
+def filtered_embeddings(
+    store: DeltaStore, shards: Sequence[str] | None = None, *, half: bool = False
+) -> pl.DataFrame:
     """``image_id, shard, model_id, embedding`` of filtered images, sorted by shard, image_id.
 
     With ``shards``, both tables are read for those shards only (Delta partition pruning): one
-    shard's assignment costs that shard's rows, not the corpus's.
+    shard's assignment costs that shard's rows, not the corpus's. With ``half``, ``embedding``
+    is cast to ``List(Float16)`` as it is read (round to nearest even, as numpy's ``astype``:
+    checked bit for bit), for a reader that keeps float16 (the dedup layout): half the bytes
+    held, and no float32 matrix.
     """
     kept = store.scan(FILTERED_IMAGES)
     emb = store.scan(IMAGE_EMBEDDINGS)
+    if half:
+        emb = emb.with_columns(pl.col("embedding").cast(pl.List(pl.Float16)))
     return _filtered_join(kept, emb, shards, "model_id", "embedding").collect()
 
 

@@ -26,7 +26,7 @@ layout is derived data: a full run rebuilds it.
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +40,7 @@ from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
 from curation_assets.lib.vectors import (
-    embedding_matrix,
+    half_batches,
     half_bytes,
     half_parts,
     rows_in_order,
@@ -149,9 +149,9 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
     clustering, made with the centroids in force (``versions``); otherwise it waits whole
     (``why``), and a later run picks it up once it is assigned.
 
-    Memory: one shard's rows (while reading: its float32 embeddings, twice).
+    Memory: one shard's rows, their vectors as float16 (twice while they become a matrix).
     """
-    emb = filtered_embeddings(store, [shard])
+    emb = filtered_embeddings(store, [shard], half=True)
     empty = np.zeros((0, 0), np.float16)
     if emb.is_empty():
         return ShardRows(shard, pl.DataFrame(), empty, "")
@@ -180,7 +180,9 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
             why = f"cluster_assignments_{c} made with older centroids ({stale} images)"
             return ShardRows(shard, pl.DataFrame(), empty, model_id, why)
         frame = frame.drop(f"v{c}")
-    x = embedding_matrix(emb["embedding"]).astype(np.float16)  # what half_bytes stores
+    vectors = emb["embedding"]  # float16 as read: what half_bytes stores
+    dim = int(vectors.list.len().max())  # type: ignore[arg-type]
+    x = np.ascontiguousarray(vectors.list.to_array(dim).to_numpy())
     return ShardRows(shard, frame.sort("_r").drop("_r"), x, model_id)
 
 
@@ -369,6 +371,30 @@ def read_parts(
 
     Memory: the bucket's rows, 2·d bytes of vector each.
     """
+    unit = _unit_rows(store, c, b, version)
+    first = unit.select(pl.col("vector").bin.size()).head(1).collect()
+    if first.is_empty():
+        return unit.drop("vector").collect(), []
+    return half_parts(unit, "vector", int(first.item()) // 2)
+
+
+def iter_parts(
+    store: DeltaStore, c: int, b: int, *, dim: int, rows: int, version: int | None = None
+) -> Iterator[tuple[pl.DataFrame, list[np.ndarray]]]:
+    """:func:`read_parts` of unit ``(c, b)`` streamed: ``rows`` rows at a time, in file order.
+
+    For a search that takes a unit's rows one block at a time (the incremental one-pass
+    search: :mod:`.newrows`), so its memory is one batch, not the bucket: a bucket is sized
+    from the full run's budget and grows with N until the layout is rebuilt.
+
+    Raises:
+        ValueError: If a row's vector is not ``2 · dim`` bytes of float16.
+    """
+    yield from half_batches(_unit_rows(store, c, b, version), "vector", dim, rows)
+
+
+def _unit_rows(store: DeltaStore, c: int, b: int, version: int | None) -> pl.LazyFrame:
+    """The rows of unit ``(c, b)``, unread (see :func:`read_parts` for where they are)."""
     if c == 0:
         source = (
             store.scan(DEDUP_MEMBERS)
@@ -391,11 +417,7 @@ def read_parts(
             if files
             else DEDUP_MEMBERS.empty().lazy()
         )
-    unit = unit.drop("clustering", "bucket")
-    first = unit.select(pl.col("vector").bin.size()).head(1).collect()
-    if first.is_empty():
-        return unit.drop("vector").collect(), []
-    return half_parts(unit, "vector", int(first.item()) // 2)
+    return unit.drop("clustering", "bucket")
 
 
 #: Folder under the Delta root where a search stages the other clusterings' buckets.

@@ -47,7 +47,9 @@ def budgeted_recall(
     Queries: a seeded sample of this run's new rows (of the reference when full). Reference:
     the query shards plus randomly chosen other covered shards, up to a tenth of the corpus
     (full) or two rows per new row (incremental), at least :data:`RECALL_MIN_REFERENCE` rows
-    and at most a quarter of the memory budget. The sample's exhaustive search (queries ×
+    and at most a quarter of the memory budget; when whole shards overshoot that, a uniform
+    share of their rows (hash of the id, seeded), so the reference is the cap, not the sum of
+    the shards' sizes. The sample's exhaustive search (queries ×
     reference) is capped at ``share`` of the run's own comparisons (at least
     :data:`RECALL_MIN_QUERIES` queries). The estimate covers pairs whose partner lies in the
     reference; shards are sampled at random, so it is unbiased for pairs across shards.
@@ -80,6 +82,9 @@ def budgeted_recall(
             break
         reference.append(s)
         rows += sizes.get(s, 0)
+    # shards come whole: past the cap, a uniform share of their rows (by a hash of the id,
+    # in the scan) keeps the reference at the cap, so its memory does not follow shard size
+    fraction = min(1.0, cap / rows) if rows else 1.0
     sample: dict[str, Any] = {"queries": 0, "true_pairs": 0, "found": []}
     if rows >= 2 and (plan.mode == "full" or query_shards):
         sample = _sample(
@@ -92,6 +97,7 @@ def budgeted_recall(
             comparisons,
             share,
             rng,
+            fraction,
         )
     pooled_from = [sample]
     if plan.mode != "full" and plan.commit is not None:
@@ -104,7 +110,9 @@ def budgeted_recall(
     pooled["sample"] = sample
     pooled["measured_on"] = (
         f"{sample.get('queries', 0)} queries from {what} searched exhaustively against "
-        f"{sample.get('reference_rows', 0)} rows of {len(reference)} shards (this run); pooled "
+        f"{sample.get('reference_rows', 0)} rows of {len(reference)} shards"
+        + (f" (a {fraction:.3g} share of their rows)" if fraction < 1.0 else "")
+        + " (this run); pooled "
         f"with {len(pooled_from) - 1} earlier runs on these centroids: "
         f"{pooled['true_pairs']} true pairs"
     )
@@ -121,15 +129,18 @@ def _sample(
     comparisons: int,
     share: float,
     rng: np.random.Generator,
+    fraction: float = 1.0,
 ) -> dict[str, Any]:
     # the reference shards' rows as dedup compared them: clustering 0 of the layout just
     # written holds every laid-out row once, float16, with its cluster in every clustering
     # (one scan; ~10x faster than the per-shard tables' float32 lists at 1M)
-    rows = (
-        store.scan(DEDUP_MEMBERS)
-        .filter((pl.col("clustering") == 0) & pl.col("shard").is_in(reference))
-        .select("image_id", "shard", "clusters", "vector")
+    rows = store.scan(DEDUP_MEMBERS).filter(
+        (pl.col("clustering") == 0) & pl.col("shard").is_in(reference)
     )
+    if fraction < 1.0:  # a uniform share of the rows, drawn with the run's seed
+        salt = int(rng.integers(2**32))
+        rows = rows.filter(pl.col("image_id").hash(salt) < int(fraction * 2**64))
+    rows = rows.select("image_id", "shard", "clusters", "vector")
     frame, parts = half_parts(rows, "vector", dim)
     if frame.is_empty():
         return {"queries": 0, "true_pairs": 0, "found": []}
@@ -146,6 +157,7 @@ def _sample(
     assignments = [clusters[:, c] for c in range(n_clusterings)]
     sample = recall_on_sample(x, assignments, tau, query_idx)
     sample["reference_shards"] = len(reference)
+    sample["reference_fraction"] = round(fraction, 6)
     return sample
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from curation_assets.lib.cluster import centroids_frame, train_clusterings
 from curation_assets.lib.commits import last_commit, record_commit
-from curation_assets.lib.dedup import dedup, run_dedup
+from curation_assets.lib.dedup import dedup, newrows, run_dedup
 from curation_assets.lib.dedup.io import DEDUP_STAGE
 from curation_assets.lib.dedup.layout import (
     SCRATCH_FOLDER,
@@ -137,6 +137,38 @@ def test_both_incremental_searches_over_many_buckets_equal_a_full_run(tmp_path, 
         else:
             assert first.layout.buckets[0] < step.stats["units"] <= sum(first.layout.buckets)
     _assert_same(_tables(inc), _tables(full))  # found_by and similarity included
+
+
+def test_the_one_pass_search_streams_each_bucket_in_blocks(tmp_path, corpus, monkeypatch):
+    """A bucket read a few rows at a time finds what a full run finds: pairs and decisions.
+
+    Every batch the search holds is at most ``BLOCK`` rows (the bucket is never read whole),
+    and a pair of two new rows that fall in different blocks is still reported once.
+    """
+    monkeypatch.setattr(newrows, "BLOCK", 7)
+    batches: list[int] = []
+    real = newrows.iter_parts
+
+    def counted(*args, **kwargs):
+        for frame, parts in real(*args, **kwargs):
+            batches.append(frame.height)
+            assert sum(p.shape[0] for p in parts) == frame.height
+            yield frame, parts
+
+    monkeypatch.setattr(newrows, "iter_parts", counted)
+    full = _store(tmp_path / "full", corpus)
+    _add(full, corpus, range(N_SHARDS))
+    run_and_write(full)
+    inc = _store(tmp_path / "inc", corpus)
+    _add(inc, corpus, range(3))
+    run_and_write(inc)
+    for shards in ([3], [4, 5]):
+        _add(inc, corpus, shards)
+        step = run_and_write(inc)
+        assert step.plan.mode == "incremental" and step.stats["search"] == "new_rows"
+    # the layout as laid out: 4 shards at the first update, 6 at the second (new rows included)
+    assert max(batches) == 7 and sum(batches) == (4 + 6) * PER_SHARD
+    _assert_same(_tables(inc), _tables(full))
 
 
 def test_new_rows_over_their_budget_share_are_searched_by_units(tmp_path, corpus):
@@ -352,3 +384,25 @@ def test_half_to_float_is_numpys_conversion_bit_for_bit():
     wide = np.empty(h.shape, np.float32)
     half_to_float(h.astype(np.float32), wide)
     assert np.array_equal(wide, h.astype(np.float32))
+
+
+def test_the_recall_reference_is_held_at_its_cap_when_whole_shards_overshoot_it(
+    tmp_path, corpus, monkeypatch
+):
+    """Shards come whole; past the cap a seeded share of their rows is read, not all of them."""
+    from curation_assets.lib.dedup import sampling
+
+    monkeypatch.setattr(sampling, "RECALL_MIN_REFERENCE", 100)
+    store = _store(tmp_path / "full", corpus)
+    _add(store, corpus, range(N_SHARDS))
+    out = run_and_write(store)  # full: a tenth of 900 rows, at least 100: one shard of 150
+    sample = out.recall["sample"]
+    assert sample["reference_shards"] == 1 and sample["reference_fraction"] == pytest.approx(2 / 3)
+    assert 60 <= sample["reference_rows"] <= 140  # a binomial draw around 100, not 150
+    assert "a 0.667 share of their rows" in out.recall["measured_on"]
+    again = _store(tmp_path / "again", corpus)
+    _add(again, corpus, range(N_SHARDS))
+    redo = run_and_write(again).recall["sample"]  # seeded: the same rows, the same result
+    assert {k: v for k, v in redo.items() if not k.startswith("seconds")} == {
+        k: v for k, v in sample.items() if not k.startswith("seconds")
+    }
