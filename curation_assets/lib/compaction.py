@@ -219,3 +219,83 @@ def live_row_counts(store: DeltaStore, spec: TableSpec) -> dict[str, int]:
     for shard, n in live.unique(key).group_by("shard").len().iter_rows():
         counts[shard] -= n
     return {s: n for s, n in counts.items() if n}
+
+
+#: Columns of :func:`flag_counts`.
+FLAG_COUNTS_SCHEMA = {"shard": pl.String, "n_true": pl.Int64, "n_false": pl.Int64}
+
+
+def flag_counts(
+    store: DeltaStore, spec: TableSpec, shards: Iterable[str], flag: str
+) -> pl.DataFrame:
+    """Rows of each of ``shards`` whose ``flag`` is true, and false, as readers see the table.
+
+    What ``store.scan(spec)`` grouped by shard would count (``sum(flag)``, ``sum(~flag)``;
+    a null counts in neither) without the key merge a read does: the base files' ``flag``
+    column counted per shard (no key read), then corrected by the change rows that readers
+    apply (:mod:`~curation_assets.lib.revisions`): for each such key, its base row's ``flag``
+    (read by key) out, its newest change's in (none for a tombstone).
+
+    Memory: the shards' change rows and the base rows of their keys, not the shards' rows
+    (reading ``deduplicated_images`` merged for 14 shards of a 1M corpus cost +46 MB; this
+    reads a boolean column and the few hundred changes).
+
+    Returns:
+        ``shard, n_true, n_false`` for each of ``shards`` with a live row, sorted by shard.
+    """
+    wanted = sorted(set(shards))
+    dt = store._table(spec.name)  # the store's opener: its storage options
+    if dt is None or not wanted:
+        return pl.DataFrame(schema=FLAG_COUNTS_SCHEMA)
+    names = [f.name for f in dt.schema().fields]
+    lf = pl.scan_delta(dt)
+    counts = [pl.col(flag).sum().cast(pl.Int64), (~pl.col(flag)).sum().cast(pl.Int64)]
+    base = (
+        lf.filter((pl.col("shard") != CHANGES) & pl.col("shard").is_in(wanted))
+        .group_by("shard")
+        .agg(counts[0].alias("n_true"), counts[1].alias("n_false"), pl.len().alias("_n"))
+        .collect(engine="streaming")
+    )
+    if REVISION not in names:  # never changed in place
+        return base.filter(pl.col("_n") > 0).drop("_n").sort("shard")
+    key = spec.revision_key or "image_id"
+    latest = revisions.changes_since(lf, key, -1, wanted, [key, flag]).collect()
+    if latest.is_empty():
+        return base.filter(pl.col("_n") > 0).drop("_n").sort("shard")
+    old = (
+        lf.filter(
+            (pl.col("shard") != CHANGES)
+            & pl.col("shard").is_in(wanted)
+            & pl.col(key).is_in(latest[key].to_list())
+        )
+        .select(
+            key, "shard", pl.col(flag).alias("_old"), pl.col(REVISION).fill_null(-1).alias("_rev")
+        )
+        .collect()
+    )
+    # a change applies where it is newer than its key's base row (a later rewrite wins)
+    live = latest.join(old, on=key, how="inner").filter(pl.col(REVISION) > pl.col("_rev"))
+    new = pl.when(pl.col(DELETED)).then(None).otherwise(pl.col(flag))  # a tombstone: no row
+    old_flag = pl.col("_old")
+
+    def moved(now: pl.Expr, before: pl.Expr) -> pl.Expr:
+        return (now.fill_null(False).cast(pl.Int64) - before.fill_null(False).cast(pl.Int64)).sum()
+
+    delta = live.group_by("shard").agg(
+        moved(new, old_flag).alias("d_true"),
+        moved(~new, ~old_flag).alias("d_false"),
+        pl.col(DELETED).cast(pl.Int64).sum().alias("d_n"),
+    )
+    return (
+        base.join(delta, on="shard", how="left")
+        .with_columns(pl.col("d_true", "d_false", "d_n").fill_null(0))
+        .select(
+            "shard",
+            (pl.col("n_true") + pl.col("d_true")).alias("n_true"),
+            (pl.col("n_false") + pl.col("d_false")).alias("n_false"),
+            (pl.col("_n") - pl.col("d_n")).alias("_n"),
+        )
+        .filter(pl.col("_n") > 0)
+        .drop("_n")
+        .sort("shard")
+    )

@@ -6,6 +6,7 @@ shard supersedes them; a fold rewrites the touched shards and drops them.
 
 import dataclasses
 
+import numpy as np
 import polars as pl
 import pytest
 from deltalake import write_deltalake
@@ -190,3 +191,45 @@ def test_changes_since_a_version_are_the_newest_change_rows_alone(store):
     assert read(store, keys=["a1", "b1"])[["image_id", "kept"]].rows() == [("a1", False)]
     with pytest.raises(ValueError, match="no row key"):
         store.read(dataclasses.replace(SPEC, revision_key=None), keys=["a1"])
+
+
+def _counted(store: DeltaStore, shards: list[str]) -> list[tuple]:
+    """What a merged read counts: the rule flag_counts must give without the merge."""
+    return (
+        store.read(SPEC, shards=shards)
+        .group_by("shard")
+        .agg(
+            pl.col("kept").sum().cast(pl.Int64).alias("t"),
+            (~pl.col("kept")).sum().cast(pl.Int64).alias("f"),
+        )
+        .sort("shard")
+        .rows()
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flag_counts_equal_a_merged_read_after_flips_tombstones_and_rewrites(tmp_path, seed):
+    from curation_assets.lib.compaction import flag_counts
+
+    rng = np.random.default_rng(seed)
+    s = DeltaStore(str(tmp_path / "delta"))
+    ids = {sh: [f"{sh}{i}" for i in range(12)] for sh in "abc"}
+    s.replace_rows(SPEC, "shard", list(ids), [rows(sh, v) for sh, v in ids.items()])
+    assert flag_counts(s, SPEC, ["a", "b", "c", "z"], "kept").rows() == _counted(s, list("abc"))
+    for step in range(12):
+        sh = str(rng.choice(list(ids)))
+        some = [str(i) for i in rng.choice(ids[sh], size=4, replace=False)]
+        move = step % 4
+        if move == 0:  # flips either way
+            s.append_changes(SPEC, rows(sh, some, kept=bool(rng.integers(2))))
+        elif move == 1:  # tombstones (some of them of rows already deleted)
+            s.append_changes(SPEC, rows(sh, some[:2]), deleted=True)
+        elif move == 2:  # the shard rewritten: every older change superseded
+            s.replace_rows(SPEC, "shard", [sh], rows(sh, ids[sh][: 8 + step % 5], kept=False))
+        else:  # a change for a key with no base row is ignored
+            s.append_changes(SPEC, rows(sh, [f"{sh}-gone"], kept=True))
+        for wanted in (list("abc"), [sh]):
+            got = flag_counts(s, SPEC, wanted, "kept")
+            assert got.rows() == _counted(s, wanted), (step, wanted)
+    fold(s, SPEC, force=True)  # folded: the same counts from base rows alone
+    assert flag_counts(s, SPEC, list("abc"), "kept").rows() == _counted(s, list("abc"))

@@ -210,8 +210,12 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
             term,
         )
     changed: set[str] = set()
+    embedded: set[str] = set()  # shards whose embeddings changed: their model is checked
     for table in weights_inputs(settings):
-        changed |= store.changed_shards(table, commit.inputs.get(table))
+        moved = store.changed_shards(table, commit.inputs.get(table))
+        changed |= moved
+        if table == IMAGE_EMBEDDINGS.name:
+            embedded = moved
     changed |= store.changed_shards(SAMPLE_WEIGHTS.name, commit.outputs.get(SAMPLE_WEIGHTS.name))
     todo = sorted((changed | (set(present) - scored)) & set(present))
     if not todo and not removed:
@@ -260,9 +264,11 @@ def plan_weights(store: DeltaStore, settings: Mapping[str, Any]) -> WeightsPlan:
             f"the kept share moved from {model.prior_kept:.4f} to {prior:.4f} since the probe's "
             f"fit (more than refit_prior_shift={settings['refit_prior_shift']:g})"
         )
+    # the others' embeddings are the ones the probe scored (a shard that only lost kept
+    # images is in todo: reading its model column would read every such shard)
     models = (
         store.scan(IMAGE_EMBEDDINGS)
-        .filter(pl.col("shard").is_in(todo))
+        .filter(pl.col("shard").is_in(sorted((embedded | (set(present) - scored)) & set(todo))))
         .select("model_id")
         .unique()
         .collect()["model_id"]

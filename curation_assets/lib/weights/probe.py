@@ -39,7 +39,7 @@ from curation_assets.lib.weights.fit import (
     fit_density_ratio,
 )
 from curation_assets.lib.weights.scale import clip_normalize
-from curation_assets.lib.weights.shards import read_shards
+from curation_assets.lib.weights.shards import TrainFolds, read_shards
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class SampledProbe:
         model: The probe (``prior_kept``, ``n_unfiltered``, ``n_kept`` are the corpus').
         probe_id: Its id in :data:`WEIGHT_PROBES`.
         model_id: The embedding model it was fitted on.
-        train_folds: image_id → fold of its training rows.
+        train_folds: Fold of each of its training rows, by image_id.
         scale: The normaliser estimated on the sample's kept rows.
         sample_rows: Rows of the sample.
         sample_shards: Shards read for it.
@@ -204,7 +204,7 @@ class SampledProbe:
     model: DensityRatioModel
     probe_id: str
     model_id: str
-    train_folds: dict[str, int]
+    train_folds: TrainFolds
     scale: float
     sample_rows: int
     sample_shards: int
@@ -252,7 +252,7 @@ def fit_sampled_probe(
         image_ids=sample.ids,
         max_train_per_class=max(per_class, 50),
     )
-    folds = {sample.ids[r]: int(f) for r, f in zip(model.train_rows, model.train_fold, strict=True)}
+    folds = TrainFolds.of([sample.ids[r] for r in model.train_rows], model.train_fold)
     # out-of-fold ratios of the sample's kept rows (the sample's own prior is skewed by the
     # rates; the corpus prior is set below and used for every ratio from here on)
     model.prior_kept = n_kept / n_reference if n_reference else 0.0
@@ -330,8 +330,8 @@ def probe_row(probe: SampledProbe, settings: dict[str, Any]) -> pl.DataFrame:
                 "components": [[] if m.components is None else m.components.ravel().tolist()],
                 "coef": [m.coef.ravel().tolist()],
                 "intercept": [m.intercept.tolist()],
-                "train_ids": [list(probe.train_folds)],
-                "train_folds": [list(probe.train_folds.values())],
+                "train_ids": [probe.train_folds.frame["image_id"]],
+                "train_folds": [probe.train_folds.frame["fold"]],
                 "summary": [json.dumps(summary, sort_keys=True, default=str)],
             },
             schema=WEIGHT_PROBES.schema,
@@ -354,7 +354,10 @@ def load_probe(store: DeltaStore, probe_id: str, version: int | None = None) -> 
             "stage's tables were changed by hand: re-run it with config mode=full"
         )
         raise ValueError(msg)
-    r = rows.row(0, named=True)
+    # the training ids stay Arrow columns (a Python list of them was most of the probe's bytes)
+    train = rows.select(pl.col("train_ids").explode(), pl.col("train_folds").explode())
+    train = train.drop_nulls()  # a probe with no training row stores two empty lists
+    r = rows.drop("train_ids", "train_folds").row(0, named=True)
     summary = json.loads(r["summary"])
     d, n_folds = int(r["dim"]), int(r["n_folds"])
     comps = np.asarray(r["components"], dtype=np.float64)
@@ -387,12 +390,11 @@ def load_probe(store: DeltaStore, probe_id: str, version: int | None = None) -> 
         brier=summary.get("brier"),
         ece=summary.get("ece"),
     )
-    folds = dict(zip(r["train_ids"], (int(f) for f in r["train_folds"]), strict=True))
     return SampledProbe(
         model,
         probe_id,
         r["model_id"],
-        folds,
+        TrainFolds.of(train["train_ids"], train["train_folds"]),
         float(r["scale"]),
         int(r["sample_rows"]),
         int(r["sample_shards"]),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.compaction import flag_counts
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     AUDIT_SHARD_COUNTS,
@@ -74,20 +75,11 @@ def shard_sizes(
         (less dedup-removed ones for ``filter``); images without a ``raw_images`` row, which
         :func:`read_shards` drops, are not subtracted: this is a plan, the scores count exactly.
     """
-    emb = store.scan(IMAGE_EMBEDDINGS).select("shard")
-    dedup = store.scan(DEDUPLICATED_IMAGES).select("shard", "kept")
-    if shards is not None:
-        wanted = sorted(set(shards))
-        emb = emb.filter(pl.col("shard").is_in(wanted))
-        dedup = dedup.filter(pl.col("shard").is_in(wanted))
-    n_emb = emb.group_by("shard").agg(pl.len().alias("n_embedded")).collect()
-    decided = (
-        dedup.group_by("shard")
-        .agg(
-            pl.col("kept").sum().cast(pl.Int64).alias("n_kept"),
-            (~pl.col("kept")).sum().cast(pl.Int64).alias("n_dup"),
-        )
-        .collect()
+    wanted = None if shards is None else sorted(set(shards))
+    n_emb = embedded_counts(store, wanted)
+    names = n_emb["shard"].to_list() if wanted is None else wanted
+    decided = flag_counts(store, DEDUPLICATED_IMAGES, names, "kept").rename(
+        {"n_true": "n_kept", "n_false": "n_dup"}
     )
     out = n_emb.join(decided, on="shard", how="left").with_columns(
         pl.col("n_kept").fill_null(0), pl.col("n_dup").fill_null(0)
@@ -100,8 +92,34 @@ def shard_sizes(
     ).sort("shard")
 
 
+def embedded_counts(store: DeltaStore, shards: Sequence[str] | None = None) -> pl.DataFrame:
+    """``shard, n_embedded``: rows of ``image_embeddings`` per shard (those with any).
+
+    From the Delta log's per-file row counts when every file has one (no data file opened);
+    otherwise the shards' ``shard`` column is counted.
+    """
+    counts: dict[str, int] = {}
+    for shard, n in store._shard_actions(IMAGE_EMBEDDINGS.name, None, "num_records"):
+        if n is None:  # a file written without statistics: count its rows
+            emb = store.scan(IMAGE_EMBEDDINGS).select("shard")
+            if shards is not None:
+                emb = emb.filter(pl.col("shard").is_in(list(shards)))
+            return emb.group_by("shard").agg(pl.len().alias("n_embedded")).collect()
+        counts[shard] = counts.get(shard, 0) + int(n)
+    wanted = counts if shards is None else [s for s in shards if counts.get(s)]
+    return pl.DataFrame(
+        {"shard": list(wanted), "n_embedded": [counts[s] for s in wanted]},
+        schema={"shard": pl.String, "n_embedded": pl.Int64},
+    )
+
+
 def reference_rows(
-    store: DeltaStore, shards: Sequence[str], correct_for: str, embedding_columns: Sequence[str]
+    store: DeltaStore,
+    shards: Sequence[str],
+    correct_for: str,
+    embedding_columns: Sequence[str],
+    *,
+    embeddings: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The reference rows of ``shards``: raw images with an embedding row, and ``kept``.
 
@@ -115,6 +133,8 @@ def reference_rows(
         correct_for: ``filter`` or ``filter_and_dedup``.
         embedding_columns: The ``image_embeddings`` columns to read, with ``image_id`` and
             ``shard`` (``["image_id", "shard"]`` reads no embedding: a column projection).
+        embeddings: Those columns of the shards' ``image_embeddings`` rows, already read
+            (then nothing is read from that table).
 
     Returns:
         The :data:`RAW_COLUMNS`, the other ``embedding_columns`` and ``kept``, in no order.
@@ -122,7 +142,11 @@ def reference_rows(
     Memory: the rows of ``shards`` (with the embeddings only if asked for).
     """
     raw = store.read(RAW_IMAGES, shards=shards, columns=RAW_COLUMNS)
-    emb = store.read(IMAGE_EMBEDDINGS, shards=shards, columns=list(embedding_columns))
+    emb = (
+        embeddings
+        if embeddings is not None
+        else store.read(IMAGE_EMBEDDINGS, shards=shards, columns=list(embedding_columns))
+    )
     dedup = store.read(DEDUPLICATED_IMAGES, shards=shards, columns=["image_id", "shard", "kept"])
     frame = raw.join(emb, on=["image_id", "shard"], how="inner").join(
         dedup.rename({"kept": "dedup_kept"}), on=["image_id", "shard"], how="left"
@@ -138,7 +162,10 @@ def read_shards(
     """The reference images of ``shards``, their embeddings and model, one entry per shard.
 
     One pruned read per input table for the whole group (the caller sizes the group from the
-    memory budget: :func:`~curation_assets.lib.memory.shard_batches`).
+    memory budget: :func:`~curation_assets.lib.memory.shard_batches`). The embeddings become
+    one float32 matrix as read, and the joins carry a row number into it: each shard's rows
+    are then gathered once (the list column carried through the joins, the partition and the
+    sort was copied at each: ~8 KB a row at d = 512 against ~4 KB now).
 
     Returns:
         shard → ``(frame, x, model_id)``: frame has the :data:`RAW_COLUMNS` and ``kept``, sorted
@@ -150,16 +177,22 @@ def read_shards(
         ValueError: If a shard mixes embedding models.
     """
     wanted = list(shards)
-    frame = reference_rows(
-        store, wanted, correct_for, ["image_id", "shard", "embedding", "model_id"]
+    emb = store.read(
+        IMAGE_EMBEDDINGS, shards=wanted, columns=["image_id", "shard", "embedding", "model_id"]
     )
+    x_all = embedding_matrix(emb["embedding"])
+    emb = emb.drop("embedding").with_row_index("_e")
+    frame = reference_rows(
+        store, wanted, correct_for, ["image_id", "shard", "model_id"], embeddings=emb
+    )
+    del emb
     out: dict[str, tuple[pl.DataFrame, np.ndarray, str]] = {}
     parts = {k[0]: v for k, v in frame.partition_by("shard", as_dict=True).items()}
     for shard in wanted:
         part = parts.get(shard)
         if part is None or part.is_empty():
             out[shard] = (
-                frame.clear().drop("embedding", "model_id"),
+                frame.clear().drop("_e", "model_id"),
                 np.zeros((0, 1), np.float32),
                 "",
             )
@@ -172,9 +205,53 @@ def read_shards(
                 "so that every image of the shard has the same model"
             )
             raise ValueError(msg)
-        x = embedding_matrix(part["embedding"])
-        out[shard] = (part.drop("embedding", "model_id"), x, str(models[0]))
+        x = x_all[part["_e"].to_numpy()]
+        out[shard] = (part.drop("_e", "model_id"), x, str(models[0]))
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class TrainFolds:
+    """image_id → fold of a probe's training rows, as a frame sorted by id (not a dict).
+
+    A probe trains on up to its budget's sample (65k ids at 1M images): held as a dict of
+    Python strings that cost ~21 MB in every process that scores or patches a shard, as two
+    Arrow columns a few MB.
+
+    Attributes:
+        frame: ``image_id`` (String, unique), ``fold`` (Int64), sorted by image_id.
+    """
+
+    frame: pl.DataFrame
+
+    @classmethod
+    def of(
+        cls, ids: Sequence[str] | pl.Series, folds: Sequence[int] | np.ndarray | pl.Series
+    ) -> "TrainFolds":
+        """From aligned ids and folds (any order)."""
+        frame = pl.DataFrame(
+            {"image_id": ids, "fold": folds}, schema={"image_id": pl.String, "fold": pl.Int64}
+        )
+        return cls(frame.sort("image_id"))
+
+    def __len__(self) -> int:
+        """Training rows."""
+        return self.frame.height
+
+    def __eq__(self, other: object) -> bool:
+        """The same ids with the same folds."""
+        return isinstance(other, TrainFolds) and self.frame.equals(other.frame)
+
+    def folds(self, ids: pl.Series) -> np.ndarray:
+        """(n,) int64 fold of each of ``ids`` (-1: not a training row)."""
+        return (
+            ids.cast(pl.String)
+            .to_frame("image_id")
+            .join(self.frame, on="image_id", how="left", maintain_order="left")["fold"]
+            .fill_null(-1)
+            .to_numpy()
+            .astype(np.int64)
+        )
 
 
 @dataclass(frozen=True)
@@ -200,7 +277,7 @@ def score_shard(
     *,
     model_id: str,
     probe_id: str,
-    train_folds: Mapping[str, int],
+    train_folds: TrainFolds,
     scale: float,
     w_min: float,
     w_max: float,
@@ -227,7 +304,7 @@ def score_shard(
         model: The probe.
         model_id: The shard's embedding model (recorded in its stats row).
         probe_id: The probe's id (recorded in its stats row).
-        train_folds: image_id → fold of the probe's training rows.
+        train_folds: Fold of each of the probe's training rows.
         scale: The normaliser.
         w_min: Lower weight bound, in (0, 1].
         w_max: Upper weight bound, ≥ 1.
@@ -254,9 +331,8 @@ def score_shard(
         raise ValueError(msg)
     kept = frame["kept"].to_numpy().astype(bool) if frame.height else np.zeros(0, bool)
     rows = np.flatnonzero(kept)
-    ids = frame["image_id"].to_list()
     log_r = np.zeros(rows.size)
-    fold = np.array([train_folds.get(ids[i], -1) for i in rows], dtype=np.int64)
+    fold = train_folds.folds(frame["image_id"])[rows] if rows.size else np.zeros(0, np.int64)
     for start in range(0, rows.size, max(1, batch_size)):
         idx = rows[start : start + batch_size]
         xb = np.asarray(x[idx], dtype=np.float64)
