@@ -9,8 +9,10 @@ import errno
 import os
 import re
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 from deltalake import WriterProperties
 
@@ -59,13 +61,53 @@ def unwritable(exc: BaseException, what: str) -> StorageUnwritableError | None:
 ROW_GROUP_BYTES = 16 * 2**20
 
 
+class FrameSlices:
+    """A polars frame handed to Delta's writer as Arrow one slice at a time; re-readable.
+
+    ``pl.DataFrame.to_arrow`` copies every string and binary column (polars holds them as
+    views): converting a frame of vectors whole held it twice more while the writer buffered
+    its row groups. Each read of this source (``__arrow_c_stream__``: a retried commit reads
+    it again) converts slices of about :data:`ROW_GROUP_BYTES`, so the copy is one slice.
+
+    Attributes:
+        frame: The rows.
+        schema: Their Arrow schema (the table's).
+        num_rows: Rows.
+        nbytes: polars' estimate of the frame's bytes (sizes the row groups).
+    """
+
+    def __init__(
+        self, frame: pl.DataFrame, schema: pa.Schema, to_arrow: Callable[[pl.DataFrame], pa.Table]
+    ) -> None:
+        self.frame = frame
+        self.schema = schema
+        self.num_rows = frame.height
+        self.nbytes = max(1, int(frame.estimated_size()))
+        self.slice_rows = max(1024, ROW_GROUP_BYTES * max(1, frame.height) // self.nbytes)
+        self._to_arrow = to_arrow
+
+    def reader(self) -> pa.RecordBatchReader:
+        """A fresh stream of the rows, slice after slice."""
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for start in range(0, self.num_rows, self.slice_rows):
+                yield from self._to_arrow(self.frame.slice(start, self.slice_rows)).to_batches()
+
+        return pa.RecordBatchReader.from_batches(self.schema, batches())
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        """The Arrow PyCapsule stream protocol (what ``write_deltalake`` reads)."""
+        return self.reader().__arrow_c_stream__(requested_schema)
+
+
 def writer_properties(data: Any) -> WriterProperties:
     """Row groups of about :data:`ROW_GROUP_BYTES` (4k..1M rows), snappy as Delta's default.
 
-    A table's bytes per row size them; a stream's are unknown: 16k rows a group.
+    A table's (or :class:`FrameSlices`') bytes per row size them; a stream's are unknown:
+    16k rows a group.
     """
     rows = 16_384
-    if isinstance(data, pa.Table) and data.num_rows:
+    if isinstance(data, pa.Table | FrameSlices) and data.num_rows:
         rows = ROW_GROUP_BYTES * data.num_rows // max(1, data.nbytes)
     return WriterProperties(max_row_group_size=min(max(rows, 4096), 1 << 20), compression="SNAPPY")
 

@@ -35,7 +35,12 @@ from curation_assets.lib.deltalog import (
     discard_uncommitted,
     shards_committed_since,
 )
-from curation_assets.lib.deltawrite import unwritable, writer_identity, writer_properties
+from curation_assets.lib.deltawrite import (
+    FrameSlices,
+    unwritable,
+    writer_identity,
+    writer_properties,
+)
 from curation_assets.lib.errors import TransientError
 from curation_assets.lib.failpoints import die, dying_stream, failpoint
 from curation_assets.lib.leases import DeltaLease
@@ -265,7 +270,7 @@ class DeltaStore:
             custom[SHARDS_KEY] = json.dumps(sorted(set(shards)))
         props = CommitProperties(custom_metadata=custom)
         kwargs.setdefault("writer_properties", writer_properties(data))
-        attempts = COMMIT_ATTEMPTS if isinstance(data, pa.Table) else 1
+        attempts = COMMIT_ATTEMPTS if isinstance(data, pa.Table | FrameSlices) else 1
         fault = failpoint(name)
         if fault == "during":
             data = dying_stream(data)
@@ -568,15 +573,14 @@ class DeltaStore:
         Returns:
             The Delta version committed.
         """
-        table = spec.to_arrow(df)
         version = self._write(
             spec.name,
-            table,
+            _source(spec, df),
             mode="overwrite",
             partition_by=list(spec.partition_by) or None,
             schema_mode="overwrite",
         )
-        logger.info("delta %s: overwritten with %d rows (v%d)", spec.name, table.num_rows, version)
+        logger.info("delta %s: overwritten with %d rows (v%d)", spec.name, df.height, version)
         return version
 
     def append(self, spec: TableSpec, df: pl.DataFrame) -> int | None:
@@ -588,17 +592,16 @@ class DeltaStore:
             The Delta version committed (the current version, or None when the table does not
             exist, if ``df`` is empty: nothing is committed).
         """
-        table = spec.to_arrow(df)
-        if not table.num_rows:
+        if not df.height:
             return self.version(spec.name)
         version = self._write(
             spec.name,
-            table,
+            _source(spec, df),
             mode="append",
             partition_by=list(spec.partition_by) or None,
             schema_mode="merge",
         )
-        logger.info("delta %s: appended %d rows (v%d)", spec.name, table.num_rows, version)
+        logger.info("delta %s: appended %d rows (v%d)", spec.name, df.height, version)
         return version
 
     def vacuum(
@@ -685,3 +688,9 @@ class DeltaStore:
         if columns is not None:
             lf = lf.select(columns)
         return lf.collect()
+
+
+def _source(spec: TableSpec, df: pl.DataFrame) -> pa.Table | FrameSlices:
+    """What a write hands Delta: a frame larger than one slice as :class:`FrameSlices`."""
+    source = FrameSlices(df, spec.empty().to_arrow().schema, spec.to_arrow)
+    return source if df.height > source.slice_rows else spec.to_arrow(df)

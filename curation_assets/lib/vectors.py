@@ -4,8 +4,6 @@ Light on purpose (numpy and polars only): every stage after embed reads vectors 
 :func:`embedding_matrix` without importing torch.
 """
 
-from collections.abc import Iterator
-
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -81,34 +79,9 @@ def half_parts(frame: pl.LazyFrame, column: str, dim: int) -> tuple[pl.DataFrame
     Raises:
         ValueError: If a row is null or not ``2 · dim`` bytes long.
     """
-    return _viewed(_reinterpreted(frame, column, dim).collect(), column, dim)
-
-
-def half_batches(
-    frame: pl.LazyFrame, column: str, dim: int, rows: int
-) -> Iterator[tuple[pl.DataFrame, list[np.ndarray]]]:
-    """:func:`half_parts` of ``frame`` streamed, ``rows`` rows at a time (the last fewer).
-
-    The query runs on polars' streaming engine (``collect_batches``), so a batch's binary
-    column is reinterpreted and dropped as it is read: memory is one batch of float16 rows
-    (2·d bytes each) and the reader's buffers, whatever the frame's height.
-
-    Raises:
-        ValueError: As :func:`half_parts`, for the batch that holds the bad row.
-    """
-    for batch in _reinterpreted(frame, column, dim).collect_batches(chunk_size=max(1, rows)):
-        yield _viewed(batch, column, dim)
-
-
-def _reinterpreted(frame: pl.LazyFrame, column: str, dim: int) -> pl.LazyFrame:
-    """``frame`` with ``_half``: ``column``'s bytes as ``Array(Float16, dim)`` (null if not 2·d)."""
-    return frame.with_columns(
+    out = frame.with_columns(
         pl.col(column).bin.reinterpret(dtype=pl.Array(pl.Float16, dim)).alias("_half")
-    )
-
-
-def _viewed(out: pl.DataFrame, column: str, dim: int) -> tuple[pl.DataFrame, list[np.ndarray]]:
-    """``out`` less ``column`` and ``_half``; ``_half``'s chunks as float16 views (checked)."""
+    ).collect()
     bad = out.filter(pl.col("_half").is_null())
     if bad.height:
         lengths = bad.select(pl.col(column).bin.size()).to_series().drop_nulls().unique()

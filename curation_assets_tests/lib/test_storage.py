@@ -292,3 +292,40 @@ def test_a_failed_compaction_leaves_the_commit_standing(tmp_path, monkeypatch):
     last = last_commit(store, "dedup")
     assert last is not None and last.outputs == {"v": 2}
     assert live_files(store, STAGE_COMMITS.name) == 3
+
+
+def test_a_frame_larger_than_a_slice_is_written_slice_by_slice_and_reads_back_whole(
+    tmp_path, monkeypatch
+):
+    import curation_assets.lib.deltawrite as deltawrite
+    from curation_assets.lib.tables import DUPLICATE_PAIRS, TableSpec
+
+    monkeypatch.setattr(deltawrite, "ROW_GROUP_BYTES", 4096)  # slices of 1,024 rows
+    n = 5_000
+    frame = DUPLICATE_PAIRS.conform(
+        pl.DataFrame(
+            {
+                "image_id_a": [f"a{i:05d}" for i in range(n)],
+                "image_id_b": [f"b{i:05d}" for i in range(n)],
+                "similarity": [0.5 + i / (4 * n) for i in range(n)],
+                "found_by": [i % 31 for i in range(n)],
+                "clusterings": [1 + i % 5 for i in range(n)],
+                "shard_a": ["s"] * n,
+                "shard_b": ["t"] * n,
+            }
+        )
+    )
+    store = DeltaStore(str(tmp_path / "delta"))
+    converted: list[int] = []
+    real = TableSpec.to_arrow
+
+    def spy(spec, df):
+        converted.append(df.height)
+        return real(spec, df)
+
+    monkeypatch.setattr(TableSpec, "to_arrow", spy)
+    store.replace_table(DUPLICATE_PAIRS, frame)
+    assert max(converted) == 1024 and sum(converted) == n  # never the whole frame at once
+    assert store.read(DUPLICATE_PAIRS).sort("image_id_a").equals(frame)
+    store.append(DUPLICATE_PAIRS, frame.head(3))
+    assert store.read(DUPLICATE_PAIRS).height == n + 3

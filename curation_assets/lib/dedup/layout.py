@@ -40,7 +40,6 @@ from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
 from curation_assets.lib.vectors import (
-    half_batches,
     half_bytes,
     half_parts,
     rows_in_order,
@@ -379,18 +378,39 @@ def read_parts(
 
 
 def iter_parts(
-    store: DeltaStore, c: int, b: int, *, dim: int, rows: int, version: int | None = None
+    store: DeltaStore, b: int, *, dim: int, rows: int, version: int | None = None
 ) -> Iterator[tuple[pl.DataFrame, list[np.ndarray]]]:
-    """:func:`read_parts` of unit ``(c, b)`` streamed: ``rows`` rows at a time, in file order.
+    """:func:`read_parts` of unit ``(0, b)`` streamed: at most ``rows`` rows at a time.
 
-    For a search that takes a unit's rows one block at a time (the incremental one-pass
+    For a search that takes a bucket's rows one block at a time (the incremental one-pass
     search: :mod:`.newrows`), so its memory is one batch, not the bucket: a bucket is sized
-    from the full run's budget and grows with N until the layout is rebuilt.
+    from the full run's budget and grows with N until the layout is rebuilt. The bucket's
+    files (as of ``version``) are read one slice of rows at a time; polars skips the row
+    groups outside a slice. Measured on a 143k-row bucket at 1M: +138 MB over the scan,
+    against +388 MB for polars' ``collect_batches`` (it read the whole bucket before its
+    first batch) and more through an Arrow dataset scanner.
 
     Raises:
         ValueError: If a row's vector is not ``2 · dim`` bytes of float16.
     """
-    yield from half_batches(_unit_rows(store, c, b, version), "vector", dim, rows)
+    dt = (
+        store._table(DEDUP_MEMBERS.name)
+        if version is None
+        else _snapshot(store.uri(DEDUP_MEMBERS.name), store.storage_options, version)
+    )
+    if dt is None:
+        return
+    options = dict(store.storage_options) if not store.is_local else None
+    step = max(1, rows)
+    where = [("clustering", "=", "0"), ("bucket", "=", str(b))]
+    for uri in dt.file_uris(file_pruning_predicate=where):
+        # the files hold no partition column (Delta keeps them in the log)
+        rows_of = pl.scan_parquet(uri, storage_options=options, hive_partitioning=False)
+        names = rows_of.collect_schema().names()
+        rows_of = rows_of.drop([c for c in ("clustering", "bucket") if c in names])
+        n = int(rows_of.select(pl.len()).collect().item())
+        for start in range(0, n, step):
+            yield half_parts(rows_of.slice(start, step), "vector", dim)
 
 
 def _unit_rows(store: DeltaStore, c: int, b: int, version: int | None) -> pl.LazyFrame:

@@ -185,7 +185,7 @@ def search_new_rows(
     endpoints: list[pl.DataFrame] = []
     # the bucket streamed a block at a time: memory is one block, not the bucket (a bucket is
     # sized by the full run and grows with the corpus until the layout is rebuilt)
-    batches = iter_parts(store, 0, b, dim=new.x.shape[1], rows=BLOCK, version=version)
+    batches = iter_parts(store, b, dim=new.x.shape[1], rows=BLOCK, version=version)
     for frame, parts in batches:
         got = _search_block(frame, parts, new, indexes, counts, floor, tau, buf)
         n += frame.height
