@@ -111,6 +111,11 @@ class NewRows:
         """Number of new rows."""
         return self.frame.height
 
+    @functools.cached_property
+    def shards(self) -> list[str]:
+        """The shards the new rows come from."""
+        return self.frame["shard"].unique().to_list()
+
 
 def _indexes(new: NewRows, chunk: tuple[int, int]) -> list[faiss.IndexIVF]:
     """Per clustering, an inner-product inverted-file index of the new rows keyed by cluster.
@@ -225,19 +230,22 @@ def _search_block(
     if n == 0:
         return pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), 0
     clusters = frame["clusters"].list.to_array(n_c).to_numpy().astype(np.int64)
-    # a bucket row that is itself new: its rank among the new rows (-1: an old row)
-    rank = (
-        frame.select("image_id", "shard")
-        .join(
-            new.frame.select("image_id", "shard").with_row_index("_q"),
-            on=["image_id", "shard"],
-            how="left",
-            maintain_order="left",
-        )["_q"]
-        .fill_null(-1)
-        .to_numpy()
-        .astype(np.int64)
-    )
+    # a bucket row that is itself new: its rank among the new rows (-1: an old row); new rows
+    # are the redone shards' rows, laid out in their own files: most blocks have none
+    rank = np.full(n, -1, np.int64)
+    if frame["shard"].is_in(new.shards).any():
+        rank = (
+            frame.select("image_id", "shard")
+            .join(
+                new.frame.select("image_id", "shard").with_row_index("_q"),
+                on=["image_id", "shard"],
+                how="left",
+                maintain_order="left",
+            )["_q"]
+            .fill_null(-1)
+            .to_numpy()
+            .astype(np.int64)
+        )
     comparisons = int(sum(counts[c][clusters[:, c]].sum() for c in range(n_c)))
     found_i: list[np.ndarray] = []
     found_q: list[np.ndarray] = []
@@ -254,6 +262,12 @@ def _search_block(
             found_q.append(q[keep])
             found_c.append(np.full(int(keep.sum()), c, np.int32))
     i = np.concatenate(found_i)
+    if i.size == 0:
+        return (
+            pl.DataFrame(schema=UNIT_PAIR_SCHEMA),
+            pl.DataFrame(schema=ENDPOINT_SCHEMA),
+            comparisons,
+        )
     q = np.concatenate(found_q).astype(np.int64)
     c_of = np.concatenate(found_c)
     sim = exact_sims(Rows([*parts, new.x]), i, n + q)

@@ -47,6 +47,7 @@ from curation_assets.lib.tables import (
 )
 from curation_assets.tools.synthetic import clip_like_embeddings
 from curation_assets_tests.lib.dedup.helpers import MODEL, POLICY, add_shard, run_and_write
+from curation_assets_tests.servers_s3 import s3_server  # noqa: F401 - the fixture
 
 N_SHARDS, PER_SHARD, DIM = 6, 150, 16
 TAU = 0.95
@@ -60,9 +61,9 @@ def corpus() -> tuple[np.ndarray, list]:
     return x, models
 
 
-def _store(root, corpus) -> DeltaStore:
+def _store(root, corpus, options: dict[str, str] | None = None) -> DeltaStore:
     x, models = corpus
-    store = DeltaStore(str(root))
+    store = DeltaStore(str(root), options)
     now = datetime(2026, 1, 1, tzinfo=UTC)
     for c, model in enumerate(models):
         store.replace_table(centroids_spec(c), centroids_frame(model, MODEL, now))
@@ -406,3 +407,17 @@ def test_the_recall_reference_is_held_at_its_cap_when_whole_shards_overshoot_it(
     assert {k: v for k, v in redo.items() if not k.startswith("seconds")} == {
         k: v for k, v in sample.items() if not k.startswith("seconds")
     }
+
+
+@pytest.mark.cluster
+def test_the_one_pass_search_streams_an_s3_layout_as_a_local_one(tmp_path, corpus, s3_server):  # noqa: F811
+    """The bucket's files are read from the object store, one slice at a time, as locally."""
+    local = _store(tmp_path / "local", corpus)
+    remote = _store(s3_server.uri(f"dedup-{tmp_path.name}", "delta"), corpus, s3_server.options)
+    for store in (local, remote):
+        _add(store, corpus, range(3))
+        run_and_write(store)
+        _add(store, corpus, [3])
+        step = run_and_write(store)
+        assert step.plan.mode == "incremental" and step.stats["search"] == "new_rows"
+    _assert_same(_tables(remote), _tables(local))
