@@ -249,19 +249,45 @@ def flag_counts(
         return pl.DataFrame(schema=FLAG_COUNTS_SCHEMA)
     names = [f.name for f in dt.schema().fields]
     lf = pl.scan_delta(dt)
-    counts = [pl.col(flag).sum().cast(pl.Int64), (~pl.col(flag)).sum().cast(pl.Int64)]
     base = (
         lf.filter((pl.col("shard") != CHANGES) & pl.col("shard").is_in(wanted))
         .group_by("shard")
-        .agg(counts[0].alias("n_true"), counts[1].alias("n_false"), pl.len().alias("_n"))
+        .agg(
+            pl.col(flag).sum().cast(pl.Int64).alias("n_true"),
+            (~pl.col(flag)).sum().cast(pl.Int64).alias("n_false"),
+            pl.len().alias("_n"),
+        )
         .collect(engine="streaming")
     )
+    delta = _flag_moves(lf, spec, names, wanted, flag)
+    return (
+        base.join(delta, on="shard", how="left")
+        .with_columns(pl.col("d_true", "d_false", "d_n").fill_null(0))
+        .select(
+            "shard",
+            (pl.col("n_true") + pl.col("d_true")).alias("n_true"),
+            (pl.col("n_false") + pl.col("d_false")).alias("n_false"),
+            (pl.col("_n") - pl.col("d_n")).alias("_n"),
+        )
+        .filter(pl.col("_n") > 0)
+        .drop("_n")
+        .sort("shard")
+    )
+
+
+def _flag_moves(
+    lf: pl.LazyFrame, spec: TableSpec, names: list[str], wanted: list[str], flag: str
+) -> pl.DataFrame:
+    """``shard, d_true, d_false, d_n``: what the change rows readers apply move in each count."""
+    moves = pl.DataFrame(
+        schema={"shard": pl.String, "d_true": pl.Int64, "d_false": pl.Int64, "d_n": pl.Int64}
+    )
     if REVISION not in names:  # never changed in place
-        return base.filter(pl.col("_n") > 0).drop("_n").sort("shard")
+        return moves
     key = spec.revision_key or "image_id"
     latest = revisions.changes_since(lf, key, -1, wanted, [key, flag]).collect()
     if latest.is_empty():
-        return base.filter(pl.col("_n") > 0).drop("_n").sort("shard")
+        return moves
     old = (
         lf.filter(
             (pl.col("shard") != CHANGES)
@@ -281,21 +307,8 @@ def flag_counts(
     def moved(now: pl.Expr, before: pl.Expr) -> pl.Expr:
         return (now.fill_null(False).cast(pl.Int64) - before.fill_null(False).cast(pl.Int64)).sum()
 
-    delta = live.group_by("shard").agg(
+    return live.group_by("shard").agg(
         moved(new, old_flag).alias("d_true"),
         moved(~new, ~old_flag).alias("d_false"),
         pl.col(DELETED).cast(pl.Int64).sum().alias("d_n"),
-    )
-    return (
-        base.join(delta, on="shard", how="left")
-        .with_columns(pl.col("d_true", "d_false", "d_n").fill_null(0))
-        .select(
-            "shard",
-            (pl.col("n_true") + pl.col("d_true")).alias("n_true"),
-            (pl.col("n_false") + pl.col("d_false")).alias("n_false"),
-            (pl.col("_n") - pl.col("d_n")).alias("_n"),
-        )
-        .filter(pl.col("_n") > 0)
-        .drop("_n")
-        .sort("shard")
     )

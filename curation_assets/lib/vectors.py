@@ -11,12 +11,15 @@ import pyarrow as pa
 from curation_assets.lib.errors import ConfigError
 
 
-def embedding_matrix(embeddings: pl.Series) -> np.ndarray:
-    """A ``List(Float32)`` column of equal-length vectors as an (n, dim) float32 array."""
+def embedding_matrix(embeddings: pl.Series, dtype: type = np.float32) -> np.ndarray:
+    """A list column of equal-length vectors as an (n, dim) array of ``dtype``.
+
+    A ``List(Float16)`` column read as float16 (``dtype=np.float16``) is not converted.
+    """
     if embeddings.is_empty():
-        return np.zeros((0, 0), dtype=np.float32)
+        return np.zeros((0, 0), dtype=dtype)
     dim = int(embeddings.list.len().max())  # type: ignore[arg-type]
-    return np.ascontiguousarray(embeddings.list.to_array(dim).to_numpy(), dtype=np.float32)
+    return np.ascontiguousarray(embeddings.list.to_array(dim).to_numpy(), dtype=dtype)
 
 
 def single_model(df: pl.DataFrame, *, before: str, source: str = "the embeddings") -> str:

@@ -40,6 +40,7 @@ from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import DEDUP_MEMBERS, RAW_IMAGES, assignments_spec
 from curation_assets.lib.vectors import (
+    embedding_matrix,
     half_bytes,
     half_parts,
     rows_in_order,
@@ -179,9 +180,7 @@ def shard_rows(store: DeltaStore, shard: str, versions: list[str]) -> ShardRows:
             why = f"cluster_assignments_{c} made with older centroids ({stale} images)"
             return ShardRows(shard, pl.DataFrame(), empty, model_id, why)
         frame = frame.drop(f"v{c}")
-    vectors = emb["embedding"]  # float16 as read: what half_bytes stores
-    dim = int(vectors.list.len().max())  # type: ignore[arg-type]
-    x = np.ascontiguousarray(vectors.list.to_array(dim).to_numpy())
+    x = embedding_matrix(emb["embedding"], np.float16)  # as read: what half_bytes stores
     return ShardRows(shard, frame.sort("_r").drop("_r"), x, model_id)
 
 

@@ -228,7 +228,7 @@ def _search_block(
     """
     n, n_c = frame.height, len(new.ks)
     if n == 0:
-        return pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), 0
+        return *_no_pairs(), 0
     clusters = frame["clusters"].list.to_array(n_c).to_numpy().astype(np.int64)
     # a bucket row that is itself new: its rank among the new rows (-1: an old row); new rows
     # are the redone shards' rows, laid out in their own files: most blocks have none
@@ -263,11 +263,7 @@ def _search_block(
             found_c.append(np.full(int(keep.sum()), c, np.int32))
     i = np.concatenate(found_i)
     if i.size == 0:
-        return (
-            pl.DataFrame(schema=UNIT_PAIR_SCHEMA),
-            pl.DataFrame(schema=ENDPOINT_SCHEMA),
-            comparisons,
-        )
+        return *_no_pairs(), comparisons
     q = np.concatenate(found_q).astype(np.int64)
     c_of = np.concatenate(found_c)
     sim = exact_sims(Rows([*parts, new.x]), i, n + q)
@@ -350,10 +346,13 @@ def _frames(
     return pairs, endpoints
 
 
+def _no_pairs() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """No pairs, and no rows on them."""
+    return pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA)
+
+
 def _empty(b: int, stats: dict[str, Any]) -> UnitResult:
-    return UnitResult(
-        -1, b, pl.DataFrame(schema=UNIT_PAIR_SCHEMA), pl.DataFrame(schema=ENDPOINT_SCHEMA), stats
-    )
+    return UnitResult(-1, b, *_no_pairs(), stats)
 
 
 @dataclass(frozen=True)
