@@ -3,7 +3,8 @@
 Shared by the fault-injection tests (a killed-and-re-run home against a clean one) and the
 object-store test (an ``s3://`` root against a local one). :func:`read_tables` reads every
 table under a local folder or an object-store URI, dropping what legitimately differs between
-two runs (timestamps, wall times, :data:`VOLATILE` columns, :data:`SKIP_TABLES`);
+two runs (timestamps, wall times, :data:`VOLATILE` columns, :data:`SKIP_TABLES`, repeats
+in :data:`SET_TABLES`);
 :func:`converged` compares two such sets: rows lost and equality up to 1e-6 on floats.
 """
 
@@ -28,6 +29,9 @@ VOLATILE = {
     "stage_settings": {"writer"},  # host:pid of the recording process
 }
 SKIP_TABLES = {"stage_commits"}  # versions and writer pids differ by construction
+#: Append-only tables whose rows are a set: a run killed after appending and run again appends
+#: the same rows twice (readers take one row per key), so they are compared as sets.
+SET_TABLES = {"duplicate_vectors"}
 #: JSON columns holding float32 arrays (base64, ``*_f32_b64``) and floats: their numbers are
 #: compared like float columns (1e-6), the rest of the JSON exactly, but for the timestamps
 #: (keys ending in ``_at``, like datetime columns).
@@ -106,6 +110,8 @@ def read_tables(
         drop = [c for c, t in df.schema.items() if isinstance(t, pl.Datetime)]
         drop += [c for c in VOLATILE.get(name, ()) if c in df.columns]
         df = df.drop(drop)
+        if name in SET_TABLES:
+            df = df.unique()
         if name in JSON_FLOATS and JSON_FLOATS[name] in df.columns:
             df = split_json_floats(df, JSON_FLOATS[name])
         for old, new in (replace or {}).items():

@@ -30,6 +30,7 @@ SIDE_TABLES = {
     "dedup_runs",
     "dedup_members",
     "duplicate_members",
+    "duplicate_vectors",
     "candidate_pairs",
     "verified_pairs",
     "stage_commits",

@@ -4,11 +4,11 @@
   changed since): ``filtered_images``, ``image_embeddings``, ``raw_images``, every
   ``cluster_centroids_<c>`` and ``cluster_assignments_<c>``.
 * Outputs: ``dedup_members`` (the bucketed layout, :mod:`.layout`), ``duplicate_pairs``,
-  ``candidate_pairs`` and ``duplicate_members`` (the pair graph, :mod:`.merge`),
-  ``deduplicated_images`` (per shard) and ``dedup_runs``.
+  ``candidate_pairs``, ``duplicate_members`` and ``duplicate_vectors`` (the pair graph,
+  :mod:`.merge`), ``deduplicated_images`` (per shard) and ``dedup_runs``.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import polars as pl
 
@@ -20,6 +20,7 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    DUPLICATE_VECTORS,
     FILTERED_IMAGES,
     IMAGE_EMBEDDINGS,
     RAW_IMAGES,
@@ -34,6 +35,7 @@ DEDUP_OUTPUTS = (
     DUPLICATE_PAIRS,
     CANDIDATE_PAIRS,
     DUPLICATE_MEMBERS,
+    DUPLICATE_VECTORS,
     DEDUPLICATED_IMAGES,
     DEDUP_RUNS,
 )
@@ -59,3 +61,71 @@ def stored_pairs(store: DeltaStore, outputs: Mapping[str, int]) -> pl.DataFrame:
     if CANDIDATE_PAIRS.name in outputs:
         pairs.append(store.read(CANDIDATE_PAIRS, version=outputs[CANDIDATE_PAIRS.name]))
     return pl.concat(pairs).sort("image_id_a", "image_id_b")
+
+
+def committed_vectors(
+    store: DeltaStore, outputs: Mapping[str, int] | None
+) -> Callable[[pl.Series], pl.DataFrame]:
+    """Reads the committed ``duplicate_vectors`` rows of some image ids (one row per id).
+
+    The table is scanned as of the commit with the ids as a filter, so what is held is the
+    rows asked for, not the table (∝ the images ever on a pair).
+    """
+
+    def read(ids: pl.Series) -> pl.DataFrame:
+        if outputs is None or DUPLICATE_VECTORS.name not in outputs or not ids.len():
+            return DUPLICATE_VECTORS.empty()
+        rows = store.scan(DUPLICATE_VECTORS, version=outputs[DUPLICATE_VECTORS.name])
+        return rows.filter(pl.col("image_id").is_in(ids.implode())).unique("image_id").collect()
+
+    return read
+
+
+def write_vectors(
+    store: DeltaStore, rows: pl.DataFrame, *, full: bool, outputs: Mapping[str, int] | None
+) -> int:
+    """Write a merge's new ``duplicate_vectors`` rows: the whole table (full), else appended.
+
+    Returns:
+        The table's Delta version to commit (the committed one when nothing is added).
+    """
+    if full or outputs is None or DUPLICATE_VECTORS.name not in outputs:
+        return store.replace_table(DUPLICATE_VECTORS, rows)
+    if not rows.height:
+        return outputs[DUPLICATE_VECTORS.name]
+    version = store.append(DUPLICATE_VECTORS, rows)
+    assert version is not None  # rows were written
+    return version
+
+
+def committed_graph(
+    store: DeltaStore, outputs: Mapping[str, int] | None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The committed pair graph as of a commit's outputs (empty without one: a full run).
+
+    Returns every stored pair (``duplicate_pairs`` and ``candidate_pairs``) and the members
+    (without their vectors: :func:`committed_vectors` reads those a merge needs).
+    """
+    if outputs is None:
+        return DUPLICATE_PAIRS.empty(), DUPLICATE_MEMBERS.empty()
+    return (
+        stored_pairs(store, outputs),
+        store.read(DUPLICATE_MEMBERS, version=outputs[DUPLICATE_MEMBERS.name]),
+    )
+
+
+def write_run_log(store: DeltaStore, run: pl.DataFrame, outputs: Mapping[str, int] | None) -> int:
+    """``dedup_runs`` as committed (``outputs``) with ``run`` added: its Delta version."""
+    log = DEDUP_RUNS.empty()
+    if outputs is not None and DEDUP_RUNS.name in outputs:
+        old = store.read(DEDUP_RUNS, version=outputs[DEDUP_RUNS.name])
+        log = old.with_columns(  # runs logged before a column existed: null there
+            [
+                pl.lit(None).cast(c.dtype).alias(c.name)
+                for c in DEDUP_RUNS.columns
+                if c.name not in old
+            ]
+        )
+    return store.replace_table(
+        DEDUP_RUNS, pl.concat([DEDUP_RUNS.conform(log), run], how="vertical_relaxed")
+    )

@@ -379,12 +379,14 @@ def read_parts(
 def iter_parts(
     store: DeltaStore, b: int, *, dim: int, rows: int, version: int | None = None
 ) -> Iterator[tuple[pl.DataFrame, list[np.ndarray]]]:
-    """:func:`read_parts` of unit ``(0, b)`` streamed: a file, or ``rows`` rows, at a time.
+    """:func:`read_parts` of unit ``(0, b)`` streamed: at most ``2 · rows`` rows at a time.
 
     For a search that takes a bucket's rows one block at a time (the incremental one-pass
     search: :mod:`.newrows`), so its memory is one batch, not the bucket: a bucket is sized
     from the full run's budget and grows with N until the layout is rebuilt. The bucket's
-    files (as of ``version``) are read one at a time, a file of more than ``2 · rows`` rows
+    files (as of ``version``) are read a group at a time: consecutive files of at most
+    ``2 · rows`` rows together (a bucket at 3M is many small files, one per group of shards
+    the full run laid out, and a block per file made many small searches), a larger file
     one slice of ``rows`` at a time (polars skips the row groups outside a slice; a whole
     file reads faster: 0.47 s against 0.58–0.68 s for the 900k rows of a 1M layout).
     Measured on a 143k-row bucket at 1M: +138 MB over the scan, against +388 MB for polars'
@@ -404,17 +406,30 @@ def iter_parts(
     options = dict(store.storage_options) if not store.is_local else None
     step = max(1, rows)
     where = [("clustering", "=", "0"), ("bucket", "=", str(b))]
+    group: list[str] = []
+    held = 0
     for uri in dt.file_uris(file_pruning_predicate=where):
-        # the files hold no partition column (Delta keeps them in the log)
-        rows_of = pl.scan_parquet(uri, storage_options=options, hive_partitioning=False)
-        names = rows_of.collect_schema().names()
-        rows_of = rows_of.drop([c for c in ("clustering", "bucket") if c in names])
-        n = int(rows_of.select(pl.len()).collect().item())
-        if n <= 2 * step:  # most files (a layout group's rows of one bucket): one read
-            yield half_parts(rows_of, "vector", dim)
+        n = int(_parquet_rows([uri], options).select(pl.len()).collect().item())
+        if group and held + n > 2 * step:
+            yield half_parts(_parquet_rows(group, options), "vector", dim)
+            group, held = [], 0
+        if n <= 2 * step:  # small files (a layout group's rows of one bucket) read together
+            group.append(uri)
+            held += n
             continue
+        rows_of = _parquet_rows([uri], options)
         for start in range(0, n, step):
             yield half_parts(rows_of.slice(start, step), "vector", dim)
+    if group:
+        yield half_parts(_parquet_rows(group, options), "vector", dim)
+
+
+def _parquet_rows(uris: list[str], options: dict[str, str] | None) -> pl.LazyFrame:
+    """The rows of some of ``dedup_members``' files, without its partition columns."""
+    rows_of = pl.scan_parquet(uris, storage_options=options, hive_partitioning=False)
+    names = rows_of.collect_schema().names()
+    # the files hold no partition column (Delta keeps them in the log)
+    return rows_of.drop([c for c in ("clustering", "bucket") if c in names])
 
 
 def _unit_rows(store: DeltaStore, c: int, b: int, version: int | None) -> pl.LazyFrame:

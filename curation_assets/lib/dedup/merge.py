@@ -2,11 +2,12 @@
 
 Its whole state is the pair graph: every pair with cosine ≥ the floor τ_min — ``duplicate_pairs``
 (≥ τ) and ``candidate_pairs`` (the band [τ_min, τ)), one row per pair with ``found_by`` bits —
-and ``duplicate_members`` (one row per image on a stored pair: vector, keep-policy fields,
-decision). Groups and decisions come from the pairs ≥ τ only, so changing τ within
-[τ_min, 1] re-decides from the stored graph without searching (:func:`merge` with no new
-pairs). Images on no pair are kept, alone in their group, and never enter the merge, so its
-memory grows with the number of pairs, not of images.
+and ``duplicate_members`` (one row per image on a stored pair: keep-policy fields, decision),
+with those images' vectors in ``duplicate_vectors`` (read by image_id, only for the groups a
+merge re-decides: a removed image's cosine is to its kept one). Groups and decisions come from
+the pairs ≥ τ only, so changing τ within [τ_min, 1] re-decides from the stored graph without
+searching (:func:`merge` with no new pairs). Images on no pair are kept, alone in their group,
+and never enter the merge, so its memory grows with the number of pairs, not of images.
 
 Incremental: the old rows of the shards being redone (new, changed or gone) are dropped with
 every pair touching them, the units' new pairs are added (they all touch a redone shard, so
@@ -29,12 +30,23 @@ import polars as pl
 from curation_assets.lib.dedup.keep import ImageMeta, choose, component_sizes, connected_components
 from curation_assets.lib.dedup.pairs import Pairs, Rows, popcount
 from curation_assets.lib.dedup.units import ENDPOINT_SCHEMA, UNIT_PAIR_SCHEMA
-from curation_assets.lib.tables import DEDUPLICATED_IMAGES, DUPLICATE_MEMBERS, DUPLICATE_PAIRS
+from curation_assets.lib.tables import (
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_MEMBERS,
+    DUPLICATE_PAIRS,
+    DUPLICATE_VECTORS,
+)
 from curation_assets.lib.vectors import half_parts
 
 #: What ``deduplicated_images`` holds of a decision (a group's size lives in
 #: ``duplicate_members`` only: a group that grows does not rewrite its old members' shards).
 _DECISION = ["kept", "duplicate_of", "similarity", "component_id"]
+
+#: A member's columns beside its decision (the endpoints' but the vector).
+_NODE = [c for c in ENDPOINT_SCHEMA if c != "vector"]
+
+#: Given image ids, the committed ``duplicate_vectors`` rows of those ids (one per id).
+VectorLookup = Callable[[pl.Series], pl.DataFrame]
 
 
 @dataclass
@@ -60,6 +72,9 @@ class Merged:
     changes: pl.DataFrame = field(default_factory=DEDUPLICATED_IMAGES.empty)
     """The ``deduplicated_images`` rows of the images in ``changed_shards`` whose decision
     changed (an image off the graph kept and alone), as they are now."""
+    vectors: pl.DataFrame = field(default_factory=DUPLICATE_VECTORS.empty)
+    """``duplicate_vectors`` rows to add: the images on the graph that were not on the old
+    one (every image on it, for a full run)."""
 
     @cached_property
     def stored(self) -> pl.DataFrame:
@@ -112,6 +127,7 @@ def merge(
     n_clusterings: int,
     floor: float | None = None,
     promote: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    vectors: VectorLookup | None = None,
 ) -> Merged:
     """Merge new pairs into the pair graph and re-decide every group.
 
@@ -130,15 +146,19 @@ def merge(
             at the floor, so the stored graph holds every pair ≥ τ_min.
         promote: Given the band (pairs in [τ_min, τ)), the ones that join the groups anyway
             (verified by local features: :mod:`~curation_assets.lib.dedup.verified`).
+        vectors: The committed vectors of old members, by image_id (``duplicate_vectors``):
+            read only for the members of the groups re-decided that are on no new pair.
 
     Returns:
         A :class:`Merged`.
 
     Raises:
         RuntimeError: If a new pair was already an old pair (a unit searched an old pair: the
-            redone shards were not dropped; a bug, not data).
+            redone shards were not dropped; a bug, not data), or a re-decided member has no
+            vector.
 
-    Memory: the pairs and the rows on them (vectors included), never the other images.
+    Memory: the pairs and the rows on them, never the other images; the vectors of the new
+    pairs' rows and of the groups re-decided (every one, in a full run or a change of τ).
     """
     gone = sorted(redone)
     keep_pair = ~(pl.col("shard_a").is_in(gone) | pl.col("shard_b").is_in(gone))
@@ -159,14 +179,22 @@ def merge(
     pairs = every.filter(pl.col("similarity") >= tau)
     endpoints = [e.select(list(ENDPOINT_SCHEMA)) for e in unit_endpoints if e.height]
     nodes = pl.concat(
-        [base_members.select(list(ENDPOINT_SCHEMA)), *endpoints], how="vertical_relaxed"
+        [base_members.select(_NODE), *(e.select(_NODE) for e in endpoints)],
+        how="vertical_relaxed",
     ).unique("image_id", keep="first")
-    on_graph = pl.concat([every["image_id_a"], every["image_id_b"]]).unique()
-    nodes = nodes.filter(pl.col("image_id").is_in(on_graph.implode())).sort("image_id", "shard")
+    on_graph = pl.concat([every["image_id_a"], every["image_id_b"]]).unique().implode()
+    nodes = nodes.filter(pl.col("image_id").is_in(on_graph)).sort("image_id", "shard")
+    fresh = (
+        pl.concat([e.select(DUPLICATE_VECTORS.column_names) for e in endpoints])
+        .unique("image_id", keep="first")
+        .filter(pl.col("image_id").is_in(on_graph))
+        if endpoints
+        else DUPLICATE_VECTORS.empty()
+    )
     band = every.filter(pl.col("similarity") < tau)
     promoted = promote(band) if promote is not None and band.height else band.head(0)
     grouping = pl.concat([pairs, promoted]) if promoted.height else pairs
-    members = _decide(nodes, grouping, policy, base_members)
+    members = _decide(nodes, grouping, policy, base_members, _lookup(fresh, vectors))
     stats = _stats(
         pairs, new_pairs.filter(pl.col("similarity") >= tau), members, tau, n_clusterings
     )
@@ -174,11 +202,45 @@ def merge(
     stats["promoted_pairs"] = promoted.height
     changes, was_kept_now_removed = _changes(old_members, members, gone)
     stats["previously_kept_now_removed"] = was_kept_now_removed
-    return Merged(pairs, members, set(changes["shard"].to_list()), stats, band, changes)
+    was_on = (
+        old_members["image_id"].implode() if old_members.height else pl.lit([], pl.List(pl.String))
+    )
+    added = fresh.filter(~pl.col("image_id").is_in(was_on))
+    return Merged(pairs, members, set(changes["shard"].to_list()), stats, band, changes, added)
+
+
+def _lookup(
+    fresh: pl.DataFrame, committed: VectorLookup | None
+) -> Callable[[pl.Series], pl.Series]:
+    """The vectors of some members, in their order: the new rows' (``fresh``), else committed.
+
+    Raises:
+        RuntimeError: If a member has neither (its vector row was lost: the state is torn).
+    """
+
+    def vectors_of(ids: pl.Series) -> pl.Series:
+        want = ids.implode()
+        known = fresh.filter(pl.col("image_id").is_in(want))
+        missing = ids.filter(~ids.is_in(known["image_id"].implode()))
+        if missing.len() and committed is not None:
+            known = pl.concat([known, committed(missing).select(known.columns)])
+        got = ids.to_frame("image_id").join(
+            known.unique("image_id"), on="image_id", how="left", maintain_order="left"
+        )
+        if lost := got["vector"].null_count():
+            msg = f"{lost} images on the pair graph have no vector in duplicate_vectors: torn"
+            raise RuntimeError(msg)
+        return got["vector"]
+
+    return vectors_of
 
 
 def _decide(
-    nodes: pl.DataFrame, pairs: pl.DataFrame, policy: Sequence[str], old: pl.DataFrame
+    nodes: pl.DataFrame,
+    pairs: pl.DataFrame,
+    policy: Sequence[str],
+    old: pl.DataFrame,
+    vectors_of: Callable[[pl.Series], pl.Series],
 ) -> pl.DataFrame:
     """Components and keep decisions of the graph's rows (``nodes`` sorted by image_id).
 
@@ -187,6 +249,7 @@ def _decide(
     group's (``old``: the committed members of the shards not redone) keeps its decisions, and
     the keep policy runs only over the other groups: those a new pair, a redone shard or a
     dropped pair changed (an update's, not the whole graph's). Same result as deciding all.
+    Only those groups' vectors are read (``vectors_of``: image ids → vectors in their order).
     """
     n = nodes.height
     if n == 0:
@@ -209,7 +272,7 @@ def _decide(
     todo = np.flatnonzero(~before["same"].to_numpy())
     sub = nodes[todo]
     choice = choose(
-        _member_rows(sub["vector"]),
+        _member_rows(vectors_of(sub["image_id"])),
         np.arange(todo.size),
         comp[todo],
         ImageMeta.of(sub),

@@ -22,7 +22,12 @@ from curation_assets.lib.commits import Commit, last_commit, torn_outputs
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
 from curation_assets.lib.dedup.layout import LAYOUT_FORMAT, Layout
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import DEDUP_MEMBERS, DEDUPLICATED_IMAGES, FILTERED_IMAGES
+from curation_assets.lib.tables import (
+    DEDUP_MEMBERS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_VECTORS,
+    FILTERED_IMAGES,
+)
 
 
 @dataclass
@@ -105,6 +110,11 @@ def plan_dedup(
             "layout" not in last or Layout.from_key(last["layout"]).format == LAYOUT_FORMAT,
             "the last run's layout predates each row carrying its cluster in every clustering "
             "(what the one-pass incremental search reads): the corpus is laid out anew",
+        ),
+        (
+            DUPLICATE_VECTORS.name in commit.outputs,
+            "the last run kept the pair graph's vectors in duplicate_members (now in "
+            "duplicate_vectors, read by id): the graph is built anew",
         ),
     ]
     for ok, why in checks:

@@ -35,8 +35,9 @@ import polars as pl
 from curation_assets.lib.cluster import load_centroids
 from curation_assets.lib.commits import input_versions, last_commit, record_commit
 from curation_assets.lib.compaction import drop_changes, fold
+from curation_assets.lib.dedup import io
 from curation_assets.lib.dedup.decisions import write_decisions
-from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables, stored_pairs
+from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
@@ -57,6 +58,7 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    DUPLICATE_VECTORS,
     FILTERED_IMAGES,
     N_CLUSTERINGS,
     VERIFIED_PAIRS,
@@ -291,6 +293,7 @@ def run_dedup(
         n_clusterings=n_clusterings,
         floor=floor,
         promote=verifier,
+        vectors=io.committed_vectors(store, _graph_outputs(plan)),
     )
     seconds_merge = time.perf_counter() - t_merge
     # 4. what to rewrite, and the totals
@@ -522,17 +525,13 @@ def _unchanged(
 
 
 def _committed_graph(store: DeltaStore, plan: DedupPlan) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The committed pair graph (empty for a full run): read as of the commit's versions.
+    """:func:`.io.committed_graph` of the plan's commit (empty for a full run)."""
+    return io.committed_graph(store, _graph_outputs(plan))
 
-    Returns every stored pair (``duplicate_pairs`` and ``candidate_pairs``) and the members.
-    """
-    if plan.mode == "full" or plan.commit is None:
-        return DUPLICATE_PAIRS.empty(), DUPLICATE_MEMBERS.empty()
-    out = plan.commit.outputs
-    return (
-        stored_pairs(store, out),
-        store.read(DUPLICATE_MEMBERS, version=out[DUPLICATE_MEMBERS.name]),
-    )
+
+def _graph_outputs(plan: DedupPlan) -> dict[str, int] | None:
+    """The outputs of the commit a run builds on (None for a full run: it builds anew)."""
+    return None if plan.mode == "full" or plan.commit is None else plan.commit.outputs
 
 
 def _current(
@@ -645,16 +644,7 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         drop_changes(store, DEDUPLICATED_IMAGES)  # every shard was rewritten: all superseded
     else:
         fold(store, DEDUPLICATED_IMAGES)
-    log = DEDUP_RUNS.empty()
-    if plan.commit is not None and DEDUP_RUNS.name in plan.commit.outputs:
-        old = store.read(DEDUP_RUNS, version=plan.commit.outputs[DEDUP_RUNS.name])
-        log = old.with_columns(  # runs logged before a column existed: null there
-            [
-                pl.lit(None).cast(c.dtype).alias(c.name)
-                for c in DEDUP_RUNS.columns
-                if c.name not in old
-            ]
-        )
+    committed = plan.commit.outputs if plan.commit is not None else None
     outputs = {
         DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
         CANDIDATE_PAIRS.name: store.replace_table(CANDIDATE_PAIRS, outcome.merged.band),
@@ -664,11 +654,12 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
             else {}
         ),
         DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, outcome.members),
+        DUPLICATE_VECTORS.name: io.write_vectors(
+            store, outcome.merged.vectors, full=plan.mode == "full", outputs=committed
+        ),
         DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
         DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
-        DEDUP_RUNS.name: store.replace_table(
-            DEDUP_RUNS, pl.concat([DEDUP_RUNS.conform(log), outcome.run], how="vertical_relaxed")
-        ),
+        DEDUP_RUNS.name: io.write_run_log(store, outcome.run, committed),
     }
     run = outcome.run.row(0, named=True)
     stats = outcome.stats

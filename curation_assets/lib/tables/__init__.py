@@ -14,8 +14,8 @@ the module of its stage:
 * :mod:`~curation_assets.lib.tables.cluster`: ``cluster_centroids_<c>``,
   ``cluster_assignments_<c>`` for c < :data:`N_CLUSTERINGS`
 * :mod:`~curation_assets.lib.tables.dedup`: ``deduplicated_images``, ``duplicate_pairs``,
-  ``candidate_pairs``, ``verified_pairs``, ``duplicate_members``, ``dedup_members``,
-  ``dedup_runs``
+  ``candidate_pairs``, ``verified_pairs``, ``duplicate_members``, ``duplicate_vectors``,
+  ``dedup_members``, ``dedup_runs``
 * :mod:`~curation_assets.lib.tables.weights`: ``sample_weights``, ``bias_audit``,
   ``weight_shard_stats``, ``audit_shard_counts``, ``weight_probes``
 * :mod:`~curation_assets.lib.tables.export`: ``curated_dataset``
@@ -56,6 +56,7 @@ from curation_assets.lib.tables.dedup import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    DUPLICATE_VECTORS,
     VERIFIED_PAIRS,
 )
 from curation_assets.lib.tables.embed import IMAGE_EMBEDDINGS
@@ -113,6 +114,7 @@ TABLES: Mapping[str, TableSpec] = _registry(
     CANDIDATE_PAIRS,
     VERIFIED_PAIRS,
     DUPLICATE_MEMBERS,
+    DUPLICATE_VECTORS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
     SAMPLE_WEIGHTS,
@@ -157,6 +159,7 @@ __all__ = [
     "DUPLICATE_FILES",
     "DUPLICATE_MEMBERS",
     "DUPLICATE_PAIRS",
+    "DUPLICATE_VECTORS",
     "FILTERED_IMAGES",
     "FILTER_REJECTIONS",
     "IMAGE_EMBEDDINGS",

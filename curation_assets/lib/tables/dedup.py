@@ -4,7 +4,8 @@ Written by :mod:`curation_assets.lib.dedup`:
 
 * ``deduplicated_images`` (per shard): one row per deduplicated image.
 * ``duplicate_pairs``, ``duplicate_members`` (global, ∝ pairs): the pair graph and the images
-  on it, all the merge (components, keep policy) ever reads.
+  on it, all the merge (components, keep policy) ever reads, but for the vectors of the groups
+  it re-decides: ``duplicate_vectors`` (appended, read by image_id).
 * ``dedup_members`` (partitioned by clustering and bucket): every deduplicated image once, with
   its embedding, in clustering 0's buckets (a bucket, a range of clusters, is one Delta
   partition: a work unit (0, bucket) reads only its rows).
@@ -85,20 +86,35 @@ VERIFIED_PAIRS = TableSpec(
 
 DUPLICATE_MEMBERS = TableSpec(
     name="duplicate_members",
-    description="Every image on at least one stored pair (duplicate or candidate): its vector, "
-    "keep-policy fields and decision (the merge's whole state: ∝ pairs, never ∝ images). An "
-    "image on candidate pairs only is kept, alone (component_size 1).",
+    description="Every image on at least one stored pair (duplicate or candidate): its "
+    "keep-policy fields and decision (with duplicate_pairs the merge's whole state: ∝ pairs, "
+    "never ∝ images; the vectors are in duplicate_vectors). An image on candidate pairs only "
+    "is kept, alone (component_size 1).",
     partition_by=(),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),
-        _VEC,
         *_META,
         Column("kept", pl.Boolean, "Kept by the keep policy."),
         Column("duplicate_of", pl.String, "image_id of its group's kept image (null when kept)."),
         Column("similarity", pl.Float32, "Cosine to the kept image (null when kept)."),
         Column("component_id", pl.String, "The group: image_id of its kept image."),
         Column("component_size", pl.Int64, "Images in the group (1: on candidate pairs only)."),
+    ),
+)
+
+DUPLICATE_VECTORS = TableSpec(
+    name="duplicate_vectors",
+    description="The float16 vector of every image put on a stored pair since the last full "
+    "dedup run, read by image_id when the keep policy re-decides a group (a removed image's "
+    "cosine to its kept one). Appended, never rewritten, between full runs: an image's vector "
+    "never changes (its id is the hash of its bytes, and a new model means a full run), so an "
+    "update writes only the images new to the pair graph. Rows of images that left the graph "
+    "stay until the next full run; an image listed twice has the same vector twice.",
+    partition_by=(),
+    columns=(
+        Column("image_id", pl.String, "sha256 of the image bytes."),
+        _VEC,
     ),
 )
 

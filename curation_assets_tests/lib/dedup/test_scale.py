@@ -16,6 +16,7 @@ import pytest
 from curation_assets.lib.cluster import centroids_frame, train_clusterings
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.dedup import dedup, newrows, run_dedup
+from curation_assets.lib.dedup import layout as layout_module
 from curation_assets.lib.dedup.io import DEDUP_STAGE
 from curation_assets.lib.dedup.layout import (
     SCRATCH_FOLDER,
@@ -41,6 +42,7 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_MEMBERS,
     DUPLICATE_PAIRS,
+    DUPLICATE_VECTORS,
     FILTERED_IMAGES,
     N_CLUSTERINGS,
     centroids_spec,
@@ -140,13 +142,24 @@ def test_both_incremental_searches_over_many_buckets_equal_a_full_run(tmp_path, 
     _assert_same(_tables(inc), _tables(full))  # found_by and similarity included
 
 
-def test_the_one_pass_search_streams_each_bucket_in_blocks(tmp_path, corpus, monkeypatch):
+@pytest.mark.parametrize("block", [7, 2 * PER_SHARD])
+def test_the_one_pass_search_streams_each_bucket_in_blocks(tmp_path, corpus, monkeypatch, block):
     """A bucket read a few rows at a time finds what a full run finds: pairs and decisions.
 
-    Every batch the search holds is at most ``BLOCK`` rows (the bucket is never read whole),
-    and a pair of two new rows that fall in different blocks is still reported once.
+    Every batch the search holds is at most ``2 · BLOCK`` rows (the bucket is never read
+    whole): a file of more rows is read in slices of ``BLOCK`` (7), smaller files are read
+    together (``2 · PER_SHARD``: the full run's file and the shards laid out since). A pair of
+    two new rows that fall in different blocks is still reported once.
     """
-    monkeypatch.setattr(newrows, "BLOCK", 7)
+    monkeypatch.setattr(newrows, "BLOCK", block)
+    files_read: list[int] = []
+    real_rows = layout_module._parquet_rows
+
+    def counted_rows(uris, options):
+        files_read.append(len(uris))
+        return real_rows(uris, options)
+
+    monkeypatch.setattr(layout_module, "_parquet_rows", counted_rows)
     batches: list[int] = []
     real = newrows.iter_parts
 
@@ -168,7 +181,11 @@ def test_the_one_pass_search_streams_each_bucket_in_blocks(tmp_path, corpus, mon
         step = run_and_write(inc)
         assert step.plan.mode == "incremental" and step.stats["search"] == "new_rows"
     # the layout as laid out: 4 shards at the first update, 6 at the second (new rows included)
-    assert max(batches) == 7 and sum(batches) == (4 + 6) * PER_SHARD
+    assert sum(batches) == (4 + 6) * PER_SHARD
+    if block == 7:
+        assert max(batches) == 7
+    else:  # files read together
+        assert max(batches) <= 2 * block and max(files_read) > 1
     _assert_same(_tables(inc), _tables(full))
 
 
@@ -421,3 +438,84 @@ def test_the_one_pass_search_streams_an_s3_layout_as_a_local_one(tmp_path, corpu
         step = run_and_write(store)
         assert step.plan.mode == "incremental" and step.stats["search"] == "new_rows"
     _assert_same(_tables(remote), _tables(local))
+
+
+def test_an_update_adds_and_reads_only_the_vectors_it_needs(tmp_path, corpus, monkeypatch):
+    """duplicate_vectors: a full run writes the graph's; an update appends the images new to it.
+
+    The members table holds no vector; an update reads the committed vectors of the old
+    members of the groups it re-decides only, and decides as a full run does.
+    """
+    from curation_assets.lib.dedup import io
+
+    asked: list[int] = []
+    real = io.committed_vectors
+
+    def counted(store, outputs):
+        read = real(store, outputs)
+
+        def lookup(ids):
+            asked.append(ids.len())
+            got = read(ids)
+            assert sorted(got["image_id"]) == sorted(ids)  # every one asked for, once
+            return got
+
+        return lookup
+
+    monkeypatch.setattr(io, "committed_vectors", counted)
+    store = _store(tmp_path / "inc", corpus)
+    _add(store, corpus, range(4))
+    run_and_write(store)
+    members = store.read(DUPLICATE_MEMBERS)
+    vectors = store.read(DUPLICATE_VECTORS)
+    assert "vector" not in members.columns and members.height > 0
+    assert sorted(vectors["image_id"]) == sorted(members["image_id"])  # full: the graph's
+    layout = store.read(DEDUP_MEMBERS).select("image_id", pl.col("vector").alias("laid_out"))
+    same = vectors.join(layout, on="image_id").select(pl.col("vector") == pl.col("laid_out"))
+    assert same.height == vectors.height and same.to_series().all()  # the layout's float16
+    assert asked == []  # a full run reads no committed vector
+    for shards in ([4], [5]):
+        _add(store, corpus, shards)
+        step = run_and_write(store)
+        assert step.plan.mode == "incremental"
+        now, added = store.read(DUPLICATE_MEMBERS), store.read(DUPLICATE_VECTORS)
+        new_on_graph = set(now["image_id"]) - set(members["image_id"])
+        assert added.height - vectors.height == len(new_on_graph) > 0  # appended, only those
+        assert set(added["image_id"]) >= set(now["image_id"])
+        members, vectors = now, added
+    assert 0 < sum(asked) < members.height  # old groups a new pair joined, not the graph
+    full = _store(tmp_path / "full", corpus)
+    _add(full, corpus, range(N_SHARDS))
+    run_and_write(full)
+    _assert_same(_tables(store), _tables(full))
+    key = ["image_id", "shard"]
+    assert store.read(DUPLICATE_MEMBERS).sort(key).equals(full.read(DUPLICATE_MEMBERS).sort(key))
+
+
+def test_a_graph_that_kept_its_vectors_in_its_members_is_built_anew(tmp_path, corpus):
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(2))
+    run_and_write(store)
+    commit = last_commit(store, DEDUP_STAGE)
+    assert commit is not None and DUPLICATE_VECTORS.name in commit.outputs
+    record_commit(  # as an older version committed it: no duplicate_vectors
+        store,
+        DEDUP_STAGE,
+        inputs=commit.inputs,
+        outputs={k: v for k, v in commit.outputs.items() if k != DUPLICATE_VECTORS.name},
+        config=commit.config,
+        summary=commit.summary,
+    )
+    _add(store, corpus, [2])
+    step = run_and_write(store)
+    assert step.plan.mode == "full" and "duplicate_vectors" in step.plan.reason
+
+
+def test_a_member_without_a_vector_is_a_torn_state_not_a_guess():
+    from curation_assets.lib.dedup.merge import _lookup
+
+    fresh = pl.DataFrame({"image_id": ["a"], "vector": [b"\x00\x3c"]})
+    lookup = _lookup(fresh, lambda ids: DUPLICATE_VECTORS.empty())
+    assert lookup(pl.Series(["a"])).to_list() == [b"\x00\x3c"]
+    with pytest.raises(RuntimeError, match="1 images on the pair graph have no vector"):
+        lookup(pl.Series(["a", "b"]))
