@@ -62,8 +62,7 @@ def sql_literal(value: str) -> str:
     """Quote ``value`` as a SQL string literal for a Delta predicate.
 
     Raises:
-        ValueError: If ``value`` holds characters outside ``[A-Za-z0-9._-]`` (shard keys are
-            validated at discovery, so this guards against a bug, not user data).
+        ValueError: If ``value`` is not ``[A-Za-z0-9._-]+`` (shard keys are checked at discovery).
     """
     if not _SAFE_VALUE.match(value):
         msg = f"value {value!r} is not a safe partition value; expected [A-Za-z0-9._-]+"
@@ -90,13 +89,11 @@ class DeltaStore:
     Args:
         root_uri: Local folder or object-store URI (``s3://bucket/prefix``, ``gs://...``,
             ``az://...``). Local folders are created on first write.
-        storage_options: Passed to deltalake, polars and the file module
-            (:mod:`curation_assets.lib.objectstore`) for object stores (credentials, endpoint,
-            ...). For an object-store root they are layered over the environment's
-            (:func:`~curation_assets.lib.objectstore.storage_options_from_env`: the standard
-            AWS variables and ``CURATION_STORAGE_OPTIONS``), so every store built from a root
-            URI alone (the CLI, the runner, the Dagster resource) reaches the same bucket.
-            Never logged: :meth:`__repr__` redacts them.
+        storage_options: Passed to deltalake, polars and :mod:`curation_assets.lib.objectstore`
+            for object stores (credentials, endpoint, ...), over the environment's
+            (:func:`~curation_assets.lib.objectstore.storage_options_from_env`: the AWS variables
+            and ``CURATION_STORAGE_OPTIONS``), so every store built from a root URI alone (the
+            CLI, the runner, the Dagster resource) reaches the same bucket. Never logged.
     """
 
     def __init__(self, root_uri: str, storage_options: dict[str, str] | None = None) -> None:
@@ -136,7 +133,7 @@ class DeltaStore:
     def _shard_actions(
         self, table: str, version: int | None, column: str, *, changes: bool = False
     ) -> list[tuple[str, Any]]:
-        """(shard, ``column``) of every data file of a shard-partitioned table: log only.
+        """(shard, ``column``) of each data file of a shard-partitioned table, from the log.
 
         The change rows' partition (:mod:`~.revisions`) is left out, unless ``changes``.
         """
@@ -171,6 +168,12 @@ class DeltaStore:
         for shard, path in self._shard_actions(table, version, "path", changes=changes):
             files.setdefault(shard, set()).add(path)
         return {s: frozenset(p) for s, p in files.items()}
+
+    def shard_uris(self, table: str, shards: Iterable[str]) -> list[tuple[str, str]]:
+        """(shard, URI) of each data file of some shards, as of the latest version (log only)."""
+        dt = self._table(table)
+        uris = dt.file_uris if dt is not None else lambda **_: []
+        return [(s, u) for s in shards for u in uris(file_pruning_predicate=[("shard", "=", s)])]
 
     def history(self, table: str, *, since_version: int = -1) -> list[dict[str, Any]]:
         """Commit infos of ``table`` after ``since_version`` (newest first; log only)."""

@@ -3,7 +3,13 @@ import polars as pl
 import pytest
 
 from curation_assets.lib.tables import IMAGE_EMBEDDINGS
-from curation_assets.lib.vectors import embedding_matrix, from_half_bytes, half_bytes, half_parts
+from curation_assets.lib.vectors import (
+    embedding_matrix,
+    from_half_bytes,
+    half_bytes,
+    half_parts,
+    stream_vectors,
+)
 
 
 def test_embedding_column_round_trips_to_a_float32_matrix():
@@ -62,3 +68,37 @@ def test_a_row_of_another_length_is_an_error_not_a_null():
         half_parts(frame.lazy(), "v", 8)
     with pytest.raises(ValueError, match="expected 16 bytes"):
         half_parts(pl.DataFrame({"v": pl.Series([None], dtype=pl.Binary)}).lazy(), "v", 8)
+
+
+def test_stream_vectors_reads_files_in_batches_as_one_matrix(tmp_path):
+    """Several files, batches smaller than a file: the rows in file order, each with its file."""
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 8)).astype(np.float32) for n in (5, 0, 7)]
+    uris = []
+    for i, x in enumerate(xs):
+        frame = pl.DataFrame(
+            {
+                "image_id": [f"f{i}-{j}" for j in range(len(x))],
+                "embedding": pl.Series(x.tolist(), dtype=pl.List(pl.Float32)),
+            }
+        )
+        uris.append(str(tmp_path / f"part-{i}.parquet"))
+        frame.write_parquet(uris[-1], row_group_size=3)
+    frame, x = stream_vectors(uris, {}, "embedding", ["image_id"], batch_rows=2)
+    np.testing.assert_array_equal(x, np.concatenate(xs))
+    assert frame["image_id"].to_list() == [f"f{i}-{j}" for i in (0, 2) for j in range(len(xs[i]))]
+    assert frame["_file"].to_list() == [0] * 5 + [2] * 7
+    empty, none = stream_vectors([], {}, "embedding", ["image_id"])
+    assert empty.height == 0 and none.shape == (0, 0)
+
+
+def test_stream_vectors_rejects_a_vector_of_another_length(tmp_path):
+    uri = str(tmp_path / "mixed.parquet")
+    pl.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "embedding": pl.Series([[0.1, 0.2], [0.3]], dtype=pl.List(pl.Float32)),
+        }
+    ).write_parquet(uri)
+    with pytest.raises(ValueError, match="vectors of another length than 2"):
+        stream_vectors([uri], {}, "embedding", ["image_id"])

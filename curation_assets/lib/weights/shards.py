@@ -32,7 +32,7 @@ from curation_assets.lib.tables import (
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
 )
-from curation_assets.lib.vectors import embedding_matrix
+from curation_assets.lib.vectors import stream_vectors
 from curation_assets.lib.weights.audit import TextEncoder, audit_attributes
 from curation_assets.lib.weights.fit import DensityRatioModel, sigmoid
 from curation_assets.lib.weights.scale import _check_bounds
@@ -177,11 +177,8 @@ def read_shards(
         ValueError: If a shard mixes embedding models.
     """
     wanted = list(shards)
-    emb = store.read(
-        IMAGE_EMBEDDINGS, shards=wanted, columns=["image_id", "shard", "embedding", "model_id"]
-    )
-    x_all = embedding_matrix(emb["embedding"])
-    emb = emb.drop("embedding").with_row_index("_e")
+    emb, x_all = _embeddings(store, wanted)
+    emb = emb.with_row_index("_e")
     frame = reference_rows(
         store, wanted, correct_for, ["image_id", "shard", "model_id"], embeddings=emb
     )
@@ -208,6 +205,19 @@ def read_shards(
         x = x_all[part["_e"].to_numpy()]
         out[shard] = (part.drop("_e", "model_id"), x, str(models[0]))
     return out
+
+
+def _embeddings(store: DeltaStore, shards: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
+    """``image_id``, ``shard``, ``model_id`` of the shards' embeddings, and the float32 rows.
+
+    Streamed from the shards' files (:func:`~curation_assets.lib.vectors.stream_vectors`):
+    the matrix plus a batch, not the list column as read beside it.
+    """
+    files = store.shard_uris(IMAGE_EMBEDDINGS.name, shards)
+    uris = [uri for _, uri in files]
+    frame, x = stream_vectors(uris, store.storage_options, "embedding", ["image_id", "model_id"])
+    shard_of = pl.Series("shard", [shard for shard, _ in files], dtype=pl.String)
+    return frame.select("image_id", shard_of.gather(frame["_file"]), "model_id"), x
 
 
 @dataclass(frozen=True, eq=False)

@@ -69,6 +69,12 @@ class ColumnRecordingStore(DeltaStore):
         self.reads.append((spec.name, wanted, None if columns is None else tuple(columns)))
         return super().read(spec, shards=wanted, columns=columns, version=version, keys=keys)
 
+    def shard_uris(self, table, shards):
+        """The files of some shards: a read of their every column (streamed: read_shards)."""
+        wanted = tuple(shards)
+        self.reads.append((table, wanted, None))
+        return super().shard_uris(table, wanted)
+
     def embeddings_read(self) -> set[str]:
         """Shards whose ``embedding`` column was read (``"*"``: a read of every shard)."""
         out: set[str] = set()

@@ -107,6 +107,12 @@ class RecordingStore(DeltaStore):
         self.reads.append((spec.name, wanted))
         return super().read(spec, shards=wanted, columns=columns, version=version)
 
+    def shard_uris(self, table, shards):
+        """The files of some shards, read whole (streamed: the embeddings of read_shards)."""
+        wanted = tuple(shards)
+        self.reads.append((table, wanted))
+        return super().shard_uris(table, wanted)
+
 
 def test_a_new_shard_is_scored_alone_and_old_files_are_not_touched(tmp_path):
     store = _corpus(tmp_path)
