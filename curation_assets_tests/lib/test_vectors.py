@@ -8,7 +8,7 @@ from curation_assets.lib.vectors import (
     from_half_bytes,
     half_bytes,
     half_parts,
-    stream_vectors,
+    vector_batches,
 )
 
 
@@ -70,8 +70,8 @@ def test_a_row_of_another_length_is_an_error_not_a_null():
         half_parts(pl.DataFrame({"v": pl.Series([None], dtype=pl.Binary)}).lazy(), "v", 8)
 
 
-def test_stream_vectors_reads_files_in_batches_as_one_matrix(tmp_path):
-    """Several files, batches smaller than a file: the rows in file order, each with its file."""
+def test_vector_batches_read_files_a_batch_at_a_time(tmp_path):
+    """Several files and row groups, batches smaller than a file: the rows in file order."""
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((n, 8)).astype(np.float32) for n in (5, 0, 7)]
     uris = []
@@ -84,21 +84,21 @@ def test_stream_vectors_reads_files_in_batches_as_one_matrix(tmp_path):
         )
         uris.append(str(tmp_path / f"part-{i}.parquet"))
         frame.write_parquet(uris[-1], row_group_size=3)
-    frame, x = stream_vectors(uris, {}, "embedding", ["image_id"], batch_rows=2)
-    np.testing.assert_array_equal(x, np.concatenate(xs))
+    got = list(vector_batches(uris, {}, "embedding", ["image_id"], batch_rows=2))
+    assert max(x.shape[0] for _, x in got) == 2
+    np.testing.assert_array_equal(np.concatenate([x for _, x in got]), np.concatenate(xs))
+    frame = pl.concat([f for f, _ in got])
     assert frame["image_id"].to_list() == [f"f{i}-{j}" for i in (0, 2) for j in range(len(xs[i]))]
     assert frame["_file"].to_list() == [0] * 5 + [2] * 7
-    empty, none = stream_vectors([], {}, "embedding", ["image_id"])
-    assert empty.height == 0 and none.shape == (0, 0)
+    ids = list(vector_batches(uris, {}, None, ["image_id"]))  # the ids alone
+    assert pl.concat([f for f, _ in ids]).equals(frame)
+    assert {x.shape[1] for _, x in ids} == {0}
+    assert list(vector_batches([], {}, "embedding")) == []
 
 
-def test_stream_vectors_rejects_a_vector_of_another_length(tmp_path):
+def test_vector_batches_reject_a_vector_of_another_length(tmp_path):
     uri = str(tmp_path / "mixed.parquet")
-    pl.DataFrame(
-        {
-            "image_id": ["a", "b"],
-            "embedding": pl.Series([[0.1, 0.2], [0.3]], dtype=pl.List(pl.Float32)),
-        }
-    ).write_parquet(uri)
+    vectors = pl.Series([[0.1, 0.2], [0.3]], dtype=pl.List(pl.Float32))
+    pl.DataFrame({"image_id": ["a", "b"], "embedding": vectors}).write_parquet(uri)
     with pytest.raises(ValueError, match="vectors of another length than 2"):
-        stream_vectors([uri], {}, "embedding", ["image_id"])
+        list(vector_batches([uri], {}, "embedding", ["image_id"]))

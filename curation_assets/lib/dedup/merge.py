@@ -202,10 +202,7 @@ def merge(
     stats["promoted_pairs"] = promoted.height
     changes, was_kept_now_removed = _changes(old_members, members, gone)
     stats["previously_kept_now_removed"] = was_kept_now_removed
-    was_on = (
-        old_members["image_id"].implode() if old_members.height else pl.lit([], pl.List(pl.String))
-    )
-    added = fresh.filter(~pl.col("image_id").is_in(was_on))
+    added = fresh.join(old_members.select("image_id"), on="image_id", how="anti")  # new to it
     return Merged(pairs, members, set(changes["shard"].to_list()), stats, band, changes, added)
 
 

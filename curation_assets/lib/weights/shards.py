@@ -16,7 +16,7 @@ near duplicates dedup removed unless ``correct_for="filter_and_dedup"``; kept = 
 (an image dedup has not seen yet counts as not kept, as before).
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from curation_assets.lib.tables import (
     RAW_IMAGES,
     SAMPLE_WEIGHTS,
 )
-from curation_assets.lib.vectors import stream_vectors
+from curation_assets.lib.vectors import vector_batches
 from curation_assets.lib.weights.audit import TextEncoder, audit_attributes
 from curation_assets.lib.weights.fit import DensityRatioModel, sigmoid
 from curation_assets.lib.weights.scale import _check_bounds
@@ -162,10 +162,11 @@ def read_shards(
     """The reference images of ``shards``, their embeddings and model, one entry per shard.
 
     One pruned read per input table for the whole group (the caller sizes the group from the
-    memory budget: :func:`~curation_assets.lib.memory.shard_batches`). The embeddings become
-    one float32 matrix as read, and the joins carry a row number into it: each shard's rows
-    are then gathered once (the list column carried through the joins, the partition and the
-    sort was copied at each: ~8 KB a row at d = 512 against ~4 KB now).
+    memory budget: :func:`~curation_assets.lib.memory.shard_batches`). The embeddings' files
+    are read twice, a batch at a time (:func:`~curation_assets.lib.vectors.vector_batches`):
+    their ids first, which fix where each reference row goes (its shard, in image_id order),
+    then their vectors, each written once into its shard's matrix. So what is held is the
+    matrices and a batch, not the embeddings as polars read them, converted, then gathered.
 
     Returns:
         shard → ``(frame, x, model_id)``: frame has the :data:`RAW_COLUMNS` and ``kept``, sorted
@@ -174,25 +175,32 @@ def read_shards(
         frames.
 
     Raises:
-        ValueError: If a shard mixes embedding models.
+        ValueError: If a shard mixes embedding models, or a vector's length differs.
     """
     wanted = list(shards)
-    emb, x_all = _embeddings(store, wanted)
-    emb = emb.with_row_index("_e")
+    files = store.shard_uris(IMAGE_EMBEDDINGS.name, wanted)
+    uris = [uri for _, uri in files]
+    shard_of = pl.Series("shard", [shard for shard, _ in files], dtype=pl.String)
+    ids = [f for f, _ in vector_batches(uris, store.storage_options, None, _ID_COLUMNS)]
+    read = pl.concat(ids) if ids else pl.DataFrame(schema={"_file": pl.Int32})
+    emb = (
+        read.select("image_id", shard_of.gather(read["_file"]), "model_id")
+        if ids
+        else IMAGE_EMBEDDINGS.empty().select("image_id", "shard", "model_id")
+    ).with_row_index("_e")
+    rows = sum(f.height for f in ids)
     frame = reference_rows(
         store, wanted, correct_for, ["image_id", "shard", "model_id"], embeddings=emb
     )
-    del emb
-    out: dict[str, tuple[pl.DataFrame, np.ndarray, str]] = {}
+    del emb, ids, read
     parts = {k[0]: v for k, v in frame.partition_by("shard", as_dict=True).items()}
-    for shard in wanted:
+    out: dict[str, tuple[pl.DataFrame, np.ndarray, str]] = {}
+    slot = np.full((rows, 2), -1, np.int64)  # embedding row → (shard index, row in its matrix)
+    repeated: dict[str, np.ndarray] = {}
+    for k, shard in enumerate(wanted):
         part = parts.get(shard)
         if part is None or part.is_empty():
-            out[shard] = (
-                frame.clear().drop("_e", "model_id"),
-                np.zeros((0, 1), np.float32),
-                "",
-            )
+            out[shard] = (frame.clear().drop("_e", "model_id"), np.zeros((0, 1), np.float32), "")
             continue
         part = part.sort("image_id")
         models = part["model_id"].unique().to_list()
@@ -202,22 +210,53 @@ def read_shards(
                 "so that every image of the shard has the same model"
             )
             raise ValueError(msg)
-        x = x_all[part["_e"].to_numpy()]
-        out[shard] = (part.drop("_e", "model_id"), x, str(models[0]))
+        e = part["_e"].to_numpy()
+        slot[e, 0], slot[e, 1] = k, np.arange(part.height)
+        if np.unique(e).size < e.size:  # an image listed twice in raw_images: one vector each
+            repeated[shard] = e
+        out[shard] = (part.drop("_e", "model_id"), np.zeros((0, 0), np.float32), str(models[0]))
+    if frame.height:
+        _fill(out, wanted, slot, vector_batches(uris, store.storage_options, "embedding"))
+    for shard, e in repeated.items():  # each row gets the vector its embedding row was given
+        frame_of, x, model = out[shard]
+        out[shard] = (frame_of, x[slot[e, 1]], model)
     return out
 
 
-def _embeddings(store: DeltaStore, shards: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
-    """``image_id``, ``shard``, ``model_id`` of the shards' embeddings, and the float32 rows.
+#: The columns of ``image_embeddings`` read before the vectors (which rows go where).
+_ID_COLUMNS = ("image_id", "model_id")
 
-    Streamed from the shards' files (:func:`~curation_assets.lib.vectors.stream_vectors`):
-    the matrix plus a batch, not the list column as read beside it.
+
+def _fill(
+    out: dict[str, tuple[pl.DataFrame, np.ndarray, str]],
+    wanted: list[str],
+    slot: np.ndarray,
+    batches: Iterator[tuple[pl.DataFrame, np.ndarray]],
+) -> None:
+    """Write each streamed vector into its shard's matrix (``slot``: row → shard index, row).
+
+    Raises:
+        RuntimeError: If the files held other rows than the first pass read (they are the
+            same files: a bug, not data).
     """
-    files = store.shard_uris(IMAGE_EMBEDDINGS.name, shards)
-    uris = [uri for _, uri in files]
-    frame, x = stream_vectors(uris, store.storage_options, "embedding", ["image_id", "model_id"])
-    shard_of = pl.Series("shard", [shard for shard, _ in files], dtype=pl.String)
-    return frame.select("image_id", shard_of.gather(frame["_file"]), "model_id"), x
+    at = 0
+    for _, xb in batches:
+        n = xb.shape[0]
+        where = slot[at : at + n]
+        if where.shape[0] != n:
+            msg = f"the embeddings' files yielded more rows than the {slot.shape[0]} first read"
+            raise RuntimeError(msg)
+        for k in np.unique(where[where[:, 0] >= 0, 0]):
+            frame, x, model = out[wanted[int(k)]]
+            if x.shape != (frame.height, xb.shape[1]):
+                x = np.empty((frame.height, xb.shape[1]), np.float32)
+                out[wanted[int(k)]] = (frame, x, model)
+            mine = where[:, 0] == k
+            x[where[mine, 1]] = xb[mine]
+        at += n
+    if at != slot.shape[0]:
+        msg = f"the embeddings' files yielded {at} rows, not the {slot.shape[0]} first read"
+        raise RuntimeError(msg)
 
 
 @dataclass(frozen=True, eq=False)

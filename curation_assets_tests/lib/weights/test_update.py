@@ -328,3 +328,27 @@ def test_a_full_run_killed_before_its_commit_stores_its_probe_once(tmp_path, mon
     probes = torn.read(WEIGHT_PROBES)
     assert probes["probe_id"].to_list() == [first.summary["probe_id"]]  # same data, same id
     assert _weights(torn).equals(_weights(clean))
+
+
+def test_read_shards_puts_each_vector_in_its_row_as_a_whole_read_would(tmp_path, monkeypatch):
+    """Streamed a few rows at a time over two shards, one listing three images twice."""
+    from curation_assets.lib import vectors
+    from curation_assets.lib.weights.shards import read_shards, reference_rows
+
+    monkeypatch.setattr(vectors, "STREAM_ROWS", 7)
+    store = _corpus(tmp_path, n=300)
+    first, second = BASE[:2]
+    raw = store.read(RAW_IMAGES, shards=[first])
+    store.replace_shard(RAW_IMAGES, first, pl.concat([raw, raw.head(3)]))
+    got = read_shards(store, [first, second, "no-such-shard"], "filter")
+    emb = store.read(IMAGE_EMBEDDINGS, shards=[first, second])
+    vector = dict(zip(emb["image_id"], emb["embedding"].to_list(), strict=True))
+    for shard in (first, second):
+        frame, x, model = got[shard]
+        assert frame["image_id"].is_sorted() and x.shape == (frame.height, len(emb["embedding"][0]))
+        want = np.array([vector[i] for i in frame["image_id"]], np.float32)
+        np.testing.assert_array_equal(x, want)
+        assert model == emb["model_id"][0]
+    rows = reference_rows(store, [first], "filter", ["image_id", "shard"])
+    assert got[first][0].height == rows.height and rows["image_id"].is_duplicated().any()
+    assert got["no-such-shard"][0].height == 0 and got["no-such-shard"][2] == ""
