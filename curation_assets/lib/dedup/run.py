@@ -599,7 +599,8 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     Order: the ``deduplicated_images`` shards to rewrite (new, redone or torn: commits of
     whole shards), the changed decisions of other shards (one append: merge-on-read,
     :mod:`~curation_assets.lib.revisions`; folded into their shards once they reach a share of
-    the table), ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs),
+    the table), ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs; no vector),
+    ``duplicate_vectors`` (appended: the images new to the graph; whole in a full run),
     ``dedup_runs``, then the ``stage_commits`` row. A kill before the commit leaves the
     committed versions authoritative: the next run reads the graph as of them and rewrites the
     shards written since (:func:`~curation_assets.lib.dedup.plan.plan_dedup`).
