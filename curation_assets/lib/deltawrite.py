@@ -1,7 +1,8 @@
 """What a failed Delta write means, and how writes are laid out in parquet.
 
 :class:`StorageUnwritableError` (and :func:`unwritable`, which maps an OS error to it) tells a
-full or read-only root apart from a bug; :func:`writer_properties` sizes row groups. Used by
+full or read-only root apart from a bug; :func:`writer_properties` sizes row groups;
+:func:`sql_literal` quotes a predicate's value. Used by
 :class:`~curation_assets.lib.storage.DeltaStore` for every write.
 """
 
@@ -98,6 +99,21 @@ class FrameSlices:
     def __arrow_c_stream__(self, requested_schema: object = None) -> object:
         """The Arrow PyCapsule stream protocol (what ``write_deltalake`` reads)."""
         return self.reader().__arrow_c_stream__(requested_schema)
+
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._\-]+$")
+
+
+def sql_literal(value: str) -> str:
+    """Quote ``value`` as a SQL string literal for a Delta predicate.
+
+    Raises:
+        ValueError: If ``value`` is not ``[A-Za-z0-9._-]+`` (shard keys are checked at discovery).
+    """
+    if not _SAFE_VALUE.match(value):
+        msg = f"value {value!r} is not a safe partition value; expected [A-Za-z0-9._-]+"
+        raise ValueError(msg)
+    return f"'{value}'"
 
 
 def writer_properties(data: Any) -> WriterProperties:

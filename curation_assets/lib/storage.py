@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +36,7 @@ from curation_assets.lib.deltalog import (
 )
 from curation_assets.lib.deltawrite import (
     FrameSlices,
+    sql_literal,
     unwritable,
     writer_identity,
     writer_properties,
@@ -55,32 +55,12 @@ logger = logging.getLogger(__name__)
 #: Write options of a table changed in place: its hidden columns may be newer than its files.
 _MERGE = {"schema_mode": "merge"}
 
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._\-]+$")
-
-
-def sql_literal(value: str) -> str:
-    """Quote ``value`` as a SQL string literal for a Delta predicate.
-
-    Raises:
-        ValueError: If ``value`` is not ``[A-Za-z0-9._-]+`` (shard keys are checked at discovery).
-    """
-    if not _SAFE_VALUE.match(value):
-        msg = f"value {value!r} is not a safe partition value; expected [A-Za-z0-9._-]+"
-        raise ValueError(msg)
-    return f"'{value}'"
-
-
 #: Commit attempts when a concurrent writer wins the race (first creation, conflicting commit).
 COMMIT_ATTEMPTS = 5
 
 
 class ConcurrentWriteError(TransientError, RuntimeError):
     """A commit kept failing because another process committed to the same table."""
-
-
-def is_local_uri(uri: str) -> bool:
-    """Whether ``uri`` is a local folder (a path or ``file://``), not an object store."""
-    return not is_remote(uri)
 
 
 class DeltaStore:
@@ -99,7 +79,7 @@ class DeltaStore:
     def __init__(self, root_uri: str, storage_options: dict[str, str] | None = None) -> None:
         self.root_uri = root_uri
         given = dict(storage_options or {})
-        self.storage_options = given if is_local_uri(root_uri) else {**env_options(), **given}
+        self.storage_options = given if not is_remote(root_uri) else {**env_options(), **given}
 
     def __repr__(self) -> str:
         """The root and the storage options with their secrets redacted."""
@@ -108,7 +88,7 @@ class DeltaStore:
     @property
     def is_local(self) -> bool:
         """True when the root is a local folder."""
-        return is_local_uri(self.root_uri)
+        return not is_remote(self.root_uri)
 
     def uri(self, table: str) -> str:
         """URI of ``table`` under the root."""
@@ -192,10 +172,20 @@ class DeltaStore:
         """Rows of each shard of a shard-partitioned table, from the Delta log's file stats.
 
         ``changes``: the change rows' partition too, under :data:`~.revisions.CHANGES`.
+        A file written without statistics (another writer's) has its shard's rows counted.
         """
         counts: dict[str, int] = {}
+        unknown: set[str] = set()
         for shard, n in self._shard_actions(table, version, "num_records", changes=changes):
             counts[shard] = counts.get(shard, 0) + int(n or 0)
+            if n is None:
+                unknown.add(shard)
+        if unknown:  # only those shards' files are read (partition pruning)
+            lf = pl.scan_delta(
+                self.uri(table), version=version, storage_options=self.storage_options or None
+            )
+            lf = lf.filter(pl.col("shard").is_in(sorted(unknown))).group_by("shard").len()
+            counts.update(dict(lf.collect().iter_rows()))
         return counts
 
     def changed_shards(self, table: str, since_version: int | None) -> set[str]:

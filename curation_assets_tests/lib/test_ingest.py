@@ -197,6 +197,18 @@ def test_ingest_checks_count_the_written_tables(tmp_path):
     assert not clash["image_ids_unique"].passed
     assert clash["image_ids_unique"].metadata["also_in_other_shards"] == 1
 
+    # an id twice within the shard (a foreign writer's rows): repeated, and each row of the
+    # other shard holding one of the shard's ids is counted once
+    twice = result.raw.head(1).with_columns(shard=pl.lit("a"))
+    store.replace_shard(RAW_IMAGES, "a", pl.concat([result.raw, twice]))
+    store.replace_shard(RAW_IMAGES, "c", result.raw.with_columns(shard=pl.lit("c")))
+    both = {c.name: c for c in ingest_checks(store, "a", result.n_enumerated)}
+    assert not both["image_ids_unique"].passed
+    assert both["image_ids_unique"].metadata == {
+        "repeated_within_shard": 1,
+        "also_in_other_shards": 1 + result.raw.height,
+    }
+
 
 def _raw(shard: str, ids: list[str]) -> pl.DataFrame:
     rows = [{"image_id": i, "shard": shard, "source_uri": f"/{shard}/{i}.png"} for i in ids]

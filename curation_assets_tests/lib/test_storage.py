@@ -13,8 +13,8 @@ from curation_assets.lib import commits, storage
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.compaction import compact, live_files
 from curation_assets.lib.deltalog import TABLE_PROPERTIES
-from curation_assets.lib.deltawrite import StorageUnwritableError
-from curation_assets.lib.storage import DeltaStore, sql_literal
+from curation_assets.lib.deltawrite import StorageUnwritableError, sql_literal
+from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import QUARANTINE, STAGE_COMMITS, Column, TableSpec
 
 SPEC = TableSpec(
@@ -329,3 +329,25 @@ def test_a_frame_larger_than_a_slice_is_written_slice_by_slice_and_reads_back_wh
     assert store.read(DUPLICATE_PAIRS).sort("image_id_a").equals(frame)
     store.append(DUPLICATE_PAIRS, frame.head(3))
     assert store.read(DUPLICATE_PAIRS).height == n + 3
+
+
+def test_row_counts_count_the_rows_of_files_written_without_statistics(tmp_path):
+    """A foreign writer's file without ``stats`` is counted from its rows, not as 0 rows."""
+    store = DeltaStore(str(tmp_path))
+    store.replace_shard(SPEC, "a", frame("a", [1, 2, 3]))
+    store.replace_shard(SPEC, "b", frame("b", [10, 11]))
+    assert store.shard_row_counts(SPEC.name) == {"a": 3, "b": 2}
+    log = tmp_path / SPEC.name / "_delta_log"
+    for entry in log.glob("*.json"):  # drop shard b's file statistics, as such a writer would
+        actions = [json.loads(line) for line in entry.read_text().splitlines() if line]
+        for action in actions:
+            if "add" in action and action["add"]["partitionValues"].get("shard") == "b":
+                action["add"].pop("stats", None)
+        entry.write_text("".join(json.dumps(a) + "\n" for a in actions))
+    actions = DeltaTable(store.uri(SPEC.name)).get_add_actions(flatten=True)
+    assert None in pl.DataFrame(actions)["num_records"].to_list()  # the log lost them
+    assert store.shard_row_counts(SPEC.name) == {"a": 3, "b": 2}
+    v = store.version(SPEC.name)
+    store.replace_shard(SPEC, "c", frame("c", [7]))
+    assert store.shard_row_counts(SPEC.name, v) == {"a": 3, "b": 2}
+    assert store.shard_row_counts(SPEC.name) == {"a": 3, "b": 2, "c": 1}

@@ -95,17 +95,10 @@ def shard_sizes(
 def embedded_counts(store: DeltaStore, shards: Sequence[str] | None = None) -> pl.DataFrame:
     """``shard, n_embedded``: rows of ``image_embeddings`` per shard (those with any).
 
-    From the Delta log's per-file row counts when every file has one (no data file opened);
-    otherwise the shards' ``shard`` column is counted.
+    From the Delta log's per-file row counts (:meth:`~.storage.DeltaStore.shard_row_counts`:
+    no data file opened, but those of a shard some file of which has no statistics).
     """
-    counts: dict[str, int] = {}
-    for shard, n in store._shard_actions(IMAGE_EMBEDDINGS.name, None, "num_records"):
-        if n is None:  # a file written without statistics: count its rows
-            emb = store.scan(IMAGE_EMBEDDINGS).select("shard")
-            if shards is not None:
-                emb = emb.filter(pl.col("shard").is_in(list(shards)))
-            return emb.group_by("shard").agg(pl.len().alias("n_embedded")).collect()
-        counts[shard] = counts.get(shard, 0) + int(n)
+    counts = store.shard_row_counts(IMAGE_EMBEDDINGS.name)
     wanted = counts if shards is None else [s for s in shards if counts.get(s)]
     return pl.DataFrame(
         {"shard": list(wanted), "n_embedded": [counts[s] for s in wanted]},
