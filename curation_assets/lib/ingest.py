@@ -451,7 +451,7 @@ def lookup_elsewhere(
         store.scan(RAW_IMAGES, version=version)
         .filter((pl.col("shard") != shard) & pl.col("image_id").is_in(image_ids))
         .select(ELSEWHERE_COLUMNS)
-        .collect()
+        .collect(engine="streaming")  # batch by batch: memory ∝ the ids asked, not the corpus
     )
 
 

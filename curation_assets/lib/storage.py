@@ -560,20 +560,26 @@ class DeltaStore:
         dt = self._table(table)
         return 0 if dt is None else dt.version() + 1
 
-    def replace_table(self, spec: TableSpec, df: pl.DataFrame) -> int:
-        """Overwrite a whole (unpartitioned) table in one transaction.
+    def replace_table(self, spec: TableSpec, df: pl.DataFrame | Iterable[pl.DataFrame]) -> int:
+        """Overwrite a whole table in one transaction, from a frame or streamed frames.
+
+        Streamed frames (memory: one frame) are a one-shot source: the commit is not retried
+        when another writer commits first (:meth:`_write`).
 
         Returns:
             The Delta version committed.
         """
+        if isinstance(df, pl.DataFrame):
+            data: Any = _source(spec, df)
+        else:
+            batches = (b for frame in df for b in spec.to_arrow(frame).to_batches())
+            data = pa.RecordBatchReader.from_batches(spec.empty().to_arrow().schema, batches)
+        partition_by = list(spec.partition_by) or None
         version = self._write(
-            spec.name,
-            _source(spec, df),
-            mode="overwrite",
-            partition_by=list(spec.partition_by) or None,
-            schema_mode="overwrite",
+            spec.name, data, mode="overwrite", partition_by=partition_by, schema_mode="overwrite"
         )
-        logger.info("delta %s: overwritten with %d rows (v%d)", spec.name, df.height, version)
+        rows = df.height if isinstance(df, pl.DataFrame) else "streamed"
+        logger.info("delta %s: overwritten with %s rows (v%d)", spec.name, rows, version)
         return version
 
     def append(self, spec: TableSpec, df: pl.DataFrame) -> int | None:

@@ -294,6 +294,8 @@ def bench_scale(
         "dim": dim,
         "memory_budget_mb": os.environ.get("CURATION_MEMORY_BUDGET_MB", "default"),
         "engine": os.environ.get("CURATION_ENGINE") or "local",
+        # polars' allocator (jemalloc) keeps freed pages ~10 s: its settings move every peak
+        "polars_allocator": os.environ.get("_RJEM_MALLOC_CONF") or "default",
         "corpus": info,
         "home": str(root),
     }

@@ -351,3 +351,12 @@ def test_row_counts_count_the_rows_of_files_written_without_statistics(tmp_path)
     store.replace_shard(SPEC, "c", frame("c", [7]))
     assert store.shard_row_counts(SPEC.name, v) == {"a": 3, "b": 2}
     assert store.shard_row_counts(SPEC.name) == {"a": 3, "b": 2, "c": 1}
+
+
+def test_a_table_is_replaced_from_streamed_frames_in_one_commit(tmp_path):
+    store = DeltaStore(str(tmp_path))
+    store.replace_table(SPEC, frame("a", [1]))
+    before = store.version(SPEC.name)
+    version = store.replace_table(SPEC, (frame(s, [i, i + 1]) for i, s in enumerate("xyz")))
+    assert version == before + 1
+    assert store.read(SPEC).sort("shard", "id")["id"].to_list() == [0, 1, 1, 2, 2, 3]

@@ -8,9 +8,12 @@
   :mod:`.merge`), ``deduplicated_images`` (per shard) and ``dedup_runs``.
 """
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
 
 import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable
 
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -27,6 +30,9 @@ from curation_assets.lib.tables import (
     assignments_spec,
     centroids_spec,
 )
+from curation_assets.lib.vectors import vector_batches
+
+logger = logging.getLogger(__name__)
 
 #: Stage name of dedup's commit records (:mod:`curation_assets.lib.commits`).
 DEDUP_STAGE = "dedup"
@@ -81,21 +87,93 @@ def committed_vectors(
     return read
 
 
+#: An update rewrites ``duplicate_vectors`` with only the rows a later run may read once more
+#: than this share of its rows are stale (images on neither the new graph nor the committed
+#: one) and at least :data:`COMPACT_MIN_ROWS` are: the table stays within ~2× the graph, and a
+#: rewrite follows as many stale rows appended (O(1) a row, amortized).
+STALE_SHARE = 0.5
+COMPACT_MIN_ROWS = 100_000
+
+#: Rows a compaction streams at a time (~1 KB each at d = 512: ~16 MB).
+COMPACT_BATCH_ROWS = 16_384
+
+
 def write_vectors(
-    store: DeltaStore, rows: pl.DataFrame, *, full: bool, outputs: Mapping[str, int] | None
+    store: DeltaStore,
+    rows: pl.DataFrame,
+    *,
+    full: bool,
+    outputs: Mapping[str, int] | None,
+    live: pl.Series | None = None,
 ) -> int:
     """Write a merge's new ``duplicate_vectors`` rows: the whole table (full), else appended.
 
+    ``live``: the image ids of the new graph's members. An update then compacts the table when
+    its stale rows are due (:data:`STALE_SHARE`): it keeps the rows of the new graph's members
+    and of the committed graph's (which a run killed before its commit reads back), one per
+    image, streamed from the table's files into one overwrite. Memory: the kept ids and a
+    batch of rows.
+
     Returns:
-        The table's Delta version to commit (the committed one when nothing is added).
+        The table's Delta version to commit (the committed one when nothing is written).
     """
     if full or outputs is None or DUPLICATE_VECTORS.name not in outputs:
         return store.replace_table(DUPLICATE_VECTORS, rows)
-    if not rows.height:
-        return outputs[DUPLICATE_VECTORS.name]
-    version = store.append(DUPLICATE_VECTORS, rows)
-    assert version is not None  # rows were written
-    return version
+    version = outputs[DUPLICATE_VECTORS.name]
+    if rows.height:
+        appended = store.append(DUPLICATE_VECTORS, rows)
+        assert appended is not None  # rows were written
+        version = appended
+    if live is None:
+        return version
+    table = DeltaTable(
+        store.uri(DUPLICATE_VECTORS.name),
+        version=version,
+        storage_options=store.storage_options or None,
+    )
+    total = _table_rows(table)
+    due = max(COMPACT_MIN_ROWS, STALE_SHARE * total)
+    if total - live.n_unique() <= due:  # cheap bound first: the kept rows are ≥ live
+        return version
+    committed = store.scan(DUPLICATE_MEMBERS, version=outputs[DUPLICATE_MEMBERS.name])
+    keep = pl.concat([live, committed.select("image_id").collect()["image_id"]]).unique()
+    if total - keep.len() <= due:
+        return version
+    compacted = store.replace_table(
+        DUPLICATE_VECTORS, _kept_rows(table.file_uris(), store.storage_options, keep)
+    )
+    logger.info(
+        "duplicate_vectors: %d rows, %d of images on the graph now or as committed: compacted",
+        total,
+        keep.len(),
+    )
+    return compacted
+
+
+def _table_rows(table: DeltaTable) -> int:
+    """Rows of a Delta table: from its log's file statistics, else counted."""
+    counts = pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist()
+    if None in counts:  # a file written without statistics
+        return int(pl.scan_delta(table).select(pl.len()).collect().item())
+    return int(sum(counts))
+
+
+def _kept_rows(
+    uris: list[str], options: Mapping[str, str], keep: pl.Series
+) -> Iterator[pl.DataFrame]:
+    """The ``duplicate_vectors`` rows of ``keep`` in ``uris``, one per image, batch by batch."""
+    seen = keep.head(0)
+    wanted = keep.implode()
+    batches = vector_batches(
+        uris, options, None, ("image_id", "vector"), batch_rows=COMPACT_BATCH_ROWS
+    )
+    for frame, _ in batches:
+        rows = frame.filter(
+            pl.col("image_id").is_in(wanted) & ~pl.col("image_id").is_in(seen.implode())
+        )
+        rows = rows.unique("image_id", keep="first", maintain_order=True)
+        seen = pl.concat([seen, rows["image_id"]])
+        yield rows.select(DUPLICATE_VECTORS.column_names)
 
 
 def committed_graph(

@@ -600,7 +600,8 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
     whole shards), the changed decisions of other shards (one append: merge-on-read,
     :mod:`~curation_assets.lib.revisions`; folded into their shards once they reach a share of
     the table), ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs; no vector),
-    ``duplicate_vectors`` (appended: the images new to the graph; whole in a full run),
+    ``duplicate_vectors`` (appended: the images new to the graph, compacted once half its rows
+    are stale: :func:`.io.write_vectors`; whole in a full run),
     ``dedup_runs``, then the ``stage_commits`` row. A kill before the commit leaves the
     committed versions authoritative: the next run reads the graph as of them and rewrites the
     shards written since (:func:`~curation_assets.lib.dedup.plan.plan_dedup`).
@@ -656,7 +657,11 @@ def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
         ),
         DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, outcome.members),
         DUPLICATE_VECTORS.name: io.write_vectors(
-            store, outcome.merged.vectors, full=plan.mode == "full", outputs=committed
+            store,
+            outcome.merged.vectors,
+            full=plan.mode == "full",
+            outputs=committed,
+            live=outcome.members["image_id"],
         ),
         DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
         DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),

@@ -110,7 +110,8 @@ DUPLICATE_VECTORS = TableSpec(
     "cosine to its kept one). Appended, never rewritten, between full runs: an image's vector "
     "never changes (its id is the hash of its bytes, and a new model means a full run), so an "
     "update writes only the images new to the pair graph. Rows of images that left the graph "
-    "stay until the next full run; an image listed twice has the same vector twice.",
+    "(or came back: listed twice, the same vector) stay until an update finds half the rows "
+    "stale and rewrites the table with those of its graph and the committed one.",
     partition_by=(),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),

@@ -519,3 +519,65 @@ def test_a_member_without_a_vector_is_a_torn_state_not_a_guess():
     assert lookup(pl.Series(["a"])).to_list() == [b"\x00\x3c"]
     with pytest.raises(RuntimeError, match="1 images on the pair graph have no vector"):
         lookup(pl.Series(["a", "b"]))
+
+
+def test_stale_vectors_are_compacted_a_run_after_they_leave_the_graph(
+    tmp_path, corpus, monkeypatch
+):
+    """duplicate_vectors keeps the rows of the new and the committed graph, once per image.
+
+    Shards leave the filtered set: their images' rows stay that run (the committed graph, which
+    a run killed before its commit reads back, still holds them) and go at the next update's
+    compaction. Decisions stay a full run's, and a later update reads the compacted table.
+    """
+    from curation_assets.lib.dedup import io
+
+    monkeypatch.setattr(io, "COMPACT_MIN_ROWS", 0)
+    monkeypatch.setattr(io, "STALE_SHARE", 0.0)  # due at the first stale or repeated row
+    store = _store(tmp_path / "inc", corpus)
+    _add(store, corpus, range(4))
+    run_and_write(store)
+    first = store.read(DUPLICATE_MEMBERS)["image_id"]
+    for shard in ("s0", "s1"):  # e.g. a retrained classifier filters them out
+        store.replace_shard(FILTERED_IMAGES, shard, FILTERED_IMAGES.empty())
+    run_and_write(store)
+    second = store.read(DUPLICATE_MEMBERS)["image_id"]
+    left = set(first) - set(second)
+    assert left and set(store.read(DUPLICATE_VECTORS)["image_id"]) >= set(first)  # kept a run
+    for shards in ([4], [5]):
+        _add(store, corpus, shards)
+        step = run_and_write(store)
+        assert step.plan.mode == "incremental"
+        now = store.read(DUPLICATE_MEMBERS)["image_id"]
+        vectors = store.read(DUPLICATE_VECTORS)
+        assert vectors["image_id"].is_unique().all()  # one row per image
+        assert set(vectors["image_id"]) == set(now) | set(second)  # stale rows gone
+        second = now
+    full = _store(tmp_path / "full", corpus)
+    _add(full, corpus, range(2, N_SHARDS))
+    run_and_write(full)
+    _assert_same(_tables(store), _tables(full))
+    key = ["image_id", "shard"]
+    assert store.read(DUPLICATE_MEMBERS).sort(key).equals(full.read(DUPLICATE_MEMBERS).sort(key))
+
+
+def test_vectors_are_only_appended_below_the_stale_share(tmp_path, corpus, monkeypatch):
+    """Under :data:`~.io.STALE_SHARE` of stale rows the table is appended to, not rewritten."""
+    from curation_assets.lib.dedup import io
+
+    monkeypatch.setattr(io, "COMPACT_MIN_ROWS", 0)
+    store = _store(tmp_path / "s", corpus)
+    _add(store, corpus, range(4))
+    run_and_write(store)
+    first = set(store.read(DUPLICATE_MEMBERS)["image_id"])
+    store.replace_shard(FILTERED_IMAGES, "s0", FILTERED_IMAGES.empty())
+    run_and_write(store)
+    _add(store, corpus, [4])
+    run_and_write(store)
+    now = set(store.read(DUPLICATE_MEMBERS)["image_id"])
+    vectors = store.read(DUPLICATE_VECTORS)
+    stale = vectors.height - len(now)
+    assert 0 < stale <= io.STALE_SHARE * vectors.height  # some, under the share
+    assert set(vectors["image_id"]) >= first | now  # nothing dropped
+    modes = [h["operationParameters"].get("mode") for h in store.history(DUPLICATE_VECTORS.name)]
+    assert modes.count("Overwrite") == 1 and "Append" in modes  # the full run's only
