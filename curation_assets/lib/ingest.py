@@ -508,37 +508,22 @@ def _shard_rows(store: DeltaStore, spec: TableSpec, shard: str, **equal: str) ->
     return int(store.scan(spec).filter(cond).select(pl.len()).collect().item())
 
 
-def _held_elsewhere(store: DeltaStore, shard: str, ids: pl.Series) -> int:
-    """Rows of other shards of ``raw_images`` holding one of ``ids``.
-
-    The other shards' ``image_id`` column is streamed through a filter on ``ids``: memory ∝
-    the shard (its ids' hash set and a batch), not the corpus; I/O is still every shard's ids
-    (as :func:`lookup_elsewhere`).
-    """
-    if not ids.len():
-        return 0
-    held = store.scan(RAW_IMAGES).filter(
-        (pl.col("shard") != shard) & pl.col("image_id").is_in(ids.implode())
-    )
-    return int(held.select(pl.len()).collect(engine="streaming").item())
-
-
 def ingest_checks(store: DeltaStore, shard: str, enumerated: int) -> list[Check]:
     """The ingest invariants, re-counted on the written tables.
 
     ``every_input_accounted_for``: enumerated = ingested + quarantined at ingest + exact
     duplicates. ``image_ids_unique``: no image_id twice in the shard, nor in another shard
-    (memory ∝ the shard: :func:`_held_elsewhere`).
+    (:func:`lookup_elsewhere`: memory ∝ the shard, not the corpus).
     """
+    mine = store.read(RAW_IMAGES, shards=[shard], columns=["image_id"])["image_id"]
     counts = {
-        RAW_IMAGES.name: _shard_rows(store, RAW_IMAGES, shard),
+        RAW_IMAGES.name: mine.len(),
         DUPLICATE_FILES.name: _shard_rows(store, DUPLICATE_FILES, shard),
         QUARANTINE.name: _shard_rows(store, QUARANTINE, shard, stage="ingest"),
     }
     accounted = sum(counts.values())
-    mine = store.read(RAW_IMAGES, shards=[shard], columns=["image_id"])["image_id"]
     repeated = mine.len() - mine.n_unique()
-    clash = _held_elsewhere(store, shard, mine)
+    clash = lookup_elsewhere(store, shard, mine.to_list()).height
     return [
         Check(
             "every_input_accounted_for",
