@@ -6,6 +6,7 @@ of bounded rows; the rest keeps long streaming passes from fragmenting the heap.
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,44 @@ from collections.abc import Mapping, Sequence
 logger = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None off Linux (or where the C library cannot be found)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError as exc:
+        logger.debug("C library unavailable: %s", exc)
+        return None
+
+
+def trim_heap() -> bool:
+    """Hand freed heap pages back to the OS between a step's phases.
+
+    glibc's (``malloc_trim``: numpy and faiss allocate there) and pyarrow's memory pool's
+    (``release_unused``; only when pyarrow is loaded). A step's phases allocate through
+    several allocators (polars has its own jemalloc): pages one keeps after a phase has freed
+    its arrays are no use to the next phase's other allocator, so without a release the
+    phases' peaks stack in RSS. Measured on the 1M incremental update (a 9k-row shard, peak
+    RSS of the step's process, medians): ``dedup_job`` 663 → 610 MB (no change at 100k),
+    ``weights_job`` 505 → 455 MB (100k: 406 → 387 MB). A call costs milliseconds.
+
+    Returns:
+        Whether glibc returned memory (False off glibc).
+    """
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    return bool(libc.malloc_trim(0))
 
 
 def limit_malloc_arenas(n: int = 2) -> bool:
@@ -24,15 +63,12 @@ def limit_malloc_arenas(n: int = 2) -> bool:
     103 MB to 38 MB with two arenas). Affects arenas created after the call, so call it
     before starting worker threads. Returns False (and does nothing) off glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         ok = bool(libc.mallopt(_M_ARENA_MAX, n))
-    except (OSError, AttributeError) as exc:
+    except AttributeError as exc:
         logger.debug("mallopt unavailable: %s", exc)
         return False
     return ok

@@ -1,9 +1,13 @@
 """MemoryBudget and DeltaStore.changed_shards: the contracts the corpus-scale stages share."""
 
+import os
+import platform
+import sys
+
 import polars as pl
 import pytest
 
-from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.memory import MemoryBudget, trim_heap
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import FILTERED_IMAGES as TABLE
 
@@ -63,3 +67,25 @@ def test_shard_batches_bound_rows_and_optionally_shards():
     assert shard_batches(sizes, ["d", "a", "b"], 100, max_shards=2) == [["d", "a"], ["b"]]
     assert shard_batches(sizes, ["missing", "d"], 1) == [["missing", "d"]]  # 0 rows
     assert shard_batches(sizes, [], 10) == []
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="malloc_trim is glibc's",
+)
+def test_trim_heap_returns_freed_pages_to_the_os():
+    # 64 KiB blocks sit below glibc's mmap threshold: freed with every tenth kept, the holes
+    # stay in the process (the heap's top cannot shrink past a live block) until a trim
+    blocks = [bytearray(b"x" * 65_536) for _ in range(3000)]  # ~190 MiB, touched
+    kept = blocks[::10]
+    del blocks
+    before = _rss_mb()
+    assert trim_heap() is True
+    after = _rss_mb()
+    assert before - after > 100, (before, after)
+    assert len(kept) == 300

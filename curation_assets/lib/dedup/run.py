@@ -49,7 +49,7 @@ from curation_assets.lib.dedup.search import search
 from curation_assets.lib.dedup.tau import calibrated_tau
 from curation_assets.lib.engine import LocalEngine, RayEngine
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.memory import MemoryBudget, trim_heap
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CANDIDATE_PAIRS,
@@ -252,6 +252,7 @@ def run_dedup(
         max_bytes=budget.bytes // 16,
         keep_bytes=keep,
     )
+    trim_heap()  # each phase's freed C heap goes back to the OS: peaks do not stack
     ready, waiting = laid.ready, laid.waiting
     pending = sorted(waiting.items())
     say(
@@ -278,6 +279,7 @@ def run_dedup(
         f"searched {len(keys)} {'buckets (new rows)' if found.how == 'new_rows' else 'units'} "
         f"({comparisons:,} comparisons) in {time.perf_counter() - t_search:.1f}s"
     )
+    trim_heap()
     # 3. merge
     t_merge = time.perf_counter()
     old_pairs, old_members = _committed_graph(store, plan)
@@ -338,6 +340,8 @@ def run_dedup(
             ),
             recommit=True,
         )
+    del old_pairs, old_members  # the merged graph replaces them
+    trim_heap()
     # 5. recall on a budget
     t_recall = time.perf_counter()
     recall = budgeted_recall(

@@ -47,7 +47,7 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.engine import LOCAL, LocalEngine, RayEngine, ShardResult
-from curation_assets.lib.memory import shard_batches
+from curation_assets.lib.memory import shard_batches, trim_heap
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import SAMPLE_WEIGHTS, WEIGHT_PROBES
 from curation_assets.lib.weights.audit import DEFAULT_BASELINE_PROMPT, TextEncoder
@@ -211,7 +211,9 @@ class WeightShardWork:
         shards = self.shards(key)
         scores = read_uniqueness(store, shards) if self.uniqueness is not None else {}
         done: list[WeightedShard] = []
-        for shard, (frame, x, model_id) in read_shards(store, shards, self.correct_for).items():
+        read = read_shards(store, shards, self.correct_for)
+        trim_heap()  # the reads' buffers: not held while the shards are scored
+        for shard, (frame, x, model_id) in read.items():
             scored = score_shard(
                 shard,
                 frame,
@@ -232,6 +234,8 @@ class WeightShardWork:
             )
             store.replace_shard(SAMPLE_WEIGHTS, shard, scored.weights)
             done.append(WeightedShard(shard, scored.weights.height, scored.stats, scored.counts))
+        del read
+        trim_heap()
         seconds = time.perf_counter() - t0
         rows = sum(s.rows for s in done)
         progress(f"weighted {rows} kept images of {len(done)} shard(s) in {seconds:.2f}s")
