@@ -64,7 +64,7 @@ from curation_assets.lib.dedup.report import (
     recall_chart,
     sweep_markdown,
 )
-from curation_assets.lib.dedup.run import DedupOutcome, run_dedup, write_dedup
+from curation_assets.lib.dedup.run import DedupOutcome, run_dedup
 from curation_assets.lib.dedup.stage import run_dedup_stage
 from curation_assets.lib.dedup.sweep import (
     committed_sweep,
@@ -79,6 +79,7 @@ from curation_assets.lib.dedup.tau import (
     TAU_OPEN_CLIP_VIT_B_32,
     calibrated_tau,
 )
+from curation_assets.lib.dedup.write import write_dedup
 
 __all__ = [
     "DEDUP_OUTPUTS",

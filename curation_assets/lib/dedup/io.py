@@ -27,6 +27,7 @@ from curation_assets.lib.tables import (
     FILTERED_IMAGES,
     IMAGE_EMBEDDINGS,
     RAW_IMAGES,
+    TableSpec,
     assignments_spec,
     centroids_spec,
 )
@@ -45,6 +46,12 @@ DEDUP_OUTPUTS = (
     DEDUPLICATED_IMAGES,
     DEDUP_RUNS,
 )
+
+
+def table_version(store: DeltaStore, spec: TableSpec) -> int:
+    """The table's current version; an empty table is created when none was written yet."""
+    version = store.version(spec.name)
+    return store.replace_table(spec, spec.empty()) if version is None else version
 
 
 def input_tables(n_clusterings: int) -> list[str]:

@@ -27,6 +27,7 @@ from curation_assets.lib.tables import (
     DEDUPLICATED_IMAGES,
     DUPLICATE_VECTORS,
     FILTERED_IMAGES,
+    TableSpec,
 )
 
 
@@ -180,3 +181,8 @@ def _reset_since(store: DeltaStore, version: int) -> bool:
         if str(params.get("mode", "")).lower() == "overwrite" and not params.get("predicate"):
             return True
     return False
+
+
+def committed_version(plan: DedupPlan, spec: TableSpec) -> int | None:
+    """The version of ``spec`` the plan's commit recorded (None when there is none)."""
+    return None if plan.commit is None else plan.commit.outputs.get(spec.name)

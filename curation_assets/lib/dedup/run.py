@@ -16,7 +16,7 @@
 5. measures pair recall on a sample whose exhaustive search costs at most ``recall_share`` of
    the run's own pair search, pooled with earlier runs on the same centroids.
 
-:func:`write_dedup` writes the pair graph, the ``deduplicated_images`` rows of the shards whose
+:func:`~.write.write_dedup` writes the pair graph, the ``deduplicated_images`` rows of the shards whose
 decisions changed (per shard: a new shard costs its rows plus the old shards its pairs reach),
 the run log, then the commit. Full, incremental and unit-by-unit runs give the same pairs and
 decisions (tested).
@@ -33,16 +33,14 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from curation_assets.lib.cluster import load_centroids
-from curation_assets.lib.commits import input_versions, last_commit, record_commit
-from curation_assets.lib.compaction import drop_changes, fold
+from curation_assets.lib.commits import input_versions, last_commit
 from curation_assets.lib.dedup import io
-from curation_assets.lib.dedup.decisions import write_decisions
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.newrows import new_rows_cap
-from curation_assets.lib.dedup.plan import DedupPlan, plan_dedup
+from curation_assets.lib.dedup.plan import DedupPlan, committed_version, plan_dedup
 from curation_assets.lib.dedup.readyids import ReadyIds
 from curation_assets.lib.dedup.sampling import budgeted_recall
 from curation_assets.lib.dedup.search import search
@@ -52,13 +50,9 @@ from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget, trim_heap
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
-    CANDIDATE_PAIRS,
     DEDUP_MEMBERS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
-    DUPLICATE_MEMBERS,
-    DUPLICATE_PAIRS,
-    DUPLICATE_VECTORS,
     FILTERED_IMAGES,
     N_CLUSTERINGS,
     VERIFIED_PAIRS,
@@ -269,7 +263,7 @@ def run_dedup(
         floor,
         full=full,
         block=block,
-        version=_version(store, DEDUP_MEMBERS),
+        version=io.table_version(store, DEDUP_MEMBERS),
         engine=engine,
         budget=budget,
         say=say,
@@ -301,7 +295,9 @@ def run_dedup(
     # 4. what to rewrite, and the totals
     covered = set(plan.covered) - plan.redo | set(ready)
     counts = (
-        store.shard_row_counts(DEDUPLICATED_IMAGES.name, _committed(plan, DEDUPLICATED_IMAGES))
+        store.shard_row_counts(
+            DEDUPLICATED_IMAGES.name, committed_version(plan, DEDUPLICATED_IMAGES)
+        )
         if plan.mode != "full"
         else {}
     )
@@ -495,11 +491,6 @@ def _floor(config: dict[str, Any]) -> float | None:
     return config.get("tau_min", config.get("tau"))
 
 
-def _committed(plan: DedupPlan, spec: Any) -> int | None:
-    """The version of ``spec`` the last commit recorded (None when there is none)."""
-    return None if plan.commit is None else plan.commit.outputs.get(spec.name)
-
-
 def _unchanged(
     store: DeltaStore,
     plan: DedupPlan,
@@ -519,7 +510,7 @@ def _unchanged(
             DEDUPLICATED_IMAGES,
             shards=redone,
             columns=["image_id", "shard"],
-            version=_committed(plan, DEDUPLICATED_IMAGES),
+            version=committed_version(plan, DEDUPLICATED_IMAGES),
         )
         before = {s: sorted(g["image_id"].to_list()) for (s,), g in old.group_by("shard")}
         now = ready.ids(redone)
@@ -575,126 +566,3 @@ def _current(
         verify_key=plan.commit.config.get("verify", "off"),
         policy=policy,
     )
-
-
-#: Statistics a commit keeps so that a run with nothing to do reports the same figures.
-_COMMITTED_STATS = (
-    "images",
-    "kept",
-    "removed",
-    "pairs",
-    "candidate_pairs",
-    "promoted_pairs",
-    "verified_band_pairs",
-    "components_with_duplicates",
-    "largest_component",
-    "removed_below_tau",
-    "found_by_count",
-    "pairs_per_clustering",
-    "units_total",
-    "buckets",
-    "seconds",
-)
-
-
-def write_dedup(store: DeltaStore, outcome: DedupOutcome) -> dict[str, int]:
-    """Write a run's tables, then commit them (nothing when the plan is ``current``).
-
-    Order: the ``deduplicated_images`` shards to rewrite (new, redone or torn: commits of
-    whole shards), the changed decisions of other shards (one append: merge-on-read,
-    :mod:`~curation_assets.lib.revisions`; folded into their shards once they reach a share of
-    the table), ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs; no vector),
-    ``duplicate_vectors`` (appended: the images new to the graph, compacted once half its rows
-    are stale: :func:`.io.write_vectors`; whole in a full run),
-    ``dedup_runs``, then the ``stage_commits`` row. A kill before the commit leaves the
-    committed versions authoritative: the next run reads the graph as of them and rewrites the
-    shards written since (:func:`~curation_assets.lib.dedup.plan.plan_dedup`).
-
-    Returns:
-        Table → Delta version of the committed outputs.
-    """
-    plan = outcome.plan
-    if plan.mode == "current" or outcome.run is None:
-        assert plan.commit is not None
-        if not outcome.recommit:
-            return plan.commit.outputs
-        outputs = {**plan.commit.outputs, DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS)}
-        record_commit(
-            store,
-            DEDUP_STAGE,
-            inputs=outcome.input_versions,
-            outputs=outputs,
-            config=plan.commit.config,
-            summary=plan.commit.summary,
-        )
-        return outputs
-    # covered shards whose decisions changed: their changed rows are appended (merge-on-read),
-    # but a shard a killed run wrote since the commit is rewritten with its committed images
-    again = (
-        set()
-        if plan.mode == "full"
-        else set(outcome.write_shards) - set(plan.redo) - set(outcome.ready)
-    )
-    patch = again - outcome.torn
-    write_decisions(
-        store,
-        [s for s in outcome.write_shards if s not in patch],
-        outcome.ready,
-        outcome.members,
-        old=again & outcome.torn,
-        committed=_committed(plan, DEDUPLICATED_IMAGES),
-    )
-    changes = outcome.merged.changes
-    store.append_changes(DEDUPLICATED_IMAGES, changes.filter(pl.col("shard").is_in(sorted(patch))))
-    if plan.mode == "full":
-        drop_changes(store, DEDUPLICATED_IMAGES)  # every shard was rewritten: all superseded
-    else:
-        fold(store, DEDUPLICATED_IMAGES)
-    committed = plan.commit.outputs if plan.commit is not None else None
-    outputs = {
-        DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
-        CANDIDATE_PAIRS.name: store.replace_table(CANDIDATE_PAIRS, outcome.merged.band),
-        **(
-            {VERIFIED_PAIRS.name: store.replace_table(VERIFIED_PAIRS, outcome.verdicts)}
-            if outcome.verdicts is not None
-            else {}
-        ),
-        DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, outcome.members),
-        DUPLICATE_VECTORS.name: io.write_vectors(
-            store,
-            outcome.merged.vectors,
-            full=plan.mode == "full",
-            outputs=committed,
-            live=outcome.members["image_id"],
-        ),
-        DEDUPLICATED_IMAGES.name: _version(store, DEDUPLICATED_IMAGES),
-        DEDUP_MEMBERS.name: _version(store, DEDUP_MEMBERS),
-        DEDUP_RUNS.name: io.write_run_log(store, outcome.run, committed),
-    }
-    run = outcome.run.row(0, named=True)
-    stats = outcome.stats
-    assert outcome.layout is not None
-    record_commit(
-        store,
-        DEDUP_STAGE,
-        inputs=outcome.input_versions,
-        outputs=outputs,
-        config={
-            **{k: run[k] for k in ("tau", "tau_min", "policy", "model_id", "centroids_versions")},
-            "verify": outcome.verify_key,
-            "layout": outcome.layout.key(),
-        },
-        summary={
-            "images": int(run["images"]),
-            "mode": run["mode"],
-            "stats": {k: stats[k] for k in _COMMITTED_STATS if stats.get(k) is not None},
-            "recall": {k: v for k, v in outcome.recall.items() if k != "sample"},
-        },
-    )
-    return outputs
-
-
-def _version(store: DeltaStore, spec: Any) -> int:
-    """The table's current version; an empty table is created when none was written yet."""
-    version = store.version(spec.name)
-    return store.replace_table(spec, spec.empty()) if version is None else version

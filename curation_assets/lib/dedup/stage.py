@@ -15,7 +15,8 @@ from typing import Any
 
 from curation_assets.lib.dedup.io import DEDUP_STAGE
 from curation_assets.lib.dedup.readyids import clear_ids
-from curation_assets.lib.dedup.run import DedupOutcome, run_dedup, write_dedup
+from curation_assets.lib.dedup.run import DedupOutcome, run_dedup
+from curation_assets.lib.dedup.write import write_dedup
 from curation_assets.lib.storage import DeltaStore
 
 

@@ -173,7 +173,7 @@ def test_changes_of_a_killed_run_are_undone_when_the_next_run_decides_otherwise(
     Killed before its commit, a run leaves old decisions appended; the new shard is then
     filtered out, so the next run must rewrite the old shard (its decisions as committed).
     """
-    from curation_assets.lib.dedup import run as dedup_run
+    from curation_assets.lib.dedup import write as dedup_write
 
     monkeypatch.setattr(revisions, "FOLD_SHARE", 0.5)  # no fold: keep the changes appended
     x = vectors(30, 0, seed=9)
@@ -188,7 +188,7 @@ def test_changes_of_a_killed_run_are_undone_when_the_next_run_decides_otherwise(
     copies = x[:5] + 0.001  # ingested earlier: the copies win, old decisions change
     add_shard(s, "b", copies / np.linalg.norm(copies, axis=1, keepdims=True), start=-100)
     with monkeypatch.context() as mp:
-        mp.setattr(dedup_run, "record_commit", lambda *a, **k: (_ for _ in ()).throw(_Killed))
+        mp.setattr(dedup_write, "record_commit", lambda *a, **k: (_ for _ in ()).throw(_Killed))
         with pytest.raises(_Killed):
             run_and_write(s)
     assert s.change_row_count("deduplicated_images") == 5  # appended, not committed
