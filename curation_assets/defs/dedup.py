@@ -18,6 +18,7 @@ from curation_assets.defs.metadata import (
 from curation_assets.defs.resources import Compute, DeltaStorage, Engine
 from curation_assets.defs.retries import fail_fast, transient_retry
 from curation_assets.lib.dedup import (
+    committed_stored_pairs,
     dedup_checks,
     dedup_figures,
     found_by_counts,
@@ -215,7 +216,7 @@ def deduplicate(
     figures = dedup_figures(outcome)
     context.log.info(
         f"dedup ({outcome.plan.mode}: {outcome.plan.reason}): {outcome.stats.get('images', 0)} "
-        f"images, {outcome.pairs.height} pairs, {outcome.stats.get('removed', 0)} removed"
+        f"images, {outcome.stats.get('pairs', 0)} pairs, {outcome.stats.get('removed', 0)} removed"
     )
     if figures["previously_kept_now_removed"]:
         context.log.warning(
@@ -228,24 +229,41 @@ def deduplicate(
         title, labels, values = chart
         figures["recall_curve"] = dg.MetadataValue.md(title + markdown_bars(labels, values))
     thumbs = group_thumbnails(store, outcome.members, n_groups=config.thumbnail_groups)
-    stored = outcome.merged.stored
+    local = outcome.merged.local is not None  # it holds the groups this update re-decided
+    if local:
+        figures["graph_scope"] = (
+            f"this update merged the {outcome.members.height} images of the groups it could "
+            "change: the thumbnails, the preview and the checks cover those"
+        )
+    # an update holds no whole graph: the sweep reads the committed pairs, within the budget
+    stored, n_stored = (
+        committed_stored_pairs(store, compute.budget())
+        if local
+        else (outcome.merged.stored, outcome.merged.stored.height)
+    )
     floor = outcome.tau_min
-    truth = read_truth(Path(config.truth_file), store) if config.truth_file else None
-    sweep = tau_sweep(stored, sweep_grid(floor, outcome.tau, step=0.01), truth)
     figures["tau_min"] = floor
-    figures["candidate_pairs"] = outcome.merged.band.height
+    figures["candidate_pairs"] = int(outcome.stats.get("candidate_pairs", 0))
     on = outcome.verify_key != "off"
     figures["band_verification"] = "on" if on else "off"
     if on:
         for key in ("promoted_pairs", "verified_new", "verify_errors"):
             figures[key] = int(outcome.stats.get(key, 0))
         figures["verify_seconds"] = round(float(outcome.stats.get("verify_seconds", 0.0)), 3)
-    figures["tau_sweep"] = dg.MetadataValue.md(sweep_markdown(sweep, outcome.tau, floor))
-    figures["pairs_at_tau"] = dg.MetadataValue.md(
-        pair_thumbnails(
-            store, pairs_at(stored, outcome.tau, n=config.thumbnail_groups), outcome.tau
+    if stored is not None:
+        truth = read_truth(Path(config.truth_file), store) if config.truth_file else None
+        sweep = tau_sweep(stored, sweep_grid(floor, outcome.tau, step=0.01), truth)
+        figures["tau_sweep"] = dg.MetadataValue.md(sweep_markdown(sweep, outcome.tau, floor))
+        figures["pairs_at_tau"] = dg.MetadataValue.md(
+            pair_thumbnails(
+                store, pairs_at(stored, outcome.tau, n=config.thumbnail_groups), outcome.tau
+            )
         )
-    )
+    else:
+        figures["tau_sweep"] = (
+            f"not computed: the {n_stored} stored pairs need more than a quarter of the memory "
+            "budget (compute.memory_budget_mb); `curation dedup sweep` computes it alone"
+        )
     checks = dedup_checks(outcome, config.recall_target)
     yield dg.MaterializeResult(
         asset_key="deduplicated_images",
@@ -264,7 +282,7 @@ def deduplicate(
         metadata=table_metadata(
             DUPLICATE_PAIRS,
             delta.uri(DUPLICATE_PAIRS),
-            outcome.pairs.height,
+            int(outcome.stats.get("pairs", outcome.pairs.height)),
             found_by_count=dg.MetadataValue.json(found_by_counts(outcome)),
             preview=markdown_preview(
                 outcome.pairs.sort("similarity").drop("found_by", "shard_a", "shard_b")

@@ -67,6 +67,7 @@ from curation_assets.lib.dedup.report import (
 from curation_assets.lib.dedup.run import DedupOutcome, run_dedup
 from curation_assets.lib.dedup.stage import run_dedup_stage
 from curation_assets.lib.dedup.sweep import (
+    committed_stored_pairs,
     committed_sweep,
     pairs_at,
     read_truth,
@@ -123,6 +124,7 @@ __all__ = [
     "pair_thumbnails",
     "sweep_markdown",
     "pairs_at",
+    "committed_stored_pairs",
     "committed_sweep",
     "read_truth",
     "sweep_grid",

@@ -112,10 +112,13 @@ def write_vectors(
     full: bool,
     outputs: Mapping[str, int] | None,
     live: pl.Series | None = None,
+    live_count: int | None = None,
 ) -> int:
     """Write a merge's new ``duplicate_vectors`` rows: the whole table (full), else appended.
 
-    ``live``: the image ids of the new graph's members. An update then compacts the table when
+    ``live``: image ids of the new graph's members, at least those not on the committed graph
+    (``live_count``: how many images the new graph has; default ``live``'s count). An update
+    then compacts the table when
     its stale rows are due (:data:`STALE_SHARE`): it keeps the rows of the new graph's members
     and of the committed graph's (which a run killed before its commit reads back), one per
     image, streamed from the table's files into one overwrite. Memory: the kept ids and a
@@ -138,9 +141,10 @@ def write_vectors(
         version=version,
         storage_options=store.storage_options or None,
     )
-    total = _table_rows(table)
+    total = table_rows(table)
     due = max(COMPACT_MIN_ROWS, STALE_SHARE * total)
-    if total - live.n_unique() <= due:  # cheap bound first: the kept rows are ≥ live
+    on_graph = live.n_unique() if live_count is None else live_count
+    if total - on_graph <= due:  # cheap bound first: the kept rows are ≥ the new graph's
         return version
     committed = store.scan(DUPLICATE_MEMBERS, version=outputs[DUPLICATE_MEMBERS.name])
     keep = pl.concat([live, committed.select("image_id").collect()["image_id"]]).unique()
@@ -157,7 +161,7 @@ def write_vectors(
     return compacted
 
 
-def _table_rows(table: DeltaTable) -> int:
+def table_rows(table: DeltaTable) -> int:
     """Rows of a Delta table: from its log's file statistics, else counted."""
     counts = pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist()
     if None in counts:  # a file written without statistics

@@ -12,8 +12,10 @@ and never enter the merge, so its memory grows with the number of pairs, not of 
 Incremental: the old rows of the shards being redone (new, changed or gone) are dropped with
 every pair touching them, the units' new pairs are added (they all touch a redone shard, so
 they share no pair with the old ones), and components and decisions are recomputed over the
-graph (cheap: O(pairs)). The result depends only on the final set of pairs, so full,
-incremental and any order of units give the same pairs and decisions (tested).
+graph (cheap: O(pairs)); an update passes only the components it can change
+(:mod:`.localgraph`), the rest of the graph being untouched. The result depends only on the
+final set of pairs, so full, incremental and any order of units give the same pairs and
+decisions (tested).
 
 Row order inside the merge is canonical — sorted by (image_id, shard) — so the keep policy's
 last tie-break ("lowest row") is the smallest image_id.
@@ -28,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from curation_assets.lib.dedup.keep import ImageMeta, choose, component_sizes, connected_components
+from curation_assets.lib.dedup.localgraph import LocalGraph
 from curation_assets.lib.dedup.pairs import Pairs, Rows, popcount
 from curation_assets.lib.dedup.units import ENDPOINT_SCHEMA, UNIT_PAIR_SCHEMA
 from curation_assets.lib.tables import (
@@ -75,6 +78,10 @@ class Merged:
     vectors: pl.DataFrame = field(default_factory=DUPLICATE_VECTORS.empty)
     """``duplicate_vectors`` rows to add: the images on the graph that were not on the old
     one (every image on it, for a full run)."""
+    local: LocalGraph | None = None
+    """Set when ``pairs``, ``band``, ``members`` and ``changes`` are those of the affected
+    subgraph only (:mod:`.localgraph`): the rest of the committed graph is unchanged and
+    ``stats`` are the whole graph's."""
 
     @cached_property
     def stored(self) -> pl.DataFrame:

@@ -16,9 +16,10 @@
 5. measures pair recall on a sample whose exhaustive search costs at most ``recall_share`` of
    the run's own pair search, pooled with earlier runs on the same centroids.
 
-:func:`~.write.write_dedup` writes the pair graph, the ``deduplicated_images`` rows of the shards whose
-decisions changed (per shard: a new shard costs its rows plus the old shards its pairs reach),
-the run log, then the commit. Full, incremental and unit-by-unit runs give the same pairs and
+:func:`~.write.write_dedup` writes the pair graph, the ``deduplicated_images`` rows of the
+shards whose decisions changed (per shard: a new shard costs its rows plus the old shards its
+pairs reach), the run log, then the commit. An update merges only the components it can change
+(:mod:`.localgraph`). Full, incremental and unit-by-unit runs give the same pairs and
 decisions (tested).
 """
 
@@ -38,6 +39,12 @@ from curation_assets.lib.dedup import io
 from curation_assets.lib.dedup.io import DEDUP_STAGE, input_tables
 from curation_assets.lib.dedup.keep import DEFAULT_POLICY
 from curation_assets.lib.dedup.layout import Layout, choose_layout, lay_out, reset
+from curation_assets.lib.dedup.localgraph import (
+    LocalGraph,
+    local_graph,
+    untouched_stats,
+    whole_stats,
+)
 from curation_assets.lib.dedup.merge import Merged, merge
 from curation_assets.lib.dedup.newrows import new_rows_cap
 from curation_assets.lib.dedup.plan import DedupPlan, committed_version, plan_dedup
@@ -159,6 +166,7 @@ def run_dedup(
     progress: Callable[[str], None] | None = None,
     engine: "LocalEngine | RayEngine | None" = None,
     new_rows: str = "auto",
+    local_merge: bool = True,
 ) -> DedupOutcome:
     """Plan, lay out, search and merge; writes only ``dedup_members`` (see :func:`write_dedup`).
 
@@ -191,6 +199,9 @@ def run_dedup(
             row, whatever the budget), ``units`` (every (clustering, bucket) unit the new rows
             fall in) or ``auto`` (one pass when the new rows fit a quarter of the budget, else
             units). The pairs are the same.
+        local_merge: An update merges only the components it can change
+            (:mod:`.localgraph`) when τ, τ_min, the policy and the band verification (off)
+            are the committed ones; False re-merges the whole graph (the same tables).
 
     Returns:
         A :class:`DedupOutcome`.
@@ -276,7 +287,25 @@ def run_dedup(
     trim_heap()
     # 3. merge
     t_merge = time.perf_counter()
-    old_pairs, old_members = _committed_graph(store, plan)
+    same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
+        tau,
+        floor,
+        verify_key,
+    )
+    local = (
+        local_graph(store, plan.commit.outputs, plan.redo, [r.pairs for r in results])
+        if local_merge
+        and plan.mode == "incremental"
+        and plan.commit is not None
+        and not plan.torn
+        and same_tau
+        and verify_key == "off"
+        and config.get("policy") == ",".join(policy)
+        else None
+    )
+    old_pairs, old_members = (
+        (local.pairs, local.members) if local is not None else _committed_graph(store, plan)
+    )
     verifier = _verifier(store, verify, budget)
     merged = merge(
         old_pairs,
@@ -291,6 +320,11 @@ def run_dedup(
         promote=verifier,
         vectors=io.committed_vectors(store, _graph_outputs(plan)),
     )
+    if local is not None:  # the whole graph's figures: the untouched part's and the subgraph's
+        untouched = untouched_stats(store, local, tau, n_clusterings)
+        stats = whole_stats(untouched, merged.stats)
+        stats["graph_members"] = untouched["members"] + merged.members.height
+        merged = replace(merged, stats=stats, local=local)
     seconds_merge = time.perf_counter() - t_merge
     # 4. what to rewrite, and the totals
     covered = set(plan.covered) - plan.redo | set(ready)
@@ -315,11 +349,6 @@ def run_dedup(
     write |= torn
     n_new = ready.total
     seconds = time.perf_counter() - t0
-    same_tau = (config.get("tau"), _floor(config), config.get("verify", "off")) == (
-        tau,
-        floor,
-        verify_key,
-    )
     if (
         plan.mode == "incremental"
         and same_tau
@@ -327,7 +356,7 @@ def run_dedup(
     ):
         # e.g. a second instance re-ingested the same shards: files changed, rows did not
         return replace(
-            _current(store, plan, read_versions, tau, policy, (old_pairs, old_members)),
+            _current(store, plan, read_versions, tau, policy, (old_pairs, old_members), local),
             plan=replace(
                 plan,
                 mode="current",
@@ -389,7 +418,7 @@ def run_dedup(
             "model_id": model_id,
             "images": images,
             "new_images": n_new,
-            "pairs": merged.pairs.height,
+            "pairs": int(merged.stats["pairs"]),
             "removed": int(merged.stats["removed"]),
             "previously_kept_now_removed": int(merged.stats["previously_kept_now_removed"]),
             "recall": json.dumps(recall["recall"]),
@@ -536,10 +565,12 @@ def _current(
     tau: float,
     policy: tuple[str, ...],
     graph: tuple[pl.DataFrame, pl.DataFrame] | None = None,
+    local: LocalGraph | None = None,
 ) -> DedupOutcome:
     """The committed state as an outcome: nothing to write.
 
-    ``graph``: the committed pairs and members when the caller has read them already.
+    ``graph``: the committed pairs and members when the caller has read them already (the
+    affected subgraph's when ``local``).
     """
     assert plan.commit is not None
     stored, members = graph if graph is not None else _committed_graph(store, plan)
@@ -550,7 +581,7 @@ def _current(
     pending = store.shard_files(FILTERED_IMAGES.name).keys() - plan.covered
     return DedupOutcome(
         plan,
-        Merged(stored.filter(strong), members, set(), stats, stored.filter(~strong)),
+        Merged(stored.filter(strong), members, set(), stats, stored.filter(~strong), local=local),
         None,
         stats,
         summary.get("recall", {"recall": [], "stderr": [], "true_pairs": 0, "sample": {}}),

@@ -22,15 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from deltalake import DeltaTable
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.dedup.io import DEDUP_STAGE, stored_pairs
+from curation_assets.lib.dedup.io import DEDUP_STAGE, stored_pairs, table_rows
 from curation_assets.lib.errors import ConfigError
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
+    CANDIDATE_PAIRS,
     DEDUPLICATED_IMAGES,
+    DUPLICATE_PAIRS,
     RAW_IMAGES,
 )
 
@@ -44,6 +48,39 @@ SWEEP_SCHEMA = {
     "precision": pl.Float64,
     "recall": pl.Float64,
 }
+
+
+#: What one stored pair costs a τ sweep read back from the tables: its two ids and shards
+#: and its similarity (~200 B as polars holds them), the sort and the spanning forest.
+SWEEP_PAIR_BYTES = 400
+
+#: The columns of a stored pair a sweep and its borderline thumbnails read.
+SWEEP_COLUMNS = ("image_id_a", "image_id_b", "similarity", "shard_a", "shard_b")
+
+
+def committed_stored_pairs(
+    store: DeltaStore, budget: MemoryBudget
+) -> tuple[pl.DataFrame | None, int]:
+    """The committed stored pairs (:data:`SWEEP_COLUMNS`) when a quarter of the budget holds them.
+
+    What the asset sweeps after an update, which merged only the components it changed
+    (:mod:`.localgraph`) and so holds no whole graph. Returns the pairs (None when they do not
+    fit, or nothing is committed) and how many there are (from the Delta log).
+    """
+    commit = last_commit(store, DEDUP_STAGE)
+    if commit is None:
+        return None, 0
+    specs = [s for s in (DUPLICATE_PAIRS, CANDIDATE_PAIRS) if s.name in commit.outputs]
+    versions = {s.name: commit.outputs[s.name] for s in specs}
+    options = store.storage_options or None
+    n = sum(
+        table_rows(DeltaTable(store.uri(name), version=v, storage_options=options))
+        for name, v in versions.items()
+    )
+    if n * SWEEP_PAIR_BYTES > budget.bytes // 4:
+        return None, n
+    parts = [store.scan(s, version=versions[s.name]).select(SWEEP_COLUMNS) for s in specs]
+    return pl.concat(parts).collect().sort("image_id_a", "image_id_b"), n
 
 
 def sweep_grid(floor: float, tau: float, step: float = 0.005) -> list[float]:

@@ -13,6 +13,7 @@ from curation_assets.lib.compaction import drop_changes, fold
 from curation_assets.lib.dedup import io
 from curation_assets.lib.dedup.decisions import write_decisions
 from curation_assets.lib.dedup.io import DEDUP_STAGE
+from curation_assets.lib.dedup.localgraph import write_local_graph
 from curation_assets.lib.dedup.plan import committed_version
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -56,7 +57,9 @@ def write_dedup(store: DeltaStore, outcome: "DedupOutcome") -> dict[str, int]:
     Order: the ``deduplicated_images`` shards to rewrite (new, redone or torn: commits of
     whole shards), the changed decisions of other shards (one append: merge-on-read,
     :mod:`~curation_assets.lib.revisions`; folded into their shards once they reach a share of
-    the table), ``duplicate_pairs`` and ``duplicate_members`` (whole: ∝ pairs; no vector),
+    the table), ``duplicate_pairs``, ``candidate_pairs`` and ``duplicate_members`` (whole:
+    ∝ pairs, no vector; an update's untouched rows streamed from the committed files:
+    :mod:`.localgraph`),
     ``duplicate_vectors`` (appended: the images new to the graph, compacted once half its rows
     are stale: :func:`.io.write_vectors`; whole in a full run),
     ``dedup_runs``, then the ``stage_commits`` row. A kill before the commit leaves the
@@ -107,21 +110,30 @@ def write_dedup(store: DeltaStore, outcome: "DedupOutcome") -> dict[str, int]:
     else:
         fold(store, DEDUPLICATED_IMAGES)
     committed = plan.commit.outputs if plan.commit is not None else None
+    merged = outcome.merged
+    graph = (
+        write_local_graph(store, merged.local, merged.pairs, merged.band, merged.members)
+        if merged.local is not None
+        else {
+            DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, merged.pairs),
+            CANDIDATE_PAIRS.name: store.replace_table(CANDIDATE_PAIRS, merged.band),
+            DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, merged.members),
+        }
+    )
     outputs = {
-        DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, outcome.pairs),
-        CANDIDATE_PAIRS.name: store.replace_table(CANDIDATE_PAIRS, outcome.merged.band),
+        **graph,
         **(
             {VERIFIED_PAIRS.name: store.replace_table(VERIFIED_PAIRS, outcome.verdicts)}
             if outcome.verdicts is not None
             else {}
         ),
-        DUPLICATE_MEMBERS.name: store.replace_table(DUPLICATE_MEMBERS, outcome.members),
         DUPLICATE_VECTORS.name: io.write_vectors(
             store,
-            outcome.merged.vectors,
+            merged.vectors,
             full=plan.mode == "full",
             outputs=committed,
-            live=outcome.members["image_id"],
+            live=merged.members["image_id"],  # with the committed members: the graph's
+            live_count=int(outcome.stats.get("graph_members", merged.members.height)),
         ),
         DEDUPLICATED_IMAGES.name: io.table_version(store, DEDUPLICATED_IMAGES),
         DEDUP_MEMBERS.name: io.table_version(store, DEDUP_MEMBERS),

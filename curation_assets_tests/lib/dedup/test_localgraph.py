@@ -1,0 +1,194 @@
+"""The local merge: an update merges only the components it can change, with equal results.
+
+Each scenario builds one committed state, copies it, and runs the same update twice: merging
+the affected subgraph (the default) and re-merging the whole graph (``local_merge=False``).
+Every table the stage writes, and every figure a commit keeps, must be equal.
+"""
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curation_assets.lib.commits import last_commit
+from curation_assets.lib.dedup.io import stored_pairs
+from curation_assets.lib.dedup.localgraph import local_graph
+from curation_assets.lib.dedup.sweep import committed_stored_pairs
+from curation_assets.lib.memory import MemoryBudget
+from curation_assets.lib.storage import DeltaStore
+from curation_assets.lib.tables import (
+    CANDIDATE_PAIRS,
+    DEDUPLICATED_IMAGES,
+    DUPLICATE_MEMBERS,
+    DUPLICATE_PAIRS,
+    FILTERED_IMAGES,
+)
+from curation_assets_tests.lib.dedup.helpers import (
+    DIM,
+    add_shard,
+    run_and_write,
+    unit,
+    write_centroids,
+)
+
+FLOOR = 0.9
+FIGURES = (
+    "images",
+    "kept",
+    "removed",
+    "pairs",
+    "new_pairs",
+    "candidate_pairs",
+    "images_on_pairs",
+    "components_with_duplicates",
+    "largest_component",
+    "removed_below_tau",
+    "found_by_count",
+    "pairs_per_clustering",
+    "previously_kept_now_removed",
+)
+
+
+def _near(x: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit(x + noise * rng.normal(size=x.shape))
+
+
+def _base() -> dict[str, np.ndarray]:
+    """Three shards: groups within and across them, close copies (≥ τ) and band ones."""
+    rng = np.random.default_rng(5)
+    a = unit(rng.normal(size=(40, DIM)))
+    b = np.concatenate([_near(a[:8], 0.01, 1), unit(rng.normal(size=(24, DIM)))])
+    c = np.concatenate(
+        [
+            _near(a[8:14], 0.08, 2),  # band pairs with a
+            _near(b[10:16], 0.01, 3),  # groups with b
+            _near(b[20:23], 0.08, 4),  # on the graph only by a band pair with b
+            unit(rng.normal(size=(20, DIM))),
+        ]
+    )
+    return {"a": a, "b": b, "c": c}
+
+
+def _table(store: DeltaStore, spec, keys: list[str]) -> pl.DataFrame:
+    return store.read(spec).sort(keys)
+
+
+def _tables(store: DeltaStore) -> dict[str, pl.DataFrame]:
+    return {
+        "pairs": _table(store, DUPLICATE_PAIRS, ["image_id_a", "image_id_b"]),
+        "band": _table(store, CANDIDATE_PAIRS, ["image_id_a", "image_id_b"]),
+        "members": _table(store, DUPLICATE_MEMBERS, ["image_id"]),
+        "decisions": store.read(DEDUPLICATED_IMAGES)
+        .select("image_id", "shard", "kept", "duplicate_of", "similarity", "component_id")
+        .sort("image_id"),
+    }
+
+
+def _both(tmp_path, update) -> tuple:
+    """The committed base in two copies, ``update`` applied to each, then local vs whole."""
+    store = DeltaStore(str(tmp_path / "local"))
+    write_centroids(store)
+    for name, x in _base().items():
+        add_shard(store, name, x)
+    first = run_and_write(store, tau_min=FLOOR)
+    assert first.plan.mode == "full" and first.stats["candidate_pairs"] > 0
+    shutil.copytree(tmp_path / "local", tmp_path / "whole")
+    whole = DeltaStore(str(tmp_path / "whole"))
+    update(store)
+    update(whole)
+    a = run_and_write(store)
+    b = run_and_write(whole, local_merge=False)
+    return store, whole, a, b
+
+
+def _assert_equal(store, whole, a, b) -> None:
+    assert a.plan.mode == b.plan.mode == "incremental"
+    assert a.merged.local is not None and b.merged.local is None
+    for name, df in _tables(whole).items():
+        assert _tables(store)[name].equals(df), name
+    for key in FIGURES:
+        assert a.stats[key] == b.stats[key], key
+    # the subgraph really is a part: fewer members than the graph
+    assert a.merged.members.height < _tables(store)["members"].height
+
+
+def test_copies_that_win_and_lose_in_a_new_shard(tmp_path):
+    base = _base()
+
+    def land(s: DeltaStore) -> None:
+        copies = np.concatenate([_near(base["a"][20:24], 0.01, 7), _near(base["c"][:3], 0.08, 8)])
+        add_shard(s, "d", copies, start=-50)  # ingested earlier: some copies win their groups
+
+    store, whole, a, b = _both(tmp_path, land)
+    _assert_equal(store, whole, a, b)
+    assert a.stats["previously_kept_now_removed"] > 0
+
+
+def test_a_changed_shard_whose_images_leave_the_graph(tmp_path):
+    def drop(s: DeltaStore) -> None:
+        kept = s.read(FILTERED_IMAGES, shards=["b"])
+        gone = [f"b-{i:04d}" for i in (*range(5), 20, 21, 22)]
+        s.replace_shard(FILTERED_IMAGES, "b", kept.filter(~pl.col("image_id").is_in(gone)))
+
+    store, whole, a, b = _both(tmp_path, drop)
+    _assert_equal(store, whole, a, b)
+    # c's band copies of b-0020..22 had no other pair: they left the graph
+    members = set(_tables(store)["members"]["image_id"])
+    assert not {f"c-{i:04d}" for i in range(12, 15)} & members
+
+
+def test_two_updates_in_a_row_stay_equal(tmp_path):
+    base = _base()
+
+    def land(s: DeltaStore) -> None:
+        add_shard(s, "d", _near(base["b"][16:20], 0.01, 9), start=-20)
+
+    store, whole, a, b = _both(tmp_path, land)
+    _assert_equal(store, whole, a, b)
+    for s in (store, whole):
+        add_shard(s, "e", _near(base["a"][30:36], 0.05, 10), start=-90)
+    a = run_and_write(store)
+    b = run_and_write(whole, local_merge=False)
+    _assert_equal(store, whole, a, b)
+
+
+@pytest.mark.parametrize("shards", [["b"], ["c"]])
+def test_the_subgraph_holds_whole_components_and_every_pair_touching_them(tmp_path, shards):
+    store = DeltaStore(str(tmp_path))
+    write_centroids(store)
+    for name, x in _base().items():
+        add_shard(store, name, x)
+    out = run_and_write(store, tau_min=FLOOR)
+    assert out.plan.commit is None  # a full run: read the graph as committed now
+    outputs = last_commit(store, "dedup").outputs
+    local = local_graph(store, outputs, shards, [])
+    members = store.read(DUPLICATE_MEMBERS)
+    affected = members.filter(pl.col("component_id").is_in(local.components.implode()))
+    assert local.members.sort("image_id").equals(affected.sort("image_id"))
+    assert set(members.filter(pl.col("shard").is_in(shards))["image_id"]) <= set(
+        local.members["image_id"]
+    )
+    ids = local.members["image_id"].implode()
+    every = stored_pairs(store, outputs)
+    touching = every.filter(pl.col("image_id_a").is_in(ids) | pl.col("image_id_b").is_in(ids))
+    assert local.pairs.equals(touching)
+    # a pair ≥ τ never joins an affected component to another one
+    strong = touching.filter(pl.col("similarity") >= 0.95)
+    assert strong["image_id_a"].is_in(ids).all() and strong["image_id_b"].is_in(ids).all()
+
+
+def test_the_sweep_reads_the_committed_pairs_within_the_budget(tmp_path):
+    base = _base()
+
+    def land(s: DeltaStore) -> None:
+        add_shard(s, "d", _near(base["a"][:4], 0.01, 11), start=-10)
+
+    store, _, a, _ = _both(tmp_path, land)
+    outputs = last_commit(store, "dedup").outputs
+    pairs, n = committed_stored_pairs(store, MemoryBudget(64))
+    assert pairs is not None and n == a.stats["pairs"] + a.stats["candidate_pairs"]
+    assert pairs.equals(stored_pairs(store, outputs).select(pairs.columns))
+    skipped, n_again = committed_stored_pairs(store, MemoryBudget(n * 400 * 4 / 2**20 * 0.9))
+    assert skipped is None and n_again == n
