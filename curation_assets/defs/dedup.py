@@ -232,8 +232,9 @@ def deduplicate(
     local = outcome.merged.local is not None  # it holds the groups this update re-decided
     if local:
         figures["graph_scope"] = (
-            f"this update merged the {outcome.members.height} images of the groups it could "
-            "change: the thumbnails, the preview and the checks cover those"
+            f"{outcome.members.height} images in the groups this run re-decided (the rest of "
+            "the pair graph is as committed): the thumbnails, the preview and the checks "
+            "cover those"
         )
     # an update holds no whole graph: the sweep reads the committed pairs, within the budget
     stored, n_stored = (

@@ -60,6 +60,8 @@ from curation_assets.lib.tables import (
     DEDUP_MEMBERS,
     DEDUP_RUNS,
     DEDUPLICATED_IMAGES,
+    DUPLICATE_MEMBERS,
+    DUPLICATE_PAIRS,
     FILTERED_IMAGES,
     N_CLUSTERINGS,
     VERIFIED_PAIRS,
@@ -570,10 +572,15 @@ def _current(
     """The committed state as an outcome: nothing to write.
 
     ``graph``: the committed pairs and members when the caller has read them already (the
-    affected subgraph's when ``local``).
+    affected subgraph's when ``local``). Without one the graph is not read: nothing was
+    re-decided (an empty ``local``), and the figures are the commit's.
     """
     assert plan.commit is not None
-    stored, members = graph if graph is not None else _committed_graph(store, plan)
+    if graph is None:
+        stored, members = DUPLICATE_PAIRS.empty(), DUPLICATE_MEMBERS.empty()
+        local = LocalGraph(stored, members, pl.Series("component_id", [], pl.String), {})
+    else:
+        stored, members = graph
     strong = pl.col("similarity") >= tau
     summary = plan.commit.summary
     stats = {**summary.get("stats", {}), "new_rows": 0, "previously_kept_now_removed": 0}

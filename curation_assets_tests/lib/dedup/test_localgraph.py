@@ -192,3 +192,22 @@ def test_the_sweep_reads_the_committed_pairs_within_the_budget(tmp_path):
     assert pairs.equals(stored_pairs(store, outputs).select(pairs.columns))
     skipped, n_again = committed_stored_pairs(store, MemoryBudget(n * 400 * 4 / 2**20 * 0.9))
     assert skipped is None and n_again == n
+
+
+def test_a_run_with_nothing_to_do_reads_no_graph(tmp_path, monkeypatch):
+    from curation_assets.lib.dedup import io
+
+    store = DeltaStore(str(tmp_path))
+    write_centroids(store)
+    for name, x in _base().items():
+        add_shard(store, name, x)
+    first = run_and_write(store, tau_min=FLOOR)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the committed graph was read")
+
+    monkeypatch.setattr(io, "committed_graph", unread)
+    again = run_and_write(store)
+    assert again.plan.mode == "current"
+    assert again.merged.local is not None and again.members.height == 0
+    assert again.stats["pairs"] == first.stats["pairs"] > 0
