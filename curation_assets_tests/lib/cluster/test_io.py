@@ -148,3 +148,68 @@ def test_training_matrix_refuses_two_embedding_models(tmp_path):
     store.replace_shard(IMAGE_EMBEDDINGS, "s1", other)
     with pytest.raises(ConfigError, match="other"):
         training_matrix(store, 1000)
+
+
+def _streamed_shard(store: DeltaStore, models=None) -> pl.DataFrame:
+    """Shard ``a``: 50 rows, its embeddings stored shuffled, 45 of them filtered in.
+
+    ``models``: the model of each embedding row, in stored order (default: all the helpers').
+    """
+    from curation_assets.lib.tables import FILTERED_IMAGES, IMAGE_EMBEDDINGS
+    from curation_assets_tests.lib.dedup.helpers import add_shard, vectors, write_centroids
+
+    write_centroids(store)
+    add_shard(store, "a", vectors(50, 0, seed=1), assign_rows=False)
+    emb = store.read(IMAGE_EMBEDDINGS, shards=["a"]).sample(fraction=1.0, shuffle=True, seed=4)
+    if models is not None:
+        emb = emb.with_columns(model_id=pl.Series(models))
+    store.replace_shard(IMAGE_EMBEDDINGS, "a", emb)
+    kept = store.read(FILTERED_IMAGES, shards=["a"]).filter(~pl.col("image_id").str.ends_with("3"))
+    store.replace_shard(FILTERED_IMAGES, "a", kept)
+    return kept
+
+
+def test_a_shard_is_assigned_a_batch_at_a_time_as_it_would_be_whole(store, monkeypatch):
+    from curation_assets.lib.cluster import io as cluster_io
+    from curation_assets.lib.cluster.io import assign_streamed, filtered_embeddings
+    from curation_assets.lib.tables import N_CLUSTERINGS
+    from curation_assets.lib.vectors import embedding_matrix
+    from curation_assets_tests.lib.dedup.helpers import MODEL as HELPER_MODEL
+
+    kept = _streamed_shard(store)
+    assert 0 < kept.height < 50
+    held: list[int] = []
+    real = cluster_io.assign
+
+    def counted(x, centroids, **kwargs):
+        held.append(x.shape[0])
+        return real(x, centroids, **kwargs)
+
+    monkeypatch.setattr(cluster_io, "assign", counted)
+    centroids = [cluster_io.stored_centroids(store, c) for c in range(N_CLUSTERINGS)]
+    got = assign_streamed(store, "a", centroids, batch_rows=8)
+    assert max(held) <= 8 and sum(held) == kept.height * N_CLUSTERINGS
+    assert got.filtered == kept.height and got.model_id == HELPER_MODEL
+    emb = filtered_embeddings(store, ["a"])
+    x = embedding_matrix(emb["embedding"])
+    for c, cent in enumerate(centroids):
+        whole, _ = assign_shard(store, c, "a", emb, x, HELPER_MODEL)
+        assert got.frame(c, "a", cent.version).equals(whole)
+
+
+def test_a_streamed_assignment_refuses_mixed_or_foreign_models(tmp_path):
+    from curation_assets.lib.cluster.io import assign_streamed, stored_centroids
+    from curation_assets.lib.errors import ConfigError
+    from curation_assets.lib.tables import N_CLUSTERINGS
+    from curation_assets_tests.lib.dedup.helpers import MODEL as HELPER_MODEL
+
+    for name, models, error, message in [
+        # one foreign row in a later batch than the first: every batch's model is compared
+        ("mixed", [HELPER_MODEL] * 40 + ["x:y@z"] * 10, ConfigError, "2 models"),
+        ("foreign", ["x:y@z"] * 50, CentroidsError, "retrain the centroids"),
+    ]:
+        store = DeltaStore(str(tmp_path / name))
+        _streamed_shard(store, models)
+        centroids = [stored_centroids(store, c) for c in range(N_CLUSTERINGS)]
+        with pytest.raises(error, match=message):
+            assign_streamed(store, "a", centroids, batch_rows=8)
