@@ -5,7 +5,7 @@
 * ``cluster_assignments_<c>`` (per shard): each filtered image's nearest centroid.
 
 The ``cluster_centroids`` / ``cluster_assignments`` assets call :func:`clustering_figures`,
-:func:`assign_shard`, :func:`assignment_figures` and :func:`assignment_check`; deduplication
+:func:`assign_streamed`, :func:`assignment_figures` and :func:`assignment_check`; deduplication
 (:mod:`curation_assets.lib.dedup`) reads the same tables through :func:`load_centroids` and
 :func:`assignments_spec`.
 """
@@ -323,42 +323,6 @@ def cluster_size_bars(sizes: np.ndarray, *, bins: int = 12) -> tuple[list[str], 
     return labels, [float(v) for v in counts]
 
 
-def assign_shard(
-    store: DeltaStore,
-    c: int,
-    shard: str,
-    emb: pl.DataFrame,
-    x: np.ndarray,
-    model_id: str | None,
-) -> tuple[pl.DataFrame, Centroids]:
-    """The ``cluster_assignments_<c>`` rows of one shard, made with the stored centroids.
-
-    Args:
-        store: Where the centroids live.
-        c: The clustering.
-        shard: The shard (partition key).
-        emb: The shard's :func:`filtered_embeddings` (row order of ``x``).
-        x: (n, d) float32, L2-normalized embeddings of ``emb`` (unused when ``emb`` is empty).
-        model_id: The embedding model of ``emb`` (None when it is empty).
-
-    Returns:
-        ``(frame, centroids)``: the rows to write (empty when the shard has no filtered image)
-        and the centroids used.
-
-    Raises:
-        CentroidsError: If clustering ``c`` was never trained, or was trained on another
-            embedding model than the shard's.
-    """
-    cent = stored_centroids(store, c)
-    if model_id is not None:
-        check_model(cent, c, shard, model_id)
-    if not emb.height:
-        return assignments_spec(c).empty(), cent
-    cluster, cos = assign(x, cent.matrix, top=1)
-    ids = emb["image_id"].to_list()
-    return assignments_frame(ids, shard, cluster[:, 0], cos[:, 0], cent.version), cent
-
-
 def stored_centroids(store: DeltaStore, c: int) -> Centroids:
     """:func:`load_centroids`, or a :class:`CentroidsError` saying to train them."""
     cent = load_centroids(store, c)
@@ -422,6 +386,8 @@ def assign_streamed(
     batch_rows: int = ASSIGN_BATCH_ROWS,
 ) -> ShardAssignments:
     """Assign a shard's filtered images in every clustering, reading its embeddings in batches.
+
+    ``centroids``: those of clusterings 0, 1, … in order (:func:`stored_centroids`).
 
     The shard's ``image_embeddings`` files are read ``batch_rows`` rows at a time
     (:func:`~curation_assets.lib.vectors.vector_batches`); each batch's filtered rows are

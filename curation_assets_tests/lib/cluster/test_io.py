@@ -8,18 +8,20 @@ import pytest
 
 from curation_assets.lib.cluster.io import (
     CentroidsError,
-    assign_shard,
+    assign_streamed,
     assignment_check,
     assignment_figures,
+    assignments_frame,
     centroids_frame,
     centroids_version,
     cluster_size_bars,
     clustering_figures,
     load_centroids,
+    stored_centroids,
 )
 from curation_assets.lib.cluster.kmeans import train_kmeans
 from curation_assets.lib.storage import DeltaStore
-from curation_assets.lib.tables import assignments_spec, centroids_spec
+from curation_assets.lib.tables import N_CLUSTERINGS, assignments_spec, centroids_spec
 from curation_assets.tools.synthetic import clip_like_embeddings
 
 MODEL = "test:model@none"
@@ -41,12 +43,6 @@ def _train(store: DeltaStore, x: np.ndarray, c: int = 0, *, model_id: str = MODE
     return model
 
 
-def _emb(x: np.ndarray, model_id: str = MODEL) -> pl.DataFrame:
-    return pl.DataFrame(
-        {"image_id": [f"i{k:04d}" for k in range(x.shape[0])], "model_id": model_id}
-    )
-
-
 def test_centroids_round_trip_with_a_content_version(store, x):
     assert load_centroids(store, 0) is None  # never trained
     model = _train(store, x)
@@ -59,26 +55,36 @@ def test_centroids_round_trip_with_a_content_version(store, x):
     assert assignments_spec(3).name == "cluster_assignments_3"
 
 
-def test_assign_shard_uses_the_nearest_stored_centroid(store, x):
-    model = _train(store, x, 1)
-    frame, cent = assign_shard(store, 1, "a", _emb(x), x, MODEL)
+def _shard_with_centroids(store: DeltaStore, x: np.ndarray, other: int | None = None) -> None:
+    """Shard ``a`` holds ``x``; every clustering is trained (``other`` on another model)."""
+    from curation_assets_tests.lib.dedup.helpers import add_shard
+
+    for c in range(N_CLUSTERINGS):
+        _train(store, x, c, model_id="other:model@x" if c == other else MODEL)
+    add_shard(store, "a", x, assign_rows=False)
+
+
+def test_assign_streamed_uses_the_nearest_stored_centroid(store, x):
+    _shard_with_centroids(store, x)
+    centroids = [stored_centroids(store, c) for c in range(N_CLUSTERINGS)]
+    cent = centroids[1]
+    frame = assign_streamed(store, "a", centroids).frame(1, "a", cent.version)
     assert frame.height == x.shape[0] and frame.schema == assignments_spec(1).schema
-    np.testing.assert_array_equal(
-        frame["cluster"].to_numpy(), (x @ model.centroids.T).argmax(axis=1)
-    )
+    np.testing.assert_array_equal(frame["cluster"].to_numpy(), (x @ cent.matrix.T).argmax(axis=1))
     np.testing.assert_allclose(frame["distance"] + frame["cosine"], 1.0, atol=1e-6)
     assert frame["centroids_version"].unique().to_list() == [cent.version]
     assert frame["shard"].unique().to_list() == ["a"]
-    empty, _ = assign_shard(store, 1, "b", _emb(x[:0]), x[:0], None)
+    empty = assign_streamed(store, "b", centroids).frame(1, "b", cent.version)
     assert empty.is_empty() and empty.schema == assignments_spec(1).schema
 
 
-def test_assign_shard_without_centroids_or_with_another_model_says_what_to_do(store, x):
+def test_assign_streamed_without_centroids_or_with_another_model_says_what_to_do(store, x):
     with pytest.raises(CentroidsError, match="cluster_centroids_2 has never been materialized"):
-        assign_shard(store, 2, "a", _emb(x), x, MODEL)
-    _train(store, x, 2, model_id="other:model@x")
+        stored_centroids(store, 2)
+    _shard_with_centroids(store, x, other=2)
+    centroids = [stored_centroids(store, c) for c in range(N_CLUSTERINGS)]
     with pytest.raises(CentroidsError, match="retrain the centroids"):
-        assign_shard(store, 2, "a", _emb(x), x, MODEL)
+        assign_streamed(store, "a", centroids)
 
 
 def test_figures_and_check_the_assets_report(x):
@@ -171,8 +177,7 @@ def _streamed_shard(store: DeltaStore, models=None) -> pl.DataFrame:
 
 def test_a_shard_is_assigned_a_batch_at_a_time_as_it_would_be_whole(store, monkeypatch):
     from curation_assets.lib.cluster import io as cluster_io
-    from curation_assets.lib.cluster.io import assign_streamed, filtered_embeddings
-    from curation_assets.lib.tables import N_CLUSTERINGS
+    from curation_assets.lib.cluster.io import filtered_embeddings
     from curation_assets.lib.vectors import embedding_matrix
     from curation_assets_tests.lib.dedup.helpers import MODEL as HELPER_MODEL
 
@@ -186,21 +191,20 @@ def test_a_shard_is_assigned_a_batch_at_a_time_as_it_would_be_whole(store, monke
         return real(x, centroids, **kwargs)
 
     monkeypatch.setattr(cluster_io, "assign", counted)
-    centroids = [cluster_io.stored_centroids(store, c) for c in range(N_CLUSTERINGS)]
+    centroids = [stored_centroids(store, c) for c in range(N_CLUSTERINGS)]
     got = assign_streamed(store, "a", centroids, batch_rows=8)
     assert max(held) <= 8 and sum(held) == kept.height * N_CLUSTERINGS
     assert got.filtered == kept.height and got.model_id == HELPER_MODEL
     emb = filtered_embeddings(store, ["a"])
     x = embedding_matrix(emb["embedding"])
     for c, cent in enumerate(centroids):
-        whole, _ = assign_shard(store, c, "a", emb, x, HELPER_MODEL)
+        cluster, cos = real(x, cent.matrix, top=1)  # the whole shard in one search
+        whole = assignments_frame(emb["image_id"], "a", cluster[:, 0], cos[:, 0], cent.version)
         assert got.frame(c, "a", cent.version).equals(whole)
 
 
 def test_a_streamed_assignment_refuses_mixed_or_foreign_models(tmp_path):
-    from curation_assets.lib.cluster.io import assign_streamed, stored_centroids
     from curation_assets.lib.errors import ConfigError
-    from curation_assets.lib.tables import N_CLUSTERINGS
     from curation_assets_tests.lib.dedup.helpers import MODEL as HELPER_MODEL
 
     for name, models, error, message in [
