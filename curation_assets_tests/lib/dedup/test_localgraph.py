@@ -14,6 +14,7 @@ import pytest
 from curation_assets.lib.commits import last_commit
 from curation_assets.lib.dedup.io import stored_pairs
 from curation_assets.lib.dedup.localgraph import local_graph
+from curation_assets.lib.dedup.run import DedupOutcome
 from curation_assets.lib.dedup.sweep import committed_stored_pairs
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -86,13 +87,18 @@ def _tables(store: DeltaStore) -> dict[str, pl.DataFrame]:
     }
 
 
-def _both(tmp_path, update) -> tuple:
-    """The committed base in two copies, ``update`` applied to each, then local vs whole."""
-    store = DeltaStore(str(tmp_path / "local"))
+def _committed_base(path) -> tuple[DeltaStore, DedupOutcome]:
+    """The base shards at ``path``, deduplicated in full (a band kept down to FLOOR)."""
+    store = DeltaStore(str(path))
     write_centroids(store)
     for name, x in _base().items():
         add_shard(store, name, x)
-    first = run_and_write(store, tau_min=FLOOR)
+    return store, run_and_write(store, tau_min=FLOOR)
+
+
+def _both(tmp_path, update) -> tuple:
+    """The committed base in two copies, ``update`` applied to each, then local vs whole."""
+    store, first = _committed_base(tmp_path / "local")
     assert first.plan.mode == "full" and first.stats["candidate_pairs"] > 0
     shutil.copytree(tmp_path / "local", tmp_path / "whole")
     whole = DeltaStore(str(tmp_path / "whole"))
@@ -156,11 +162,7 @@ def test_two_updates_in_a_row_stay_equal(tmp_path):
 
 @pytest.mark.parametrize("shards", [["b"], ["c"]])
 def test_the_subgraph_holds_whole_components_and_every_pair_touching_them(tmp_path, shards):
-    store = DeltaStore(str(tmp_path))
-    write_centroids(store)
-    for name, x in _base().items():
-        add_shard(store, name, x)
-    out = run_and_write(store, tau_min=FLOOR)
+    store, out = _committed_base(tmp_path)
     assert out.plan.commit is None  # a full run: read the graph as committed now
     outputs = last_commit(store, "dedup").outputs
     local = local_graph(store, outputs, shards, [])
@@ -197,11 +199,7 @@ def test_the_sweep_reads_the_committed_pairs_within_the_budget(tmp_path):
 def test_a_run_with_nothing_to_do_reads_no_graph(tmp_path, monkeypatch):
     from curation_assets.lib.dedup import io
 
-    store = DeltaStore(str(tmp_path))
-    write_centroids(store)
-    for name, x in _base().items():
-        add_shard(store, name, x)
-    first = run_and_write(store, tau_min=FLOOR)
+    store, first = _committed_base(tmp_path)
 
     def unread(*args, **kwargs):
         raise AssertionError("the committed graph was read")
