@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation_assets.lib.memory import ARROW_POOL_ENV
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import FILTERED_IMAGES, IMAGE_EMBEDDINGS, RAW_IMAGES
 
@@ -296,6 +297,8 @@ def bench_scale(
         "engine": os.environ.get("CURATION_ENGINE") or "local",
         # polars' allocator (jemalloc) keeps freed pages ~10 s: its settings move every peak
         "polars_allocator": os.environ.get("_RJEM_MALLOC_CONF") or "default",
+        # pyarrow's pool (memory.use_arrow_pool): mimalloc kept a streamed read's batches
+        "arrow_pool": os.environ.get(ARROW_POOL_ENV) or "default",
         "corpus": info,
         "home": str(root),
     }

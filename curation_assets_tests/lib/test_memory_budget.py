@@ -2,12 +2,19 @@
 
 import os
 import platform
+import subprocess
 import sys
 
 import polars as pl
 import pytest
 
-from curation_assets.lib.memory import MemoryBudget, trim_heap
+from curation_assets.lib.memory import (
+    ARROW_POOL,
+    ARROW_POOL_ENV,
+    MemoryBudget,
+    trim_heap,
+    use_arrow_pool,
+)
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import FILTERED_IMAGES as TABLE
 
@@ -89,3 +96,46 @@ def test_trim_heap_returns_freed_pages_to_the_os():
     after = _rss_mb()
     assert before - after > 100, (before, after)
     assert len(kept) == 300
+
+
+def _pool_in_fresh_process(code: str, env_pool: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL_ENV}
+    if env_pool is not None:
+        env[ARROW_POOL_ENV] = env_pool
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+_SHOW_POOL = "import pyarrow as pa, os; print(pa.default_memory_pool().backend_name)"
+
+
+@pytest.mark.parametrize("pyarrow_first", [False, True])
+def test_the_package_sets_pyarrows_pool_in_its_processes_and_their_children(pyarrow_first):
+    # loaded before the package, pyarrow has read its default already: the pool is swapped
+    first = "import pyarrow\n" if pyarrow_first else ""
+    code = (
+        f"{first}import curation_assets.lib, subprocess, sys\n{_SHOW_POOL}\n"
+        f"subprocess.run([sys.executable, '-c', {_SHOW_POOL!r}], check=True)"
+    )
+    assert _pool_in_fresh_process(code, None).split() == [ARROW_POOL, ARROW_POOL]
+    assert ARROW_POOL != "mimalloc"  # pyarrow's own default: the pool this replaces
+
+
+def test_an_explicit_arrow_pool_wins():
+    code = f"import curation_assets.lib\n{_SHOW_POOL}"
+    assert _pool_in_fresh_process(code, "mimalloc") == "mimalloc"
+
+
+def test_use_arrow_pool_swaps_a_loaded_pyarrows_pool(monkeypatch):
+    import pyarrow as pa
+
+    before = pa.default_memory_pool()
+    monkeypatch.delenv(ARROW_POOL_ENV, raising=False)
+    try:
+        assert use_arrow_pool("mimalloc") == "mimalloc"
+        assert pa.default_memory_pool().backend_name == "mimalloc"
+        assert os.environ[ARROW_POOL_ENV] == "mimalloc"
+    finally:
+        pa.set_memory_pool(before)
