@@ -295,7 +295,8 @@ def bench_scale(
         "dim": dim,
         "memory_budget_mb": os.environ.get("CURATION_MEMORY_BUDGET_MB", "default"),
         "engine": os.environ.get("CURATION_ENGINE") or "local",
-        # polars' allocator (jemalloc) keeps freed pages ~10 s: its settings move every peak
+        # polars' allocator (its jemalloc, decay 0.5-1 s) keeps freed pages: its settings move
+        # every peak
         "polars_allocator": os.environ.get("_RJEM_MALLOC_CONF") or "default",
         # pyarrow's pool (memory.use_arrow_pool): mimalloc kept a streamed read's batches
         "arrow_pool": os.environ.get(ARROW_POOL_ENV) or "default",
