@@ -108,7 +108,7 @@ def _pool_in_fresh_process(code: str, env_pool: str | None) -> str:
     return out.stdout.strip()
 
 
-_SHOW_POOL = "import pyarrow as pa, os; print(pa.default_memory_pool().backend_name)"
+_SHOW_POOL = "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"
 
 
 @pytest.mark.parametrize("pyarrow_first", [False, True])
