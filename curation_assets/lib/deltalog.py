@@ -12,6 +12,7 @@
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from deltalake import DeltaTable
 
@@ -27,9 +28,29 @@ default; deltalake's is 100): opening a table replays each commit since its last
 and a stage opens tables ~90 times an update. Measured on a 20-shard table rewritten 160
 times (``/tmp`` probe, deltalake 1.6): an open 18.5 → 8.0 ms on average over versions 101–160,
 a shard write 47 → 26 ms."""
+_MOVED_ATTEMPTS = 20
+"""Times :func:`data_version` reloads a snapshot the log moved past before it gives up."""
 MAINTENANCE_OPERATIONS = frozenset({"VACUUM START", "VACUUM END", "OPTIMIZE"})
 """Commit operations that change no row: a Delta VACUUM commits two, whatever it deleted; a
 compaction (:func:`~curation_assets.lib.compaction.compact`) rewrites files, not rows."""
+
+
+def snapshot_history(dt: DeltaTable, limit: int) -> list[dict[str, Any]] | None:
+    """The commit infos of ``dt``'s ``limit`` latest versions, newest first, rightly numbered.
+
+    None when the log moved past ``dt``'s snapshot. deltalake 1.6's ``DeltaTable.history``
+    reads the newest commits in storage, from the latest one, but numbers them down from the
+    snapshot's version: once another writer commits after the snapshot was loaded, each entry
+    carries the version of an older commit (measured: a snapshot at 2, commit 3 landed, and
+    ``history(limit=2)`` returned commits 3, 2 and 1 numbered 2, 1 and 0). It then returns
+    more entries than asked, by the commits in storage after the snapshot: that is how it is
+    told apart here.
+    """
+    current = dt.version()
+    entries = dt.history(limit=limit)
+    if len(entries) != min(limit, current + 1):
+        return None
+    return entries
 
 
 def data_version(dt: DeltaTable) -> int:
@@ -40,19 +61,25 @@ def data_version(dt: DeltaTable) -> int:
     vacuum must not look like new data or a run that did not finish. Costs one commit file
     read when the latest commit is a write (the usual case), more after a vacuum.
     """
-    current = dt.version()
-    latest = dt.history(limit=1)
-    if not latest or latest[0].get("operation") not in MAINTENANCE_OPERATIONS:
-        return current
-    depth = 8
-    while True:
-        entries = dt.history(limit=depth)  # newest first
-        for entry in entries:
-            if entry.get("operation") not in MAINTENANCE_OPERATIONS:
-                return int(entry["version"])
-        if len(entries) < depth:  # pragma: no cover - version 0 creates the table
+    for _ in range(_MOVED_ATTEMPTS):
+        current = dt.version()
+        latest = snapshot_history(dt, 1)
+        if latest is None:  # another writer committed meanwhile: from the newer snapshot
+            dt.update_incremental()
+            continue
+        if not latest or latest[0].get("operation") not in MAINTENANCE_OPERATIONS:
             return current
-        depth *= 4
+        depth = 8
+        while (entries := snapshot_history(dt, depth)) is not None:  # newest first
+            for entry in entries:
+                if entry.get("operation") not in MAINTENANCE_OPERATIONS:
+                    return int(entry["version"])
+            if len(entries) < depth:  # pragma: no cover - version 0 creates the table
+                return current
+            depth *= 4
+        dt.update_incremental()
+    msg = f"the log of {dt.table_uri} kept moving while its data version was read"
+    raise RuntimeError(msg)
 
 
 def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | None:
@@ -68,7 +95,10 @@ def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | Non
         return set()
     if current - since_version > LOG_TAIL_MAX:
         return None
-    commits = {c.get("version"): c for c in dt.history(limit=current - since_version)}
+    entries = snapshot_history(dt, current - since_version)
+    if entries is None:  # the log moved on: the caller compares snapshots
+        return None
+    commits = {c.get("version"): c for c in entries}
     shards: set[str] = set()
     for version in range(since_version + 1, current + 1):
         if commits.get(version, {}).get("operation") in MAINTENANCE_OPERATIONS:

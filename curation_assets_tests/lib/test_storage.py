@@ -12,7 +12,7 @@ from deltalake.table import TableOptimizer
 from curation_assets.lib import commits, storage
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.compaction import compact, live_files
-from curation_assets.lib.deltalog import TABLE_PROPERTIES
+from curation_assets.lib.deltalog import TABLE_PROPERTIES, data_version, shards_committed_since
 from curation_assets.lib.deltawrite import StorageUnwritableError, sql_literal
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import QUARANTINE, STAGE_COMMITS, Column, TableSpec
@@ -211,6 +211,26 @@ def test_changed_shards_reads_the_log_tail_and_falls_back_to_snapshots(tmp_path,
     store.append(SPEC, frame("e", [4]))  # an append names no shards: the snapshots decide
     assert store.changed_shards("t", v) == {"b", "c", "d", "e"}
     assert store.changed_shards("t", None) == {"a", "b", "d", "e"}
+
+
+def test_the_log_tail_is_not_misread_when_a_writer_commits_after_the_snapshot(tmp_path):
+    """The deltalake library numbers ``history`` from the snapshot down, reading the newest.
+
+    A snapshot at version V read after another writer committed V+1 took V+1's shards for V's
+    (found by the image-id index's race test: a refresh read the wrong shard, and a lookup
+    missed an image). The tail is now refused, and the caller compares snapshots.
+    """
+    store = DeltaStore(str(tmp_path))
+    for shard in ("a", "b", "c"):
+        store.replace_shard(SPEC, shard, frame(shard, [1]))
+    v = store.version("t")
+    store.replace_shard(SPEC, "b", frame("b", [2]))
+    snapshot = DeltaTable(store.uri("t"))
+    assert shards_committed_since(snapshot, v) == {"b"}
+    store.replace_shard(SPEC, "z", frame("z", [3]))  # another writer, after the snapshot
+    assert shards_committed_since(snapshot, v) is None  # not {"z"}
+    assert data_version(snapshot) == v + 2  # the newer snapshot's
+    assert store.changed_shards("t", v) == {"b", "z"}
 
 
 def _commit_rows(store: DeltaStore, n: int, start: int = 0) -> None:
