@@ -33,6 +33,7 @@ from curation_assets.lib.deltalog import (
     data_version,
     discard_uncommitted,
     shards_committed_since,
+    snapshot_history,
 )
 from curation_assets.lib.deltawrite import (
     FrameSlices,
@@ -57,6 +58,8 @@ _MERGE = {"schema_mode": "merge"}
 
 #: Commit attempts when a concurrent writer wins the race (first creation, conflicting commit).
 COMMIT_ATTEMPTS = 5
+#: Reads of a table's history while other writers keep committing, before giving up.
+_HISTORY_ATTEMPTS = 20
 
 
 class ConcurrentWriteError(TransientError, RuntimeError):
@@ -157,14 +160,18 @@ class DeltaStore:
 
     def history(self, table: str, *, since_version: int = -1) -> list[dict[str, Any]]:
         """Commit infos of ``table`` after ``since_version`` (newest first; log only)."""
-        dt = self._table(table)
-        if dt is None:
-            return []
-        current = dt.version()
-        if current <= since_version:
-            return []
-        entries = dt.history(current - since_version)
-        return [e for e in entries if int(e.get("version", -1)) > since_version]
+        for _ in range(_HISTORY_ATTEMPTS):
+            dt = self._table(table)
+            if dt is None:
+                return []
+            current = dt.version()
+            if current <= since_version:
+                return []
+            entries = snapshot_history(dt, current - since_version)
+            if entries is not None:  # None: a commit landed meanwhile (misnumbered): again
+                return [e for e in entries if int(e.get("version", -1)) > since_version]
+        msg = f"the log of Delta table {table!r} kept moving while its history was read"
+        raise ConcurrentWriteError(msg)
 
     def shard_row_counts(
         self, table: str, version: int | None = None, *, changes: bool = False

@@ -233,6 +233,28 @@ def test_the_log_tail_is_not_misread_when_a_writer_commits_after_the_snapshot(tm
     assert store.changed_shards("t", v) == {"b", "z"}
 
 
+def test_history_is_read_again_when_the_log_moves_meanwhile(tmp_path, monkeypatch):
+    store = DeltaStore(str(tmp_path))
+    for shard in ("a", "b", "c"):
+        store.replace_shard(SPEC, shard, frame(shard, [1]))
+    v = store.version("t")
+    store.replace_shard(SPEC, "b", frame("b", [2]))
+    real = storage.snapshot_history
+    calls: list[int] = []
+
+    def moved_once(dt, limit):
+        calls.append(limit)
+        return None if len(calls) == 1 else real(dt, limit)
+
+    monkeypatch.setattr(storage, "snapshot_history", moved_once)
+    entries = store.history("t", since_version=v)
+    assert len(calls) == 2 and [e["version"] for e in entries] == [v + 1]
+    assert json.loads(entries[0]["curation.shards"]) == ["b"]
+    monkeypatch.setattr(storage, "snapshot_history", lambda dt, limit: None)
+    with pytest.raises(storage.ConcurrentWriteError, match="kept moving"):
+        store.history("t", since_version=v)
+
+
 def _commit_rows(store: DeltaStore, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         record_commit(store, "dedup", inputs={}, outputs={"v": i}, config={}, summary={})
