@@ -72,3 +72,28 @@ def test_snapshot_resolves_timestamps_and_pins_per_table(tmp_path):
     assert pinned.version("quarantine") == v0 and pinned.version("raw_images") is None
     with pytest.raises(AsOfError, match=f"0..{v1}"):
         Snapshot(store, AsOf(versions={"quarantine": v1 + 1})).version("quarantine")
+
+
+def test_a_timestamp_is_resolved_on_a_history_read_after_the_log_stopped_moving(
+    tmp_path, monkeypatch
+):
+    """A history the log moved past (misnumbered by deltalake) is read again, not trusted."""
+    import curation_assets.lib.explain.snapshot as snapshot_module
+
+    store = DeltaStore(str(tmp_path / "delta"))
+    store.replace_shard(QUARANTINE, "a", _row("a", "/src/a/1.jpg"))
+    v0 = store.version("quarantine")
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    real = snapshot_module.snapshot_history
+    calls: list[int] = []
+
+    def moved_once(table, limit):
+        calls.append(limit)
+        return None if len(calls) == 1 else real(table, limit)
+
+    monkeypatch.setattr(snapshot_module, "snapshot_history", moved_once)
+    assert Snapshot(store, AsOf(timestamp=now)).version("quarantine") == v0
+    assert len(calls) == 2
+    monkeypatch.setattr(snapshot_module, "snapshot_history", lambda table, limit: None)
+    with pytest.raises(AsOfError, match="kept moving"):
+        Snapshot(store, AsOf(timestamp=now)).version("quarantine")
