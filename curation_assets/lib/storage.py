@@ -161,13 +161,9 @@ class DeltaStore:
     def history(self, table: str, *, since_version: int = -1) -> list[dict[str, Any]]:
         """Commit infos of ``table`` after ``since_version`` (newest first; log only)."""
         for _ in range(_HISTORY_ATTEMPTS):
-            dt = self._table(table)
-            if dt is None:
+            if (dt := self._table(table)) is None or dt.version() <= since_version:
                 return []
-            current = dt.version()
-            if current <= since_version:
-                return []
-            entries = snapshot_history(dt, current - since_version)
+            entries = snapshot_history(dt, dt.version() - since_version)
             if entries is not None:  # None: a commit landed meanwhile (misnumbered): again
                 return [e for e in entries if int(e.get("version", -1)) > since_version]
         msg = f"the log of Delta table {table!r} kept moving while its history was read"
