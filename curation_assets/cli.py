@@ -32,6 +32,7 @@ from curation_assets.runner import (
     ready_shards,
     run_pipeline,
 )
+from curation_assets.tools.bench_lookup import add_bench_lookup_parser
 from curation_assets.tools.bench_partitions import add_bench_partitions_parser
 
 logger = logging.getLogger("curation")
@@ -576,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.set_defaults(func=cmd_bench_dedup)
     add_bench_verify_parser(bench_sub)
     add_bench_partitions_parser(bench_sub)
+    add_bench_lookup_parser(bench_sub)
     add_bench_engine_parser(bench_sub)
 
     bs = bench_sub.add_parser(

@@ -2,7 +2,7 @@
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -24,7 +24,7 @@ from curation_assets.lib.ingest import (
     existing_since,
     ingest_checks,
     ingest_shard,
-    lookup_elsewhere,
+    lookup_now,
     quality_check,
     write_ingest,
 )
@@ -61,6 +61,14 @@ class IngestConfig(dg.Config):
         default=1, description="Images whose shorter side is below this are quarantined."
     )
     decode_workers: int = Field(default=2, description="Threads hashing and decoding images.")
+    duplicate_lookup: Literal["index", "scan"] = Field(
+        default="index",
+        description="How a shard's images are looked up in the other shards (exact "
+        "duplicates, and the image_ids_unique check): 'index' asks the image-id index kept "
+        "beside the tables (cost of the shard and of the shards written since the last "
+        "lookup; rebuilt by itself when missing), 'scan' reads every shard's ids (cost of "
+        "the corpus). Both give the same rows.",
+    )
     quality_examples: int = Field(
         default=4,
         description="Most extreme images shown per quality check (thumbnails) in "
@@ -205,15 +213,15 @@ def _ingest_shard(
     seconds = time.perf_counter() - t0
     # Which shard keeps an image two shards contain is decided, and written, one shard at a
     # time per Delta root, across processes and Dagster instances, so the decision never
-    # depends on a race. The corpus-wide lookup of this shard's ids runs before the lock, as of
-    # one raw_images version; under the lock only the shards written since are read again,
-    # then the rows are written: the lock is held for what changed meanwhile, not the corpus.
+    # depends on a race. The lookup of this shard's ids in the other shards (the image-id
+    # index, lib/idindex.py) runs before the lock, exact as of one raw_images version; under
+    # the lock only the shards written since are read again, then the rows are written: the
+    # lock is held for what changed meanwhile, not the corpus.
     ids = result.raw["image_id"].to_list()
-    version = store.version(RAW_IMAGES.name)
-    seen = lookup_elsewhere(store, key, ids, version)
+    seen = lookup_now(store, key, ids, method=config.duplicate_lookup)
     t1 = time.perf_counter()
     with store.lock("ingest"):
-        now = existing_since(store, key, ids, seen, version)
+        now = existing_since(store, key, ids, seen.rows, seen.version)
         result = collapse_existing(result, key, now)
         notes = write_ingest(store, key, result)
     locked_s = time.perf_counter() - t1
@@ -237,6 +245,7 @@ def _ingest_shard(
         formats=dg.MetadataValue.json(formats),
         seconds=round(seconds, 3),
         seconds_under_lock=round(locked_s, 3),
+        duplicate_lookup=dg.MetadataValue.json(seen.metadata),
         inputs_per_s=round(result.n_enumerated / seconds, 1) if seconds else 0.0,
         preview=markdown_preview(
             result.raw.select("image_id", "source_uri", "width", "height", "format", "caption")
@@ -273,7 +282,7 @@ def _ingest_shard(
         [
             check_result(c)
             for c in [
-                *ingest_checks(store, key, result.n_enumerated),
+                *ingest_checks(store, key, result.n_enumerated, method=config.duplicate_lookup),
                 quality_check(store, key, result.raw.height),
             ]
         ],

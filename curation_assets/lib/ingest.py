@@ -22,16 +22,20 @@ import io
 import logging
 import os
 import re
+import sqlite3
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from curation_assets.lib.checks import Check
+from curation_assets.lib.idindex import IdIndex
 from curation_assets.lib.parallel import ordered_map
 from curation_assets.lib.quality.signals import measure, quality_frame
 from curation_assets.lib.shards import (
@@ -480,9 +484,76 @@ def existing_since(
     return pl.concat([seen.filter(~pl.col("shard").is_in(changed)), recent])
 
 
+#: How ingest finds the other shards' copies: ``index`` (:mod:`~curation_assets.lib.idindex`,
+#: cost ∝ the ids asked and the shards written since) or ``scan`` (every shard's ids read).
+LOOKUP_METHODS = ("index", "scan")
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """What :func:`lookup_now` found, and how.
+
+    Attributes:
+        rows: ``image_id, shard, source_uri`` of the other shards' rows holding the ids asked.
+        version: The ``raw_images`` version ``rows`` are exact at.
+        method: ``index`` or ``scan`` (``scan`` also when the index could not be used).
+        metadata: How the lookup went (method, seconds, the index's refresh), for the UI.
+    """
+
+    rows: pl.DataFrame
+    version: int | None
+    method: str
+    metadata: dict[str, Any]
+
+
+def lookup_now(
+    store: DeltaStore, shard: str, image_ids: list[str], *, method: str = "index"
+) -> Elsewhere:
+    """The other shards' rows holding ``image_ids``, as of a recent ``raw_images`` version.
+
+    ``method="index"`` asks the image-id index (:class:`~curation_assets.lib.idindex.IdIndex`:
+    exact, at the cost of the ids asked and of the shards written since it last answered);
+    when the index cannot be used (an unwritable folder, a damaged file) the lookup scans
+    instead, with a warning. ``method="scan"`` is :func:`lookup_elsewhere` at the current
+    version (every shard's ids).
+    """
+    if method not in LOOKUP_METHODS:
+        msg = f"duplicate lookup method {method!r}: expected one of {LOOKUP_METHODS}"
+        raise ValueError(msg)
+    t0 = time.perf_counter()
+    if not image_ids:  # nothing to look up (a shard of unusable files): no index built
+        version = store.version(RAW_IMAGES.name)
+        return Elsewhere(lookup_elsewhere(store, shard, [], version), version, method, {})
+    if method == "index":
+        index = IdIndex(store)
+        try:
+            rows, version, refreshed = index.lookup(image_ids, exclude_shard=shard)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning(
+                "image-id index %s could not be used (%s): scanning raw_images instead",
+                index.path,
+                exc,
+            )
+        else:
+            metadata = {
+                "method": "index",
+                "seconds": round(time.perf_counter() - t0, 4),
+                "index_version": version,
+                "index_shards_refreshed": refreshed.shards,
+                "index_rows_refreshed": refreshed.rows,
+                "index_rebuilt": refreshed.reason or False,
+                "index_refresh_seconds": round(refreshed.seconds, 4),
+            }
+            return Elsewhere(rows, version, "index", metadata)
+    version = store.version(RAW_IMAGES.name)
+    rows = lookup_elsewhere(store, shard, image_ids, version)
+    metadata = {"method": "scan", "seconds": round(time.perf_counter() - t0, 4)}
+    return Elsewhere(rows, version, "scan", metadata)
+
+
 def existing_lookup(store: DeltaStore, shard: str) -> ExistingLookup:
-    """image_ids already kept by *other* shards, now (:func:`lookup_elsewhere`)."""
-    return lambda image_ids: lookup_elsewhere(store, shard, image_ids)
+    """image_ids already kept by *other* shards, now (:func:`lookup_now`)."""
+    return lambda image_ids: lookup_now(store, shard, image_ids).rows
 
 
 def write_ingest(store: DeltaStore, shard: str, result: IngestResult) -> pl.DataFrame:
@@ -508,12 +579,15 @@ def _shard_rows(store: DeltaStore, spec: TableSpec, shard: str, **equal: str) ->
     return int(store.scan(spec).filter(cond).select(pl.len()).collect().item())
 
 
-def ingest_checks(store: DeltaStore, shard: str, enumerated: int) -> list[Check]:
+def ingest_checks(
+    store: DeltaStore, shard: str, enumerated: int, *, method: str = "index"
+) -> list[Check]:
     """The ingest invariants, re-counted on the written tables.
 
     ``every_input_accounted_for``: enumerated = ingested + quarantined at ingest + exact
     duplicates. ``image_ids_unique``: no image_id twice in the shard, nor in another shard
-    (:func:`lookup_elsewhere`: memory ∝ the shard, not the corpus).
+    (:func:`lookup_now` with ``method``, as of the version after the write: memory ∝ the
+    shard, not the corpus).
     """
     mine = store.read(RAW_IMAGES, shards=[shard], columns=["image_id"])["image_id"]
     counts = {
@@ -523,7 +597,7 @@ def ingest_checks(store: DeltaStore, shard: str, enumerated: int) -> list[Check]
     }
     accounted = sum(counts.values())
     repeated = mine.len() - mine.n_unique()
-    clash = lookup_elsewhere(store, shard, mine.to_list()).height
+    clash = lookup_now(store, shard, mine.to_list(), method=method).rows.height
     return [
         Check(
             "every_input_accounted_for",

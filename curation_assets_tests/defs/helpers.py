@@ -44,14 +44,25 @@ def resources(
 
 
 def materialize_shard(
-    instance: dg.DagsterInstance, res: dict, shard: str, *, embed: bool = True
+    instance: dg.DagsterInstance,
+    res: dict,
+    shard: str,
+    *,
+    embed: bool = True,
+    ingest_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Register ``shard`` (if new) and materialize ingest (+ embeddings) for it."""
     if not instance.has_dynamic_partition(SHARDS_PARTITION, shard):
         instance.add_dynamic_partitions(SHARDS_PARTITION, [shard])
     assets = [ingest, image_embeddings] if embed else [ingest]
+    run_config = {"ops": {"ingest": {"config": ingest_config}}} if ingest_config else None
     return dg.materialize(
-        assets, partition_key=shard, instance=instance, resources=res, raise_on_error=False
+        assets,
+        partition_key=shard,
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
+        run_config=run_config,
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
 from PIL import Image
 
 import curation_assets.defs.ingest as ingest_defs
@@ -42,7 +43,10 @@ def _lock_is_free(path: Path) -> bool:
         os.close(fd)
 
 
-def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["index", "scan"])
+def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(
+    tmp_path, monkeypatch, method
+):
     shared = _png(0)
     for shard, seeds in (("a", [1, 2]), ("b", [3])):
         folder = tmp_path / "src" / shard
@@ -54,15 +58,17 @@ def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, 
     lock = tmp_path / "delta" / "_locks" / "ingest.lock"
     seen: list[tuple[str, bool, bool]] = []
     real_decode, real_collapse = ingest_defs.ingest_shard, ingest_defs.collapse_existing
-    real_lookup = ingest_defs.lookup_elsewhere
+    real_lookup = ingest_defs.lookup_now
 
     def decode(shard, **kwargs):
         seen.append(("decode", _lock_is_free(lock), kwargs["existing"] is None))
         return real_decode(shard, **kwargs)
 
-    def lookup(store, key, ids, version):
+    def lookup(store, key, ids, **kwargs):
         seen.append(("lookup", _lock_is_free(lock), True))
-        return real_lookup(store, key, ids, version)
+        found = real_lookup(store, key, ids, **kwargs)
+        assert found.method == method  # the asset's config chose it
+        return found
 
     def collapse(result, key, elsewhere):
         seen.append(("collapse", _lock_is_free(lock), True))
@@ -70,10 +76,12 @@ def test_decoding_holds_no_lock_and_cross_shard_copies_still_collapse(tmp_path, 
 
     monkeypatch.setattr(ingest_defs, "ingest_shard", decode)
     monkeypatch.setattr(ingest_defs, "collapse_existing", collapse)
-    monkeypatch.setattr(ingest_defs, "lookup_elsewhere", lookup)
+    monkeypatch.setattr(ingest_defs, "lookup_now", lookup)
     with dg.instance_for_test() as instance:
         for shard in ("a", "b"):
-            result = materialize_shard(instance, res, shard, embed=False)
+            result = materialize_shard(
+                instance, res, shard, embed=False, ingest_config={"duplicate_lookup": method}
+            )
             assert result.success, step_errors(result)
     assert (
         seen
