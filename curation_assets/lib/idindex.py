@@ -238,7 +238,9 @@ class IdIndex:
         rows = 0
         if current is not None:
             for group in _groups(store, sorted(changed), current):
-                frame = store.read(RAW_IMAGES, shards=group, columns=list(COLUMNS), version=current)
+                frame = store.read(
+                    RAW_IMAGES, shards=group, columns=list(COLUMNS), version=current
+                ).sort("image_id")  # each B-tree page visited once, in key order
                 conn.executemany(
                     "INSERT INTO ids (image_id, shard, source_uri) VALUES (?, ?, ?)",
                     frame.iter_rows(),
