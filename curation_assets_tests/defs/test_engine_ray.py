@@ -217,6 +217,32 @@ def oserror_work(key: str, progress: Callable[[str], None]) -> None:
     raise OSError(5, f"storage gone while writing {key}")
 
 
+def pool_work(key: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """What pyarrow allocates with in the worker (importable by the workers)."""
+    import pyarrow as pa
+
+    return {
+        "pool": pa.default_memory_pool().backend_name,
+        "env": os.environ.get("ARROW_DEFAULT_MEMORY_POOL"),
+    }
+
+
+def test_a_ray_worker_allocates_with_the_package_arrow_pool(monkeypatch):
+    """A worker started without the variable gets glibc's pool from the package's import.
+
+    ``lib/memory.py:use_arrow_pool`` runs when a work unit's module imports
+    ``curation_assets.lib``; without it pyarrow's wheels would use mimalloc there.
+    """
+    from curation_assets.lib.engine import RayEngine
+    from curation_assets.lib.memory import ARROW_POOL, ARROW_POOL_ENV
+
+    monkeypatch.delenv(ARROW_POOL_ENV, raising=False)  # the nodes start without it
+    with ray_cluster(1) as cluster:
+        results = list(RayEngine(cluster.address).map_shards(pool_work, ["a", "b"]))
+    assert [r.value["pool"] for r in results] == [ARROW_POOL, ARROW_POOL]
+    assert all(r.pid != os.getpid() for r in results)
+
+
 def test_gpu_tasks_get_a_gpu_and_keep_their_worker_process():
     """On a node declaring a GPU, each embedding task gets it, and the worker is reused.
 
