@@ -207,3 +207,21 @@ def test_a_lookup_seeks_each_id_and_never_scans_the_index(tmp_path):
     assert "SCAN asked" in plan
     assert any(step.startswith("SEARCH ids USING INDEX ids_by_image (image_id=?)") for step in plan)
     assert not any(step.startswith("SCAN ids") for step in plan), plan
+
+
+def test_another_writers_nulls_neither_fail_a_refresh_nor_match(tmp_path):
+    store = DeltaStore(str(tmp_path / "delta"))
+    rows = _raw("a", ["x", "y"]).with_columns(
+        source_uri=pl.Series([None, "/a/y.png"], dtype=pl.String)
+    )
+    store.replace_shard(
+        RAW_IMAGES,
+        "a",
+        pl.concat([rows, _raw("a", ["z"]).with_columns(image_id=pl.lit(None, pl.String))]),
+    )
+    found, version, refreshed = IdIndex(store).lookup(["x", "y", "z"], exclude_shard="b")
+    assert not refreshed.reason or refreshed.reason == "first use"
+    assert sorted(found.rows(), key=str) == sorted(
+        lookup_elsewhere(store, "b", ["x", "y", "z"], version).rows(), key=str
+    )
+    assert found.height == 2
