@@ -122,18 +122,20 @@ class Refreshed:
         version: The ``raw_images`` version the index holds now (None: no table yet).
         shards: Shards whose rows were read again.
         rows: Rows inserted.
-        rebuilt: Whether the index was rebuilt from the whole table (first use, or the log
-            could not say what changed); why in ``reason``.
         seconds: Wall time, waiting for another refresh included.
-        reason: Why it was rebuilt ('' when it was not).
+        reason: Why it was rebuilt from the whole table ('' when it was not).
     """
 
     version: int | None
     shards: int
     rows: int
-    rebuilt: bool
     seconds: float
     reason: str = ""
+
+    @property
+    def rebuilt(self) -> bool:
+        """Whether the index was rebuilt (first use, or the log could not say what changed)."""
+        return bool(self.reason)
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class IdIndex:
                 shards,
                 seconds,
             )
-        return Refreshed(version, shards, rows, bool(reason), seconds, reason)
+        return Refreshed(version, shards, rows, seconds, reason)
 
     def _refresh(self, conn: sqlite3.Connection) -> tuple[int | None, int, int, str]:
         store = self.store
@@ -231,17 +233,17 @@ class IdIndex:
                 changed = store.changed_shards(RAW_IMAGES.name, state.version)
             except Exception as exc:  # noqa: BLE001  (an old version that cannot be loaded)
                 reason = f"the log since version {state.version} could not be read: {exc}"
+        counts: dict[str, int] | None = None
         if changed is None:  # rebuild: rows appended, the B-trees made once at the end
             conn.execute("DROP TABLE IF EXISTS ids")
             conn.execute(_IDS_TABLE)
-            changed = set(store.shard_row_counts(RAW_IMAGES.name, current)) if current else set()
+            counts = {} if current is None else store.shard_row_counts(RAW_IMAGES.name, current)
+            changed = set(counts)
         else:
-            for statement in _INDEXES:
-                conn.execute(statement)
             conn.executemany("DELETE FROM ids WHERE shard = ?", ((s,) for s in sorted(changed)))
         rows = 0
         if current is not None:
-            for group in _groups(store, sorted(changed), current):
+            for group in _groups(store, sorted(changed), current, counts):
                 frame = store.read(
                     RAW_IMAGES, shards=group, columns=list(COLUMNS), version=current
                 ).sort("image_id")  # each B-tree page visited once, in key order
@@ -297,8 +299,15 @@ class IdIndex:
             return int(conn.execute("SELECT count(*) FROM ids").fetchone()[0])
 
 
-def _groups(store: DeltaStore, shards: list[str], version: int) -> list[list[str]]:
-    """``shards`` in groups of ≤ :data:`REFRESH_ROWS` rows (a larger shard alone)."""
+def _groups(
+    store: DeltaStore, shards: list[str], version: int, counts: dict[str, int] | None
+) -> list[list[str]]:
+    """``shards`` in groups of ≤ :data:`REFRESH_ROWS` rows (a larger shard alone).
+
+    ``counts``: rows per shard when the caller has them (None: read from the log if needed).
+    """
     if len(shards) <= 1:  # the usual refresh: no need to count from the log
         return [shards] if shards else []
-    return shard_batches(store.shard_row_counts(RAW_IMAGES.name, version), shards, REFRESH_ROWS)
+    if counts is None:
+        counts = store.shard_row_counts(RAW_IMAGES.name, version)
+    return shard_batches(counts, shards, REFRESH_ROWS)

@@ -225,3 +225,15 @@ def test_another_writers_nulls_neither_fail_a_refresh_nor_match(tmp_path):
         lookup_elsewhere(store, "b", ["x", "y", "z"], version).rows(), key=str
     )
     assert found.height == 2
+
+
+def test_a_table_whose_rows_came_in_its_first_commit_is_indexed(tmp_path):
+    """Another writer's raw_images created with its rows at version 0 (a rebuild reads them)."""
+    from deltalake import write_deltalake
+
+    store = DeltaStore(str(tmp_path / "delta"))
+    write_deltalake(store.uri(RAW_IMAGES.name), _raw("a", ["x"]).to_arrow(), partition_by=["shard"])
+    assert store.version(RAW_IMAGES.name) == 0
+    found, version, refreshed = IdIndex(store).lookup(["x"], exclude_shard="b")
+    assert version == 0 and refreshed.rebuilt
+    assert _rows(found) == [("x", "a", "/a/x.png")]
