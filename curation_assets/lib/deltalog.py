@@ -11,10 +11,13 @@
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from deltalake import DeltaTable
+
+from curation_assets.lib.errors import TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ and a stage opens tables ~90 times an update. Measured on a 20-shard table rewri
 times (``/tmp`` probe, deltalake 1.6): an open 18.5 → 8.0 ms on average over versions 101–160,
 a shard write 47 → 26 ms."""
 _MOVED_ATTEMPTS = 20
-"""Times :func:`data_version` reloads a snapshot the log moved past before it gives up."""
+"""Times :func:`settled_history` reloads a snapshot the log moved past before it gives up."""
 MAINTENANCE_OPERATIONS = frozenset({"VACUUM START", "VACUUM END", "OPTIMIZE"})
 """Commit operations that change no row: a Delta VACUUM commits two, whatever it deleted; a
 compaction (:func:`~curation_assets.lib.compaction.compact`) rewrites files, not rows."""
@@ -53,6 +56,25 @@ def snapshot_history(dt: DeltaTable, limit: int) -> list[dict[str, Any]] | None:
     return entries
 
 
+class LogMovingError(TransientError, RuntimeError):
+    """A table's log kept moving past every snapshot loaded to read its history."""
+
+
+def settled_history(dt: DeltaTable, limit: Callable[[int], int]) -> list[dict[str, Any]]:
+    """:func:`snapshot_history` of ``limit(version)`` entries, ``dt`` reloaded while it refuses.
+
+    ``dt`` ends at the snapshot the entries were read from. Raises :class:`LogMovingError`
+    after :data:`_MOVED_ATTEMPTS` tries.
+    """
+    for _ in range(_MOVED_ATTEMPTS):
+        entries = snapshot_history(dt, limit(dt.version()))
+        if entries is not None:
+            return entries
+        dt.update_incremental()  # another writer committed meanwhile: from the newer snapshot
+    msg = f"the log of {dt.table_uri} kept moving while its history was read"
+    raise LogMovingError(msg)
+
+
 def data_version(dt: DeltaTable) -> int:
     """The version of ``dt``'s latest commit that changed its rows.
 
@@ -61,25 +83,18 @@ def data_version(dt: DeltaTable) -> int:
     vacuum must not look like new data or a run that did not finish. Costs one commit file
     read when the latest commit is a write (the usual case), more after a vacuum.
     """
-    for _ in range(_MOVED_ATTEMPTS):
-        current = dt.version()
-        latest = snapshot_history(dt, 1)
-        if latest is None:  # another writer committed meanwhile: from the newer snapshot
-            dt.update_incremental()
-            continue
-        if not latest or latest[0].get("operation") not in MAINTENANCE_OPERATIONS:
-            return current
-        depth = 8
-        while (entries := snapshot_history(dt, depth)) is not None:  # newest first
-            for entry in entries:
-                if entry.get("operation") not in MAINTENANCE_OPERATIONS:
-                    return int(entry["version"])
-            if len(entries) < depth:  # pragma: no cover - version 0 creates the table
-                return current
-            depth *= 4
-        dt.update_incremental()
-    msg = f"the log of {dt.table_uri} kept moving while its data version was read"
-    raise RuntimeError(msg)
+    latest = settled_history(dt, lambda _: 1)
+    if not latest or latest[0].get("operation") not in MAINTENANCE_OPERATIONS:
+        return dt.version()
+    depth = 8
+    while True:
+        entries = settled_history(dt, lambda _, n=depth: n)  # newest first
+        for entry in entries:
+            if entry.get("operation") not in MAINTENANCE_OPERATIONS:
+                return int(entry["version"])
+        if len(entries) < depth:  # pragma: no cover - version 0 creates the table
+            return dt.version()
+        depth *= 4
 
 
 def shards_committed_since(dt: DeltaTable, since_version: int) -> set[str] | None:

@@ -30,10 +30,11 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from curation_assets.lib.deltalog import (
     SHARDS_KEY,
     TABLE_PROPERTIES,
+    LogMovingError,
     data_version,
     discard_uncommitted,
+    settled_history,
     shards_committed_since,
-    snapshot_history,
 )
 from curation_assets.lib.deltawrite import (
     FrameSlices,
@@ -58,8 +59,6 @@ _MERGE = {"schema_mode": "merge"}
 
 #: Commit attempts when a concurrent writer wins the race (first creation, conflicting commit).
 COMMIT_ATTEMPTS = 5
-#: Reads of a table's history while other writers keep committing, before giving up.
-_HISTORY_ATTEMPTS = 20
 
 
 class ConcurrentWriteError(TransientError, RuntimeError):
@@ -160,14 +159,13 @@ class DeltaStore:
 
     def history(self, table: str, *, since_version: int = -1) -> list[dict[str, Any]]:
         """Commit infos of ``table`` after ``since_version`` (newest first; log only)."""
-        for _ in range(_HISTORY_ATTEMPTS):
-            if (dt := self._table(table)) is None or dt.version() <= since_version:
-                return []
-            entries = snapshot_history(dt, dt.version() - since_version)
-            if entries is not None:  # None: a commit landed meanwhile (misnumbered): again
-                return [e for e in entries if int(e.get("version", -1)) > since_version]
-        msg = f"the log of Delta table {table!r} kept moving while its history was read"
-        raise ConcurrentWriteError(msg)
+        if (dt := self._table(table)) is None or dt.version() <= since_version:
+            return []
+        try:
+            entries = settled_history(dt, lambda version: version - since_version)
+        except LogMovingError as exc:
+            raise ConcurrentWriteError(str(exc)) from exc
+        return [e for e in entries if int(e.get("version", -1)) > since_version]
 
     def shard_row_counts(
         self, table: str, version: int | None = None, *, changes: bool = False

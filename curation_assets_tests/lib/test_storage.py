@@ -9,7 +9,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from deltalake.table import TableOptimizer
 
-from curation_assets.lib import commits, storage
+from curation_assets.lib import commits, deltalog, storage
 from curation_assets.lib.commits import last_commit, record_commit
 from curation_assets.lib.compaction import compact, live_files
 from curation_assets.lib.deltalog import TABLE_PROPERTIES, data_version, shards_committed_since
@@ -239,18 +239,18 @@ def test_history_is_read_again_when_the_log_moves_meanwhile(tmp_path, monkeypatc
         store.replace_shard(SPEC, shard, frame(shard, [1]))
     v = store.version("t")
     store.replace_shard(SPEC, "b", frame("b", [2]))
-    real = storage.snapshot_history
+    real = deltalog.snapshot_history
     calls: list[int] = []
 
     def moved_once(dt, limit):
         calls.append(limit)
         return None if len(calls) == 1 else real(dt, limit)
 
-    monkeypatch.setattr(storage, "snapshot_history", moved_once)
+    monkeypatch.setattr(deltalog, "snapshot_history", moved_once)
     entries = store.history("t", since_version=v)
     assert len(calls) == 2 and [e["version"] for e in entries] == [v + 1]
     assert json.loads(entries[0]["curation.shards"]) == ["b"]
-    monkeypatch.setattr(storage, "snapshot_history", lambda dt, limit: None)
+    monkeypatch.setattr(deltalog, "snapshot_history", lambda dt, limit: None)
     with pytest.raises(storage.ConcurrentWriteError, match="kept moving"):
         store.history("t", since_version=v)
 

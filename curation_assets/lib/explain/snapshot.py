@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
 from deltalake import DeltaTable
 
-from curation_assets.lib.deltalog import snapshot_history
+from curation_assets.lib.deltalog import LogMovingError, settled_history
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.revisions import CHANGES, REVISION, merged
 from curation_assets.lib.storage import DeltaStore
@@ -178,15 +178,11 @@ class Snapshot:
         if self.as_of.timestamp is None:
             return latest
         limit_ms = self.as_of.timestamp.timestamp() * 1000
-        entries = None
-        for _ in range(20):
-            entries = snapshot_history(table, table.version() + 1)
-            if entries is not None:
-                break
-            table.update_incremental()  # a commit landed meanwhile (numbered wrongly): again
-        if entries is None:
+        try:
+            entries = settled_history(table, lambda version: version + 1)
+        except LogMovingError as exc:
             msg = f"{name}'s log kept moving while its history was read: try again"
-            raise AsOfError(msg)
+            raise AsOfError(msg) from exc
         committed = [
             int(h["version"])
             for h in entries

@@ -78,22 +78,22 @@ def test_a_timestamp_is_resolved_on_a_history_read_after_the_log_stopped_moving(
     tmp_path, monkeypatch
 ):
     """A history the log moved past (misnumbered by deltalake) is read again, not trusted."""
-    import curation_assets.lib.explain.snapshot as snapshot_module
+    from curation_assets.lib import deltalog
 
     store = DeltaStore(str(tmp_path / "delta"))
     store.replace_shard(QUARANTINE, "a", _row("a", "/src/a/1.jpg"))
     v0 = store.version("quarantine")
     now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
-    real = snapshot_module.snapshot_history
+    real = deltalog.snapshot_history
     calls: list[int] = []
 
     def moved_once(table, limit):
         calls.append(limit)
         return None if len(calls) == 1 else real(table, limit)
 
-    monkeypatch.setattr(snapshot_module, "snapshot_history", moved_once)
+    monkeypatch.setattr(deltalog, "snapshot_history", moved_once)
     assert Snapshot(store, AsOf(timestamp=now)).version("quarantine") == v0
     assert len(calls) == 2
-    monkeypatch.setattr(snapshot_module, "snapshot_history", lambda table, limit: None)
+    monkeypatch.setattr(deltalog, "snapshot_history", lambda table, limit: None)
     with pytest.raises(AsOfError, match="kept moving"):
         Snapshot(store, AsOf(timestamp=now)).version("quarantine")
