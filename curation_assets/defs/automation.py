@@ -47,8 +47,8 @@ import dagster as dg
 from curation_assets.defs.shard_inputs import (
     PER_SHARD,
     PER_SHARD_ASSETS,
+    InputsUpdated,
     ShardInputsSettled,
-    ShardInputsUpdated,
     ShardInputsUpdatedSinceCron,
 )
 from curation_assets.lib.settings import positive_int_env
@@ -79,7 +79,8 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
 
     The other dependencies still gate it (never run while one is missing or in progress;
     :func:`deps_ready`). ``keys`` are all global or all per-shard (then "updated" means any
-    shard of them, :class:`~curation_assets.defs.shard_inputs.ShardInputsUpdated`).
+    shard of them). "Updated" is :class:`~curation_assets.defs.shard_inputs.InputsUpdated`: an
+    update made by a run that also targeted this asset does not count (that run consumed it).
 
     Built so that a dependency's update is never lost when it lands in the same tick as this
     asset's own request or materialization — as it does when the automation sensor was paused
@@ -99,15 +100,13 @@ def eager_on(*keys: str) -> dg.AutomationCondition:
     if shard_keys and len(shard_keys) < len(keys):
         msg = f"eager_on{keys}: mixes per-shard and global keys; give one kind"
         raise ValueError(msg)
-    if shard_keys:
-        # any shard of them: one query per key, not one pass over every registered shard
-        updated: dg.AutomationCondition = ShardInputsUpdated(shard_keys)
-        joins: dg.AutomationCondition | None = None  # per-shard assets are never requested here
-    else:
-        allowed = dg.AssetSelection.assets(*keys)
-        updated = AC.any_deps_match(AC.newly_updated()).allow(allowed)
+    # per-shard keys: any shard of them, one query per key, not a pass over every shard; and
+    # an update by a run that also targeted this asset does not count (InputsUpdated)
+    updated = InputsUpdated(keys)
+    joins: dg.AutomationCondition | None = None  # per-shard assets are never requested here
+    if not shard_keys:
         # a dependency requested in this very tick: join its run (dedup → weights → export)
-        joins = AC.any_deps_match(AC.will_be_requested()).allow(allowed)
+        joins = AC.any_deps_match(AC.will_be_requested()).allow(dg.AssetSelection.assets(*keys))
     # two latches, both needed: new data since the last request (no duplicate request, no retry
     # every tick after a failure) and since the last materialization (not already consumed)
     pending = updated.since(AC.newly_requested()) & updated.since(AC.newly_updated())

@@ -13,7 +13,9 @@ classifier, new centroids, a new similarity quantizer) lists the affected shards
 it happens.
 
 A due shard that is in an unfinished run is held in the cursor and requested once that run
-is over (as ``~in_progress()`` did), so a shard is never written by two runs at once.
+is over (as ``~in_progress()`` did), so a shard is never written by two runs at once. A global
+update is read once the run that made it has ended (:func:`read_updates`), so a run that
+retrains the five centroids re-assigns every shard once, not once per tick it spanned.
 """
 
 import json
@@ -83,31 +85,42 @@ def _exists(instance: dg.DagsterInstance, assets: Iterable[str]) -> bool:
 def read_updates(instance: dg.DagsterInstance, cursor: Cursor) -> Iterator[Update]:
     """Every materialization of the trigger assets after ``cursor``; advances ``cursor.after``.
 
+    A global trigger (centroids, classifiers, quantizer: unpartitioned) is read up to its first
+    materialization by an unfinished run, and the rest waits for that run to end: one run
+    writes the five centroids and the quantizer one after another, and a tick that read the
+    first ones, then the rest, requested the re-assignment of every shard twice (a tick on a
+    loaded daemon did; ``test_daemon`` caught it). A per-shard trigger is read as it comes (a
+    shard that its own unfinished run writes is held in :func:`evaluate`).
+
     One query per trigger asset and page of :data:`PAGE` records, plus one run lookup per run
     that recorded any: nothing here depends on how many shards are registered.
     """
-    runs: dict[str, tuple[dict[str, str], frozenset[str]]] = {}
+    runs: dict[str, tuple[dict[str, str], frozenset[str], bool]] = {}
 
-    def run_info(run_id: str) -> tuple[dict[str, str], frozenset[str]]:
+    def run_info(run_id: str) -> tuple[dict[str, str], frozenset[str], bool]:
         if run_id not in runs:
             run = instance.get_run_by_id(run_id) if run_id else None
             if run is None:
-                runs[run_id] = ({}, frozenset())
+                runs[run_id] = ({}, frozenset(), False)
             else:
                 assets = frozenset(k.to_user_string() for k in run.asset_selection or ())
-                runs[run_id] = (dict(run.tags), assets)
+                runs[run_id] = (dict(run.tags), assets, run.status in IN_PROGRESS_RUN_STATUSES)
         return runs[run_id]
 
     for asset in TRIGGERS:
         after = cursor.after.get(asset, 0)
-        while True:
+        waiting = False
+        while not waiting:
             result = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=after),
                 limit=PAGE,
                 ascending=True,
             )
             for record in result.records:
-                tags, assets = run_info(record.run_id)
+                tags, assets, unfinished = run_info(record.run_id)
+                if unfinished and record.partition_key is None:
+                    waiting = True  # read again, with the rest of its run, once it ended
+                    break
                 yield Update(record.storage_id, asset, record.partition_key, tags, assets)
                 after = max(after, record.storage_id)
             if len(result.records) < PAGE:

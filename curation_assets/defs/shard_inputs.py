@@ -9,6 +9,10 @@ per-shard asset with a constant number of indexed queries (the latest materializ
 unfinished runs and backfills, the latest check results), and the standard dependency
 conditions ``ignore(PER_SHARD)``.
 
+:class:`InputsUpdated` serves global inputs too: it does not count an update made by a run that
+also targeted the evaluated asset (see there why Dagster's ``newly_updated`` requested the
+export twice).
+
 They are custom ``AutomationCondition`` subclasses, so ``curation_automation`` is evaluated in
 the code server (``use_user_code_server=True``).
 """
@@ -17,6 +21,7 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 from dagster._core.asset_graph_view.timing_metadata import TimingMetadata
+from dagster._core.events import DagsterEventType
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
@@ -117,13 +122,28 @@ class ShardInputsSettled(dg.AutomationCondition):
         return dg.AutomationResult(context, true)
 
 
-class ShardInputsUpdated(dg.AutomationCondition):
-    """A shard of one of ``keys`` was materialized since the previous tick (any shard).
+class InputsUpdated(dg.AutomationCondition):
+    """One of ``keys`` was materialized since the previous tick by a run not also targeting this.
 
-    Stands in for ``any_deps_match(newly_updated()).allow(keys)`` over per-shard keys: one query
-    per key for a materialization between the previous tick's and this tick's storage ids. Its
-    timing (the latest such materialization) lets ``since`` order it against a reset in the same
-    tick, as ``newly_updated`` does.
+    Stands in for ``any_deps_match(newly_updated()).allow(keys)``, with two differences:
+
+    * **Per-shard keys** are asked as a whole (any shard): one query per key for its newest
+      materialization between the previous tick's and this tick's storage ids, not one pass over
+      every registered shard.
+    * **An update made by a run that also targeted this asset does not count**: that run was
+      this asset's turn to consume it (if it failed, the failure is not retried every tick, as
+      after any failed request). Dagster's ``newly_updated`` counts it, and a tick on a loaded
+      machine can see the dependency's materialization but not yet this asset's own, made a
+      second later by the same run, while it already sees the run as ended (it reads events up
+      to the storage id fixed when the tick started, and run statuses when it evaluates): so
+      the ``since`` latch was not reset and the asset was requested again (a second export run
+      after every update, ``test_daemon``'s flake). A run "targets" an asset when it planned to
+      materialize it (:class:`_RunTargets`).
+
+    Its timing (the newest update that counts) lets ``since`` order it against a reset in the
+    same tick, as ``newly_updated`` does. Cost per tick, per key with an update: a query for its
+    materializations (newest first, in pages, stopping at the first that counts) and one for
+    the planned events of each run met.
     """
 
     def __init__(self, keys: Sequence[str]) -> None:
@@ -131,11 +151,14 @@ class ShardInputsUpdated(dg.AutomationCondition):
 
     @property
     def name(self) -> str:  # noqa: D102
-        return f"shard_inputs_updated({', '.join(self.keys)})"
+        return f"inputs_updated({', '.join(self.keys)})"
 
     @property
     def description(self) -> str:  # noqa: D102
-        return f"a shard of {', '.join(self.keys)} was materialized since the previous tick"
+        return (
+            f"{', '.join(self.keys)} materialized since the previous tick by a run that did "
+            "not also target this asset"
+        )
 
     @property
     def requires_cursor(self) -> bool:  # noqa: D102
@@ -148,24 +171,65 @@ class ShardInputsUpdated(dg.AutomationCondition):
         after, upto = context.previous_max_storage_id or 0, context.max_storage_id
         latest: float | None = None
         if not first and upto is not None and upto > after:
-            instance = context.asset_graph_view.instance
+            targets = _RunTargets(context.asset_graph_view.instance, context.key)
             for key in self.keys:
-                records = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(
-                        asset_key=dg.AssetKey(key),
-                        after_storage_id=after,
-                        before_storage_id=upto + 1,
-                    ),
-                    limit=1,
-                ).records
-                if records:
-                    latest = max(latest or 0.0, records[0].timestamp)
+                stamp = _newest_update_by_another_run(targets, dg.AssetKey(key), after, upto)
+                if stamp is not None:
+                    latest = max(latest or 0.0, stamp)
         if latest is None:
             return dg.AutomationResult(context, context.get_empty_subset())
         true = context.candidate_subset
         return dg.AutomationResult(
             context, true, timing_metadata=TimingMetadata(timestamps={latest: true})
         )
+
+
+UPDATES_PAGE = 50
+"""Materializations read per query by :class:`InputsUpdated` (newest first)."""
+
+
+class _RunTargets:
+    """Whether a run planned to materialize ``key``: read once per run, cached for a tick.
+
+    Dagster records an ``ASSET_MATERIALIZATION_PLANNED`` event per asset (and partition) a run
+    targets when the run is created, before any step: that answers for a run launched with an
+    asset selection, a whole job's run, ``dg.materialize`` and a backfill's run alike.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance, key: dg.AssetKey | dg.AssetCheckKey) -> None:
+        self.instance, self.key = instance, key
+        self.runs: dict[str, bool] = {}
+
+    def targeted(self, run_id: str) -> bool:
+        if not run_id:  # a runless report (``report_runless_asset_event``): counts
+            return False
+        if run_id not in self.runs:
+            planned = self.instance.get_records_for_run(
+                run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+            ).records
+            self.runs[run_id] = any(r.asset_key == self.key for r in planned)
+        return self.runs[run_id]
+
+
+def _newest_update_by_another_run(
+    targets: _RunTargets, key: dg.AssetKey, after: int, upto: int
+) -> float | None:
+    """Timestamp of ``key``'s newest materialization in ``(after, upto]`` that counts."""
+    cursor = None
+    while True:
+        page = targets.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=key, after_storage_id=after, before_storage_id=upto + 1
+            ),
+            limit=UPDATES_PAGE,
+            cursor=cursor,
+        )
+        for record in page.records:  # newest first
+            if not targets.targeted(record.run_id):
+                return record.timestamp
+        if not page.has_more:
+            return None
+        cursor = page.cursor
 
 
 class ShardInputsUpdatedSinceCron(dg.AutomationCondition):

@@ -93,6 +93,36 @@ def test_a_run_that_updated_both_does_not_request_downstream_again():
         assert ticks.requested() == 0 and not ticks.keys
 
 
+@dg.asset(name="downstream", deps=[upstream])
+def downstream_not_yet_recorded() -> None:
+    """Stands for downstream whose materialization a tick has not seen yet."""
+    raise RuntimeError("not recorded yet")
+
+
+def test_an_update_by_a_run_that_also_targeted_the_asset_does_not_request_it_again():
+    # test_daemon's flake: a run updated upstream, then downstream a second later; a tick on a
+    # loaded machine read events up to a storage id between the two, and saw the run as ended,
+    # so it requested downstream again. Here downstream's step fails, so its materialization is
+    # never seen: the update was that run's to consume, and is not requested a second time.
+    with dg.instance_for_test() as instance:
+        _materialize(instance, upstream, downstream, further)
+        ticks = Ticks(instance)
+        ticks.requested()
+        run = dg.materialize(
+            [upstream, downstream_not_yet_recorded], instance=instance, raise_on_error=False
+        )
+        assert not run.success
+        assert ticks.requested() == 0
+        assert ticks.requested() == 0
+        # an update by a run that did not target downstream counts, as does a runless report
+        _materialize(instance, upstream)
+        assert ticks.requested() == 1
+        _materialize(instance, downstream, further)
+        assert ticks.requested() == 0
+        instance.report_runless_asset_event(dg.AssetMaterialization(upstream.key))
+        assert ticks.requested() == 1
+
+
 def test_a_chain_is_requested_in_one_tick():
     with dg.instance_for_test() as instance:
         _materialize(instance, upstream, downstream, further)

@@ -6,6 +6,7 @@ does) or recorded by small runs; the sensor is ticked as the daemon would, curso
 
 import dagster as dg
 import pytest
+from dagster._core.events import DagsterEventType, StepMaterializationData
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from curation_assets.definitions import build_defs
@@ -81,6 +82,46 @@ def test_new_centroids_and_quantizer_reach_every_shard_and_new_shards_after(defs
         assert tick() == {}
         report(instance, "similarity_index", SHARDS[0])  # e.g. re-indexed by a person
         assert tick() == {"image_uniqueness": {SHARDS[0]}}
+
+
+def _record_in_run(instance: dg.DagsterInstance, run_id: str, asset: str) -> None:
+    """A materialization recorded by run ``run_id`` (as its step would)."""
+    event = dg.DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="__ASSET_JOB",
+        event_specific_data=StepMaterializationData(dg.AssetMaterialization(asset)),
+    )
+    instance.report_dagster_event(event, run_id=run_id)
+
+
+def test_a_global_update_is_read_once_its_run_ended(defs):
+    # test_daemon caught it: a tick read the first centroids of a run still writing the rest,
+    # then the next tick the rest, and every shard was re-assigned twice
+    with dg.instance_for_test() as instance:
+        tick = Ticks(instance, defs)
+        tick()
+        instance.add_dynamic_partitions(SHARDS_PARTITION, SHARDS)
+        report(instance, "image_embeddings", *SHARDS)
+        report(instance, "filtered_images", *SHARDS)
+        report(instance, "classifier_scores", SHARDS[0])  # a finished run's update: read now
+        retrain = instance.add_run(
+            DagsterRun(job_name="__ASSET_JOB", run_id="r-retrain", status=DagsterRunStatus.STARTED)
+        )
+        for c in range(3):
+            _record_in_run(instance, retrain.run_id, f"cluster_centroids_{c}")
+        assert tick() == dict.fromkeys(SCORE_CHAIN - {"classifier_scores"}, {SHARDS[0]})
+        for c in range(3, 5):
+            _record_in_run(instance, retrain.run_id, f"cluster_centroids_{c}")
+        _record_in_run(instance, retrain.run_id, "similarity_quantizer")
+        assert tick() == {}  # still running: its updates wait
+        instance.handle_run_event(
+            retrain.run_id,
+            dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="__ASSET_JOB"),
+        )
+        due = tick()  # one request for the whole retrain
+        assert all(due[f"cluster_assignments_{c}"] == set(SHARDS) for c in range(5))
+        assert due["similarity_index"] == due["image_uniqueness"] == set(SHARDS)
+        assert tick() == {}
 
 
 def test_a_shard_in_an_unfinished_run_waits_for_it(defs):
