@@ -256,6 +256,8 @@ _DEDUP_FIGURES = {
     "units_engine",
     "units_ray_nodes",
     "rewritten_shards",
+    "patched_shards",
+    "patched_rows",
     "dedup_seconds",
     "dedup_seconds_layout",
     "dedup_seconds_search",

@@ -30,7 +30,9 @@ def dedup_figures(outcome: DedupOutcome) -> dict[str, Any]:
         previously_kept_now_removed, pending_shards, search (``units``, or ``new_rows``: an
         incremental run's one pass over clustering 0's buckets), units_searched, buckets,
         largest_unit_rows, units_engine (local or ray), units_ray_nodes (Ray nodes that searched
-        units), rewritten_shards, dedup_seconds (and per phase), recall_true_pairs,
+        units), rewritten_shards (written whole: new, redone, or all in a full run), patched_shards
+        and patched_rows (shards whose changed decisions were appended, and those rows),
+        dedup_seconds (and per phase), recall_true_pairs,
         recall_measured_on, ``recall_<c>_clusterings`` and ``recall_<c>_stderr`` for c = 1..C.
     """
     stats, recall = outcome.stats, outcome.recall
@@ -57,6 +59,8 @@ def dedup_figures(outcome: DedupOutcome) -> dict[str, Any]:
         "units_engine": str(stats.get("engine", "local")),
         "units_ray_nodes": int(stats.get("unit_nodes", 0)),
         "rewritten_shards": int(stats.get("rewritten_shards", 0)),
+        "patched_shards": int(stats.get("patched_shards", 0)),
+        "patched_rows": int(stats.get("patched_rows", 0)),
         "dedup_seconds": float(stats.get("seconds", 0.0)),
         **{
             f"dedup_seconds_{phase}": float(stats[f"seconds_{phase}"])

@@ -26,7 +26,7 @@ decisions (tested).
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -90,7 +90,8 @@ class DedupOutcome:
         input_versions: Delta version of every input table when the run started.
         tau: The cosine threshold used.
         layout: The bucketed layout in force.
-        write_shards: Shards whose ``deduplicated_images`` rows are rewritten.
+        write_shards: Shards whose ``deduplicated_images`` rows are written: whole, or patched
+            (:func:`patched_shards`).
         ready: Ready images of each redone shard (the rows it is written with; their ids
             spilled until the write: :class:`~.readyids.ReadyIds`).
         units: Each searched unit's statistics.
@@ -127,6 +128,11 @@ class DedupOutcome:
     def pairs(self) -> pl.DataFrame:
         """``duplicate_pairs`` rows."""
         return self.merged.pairs
+
+    @property
+    def patched(self) -> set[str]:
+        """Of :attr:`write_shards`, those patched (their changed rows appended), not rewritten."""
+        return patched_shards(self.plan, self.write_shards, self.ready, self.torn)
 
     @property
     def members(self) -> pl.DataFrame:
@@ -403,7 +409,7 @@ def run_dedup(
         "seconds_merge": round(seconds_merge, 3),
         "seconds_recall": round(time.perf_counter() - t_recall, 3),
         "seconds": round(seconds, 3),
-        "rewritten_shards": len(write),
+        **_written(plan, write, ready, torn, merged),
         "engine": engine.name,
         "unit_nodes": len(found.nodes),
         **(verifier.stats if verifier is not None else {}),
@@ -604,3 +610,33 @@ def _current(
         verify_key=plan.commit.config.get("verify", "off"),
         policy=policy,
     )
+
+
+def patched_shards(
+    plan: DedupPlan, write: Iterable[str], ready: Iterable[str], torn: Iterable[str]
+) -> set[str]:
+    """Shards of ``write`` whose changed decisions are appended, not written whole.
+
+    A covered shard neither redone nor new, whose images' decisions changed (a new image
+    duplicates one of them), gets its changed rows appended (merge-on-read,
+    :mod:`~curation_assets.lib.revisions`); a shard a killed run wrote since the commit
+    (``torn``) is rewritten whole, as is every shard in a full run.
+    """
+    if plan.mode == "full":
+        return set()
+    return set(write) - set(plan.redo) - set(ready) - set(torn)
+
+
+def _written(
+    plan: DedupPlan, write: set[str], ready: ReadyIds, torn: set[str], merged: Merged
+) -> dict[str, int]:
+    """How the ``deduplicated_images`` shards were written: whole, or patched (and its rows)."""
+    patch = patched_shards(plan, write, ready, torn)
+    changes = merged.changes
+    return {
+        "rewritten_shards": len(write - patch),
+        "patched_shards": len(patch),
+        "patched_rows": int(changes.filter(pl.col("shard").is_in(sorted(patch))).height)
+        if patch
+        else 0,
+    }

@@ -89,12 +89,12 @@ def write_dedup(store: DeltaStore, outcome: "DedupOutcome") -> dict[str, int]:
         return outputs
     # covered shards whose decisions changed: their changed rows are appended (merge-on-read),
     # but a shard a killed run wrote since the commit is rewritten with its committed images
-    again = (
+    patch = outcome.patched
+    again = (  # covered shards, neither new nor redone, a killed run wrote: their old images
         set()
         if plan.mode == "full"
         else set(outcome.write_shards) - set(plan.redo) - set(outcome.ready)
     )
-    patch = again - outcome.torn
     write_decisions(
         store,
         [s for s in outcome.write_shards if s not in patch],

@@ -226,6 +226,7 @@ def test_copies_that_lose_rewrite_only_their_own_shard(store):
     inc = run_and_write(store)
     assert inc.plan.mode == "incremental" and inc.stats["removed"] == 5
     assert inc.write_shards == ["b"] and inc.stats["previously_kept_now_removed"] == 0
+    assert (inc.stats["rewritten_shards"], inc.stats["patched_shards"]) == (1, 0)
     assert store.shard_files("deduplicated_images")["a"] == files
 
 
@@ -257,6 +258,9 @@ def test_copies_that_win_append_the_old_shards_changes_and_equal_a_full_run(
     land_b()
     inc = run_and_write(store)
     assert inc.plan.mode == "incremental" and inc.stats["previously_kept_now_removed"] == 5
+    # the figures say so: b written whole, a patched with its 5 changed rows
+    assert inc.stats["rewritten_shards"] == 1
+    assert (inc.stats["patched_shards"], inc.stats["patched_rows"]) == (1, 5)
     assert (store.shard_files("deduplicated_images")["a"] == files) is not folded
     assert store.change_row_count("deduplicated_images") == (0 if folded else 5)
     full = DeltaStore(str(tmp_path / "full"))
