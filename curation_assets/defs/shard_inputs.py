@@ -151,7 +151,11 @@ class InputsUpdated(dg.AutomationCondition):
 
     @property
     def name(self) -> str:  # noqa: D102
-        return f"inputs_updated({', '.join(self.keys)})"
+        # per-shard keys keep the name of the condition this one replaced: a ``since`` latch's
+        # state is stored under an id built from its children's names, and one set before an
+        # upgrade would be dropped
+        shard = all(k in PER_SHARD_ASSETS for k in self.keys)
+        return f"{'shard_' if shard else ''}inputs_updated({', '.join(self.keys)})"
 
     @property
     def description(self) -> str:  # noqa: D102
@@ -204,10 +208,10 @@ class _RunTargets:
         if not run_id:  # a runless report (``report_runless_asset_event``): counts
             return False
         if run_id not in self.runs:
-            planned = self.instance.get_records_for_run(
+            planned = self.instance.get_asset_keys_for_run(  # one SELECT DISTINCT
                 run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-            ).records
-            self.runs[run_id] = any(r.asset_key == self.key for r in planned)
+            )
+            self.runs[run_id] = self.key in planned
         return self.runs[run_id]
 
 
