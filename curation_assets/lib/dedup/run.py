@@ -91,7 +91,7 @@ class DedupOutcome:
         tau: The cosine threshold used.
         layout: The bucketed layout in force.
         write_shards: Shards whose ``deduplicated_images`` rows are written: whole, or patched
-            (:func:`patched_shards`).
+            (:func:`written_shards`).
         ready: Ready images of each redone shard (the rows it is written with; their ids
             spilled until the write: :class:`~.readyids.ReadyIds`).
         units: Each searched unit's statistics.
@@ -129,10 +129,13 @@ class DedupOutcome:
         """``duplicate_pairs`` rows."""
         return self.merged.pairs
 
-    @property
-    def patched(self) -> set[str]:
-        """Of :attr:`write_shards`, those patched (their changed rows appended), not rewritten."""
-        return patched_shards(self.plan, self.write_shards, self.ready, self.torn)
+    def written(self) -> tuple[set[str], set[str]]:
+        """Of :attr:`write_shards`: the old ones (:func:`written_shards`), and those patched."""
+        return written_shards(self.plan, self.write_shards, self.ready, self.torn)
+
+    def patch_rows(self, patched: Iterable[str]) -> pl.DataFrame:
+        """The changed ``deduplicated_images`` rows appended for the ``patched`` shards."""
+        return patch_rows(self.merged, patched)
 
     @property
     def members(self) -> pl.DataFrame:
@@ -612,31 +615,34 @@ def _current(
     )
 
 
-def patched_shards(
+def written_shards(
     plan: DedupPlan, write: Iterable[str], ready: Iterable[str], torn: Iterable[str]
-) -> set[str]:
-    """Shards of ``write`` whose changed decisions are appended, not written whole.
+) -> tuple[set[str], set[str]]:
+    """Of ``write``: the old shards (covered, neither new nor redone), and those patched.
 
-    A covered shard neither redone nor new, whose images' decisions changed (a new image
-    duplicates one of them), gets its changed rows appended (merge-on-read,
-    :mod:`~curation_assets.lib.revisions`); a shard a killed run wrote since the commit
-    (``torn``) is rewritten whole, as is every shard in a full run.
+    An old shard whose images' decisions changed (a new image duplicates one of them) gets its
+    changed rows appended (merge-on-read, :mod:`~curation_assets.lib.revisions`), unless a
+    killed run wrote it since the commit (``torn``: rewritten whole with its committed images).
+    A full run rewrites every shard whole: neither set.
     """
     if plan.mode == "full":
-        return set()
-    return set(write) - set(plan.redo) - set(ready) - set(torn)
+        return set(), set()
+    old = set(write) - set(plan.redo) - set(ready)
+    return old, old - set(torn)
+
+
+def patch_rows(merged: Merged, patched: Iterable[str]) -> pl.DataFrame:
+    """The changed ``deduplicated_images`` rows appended for the ``patched`` shards."""
+    return merged.changes.filter(pl.col("shard").is_in(sorted(patched)))
 
 
 def _written(
     plan: DedupPlan, write: set[str], ready: ReadyIds, torn: set[str], merged: Merged
 ) -> dict[str, int]:
     """How the ``deduplicated_images`` shards were written: whole, or patched (and its rows)."""
-    patch = patched_shards(plan, write, ready, torn)
-    changes = merged.changes
+    _, patch = written_shards(plan, write, ready, torn)
     return {
         "rewritten_shards": len(write - patch),
         "patched_shards": len(patch),
-        "patched_rows": int(changes.filter(pl.col("shard").is_in(sorted(patch))).height)
-        if patch
-        else 0,
+        "patched_rows": patch_rows(merged, patch).height,
     }

@@ -6,8 +6,6 @@ Kept apart from :mod:`.run` (which plans, searches and merges, and writes only
 
 from typing import TYPE_CHECKING
 
-import polars as pl
-
 from curation_assets.lib.commits import record_commit
 from curation_assets.lib.compaction import drop_changes, fold
 from curation_assets.lib.dedup import io
@@ -89,12 +87,7 @@ def write_dedup(store: DeltaStore, outcome: "DedupOutcome") -> dict[str, int]:
         return outputs
     # covered shards whose decisions changed: their changed rows are appended (merge-on-read),
     # but a shard a killed run wrote since the commit is rewritten with its committed images
-    patch = outcome.patched
-    again = (  # covered shards, neither new nor redone, a killed run wrote: their old images
-        set()
-        if plan.mode == "full"
-        else set(outcome.write_shards) - set(plan.redo) - set(outcome.ready)
-    )
+    again, patch = outcome.written()
     write_decisions(
         store,
         [s for s in outcome.write_shards if s not in patch],
@@ -103,8 +96,7 @@ def write_dedup(store: DeltaStore, outcome: "DedupOutcome") -> dict[str, int]:
         old=again & outcome.torn,
         committed=committed_version(plan, DEDUPLICATED_IMAGES),
     )
-    changes = outcome.merged.changes
-    store.append_changes(DEDUPLICATED_IMAGES, changes.filter(pl.col("shard").is_in(sorted(patch))))
+    store.append_changes(DEDUPLICATED_IMAGES, outcome.patch_rows(patch))
     if plan.mode == "full":
         drop_changes(store, DEDUPLICATED_IMAGES)  # every shard was rewritten: all superseded
     else:
