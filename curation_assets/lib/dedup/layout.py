@@ -229,6 +229,16 @@ class LaidOut:
     touched: set[tuple[int, int]]
     new_rows: pl.DataFrame | None
 
+    def take_new_rows(self) -> pl.DataFrame | None:
+        """The kept new rows, handed over once: this no longer holds them.
+
+        The one-pass search converts them to its own arrays (:meth:`.newrows.NewRows.of`); the
+        run that holds this object then does not keep a second copy of every new row (~1.1 KB
+        a row at d = 512) through the search, the merge and the recall.
+        """
+        rows, self.new_rows = self.new_rows, None
+        return rows
+
 
 def lay_out(
     store: DeltaStore,

@@ -35,7 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 import polars as pl
-from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
+from faiss.contrib.ivf_tools import range_search_preassigned
 
 from curation_assets.lib.dedup.layout import iter_parts
 from curation_assets.lib.dedup.pairs import SIM_MARGIN, Rows, exact_sims
@@ -125,12 +125,17 @@ def _indexes(new: NewRows, chunk: tuple[int, int]) -> list[faiss.IndexIVF]:
     stores, decoded exactly, at half the bytes of an ``IndexIVFFlat`` (measured with 10k × 512
     rows in five clusterings: 59 MB against 115 MB, and no slower to search). Candidates are
     re-checked by the canonical dot product anyway (:func:`~.pairs.exact_sims`).
+
+    The rows' float16 bytes are those codes, so each list is filled once with its rows
+    (:func:`_fill_lists`) instead of through faiss' ``add``, which encodes a float32 copy of
+    the chunk and grows each list one row at a time (its vectors' capacity doubling): 9,000 ×
+    512 rows in 1,000 lists per clustering held 55 MB instead of 90 MB and took 0.05 s
+    instead of 0.10 s (2026-12-04, 2 cores, AVX-512), with the same lists, rows and order.
     """
     lo, hi = chunk
-    x = np.ascontiguousarray(new.x[lo:hi], np.float32)
-    ids = np.arange(lo, hi, dtype=np.int64)
+    codes = new.x[lo:hi].view(np.uint8)  # (m, 2·d): QT_fp16's codes, byte for byte
+    d = new.x.shape[1]
     out = []
-    d = x.shape[1]
     for c, k in enumerate(new.ks):
         index = faiss.IndexIVFScalarQuantizer(
             faiss.IndexFlatIP(d),
@@ -141,9 +146,37 @@ def _indexes(new: NewRows, chunk: tuple[int, int]) -> list[faiss.IndexIVF]:
             False,  # by_residual: the codes are the rows themselves
         )
         index.is_trained = True  # lists are given (the clustering's own assignments)
-        add_preassigned(index, x, new.clusters[lo:hi, c].astype(np.int64), ids)
+        _fill_lists(index, new.clusters[lo:hi, c], codes, lo)
         out.append(index)
     return out
+
+
+def _fill_lists(index: faiss.IndexIVF, lists: np.ndarray, codes: np.ndarray, first: int) -> None:
+    """Put row ``i`` (id ``first + i``, code ``codes[i]``) in list ``lists[i]`` of ``index``.
+
+    Each list gets its rows in one call, in row order (as ``add`` puts them), so its storage
+    is sized once.
+    """
+    if not len(lists):
+        return
+    if codes.shape[1] != index.code_size:
+        msg = f"codes of {codes.shape[1]} bytes for an index of {index.code_size}-byte codes"
+        raise ValueError(msg)
+    if lists.min() < 0 or lists.max() >= index.nlist:
+        msg = f"clusters {lists.min()}..{lists.max()} outside the index's {index.nlist} lists"
+        raise ValueError(msg)
+    order = np.argsort(lists, kind="stable")
+    sorted_codes = np.ascontiguousarray(codes[order])
+    ids = order.astype(np.int64) + first
+    bounds = np.searchsorted(lists[order], np.arange(index.nlist + 1))
+    invlists = index.invlists
+    assert invlists is not None  # an IndexIVF is built with its lists
+    for lst in np.flatnonzero(np.diff(bounds)):
+        a, b = int(bounds[lst]), int(bounds[lst + 1])
+        invlists.add_entries(
+            int(lst), b - a, faiss.swig_ptr(ids[a:b]), faiss.swig_ptr(sorted_codes[a:b])
+        )
+    index.ntotal = len(ids)
 
 
 def search_new_rows(

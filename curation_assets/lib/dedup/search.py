@@ -77,7 +77,8 @@ def search(
     Args:
         store: Where the tables live.
         layout: The layout in force.
-        laid: What :func:`~.layout.lay_out` did (its kept new rows, the units they touched).
+        laid: What :func:`~.layout.lay_out` did (its kept new rows, which the one-pass search
+            takes: :meth:`~.layout.LaidOut.take_new_rows`; the units they touched).
         tau: Similarity floor of the search.
         full: Search every unit.
         block: Tile edge of the within-cluster search.
@@ -91,8 +92,10 @@ def search(
     with its vector), and while staging one bucket of clustering 0 + 1/16 of the budget.
     """
     options = dict(store.storage_options)
-    if not full and laid.new_rows is not None:
-        new = NewRows.of(laid.new_rows, layout.ks)
+    kept = None if full else laid.take_new_rows()
+    if kept is not None:
+        new = NewRows.of(kept, layout.ks)
+        del kept  # NewRows holds its own copy, sorted and as arrays
         step = chunk_rows(budget, new.x.shape[1] if len(new) else 1, len(layout.ks))
         chunks = tuple((lo, min(lo + step, len(new))) for lo in range(0, len(new), step))
         work = NewRowsWork(store.root_uri, options, tau, new, version, chunks)
