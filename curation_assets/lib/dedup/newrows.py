@@ -67,11 +67,12 @@ def new_rows_cap(budget: MemoryBudget) -> int:
 def chunk_rows(budget: MemoryBudget, dim: int, n_clusterings: int) -> int:
     """New rows indexed at a time: their indexes fit a quarter of the budget.
 
-    A row costs float16 codes and an id per clustering, and its float32 copy while the
-    indexes are built. Each chunk is one pass over the buckets (at 2 GiB and d = 512: ~74k
-    rows, so a 1 % shard of 10M is two passes).
+    A row costs float16 codes and an id per clustering, and one more of each while a
+    clustering's lists are filled (:func:`_fill_lists` sorts the chunk's codes by cluster).
+    Each chunk is one pass over the buckets (at 2 GiB and d = 512: ~87k rows, so a 1 % shard
+    of 10M is two passes).
     """
-    return max(1, budget.bytes // 4 // (n_clusterings * (2 * dim + 8) + 4 * dim))
+    return max(1, budget.bytes // 4 // ((n_clusterings + 1) * (2 * dim + 8)))
 
 
 @dataclass(frozen=True)
