@@ -177,3 +177,51 @@ def stamp(table: pa.Table, revision: int, *, change: bool, deleted: bool = False
 def fold_due(base: int, changes: int) -> bool:
     """Whether the change rows have reached :data:`FOLD_SHARE` of the base rows."""
     return changes > 0 and changes >= FOLD_SHARE * base
+
+
+# -- unpartitioned tables changed by appended rows (``TableSpec.change_key``) -----------------
+#
+# The dedup's pair graph (``duplicate_pairs``, ``candidate_pairs``, ``duplicate_members``) is
+# not per shard: an update re-decides a few components whose rows are spread over every file.
+# Its changed rows are appended instead, each stamped with :data:`REVISION` (the Delta version
+# that wrote it) and :data:`DELETED` (False: the key's new row; True: a tombstone). Base rows
+# (a whole write: a full run, a retune, a fold) have neither column (null). Every change row is
+# newer than every base row (a whole write drops the changes), so a reader keeps the base rows
+# whose key has no change row, plus each changed key's newest change row unless it is a
+# tombstone. Folding rewrites the table whole once the change rows reach
+# :data:`GRAPH_FOLD_SHARE` of the base rows (``lib/dedup/localgraph.py``).
+
+#: Change rows, as a share of the base rows, at which a graph table is rewritten whole: an
+#: update then costs its own rows plus, amortized, 1 / GRAPH_FOLD_SHARE times them; a reader
+#: holds at most that share of the table's keys (the join of base rows against the changes).
+GRAPH_FOLD_SHARE = 0.1
+
+
+def graph_merged(
+    lf: pl.LazyFrame, key: Sequence[str], names: Sequence[str], order: Sequence[str] = ()
+) -> pl.LazyFrame:
+    """An unpartitioned table with change rows as readers see it: one row per ``key``.
+
+    Args:
+        lf: The raw scan (the hidden columns included when the table has them).
+        key: The columns that key a row.
+        names: The raw table's column names.
+        order: The columns' order (the spec's).
+
+    Returns:
+        The base rows whose key has no change row, then the newest live change row of each
+        changed key; the table's columns less :data:`HIDDEN`. Memory: the change rows' keys.
+    """
+    visible = [c for c in names if c not in HIDDEN]
+    visible = [c for c in order if c in visible] + [c for c in visible if c not in order]
+    if DELETED not in names:  # never changed in place since its last whole write
+        return lf.select(visible)
+    keys = list(key)
+    latest = (
+        lf.filter(pl.col(DELETED).is_not_null())
+        .group_by(keys)
+        .agg(pl.all().sort_by(REVISION).last())
+    )
+    base = lf.filter(pl.col(DELETED).is_null()).join(latest.select(keys), on=keys, how="anti")
+    live = latest.filter(~pl.col(DELETED)).select(visible)
+    return pl.concat([base.select(visible), live], how="vertical")

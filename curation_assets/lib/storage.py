@@ -49,7 +49,7 @@ from curation_assets.lib.leases import DeltaLease
 from curation_assets.lib.locks import file_lock
 from curation_assets.lib.objectstore import is_remote, redacted
 from curation_assets.lib.objectstore import storage_options_from_env as env_options
-from curation_assets.lib.revisions import CHANGES, merged, stamp
+from curation_assets.lib.revisions import CHANGES, graph_merged, merged, stamp
 from curation_assets.lib.tables import TableSpec
 
 logger = logging.getLogger(__name__)
@@ -663,6 +663,10 @@ class DeltaStore:
             )
         except TableNotFoundError:
             return spec.empty().lazy()
+        if spec.change_key:  # unpartitioned, with appended change rows: no shards=, keys=
+            assert keys is None and shards is None, f"{spec.name}: shards=, keys= unsupported"
+            names = [f.name for f in table.schema().fields]
+            return graph_merged(pl.scan_delta(table), spec.change_key, names, spec.column_names)
         if spec.revision_key is None:
             if keys is not None:
                 msg = f"table {spec.name!r} has no row key (revision_key): keys= is not supported"

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from deltalake import DeltaTable
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from curation_assets.lib.commits import last_commit
-from curation_assets.lib.dedup.io import DEDUP_STAGE, stored_pairs, table_rows
+from curation_assets.lib.dedup.io import DEDUP_STAGE, stored_pairs
+from curation_assets.lib.dedup.localgraph import graph_row_counts
 from curation_assets.lib.errors import ConfigError
 from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.storage import DeltaStore
@@ -65,22 +65,21 @@ def committed_stored_pairs(
 
     What the asset sweeps after an update, which merged only the components it changed
     (:mod:`.localgraph`) and so holds no whole graph. Returns the pairs (None when they do not
-    fit, or nothing is committed) and how many there are (from the Delta log).
+    fit, or nothing is committed) and how many there are (when they do not fit: the rows in the
+    Delta log, change rows not yet folded included, an upper bound).
     """
     commit = last_commit(store, DEDUP_STAGE)
     if commit is None:
         return None, 0
     specs = [s for s in (DUPLICATE_PAIRS, CANDIDATE_PAIRS) if s.name in commit.outputs]
     versions = {s.name: commit.outputs[s.name] for s in specs}
-    options = store.storage_options or None
-    n = sum(
-        table_rows(DeltaTable(store.uri(name), version=v, storage_options=options))
-        for name, v in versions.items()
-    )
+    # rows in the log: the pairs, plus any change rows not folded yet (an upper bound)
+    n = sum(sum(graph_row_counts(store, s, versions[s.name])) for s in specs)
     if n * SWEEP_PAIR_BYTES > budget.bytes // 4:
         return None, n
     parts = [store.scan(s, version=versions[s.name]).select(SWEEP_COLUMNS) for s in specs]
-    return pl.concat(parts).collect().sort("image_id_a", "image_id_b"), n
+    pairs = pl.concat(parts).collect().sort("image_id_a", "image_id_b")
+    return pairs, pairs.height
 
 
 def sweep_grid(floor: float, tau: float, step: float = 0.005) -> list[float]:

@@ -28,7 +28,7 @@ from deltalake import DeltaTable
 
 from curation_assets.lib.deltalog import LogMovingError, settled_history
 from curation_assets.lib.errors import ConfigError
-from curation_assets.lib.revisions import CHANGES, REVISION, merged
+from curation_assets.lib.revisions import CHANGES, DELETED, REVISION, graph_merged, merged
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import TABLES, TableSpec
 
@@ -206,6 +206,32 @@ class Snapshot:
             return set()
         return set(self.store.shard_files(spec.name, version))
 
+    def _read_changed(
+        self,
+        spec: TableSpec,
+        table: DeltaTable,
+        names: list[str],
+        where: Sequence[Sequence[Filter]],
+        cols: list[str],
+    ) -> pl.DataFrame:
+        """:meth:`read` of a table with appended change rows (``spec.change_key``).
+
+        The rows ``where`` matches are found after the merge: a base row that matches may be
+        superseded by a change row that does not, and the other way round.
+        """
+        raw = _read_changed_rows(table, self._filesystem(spec.name), names, where)
+        df = pl.from_arrow(raw)
+        assert isinstance(df, pl.DataFrame)
+        merged_rows = graph_merged(df.lazy(), spec.change_key, names, spec.column_names)
+        groups = [list(g) for g in where]
+        matching = _expression(groups) if groups else None
+        out = merged_rows.collect().to_arrow()
+        if matching is not None:
+            out = out.filter(matching)
+        df = pl.from_arrow(out)
+        assert isinstance(df, pl.DataFrame)
+        return df.select(cols)
+
     def read(
         self,
         spec: TableSpec,
@@ -228,6 +254,9 @@ class Snapshot:
         table = self._open(spec.name, version)
         assert table is not None  # version() found it
         names = [f.name for f in table.schema().fields]
+        if spec.change_key and DELETED in names:
+            df = self._read_changed(spec, table, names, where, cols)
+            return df, Source(spec.name, version, df.height, len(table.file_uris()), scope)
         key = spec.revision_key if REVISION in names else None
         asked = cols
         if key is not None:  # changed in place: read the change rows too, then merge
@@ -253,6 +282,24 @@ class Snapshot:
         if key is not None:
             df = merged(df.lazy(), key, names, shards).select(asked).collect()
         return df, Source(spec.name, version, df.height, files, scope)
+
+
+def _read_changed_rows(
+    table: DeltaTable,
+    filesystem: Any,
+    names: list[str],
+    where: Sequence[Sequence[Filter]],
+) -> pa.Table:
+    """The base rows matching ``where`` (files pruned by statistics) and every change row."""
+    groups = [list(g) for g in where] or [[]]
+    prune = [g for g in groups if g] or None
+    matching = _expression(groups)
+    base = pc.field(DELETED).is_null()
+    pruned = table.to_pyarrow_dataset(file_pruning_predicate=_dnf(prune), filesystem=filesystem)
+    rows = pruned.to_table(columns=names, filter=base if matching is None else base & matching)
+    every = table.to_pyarrow_dataset(filesystem=filesystem)
+    changes = every.to_table(columns=names, filter=pc.field(DELETED).is_valid())
+    return pa.concat_tables([rows, changes.cast(rows.schema)])
 
 
 def _dnf(groups: list[list[Filter]] | None) -> Any:

@@ -45,10 +45,18 @@ DEDUPLICATED_IMAGES = TableSpec(
     ),
 )
 
+_GRAPH_CHANGES = (
+    "An update appends the rows it changed, stamped with the Delta version that wrote them "
+    "(revision) and deleted (true: a tombstone); rows with a null revision are the last whole "
+    "write's. Read through curation_assets' DeltaStore, or keep the rows whose key has no "
+    "row with a revision, plus each such key's highest-revision row unless deleted."
+)
+
 DUPLICATE_PAIRS = TableSpec(
     name="duplicate_pairs",
-    description="Pairs of filtered images in one cluster with cosine ≥ τ.",
+    description="Pairs of filtered images in one cluster with cosine ≥ τ. " + _GRAPH_CHANGES,
     partition_by=(),
+    change_key=("image_id_a", "image_id_b"),
     columns=(
         Column("image_id_a", pl.String, "The smaller image_id of the pair."),
         Column("image_id_b", pl.String, "The larger image_id of the pair."),
@@ -63,8 +71,10 @@ DUPLICATE_PAIRS = TableSpec(
 CANDIDATE_PAIRS = TableSpec(
     name="candidate_pairs",
     description="Pairs found in the band τ_min ≤ cosine < τ: kept so that τ can be raised, or "
-    "lowered down to τ_min, by re-deciding the groups from stored pairs (no search).",
+    "lowered down to τ_min, by re-deciding the groups from stored pairs (no search). "
+    + _GRAPH_CHANGES,
     partition_by=(),
+    change_key=("image_id_a", "image_id_b"),
     columns=DUPLICATE_PAIRS.columns,
 )
 
@@ -89,8 +99,9 @@ DUPLICATE_MEMBERS = TableSpec(
     description="Every image on at least one stored pair (duplicate or candidate): its "
     "keep-policy fields and decision (with duplicate_pairs the merge's whole state: ∝ pairs, "
     "never ∝ images; the vectors are in duplicate_vectors). An image on candidate pairs only "
-    "is kept, alone (component_size 1).",
+    "is kept, alone (component_size 1). " + _GRAPH_CHANGES,
     partition_by=(),
+    change_key=("image_id", "shard"),
     columns=(
         Column("image_id", pl.String, "sha256 of the image bytes."),
         Column("shard", pl.String, "Shard it came from."),

@@ -42,6 +42,9 @@ class TableSpec:
         revision_key: For a per-shard table whose rows change in place, the column that keys
             a row: changed rows are appended and merged on read
             (:mod:`curation_assets.lib.revisions`). None: rows are only ever replaced.
+        change_key: For an unpartitioned table whose rows change in place, the columns that
+            key a row: changed rows and tombstones are appended and merged on read
+            (:func:`curation_assets.lib.revisions.graph_merged`). Empty: only ever replaced.
     """
 
     name: str
@@ -49,6 +52,7 @@ class TableSpec:
     description: str
     partition_by: tuple[str, ...] = ("shard",)
     revision_key: str | None = None
+    change_key: tuple[str, ...] = ()
 
     @property
     def schema(self) -> pl.Schema:
