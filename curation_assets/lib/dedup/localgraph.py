@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from curation_assets.lib import objectstore as ost
+from curation_assets.lib.memory import MemoryBudget
 from curation_assets.lib.revisions import DELETED, GRAPH_FOLD_SHARE, REVISION
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
@@ -50,6 +51,9 @@ from curation_assets.lib.tables import (
     TableSpec,
 )
 from curation_assets.lib.vectors import vector_batches
+
+#: Bytes a graph table's change row costs a reader (its keys and values in the merge's join).
+CHANGE_ROW_BYTES = 512
 
 #: Rows streamed at a time when the untouched part of a table is rewritten (~100 B each).
 REWRITE_BATCH_ROWS = 65_536
@@ -363,19 +367,21 @@ def _stamped(spec: TableSpec) -> TableSpec:
     return replace(spec, columns=(*spec.columns, *hidden))
 
 
-def _appends(store: DeltaStore, spec: TableSpec, outputs: Mapping[str, int], rows: int) -> bool:
+def _appends(
+    store: DeltaStore, spec: TableSpec, outputs: Mapping[str, int], rows: int, cap: int
+) -> bool:
     """Whether ``rows`` change rows are appended to ``spec`` rather than the table rewritten.
 
     Not when the commit did not record the table, when it was written since the commit (a
     killed run's rows, which readers of a later version would see), nor when the change rows
-    would reach :data:`~curation_assets.lib.revisions.GRAPH_FOLD_SHARE` of the base rows (the
-    table is folded: rewritten whole, streamed).
+    would reach :data:`~curation_assets.lib.revisions.GRAPH_FOLD_SHARE` of the base rows, or
+    ``cap`` (the table is folded: rewritten whole, streamed).
     """
     version = outputs.get(spec.name)
     if version is None or store.version(spec.name) != version:
         return False
     base, changes = graph_row_counts(store, spec, version)
-    return changes + rows < GRAPH_FOLD_SHARE * base
+    return changes + rows < min(GRAPH_FOLD_SHARE * base, cap)
 
 
 def write_local_graph(
@@ -384,8 +390,12 @@ def write_local_graph(
     pairs: pl.DataFrame,
     band: pl.DataFrame,
     members: pl.DataFrame,
+    budget: MemoryBudget | None = None,
 ) -> dict[str, int]:
     """Write the re-decided subgraph: its rows appended as changes, or the tables rewritten.
+
+    ``budget`` caps a table's change rows at an eighth of it, :data:`CHANGE_ROW_BYTES` a row
+    (what a reader's merge holds; 524k rows at 2 GiB), beside the fold share.
 
     Each table takes the subgraph's rows and a tombstone for each committed key of the
     subgraph that is not among them (an image that left the graph, a pair that was dropped),
@@ -408,11 +418,12 @@ def write_local_graph(
         (CANDIDATE_PAIRS, band, old_band, ~local.touches()),
         (DUPLICATE_MEMBERS, members, local.members.select(member_keys).unique(), ~local.affected()),
     )
+    cap = (budget or MemoryBudget()).rows(CHANGE_ROW_BYTES, share=1 / 8)
     versions: dict[str, int] = {}
     for spec, rows, old, keep in parts:
         keys = list(spec.change_key)
         gone = old.join(rows.select(keys), on=keys, how="anti")
-        if _appends(store, spec, outputs, rows.height + gone.height):
+        if _appends(store, spec, outputs, rows.height + gone.height, cap):
             version = append_graph_changes(store, spec, rows, gone)
         else:
             rest = _untouched_rows(store, spec, outputs, keep) if spec.name in outputs else iter(())

@@ -103,6 +103,8 @@ class DedupOutcome:
         policy: The keep policy in force.
         torn: Shards of ``deduplicated_images`` a killed run wrote since the commit (rewritten
             whole, never patched).
+        budget: The run's memory budget (it also caps the graph's change rows a reader holds:
+            :func:`~.localgraph.write_local_graph`).
     """
 
     plan: DedupPlan
@@ -123,6 +125,7 @@ class DedupOutcome:
     verdicts: pl.DataFrame | None = field(default=None, repr=False)
     policy: tuple[str, ...] = DEFAULT_POLICY
     torn: frozenset[str] = frozenset()
+    budget: MemoryBudget = field(default_factory=MemoryBudget, repr=False)
 
     @property
     def pairs(self) -> pl.DataFrame:
@@ -460,6 +463,7 @@ def run_dedup(
         verdicts=verifier.table(merged.stored) if verifier is not None else None,
         policy=policy,
         torn=frozenset(torn),
+        budget=budget,
     )
 
 

@@ -104,7 +104,9 @@ def write_dedup(store: DeltaStore, outcome: "DedupOutcome") -> dict[str, int]:
     committed = plan.commit.outputs if plan.commit is not None else None
     merged = outcome.merged
     graph = (
-        write_local_graph(store, merged.local, merged.pairs, merged.band, merged.members)
+        write_local_graph(
+            store, merged.local, merged.pairs, merged.band, merged.members, outcome.budget
+        )
         if merged.local is not None
         else {
             DUPLICATE_PAIRS.name: store.replace_table(DUPLICATE_PAIRS, merged.pairs),

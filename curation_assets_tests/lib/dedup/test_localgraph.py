@@ -274,14 +274,22 @@ def test_an_update_appends_the_subgraph_and_tombstones(tmp_path, graph_writes):
         assert {f"c-{i:04d}" for i in range(12, 15)} <= set(dead["image_id"])
 
 
-def test_change_rows_are_folded_at_the_share(tmp_path, monkeypatch, graph_writes):
-    """Appends until the change rows would reach the share of the base rows, then a rewrite."""
+@pytest.mark.parametrize("bound", ["share", "budget"])
+def test_change_rows_are_folded_at_the_share(tmp_path, monkeypatch, graph_writes, bound):
+    """Appends until the change rows would reach the share of the base rows, then a rewrite.
+
+    Or the budget's cap on them, whichever is smaller.
+    """
     if graph_writes == "fold":
         pytest.skip("the share is set here")
     base = _base()
     store, _ = _committed_base(tmp_path)
     counts = [localgraph.graph_row_counts(store, DUPLICATE_MEMBERS)]
-    monkeypatch.setattr(localgraph, "GRAPH_FOLD_SHARE", 0.4)
+    if bound == "share":
+        monkeypatch.setattr(localgraph, "GRAPH_FOLD_SHARE", 0.4)
+    else:  # the default budget holds 18 change rows
+        monkeypatch.setattr(localgraph, "CHANGE_ROW_BYTES", MemoryBudget().bytes // 8 // 18)
+    limit = (lambda b: 0.4 * b) if bound == "share" else (lambda b: 18)
     for k, (name, rows) in enumerate((("d", (20, 24)), ("e", (24, 28)), ("f", (28, 32)))):
         add_shard(store, name, _near(base["a"][rows[0] : rows[1]], 0.01, 20 + k), start=-5 * k)
         run_and_write(store)
@@ -290,7 +298,7 @@ def test_change_rows_are_folded_at_the_share(tmp_path, monkeypatch, graph_writes
     changes = [c for _, c in counts]
     assert any(c > 0 for c in changes)  # appended at least once
     # a fold leaves no change rows; the change rows never reach the share of the base rows
-    assert all(c < 0.4 * b for b, c in counts)
+    assert all(c < limit(b) for b, c in counts)
     assert 0 in changes[1:], counts
     whole = DeltaStore(str(tmp_path / "again"))
     write_centroids(whole)
