@@ -55,6 +55,17 @@ HIDDEN = (REVISION, CHANGED_SHARD, DELETED)
 FOLD_SHARE = 0.05
 
 
+def visible_columns(names: Sequence[str], order: Sequence[str]) -> list[str]:
+    """The raw table's columns less :data:`HIDDEN`: those of ``order`` first, in its order."""
+    visible = [c for c in names if c not in HIDDEN]
+    return [c for c in order if c in visible] + [c for c in visible if c not in order]
+
+
+def newest_per_key(lf: pl.LazyFrame, keys: Sequence[str]) -> pl.LazyFrame:
+    """Each key's row with the highest :data:`REVISION` (change rows: the one readers apply)."""
+    return lf.group_by(list(keys)).agg(pl.all().sort_by(REVISION).last())
+
+
 def merged(
     lf: pl.LazyFrame,
     key: str,
@@ -78,8 +89,7 @@ def merged(
     Returns:
         The merged rows, with the table's columns less :data:`HIDDEN`.
     """
-    visible = [c for c in names if c not in HIDDEN]
-    visible = [c for c in order if c in visible] + [c for c in visible if c not in order]
+    visible = visible_columns(names, order)
     wanted = None if shards is None else list(shards)
     if keys is not None:
         lf = lf.filter(pl.col(key).is_in([str(k) for k in keys]))
@@ -95,8 +105,7 @@ def merged(
     deleted = pl.col(DELETED) if DELETED in names else pl.lit(None, pl.Boolean)
     latest = (
         changes.select(key, REVISION, deleted.fill_null(False).alias(DELETED), *values)
-        .group_by(key)
-        .agg(pl.all().sort_by(REVISION).last())
+        .pipe(newest_per_key, [key])
         .rename({c: f"{c}__new" for c in (REVISION, DELETED, *values)})
     )
     newer = (pl.col(f"{REVISION}__new") > pl.col(REVISION).fill_null(-1)).fill_null(False)
@@ -146,8 +155,7 @@ def changes_since(
             pl.col(DELETED).fill_null(False),
             REVISION,
         )
-        .group_by(key)
-        .agg(pl.all().sort_by(REVISION).last())
+        .pipe(newest_per_key, [key])
         .select(*columns, DELETED, REVISION)
     )
 
@@ -212,16 +220,11 @@ def graph_merged(
         The base rows whose key has no change row, then the newest live change row of each
         changed key; the table's columns less :data:`HIDDEN`. Memory: the change rows' keys.
     """
-    visible = [c for c in names if c not in HIDDEN]
-    visible = [c for c in order if c in visible] + [c for c in visible if c not in order]
+    visible = visible_columns(names, order)
     if DELETED not in names:  # never changed in place since its last whole write
         return lf.select(visible)
     keys = list(key)
-    latest = (
-        lf.filter(pl.col(DELETED).is_not_null())
-        .group_by(keys)
-        .agg(pl.all().sort_by(REVISION).last())
-    )
+    latest = lf.filter(pl.col(DELETED).is_not_null()).pipe(newest_per_key, keys)
     base = lf.filter(pl.col(DELETED).is_null()).join(latest.select(keys), on=keys, how="anti")
     live = latest.filter(~pl.col(DELETED)).select(visible)
     return pl.concat([base.select(visible), live], how="vertical")

@@ -41,7 +41,7 @@ from deltalake import DeltaTable
 
 from curation_assets.lib import objectstore as ost
 from curation_assets.lib.memory import MemoryBudget
-from curation_assets.lib.revisions import DELETED, GRAPH_FOLD_SHARE, REVISION
+from curation_assets.lib.revisions import DELETED, GRAPH_FOLD_SHARE, REVISION, newest_per_key
 from curation_assets.lib.storage import DeltaStore
 from curation_assets.lib.tables import (
     CANDIDATE_PAIRS,
@@ -304,7 +304,7 @@ def _latest_changes(
         return spec.empty().with_columns(
             pl.lit(None, pl.Int64).alias(REVISION), pl.lit(None, pl.Boolean).alias(DELETED)
         )
-    return pl.concat(frames).group_by(keys).agg(pl.all().sort_by(REVISION).last())
+    return newest_per_key(pl.concat(frames).lazy(), keys).collect()
 
 
 def _with(rows: Iterator[pl.DataFrame], last: pl.DataFrame) -> Iterator[pl.DataFrame]:
